@@ -1,0 +1,88 @@
+# C types for the compiled engine. The code is core_py.py (core_c.py links to it).
+cimport cython
+
+cdef object _clock
+cdef double _EPOCH_OFFSET
+cdef object _CancelledError
+cdef object _sleep
+cdef object _isawaitable
+
+
+cdef class RunControl:
+    cdef public bint draining
+    cdef public bint stopped
+
+
+cdef class Runner:
+    cdef public object owner
+    cdef public object name
+    cdef object _execute
+    cdef bint _is_async
+    cdef double _timeout
+    cdef Py_ssize_t _retries
+    cdef double _retry_delay
+    cdef double _retry_backoff
+    cdef tuple _befores
+    cdef tuple _arounds
+    cdef tuple _afters
+    cdef tuple _on_errors
+    cdef bint _fast
+    cdef public double start_time
+    cdef public double end_time
+    cdef public double execution_time
+    cdef public Py_ssize_t count
+    cdef public double total
+    cdef public double min
+    cdef public double max
+
+    cpdef void record(self, double t0, double t1)
+    cpdef void _refresh(self)
+
+
+cdef class _Gate:
+    cdef public object future
+    cdef public Py_ssize_t pending
+    cdef public object failed
+
+
+cdef class Sequential:
+    pass
+
+
+cdef class Concurrent:
+    pass
+
+
+cdef class Slots:
+    cdef public Py_ssize_t limit
+    cdef public Py_ssize_t used
+    cdef object _waiters
+
+    cpdef void release(self)
+    cpdef void _wake_one(self)
+
+
+cdef class Bounded:
+    cdef public Slots slots
+
+
+cdef class _Cursor:
+    cdef tuple runners
+    cdef list results
+    cdef Slots slots
+    cdef tuple args
+    cdef dict kwargs
+    cdef Py_ssize_t next
+
+
+cdef class Once:
+    pass
+
+
+cdef class Loop:
+    cdef public Py_ssize_t cycles
+
+
+cdef class Forever:
+    cdef public object event
+    cdef public double interval

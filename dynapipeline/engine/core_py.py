@@ -1,0 +1,446 @@
+"""The engine: running one component, the dispatchers and the cycle loops.
+
+This file is plain Python and correct on its own. The build compiles the very
+same source a second time as ``core_c`` (``core_c.py`` is a link to this file,
+C types live in ``core_c.pxd``); ``dynapipeline.engine`` picks one at import.
+
+Hot-path rules: whatever can be resolved once (the bound ``execute``, the
+handler lists, whether the fast path applies) is resolved when a component is
+built or a handler attached, never per run. Timing uses one monotonic clock
+read at each edge; epoch times are derived from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+from collections import deque
+from typing import Any
+
+from dynapipeline.errors import StageTimeoutError
+
+__all__ = [
+    "Bounded",
+    "Concurrent",
+    "Forever",
+    "Loop",
+    "Once",
+    "RunControl",
+    "Runner",
+    "Sequential",
+    "Slots",
+    "current_control",
+    "run_tasks",
+]
+
+_clock = time.perf_counter
+# Epoch time of a clock reading, without a second system call per edge.
+_EPOCH_OFFSET = time.time() - time.perf_counter()
+_CancelledError = asyncio.CancelledError
+_sleep = asyncio.sleep
+_isawaitable = inspect.isawaitable
+
+current_control: contextvars.ContextVar[RunControl | None] = contextvars.ContextVar(
+    "dynapipeline_control", default=None
+)
+
+
+class RunControl:
+    """Flags shared by every loop of one pipeline run (set by `Pipeline.stop`)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.stopped = False
+
+
+class Runner:
+    """Runs one component: clock, handlers, timeout, retries, and its timing stats."""
+
+    def __init__(self, owner: Any, name: str, execute: Any) -> None:
+        self.owner = owner
+        self.name = name
+        self._execute = execute
+        self._is_async = inspect.iscoroutinefunction(execute)
+        self._timeout = 0.0
+        self._retries = 0
+        self._retry_delay = 0.0
+        self._retry_backoff = 1.0
+        self._befores: tuple[Any, ...] = ()
+        self._arounds: tuple[Any, ...] = ()
+        self._afters: tuple[Any, ...] = ()
+        self._on_errors: tuple[Any, ...] = ()
+        self._fast = True
+        self.start_time = 0.0
+        self.end_time = 0.0
+        self.execution_time = 0.0
+        self.count = 0
+        self.total = 0.0
+        self.min = 0.0
+        self.max = 0.0
+
+    def configure(self, timeout: float | None, retries: int, retry_delay: float, retry_backoff: float) -> None:
+        """Set timeout (None or <= 0: none) and retry policy."""
+        self._timeout = timeout if timeout is not None and timeout > 0 else 0.0
+        self._retries = retries
+        self._retry_delay = retry_delay
+        self._retry_backoff = retry_backoff
+        self._refresh()
+
+    def set_handlers(self, handlers: Any) -> None:
+        """Resolve the handler hooks once: only hooks a handler overrides are kept."""
+        befores, arounds, afters, on_errors = [], [], [], []
+        for handler in handlers:
+            hooks = handler.hooks()
+            if hooks[0] is not None:
+                befores.append(hooks[0])
+            if hooks[1] is not None:
+                arounds.append(hooks[1])
+            if hooks[2] is not None:
+                afters.append(hooks[2])
+            if hooks[3] is not None:
+                on_errors.append(hooks[3])
+        self._befores = tuple(befores)
+        self._arounds = tuple(arounds)
+        self._afters = tuple(afters)
+        self._on_errors = tuple(on_errors)
+        self._refresh()
+
+    def record(self, t0: float, t1: float) -> None:
+        """Store the last run's times and fold it into the running stats."""
+        elapsed = t1 - t0
+        self.start_time = t0 + _EPOCH_OFFSET
+        self.end_time = t1 + _EPOCH_OFFSET
+        self.execution_time = elapsed
+        if self.count == 0:
+            self.min = elapsed
+            self.max = elapsed
+        elif elapsed < self.min:
+            self.min = elapsed
+        elif elapsed > self.max:
+            self.max = elapsed
+        self.count += 1
+        self.total += elapsed
+
+    def copy_timing(self, start_time: float, end_time: float, count: int, total: float, lo: float, hi: float) -> None:
+        """Adopt timing measured elsewhere (a worker process) as this component's own."""
+        self.start_time = start_time
+        self.end_time = end_time
+        self.execution_time = end_time - start_time
+        self.count = count
+        self.total = total
+        self.min = lo
+        self.max = hi
+
+    def timing(self) -> tuple[float, float, int, float, float, float]:
+        """The timing state as a tuple (for shipping across a process boundary)."""
+        return (self.start_time, self.end_time, self.count, self.total, self.min, self.max)
+
+    def reset_stats(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.min = 0.0
+        self.max = 0.0
+
+    async def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run the component once and return its result."""
+        if self._fast:
+            t0 = _clock()
+            try:
+                if self._is_async:
+                    return await self._execute(*args, **kwargs)
+                return self._execute(*args, **kwargs)
+            finally:
+                self.record(t0, _clock())
+        return await self._run_full(args, kwargs)
+
+    async def _run_full(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        owner = self.owner
+        t0 = _clock()
+        try:
+            for hook in self._befores:
+                res = hook(owner, *args, **kwargs)
+                if _isawaitable(res):
+                    await res
+            if self._arounds:
+                result = await self._around(0, args, kwargs)
+            else:
+                result = await self._attempts(args, kwargs)
+            for hook in self._afters:
+                res = hook(owner, result, *args, **kwargs)
+                if _isawaitable(res):
+                    await res
+        except _CancelledError:
+            self.record(t0, _clock())
+            raise
+        except Exception as error:
+            self.record(t0, _clock())
+            for hook in self._on_errors:
+                res = hook(owner, error, *args, **kwargs)
+                if _isawaitable(res):
+                    await res
+            raise
+        self.record(t0, _clock())
+        return result
+
+    async def _around(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # The first attached handler is outermost; each gets a callable for the next layer.
+        hook = self._arounds[index]
+        if index + 1 < len(self._arounds):
+            def inner(*a: Any, **k: Any) -> Any:
+                return self._around(index + 1, a, k)
+        else:
+            def inner(*a: Any, **k: Any) -> Any:
+                return self._attempts(a, k)
+        res = hook(self.owner, inner, *args, **kwargs)
+        if _isawaitable(res):
+            res = await res
+        return res
+
+    async def _attempts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await self._call(args, kwargs)
+            except Exception:
+                if attempt >= self._retries:
+                    raise
+                delay = self._retry_delay * self._retry_backoff ** attempt
+                attempt += 1
+                await _sleep(delay)
+
+    async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        timeout = self._timeout
+        if timeout <= 0.0:
+            if self._is_async:
+                return await self._execute(*args, **kwargs)
+            res = self._execute(*args, **kwargs)
+            if _isawaitable(res):
+                res = await res
+            return res
+        if not self._is_async:
+            # A plain `def` cannot be interrupted on the loop's thread; an overrun is
+            # reported when it returns and its result is discarded.
+            t0 = _clock()
+            res = self._execute(*args, **kwargs)
+            if _clock() - t0 > timeout:
+                raise StageTimeoutError(self.name, timeout)
+            return res
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._execute(*args, **kwargs)
+        except TimeoutError as error:
+            if isinstance(error, StageTimeoutError):
+                raise
+            raise StageTimeoutError(self.name, timeout) from None
+
+    def _refresh(self) -> None:
+        self._fast = not (
+            self._befores or self._arounds or self._afters or self._on_errors
+            or self._timeout > 0.0 or self._retries > 0
+        )
+
+
+async def run_tasks(tasks: list[Any]) -> None:
+    """Wait for all tasks; on the first error (or our own cancellation) cancel and await the rest, then raise."""
+    if not tasks:
+        return
+    gate = _Gate(asyncio.get_running_loop().create_future(), len(tasks))
+    for task in tasks:
+        task.add_done_callback(gate.on_done)
+    try:
+        await gate.future
+    except BaseException:
+        await _cancel_and_wait(tasks)
+        raise
+    failed = gate.failed
+    if failed is not None:
+        await _cancel_and_wait(tasks)
+        failed.result()  # re-raises the first error with its own type and traceback
+
+
+class _Gate:
+    """Completes its future when every task is done, or at the first failing task."""
+
+    def __init__(self, future: Any, pending: int) -> None:
+        self.future = future
+        self.pending = pending
+        self.failed: Any = None
+
+    def on_done(self, task: Any) -> None:
+        self.pending -= 1
+        if self.future.done():
+            return
+        if task.cancelled() or task.exception() is not None:
+            self.failed = task
+            self.future.set_result(None)
+        elif self.pending == 0:
+            self.future.set_result(None)
+
+
+async def _cancel_and_wait(tasks: list[Any]) -> None:
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        # Mark secondary errors as retrieved: only the first one propagates.
+        if not task.cancelled():
+            task.exception()
+
+
+class Sequential:
+    """One component after another; the first error stops the rest."""
+
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        results = []
+        for runner in runners:
+            results.append(await runner.run(args, kwargs))
+        return results
+
+
+class Concurrent:
+    """All components at once as tasks; the first error cancels and awaits the siblings."""
+
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        n = len(runners)
+        if n == 0:
+            return []
+        if n == 1:
+            return [await runners[0].run(args, kwargs)]
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(runner.run(args, kwargs)) for runner in runners]
+        await run_tasks(tasks)
+        return [task.result() for task in tasks]
+
+
+class Slots:
+    """A counting limit owned by a strategy instance, usable from any event loop."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[Any] = deque()
+
+    async def acquire(self) -> None:
+        while self.used >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # we were woken but leave: pass the turn on
+                raise
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class Bounded:
+    """At most `slots.limit` components in flight, run by min(n, limit) workers."""
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        n = len(runners)
+        results: list[Any] = [None] * n
+        workers = min(n, self.slots.limit)
+        if workers == 0:
+            return results
+        cursor = _Cursor(runners, results, self.slots, args, kwargs)
+        if workers == 1:
+            await cursor.work()
+            return results
+        loop = asyncio.get_running_loop()
+        await run_tasks([loop.create_task(cursor.work()) for _ in range(workers)])
+        return results
+
+
+class _Cursor:
+    """The shared work queue of one bounded dispatch: the next index to run."""
+
+    def __init__(self, runners: tuple[Any, ...], results: list[Any], slots: Slots,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.runners = runners
+        self.results = results
+        self.slots = slots
+        self.args = args
+        self.kwargs = kwargs
+        self.next = 0
+
+    async def work(self) -> None:
+        slots = self.slots
+        n = len(self.runners)
+        while self.next < n:
+            index = self.next
+            self.next = index + 1
+            if slots.used < slots.limit:
+                slots.used += 1
+            else:
+                await slots.acquire()
+            try:
+                self.results[index] = await self.runners[index].run(self.args, self.kwargs)
+            finally:
+                slots.release()
+
+
+class Once:
+    """One cycle: the result of one dispatch."""
+
+    async def run(self, dispatch: Any, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await dispatch(runners, args, kwargs)
+
+
+class Loop:
+    """`cycles` cycles; the list of per-cycle results. A drain ends it after the current cycle."""
+
+    def __init__(self, cycles: int) -> None:
+        self.cycles = cycles
+
+    async def run(self, dispatch: Any, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        results = []
+        control = current_control.get()
+        for _ in range(self.cycles):
+            if control is not None and control.draining:
+                break
+            results.append(await dispatch(runners, args, kwargs))
+        return results
+
+
+class Forever:
+    """Cycles until `event` is set or the run drains; keeps no results (flat memory).
+
+    Each cycle ends with a yield to the event loop (``sleep(interval)``, or
+    ``sleep(0)``), so other tasks - including the one calling ``stop()`` - run.
+    """
+
+    def __init__(self, event: Any, interval: float) -> None:
+        self.event = event
+        self.interval = interval
+
+    async def run(self, dispatch: Any, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        control = current_control.get()
+        event = self.event
+        interval = self.interval
+        while True:
+            if event is not None and event.is_set():
+                return None
+            if control is not None and control.draining:
+                return None
+            await dispatch(runners, args, kwargs)
+            await _sleep(interval)

@@ -1,0 +1,52 @@
+"""PipelineFactory: builds SIMPLE, ADVANCED or CUSTOM pipelines with the upstream call."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from dynapipeline.errors import ConfigurationError
+from dynapipeline.model import AdvancedPipeline, Pipeline, ProtectedContext, SimplePipeline
+from dynapipeline.model.contexts import AsyncLockableContext, Context
+
+__all__ = ["PipeLineType", "PipelineFactory"]
+
+
+class PipeLineType(Enum):
+    SIMPLE = "simple"
+    ADVANCED = "advanced"
+    CUSTOM = "custom"
+
+
+class PipelineFactory:
+    """``create_pipeline(pipeline_type, name, groups, cycle_strategy, execution_strategy, context_data=None)``.
+
+    SIMPLE wraps ``context_data`` in an AsyncLockableContext, ADVANCED in a
+    ProtectedContext; CUSTOM takes the caller's ``context`` (any Context, or a
+    dict wrapped in a plain Context) and builds a plain ``Pipeline``.
+    """
+
+    def create_pipeline(
+        self,
+        pipeline_type: PipeLineType,
+        name: str,
+        groups: list[Any],
+        cycle_strategy: Any,
+        execution_strategy: Any,
+        context_data: dict[str, Any] | None = None,
+        context: Context | None = None,
+        **fields: Any,
+    ) -> Pipeline:
+        common = dict(name=name, groups=groups, cycle_strategy=cycle_strategy,
+                      execution_strategy=execution_strategy, **fields)
+        if pipeline_type is PipeLineType.SIMPLE:
+            return SimplePipeline(context=AsyncLockableContext(context_data), **common)
+        if pipeline_type is PipeLineType.ADVANCED:
+            return AdvancedPipeline(context=ProtectedContext(context_data), **common)
+        if pipeline_type is PipeLineType.CUSTOM:
+            if context is None:
+                context = Context(context_data)
+            return Pipeline(context=context, **common)
+        raise ConfigurationError(
+            f"PipelineFactory: field 'pipeline_type' must be a PipeLineType, got {pipeline_type!r}"
+        )

@@ -1,0 +1,73 @@
+"""The two strategy interfaces the components are built against (concrete ones live in strategies/)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from dynapipeline.errors import ConfigurationError
+
+__all__ = ["CycleStrategy", "ExecutionStrategy", "runners_of"]
+
+
+class ExecutionStrategy:
+    """How the members of a group or pipeline run within one cycle.
+
+    Subclasses provide ``dispatch(runners, args, kwargs)``: an awaitable returning
+    the results in member order. ``offloads`` marks strategies that run members
+    off the event loop's thread (threads, processes), which SIMPLE pipelines reject.
+    """
+
+    offloads: ClassVar[bool] = False
+
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    async def execute(self, components: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        """Run the components once with this strategy; results in component order."""
+        return await self.dispatch(runners_of(components, type(self).__name__), args, kwargs)
+
+    async def __aenter__(self) -> ExecutionStrategy:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release resources held across runs (pools); nothing for asyncio strategies."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CycleStrategy:
+    """How often the members run: subclasses provide ``run_cycles(dispatch, runners, args, kwargs)``."""
+
+    async def run_cycles(self, dispatch: Any, runners: tuple[Any, ...], args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    async def run(self, execution_strategy: ExecutionStrategy, components: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the components with ``execution_strategy`` as often as this strategy says."""
+        if not isinstance(execution_strategy, ExecutionStrategy):
+            raise ConfigurationError(
+                f"{type(self).__name__}.run: field 'execution_strategy' must be an ExecutionStrategy, "
+                f"got {type(execution_strategy).__name__}"
+            )
+        runners = runners_of(components, type(self).__name__)
+        return await self.run_cycles(execution_strategy.dispatch, runners, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def runners_of(components: Any, where: str) -> tuple[Any, ...]:
+    """The engine runners of a list of components, with a clear error for anything else."""
+    runners = []
+    for index, component in enumerate(components):
+        runner = getattr(component, "_runner", None) if hasattr(component, "__pydantic_private__") else None
+        if runner is None:
+            raise ConfigurationError(
+                f"{where}: component #{index} is a {type(component).__name__}, not a Stage, StageGroup or Pipeline"
+            )
+        runners.append(runner)
+    return tuple(runners)

@@ -1,0 +1,23 @@
+"""The strategies layer: asyncio execution strategies and cycle strategies, thin over the engine."""
+
+from dynapipeline.strategies.cycles import (
+    InfiniteLoopStrategy,
+    InfinitLoopStrategy,
+    LoopCycleStrategy,
+    OnceCycleStrategy,
+)
+from dynapipeline.strategies.execution import (
+    ConcurrentExecutionStrategy,
+    SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+
+__all__ = [
+    "ConcurrentExecutionStrategy",
+    "InfiniteLoopStrategy",
+    "InfinitLoopStrategy",
+    "LoopCycleStrategy",
+    "OnceCycleStrategy",
+    "SemaphoreExecutionStrategy",
+    "SequentialExecutionStrategy",
+]

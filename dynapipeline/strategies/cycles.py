@@ -1,0 +1,57 @@
+"""Cycle strategies: once, N times, or until an event is set or the run drains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynapipeline.engine import Forever, Loop, Once
+from dynapipeline.errors import ConfigurationError
+from dynapipeline.model.strategy import CycleStrategy
+
+__all__ = ["InfiniteLoopStrategy", "InfinitLoopStrategy", "LoopCycleStrategy", "OnceCycleStrategy"]
+
+
+class OnceCycleStrategy(CycleStrategy):
+    """One cycle; the result is that cycle's result."""
+
+    def __init__(self) -> None:
+        self.run_cycles = Once().run  # type: ignore[method-assign]
+
+
+class LoopCycleStrategy(CycleStrategy):
+    """``cycles`` cycles (an int >= 0); the result is the list of per-cycle results."""
+
+    def __init__(self, cycles: int) -> None:
+        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 0:
+            raise ConfigurationError(f"LoopCycleStrategy: field 'cycles' must be an int >= 0, got {cycles!r}")
+        self.cycles = cycles
+        self.run_cycles = Loop(cycles).run  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        return f"LoopCycleStrategy(cycles={self.cycles})"
+
+
+class InfinitLoopStrategy(CycleStrategy):
+    """Repeats until ``event`` is set or the pipeline stops; keeps no results (returns None).
+
+    ``event`` is anything with ``is_set()`` (``asyncio.Event``, ``threading.Event``).
+    Every cycle ends by yielding to the event loop for ``interval`` seconds (0: one
+    turn of the loop), so other tasks, ``stop()`` included, always get to run.
+    """
+
+    def __init__(self, event: Any = None, interval: float = 0) -> None:
+        if event is not None and not callable(getattr(event, "is_set", None)):
+            raise ConfigurationError(
+                f"InfinitLoopStrategy: field 'event' must have is_set() (an Event), got {type(event).__name__}"
+            )
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+            raise ConfigurationError(f"InfinitLoopStrategy: field 'interval' must be a number >= 0, got {interval!r}")
+        self.event = event
+        self.interval = float(interval)
+        self.run_cycles = Forever(event, float(interval)).run  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        return f"InfinitLoopStrategy(event={self.event!r}, interval={self.interval})"
+
+
+InfiniteLoopStrategy = InfinitLoopStrategy

@@ -1,0 +1,48 @@
+"""Execution strategies on the event loop: sequential, concurrent, semaphore-bounded."""
+
+from __future__ import annotations
+
+from dynapipeline.engine import Bounded, Concurrent, Sequential, Slots
+from dynapipeline.errors import ConfigurationError
+from dynapipeline.model.strategy import ExecutionStrategy
+
+__all__ = ["ConcurrentExecutionStrategy", "SemaphoreExecutionStrategy", "SequentialExecutionStrategy"]
+
+
+class SequentialExecutionStrategy(ExecutionStrategy):
+    """One member after another; the first error stops the rest and propagates."""
+
+    def __init__(self) -> None:
+        self.dispatch = Sequential().dispatch  # type: ignore[method-assign]
+
+
+class ConcurrentExecutionStrategy(ExecutionStrategy):
+    """All members at once; the first error cancels and awaits the others, then propagates."""
+
+    def __init__(self) -> None:
+        self.dispatch = Concurrent().dispatch  # type: ignore[method-assign]
+
+
+class SemaphoreExecutionStrategy(ExecutionStrategy):
+    """At most ``max_concurrent`` members in flight.
+
+    The limit belongs to this instance: groups that share the instance share the
+    limit. Only ``min(n, max_concurrent)`` worker tasks are created per dispatch.
+    """
+
+    def __init__(self, max_concurrent: int) -> None:
+        if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1:
+            raise ConfigurationError(
+                f"SemaphoreExecutionStrategy: field 'max_concurrent' must be an int >= 1, got {max_concurrent!r}"
+            )
+        self.max_concurrent = max_concurrent
+        self._slots = Slots(max_concurrent)
+        self.dispatch = Bounded(self._slots).dispatch  # type: ignore[method-assign]
+
+    @property
+    def in_flight(self) -> int:
+        """Members of any group currently holding one of this instance's slots."""
+        return int(self._slots.used)
+
+    def __repr__(self) -> str:
+        return f"SemaphoreExecutionStrategy(max_concurrent={self.max_concurrent})"

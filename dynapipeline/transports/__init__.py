@@ -1,0 +1,3 @@
+"""The transports layer: strategies that run components off the event loop's thread."""
+
+__all__: list[str] = []
