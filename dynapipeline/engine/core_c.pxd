@@ -11,6 +11,7 @@ cdef object _isawaitable
 cdef class RunControl:
     cdef public bint draining
     cdef public bint stopped
+    cdef public dict cleanups
 
 
 cdef class Runner:

@@ -48,11 +48,37 @@ current_control: contextvars.ContextVar[RunControl | None] = contextvars.Context
 
 
 class RunControl:
-    """Flags shared by every loop of one pipeline run (set by `Pipeline.stop`)."""
+    """State shared by everything in one pipeline run: stop/drain flags and end-of-run cleanups.
+
+    Transports register cleanups (``add_cleanup``) for resources that live for the
+    run (a thread pool); the pipeline awaits ``finish()`` however the run ended.
+    """
 
     def __init__(self) -> None:
         self.draining = False
         self.stopped = False
+        self.cleanups: dict[Any, Any] = {}
+
+    def add_cleanup(self, key: Any, cleanup: Any) -> None:
+        """Call ``cleanup()`` (sync or async) once at the end of the run; one per key."""
+        if key not in self.cleanups:
+            self.cleanups[key] = cleanup
+
+    async def finish(self) -> None:
+        """Run every cleanup, in registration order; the first error is raised after all ran."""
+        first_error = None
+        cleanups = list(self.cleanups.values())
+        self.cleanups.clear()
+        for cleanup in cleanups:
+            try:
+                res = cleanup()
+                if _isawaitable(res):
+                    await res
+            except Exception as error:
+                if first_error is None:
+                    first_error = error
+        if first_error is not None:
+            raise first_error
 
 
 class Runner:

@@ -66,7 +66,11 @@ class Pipeline(Container):
             raise
         finally:
             self._active = None
-            self._on_finish()
+            try:
+                # Pools that live for the run are shut down even when it failed or stopped.
+                await asyncio.shield(control.finish())
+            finally:
+                self._on_finish()
 
     def stop(self, drain: bool = False) -> None:
         """End the current run (no-op when idle); safe to call from any thread."""

@@ -1,0 +1,1 @@
+"""Benchmark fixtures (the suite itself grows in benchmarks/test_*.py)."""
