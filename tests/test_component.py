@@ -1,0 +1,193 @@
+"""Stage behaviour: run(), timing and stats, timeout, retries, plain def, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pydantic
+import pytest
+from helpers import Echo, Fail, Recorder
+
+from dynapipeline import Stage, StageGroup
+from dynapipeline.errors import ConfigurationError, DynaPipelineError, StageTimeoutError
+from dynapipeline.execution import SequentialExecutionStrategy
+from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
+
+
+class Flaky(Stage):
+    """Fails ``failures`` times, then returns the attempt number."""
+
+    failures: int
+    attempts: int = 0
+    stamps: list = pydantic.Field(default_factory=list)
+
+    async def execute(self):
+        self.attempts += 1
+        self.stamps.append(time.monotonic())
+        if self.attempts <= self.failures:
+            raise ConnectionError(f"attempt {self.attempts}")
+        return self.attempts
+
+
+class Sleeper(Stage):
+    seconds: float
+
+    async def execute(self):
+        await asyncio.sleep(self.seconds)
+        return "woke"
+
+
+class Blocking(Stage):
+    seconds: float = 0.0
+
+    def execute(self, x=1):
+        time.sleep(self.seconds)
+        return x * 2
+
+
+async def test_run_returns_execute_result_with_args():
+    class Add(Stage):
+        async def execute(self, a, b=0):
+            return a + b
+
+    assert await Add(name="add").run(1, b=2) == 3
+
+
+async def test_timing_of_last_run_and_running_stats():
+    s = Sleeper(name="s", seconds=0.02)
+    assert s.execution_time is None and s.start_time is None
+    before = time.time()
+    await s.run()
+    await s.run()
+    after = time.time()
+    assert 0.015 < s.execution_time < 5
+    assert before - 0.01 <= s.start_time <= s.end_time <= after + 0.01
+    assert s.end_time - s.start_time == pytest.approx(s.execution_time, abs=1e-3)
+    stats = s.stats
+    assert stats.count == 2
+    assert stats.min <= stats.max
+    assert stats.total == pytest.approx(stats.mean * 2)
+    assert stats.min > 0.015
+
+
+async def test_failed_runs_are_timed_too():
+    f = Fail(name="f")
+    with pytest.raises(ValueError):
+        await f.run()
+    assert f.stats.count == 1 and f.execution_time is not None
+
+
+async def test_timeout_raises_stage_timeout_error_naming_the_stage():
+    s = Sleeper(name="slowpoke", seconds=5, timeout=0.05)
+    with pytest.raises(StageTimeoutError, match="slowpoke") as info:
+        await s.run()
+    assert isinstance(info.value, TimeoutError)
+    assert isinstance(info.value, asyncio.TimeoutError)
+    assert isinstance(info.value, DynaPipelineError)
+    assert info.value.stage == "slowpoke"
+
+
+@pytest.mark.parametrize("timeout", [None, 0, -1])
+async def test_no_timeout_for_none_or_non_positive(timeout):
+    assert await Sleeper(name="s", seconds=0.01, timeout=timeout).run() == "woke"
+
+
+async def test_timeout_within_limit_returns_result():
+    assert await Sleeper(name="s", seconds=0.001, timeout=5).run() == "woke"
+
+
+async def test_timeout_set_after_construction_applies():
+    s = Sleeper(name="s", seconds=5)
+    s.timeout = 0.02
+    with pytest.raises(StageTimeoutError):
+        await s.run()
+
+
+async def test_retries_until_success_with_backoff_delays():
+    s = Flaky(name="flaky", failures=2, retries=3, retry_delay=0.02, retry_backoff=2.0)
+    assert await s.run() == 3
+    gaps = [b - a for a, b in zip(s.stamps, s.stamps[1:], strict=False)]
+    assert gaps[0] >= 0.015 and gaps[1] >= 0.035  # 0.02 then 0.02 * 2
+
+
+async def test_retries_exhausted_raise_last_error_and_on_error_sees_it_once():
+    calls: list = []
+    s = Flaky(name="flaky", failures=5, retries=2, handlers=[Recorder(tag="h", calls=calls)])
+    with pytest.raises(ConnectionError, match="attempt 3"):
+        await s.run()
+    assert s.attempts == 3
+    assert [c for c in calls if c[0] == "on_error"] == [("on_error", "h", "ConnectionError")]
+
+
+async def test_timed_out_attempt_is_retried():
+    class SlowThenFast(Stage):
+        attempts: int = 0
+
+        async def execute(self):
+            self.attempts += 1
+            if self.attempts == 1:
+                await asyncio.sleep(5)
+            return self.attempts
+
+    s = SlowThenFast(name="s", timeout=0.05, retries=1)
+    assert await s.run() == 2
+
+
+async def test_plain_def_execute_is_called_directly():
+    b = Blocking(name="b")
+    assert await b.run(21) == 42
+    g = StageGroup(name="g", stages=[b, Echo(name="e")], cycle_strategy=OnceCycleStrategy(),
+                   execution_strategy=SequentialExecutionStrategy())
+    assert await g.run() == [2, "e"]
+
+
+async def test_plain_def_overrun_reports_timeout_when_it_returns():
+    with pytest.raises(StageTimeoutError, match="'b'"):
+        await Blocking(name="b", seconds=0.05, timeout=0.01).run()
+
+
+def test_user_fields_and_pydantic_field_and_arbitrary_types():
+    class Configured(Stage):
+        url: str = pydantic.Field(default="http://x", description="where")
+        ready: asyncio.Event = pydantic.Field(default_factory=asyncio.Event)
+
+        async def execute(self):
+            return self.url
+
+    s = Configured(name="c", url="http://y")
+    assert s.url == "http://y" and isinstance(s.ready, asyncio.Event)
+    with pytest.raises(pydantic.ValidationError, match="url"):
+        Configured(name="c", url=3)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", 3, None])
+def test_name_must_be_non_empty_string(bad):
+    with pytest.raises((ConfigurationError, pydantic.ValidationError), match="Echo.*name"):
+        Echo(name=bad)
+
+
+def test_name_is_required():
+    with pytest.raises(pydantic.ValidationError, match="name"):
+        Echo()
+
+
+def test_stage_without_execute_is_rejected():
+    class Empty(Stage):
+        pass
+
+    with pytest.raises(ConfigurationError, match="Empty 'e'.*execute"):
+        Empty(name="e")
+
+
+@pytest.mark.parametrize("field,value", [("retries", -1), ("retry_delay", -0.5), ("retry_backoff", 0)])
+def test_bad_retry_policy_is_rejected(field, value):
+    with pytest.raises(ConfigurationError, match=f"Stage 's'.*{field}"):
+        Echo(name="s", **{field: value})
+
+
+def test_non_handler_is_rejected():
+    with pytest.raises(ConfigurationError, match=r"Echo 's'.*handlers\[0\]"):
+        Echo(name="s", handlers=["log"])
+    with pytest.raises(ConfigurationError, match="Echo 's'.*handler"):
+        Echo(name="s").add_handler(object())

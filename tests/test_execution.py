@@ -1,0 +1,166 @@
+"""Contracts of the asyncio execution strategies (DESIGN §2)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import Echo, Fail, Tracked, Tracker, engine_tasks
+
+from dynapipeline import StageGroup
+from dynapipeline.errors import ConfigurationError
+from dynapipeline.execution import (
+    ConcurrentExecutionStrategy,
+    SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
+
+STRATEGIES = [
+    pytest.param(SequentialExecutionStrategy, id="sequential"),
+    pytest.param(ConcurrentExecutionStrategy, id="concurrent"),
+    pytest.param(lambda: SemaphoreExecutionStrategy(3), id="semaphore"),
+]
+
+
+@pytest.mark.parametrize("make", STRATEGIES)
+async def test_results_come_back_in_component_order(make):
+    # Later stages finish first, so completion order differs from component order.
+    stages = [Echo(name=f"s{i}", delay=0.002 * (6 - i)) for i in range(6)]
+    assert await make().execute(stages) == [f"s{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("make", STRATEGIES)
+async def test_empty_list_gives_empty_results(make):
+    assert await make().execute([]) == []
+
+
+@pytest.mark.parametrize("make", STRATEGIES)
+async def test_args_and_kwargs_reach_every_stage(make):
+    from dynapipeline import Stage
+
+    class Add(Stage):
+        async def execute(self, a, b=0):
+            return a + b
+
+    assert await make().execute([Add(name="x"), Add(name="y")], 2, b=3) == [5, 5]
+
+
+async def test_sequential_runs_one_after_another():
+    log: list = []
+    stages = [Echo(name=f"s{i}", delay=0.001, log=log) for i in range(3)]
+    await SequentialExecutionStrategy().execute(stages)
+    assert log == [(edge, f"s{i}") for i in range(3) for edge in ("start", "end")]
+
+
+async def test_sequential_first_error_stops_the_rest():
+    log: list = []
+    stages = [Echo(name="a", log=log), Fail(name="bad"), Echo(name="c", log=log)]
+    with pytest.raises(ValueError, match="bad"):
+        await SequentialExecutionStrategy().execute(stages)
+    assert ("start", "c") not in log
+
+
+async def test_concurrent_runs_all_at_once():
+    tracker = Tracker()
+    stages = [Tracked(name=f"s{i}", tracker=tracker, delay=0.05) for i in range(5)]
+    await ConcurrentExecutionStrategy().execute(stages)
+    assert tracker.peak == 5
+
+
+async def test_concurrent_error_cancels_and_awaits_siblings():
+    tracker = Tracker()
+    slow = [Tracked(name=f"slow{i}", tracker=tracker, delay=5) for i in range(3)]
+    with pytest.raises(ValueError, match="boom"):
+        await ConcurrentExecutionStrategy().execute([*slow, Fail(name="boom", delay=0.01)])
+    # Siblings were cancelled and have finished unwinding before the error reached us.
+    assert sorted(tracker.cancelled) == ["slow0", "slow1", "slow2"]
+    assert tracker.now == 0
+    assert engine_tasks() == set()
+
+
+async def test_concurrent_outer_cancel_cancels_children():
+    tracker = Tracker()
+    stages = [Tracked(name=f"s{i}", tracker=tracker, delay=5) for i in range(3)]
+    task = asyncio.ensure_future(ConcurrentExecutionStrategy().execute(stages))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sorted(tracker.cancelled) == ["s0", "s1", "s2"]
+    assert engine_tasks() == set()
+
+
+async def test_semaphore_limits_in_flight():
+    tracker = Tracker()
+    stages = [Tracked(name=f"s{i}", tracker=tracker, delay=0.01) for i in range(12)]
+    assert await SemaphoreExecutionStrategy(3).execute(stages) == [f"s{i}" for i in range(12)]
+    assert tracker.peak == 3
+
+
+async def test_semaphore_limit_is_shared_by_groups_using_one_instance():
+    tracker = Tracker()
+    shared = SemaphoreExecutionStrategy(2)
+    groups = [
+        StageGroup(
+            name=f"g{g}",
+            stages=[Tracked(name=f"g{g}s{i}", tracker=tracker, delay=0.01) for i in range(4)],
+            cycle_strategy=OnceCycleStrategy(),
+            execution_strategy=shared,
+        )
+        for g in range(3)
+    ]
+    await asyncio.gather(*(g.run() for g in groups))
+    assert tracker.peak == 2
+    assert shared.in_flight == 0
+
+
+async def test_semaphore_creates_only_min_n_limit_workers(monkeypatch):
+    loop = asyncio.get_running_loop()
+    created = []
+    original = loop.create_task
+
+    def counting_create_task(coro, **kw):
+        created.append(coro)
+        return original(coro, **kw)
+
+    monkeypatch.setattr(loop, "create_task", counting_create_task)
+    stages = [Echo(name=f"s{i}") for i in range(100)]
+    await SemaphoreExecutionStrategy(4).execute(stages)
+    assert len(created) == 4
+    created.clear()
+    await SemaphoreExecutionStrategy(50).execute(stages[:3])
+    assert len(created) == 3
+
+
+async def test_semaphore_error_cancels_other_workers():
+    tracker = Tracker()
+    stages = [Fail(name="boom", delay=0.01)] + [Tracked(name=f"s{i}", tracker=tracker, delay=5) for i in range(3)]
+    strategy = SemaphoreExecutionStrategy(2)
+    with pytest.raises(ValueError, match="boom"):
+        await strategy.execute(stages)
+    assert tracker.now == 0
+    assert strategy.in_flight == 0
+    assert engine_tasks() == set()
+
+
+async def test_semaphore_instance_is_reusable_across_event_loops():
+    strategy = SemaphoreExecutionStrategy(2)
+    stages = [Echo(name=f"s{i}", delay=0.001) for i in range(5)]
+    assert await strategy.execute(stages) == [f"s{i}" for i in range(5)]
+
+    def in_another_loop():
+        return asyncio.run(strategy.execute(stages))
+
+    assert await asyncio.to_thread(in_another_loop) == [f"s{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True, None])
+def test_semaphore_rejects_bad_limit(bad):
+    with pytest.raises(ConfigurationError, match="SemaphoreExecutionStrategy.*max_concurrent"):
+        SemaphoreExecutionStrategy(bad)
+
+
+async def test_execute_rejects_non_components():
+    with pytest.raises(ConfigurationError, match="component #1"):
+        await SequentialExecutionStrategy().execute([Echo(name="a"), object()])

@@ -1,0 +1,242 @@
+"""Pipelines: shared context, ADVANCED locking, stop and drain, overlap, leaks, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import Echo, Fail, Tracked, Tracker, engine_tasks
+
+from dynapipeline import AdvancedPipeline, Pipeline, PipelineFactory, PipeLineType, SimplePipeline, Stage, StageGroup
+from dynapipeline.contexts import AsyncLockableContext, ProtectedContext
+from dynapipeline.errors import ConfigurationError, ContextLockedError, PipelineRunningError
+from dynapipeline.execution import (
+    ConcurrentExecutionStrategy,
+    ExecutionStrategy,
+    SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
+
+
+class Bump(Stage):
+    """Adds one to context['n'] under the context's lock."""
+
+    async def execute(self):
+        async with self.context as ctx:
+            ctx["n"] += 1
+        return self.context["n"]
+
+
+class Spin(Stage):
+    """Counts its runs, yielding once per run."""
+
+    runs: int = 0
+
+    async def execute(self):
+        self.runs += 1
+        await asyncio.sleep(0.001)
+        return self.runs
+
+
+def make_group(stages, execution=None, cycle=None, name="g"):
+    return StageGroup(name=name, stages=stages, cycle_strategy=cycle or OnceCycleStrategy(),
+                      execution_strategy=execution or SequentialExecutionStrategy())
+
+
+def make_pipeline(kind, groups, context_data=None, cycle=None):
+    return PipelineFactory().create_pipeline(
+        pipeline_type=kind, name="p", groups=groups, cycle_strategy=cycle or OnceCycleStrategy(),
+        execution_strategy=SequentialExecutionStrategy(), context_data=context_data)
+
+
+async def test_one_context_is_shared_by_pipeline_groups_and_stages():
+    stages = [Bump(name=f"b{i}") for i in range(4)]
+    groups = [make_group(stages[:2]), make_group(stages[2:], ConcurrentExecutionStrategy())]
+    p = make_pipeline(PipeLineType.SIMPLE, groups, {"n": 0})
+    await p.run()
+    assert p.context["n"] == 4
+    assert all(s.context is p.context for s in stages)
+    assert isinstance(p, SimplePipeline) and isinstance(p.context, AsyncLockableContext)
+
+
+async def test_advanced_locks_context_during_run_and_unlocks_after():
+    seen = []
+
+    class Peek(Stage):
+        async def execute(self):
+            seen.append(self.context.locked)
+            return self.context["k"]
+
+    p = make_pipeline(PipeLineType.ADVANCED, [make_group([Peek(name="peek")])], {"k": "v"})
+    assert isinstance(p, AdvancedPipeline) and isinstance(p.context, ProtectedContext)
+    assert await p.run() == [["v"]]
+    assert seen == [True]
+    assert not p.context.locked
+    p.context["k"] = "w"  # writable again after the run
+
+
+async def test_advanced_context_write_during_run_raises():
+    p = make_pipeline(PipeLineType.ADVANCED, [make_group([Bump(name="writer")])], {"n": 0})
+    with pytest.raises(ContextLockedError, match="'n'.*pipeline 'p'"):
+        await p.run()
+    assert not p.context.locked  # unlocked after a failed run too
+    assert p.context["n"] == 0
+
+
+async def test_advanced_context_unlocked_after_stop():
+    p = make_pipeline(PipeLineType.ADVANCED, [make_group([Spin(name="s")], cycle=InfinitLoopStrategy())])
+    task = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.02)
+    assert p.context.locked
+    p.stop()
+    assert await task is None
+    assert not p.context.locked
+
+
+async def test_custom_pipeline_takes_the_callers_context():
+    ctx = AsyncLockableContext({"n": 10})
+    p = PipelineFactory().create_pipeline(PipeLineType.CUSTOM, "p", [make_group([Bump(name="b")])],
+                                          OnceCycleStrategy(), SequentialExecutionStrategy(), context=ctx)
+    await p.run()
+    assert p.context is ctx and ctx["n"] == 11
+    assert type(p) is Pipeline
+
+
+async def test_stop_cancels_in_flight_stages_and_run_returns_none():
+    tracker = Tracker()
+    stages = [Tracked(name=f"s{i}", tracker=tracker, delay=10) for i in range(3)]
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group(stages, ConcurrentExecutionStrategy())])
+    task = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.05)
+    assert p.running
+    p.stop()
+    assert await asyncio.wait_for(task, 5) is None
+    assert sorted(tracker.cancelled) == ["s0", "s1", "s2"]
+    assert not p.running
+    assert engine_tasks() == set()
+
+
+async def test_stop_from_another_thread():
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group([Spin(name="s")], cycle=InfinitLoopStrategy())])
+    task = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.02)
+    await asyncio.to_thread(p.stop)
+    assert await asyncio.wait_for(task, 5) is None
+
+
+async def test_stop_when_idle_is_a_no_op_and_pipeline_runs_again_after_stop():
+    s = Spin(name="s")
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group([s])])
+    p.stop()
+    assert await p.run() == [[1]]
+    forever = make_pipeline(PipeLineType.SIMPLE, [make_group([Spin(name="x")], cycle=InfinitLoopStrategy())])
+    task = asyncio.ensure_future(forever.run())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_drain_finishes_the_current_cycle_then_returns_none():
+    log: list = []
+    stages = [Echo(name=f"s{i}", delay=0.02, log=log) for i in range(3)]
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group(stages, cycle=InfinitLoopStrategy())])
+    task = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.03)  # inside the first cycle, at stage s1
+    p.stop(drain=True)
+    assert await asyncio.wait_for(task, 5) is None
+    # The cycle in flight ran to its end: every start has its end, and it ended on the last stage.
+    assert log.count(("start", "s0")) == log.count(("end", "s2"))
+    assert log[-1] == ("end", "s2")
+
+
+async def test_drain_ends_a_loop_cycle_strategy_early():
+    s = Spin(name="s")
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group([s], cycle=LoopCycleStrategy(10_000))])
+    task = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.02)
+    p.stop(drain=True)
+    assert await asyncio.wait_for(task, 5) is None
+    assert 0 < s.runs < 10_000
+
+
+async def test_second_concurrent_run_raises():
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group([Spin(name="s")], cycle=InfinitLoopStrategy())])
+    task = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.01)
+    with pytest.raises(PipelineRunningError, match="'p'.*already running"):
+        await p.run()
+    p.stop()
+    await task
+
+
+@pytest.mark.parametrize("execution", [SequentialExecutionStrategy, ConcurrentExecutionStrategy,
+                                       lambda: SemaphoreExecutionStrategy(2)])
+async def test_no_engine_task_left_after_success_or_failure(execution):
+    stages = [Echo(name=f"s{i}", delay=0.001) for i in range(5)]
+    ok = make_pipeline(PipeLineType.SIMPLE, [make_group(stages, execution())])
+    await ok.run()
+    assert engine_tasks() == set()
+    bad = make_pipeline(PipeLineType.SIMPLE, [make_group(
+        [Echo(name="a", delay=1), Fail(name="f", delay=0.01), Echo(name="b", delay=1)], execution())])
+    with pytest.raises(ValueError):
+        await bad.run()
+    assert engine_tasks() == set()
+
+
+async def test_pipeline_timing_is_recorded():
+    g = make_group([Echo(name="a", delay=0.01)])
+    p = make_pipeline(PipeLineType.SIMPLE, [g])
+    await p.run()
+    assert p.execution_time >= g.execution_time > 0
+    assert p.stats.count == 1
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def test_group_rejects_non_stage():
+    with pytest.raises(ConfigurationError, match=r"StageGroup 'g'.*stages\[1\].*Stage.*str"):
+        make_group([Echo(name="a"), "not a stage"])
+
+
+def test_group_rejects_same_stage_twice():
+    s = Echo(name="a")
+    with pytest.raises(ConfigurationError, match=r"StageGroup 'g'.*stages\[1\].*'a'"):
+        make_group([s, s])
+
+
+def test_group_rejects_bad_strategies():
+    with pytest.raises(ConfigurationError, match="StageGroup 'g'.*execution_strategy"):
+        StageGroup(name="g", stages=[], cycle_strategy=OnceCycleStrategy(), execution_strategy="concurrent")
+    with pytest.raises(ConfigurationError, match="StageGroup 'g'.*cycle_strategy"):
+        StageGroup(name="g", stages=[], cycle_strategy=SequentialExecutionStrategy(),
+                   execution_strategy=SequentialExecutionStrategy())
+
+
+def test_pipeline_rejects_non_group_and_duplicates():
+    with pytest.raises(ConfigurationError, match=r"SimplePipeline 'p'.*groups\[0\].*StageGroup.*Echo"):
+        make_pipeline(PipeLineType.SIMPLE, [Echo(name="a")])
+    g = make_group([Echo(name="a")])
+    with pytest.raises(ConfigurationError, match=r"groups\[1\]"):
+        make_pipeline(PipeLineType.SIMPLE, [g, g])
+
+
+def test_pipeline_rejects_bad_strategy():
+    with pytest.raises(ConfigurationError, match="AdvancedPipeline 'p'.*cycle_strategy"):
+        PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [], "once", SequentialExecutionStrategy())
+
+
+def test_factory_rejects_unknown_type():
+    with pytest.raises(ConfigurationError, match="pipeline_type"):
+        PipelineFactory().create_pipeline("simple", "p", [], OnceCycleStrategy(), SequentialExecutionStrategy())
+
+
+def test_simple_pipeline_rejects_strategies_that_leave_the_loop():
+    class OffLoop(ExecutionStrategy):
+        offloads = True
+
+    group = make_group([Echo(name="a")], OffLoop(), name="heavy")
+    with pytest.raises(ConfigurationError, match="StageGroup 'heavy'.*OffLoop"):
+        make_pipeline(PipeLineType.SIMPLE, [group])
+    assert isinstance(make_pipeline(PipeLineType.ADVANCED, [group]), AdvancedPipeline)
