@@ -191,3 +191,20 @@ def test_non_handler_is_rejected():
         Echo(name="s", handlers=["log"])
     with pytest.raises(ConfigurationError, match="Echo 's'.*handler"):
         Echo(name="s").add_handler(object())
+
+
+async def test_copies_run_their_own_execute_with_fresh_stats():
+    import copy
+
+    original = Sleeper(name="a", seconds=0.0, timeout=1)
+    await original.run()
+    for clone in (original.model_copy(update={"name": "b", "seconds": 0.001}), copy.copy(original),
+                  copy.deepcopy(original)):
+        assert clone._runner is not original._runner
+        assert clone.stats.count == 0
+        await clone.run()
+        assert clone.stats.count == 1
+    assert original.stats.count == 1
+    renamed = original.model_copy(update={"name": "b", "timeout": 0.01, "seconds": 5})
+    with pytest.raises(StageTimeoutError, match="'b'"):
+        await renamed.run()

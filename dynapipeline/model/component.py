@@ -49,9 +49,7 @@ class Component(BaseModel):
             )
         for index, handler in enumerate(self.handlers):
             self._check_handler(handler, f"handlers[{index}]")
-        self._runner = Runner(self, self.name, self.execute)
-        if self.handlers:
-            self._runner.set_handlers(self.handlers)
+        self._bind_runner()
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
@@ -84,6 +82,28 @@ class Component(BaseModel):
     def stats(self) -> ComponentStats:
         r = self._runner
         return ComponentStats(count=r.count, total=r.total, min=r.min, max=r.max)
+
+    def model_copy(self, *, update: Any = None, deep: bool = False) -> Any:
+        """A copy with its own runner (fresh stats), built after ``update`` is applied."""
+        clone = super().model_copy(update=update, deep=deep)
+        clone._bind_runner()
+        return clone
+
+    def __copy__(self) -> Any:
+        clone = super().__copy__()
+        clone._bind_runner()
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+        clone = super().__deepcopy__(memo)
+        clone._bind_runner()
+        return clone
+
+    def _bind_runner(self) -> None:
+        # The runner holds the bound ``execute``: a copy must never share the original's.
+        self._runner = Runner(self, self.name, self.execute)
+        if self.handlers:
+            self._runner.set_handlers(self.handlers)
 
     def _check_handler(self, handler: Any, field: str) -> None:
         if not isinstance(handler, Handler):
@@ -125,6 +145,9 @@ class Stage(Component):
             raise ConfigurationError(f"Stage {self.name!r}: field 'retry_delay' must be >= 0")
         if self.retry_backoff <= 0:
             raise ConfigurationError(f"Stage {self.name!r}: field 'retry_backoff' must be > 0")
+
+    def _bind_runner(self) -> None:
+        super()._bind_runner()
         self._runner.configure(self.timeout, self.retries, self.retry_delay, self.retry_backoff)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
