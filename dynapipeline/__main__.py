@@ -1,4 +1,4 @@
-"""Command line: ``python -m dynapipeline info``."""
+"""Command line: ``python -m dynapipeline info | bench``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dynapipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, engine (compiled or pure), loop, Python").set_defaults(func=_info)
+    from dynapipeline.front.bench import add_parser as add_bench
+
+    add_bench(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

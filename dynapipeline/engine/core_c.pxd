@@ -1,4 +1,7 @@
 # C types for the compiled engine. The code is core_py.py (core_c.py links to it).
+#
+# Locals of `async def` cannot be typed here, so the dispatch loops reach a Runner's
+# C fields through the small cdef functions declared at the bottom (C calls).
 cimport cython
 
 cdef object _clock
@@ -28,6 +31,7 @@ cdef class Runner:
     cdef tuple _afters
     cdef tuple _on_errors
     cdef bint _fast
+    cdef bint _inline
     cdef public double start_time
     cdef public double end_time
     cdef public double execution_time
@@ -38,6 +42,14 @@ cdef class Runner:
 
     cpdef void record(self, double t0, double t1)
     cpdef void _refresh(self)
+
+
+cdef bint _inline(Runner runner)
+cdef object _call_execute(Runner runner, tuple args, dict kwargs)
+cdef void _record(Runner runner, double t0, double t1)
+cdef double _now()
+cdef bint _draining(RunControl control)
+cdef bint _is_sequential(object dispatch)
 
 
 cdef class _Gate:

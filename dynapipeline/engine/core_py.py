@@ -98,6 +98,7 @@ class Runner:
         self._afters: tuple[Any, ...] = ()
         self._on_errors: tuple[Any, ...] = ()
         self._fast = True
+        self._inline = self._is_async
         self.start_time = 0.0
         self.end_time = 0.0
         self.execution_time = 0.0
@@ -172,13 +173,16 @@ class Runner:
     async def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run the component once and return its result."""
         if self._fast:
-            t0 = _clock()
+            t0 = _now()
             try:
                 if self._is_async:
                     return await self._execute(*args, **kwargs)
-                return self._execute(*args, **kwargs)
+                result = self._execute(*args, **kwargs)
+                if _isawaitable(result):  # e.g. a Cython-compiled `async def`
+                    result = await result
+                return result
             finally:
-                self.record(t0, _clock())
+                self.record(t0, _now())
         return await self._run_full(args, kwargs)
 
     async def _run_full(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -266,6 +270,43 @@ class Runner:
             self._befores or self._arounds or self._afters or self._on_errors
             or self._timeout > 0.0 or self._retries > 0
         )
+        # The dispatch loops run an inline runner's coroutine themselves (no wrapper coroutine).
+        self._inline = self._fast and self._is_async
+
+
+# The fast path of the dispatch loops. Compiled, these are C calls on a typed Runner
+# (core_c.pxd), so a loop reaches the runner's fields without a Python attribute lookup.
+
+def _inline(runner: Runner) -> bool:
+    """True when the runner has no handlers, timeout or retries and an ``async def execute``.
+
+    A dispatch loop then awaits ``_call_execute(...)`` itself between two clock readings and
+    passes them to ``_record``: no wrapper coroutine per component.
+    """
+    return runner._inline
+
+
+def _call_execute(runner: Runner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if kwargs:
+        return runner._execute(*args, **kwargs)
+    return runner._execute(*args)
+
+
+def _record(runner: Runner, t0: float, t1: float) -> None:
+    runner.record(t0, t1)
+
+
+def _now() -> float:
+    return _clock()
+
+
+def _draining(control: RunControl | None) -> bool:
+    return control is not None and control.draining
+
+
+def _is_sequential(dispatch: Any) -> bool:
+    """True for a bound ``Sequential.dispatch``: the cycle loops then run the members inline."""
+    return type(getattr(dispatch, "__self__", None)) is Sequential
 
 
 async def run_tasks(tasks: list[Any]) -> None:
@@ -273,8 +314,9 @@ async def run_tasks(tasks: list[Any]) -> None:
     if not tasks:
         return
     gate = _Gate(asyncio.get_running_loop().create_future(), len(tasks))
+    on_done = gate.on_done
     for task in tasks:
-        task.add_done_callback(gate.on_done)
+        task.add_done_callback(on_done)
     try:
         await gate.future
     except BaseException:
@@ -318,12 +360,29 @@ async def _cancel_and_wait(tasks: list[Any]) -> None:
 
 
 class Sequential:
-    """One component after another; the first error stops the rest."""
+    """One component after another; the first error stops the rest.
+
+    A fast runner's coroutine is awaited right here (see ``_inline``), and the clock
+    reading that ends one component starts the next: one reading per component.
+    """
 
     async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
         results = []
+        t0 = _now()
         for runner in runners:
-            results.append(await runner.run(args, kwargs))
+            if not _inline(runner):
+                results.append(await runner.run(args, kwargs))
+                t0 = _now()
+                continue
+            try:
+                result = await _call_execute(runner, args, kwargs)
+            except BaseException:
+                _record(runner, t0, _now())
+                raise
+            t1 = _now()
+            _record(runner, t0, t1)
+            t0 = t1
+            results.append(result)
         return results
 
 
@@ -336,8 +395,8 @@ class Concurrent:
             return []
         if n == 1:
             return [await runners[0].run(args, kwargs)]
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(runner.run(args, kwargs)) for runner in runners]
+        create_task = asyncio.get_running_loop().create_task
+        tasks = [create_task(runner.run(args, kwargs)) for runner in runners]
         await run_tasks(tasks)
         return [task.result() for task in tasks]
 
@@ -392,8 +451,8 @@ class Bounded:
         if workers == 1:
             await cursor.work()
             return results
-        loop = asyncio.get_running_loop()
-        await run_tasks([loop.create_task(cursor.work()) for _ in range(workers)])
+        create_task = asyncio.get_running_loop().create_task
+        await run_tasks([create_task(cursor.work()) for _ in range(workers)])
         return results
 
 
@@ -410,19 +469,28 @@ class _Cursor:
         self.next = 0
 
     async def work(self) -> None:
-        slots = self.slots
+        # A worker takes the next index, holds a slot while that component runs,
+        # and runs a fast runner's coroutine itself (as Sequential does).
         n = len(self.runners)
         while self.next < n:
             index = self.next
             self.next = index + 1
-            if slots.used < slots.limit:
-                slots.used += 1
+            if self.slots.used < self.slots.limit:
+                self.slots.used += 1
             else:
-                await slots.acquire()
+                await self.slots.acquire()
             try:
-                self.results[index] = await self.runners[index].run(self.args, self.kwargs)
+                runner = self.runners[index]
+                if _inline(runner):
+                    t0 = _now()
+                    try:
+                        self.results[index] = await _call_execute(runner, self.args, self.kwargs)
+                    finally:
+                        _record(runner, t0, _now())
+                else:
+                    self.results[index] = await runner.run(self.args, self.kwargs)
             finally:
-                slots.release()
+                self.slots.release()
 
 
 class Once:
@@ -439,10 +507,12 @@ class Loop:
         self.cycles = cycles
 
     async def run(self, dispatch: Any, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-        results = []
         control = current_control.get()
+        if _is_sequential(dispatch):
+            return await _sequential_cycles(runners, args, kwargs, self.cycles, control, None, 0.0)
+        results = []
         for _ in range(self.cycles):
-            if control is not None and control.draining:
+            if _draining(control):
                 break
             results.append(await dispatch(runners, args, kwargs))
         return results
@@ -463,10 +533,52 @@ class Forever:
         control = current_control.get()
         event = self.event
         interval = self.interval
+        if _is_sequential(dispatch):
+            await _sequential_cycles(runners, args, kwargs, -1, control, event, interval)
+            return None
         while True:
             if event is not None and event.is_set():
                 return None
-            if control is not None and control.draining:
+            if _draining(control):
                 return None
             await dispatch(runners, args, kwargs)
             await _sleep(interval)
+
+
+async def _sequential_cycles(runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any],
+                             cycles: int, control: RunControl | None, event: Any, interval: float) -> Any:
+    """Loop (``cycles >= 0``: a list of per-cycle result lists) or Forever (``cycles < 0``:
+    until ``event`` is set or a drain, yielding to the loop each cycle; returns None) over
+    ``Sequential.dispatch`` inlined: no dispatch coroutine per cycle.
+    """
+    forever = cycles < 0
+    results: list[Any] = []
+    cycle = 0
+    while forever or cycle < cycles:
+        if forever and event is not None and event.is_set():
+            return None
+        if _draining(control):
+            break
+        cycle += 1
+        # This cycle: the body of Sequential.dispatch.
+        cycle_results = []
+        t0 = _now()
+        for runner in runners:
+            if not _inline(runner):
+                cycle_results.append(await runner.run(args, kwargs))
+                t0 = _now()
+                continue
+            try:
+                result = await _call_execute(runner, args, kwargs)
+            except BaseException:
+                _record(runner, t0, _now())
+                raise
+            t1 = _now()
+            _record(runner, t0, t1)
+            t0 = t1
+            cycle_results.append(result)
+        if forever:
+            await _sleep(interval)
+        else:
+            results.append(cycle_results)
+    return None if forever else results

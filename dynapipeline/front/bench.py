@@ -1,0 +1,312 @@
+"""``python -m dynapipeline bench``: the engine's cost per stage against raw asyncio.
+
+Every case runs a strategy over no-op stages (or stages that yield once with
+``await asyncio.sleep(0)``) and, in the same process and on the same event loop,
+its raw-asyncio twin over the very same stage objects:
+
+=============  ==============================================  =====================================
+case           engine                                          raw twin
+=============  ==============================================  =====================================
+sequential     ``SequentialExecutionStrategy``                 ``for s in stages: await s.execute()``
+concurrent     ``ConcurrentExecutionStrategy``                 ``asyncio.gather``
+semaphore(8)   ``SemaphoreExecutionStrategy(8)``               ``asyncio.Semaphore(8)`` + ``gather``
+cycles         ``LoopCycleStrategy(n)`` over one stage         ``for _ in range(n): await s.execute()``
+=============  ==============================================  =====================================
+
+Engine and raw runs are interleaved and the median of the repeats is reported,
+in µs per stage (per cycle for ``cycles``); ratio = engine / raw. The engine
+mode is fixed at import, so the other mode is measured in a subprocess
+(``DYNAPIPELINE_NO_EXTENSIONS=1`` for pure). The benchmark suite in
+``benchmarks/`` builds its cases with ``make_case`` from this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dynapipeline.model import Stage, StageGroup
+from dynapipeline.strategies import (
+    ConcurrentExecutionStrategy,
+    LoopCycleStrategy,
+    OnceCycleStrategy,
+    SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+
+__all__ = ["CASES", "KINDS", "LOOPS", "SIZES", "Case", "NoopStage", "YieldStage", "loop_factory", "main",
+           "make_case"]
+
+CASES = ("sequential", "concurrent", "semaphore(8)", "cycles")
+KINDS = ("noop", "yield")
+SIZES = (1000, 10_000)
+LOOPS = ("asyncio", "uvloop")
+SEMAPHORE_LIMIT = 8
+
+
+class NoopStage(Stage):
+    """Does nothing: what is measured is the engine around it."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+
+class YieldStage(Stage):
+    """Yields to the event loop once, like a stage that awaits I/O that is ready."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+
+
+@dataclass
+class Case:
+    """One measurement: ``engine()`` and ``raw()`` are coroutine functions doing the same work."""
+
+    case: str
+    kind: str
+    n: int
+    engine: Callable[[], Awaitable[Any]]
+    raw: Callable[[], Awaitable[Any]]
+
+
+def make_case(case: str, kind: str, n: int) -> Case:
+    """Build the stages, the engine group and the raw twin of one case."""
+    cls = NoopStage if kind == "noop" else YieldStage
+    if case == "cycles":
+        stage = cls(name="s0")
+        group = StageGroup(name="bench", stages=[stage], cycle_strategy=LoopCycleStrategy(n),
+                           execution_strategy=SequentialExecutionStrategy())
+
+        async def raw_cycles() -> list[Any]:
+            results = []
+            for _ in range(n):
+                results.append(await stage.execute())
+            return results
+
+        return Case(case, kind, n, group.run, raw_cycles)
+
+    stages = [cls(name=f"s{i}") for i in range(n)]
+    if case == "sequential":
+        strategy: Any = SequentialExecutionStrategy()
+
+        async def raw() -> list[Any]:
+            results = []
+            for s in stages:
+                results.append(await s.execute())
+            return results
+
+    elif case == "concurrent":
+        strategy = ConcurrentExecutionStrategy()
+
+        async def raw() -> list[Any]:
+            return await asyncio.gather(*[s.execute() for s in stages])
+
+    elif case == f"semaphore({SEMAPHORE_LIMIT})":
+        strategy = SemaphoreExecutionStrategy(SEMAPHORE_LIMIT)
+
+        async def raw() -> list[Any]:
+            sem = asyncio.Semaphore(SEMAPHORE_LIMIT)
+
+            async def one(s: Stage) -> Any:
+                async with sem:
+                    return await s.execute()
+
+            return await asyncio.gather(*[one(s) for s in stages])
+
+    else:
+        raise ValueError(f"unknown case {case!r}; one of {CASES}")
+    group = StageGroup(name="bench", stages=stages, cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=strategy)
+    return Case(case, kind, n, group.run, raw)
+
+
+def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return asyncio.new_event_loop
+
+
+async def _measure(case: Case, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``repeats`` interleaved engine and raw runs, after one warm-up each."""
+    clock = time.perf_counter
+    await case.engine()
+    await case.raw()
+    engine, raw = [], []
+    for _ in range(repeats):
+        t0 = clock()
+        await case.engine()
+        t1 = clock()
+        await case.raw()
+        t2 = clock()
+        engine.append(t1 - t0)
+        raw.append(t2 - t1)
+    return statistics.median(engine), statistics.median(raw)
+
+
+def _uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def measure_mode(quick: bool, loops: tuple[str, ...] = LOOPS) -> list[dict[str, Any]]:
+    """Every case on every loop, in this process's engine mode."""
+    import dynapipeline
+
+    mode = "compiled" if dynapipeline.compiled else "pure"
+    kinds = ("noop",) if quick else KINDS
+    sizes = (10_000,) if quick else SIZES
+    rows = []
+    for loop in loops:
+        if loop == "uvloop" and not _uvloop_available():
+            continue
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+            for case_name in CASES:
+                for kind in kinds:
+                    for n in sizes:
+                        case = make_case(case_name, kind, n)
+                        # Fewer repeats where one run is long (concurrent, yielding stages).
+                        repeats = 3 if quick else (7 if n <= 1000 else 5)
+                        # The stages built for this case are long-lived: keep them out of the
+                        # collector's way so its full passes do not add noise to either side.
+                        gc.collect()
+                        gc.freeze()
+                        try:
+                            engine, raw = runner.run(_measure(case, repeats))
+                        finally:
+                            gc.unfreeze()
+                        rows.append({
+                            "case": case_name, "stage": kind, "n": n, "loop": loop, "mode": mode,
+                            "engine_us": engine / n * 1e6, "raw_us": raw / n * 1e6,
+                            "ratio": engine / raw if raw > 0 else float("nan"), "repeats": repeats,
+                        })
+                        del case
+    return rows
+
+
+def _other_mode(mode: str, quick: bool) -> list[dict[str, Any]]:
+    env = dict(os.environ)
+    if mode == "pure":
+        env["DYNAPIPELINE_NO_EXTENSIONS"] = "1"
+    else:
+        env.pop("DYNAPIPELINE_NO_EXTENSIONS", None)
+    cmd = [sys.executable, "-m", "dynapipeline", "bench", "--mode", mode, "--json", "-"]
+    if quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return list(json.loads(out)["rows"])
+
+
+def machine() -> dict[str, Any]:
+    import dynapipeline
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "dynapipeline": dynapipeline.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ("strategy", "stage", "n", "loop", "mode", "µs/stage", "raw µs/stage", "ratio")
+    body = [
+        (r["case"], r["stage"], f"{r['n']:,}", r["loop"], r["mode"],
+         f"{r['engine_us']:.3f}", f"{r['raw_us']:.3f}", f"{r['ratio']:.2f}×")
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in body:
+        lines.append("  ".join(
+            c.rjust(w) if i in (2, 5, 6, 7) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ))
+    return "\n".join(lines)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import dynapipeline
+
+    started = time.perf_counter()
+    here = "compiled" if dynapipeline.compiled else "pure"
+    wanted = ("compiled", "pure") if args.mode == "both" else (args.mode,)
+    rows: list[dict[str, Any]] = []
+    notes = []
+    for mode in wanted:
+        if mode == here:
+            rows += measure_mode(args.quick)
+        elif args.mode == "both":
+            try:
+                other = _other_mode(mode, args.quick)
+            except subprocess.CalledProcessError as error:
+                notes.append(f"{mode} engine not measured: {error.stderr.strip().splitlines()[-1:]}")
+                continue
+            rows += other
+        else:
+            notes.append(f"{mode} engine not available in this process (engine is {here})")
+    order = {name: i for i, name in enumerate(CASES)}
+    rows.sort(key=lambda r: (order[r["case"]], r["stage"] != "noop", r["n"], r["loop"], r["mode"]))
+    # Keep one row per key (a subprocess that fell back to the same mode would repeat it).
+    seen, unique = set(), []
+    for r in rows:
+        key = (r["case"], r["stage"], r["n"], r["loop"], r["mode"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    elapsed = time.perf_counter() - started
+    report = {"machine": machine(), "quick": args.quick, "seconds": elapsed, "rows": unique}
+    if args.json == "-":
+        json.dump(report, sys.stdout)
+        return 0
+    m = report["machine"]
+    print(f"dynapipeline {m['dynapipeline']} bench — Python {m['python']}, {m['cpu']} ({m['cpus']} CPUs), "
+          f"{m['platform']}")
+    print("µs per stage (per cycle for `cycles`), median of interleaved repeats; ratio = engine / raw asyncio\n")
+    print(format_table(unique))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"\n{elapsed:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="engine µs per stage against raw asyncio, per strategy, loop and mode")
+    p.add_argument("--quick", action="store_true", help="10,000 no-op stages only, fewer repeats (< 15 s)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': JSON to stdout only)")
+    p.add_argument("--mode", choices=("both", "compiled", "pure"), default="both",
+                   help="engine modes to measure (default both; the other one runs in a subprocess)")
+    p.set_defaults(func=run_bench)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dynapipeline")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(argv or [])])
+    return int(args.func(args))
