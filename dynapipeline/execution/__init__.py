@@ -6,10 +6,13 @@ from dynapipeline.strategies.execution import (
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
+from dynapipeline.transports import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
 
 __all__ = [
     "ConcurrentExecutionStrategy",
     "ExecutionStrategy",
+    "MultiprocessExecutionStrategy",
+    "MultithreadExecutionStrategy",
     "SemaphoreExecutionStrategy",
     "SequentialExecutionStrategy",
 ]

@@ -1,0 +1,50 @@
+"""Running one component off the event loop's thread: with no loop for plain ``def`` stages, else on a given loop.
+
+Shared by the thread pool and the worker processes; plain Python (no compiled code).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from dynapipeline.model.component import Stage
+
+__all__ = ["drive", "needs_loop", "run_component"]
+
+
+def needs_loop(component: Any) -> bool:
+    """True unless the component is a plain-``def`` Stage whose run never awaits real I/O.
+
+    Such a stage (no retries, no async handler hook) is run by driving its runner's
+    coroutine by hand, so its ``execute`` is called directly with no event loop.
+    """
+    if not isinstance(component, Stage):
+        return True
+    if inspect.iscoroutinefunction(component.execute) or component.retries:
+        return True
+    for handler in component.handlers:
+        for hook in handler.hooks():
+            if hook is not None and inspect.iscoroutinefunction(hook):
+                return True
+    return False
+
+
+def drive(coro: Any) -> Any:
+    """Run a coroutine that never waits on a future to completion, with no event loop."""
+    try:
+        while True:
+            if coro.send(None) is not None:
+                break
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("a plain-def stage awaited something that needs an event loop")
+
+
+def run_component(component: Any, args: tuple[Any, ...], kwargs: dict[str, Any], loop: Any) -> Any:
+    """Run ``component`` once through its runner (handlers, timing); ``loop`` is used only if it needs one."""
+    coro = component._runner.run(args, kwargs)
+    if loop is None:
+        return drive(coro)
+    return loop.run_until_complete(coro)

@@ -1,0 +1,239 @@
+"""Shipping components to worker processes: a cloudpickle Pickler with a per-class cache, and the check
+that names the attribute path of whatever cannot be pickled.
+
+- Classes that cloudpickle must send by value (defined in ``__main__``, in a
+  function, or in a module the worker cannot import) get an id from the
+  ``ClassRegistry``; their pickle is made once and each worker receives it once.
+  Later changes to such a class object are not seen by workers that have it.
+- A component travels as its pydantic state (fields, fields-set, extra, user
+  private attributes) plus its timing; the worker rebuilds it and its runner.
+- A context travels as a read-only snapshot of its data.
+- The asyncio execution strategies and the cycle strategies travel by their
+  settings (their engine objects are rebuilt in the worker).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import weakref
+from typing import Any
+
+import cloudpickle
+
+from dynapipeline.errors import PicklingError
+from dynapipeline.model.component import Component, Stage
+from dynapipeline.model.contexts import Context
+from dynapipeline.strategies.cycles import InfinitLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
+from dynapipeline.strategies.execution import (
+    ConcurrentExecutionStrategy,
+    SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.transports.worker import INTERNAL_PRIVATE, cached_class, locked_context, rebuild_component
+
+__all__ = ["ClassRegistry", "Pickler", "REGISTRY", "describe_unpicklable", "dumps_batch"]
+
+try:
+    from cloudpickle.cloudpickle import _should_pickle_by_reference as _by_reference
+except ImportError:  # pragma: no cover - older/newer cloudpickle
+    def _by_reference(obj: Any) -> bool:
+        import sys
+        module = sys.modules.get(getattr(obj, "__module__", None) or "")
+        if module is None or module.__name__ == "__main__":
+            return False
+        found: Any = module
+        for part in obj.__qualname__.split("."):
+            found = getattr(found, part, None)
+        return found is obj
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class ClassRegistry:
+    """Ids and pickles of the classes shipped by value; one per process, shared by every pool."""
+
+    def __init__(self) -> None:
+        self._ids: weakref.WeakKeyDictionary[type, int] = weakref.WeakKeyDictionary()
+        self._blobs: dict[int, tuple[bytes, tuple[int, ...]]] = {}
+        self._next = 0
+
+    def id_of(self, cls: type) -> int | None:
+        """The id of ``cls`` once its pickle is ready (``None`` while it is being made: pickled inline)."""
+        cid = self._ids.get(cls)
+        if cid is not None:
+            return cid if cid in self._blobs else None
+        cid = self._next
+        self._next += 1
+        self._ids[cls] = cid
+        buffer = io.BytesIO()
+        pickler = Pickler(buffer, self, top=cls)
+        try:
+            pickler.dump(cls)
+        except BaseException:
+            del self._ids[cls]
+            raise
+        self._blobs[cid] = (buffer.getvalue(), tuple(sorted(pickler.used)))
+        return cid
+
+    def blobs_for(self, needed: set[int], known: set[int]) -> list[tuple[int, bytes]]:
+        """The class pickles a worker that already has ``known`` needs for ``needed``, dependencies first."""
+        out: list[tuple[int, bytes]] = []
+        seen = set(known)
+
+        def add(cid: int) -> None:
+            if cid in seen:
+                return
+            seen.add(cid)
+            blob, deps = self._blobs[cid]
+            for dep in deps:
+                add(dep)
+            out.append((cid, blob))
+
+        for cid in sorted(needed):
+            add(cid)
+        return out
+
+
+REGISTRY = ClassRegistry()
+
+
+def _reduce_strategy(obj: Any) -> Any:
+    cls = type(obj)
+    if cls is SequentialExecutionStrategy or cls is ConcurrentExecutionStrategy or cls is OnceCycleStrategy:
+        return (cls, ())
+    if cls is SemaphoreExecutionStrategy:
+        return (cls, (obj.max_concurrent,))
+    if cls is LoopCycleStrategy:
+        return (cls, (obj.cycles,))
+    if cls is InfinitLoopStrategy:
+        return (cls, (obj.event, obj.interval))
+    return None
+
+
+def reduce_component(component: Any) -> tuple[Any, tuple[Any, ...]]:
+    """How a Stage or StageGroup travels: its pydantic state, user private attributes and timing."""
+    private = component.__pydantic_private__ or {}
+    private = {k: v for k, v in private.items() if k not in INTERNAL_PRIVATE}
+    return (rebuild_component, (type(component), component.__dict__, component.__pydantic_fields_set__,
+                                component.__pydantic_extra__, private, component._runner.timing()))
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle, plus: classes by id (``REGISTRY``), components by state, contexts as snapshots."""
+
+    def __init__(self, file: Any, registry: ClassRegistry, top: type | None = None) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self.registry = registry
+        self.top = top
+        self.used: set[int] = set()
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type):
+            if obj is not self.top and not _by_reference(obj):
+                cid = self.registry.id_of(obj)
+                if cid is not None:
+                    self.used.add(cid)
+                    return (cached_class, (cid,))
+            return super().reducer_override(obj)
+        if isinstance(obj, Component):
+            return reduce_component(obj)
+        if isinstance(obj, Context):
+            return (locked_context, (dict(obj._data),))
+        reduced = _reduce_strategy(obj)
+        if reduced is not None:
+            return reduced
+        return super().reducer_override(obj)
+
+
+def dumps_batch(components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                registry: ClassRegistry = REGISTRY) -> tuple[bytes, set[int]]:
+    """Pickle one batch; an unpicklable part raises PicklingError naming the component and attribute path."""
+    buffer = io.BytesIO()
+    pickler = Pickler(buffer, registry)
+    try:
+        pickler.dump((components, args, kwargs))
+    except Exception as error:
+        raise PicklingError(describe_unpicklable(components, args, kwargs, error, registry)) from error
+    return buffer.getvalue(), pickler.used
+
+
+# --- finding what cannot be pickled -------------------------------------------------------------
+
+def _fails(obj: Any, registry: ClassRegistry) -> BaseException | None:
+    try:
+        Pickler(io.BytesIO(), registry).dump(obj)
+    except Exception as error:
+        return error
+    return None
+
+
+def _kind(component: Any) -> str:
+    return "stage" if isinstance(component, Stage) else type(component).__name__.lower().replace("stage", "")
+
+
+def _children(obj: Any) -> list[tuple[str, Any]]:
+    """The parts of ``obj`` worth naming in a path."""
+    if isinstance(obj, Component):
+        parts = [(f" field {k!r}", v) for k, v in obj.__dict__.items()]
+        private = obj.__pydantic_private__ or {}
+        parts += [(f" private {k!r}", v) for k, v in private.items() if k not in INTERNAL_PRIVATE]
+        return parts
+    if isinstance(obj, Context):
+        return [(f" key {k!r}", v) for k, v in obj._data.items()]
+    if isinstance(obj, dict):
+        return [(f" key {k!r}", v) for k, v in obj.items()] + [(" key", k) for k in obj]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [(f"[{i}]", v) for i, v in enumerate(obj)]
+    code = getattr(obj, "__code__", None)
+    if code is not None and getattr(obj, "__closure__", None):
+        return [(f" closure variable {name!r}", cell.cell_contents)
+                for name, cell in zip(code.co_freevars, obj.__closure__, strict=False)
+                if _cell_ok(cell)]
+    if isinstance(obj, type):
+        return [(f" class attribute {k!r}", v) for k, v in vars(obj).items() if not k.startswith("__")]
+    if hasattr(obj, "__dict__"):
+        return [(f" attribute {k!r}", v) for k, v in vars(obj).items()]
+    return []
+
+
+def _cell_ok(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
+
+
+def _narrow(obj: Any, path: str, registry: ClassRegistry, depth: int = 0) -> tuple[str, Any]:
+    """Follow the failing part down as far as it stays the culprit."""
+    if depth < 8:
+        for label, child in _children(obj):
+            if _fails(child, registry) is not None:
+                return _narrow(child, path + label, registry, depth + 1)
+    return path, obj
+
+
+def describe_unpicklable(components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                         error: BaseException, registry: ClassRegistry = REGISTRY) -> str:
+    """A message naming the first unpicklable part, e.g. ``stage 'io' field 'lock': RLock``."""
+    candidates: list[tuple[str, Any]] = []
+    for component in components:
+        for inner in component.iter_components() if hasattr(component, "iter_components") else [component]:
+            if inner is component or not hasattr(inner, "iter_components"):
+                candidates.append((f"{_kind(inner)} {inner.name!r}", inner))
+    candidates += [(f"argument {i}", a) for i, a in enumerate(args)]
+    candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for where, obj in candidates:
+        own = _children(obj) if isinstance(obj, Component) else [("", obj)]
+        if isinstance(obj, Component) and hasattr(obj, "iter_components"):
+            own = [(label, v) for label, v in own if not label.startswith((" field 'stages'", " field 'groups'"))]
+        if isinstance(obj, Component):
+            own.append((f" class {type(obj).__qualname__!r}", type(obj)))
+        for label, child in own:
+            cause = _fails(child, registry)
+            if cause is not None:
+                path, culprit = _narrow(child, where + label, registry)
+                return (f"cannot send to a worker process: {path}: {type(culprit).__name__} "
+                        f"({type(cause).__name__}: {cause})")
+    return f"cannot send to a worker process: {type(error).__name__}: {error}"

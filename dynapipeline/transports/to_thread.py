@@ -1,0 +1,331 @@
+"""Work that goes to threads: ``MultithreadExecutionStrategy`` and its pool of threads, each with its own loop.
+
+- Each component runs in a worker thread. An ``async def execute`` runs on that
+  thread's own event loop, created once per thread and reused across calls
+  (the same kind as the caller's loop: uvloop or asyncio). A plain ``def
+  execute`` is called directly, with no event loop in the thread.
+- Pool lifetime: inside ``async with strategy:`` the pool lives until the block
+  exits; otherwise, during a pipeline run, it lives for that run and is shut
+  down when the run ends (however it ends); with neither, it lives for one
+  dispatch.
+- The first error cancels the siblings (like the concurrent strategy) and
+  propagates; ``stop()``/cancellation cancels the coroutines running on worker
+  loops and waits (up to 1 s) for them to unwind.
+- Timeout: an ``async def`` stage is cancelled on its thread's loop at the
+  deadline. A plain ``def`` stage cannot be interrupted: the caller gets
+  ``StageTimeoutError`` at the deadline, the thread runs on until the call
+  returns, and its result is discarded. Worker threads are daemon threads, so
+  such a runaway call never blocks interpreter exit.
+- ``contextvars`` of the caller (the current run included) are visible in the threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from dynapipeline.engine import current_control
+from dynapipeline.errors import ConfigurationError, StageTimeoutError
+from dynapipeline.model.component import Stage
+from dynapipeline.model.strategy import ExecutionStrategy
+from dynapipeline.transports.calling import drive, needs_loop
+
+__all__ = ["MultithreadExecutionStrategy", "ThreadPool"]
+
+_counter = 0
+
+
+def _loop_factory(loop: Any) -> Any:
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def _sync_deadline(owner: Any) -> float | None:
+    """How long the caller waits for a plain-def timed stage (all attempts), or None."""
+    if not isinstance(owner, Stage) or owner.timeout is None or owner.timeout <= 0:
+        return None
+    if asyncio.iscoroutinefunction(owner.execute):
+        return None  # cancelled on its own loop by the runner
+    delays = sum(owner.retry_delay * owner.retry_backoff ** k for k in range(owner.retries))
+    return owner.timeout * (owner.retries + 1) + delays
+
+
+class _Job:
+    """One component for one thread; reports back to the caller's loop."""
+
+    __slots__ = ("index", "runner", "args", "kwargs", "batch", "context", "lock", "task", "loop",
+                 "cancelled", "running", "done")
+
+    def __init__(self, index: int, runner: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 batch: _Batch, context: contextvars.Context) -> None:
+        self.index = index
+        self.runner = runner
+        self.args = args
+        self.kwargs = kwargs
+        self.batch = batch
+        self.context = context
+        self.lock = threading.Lock()
+        self.task: Any = None
+        self.loop: Any = None
+        self.cancelled = False
+        self.running = False  # an async run is in progress on a worker loop
+        self.done = False
+
+    def cancel(self) -> None:
+        """Cancel the job: not started, it never runs; running on a loop, its task is cancelled."""
+        with self.lock:
+            self.cancelled = True
+            task, loop = self.task, self.loop
+        if task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:
+                pass
+
+    def report(self, ok: bool, value: Any) -> None:
+        try:
+            self.batch.loop.call_soon_threadsafe(self.batch.on_done, self, ok, value)
+        except RuntimeError:
+            pass  # the caller's loop is gone: the result is discarded
+
+
+class _Batch:
+    """The jobs of one dispatch: results in order; completes when all are in or one failed."""
+
+    def __init__(self, loop: Any, n: int) -> None:
+        self.loop = loop
+        self.future = loop.create_future()
+        self.results: list[Any] = [None] * n
+        self.pending = n
+        self.timers: list[Any] = []
+
+    def on_done(self, job: _Job, ok: bool, value: Any) -> None:
+        if job.done:
+            return
+        job.done = True
+        if self.future.done():
+            return
+        if ok:
+            self.results[job.index] = value
+            self.pending -= 1
+            if self.pending == 0:
+                self.future.set_result(None)
+        else:
+            self.future.set_exception(value)
+
+    def arm(self, job: _Job, seconds: float) -> None:
+        """Start a plain-def timed stage's deadline (called when its thread starts it)."""
+        if not job.done:
+            self.timers.append(self.loop.call_later(seconds, self.on_deadline, job))
+
+    def on_deadline(self, job: _Job) -> None:
+        owner = job.runner.owner
+        self.on_done(job, False, StageTimeoutError(job.runner.name, owner.timeout))
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+
+class ThreadPool:
+    """Up to ``max_workers`` daemon threads, started on demand, each with a lazily created event loop."""
+
+    def __init__(self, max_workers: int, loop_factory: Any) -> None:
+        self.max_workers = max_workers
+        self.loop_factory = loop_factory
+        self.threads: list[threading.Thread] = []
+        self.closed = False
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._busy_sync: set[int] = set()
+        self._running: set[_Job] = set()
+
+    def submit(self, job: _Job) -> None:
+        if self.closed:
+            raise RuntimeError("the thread pool is shut down")
+        self._queue.put(job)
+        if self._idle.acquire(blocking=False):
+            return
+        if len(self.threads) < self.max_workers:
+            global _counter
+            _counter += 1
+            thread = threading.Thread(target=self._work, name=f"dynapipeline-thread-{_counter}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _work(self) -> None:
+        loop = None
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    break
+                loop = self._run(job, loop)
+                self._idle.release()
+        finally:
+            if loop is not None:
+                try:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                finally:
+                    loop.close()
+
+    def _run(self, job: _Job, loop: Any) -> Any:
+        if job.cancelled:
+            return loop
+        runner = job.runner
+        owner = runner.owner
+        deadline = _sync_deadline(owner)
+        if deadline is not None:
+            try:
+                job.batch.loop.call_soon_threadsafe(job.batch.arm, job, deadline)
+            except RuntimeError:
+                return loop
+        self._running.add(job)
+        try:
+            if not needs_loop(owner):
+                ident = threading.get_ident()
+                self._busy_sync.add(ident)
+                try:
+                    value = job.context.run(drive, runner.run(job.args, job.kwargs))
+                except BaseException as error:  # noqa: B902 - handed to the caller
+                    job.report(False, error)
+                else:
+                    job.report(True, value)
+                finally:
+                    self._busy_sync.discard(ident)
+                return loop
+            if loop is None:
+                loop = self.loop_factory()
+            task = job.context.run(loop.create_task, runner.run(job.args, job.kwargs))
+            with job.lock:
+                job.task = task
+                job.loop = loop
+                job.running = True
+                if job.cancelled:
+                    task.cancel()
+            try:
+                value = loop.run_until_complete(task)
+            except BaseException as error:  # noqa: B902 - cancellation included
+                job.report(False, error)
+            else:
+                job.report(True, value)
+            finally:
+                job.running = False
+            return loop
+        finally:
+            self._running.discard(job)
+
+    def shutdown(self) -> None:
+        """Cancel running coroutines, let idle threads exit, abandon threads stuck in a plain-def call."""
+        if self.closed:
+            return
+        self.closed = True
+        for job in list(self._running):
+            job.cancel()
+        for _ in self.threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + 1.0
+        for thread in self.threads:
+            if thread.ident in self._busy_sync:
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class MultithreadExecutionStrategy(ExecutionStrategy):
+    """Runs each component in a worker thread (``async def`` on the thread's own reused loop).
+
+    ``max_workers``: threads in the pool (default ``min(32, cpu_count + 4)``).
+    See the module docstring for pool lifetime, cancellation and timeouts.
+    """
+
+    offloads = True
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)
+                                        or max_workers < 1):
+            raise ConfigurationError(
+                f"MultithreadExecutionStrategy: field 'max_workers' must be an int >= 1 or None, got {max_workers!r}"
+            )
+        self.max_workers = max_workers
+        self._held: ThreadPool | None = None  # inside `async with`
+        self._depth = 0
+        self._run_pools: dict[int, tuple[Any, ThreadPool]] = {}
+
+    @property
+    def workers(self) -> int:
+        return self.max_workers or min(32, (os.cpu_count() or 1) + 4)
+
+    def _pool_for(self, loop: Any) -> tuple[ThreadPool, bool]:
+        """The pool to use and whether this dispatch owns it (and so shuts it down)."""
+        if self._depth:
+            if self._held is None or self._held.closed:
+                self._held = ThreadPool(self.workers, _loop_factory(loop))
+            return self._held, False
+        control = current_control.get()
+        if control is not None:
+            key = id(control)
+            entry = self._run_pools.get(key)
+            if entry is None or entry[1].closed:
+                pool = ThreadPool(self.workers, _loop_factory(loop))
+                self._run_pools[key] = (control, pool)
+                control.add_cleanup(("dynapipeline.threads", id(self)), lambda: self._end_run(key))
+                return pool, False
+            return entry[1], False
+        return ThreadPool(self.workers, _loop_factory(loop)), True
+
+    def _end_run(self, key: int) -> None:
+        entry = self._run_pools.pop(key, None)
+        if entry is not None:
+            entry[1].shutdown()
+
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        n = len(runners)
+        if n == 0:
+            return []
+        loop = asyncio.get_running_loop()
+        pool, owned = self._pool_for(loop)
+        batch = _Batch(loop, n)
+        context = contextvars.copy_context()
+        jobs = [_Job(i, r, args, kwargs, batch, context.copy()) for i, r in enumerate(runners)]
+        try:
+            for job in jobs:
+                pool.submit(job)
+            await batch.future
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            # Let cancelled coroutines on worker loops unwind (plain-def calls are abandoned).
+            end = time.monotonic() + 1.0
+            while any(job.running for job in jobs) and time.monotonic() < end:
+                await asyncio.sleep(0.002)
+            raise
+        finally:
+            batch.cancel_timers()
+            if owned:
+                pool.shutdown()
+        return batch.results
+
+    async def __aenter__(self) -> MultithreadExecutionStrategy:
+        self._depth += 1
+        return self
+
+    async def aclose(self) -> None:
+        """Shut down the pool held by ``async with`` (and any pools of runs still open)."""
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and self._held is not None:
+            held, self._held = self._held, None
+            held.shutdown()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (type(self), (self.max_workers,))
+
+    def __repr__(self) -> str:
+        return f"MultithreadExecutionStrategy(max_workers={self.max_workers})"
