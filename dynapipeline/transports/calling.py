@@ -12,6 +12,8 @@ from dynapipeline.model.component import Stage
 
 __all__ = ["drive", "needs_loop", "run_component"]
 
+_ASYNC_EXECUTE: dict[type, bool] = {}
+
 
 def needs_loop(component: Any) -> bool:
     """True unless the component is a plain-``def`` Stage whose run never awaits real I/O.
@@ -21,7 +23,11 @@ def needs_loop(component: Any) -> bool:
     """
     if not isinstance(component, Stage):
         return True
-    if inspect.iscoroutinefunction(component.execute) or component.retries:
+    cls = type(component)
+    is_async = _ASYNC_EXECUTE.get(cls)
+    if is_async is None:
+        is_async = _ASYNC_EXECUTE[cls] = inspect.iscoroutinefunction(cls.execute)
+    if is_async or component.retries:
         return True
     for handler in component.handlers:
         for hook in handler.hooks():
@@ -44,7 +50,7 @@ def drive(coro: Any) -> Any:
 
 def run_component(component: Any, args: tuple[Any, ...], kwargs: dict[str, Any], loop: Any) -> Any:
     """Run ``component`` once through its runner (handlers, timing); ``loop`` is used only if it needs one."""
-    coro = component._runner.run(args, kwargs)
+    coro = component.__pydantic_private__["_runner"].run(args, kwargs)
     if loop is None:
         return drive(coro)
     return loop.run_until_complete(coro)

@@ -30,7 +30,13 @@ from dynapipeline.strategies.execution import (
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
-from dynapipeline.transports.worker import INTERNAL_PRIVATE, cached_class, locked_context, rebuild_component
+from dynapipeline.transports.worker import (
+    INTERNAL_PRIVATE,
+    cached_class,
+    cached_stage,
+    locked_context,
+    rebuild_component,
+)
 
 __all__ = ["ClassRegistry", "Pickler", "REGISTRY", "describe_unpicklable", "dumps_batch"]
 
@@ -111,12 +117,34 @@ def _reduce_strategy(obj: Any) -> Any:
     return None
 
 
+_KEYS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_next_key = 0
+
+
+def _key_of(stage: Any) -> int:
+    """A key unique to this stage object for the life of the process (workers cache rebuilt stages by it)."""
+    global _next_key
+    key = _KEYS.get(stage)
+    if key is None:
+        key = _KEYS[stage] = _next_key
+        _next_key += 1
+    return key
+
+
 def reduce_component(component: Any) -> tuple[Any, tuple[Any, ...]]:
     """How a Stage or StageGroup travels: its pydantic state, user private attributes and timing."""
-    private = component.__pydantic_private__ or {}
-    private = {k: v for k, v in private.items() if k not in INTERNAL_PRIVATE}
-    return (rebuild_component, (type(component), component.__dict__, component.__pydantic_fields_set__,
-                                component.__pydantic_extra__, private, component._runner.timing()))
+    private = component.__pydantic_private__
+    timing = private["_runner"].timing()  # read the dict: pydantic's private __getattr__ is slow
+    if len(private) == 1:
+        private = {}
+    else:
+        private = {k: v for k, v in private.items() if k not in INTERNAL_PRIVATE}
+    cls = type(component)
+    if isinstance(component, Stage):
+        return (cached_stage, (_key_of(component), cls, component.__dict__, component.__pydantic_fields_set__,
+                               component.__pydantic_extra__, private, timing))
+    return (rebuild_component, (cls, component.__dict__, component.__pydantic_fields_set__,
+                                component.__pydantic_extra__, private, timing))
 
 
 class Pickler(cloudpickle.Pickler):

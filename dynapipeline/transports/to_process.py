@@ -140,7 +140,7 @@ def _apply_timings(runner: Any, timings: list[tuple[Any, ...]]) -> None:
         runner.copy_timing(*timings[0])
         return
     for component, timing in zip(owner.iter_components(), timings, strict=False):
-        component._runner.copy_timing(*timing)
+        component.__pydantic_private__["_runner"].copy_timing(*timing)
 
 
 def _collect(job: _Job, outcome: tuple[Any, ...], results: list[Any]) -> None:

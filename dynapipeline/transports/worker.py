@@ -32,10 +32,13 @@ from dynapipeline.model.contexts import ProtectedContext
 from dynapipeline.model.group import Container
 from dynapipeline.transports.calling import needs_loop, run_component
 
-__all__ = ["cached_class", "locked_context", "main", "rebuild_component", "timings_of"]
+__all__ = ["cached_class", "cached_stage", "locked_context", "main", "rebuild_component", "timings_of"]
 
 # Classes shipped by value, by the id the parent gave them (each arrives once per worker).
 _CLASSES: dict[int, type] = {}
+# Stages rebuilt earlier, by the parent's key: later batches only refresh their state.
+_STAGES: dict[int, Any] = {}
+_MAX_STAGES = 100_000
 # Private attributes the model rebuilds itself in model_post_init (never shipped).
 INTERNAL_PRIVATE = frozenset({"_runner", "_members", "_plan", "_active"})
 READY = b"R"
@@ -71,11 +74,43 @@ def rebuild_component(cls: type, state: dict[str, Any], fields_set: set[str], ex
     return obj
 
 
+def cached_stage(key: int, cls: type, state: dict[str, Any], fields_set: set[str], extra: Any,
+                 private: dict[str, Any], timing: tuple[Any, ...]) -> Any:
+    """A shipped Stage: the one this worker rebuilt before under ``key``, refreshed with the parent's state.
+
+    Equivalent to a fresh rebuild (every field, private attribute and the timing
+    come from the parent), without re-running model_post_init each time.
+    """
+    obj = _STAGES.get(key)
+    if obj is None or type(obj) is not cls:
+        obj = rebuild_component(cls, state, fields_set, extra, private, timing)
+        if len(_STAGES) >= _MAX_STAGES:
+            _STAGES.clear()
+        _STAGES[key] = obj
+        return obj
+    old = obj.__dict__
+    runner = obj.__pydantic_private__["_runner"]
+    private["_runner"] = runner
+    object.__setattr__(obj, "__dict__", state)
+    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(obj, "__pydantic_extra__", extra)
+    object.__setattr__(obj, "__pydantic_private__", private)
+    if state["name"] != old["name"]:
+        runner.name = state["name"]
+    if (state["timeout"] != old["timeout"] or state["retries"] != old["retries"]
+            or state["retry_delay"] != old["retry_delay"] or state["retry_backoff"] != old["retry_backoff"]):
+        runner.configure(state["timeout"], state["retries"], state["retry_delay"], state["retry_backoff"])
+    if state["handlers"] or old["handlers"]:
+        runner.set_handlers(state["handlers"])
+    runner.copy_timing(*timing)
+    return obj
+
+
 def timings_of(component: Any) -> list[tuple[Any, ...]]:
     """Timing of a component and, for a group, of everything below it (depth first)."""
     if isinstance(component, Container):
-        return [c._runner.timing() for c in component.iter_components()]
-    return [component._runner.timing()]
+        return [c.__pydantic_private__["_runner"].timing() for c in component.iter_components()]
+    return [component.__pydantic_private__["_runner"].timing()]
 
 
 def _watch_parent() -> None:
