@@ -104,6 +104,33 @@ class ClassRegistry:
 REGISTRY = ClassRegistry()
 
 
+def _without_parent_namespace(reduced: Any) -> Any:
+    """Drop pydantic's ``__pydantic_parent_namespace__`` from a class pickled by value.
+
+    Pydantic keeps the defining function's locals there (for forward references);
+    a worker never re-validates the class, and those locals (a pool, a lock, the
+    running task's context) are often unpicklable or large.
+    """
+    if type(reduced) is tuple and len(reduced) > 2 and type(reduced[2]) is tuple and reduced[2] \
+            and type(reduced[2][0]) is dict and reduced[2][0].get("__pydantic_parent_namespace__") is not None:
+        clsdict = dict(reduced[2][0])
+        clsdict["__pydantic_parent_namespace__"] = None
+        reduced = reduced[:2] + ((clsdict,) + reduced[2][1:],) + reduced[3:]
+    return reduced
+
+
+def _class_state(cls: type) -> dict[str, Any]:
+    """The class attributes cloudpickle ships for a class pickled by value."""
+    try:
+        from cloudpickle.cloudpickle import _class_getstate
+
+        clsdict = dict(_class_getstate(cls)[0])
+    except Exception:  # pragma: no cover - cloudpickle internals changed
+        clsdict = {k: v for k, v in vars(cls).items() if k not in ("_abc_impl", "__dict__", "__weakref__")}
+    clsdict.pop("__pydantic_parent_namespace__", None)
+    return clsdict
+
+
 def _reduce_strategy(obj: Any) -> Any:
     cls = type(obj)
     if cls is SequentialExecutionStrategy or cls is ConcurrentExecutionStrategy or cls is OnceCycleStrategy:
@@ -158,12 +185,12 @@ class Pickler(cloudpickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type):
-            if obj is not self.top and not _by_reference(obj):
+            if obj is not self.top and obj.__module__ != "builtins" and not _by_reference(obj):
                 cid = self.registry.id_of(obj)
                 if cid is not None:
                     self.used.add(cid)
                     return (cached_class, (cid,))
-            return super().reducer_override(obj)
+            return _without_parent_namespace(super().reducer_override(obj))
         if isinstance(obj, Component):
             return reduce_component(obj)
         if isinstance(obj, Context):
@@ -219,7 +246,9 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
                 for name, cell in zip(code.co_freevars, obj.__closure__, strict=False)
                 if _cell_ok(cell)]
     if isinstance(obj, type):
-        return [(f" class attribute {k!r}", v) for k, v in vars(obj).items() if not k.startswith("__")]
+        if _by_reference(obj):
+            return []
+        return [(f" class attribute {k!r}", v) for k, v in _class_state(obj).items()]
     if hasattr(obj, "__dict__"):
         return [(f" attribute {k!r}", v) for k, v in vars(obj).items()]
     return []

@@ -586,6 +586,10 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
     async def aclose(self) -> None:
         self.close()
 
+    def __reduce__(self) -> Any:
+        raise TypeError("MultiprocessExecutionStrategy cannot be sent to a worker process (a worker cannot "
+                        "start processes); give groups that run inside processes another strategy")
+
     def __del__(self) -> None:
         pool = self.__dict__.get("_pool")
         if pool is not None:

@@ -1,0 +1,366 @@
+"""MultiprocessExecutionStrategy: warm pool, cloudpickle transport, results/timing/context, faults, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline.errors import (
+    ContextLockedError,
+    PicklingError,
+    RemoteError,
+    StageTimeoutError,
+    WorkerCrashedError,
+)
+from dynapipeline.execution import (
+    ConcurrentExecutionStrategy,
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
+from dynapipeline.transports import to_process
+
+
+class Pid(Stage):
+    """Returns (name, worker pid, args)."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.name, os.getpid(), args, kwargs)
+
+
+class Spin(Stage):
+    def execute(self) -> None:
+        while True:
+            pass
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def assert_no_workers(pids: list[int]) -> None:
+    assert multiprocessing.active_children() == []
+    deadline = time.monotonic() + 5
+    while not all(gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
+
+
+@pytest.fixture
+async def procs():
+    strategy = MultiprocessExecutionStrategy(2)
+    pids: list[int] = []
+    try:
+        yield strategy
+    finally:
+        pids = strategy.worker_pids()
+        await strategy.aclose()
+    assert_no_workers(pids)
+
+
+async def test_results_in_order_over_several_workers(procs):
+    stages = [Pid(name=f"s{i}") for i in range(40)]
+    results = await procs.execute(stages, 7, key="v")
+    assert [r[0] for r in results] == [s.name for s in stages]
+    assert all(r[2] == (7,) and r[3] == {"key": "v"} for r in results)
+    assert all(r[1] != os.getpid() for r in results)
+    assert {r[1] for r in results} <= set(procs.worker_pids())
+
+
+async def test_local_class_closure_and_lambda_travel(procs):
+    offset = 10
+
+    class Local(Stage):
+        fn: Any = None
+
+        async def execute(self, x: int) -> int:
+            await asyncio.sleep(0)
+            return self.fn(x) + offset
+
+    stages = [Local(name="a", fn=lambda v: v * 2), Local(name="b", fn=lambda v: v * 3)]
+    assert await procs.execute(stages, 5) == [20, 25]
+
+
+async def test_pool_is_warm_across_dispatches_and_runs(procs):
+    await procs.execute([Pid(name="a")])
+    pids = set(procs.worker_pids())
+    assert len(pids) == 2
+    group = StageGroup(name="g", stages=[Pid(name="x"), Pid(name="y")], cycle_strategy=LoopCycleStrategy(5),
+                       execution_strategy=procs)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    for _ in range(2):
+        result = await pipeline.run()
+        assert len(result[0]) == 5
+        assert {r[1] for cycle in result[0] for r in cycle} <= pids
+    assert set(procs.worker_pids()) == pids
+
+
+async def test_class_is_sent_once_per_worker_and_small_stages_are_batched(procs, monkeypatch):
+    class Tiny(Stage):
+        def execute(self) -> None:
+            return None
+
+    sent: list[int] = []
+    blobs: list[int] = []
+    original = to_process.ProcessPool._send
+
+    def spy(self: Any, w: Any, job: Any) -> None:
+        sent.append(len(job.indices))
+        before = set(w.known)
+        original(self, w, job)
+        blobs.extend((w.pid, cid) for cid in w.known - before)
+
+    monkeypatch.setattr(to_process.ProcessPool, "_send", spy)
+    stages = [Tiny(name=f"t{i}") for i in range(200)]
+    for _ in range(3):
+        assert await procs.execute(stages) == [None] * 200
+    assert sum(sent) == 600
+    assert len(sent) <= 3 * 8  # batches, not one message per stage
+    assert len(blobs) == len(set(blobs))  # each class went at most once to each worker
+    assert {pid for pid, _ in blobs} <= set(procs.worker_pids())
+
+
+async def test_timing_and_stats_come_back(procs):
+    class Sleepy(Stage):
+        def execute(self) -> None:
+            time.sleep(0.05)
+
+    stage = Sleepy(name="sleepy")
+    before = time.time()
+    await procs.execute([stage])
+    await procs.execute([stage])
+    assert stage.stats.count == 2
+    assert before <= stage.start_time < stage.end_time <= time.time()
+    assert 0.04 <= stage.execution_time < 5
+    assert stage.stats.total >= 0.08
+
+
+async def test_context_is_a_read_only_snapshot(procs):
+    class Reads(Stage):
+        def execute(self) -> Any:
+            return self.context["k"]
+
+    class Writes(Stage):
+        def execute(self) -> Any:
+            self.context["k"] = 2
+
+    group = StageGroup(name="g", stages=[Reads(name="r")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=procs)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy(), context_data={"k": 1})
+    assert await pipeline.run() == [[1]]
+    group2 = StageGroup(name="g", stages=[Writes(name="w")], cycle_strategy=OnceCycleStrategy(),
+                        execution_strategy=procs)
+    pipeline2 = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group2], OnceCycleStrategy(),
+                                                  SequentialExecutionStrategy(), context_data={"k": 1})
+    with pytest.raises(ContextLockedError, match="read-only"):
+        await pipeline2.run()
+    assert pipeline2.context["k"] == 1
+
+
+async def test_unpicklable_stage_is_named_before_dispatch(procs, tmp_path):
+    marker = tmp_path / "ran"
+
+    class Touch(Stage):
+        path: str
+
+        def execute(self) -> None:
+            open(self.path, "w").close()
+
+    class Reader(Stage):
+        lock: Any = None
+
+        def execute(self) -> None:
+            return None
+
+    stages = [Touch(name="touch", path=str(marker)), Reader(name="reader", lock=threading.RLock())]
+    with pytest.raises(PicklingError, match=r"stage 'reader' field 'lock': RLock"):
+        await procs.execute(stages)
+    assert not marker.exists()  # nothing was sent
+    nested = Reader(name="reader", lock={"inner": [1, threading.Lock()]})
+    with pytest.raises(PicklingError, match=r"stage 'reader' field 'lock' key 'inner'\[1\]: lock"):
+        await procs.execute([nested])
+    assert await procs.execute([Pid(name="ok")])  # the pool is unaffected
+
+
+async def test_exception_keeps_type_args_and_remote_traceback(procs):
+    class Custom(Exception):
+        pass
+
+    class Boom(Stage):
+        def execute(self) -> None:
+            raise Custom("bad", 42)
+
+    with pytest.raises(Custom) as info:
+        await procs.execute([Pid(name="fine"), Boom(name="boom")])
+    error = info.value
+    assert error.args == ("bad", 42)
+    assert isinstance(error.__cause__, RemoteError)
+    assert "in execute" in error.__cause__.traceback_text and "Custom" in error.__cause__.traceback_text
+    assert error.stage_name == "boom"
+    assert error.worker_pid in procs.worker_pids()
+    assert any("boom" in note for note in error.__notes__)
+    with pytest.raises(ValueError, match="x"):
+        await procs.execute([BuiltinError(name="b")])
+
+
+class BuiltinError(Stage):
+    async def execute(self) -> None:
+        raise ValueError("x")
+
+
+async def test_timeout_kills_only_that_worker_and_pool_recovers(procs):
+    await procs.start()
+    before = set(procs.worker_pids())
+    start = time.monotonic()
+    with pytest.raises(StageTimeoutError) as info:
+        await procs.execute([Spin(name="spin", timeout=0.2)])
+    assert time.monotonic() - start < 3
+    assert info.value.stage == "spin"
+    after = set(procs.worker_pids())
+    assert len(after) == 2 and len(before & after) == 1
+    (killed,) = before - after
+    assert gone(killed)
+    assert [r[0] for r in await procs.execute([Pid(name="a"), Pid(name="b")])] == ["a", "b"]
+
+
+async def test_async_stage_timeout_in_worker(procs):
+    class Slow(Stage):
+        async def execute(self) -> None:
+            await asyncio.sleep(5)
+
+    with pytest.raises(StageTimeoutError):
+        await procs.execute([Slow(name="slow", timeout=0.2)])
+    assert len(await procs.execute([Pid(name="a")])) == 1
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+async def test_crash_raises_worker_crashed_and_pool_heals(procs, how):
+    class Crash(Stage):
+        def execute(self) -> None:
+            if how == "exit":
+                os._exit(3)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(WorkerCrashedError) as info:
+        await procs.execute([Crash(name="crash")])
+    error = info.value
+    assert not isinstance(error, StageTimeoutError)
+    assert error.stage == "crash"
+    assert error.exitcode == (3 if how == "exit" else -signal.SIGKILL)
+    assert gone(error.pid)
+    assert len(await procs.execute([Pid(name="a"), Pid(name="b")])) == 2
+    assert len(procs.worker_pids()) == 2
+
+
+async def test_crash_names_the_stage_inside_a_batch(procs):
+    class MaybeCrash(Stage):
+        crash: bool = False
+
+        def execute(self) -> None:
+            if self.crash:
+                os._exit(5)
+
+    stages = [MaybeCrash(name=f"m{i}", crash=(i == 6)) for i in range(10)]
+    with pytest.raises(WorkerCrashedError, match="'m6'"):
+        await procs.execute(stages)
+
+
+async def test_stop_during_process_work_kills_workers():
+    strategy = MultiprocessExecutionStrategy(2)
+    group = StageGroup(name="busy", stages=[Spin(name="s1"), Spin(name="s2")],
+                       cycle_strategy=InfinitLoopStrategy(), execution_strategy=strategy)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    task = asyncio.ensure_future(pipeline.run())
+    await strategy.start()
+    pids = strategy.worker_pids()
+    await asyncio.sleep(0.3)
+    pipeline.stop()
+    assert await asyncio.wait_for(task, 5) is None
+    assert_no_workers(pids)
+    # The strategy is still usable: a new pool starts on demand.
+    try:
+        assert len(await strategy.execute([Pid(name="again")])) == 1
+    finally:
+        pids = strategy.worker_pids()
+        await strategy.aclose()
+    assert_no_workers(pids)
+
+
+async def test_cancelling_a_dispatch_kills_its_workers(procs):
+    task = asyncio.ensure_future(procs.execute([Spin(name="s")]))
+    await procs.start()
+    await asyncio.sleep(0.2)
+    before = set(procs.worker_pids())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(set(procs.worker_pids()) & before) == 1
+    assert len(await procs.execute([Pid(name="a"), Pid(name="b")])) == 2
+
+
+async def test_async_with_closes_the_pool():
+    async with MultiprocessExecutionStrategy(1) as strategy:
+        await strategy.execute([Pid(name="a")])
+        pids = strategy.worker_pids()
+        assert len(pids) == 1
+    assert strategy.pool is None
+    assert_no_workers(pids)
+
+
+async def test_groups_travel_with_their_strategies(procs):
+    g1 = StageGroup(name="g1", stages=[Pid(name="a"), Pid(name="b")], cycle_strategy=OnceCycleStrategy(),
+                    execution_strategy=ConcurrentExecutionStrategy())
+    g2 = StageGroup(name="g2", stages=[Pid(name="c")], cycle_strategy=LoopCycleStrategy(2),
+                    execution_strategy=MultithreadExecutionStrategy(1))
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [g1, g2], OnceCycleStrategy(), procs)
+    r1, r2 = await pipeline.run()
+    assert [r[0] for r in r1] == ["a", "b"]
+    assert [[r[0] for r in cycle] for cycle in r2] == [["c"], ["c"]]
+    assert g2.stages[0].stats.count == 2 and g1.stats.count == 1
+    assert g1.stages[0].execution_time is not None
+
+
+async def test_nested_process_strategy_is_refused_clearly(procs):
+    inner = StageGroup(name="inner", stages=[Pid(name="a")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=MultiprocessExecutionStrategy(1))
+    with pytest.raises(PicklingError, match="group 'inner' field 'execution_strategy'"):
+        await procs.execute([inner])
+
+
+def test_bad_settings_are_rejected():
+    from dynapipeline.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="max_workers"):
+        MultiprocessExecutionStrategy(0)
+    with pytest.raises(ConfigurationError, match="start_method"):
+        MultiprocessExecutionStrategy(start_method="fork")
+
+
+def test_batches_follow_past_costs():
+    class Dummy:
+        def __init__(self, count: int, total: float) -> None:
+            self.count, self.total, self.owner = count, total, None
+
+    tiny = tuple(Dummy(1, 1e-6) for _ in range(10))
+    assert to_process.plan_batches(tiny, 2) == [list(range(10))]
+    heavy = tuple(Dummy(1, 0.5) for _ in range(2))
+    assert to_process.plan_batches(heavy, 2) == [[0], [1]]
+    unknown = tuple(Dummy(0, 0.0) for _ in range(100))
+    batches = to_process.plan_batches(unknown, 2)
+    assert len(batches) == 8 and sorted(i for b in batches for i in b) == list(range(100))
