@@ -35,5 +35,22 @@ lint: $(STAMP)
 	$(VPY) -m ruff check dynapipeline tests examples benchmarks
 	$(VPY) -m mypy dynapipeline
 
+# The engine's cost per stage against raw asyncio, as one table (< 60 s; BENCH_ARGS=--quick: < 15 s).
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(VPY) -m dynapipeline bench $(BENCH_ARGS)
+
+# pytest-benchmark suite, compiled then pure. BENCH_JSON=name writes name-compiled.json and name-pure.json.
+BENCH_JSON ?=
+BENCH_SUITE_ARGS ?= --benchmark-max-time=0.5 --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
+bench-suite: $(STAMP)
+	@set -e; for mode in compiled pure; do \
+		echo "=== engine=$$mode"; \
+		if [ $$mode = pure ]; then noext=1; else noext=; fi; \
+		json=; if [ -n "$(BENCH_JSON)" ]; then json="--benchmark-json=$(BENCH_JSON)-$$mode.json"; fi; \
+		DYNAPIPELINE_NO_EXTENSIONS=$$noext $(VPY) -m pytest -q -p no:cacheprovider benchmarks \
+			--benchmark-only $(BENCH_SUITE_ARGS) $$json; \
+	done
+
 clean:
 	rm -rf build *.egg-info dynapipeline/engine/*.c dynapipeline/engine/*.so .pytest_cache

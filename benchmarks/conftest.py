@@ -1,1 +1,21 @@
-"""Benchmark fixtures (the suite itself grows in benchmarks/test_*.py)."""
+"""Benchmark fixtures. Every benchmark group holds an engine run and its raw-asyncio
+twin, measured in the same session on the same persistent loop (bench_support.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from bench_support import LOOPS, MODE, close_loops
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_loops() -> Iterator[None]:
+    yield
+    close_loops()
+
+
+def pytest_report_header(config: Any) -> str:
+    return f"dynapipeline benchmarks: engine {MODE}, loops {', '.join(LOOPS)}"

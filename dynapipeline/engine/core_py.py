@@ -176,8 +176,8 @@ class Runner:
             t0 = _now()
             try:
                 if self._is_async:
-                    return await self._execute(*args, **kwargs)
-                result = self._execute(*args, **kwargs)
+                    return await _call_execute(self, args, kwargs)
+                result = _call_execute(self, args, kwargs)
                 if _isawaitable(result):  # e.g. a Cython-compiled `async def`
                     result = await result
                 return result
@@ -244,8 +244,8 @@ class Runner:
         timeout = self._timeout
         if timeout <= 0.0:
             if self._is_async:
-                return await self._execute(*args, **kwargs)
-            res = self._execute(*args, **kwargs)
+                return await _call_execute(self, args, kwargs)
+            res = _call_execute(self, args, kwargs)
             if _isawaitable(res):
                 res = await res
             return res
@@ -506,7 +506,8 @@ class Loop:
     def __init__(self, cycles: int) -> None:
         self.cycles = cycles
 
-    async def run(self, dispatch: Any, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    async def run(self, dispatch: Any, runners: tuple[Any, ...], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> list[Any]:
         control = current_control.get()
         if _is_sequential(dispatch):
             return await _sequential_cycles(runners, args, kwargs, self.cycles, control, None, 0.0)
