@@ -364,3 +364,22 @@ def test_batches_follow_past_costs():
     unknown = tuple(Dummy(0, 0.0) for _ in range(100))
     batches = to_process.plan_batches(unknown, 2)
     assert len(batches) == 8 and sorted(i for b in batches for i in b) == list(range(100))
+
+
+def test_simple_pipeline_rejects_processes_and_advanced_allows_them():
+    from dynapipeline.errors import ConfigurationError
+
+    def build(kind: PipeLineType, at_pipeline: bool) -> Any:
+        procs = MultiprocessExecutionStrategy(1)
+        group = StageGroup(name="crunch", stages=[Pid(name="s")], cycle_strategy=OnceCycleStrategy(),
+                           execution_strategy=SequentialExecutionStrategy() if at_pipeline else procs)
+        return PipelineFactory().create_pipeline(kind, "p", [group], OnceCycleStrategy(),
+                                                 procs if at_pipeline else SequentialExecutionStrategy())
+
+    with pytest.raises(ConfigurationError, match=r"StageGroup 'crunch'.*MultiprocessExecutionStrategy"):
+        build(PipeLineType.SIMPLE, at_pipeline=False)
+    with pytest.raises(ConfigurationError, match=r"MultiprocessExecutionStrategy"):
+        build(PipeLineType.SIMPLE, at_pipeline=True)
+    assert build(PipeLineType.ADVANCED, at_pipeline=False) is not None
+    assert build(PipeLineType.ADVANCED, at_pipeline=True) is not None
+    assert multiprocessing.active_children() == []  # building starts no pool

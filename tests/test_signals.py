@@ -1,0 +1,93 @@
+"""Ctrl-C (SIGINT) and SIGTERM to a process running busy process and thread stages leave no worker behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+SCRIPT = textwrap.dedent('''
+    import os, sys, time
+    import dynapipeline
+    from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
+    from dynapipeline.execution import (ConcurrentExecutionStrategy, MultiprocessExecutionStrategy,
+                                        MultithreadExecutionStrategy)
+    from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, OnceCycleStrategy
+
+    class Spin(Stage):
+        def execute(self):
+            print("PROC", flush=True)
+            while True:
+                pass
+
+    class Block(Stage):
+        def execute(self):
+            print("THREAD", flush=True)
+            time.sleep(60)
+
+    async def main():
+        procs = MultiprocessExecutionStrategy(2)
+        await procs.start()
+        print("PIDS", *procs.worker_pids(), flush=True)
+        busy = StageGroup(name="busy", stages=[Spin(name="s1"), Spin(name="s2")],
+                          cycle_strategy=InfinitLoopStrategy(), execution_strategy=procs)
+        blocking = StageGroup(name="blocking", stages=[Block(name="b1"), Block(name="b2")],
+                              cycle_strategy=InfinitLoopStrategy(), execution_strategy=MultithreadExecutionStrategy(2))
+        pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [busy, blocking],
+                                                     OnceCycleStrategy(), ConcurrentExecutionStrategy())
+        await pipeline.run()
+
+    if __name__ == "__main__":
+        dynapipeline.run(main())
+''')
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_leaves_no_workers(tmp_path: Path, sig: int) -> None:
+    script = tmp_path / "busy_pipeline.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        pids: list[int] = []
+        seen_proc = seen_thread = 0
+        deadline = time.monotonic() + 30
+        while (seen_proc < 2 or seen_thread < 2) and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("PIDS"):
+                pids = [int(p) for p in line.split()[1:]]
+                continue
+            # Workers and threads share stdout: lines may interleave, so count markers, not lines.
+            seen_proc += line.count("PROC")
+            seen_thread += line.count("THREAD")
+        assert len(pids) == 2 and seen_proc == 2 and seen_thread == 2, proc.stderr.read() if proc.poll() else ""
+        family = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert set(pids) <= set(family)
+        begun = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+        assert time.monotonic() - begun < 5
+        end = time.monotonic() + 5
+        while not all(_gone(p) for p in family) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert [p for p in family if not _gone(p)] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

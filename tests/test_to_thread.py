@@ -1,0 +1,211 @@
+"""MultithreadExecutionStrategy: worker threads, per-thread loops, pool lifetime, cancellation, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline.errors import ConfigurationError, StageTimeoutError
+from dynapipeline.execution import MultithreadExecutionStrategy, SequentialExecutionStrategy
+from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
+
+
+def worker_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread-") and t.is_alive()]
+
+
+def wait_no_threads(timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while worker_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker_threads() == []
+
+
+class WhereAsync(Stage):
+    async def execute(self, *args: Any) -> Any:
+        await asyncio.sleep(0.01)
+        return (self.name, threading.get_ident(), id(asyncio.get_running_loop()), args)
+
+
+class WhereSync(Stage):
+    def execute(self, *args: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            has_loop = True
+        except RuntimeError:
+            has_loop = False
+        return (self.name, threading.get_ident(), has_loop, args)
+
+
+async def test_each_component_runs_in_a_worker_thread_in_order():
+    stages = [WhereAsync(name=f"a{i}") if i % 2 else WhereSync(name=f"s{i}") for i in range(8)]
+    results = await MultithreadExecutionStrategy(4).execute(stages, 3)
+    assert [r[0] for r in results] == [s.name for s in stages]
+    assert all(r[1] != threading.get_ident() for r in results)
+    assert all(r[3] == (3,) for r in results)
+    wait_no_threads()  # no run, no `async with`: the pool lived for that dispatch
+
+
+async def test_plain_def_is_called_directly_without_a_loop():
+    (result,) = await MultithreadExecutionStrategy(1).execute([WhereSync(name="s")])
+    assert result[2] is False
+
+
+async def test_async_stages_reuse_the_thread_loop_across_calls():
+    strategy = MultithreadExecutionStrategy(1)
+    async with strategy:
+        first = await strategy.execute([WhereAsync(name="a"), WhereAsync(name="b")])
+        second = await strategy.execute([WhereAsync(name="c")])
+        loops = {r[2] for r in first + second}
+        threads = {r[1] for r in first + second}
+        assert len(loops) == 1 and len(threads) == 1
+        assert id(asyncio.get_running_loop()) not in loops
+    wait_no_threads()
+
+
+async def test_pool_lives_for_the_run_and_is_shut_down_after():
+    strategy = MultithreadExecutionStrategy(2)
+    group = StageGroup(name="g", stages=[WhereAsync(name="a"), WhereSync(name="b")],
+                       cycle_strategy=LoopCycleStrategy(4), execution_strategy=strategy)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    (cycles,) = await pipeline.run()
+    assert len(cycles) == 4
+    assert len({r[1] for cycle in cycles for r in cycle}) <= 2  # the same threads every cycle
+    loops_by_thread: dict[int, set[int]] = {}
+    for cycle in cycles:
+        for r in cycle:
+            if r[0] == "a":
+                loops_by_thread.setdefault(r[1], set()).add(r[2])
+    assert all(len(loops) == 1 for loops in loops_by_thread.values())  # one loop per thread, reused
+    wait_no_threads()
+    (again,) = await pipeline.run()  # a second run gets a fresh pool
+    assert len(again) == 4
+    wait_no_threads()
+
+
+async def test_first_error_propagates_and_cancels_siblings():
+    cancelled = threading.Event()
+
+    class Waits(Stage):
+        async def execute(self) -> None:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    class Fails(Stage):
+        def execute(self) -> None:
+            time.sleep(0.05)
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        await MultithreadExecutionStrategy(2).execute([Waits(name="w"), Fails(name="f")])
+    assert cancelled.wait(2)
+    wait_no_threads()
+
+
+async def test_stop_cancels_coroutines_on_worker_loops():
+    cancelled = threading.Event()
+    started = threading.Event()
+
+    class Waits(Stage):
+        async def execute(self) -> None:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    group = StageGroup(name="g", stages=[Waits(name="w1"), Waits(name="w2")], cycle_strategy=InfinitLoopStrategy(),
+                       execution_strategy=MultithreadExecutionStrategy(2))
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    task = asyncio.ensure_future(pipeline.run())
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    begun = time.monotonic()
+    pipeline.stop()
+    assert await asyncio.wait_for(task, 5) is None
+    assert time.monotonic() - begun < 3
+    assert cancelled.is_set()
+    wait_no_threads()
+
+
+async def test_async_stage_timeout_is_cancelled_on_its_loop():
+    cancelled = threading.Event()
+
+    class Slow(Stage):
+        async def execute(self) -> None:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    begun = time.monotonic()
+    with pytest.raises(StageTimeoutError, match="slow"):
+        await MultithreadExecutionStrategy(1).execute([Slow(name="slow", timeout=0.2)])
+    assert time.monotonic() - begun < 3
+    assert cancelled.is_set()
+
+
+async def test_sync_stage_timeout_raises_at_the_deadline_and_discards_the_result():
+    finished = threading.Event()
+
+    class Blocks(Stage):
+        def execute(self) -> str:
+            time.sleep(1.5)
+            finished.set()
+            return "late"
+
+    begun = time.monotonic()
+    with pytest.raises(StageTimeoutError, match="blocks"):
+        await MultithreadExecutionStrategy(1).execute([Blocks(name="blocks", timeout=0.2)])
+    assert time.monotonic() - begun < 1.2  # did not wait for the call to return
+    assert not finished.is_set()
+    assert finished.wait(5)  # the thread ran on; its result was dropped
+    wait_no_threads()
+
+
+async def test_blocking_stages_overlap_in_threads():
+    class Blocking(Stage):
+        def execute(self) -> None:
+            time.sleep(0.3)
+
+    begun = time.monotonic()
+    await MultithreadExecutionStrategy(4).execute([Blocking(name=f"b{i}") for i in range(4)])
+    assert time.monotonic() - begun < 1.0  # 4 × 0.3 s one after another would be 1.2 s
+
+
+async def test_max_workers_bounds_the_threads():
+    results = await MultithreadExecutionStrategy(2).execute([WhereSync(name=f"s{i}") for i in range(10)])
+    assert len({r[1] for r in results}) <= 2
+
+
+def test_bad_max_workers():
+    with pytest.raises(ConfigurationError, match="max_workers"):
+        MultithreadExecutionStrategy(0)
+
+
+def test_simple_pipeline_rejects_threads_and_advanced_allows_them():
+    def build(kind: PipeLineType, at_pipeline: bool) -> Any:
+        threads = MultithreadExecutionStrategy()
+        group = StageGroup(name="workers", stages=[WhereSync(name="s")], cycle_strategy=OnceCycleStrategy(),
+                           execution_strategy=SequentialExecutionStrategy() if at_pipeline else threads)
+        return PipelineFactory().create_pipeline(kind, "p", [group], OnceCycleStrategy(),
+                                                 threads if at_pipeline else SequentialExecutionStrategy())
+
+    with pytest.raises(ConfigurationError, match=r"StageGroup 'workers'.*MultithreadExecutionStrategy"):
+        build(PipeLineType.SIMPLE, at_pipeline=False)
+    with pytest.raises(ConfigurationError, match=r"MultithreadExecutionStrategy"):
+        build(PipeLineType.SIMPLE, at_pipeline=True)
+    assert build(PipeLineType.ADVANCED, at_pipeline=False) is not None
+    assert build(PipeLineType.ADVANCED, at_pipeline=True) is not None
