@@ -218,6 +218,8 @@ class ProcessPool:
         self.queue: deque[_Job] = deque()
         self.loop: Any = None
         self.closed = False
+        self.started: list[_Worker] = []  # started off the loop, not adopted yet
+        self.starting: Any = None  # the off-loop start in progress (a future)
         self._failed_starts = 0
         self._counter = 0
         _LIVE_POOLS.add(self)
@@ -233,11 +235,18 @@ class ProcessPool:
         self.fill()
 
     def fill(self) -> None:
-        """Start workers up to ``max_workers``."""
+        """Adopt workers started off the loop, then start more up to ``max_workers``."""
+        while self.started:
+            self._adopt(self.started.pop(0))
         while not self.closed and len(self.workers) < self.max_workers:
-            self._spawn()
+            self._adopt(self._start_worker())
 
-    def _spawn(self) -> None:
+    def start_off_loop(self, count: int) -> None:
+        """Start ``count`` workers (run in a thread: a cold fork server takes ~0.5 s to come up)."""
+        for _ in range(count):
+            self.started.append(self._start_worker())
+
+    def _start_worker(self) -> _Worker:
         ctx = self._ctx
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         current = ctx.RawValue("l", -1)
@@ -246,7 +255,13 @@ class ProcessPool:
                            name=f"dynapipeline-worker-{self._counter}")
         proc.start()
         child_conn.close()
-        w = _Worker(proc, parent_conn, current)
+        return _Worker(proc, parent_conn, current)
+
+    def _adopt(self, w: _Worker) -> None:
+        if self.closed:
+            self.workers.append(w)  # closed meanwhile: let _drop/close stop it
+            self._drop(w, kill=True)
+            return
         self.workers.append(w)
         if self.loop is not None:
             self._watch(w)
@@ -296,6 +311,8 @@ class ProcessPool:
             return
         self.closed = True
         _LIVE_POOLS.discard(self)
+        self.workers.extend(self.started)
+        self.started.clear()
         workers = list(self.workers)
         for w in workers:
             if w.job is None:
@@ -533,17 +550,27 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         """Pids of the pool's current workers."""
         return [w.pid for w in self._pool.workers] if self._pool is not None else []
 
-    def _pool_for(self, loop: Any) -> ProcessPool:
+    async def _ensure_pool(self, loop: Any) -> ProcessPool:
         pool = self._pool
         if pool is None or pool.closed:
             pool = self._pool = ProcessPool(self.workers, self.start_method)
+        if not pool.workers and not pool.started:
+            # A cold start can take ~0.5 s (fork server, imports): keep the event loop free meanwhile.
+            if pool.starting is None:
+                pool.starting = loop.run_in_executor(None, pool.start_off_loop, pool.max_workers)
+                try:
+                    await asyncio.shield(pool.starting)
+                finally:
+                    pool.starting = None
+            else:
+                await asyncio.shield(pool.starting)
         pool.bind(loop)
         pool.fill()
         return pool
 
     async def start(self) -> None:
         """Start the pool now and wait until every worker is ready (optional; dispatch starts it lazily)."""
-        pool = self._pool_for(asyncio.get_running_loop())
+        pool = await self._ensure_pool(asyncio.get_running_loop())
         while not pool.closed and not all(w.ready for w in pool.workers):
             await asyncio.sleep(0.005)
 
@@ -552,15 +579,19 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         if n == 0:
             return []
         loop = asyncio.get_running_loop()
-        pool = self._pool_for(loop)
         batch = _Batch(loop.create_future(), n)
         jobs = []
-        # Everything is pickled (and checked) before anything is sent.
-        for indices in plan_batches(runners, pool.max_workers):
+        # Everything is pickled (and checked) before a worker is started or anything is sent.
+        for indices in plan_batches(runners, self.workers):
             members = [runners[i] for i in indices]
             payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
             deadline = _deadline(members[0].owner) if len(members) == 1 else None
             jobs.append(_Job(batch, indices, members, payload, cids, deadline))
+        pool = self._pool
+        if pool is None or pool.closed or pool.loop is not loop or not pool.workers:
+            pool = await self._ensure_pool(loop)
+        elif len(pool.workers) < pool.max_workers:
+            pool.fill()
         batch.pending = len(jobs)
         pool.submit(jobs)
         try:
