@@ -91,3 +91,10 @@ def engine_tasks() -> set[asyncio.Task[Any]]:
     """Tasks other than the current one that are still pending."""
     me = asyncio.current_task()
     return {t for t in asyncio.all_tasks() if t is not me and not t.done()}
+
+
+def run_on_test_loop(coro: Any) -> Any:
+    """Run a coroutine on a new loop of the kind this leg tests (for hypothesis tests, which are sync)."""
+    from dynapipeline import loop_name, run
+
+    return run(coro, loop=loop_name())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import Echo, Fail, Tracked, Tracker, engine_tasks
+from helpers import Echo, Fail, Tracked, Tracker, engine_tasks, run_on_test_loop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dynapipeline import StageGroup
 from dynapipeline.errors import ConfigurationError
@@ -164,3 +166,31 @@ def test_semaphore_rejects_bad_limit(bad):
 async def test_execute_rejects_non_components():
     with pytest.raises(ConfigurationError, match="component #1"):
         await SequentialExecutionStrategy().execute([Echo(name="a"), object()])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    delays=st.lists(st.sampled_from([0, 0, 0.0005, 0.001]), max_size=20),
+    limit=st.integers(min_value=1, max_value=6),
+    fail_at=st.one_of(st.none(), st.integers(min_value=0, max_value=19)),
+)
+def test_property_every_strategy_keeps_order_limit_and_cleans_up(delays, limit, fail_at):
+    async def scenario():
+        for strategy in (SequentialExecutionStrategy(), ConcurrentExecutionStrategy(),
+                         SemaphoreExecutionStrategy(limit)):
+            tracker = Tracker()
+            stages = [
+                Fail(name=f"f{i}", delay=d) if i == fail_at else Tracked(name=f"s{i}", tracker=tracker, delay=d)
+                for i, d in enumerate(delays)
+            ]
+            if fail_at is not None and fail_at < len(delays):
+                with pytest.raises(ValueError, match=f"f{fail_at}"):
+                    await strategy.execute(stages)
+            else:
+                assert await strategy.execute(stages) == [f"s{i}" for i in range(len(delays))]
+            if isinstance(strategy, SemaphoreExecutionStrategy):
+                assert tracker.peak <= limit and strategy.in_flight == 0
+            assert tracker.now == 0
+            assert engine_tasks() == set()
+
+    run_on_test_loop(scenario())
