@@ -63,14 +63,38 @@ class Container(Component):
         cycles, dispatch, runners = self._plan
         return await cycles(dispatch, runners, args, kwargs)
 
-    def iter_components(self) -> Any:
-        """This container, then every component below it, depth first."""
-        yield self
+    def report(self) -> str:
+        """A text table of this container and everything below it: runs, total, mean and max time."""
+        rows = [("component", "kind", "runs", "total s", "mean ms", "max ms")]
+        for depth, component in self._walk(0):
+            stats = component.stats
+            rows.append((
+                "  " * depth + component.name,
+                type(component).__name__,
+                str(stats.count),
+                f"{stats.total:.6f}",
+                f"{stats.mean * 1e3:.3f}",
+                f"{stats.max * 1e3:.3f}",
+            ))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+            for row in rows
+        ]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def _walk(self, depth: int) -> Any:
+        yield depth, self
         for member in self._members:
             if isinstance(member, Container):
-                yield from member.iter_components()
+                yield from member._walk(depth + 1)
             else:
-                yield member
+                yield depth + 1, member
+
+    def iter_components(self) -> Any:
+        """This container, then every component below it, depth first."""
+        for _, component in self._walk(0):
+            yield component
 
 
 class StageGroup(Container):
