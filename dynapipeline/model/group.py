@@ -77,8 +77,10 @@ class Container(Component):
                 f"{stats.max * 1e3:.3f}",
             ))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        # Names and kinds align left, numbers right.
         lines = [
-            "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+            "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
             for row in rows
         ]
         return "\n".join(line.rstrip() for line in lines)
