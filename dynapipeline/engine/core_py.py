@@ -310,19 +310,38 @@ def _is_sequential(dispatch: Any) -> bool:
 
 
 async def run_tasks(tasks: list[Any]) -> None:
-    """Wait for all tasks; on the first error (or our own cancellation) cancel and await the rest, then raise."""
+    """Wait for all tasks; on the first error (or our own cancellation) cancel and await the rest, then raise.
+
+    The tasks were just created, so one turn of the loop runs each one's first step,
+    in order. Only those still pending after it get a done callback: stages that
+    finish without suspending (the common cheap case) cost no callback at all.
+    """
     if not tasks:
         return
-    gate = _Gate(asyncio.get_running_loop().create_future(), len(tasks))
-    on_done = gate.on_done
-    for task in tasks:
-        task.add_done_callback(on_done)
     try:
-        await gate.future
+        await _sleep(0)
     except BaseException:
         await _cancel_and_wait(tasks)
         raise
-    failed = gate.failed
+    failed = None
+    pending = 0
+    for task in tasks:
+        if not task.done():
+            pending += 1
+        elif failed is None and (task.cancelled() or task.exception() is not None):
+            failed = task  # tasks finished in creation order: the lowest index failed first
+    if failed is None and pending:
+        gate = _Gate(asyncio.get_running_loop().create_future(), pending)
+        on_done = gate.on_done
+        for task in tasks:
+            if not task.done():
+                task.add_done_callback(on_done)
+        try:
+            await gate.future
+        except BaseException:
+            await _cancel_and_wait(tasks)
+            raise
+        failed = gate.failed
     if failed is not None:
         await _cancel_and_wait(tasks)
         failed.result()  # re-raises the first error with its own type and traceback
