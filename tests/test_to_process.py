@@ -361,6 +361,8 @@ def test_batches_follow_past_costs():
     assert to_process.plan_batches(tiny, 2) == [list(range(10))]
     heavy = tuple(Dummy(1, 0.5) for _ in range(2))
     assert to_process.plan_batches(heavy, 2) == [[0], [1]]
+    uneven = (Dummy(1, 1.66), Dummy(1, 1.69))
+    assert to_process.plan_batches(uneven, 2) == [[0], [1]]
     unknown = tuple(Dummy(0, 0.0) for _ in range(100))
     batches = to_process.plan_batches(unknown, 2)
     assert len(batches) == 8 and sorted(i for b in batches for i in b) == list(range(100))

@@ -500,12 +500,13 @@ def plan_batches(runners: tuple[Any, ...], workers: int) -> list[list[int]]:
     acc = 0.0
     made = 0
     for index, weight in zip(rest, weights, strict=True):
-        current.append(index)
-        acc += weight
-        if made < count - 1 and acc >= target * (made + 1) - 1e-12:
+        # Cut before this component when its midpoint falls past the next boundary.
+        if current and made < count - 1 and acc + weight / 2 > target * (made + 1):
             batches.append(current)
             current = []
             made += 1
+        current.append(index)
+        acc += weight
     if current:
         batches.append(current)
     return batches
