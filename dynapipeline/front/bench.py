@@ -164,13 +164,15 @@ def _uvloop_available() -> bool:
     return True
 
 
-def measure_mode(quick: bool, loops: tuple[str, ...] = LOOPS) -> list[dict[str, Any]]:
+def measure_mode(quick: bool, loops: tuple[str, ...] = LOOPS, sizes: tuple[int, ...] | None = None,
+                 repeats: int | None = None) -> list[dict[str, Any]]:
     """Every case on every loop, in this process's engine mode."""
     import dynapipeline
 
     mode = "compiled" if dynapipeline.compiled else "pure"
     kinds = ("noop",) if quick else KINDS
-    sizes = (10_000,) if quick else SIZES
+    if sizes is None:
+        sizes = (10_000,) if quick else SIZES
     rows = []
     for loop in loops:
         if loop == "uvloop" and not _uvloop_available():
@@ -181,33 +183,38 @@ def measure_mode(quick: bool, loops: tuple[str, ...] = LOOPS) -> list[dict[str, 
                     for n in sizes:
                         case = make_case(case_name, kind, n)
                         # Fewer repeats where one run is long (concurrent, yielding stages).
-                        repeats = 3 if quick else (7 if n <= 1000 else 5)
+                        reps = repeats or (3 if quick else (7 if n <= 1000 else 5))
                         # The stages built for this case are long-lived: keep them out of the
                         # collector's way so its full passes do not add noise to either side.
                         gc.collect()
                         gc.freeze()
                         try:
-                            engine, raw = runner.run(_measure(case, repeats))
+                            engine, raw = runner.run(_measure(case, reps))
                         finally:
                             gc.unfreeze()
                         rows.append({
                             "case": case_name, "stage": kind, "n": n, "loop": loop, "mode": mode,
                             "engine_us": engine / n * 1e6, "raw_us": raw / n * 1e6,
-                            "ratio": engine / raw if raw > 0 else float("nan"), "repeats": repeats,
+                            "ratio": engine / raw if raw > 0 else float("nan"), "repeats": reps,
                         })
                         del case
     return rows
 
 
-def _other_mode(mode: str, quick: bool) -> list[dict[str, Any]]:
+def _other_mode(mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     env = dict(os.environ)
     if mode == "pure":
         env["DYNAPIPELINE_NO_EXTENSIONS"] = "1"
     else:
         env.pop("DYNAPIPELINE_NO_EXTENSIONS", None)
-    cmd = [sys.executable, "-m", "dynapipeline", "bench", "--mode", mode, "--json", "-"]
-    if quick:
+    cmd = [sys.executable, "-m", "dynapipeline", "bench", "--mode", mode, "--json", "-",
+           "--loops", ",".join(args.loops)]
+    if args.quick:
         cmd.append("--quick")
+    if args.sizes:
+        cmd += ["--sizes", ",".join(map(str, args.sizes))]
+    if args.repeats:
+        cmd += ["--repeats", str(args.repeats)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return list(json.loads(out)["rows"])
 
@@ -257,10 +264,10 @@ def run_bench(args: argparse.Namespace) -> int:
     notes = []
     for mode in wanted:
         if mode == here:
-            rows += measure_mode(args.quick)
+            rows += measure_mode(args.quick, args.loops, args.sizes, args.repeats)
         elif args.mode == "both":
             try:
-                other = _other_mode(mode, args.quick)
+                other = _other_mode(mode, args)
             except subprocess.CalledProcessError as error:
                 notes.append(f"{mode} engine not measured: {error.stderr.strip().splitlines()[-1:]}")
                 continue
@@ -302,7 +309,33 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': JSON to stdout only)")
     p.add_argument("--mode", choices=("both", "compiled", "pure"), default="both",
                    help="engine modes to measure (default both; the other one runs in a subprocess)")
+    p.add_argument("--loops", type=_names(LOOPS), default=LOOPS, metavar="LOOPS",
+                   help="comma-separated event loops (default: asyncio,uvloop)")
+    p.add_argument("--sizes", type=_sizes, default=None, metavar="N[,N]",
+                   help="stages per group (default 1000,10000; --quick: 10000)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 5-7; --quick: 3)")
     p.set_defaults(func=run_bench)
+
+
+def _names(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [x for x in names if x not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes must be >= 1")
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,65 @@
+"""The command line: ``python -m dynapipeline info`` and ``bench`` (tiny sizes: behaviour, not speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import dynapipeline
+from dynapipeline.__main__ import main
+from dynapipeline.front.bench import CASES, KINDS, format_table
+
+MODE = "compiled" if dynapipeline.compiled else "pure"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dynapipeline", *args], capture_output=True, text=True,
+                          check=True, env=dict(os.environ), timeout=120)
+
+
+def test_info_names_version_engine_loop_and_python() -> None:
+    out = _cli("info").stdout
+    assert f"dynapipeline {dynapipeline.__version__}" in out
+    assert f"engine: {MODE}" in out
+    assert f"loop: {dynapipeline.loop_name()}" in out
+    assert "python: 3." in out
+
+
+def test_bench_json_rows_for_every_case(capsys: pytest.CaptureFixture[str], loop_kind: str) -> None:
+    assert main(["bench", "--mode", MODE, "--loops", loop_kind, "--sizes", "20", "--repeats", "1",
+                 "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["rows"]
+    assert {(r["case"], r["stage"]) for r in rows} == {(c, k) for c in CASES for k in KINDS}
+    for r in rows:
+        assert (r["n"], r["loop"], r["mode"], r["repeats"]) == (20, loop_kind, MODE, 1)
+        assert r["engine_us"] > 0 and r["raw_us"] > 0 and r["ratio"] > 0
+    assert report["machine"]["python"] and report["machine"]["dynapipeline"] == dynapipeline.__version__
+
+
+def test_bench_table_measures_the_other_mode_in_a_subprocess() -> None:
+    out = _cli("bench", "--quick", "--loops", "asyncio", "--sizes", "10", "--repeats", "1").stdout
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("strategy"))
+    for column in ("strategy", "loop", "mode", "µs/stage", "raw µs/stage", "ratio"):
+        assert column in header
+    modes = {line.split()[4] for line in lines if line.split()[:1] and line.split()[0] in CASES}
+    # The pure engine always exists; the compiled one when the extension was built.
+    assert "pure" in modes
+    assert MODE in modes
+
+
+def test_format_table_aligns_columns() -> None:
+    rows = [{"case": "sequential", "stage": "noop", "n": 10_000, "loop": "asyncio", "mode": "compiled",
+             "engine_us": 0.5, "raw_us": 0.25, "ratio": 2.0}]
+    table = format_table(rows).splitlines()
+    assert len(table) == 3 and "10,000" in table[2] and table[2].rstrip().endswith("2.00×")
+
+
+def test_bench_rejects_unknown_loop() -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--loops", "trio"])
