@@ -13,7 +13,8 @@ semaphore(8)   ``SemaphoreExecutionStrategy(8)``               ``asyncio.Semapho
 cycles         ``LoopCycleStrategy(n)`` over one stage         ``for _ in range(n): await s.execute()``
 =============  ==============================================  =====================================
 
-Engine and raw runs are interleaved and the median of the repeats is reported,
+Engine and raw runs alternate in blocks (each opened by an untimed run of the
+same side) and the median of the timed runs is reported,
 in µs per stage (per cycle for ``cycles``); ratio = engine / raw. The engine
 mode is fixed at import, so the other mode is measured in a subprocess
 (``DYNAPIPELINE_NO_EXTENSIONS=1`` for pure). The benchmark suite in
@@ -140,20 +141,23 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 async def _measure(case: Case, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``repeats`` interleaved engine and raw runs, after one warm-up each."""
+    """Median seconds of ``repeats`` timed runs per side, in alternating blocks.
+
+    Each block starts with one untimed run of the same side, so a timed run always
+    follows a run of its own kind (steady state: the allocator and the collector
+    left as that side leaves them), never the other side's garbage.
+    """
     clock = time.perf_counter
-    await case.engine()
-    await case.raw()
-    engine, raw = [], []
-    for _ in range(repeats):
-        t0 = clock()
-        await case.engine()
-        t1 = clock()
-        await case.raw()
-        t2 = clock()
-        engine.append(t1 - t0)
-        raw.append(t2 - t1)
-    return statistics.median(engine), statistics.median(raw)
+    per_block = max(1, (repeats + 1) // 2)
+    times: dict[str, list[float]] = {"engine": [], "raw": []}
+    while len(times["raw"]) < repeats:
+        for side, fn in (("engine", case.engine), ("raw", case.raw)):
+            await fn()
+            for _ in range(per_block):
+                t0 = clock()
+                await fn()
+                times[side].append(clock() - t0)
+    return statistics.median(times["engine"]), statistics.median(times["raw"])
 
 
 def _uvloop_available() -> bool:
