@@ -13,8 +13,8 @@ semaphore(8)   ``SemaphoreExecutionStrategy(8)``               ``asyncio.Semapho
 cycles         ``LoopCycleStrategy(n)`` over one stage         ``for _ in range(n): await s.execute()``
 =============  ==============================================  =====================================
 
-Engine and raw runs alternate in blocks (each opened by an untimed run of the
-same side) and the median of the timed runs is reported,
+Engine and raw runs alternate in blocks, rotating over the loops too (each block
+opened by an untimed run of the same side), and the median of the timed runs is reported,
 in µs per stage (per cycle for ``cycles``); ratio = engine / raw. The engine
 mode is fixed at import, so the other mode is measured in a subprocess
 (``DYNAPIPELINE_NO_EXTENSIONS=1`` for pure). The benchmark suite in
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -140,24 +141,35 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-async def _measure(case: Case, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``repeats`` timed runs per side, in alternating blocks.
-
-    Each block starts with one untimed run of the same side, so a timed run always
-    follows a run of its own kind (steady state: the allocator and the collector
-    left as that side leaves them), never the other side's garbage.
-    """
+async def _block(fn: Callable[[], Awaitable[Any]], runs: int) -> list[float]:
+    """One untimed run, then ``runs`` timed ones: a timed run always follows a run of
+    its own kind (steady state: allocator and collector as that side leaves them)."""
     clock = time.perf_counter
+    await fn()
+    times = []
+    for _ in range(runs):
+        t0 = clock()
+        await fn()
+        times.append(clock() - t0)
+    return times
+
+
+def _measure(case: Case, repeats: int, runners: dict[str, asyncio.Runner]) -> dict[str, tuple[float, float]]:
+    """Per loop, the median seconds of ``repeats`` timed engine and raw runs.
+
+    Blocks rotate over (loop, side) pairs, so load changes on the machine hit every
+    loop and both sides alike instead of biasing one of them.
+    """
     per_block = max(1, (repeats + 1) // 2)
-    times: dict[str, list[float]] = {"engine": [], "raw": []}
-    while len(times["raw"]) < repeats:
-        for side, fn in (("engine", case.engine), ("raw", case.raw)):
-            await fn()
-            for _ in range(per_block):
-                t0 = clock()
-                await fn()
-                times[side].append(clock() - t0)
-    return statistics.median(times["engine"]), statistics.median(times["raw"])
+    times: dict[tuple[str, str], list[float]] = {(loop, side): [] for loop in runners for side in ("engine", "raw")}
+    while min(len(t) for t in times.values()) < repeats:
+        for loop, runner in runners.items():
+            for side, fn in (("engine", case.engine), ("raw", case.raw)):
+                times[loop, side] += runner.run(_block(fn, per_block))
+    return {
+        loop: (statistics.median(times[loop, "engine"]), statistics.median(times[loop, "raw"]))
+        for loop in runners
+    }
 
 
 def _uvloop_available() -> bool:
@@ -177,31 +189,31 @@ def measure_mode(quick: bool, loops: tuple[str, ...] = LOOPS, sizes: tuple[int, 
     kinds = ("noop",) if quick else KINDS
     if sizes is None:
         sizes = (10_000,) if quick else SIZES
+    loops = tuple(loop for loop in loops if loop != "uvloop" or _uvloop_available())
     rows = []
-    for loop in loops:
-        if loop == "uvloop" and not _uvloop_available():
-            continue
-        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-            for case_name in CASES:
-                for kind in kinds:
-                    for n in sizes:
-                        case = make_case(case_name, kind, n)
-                        # Fewer repeats where one run is long (concurrent, yielding stages).
-                        reps = repeats or (3 if quick else (7 if n <= 1000 else 5))
-                        # The stages built for this case are long-lived: keep them out of the
-                        # collector's way so its full passes do not add noise to either side.
-                        gc.collect()
-                        gc.freeze()
-                        try:
-                            engine, raw = runner.run(_measure(case, reps))
-                        finally:
-                            gc.unfreeze()
+    with contextlib.ExitStack() as stack:
+        # One persistent runner per loop kind; they take turns (never nested).
+        runners = {loop: stack.enter_context(asyncio.Runner(loop_factory=loop_factory(loop))) for loop in loops}
+        for case_name in CASES:
+            for kind in kinds:
+                for n in sizes:
+                    case = make_case(case_name, kind, n)
+                    reps = repeats or (4 if quick else 6)
+                    # The stages built for this case are long-lived: keep them out of the
+                    # collector's way so its full passes do not add noise to either side.
+                    gc.collect()
+                    gc.freeze()
+                    try:
+                        medians = _measure(case, reps, runners)
+                    finally:
+                        gc.unfreeze()
+                    for loop, (engine, raw) in medians.items():
                         rows.append({
                             "case": case_name, "stage": kind, "n": n, "loop": loop, "mode": mode,
                             "engine_us": engine / n * 1e6, "raw_us": raw / n * 1e6,
                             "ratio": engine / raw if raw > 0 else float("nan"), "repeats": reps,
                         })
-                        del case
+                    del case
     return rows
 
 
@@ -295,7 +307,8 @@ def run_bench(args: argparse.Namespace) -> int:
     m = report["machine"]
     print(f"dynapipeline {m['dynapipeline']} bench — Python {m['python']}, {m['cpu']} ({m['cpus']} CPUs), "
           f"{m['platform']}")
-    print("µs per stage (per cycle for `cycles`), median of interleaved repeats; ratio = engine / raw asyncio\n")
+    print("µs per stage (per cycle for `cycles`), median of timed runs in alternating blocks; "
+          "ratio = engine / raw asyncio\n")
     print(format_table(unique))
     for note in notes:
         print(f"note: {note}")
@@ -317,7 +330,7 @@ def add_parser(sub: Any) -> None:
                    help="comma-separated event loops (default: asyncio,uvloop)")
     p.add_argument("--sizes", type=_sizes, default=None, metavar="N[,N]",
                    help="stages per group (default 1000,10000; --quick: 10000)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 5-7; --quick: 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per side and loop (default 6; --quick: 4)")
     p.set_defaults(func=run_bench)
 
 
