@@ -7,7 +7,15 @@ C types live in ``core_c.pxd``); ``dynapipeline.engine`` picks one at import.
 Hot-path rules: whatever can be resolved once (the bound ``execute``, the
 handler lists, whether the fast path applies) is resolved when a component is
 built or a handler attached, never per run. Timing uses one monotonic clock
-read at each edge; epoch times are derived from it.
+read at each edge; epoch times are derived from it. In sequential loops the
+reading that ends one component starts the next (one reading per component).
+
+Fast path: a component with no handlers, timeout or retries and an ``async def
+execute`` is "inline": the dispatch and cycle loops await its own coroutine
+between two clock readings instead of going through ``Runner.run`` (no wrapper
+coroutine per component). The few helpers they use for it (``_inline``,
+``_call_execute``, ``_record``, ``_now``) are C functions on a typed ``Runner``
+when compiled (see ``core_c.pxd``) and plain functions otherwise.
 """
 
 from __future__ import annotations
@@ -297,6 +305,7 @@ def _record(runner: Runner, t0: float, t1: float) -> None:
 
 
 def _now() -> float:
+    """The monotonic clock (a C double when compiled)."""
     return _clock()
 
 
