@@ -31,12 +31,12 @@ def test_info_names_version_engine_loop_and_python() -> None:
 
 def test_bench_json_rows_for_every_case(capsys: pytest.CaptureFixture[str], loop_kind: str) -> None:
     assert main(["bench", "--mode", MODE, "--loops", loop_kind, "--sizes", "20", "--repeats", "1",
-                 "--json", "-"]) == 0
+                 "--runs", "2", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = report["rows"]
     assert {(r["case"], r["stage"]) for r in rows} == {(c, k) for c in CASES for k in KINDS}
     for r in rows:
-        assert (r["n"], r["loop"], r["mode"], r["repeats"]) == (20, loop_kind, MODE, 1)
+        assert (r["n"], r["loop"], r["mode"], r["repeats"], r["runs"]) == (20, loop_kind, MODE, 1, 2)
         assert r["engine_us"] > 0 and r["raw_us"] > 0 and r["ratio"] > 0
     assert report["machine"]["python"] and report["machine"]["dynapipeline"] == dynapipeline.__version__
 

@@ -270,46 +270,73 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    import dynapipeline
-
-    started = time.perf_counter()
-    here = "compiled" if dynapipeline.compiled else "pure"
+def _measure_all(args: argparse.Namespace, here: str, notes: list[str]) -> list[dict[str, Any]]:
+    """One pass over the wanted modes: this process's mode here, the other in a subprocess."""
     wanted = ("compiled", "pure") if args.mode == "both" else (args.mode,)
     rows: list[dict[str, Any]] = []
-    notes = []
     for mode in wanted:
         if mode == here:
             rows += measure_mode(args.quick, args.loops, args.sizes, args.repeats)
         elif args.mode == "both":
             try:
-                other = _other_mode(mode, args)
+                rows += _other_mode(mode, args)
             except subprocess.CalledProcessError as error:
-                notes.append(f"{mode} engine not measured: {error.stderr.strip().splitlines()[-1:]}")
-                continue
-            rows += other
+                note = f"{mode} engine not measured: {error.stderr.strip().splitlines()[-1:]}"
+                if note not in notes:
+                    notes.append(note)
         else:
-            notes.append(f"{mode} engine not available in this process (engine is {here})")
+            note = f"{mode} engine not available in this process (engine is {here})"
+            if note not in notes:
+                notes.append(note)
+    return rows
+
+
+def _key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["case"], r["stage"], r["n"], r["loop"], r["mode"])
+
+
+def _median_rows(passes: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per key: the first pass's row, with engine, raw and ratio the medians over passes."""
+    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for rows in passes:
+        seen = set()
+        for r in rows:
+            # A subprocess that fell back to this process's mode would repeat its rows: keep one.
+            if _key(r) not in seen:
+                seen.add(_key(r))
+                by_key.setdefault(_key(r), []).append(r)
+    out = []
+    for same in by_key.values():
+        row = dict(same[0])
+        for field in ("engine_us", "raw_us", "ratio"):
+            row[field] = statistics.median(r[field] for r in same)
+        row["runs"] = len(same)
+        out.append(row)
     order = {name: i for i, name in enumerate(CASES)}
-    rows.sort(key=lambda r: (order[r["case"]], r["stage"] != "noop", r["n"], r["loop"], r["mode"]))
-    # Keep one row per key (a subprocess that fell back to the same mode would repeat it).
-    seen, unique = set(), []
-    for r in rows:
-        key = (r["case"], r["stage"], r["n"], r["loop"], r["mode"])
-        if key not in seen:
-            seen.add(key)
-            unique.append(r)
+    out.sort(key=lambda r: (order[r["case"]], r["stage"] != "noop", r["n"], r["loop"], r["mode"]))
+    return out
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import dynapipeline
+
+    started = time.perf_counter()
+    here = "compiled" if dynapipeline.compiled else "pure"
+    notes: list[str] = []
+    passes = [_measure_all(args, here, notes) for _ in range(args.runs)]
+    rows = _median_rows(passes)
     elapsed = time.perf_counter() - started
-    report = {"machine": machine(), "quick": args.quick, "seconds": elapsed, "rows": unique}
+    report = {"machine": machine(), "quick": args.quick, "runs": args.runs, "seconds": elapsed, "rows": rows}
     if args.json == "-":
         json.dump(report, sys.stdout)
         return 0
     m = report["machine"]
     print(f"dynapipeline {m['dynapipeline']} bench — Python {m['python']}, {m['cpu']} ({m['cpus']} CPUs), "
           f"{m['platform']}")
-    print("µs per stage (per cycle for `cycles`), median of timed runs in alternating blocks; "
-          "ratio = engine / raw asyncio\n")
-    print(format_table(unique))
+    print("µs per stage (per cycle for `cycles`), median of timed runs in alternating blocks"
+          + (f", then median over {args.runs} runs" if args.runs > 1 else "")
+          + "; ratio = engine / raw asyncio\n")
+    print(format_table(rows))
     for note in notes:
         print(f"note: {note}")
     print(f"\n{elapsed:.1f} s")
@@ -331,6 +358,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--sizes", type=_sizes, default=None, metavar="N[,N]",
                    help="stages per group (default 1000,10000; --quick: 10000)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per side and loop (default 6; --quick: 4)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="repeat the whole measurement and report per-row medians (default 1)")
     p.set_defaults(func=run_bench)
 
 
