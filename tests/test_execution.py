@@ -9,7 +9,7 @@ from helpers import Echo, Fail, Tracked, Tracker, engine_tasks, run_on_test_loop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynapipeline import StageGroup
+from dynapipeline import Stage, StageGroup
 from dynapipeline.errors import ConfigurationError
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
@@ -194,3 +194,26 @@ def test_property_every_strategy_keeps_order_limit_and_cleans_up(delays, limit, 
             assert engine_tasks() == set()
 
     run_on_test_loop(scenario())
+
+
+class FailNow(Stage):
+    """Raises at once, without ever suspending."""
+
+    async def execute(self):
+        raise KeyError(self.name)
+
+
+@pytest.mark.parametrize("make", [ConcurrentExecutionStrategy, lambda: SemaphoreExecutionStrategy(4)])
+async def test_failure_in_a_first_step_cancels_the_slow_siblings(make):
+    tracker = Tracker()
+    slow = [Tracked(name=f"slow{i}", tracker=tracker, delay=5) for i in range(3)]
+    with pytest.raises(KeyError, match="now"):
+        await make().execute([slow[0], FailNow(name="now"), *slow[1:]])
+    assert tracker.now == 0
+    assert engine_tasks() == set()
+
+
+async def test_concurrent_first_failure_wins_when_several_fail_at_once():
+    with pytest.raises(KeyError, match="first"):
+        await ConcurrentExecutionStrategy().execute([Echo(name="ok"), FailNow(name="first"), FailNow(name="second")])
+    assert engine_tasks() == set()
