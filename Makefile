@@ -1,4 +1,4 @@
-# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Two commands do all set-up on a fresh machine: `make bench` (the main job) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
