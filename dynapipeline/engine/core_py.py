@@ -390,28 +390,14 @@ async def _cancel_and_wait(tasks: list[Any]) -> None:
 class Sequential:
     """One component after another; the first error stops the rest.
 
-    A fast runner's coroutine is awaited right here (see ``_inline``), and the clock
+    A fast runner's coroutine is awaited by the loop itself (see ``_inline``), and the clock
     reading that ends one component starts the next: one reading per component.
     """
 
     async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-        results = []
-        t0 = _now()
-        for runner in runners:
-            if not _inline(runner):
-                results.append(await runner.run(args, kwargs))
-                t0 = _now()
-                continue
-            try:
-                result = await _call_execute(runner, args, kwargs)
-            except BaseException:
-                _record(runner, t0, _now())
-                raise
-            t1 = _now()
-            _record(runner, t0, t1)
-            t0 = t1
-            results.append(result)
-        return results
+        # One cycle of the shared loop, so the hot body exists once.
+        cycles = await _sequential_cycles(runners, args, kwargs, 1, None, None, 0.0)
+        return cycles[0]  # type: ignore[no-any-return]
 
 
 class Concurrent:
@@ -589,7 +575,7 @@ async def _sequential_cycles(runners: tuple[Any, ...], args: tuple[Any, ...], kw
         if _draining(control):
             break
         cycle += 1
-        # This cycle: the body of Sequential.dispatch.
+        # One cycle of Sequential.dispatch.
         cycle_results = []
         t0 = _now()
         for runner in runners:
