@@ -302,6 +302,36 @@ async def test_stop_during_process_work_kills_workers():
     assert_no_workers(pids)
 
 
+def slow_starts(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make every worker start take ``seconds`` longer (a cold fork server), to open start-up races."""
+    original = to_process.ProcessPool._start_worker
+
+    def slow(self: Any) -> Any:
+        time.sleep(seconds)
+        return original(self)
+
+    monkeypatch.setattr(to_process.ProcessPool, "_start_worker", slow)
+
+
+async def test_stop_during_a_cold_pool_start_leaves_no_workers(monkeypatch):
+    slow_starts(monkeypatch, 0.1)
+    strategy = MultiprocessExecutionStrategy(2)
+    group = StageGroup(name="g", stages=[Pid(name="s")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=strategy)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    task = asyncio.ensure_future(pipeline.run())
+    await asyncio.sleep(0.05)  # the off-loop start is under way
+    pool = strategy.pool
+    assert pool is not None and pool.starting is not None
+    pipeline.stop()
+    assert await asyncio.wait_for(task, 5) is None
+    strategy.close()
+    await asyncio.sleep(0.8)  # a start still under way must not add workers to the closed pool
+    assert pool.closed and pool.started == [] and pool.workers == []
+    assert_no_workers([])
+
+
 async def test_cancelling_a_dispatch_kills_its_workers(procs):
     task = asyncio.ensure_future(procs.execute([Spin(name="s")]))
     await procs.start()

@@ -52,6 +52,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 import weakref
 from collections import deque
@@ -220,6 +221,10 @@ class ProcessPool:
         self.closed = False
         self.started: list[_Worker] = []  # started off the loop, not adopted yet
         self.starting: Any = None  # the off-loop start in progress (a future)
+        self._pending = 0  # workers the off-loop start has still to start
+        self._lock = threading.Lock()  # guards closed/started/_pending against the off-loop start
+        self._start_done = threading.Event()
+        self._start_done.set()
         self._failed_starts = 0
         self._counter = 0
         _LIVE_POOLS.add(self)
@@ -236,15 +241,46 @@ class ProcessPool:
 
     def fill(self) -> None:
         """Adopt workers started off the loop, then start more up to ``max_workers``."""
-        while self.started:
-            self._adopt(self.started.pop(0))
-        while not self.closed and len(self.workers) < self.max_workers:
+        with self._lock:
+            started, self.started = self.started, []
+        for w in started:
+            self._adopt(w)
+        while not self.closed and len(self.workers) + len(self.started) + self._pending < self.max_workers:
             self._adopt(self._start_worker())
 
+    def begin_start(self, loop: Any) -> Any:
+        """Start the missing workers in a thread (a cold fork server takes ~0.5 s); the future of that start."""
+        if self.starting is None:
+            count = self.max_workers - len(self.workers) - len(self.started)
+            with self._lock:
+                self._pending = count
+                self._start_done.clear()
+            future = self.starting = loop.run_in_executor(None, self.start_off_loop, count)
+
+            def done(_: Any) -> None:
+                if self.starting is future:
+                    self.starting = None
+
+            future.add_done_callback(done)
+        return self.starting
+
     def start_off_loop(self, count: int) -> None:
-        """Start ``count`` workers (run in a thread: a cold fork server takes ~0.5 s to come up)."""
-        for _ in range(count):
-            self.started.append(self._start_worker())
+        """Start ``count`` workers (run in a thread); a worker started after ``close()`` is stopped at once."""
+        try:
+            for _ in range(count):
+                if self.closed:
+                    return
+                w = self._start_worker()
+                with self._lock:
+                    self._pending = max(0, self._pending - 1)
+                    if not self.closed:
+                        self.started.append(w)
+                        continue
+                _stop_process(w)
+        finally:
+            with self._lock:
+                self._pending = 0
+            self._start_done.set()
 
     def _start_worker(self) -> _Worker:
         ctx = self._ctx
@@ -306,13 +342,17 @@ class ProcessPool:
         return proc.exitcode
 
     def close(self) -> None:
-        """Stop every worker: idle ones are asked to exit, busy ones are terminated; fail queued jobs."""
-        if self.closed:
-            return
-        self.closed = True
+        """Stop every worker: idle ones are asked to exit, busy ones are terminated; fail queued jobs.
+
+        Workers still being started off the loop are waited for (briefly) and stopped too.
+        """
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            started, self.started = self.started, []
         _LIVE_POOLS.discard(self)
-        self.workers.extend(self.started)
-        self.started.clear()
+        self.workers.extend(started)
         workers = list(self.workers)
         for w in workers:
             if w.job is None:
@@ -340,6 +380,8 @@ class ProcessPool:
         while self.queue:
             job = self.queue.popleft()
             job.finish(("closed", None))
+        # A start in progress stops what it starts from now on; wait until it is over.
+        self._start_done.wait(5.0)
 
     # -- scheduling -----------------------------------------------------------------------------
     def submit(self, jobs: list[_Job]) -> None:
@@ -442,6 +484,23 @@ class ProcessPool:
         job.finish(("timeout",))
         self.fill()
         self._pump()
+
+
+def _stop_process(w: _Worker) -> None:
+    """Stop a worker that was never adopted (terminate, then kill) and close its pipe."""
+    proc = w.proc
+    try:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(0.5)
+            if proc.is_alive():
+                proc.kill()
+        proc.join(1.0)
+    finally:
+        try:
+            w.conn.close()
+        except OSError:
+            pass
 
 
 def _close_all() -> None:
@@ -555,16 +614,11 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         pool = self._pool
         if pool is None or pool.closed:
             pool = self._pool = ProcessPool(self.workers, self.start_method)
-        if not pool.workers and not pool.started:
+        if not pool.workers and not pool.started and pool.starting is None:
             # A cold start can take ~0.5 s (fork server, imports): keep the event loop free meanwhile.
-            if pool.starting is None:
-                pool.starting = loop.run_in_executor(None, pool.start_off_loop, pool.max_workers)
-                try:
-                    await asyncio.shield(pool.starting)
-                finally:
-                    pool.starting = None
-            else:
-                await asyncio.shield(pool.starting)
+            pool.begin_start(loop)
+        if pool.starting is not None:
+            await asyncio.shield(pool.starting)
         pool.bind(loop)
         pool.fill()
         return pool
@@ -589,13 +643,15 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
             deadline = _deadline(members[0].owner) if len(members) == 1 else None
             jobs.append(_Job(batch, indices, members, payload, cids, deadline))
         pool = self._pool
-        if pool is None or pool.closed or pool.loop is not loop or not pool.workers:
-            pool = await self._ensure_pool(loop)
-        elif len(pool.workers) < pool.max_workers:
-            pool.fill()
-        batch.pending = len(jobs)
-        pool.submit(jobs)
+        if pool is None or pool.closed:
+            pool = self._pool = ProcessPool(self.workers, self.start_method)
         try:
+            if pool.loop is not loop or not pool.workers:
+                pool = await self._ensure_pool(loop)
+            elif len(pool.workers) < pool.max_workers:
+                pool.fill()
+            batch.pending = len(jobs)
+            pool.submit(jobs)
             await batch.future
         except asyncio.CancelledError:
             control = current_control.get()
