@@ -209,3 +209,36 @@ def test_simple_pipeline_rejects_threads_and_advanced_allows_them():
         build(PipeLineType.SIMPLE, at_pipeline=True)
     assert build(PipeLineType.ADVANCED, at_pipeline=False) is not None
     assert build(PipeLineType.ADVANCED, at_pipeline=True) is not None
+
+
+async def test_end_of_run_shutdown_does_not_block_the_callers_loop():
+    started = threading.Event()
+
+    class Blocks(Stage):
+        async def execute(self) -> None:
+            started.set()
+            time.sleep(2.0)  # ignores cancellation: the thread is abandoned, the loop must stay free
+
+    group = StageGroup(name="g", stages=[Blocks(name="b")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=MultithreadExecutionStrategy(1))
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.ensure_future(heartbeat())
+    task = asyncio.ensure_future(pipeline.run())
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    pipeline.stop()
+    assert await asyncio.wait_for(task, 10) is None
+    beat.cancel()
+    assert max(gaps) < 0.5, max(gaps)
+    wait_no_threads()

@@ -10,7 +10,12 @@
   dispatch.
 - The first error cancels the siblings (like the concurrent strategy) and
   propagates; ``stop()``/cancellation cancels the coroutines running on worker
-  loops and waits (up to 1 s) for them to unwind.
+  loops and waits (up to 1 s) for them to unwind; the end-of-run shutdown waits
+  (up to 1 s more) for the threads to exit. Neither wait blocks the caller's
+  event loop. A stage that blocks its thread in a call that ignores
+  cancellation (``time.sleep`` in an ``async def`` stage, a plain ``def``
+  stage) is abandoned: its daemon thread can outlive the run, runs on until
+  the call returns, and then exits.
 - Timeout: an ``async def`` stage is cancelled on its thread's loop at the
   deadline. A plain ``def`` stage cannot be interrupted: the caller gets
   ``StageTimeoutError`` at the deadline, the thread runs on until the call
@@ -223,20 +228,34 @@ class ThreadPool:
         finally:
             self._running.discard(job)
 
-    def shutdown(self) -> None:
-        """Cancel running coroutines, let idle threads exit, abandon threads stuck in a plain-def call."""
+    def _begin_shutdown(self) -> list[threading.Thread]:
+        """Cancel running coroutines and ask idle threads to exit; the threads worth waiting for."""
         if self.closed:
-            return
+            return []
         self.closed = True
         for job in list(self._running):
             job.cancel()
         for _ in self.threads:
             self._queue.put(None)
+        return [t for t in self.threads if t.ident not in self._busy_sync]
+
+    def shutdown(self) -> None:
+        """Cancel running coroutines, let idle threads exit (joined up to 1 s), abandon threads stuck in a call."""
         deadline = time.monotonic() + 1.0
-        for thread in self.threads:
-            if thread.ident in self._busy_sync:
-                continue
+        for thread in self._begin_shutdown():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+    async def ashutdown(self) -> None:
+        """``shutdown()`` that waits (up to 1 s) for the threads without blocking the event loop.
+
+        A thread blocked in a call that ignores cancellation (``time.sleep`` in an
+        ``async def`` stage, a plain ``def`` stage) is abandoned: it is a daemon
+        thread, runs on until the call returns and then exits.
+        """
+        threads = self._begin_shutdown()
+        deadline = time.monotonic() + 1.0
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
 
 class MultithreadExecutionStrategy(ExecutionStrategy):
@@ -281,10 +300,10 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
             return entry[1], False
         return ThreadPool(self.workers, _loop_factory(loop)), True
 
-    def _end_run(self, key: int) -> None:
+    async def _end_run(self, key: int) -> None:
         entry = self._run_pools.pop(key, None)
         if entry is not None:
-            entry[1].shutdown()
+            await entry[1].ashutdown()
 
     async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
         n = len(runners)
@@ -310,7 +329,7 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
         finally:
             batch.cancel_timers()
             if owned:
-                pool.shutdown()
+                await pool.ashutdown()
         return batch.results
 
     async def __aenter__(self) -> MultithreadExecutionStrategy:
@@ -322,7 +341,7 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
         self._depth = max(0, self._depth - 1)
         if self._depth == 0 and self._held is not None:
             held, self._held = self._held, None
-            held.shutdown()
+            await held.ashutdown()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (self.max_workers,))
