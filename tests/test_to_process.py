@@ -332,6 +332,25 @@ async def test_stop_during_a_cold_pool_start_leaves_no_workers(monkeypatch):
     assert_no_workers([])
 
 
+class Tick(Stage):
+    async def execute(self) -> None:
+        await asyncio.sleep(0.005)
+
+
+async def test_drain_reaches_groups_running_in_workers(procs):
+    group = StageGroup(name="forever", stages=[Tick(name="t")], cycle_strategy=InfinitLoopStrategy(interval=0.005),
+                       execution_strategy=SequentialExecutionStrategy())
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(), procs)
+    task = asyncio.ensure_future(pipeline.run())
+    await procs.start()
+    pids = set(procs.worker_pids())
+    await asyncio.sleep(0.2)
+    pipeline.stop(drain=True)
+    assert await asyncio.wait_for(task, 5) is None
+    assert set(procs.worker_pids()) == pids  # drained, not killed: the pool stays warm
+    assert group.stages[0].stats.count > 0
+
+
 async def test_cancelling_a_dispatch_kills_its_workers(procs):
     task = asyncio.ensure_future(procs.execute([Spin(name="s")]))
     await procs.start()

@@ -28,6 +28,10 @@ Design (DESIGN §5):
   ``stage_name`` and ``worker_pid`` attributes and a note. The first error ends
   the dispatch: batches not yet sent are dropped; batches already running
   finish in their workers and their results are discarded.
+- **Drain**: ``stop(drain=True)`` reaches groups running in workers: the parent
+  polls the run's drain flag (every 20 ms, only while groups are out) and sets
+  a flag shared with the worker, which runs the groups under its own run
+  control mirroring it, so their cycle loops end after the current cycle.
 - **Timeout**: a Stage with ``timeout`` travels alone and the parent arms a
   deadline (``timeout`` × attempts + retry delays + 0.1 s grace); at the deadline
   the worker is terminated (then killed) and replaced, and
@@ -61,6 +65,7 @@ from typing import Any
 from dynapipeline.engine import current_control
 from dynapipeline.errors import ConfigurationError, RemoteError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.model.component import Stage
+from dynapipeline.model.group import Container
 from dynapipeline.model.strategy import ExecutionStrategy
 from dynapipeline.transports import worker as worker_module
 from dynapipeline.transports.pickling import REGISTRY, dumps_batch
@@ -72,6 +77,7 @@ _GRACE = 0.1              # seconds added to a timed stage's deadline in the par
 _PER_STAGE_COST = 20e-6   # estimated IPC + rebuild cost of one component (seconds)
 _SMALL_BATCH = 1e-3       # estimated work below this goes to one worker in one message
 _CHUNKS_PER_WORKER = 4
+_DRAIN_POLL = 0.02        # seconds between checks for a drain while groups run in workers
 _LIVE_POOLS: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
 
@@ -94,10 +100,10 @@ def _context(method: str) -> Any:
 class _Job:
     """One batch of components for one worker, and where its outcome goes."""
 
-    __slots__ = ("batch", "indices", "runners", "payload", "cids", "deadline", "worker", "done")
+    __slots__ = ("batch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control")
 
     def __init__(self, batch: _Batch, indices: list[int], runners: list[Any], payload: bytes,
-                 cids: set[int], deadline: float | None) -> None:
+                 cids: set[int], deadline: float | None, control: Any = None) -> None:
         self.batch = batch
         self.indices = indices
         self.runners = runners
@@ -106,6 +112,7 @@ class _Job:
         self.deadline = deadline
         self.worker: _Worker | None = None
         self.done = False
+        self.control = control  # the run's RunControl, when the job ships groups (drain reaches them)
 
     def finish(self, outcome: tuple[Any, ...]) -> None:
         if not self.done:
@@ -193,13 +200,14 @@ def _tag(error: BaseException, stage: str, pid: int | None) -> None:
 class _Worker:
     """One worker process, its pipe, and what it is doing."""
 
-    __slots__ = ("proc", "conn", "fd", "current", "pid", "ready", "job", "known", "timer", "loop")
+    __slots__ = ("proc", "conn", "fd", "current", "drain", "pid", "ready", "job", "known", "timer", "loop")
 
-    def __init__(self, proc: Any, conn: Any, current: Any) -> None:
+    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any) -> None:
         self.proc = proc
         self.conn = conn
         self.fd = conn.fileno()
         self.current = current
+        self.drain = drain  # set by the parent when the run of the job it runs drains
         self.pid: int = proc.pid
         self.ready = False
         self.job: _Job | None = None
@@ -286,12 +294,13 @@ class ProcessPool:
         ctx = self._ctx
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         current = ctx.RawValue("l", -1)
+        drain = ctx.RawValue("b", 0)
         self._counter += 1
-        proc = ctx.Process(target=worker_module.main, args=(child_conn, current), daemon=True,
+        proc = ctx.Process(target=worker_module.main, args=(child_conn, current, drain), daemon=True,
                            name=f"dynapipeline-worker-{self._counter}")
         proc.start()
         child_conn.close()
-        return _Worker(proc, parent_conn, current)
+        return _Worker(proc, parent_conn, current, drain)
 
     def _adopt(self, w: _Worker) -> None:
         if self.closed:
@@ -405,6 +414,8 @@ class ProcessPool:
         message = pickle.dumps((blobs, job.payload), protocol=pickle.HIGHEST_PROTOCOL)
         w.job = job
         job.worker = w
+        control = job.control
+        w.drain.value = 1 if control is not None and control.draining else 0
         try:
             w.conn.send_bytes(message)
         except OSError:
@@ -484,6 +495,23 @@ class ProcessPool:
         job.finish(("timeout",))
         self.fill()
         self._pump()
+
+
+def _watch_drain(loop: Any, control: Any, jobs: list[_Job], future: Any) -> None:
+    """While ``future`` is pending, pass a drain of the run on to the workers running its groups."""
+
+    def poll() -> None:
+        if future.done():
+            return
+        if control.draining:
+            for job in jobs:
+                w = job.worker
+                if w is not None and w.job is job:
+                    w.drain.value = 1
+            return  # jobs sent from now on carry the drain (_send)
+        loop.call_later(_DRAIN_POLL, poll)
+
+    loop.call_later(_DRAIN_POLL, poll)
 
 
 def _stop_process(w: _Worker) -> None:
@@ -636,12 +664,15 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         loop = asyncio.get_running_loop()
         batch = _Batch(loop.create_future(), n)
         jobs = []
+        control = current_control.get()
+        if control is not None and not any(isinstance(r.owner, Container) for r in runners):
+            control = None  # only groups cycle, so only they care about a drain
         # Everything is pickled (and checked) before a worker is started or anything is sent.
         for indices in plan_batches(runners, self.workers):
             members = [runners[i] for i in indices]
             payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
             deadline = _deadline(members[0].owner) if len(members) == 1 else None
-            jobs.append(_Job(batch, indices, members, payload, cids, deadline))
+            jobs.append(_Job(batch, indices, members, payload, cids, deadline, control))
         pool = self._pool
         if pool is None or pool.closed:
             pool = self._pool = ProcessPool(self.workers, self.start_method)
@@ -652,6 +683,8 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
                 pool.fill()
             batch.pending = len(jobs)
             pool.submit(jobs)
+            if control is not None:
+                _watch_drain(loop, control, jobs, batch.future)
             await batch.future
         except asyncio.CancelledError:
             control = current_control.get()

@@ -28,6 +28,7 @@ from typing import Any
 import cloudpickle
 from pydantic_core import PydanticUndefined
 
+from dynapipeline.engine import RunControl, current_control
 from dynapipeline.model.contexts import ProtectedContext
 from dynapipeline.model.group import Container
 from dynapipeline.transports.calling import needs_loop, run_component
@@ -136,12 +137,43 @@ def _error_bytes(error: BaseException) -> bytes:
         return b""
 
 
-def run_batch(conn: Any, current: Any, message: bytes, state: dict[str, Any]) -> bytes:
-    """Run one batch and return the reply bytes."""
+def _mirror_drain(control: Any, drain: Any, over: threading.Event) -> None:
+    """Until ``over`` is set: once the parent sets the shared ``drain`` flag, drain ``control``."""
+    while not over.wait(0.005):
+        if drain.value:
+            control.draining = True
+            return
+
+
+def run_batch(conn: Any, current: Any, message: bytes, state: dict[str, Any], drain: Any = None) -> bytes:
+    """Run one batch and return the reply bytes.
+
+    Groups run under a run control of their own whose ``draining`` mirrors the
+    parent's ``drain`` flag, so ``stop(drain=True)`` ends their cycle loops.
+    """
     blobs, payload = pickle.loads(message)
     for class_id, blob in blobs:
         _CLASSES[class_id] = pickle.loads(blob)
     components, args, kwargs = pickle.loads(payload)
+    if drain is None or not any(isinstance(c, Container) for c in components):
+        return _run_components(current, components, args, kwargs, state)
+    control = RunControl()
+    control.draining = bool(drain.value)
+    over = threading.Event()
+    watcher = threading.Thread(target=_mirror_drain, args=(control, drain, over), daemon=True,
+                               name="dynapipeline-drain-watch")
+    watcher.start()
+    token = current_control.set(control)
+    try:
+        return _run_components(current, components, args, kwargs, state)
+    finally:
+        current_control.reset(token)
+        over.set()
+        watcher.join()
+
+
+def _run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                    state: dict[str, Any]) -> bytes:
     results: list[Any] = []
     timings: list[Any] = []
     for position, component in enumerate(components):
@@ -178,7 +210,7 @@ def run_batch(conn: Any, current: Any, message: bytes, state: dict[str, Any]) ->
                                   str(error), bad_at))
 
 
-def main(conn: Any, current: Any) -> None:
+def main(conn: Any, current: Any, drain: Any = None) -> None:
     """The worker's loop: signal ready, then run batches until told to stop or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _watch_parent()
@@ -191,7 +223,7 @@ def main(conn: Any, current: Any) -> None:
             break
         if message == b"":
             break
-        conn.send_bytes(run_batch(conn, current, message, state))
+        conn.send_bytes(run_batch(conn, current, message, state, drain))
     loop = state.get("loop")
     if loop is not None:
         loop.close()
