@@ -351,6 +351,32 @@ async def test_drain_reaches_groups_running_in_workers(procs):
     assert group.stages[0].stats.count > 0
 
 
+class Nap(Stage):
+    def execute(self) -> str:
+        time.sleep(0.6)
+        return self.name
+
+
+async def test_stop_spares_another_pipeline_sharing_the_pool(procs):
+    spinning = StageGroup(name="spin", stages=[Spin(name="s")], cycle_strategy=InfinitLoopStrategy(),
+                          execution_strategy=SequentialExecutionStrategy())
+    napping = StageGroup(name="nap", stages=[Nap(name="n")], cycle_strategy=OnceCycleStrategy(),
+                         execution_strategy=SequentialExecutionStrategy())
+    stopped = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "a", [spinning], OnceCycleStrategy(), procs)
+    other = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "b", [napping], OnceCycleStrategy(), procs)
+    await procs.start()
+    task_a = asyncio.ensure_future(stopped.run())
+    task_b = asyncio.ensure_future(other.run())
+    await asyncio.sleep(0.2)
+    busy = {w.pid: w.job.runners[0].name for w in procs.pool.workers if w.job is not None}
+    assert sorted(busy.values()) == ["nap", "spin"]
+    stopped.stop()
+    assert await asyncio.wait_for(task_a, 5) is None
+    assert await asyncio.wait_for(task_b, 5) == [["n"]]
+    spinner = next(pid for pid, name in busy.items() if name == "spin")
+    assert gone(spinner) and spinner not in procs.worker_pids()
+
+
 async def test_cancelling_a_dispatch_kills_its_workers(procs):
     task = asyncio.ensure_future(procs.execute([Spin(name="s")]))
     await procs.start()

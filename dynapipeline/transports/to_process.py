@@ -11,8 +11,11 @@ Design (DESIGN §5):
   the main script must guard its entry point with ``if __name__ == "__main__":``.
 - **Warm pool**: started at the first dispatch, reused across cycles and runs,
   closed by ``close()``/``await aclose()``/``async with strategy:`` or at
-  interpreter exit. ``pipeline.stop()`` (and Ctrl-C) kill the workers running
-  the stopped work and close the pool; the next dispatch starts a new one.
+  interpreter exit. ``pipeline.stop()`` (and Ctrl-C) kill only the workers
+  running the stopped run's work (they are replaced lazily, at the next
+  dispatch); the pool stays open, as it may serve other pipelines sharing the
+  strategy at the same time. A stop during a cold start lets the start finish
+  into the pool. Idle workers live until the pool is closed.
 - **Transport**: one pipe per worker, watched by the event loop (``add_reader``),
   so the parent always knows which worker runs which stage. Components go in
   batches (sized from their past run times: tiny stages travel together, heavy
@@ -687,11 +690,9 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
                 _watch_drain(loop, control, jobs, batch.future)
             await batch.future
         except asyncio.CancelledError:
-            control = current_control.get()
-            if control is not None and control.stopped:
-                pool.close()  # stop(): pools are shut down; the next dispatch starts a new one
-            else:
-                pool.withdraw(jobs, kill_running=True)  # the workers running them are replaced lazily
+            # stop() or cancellation: only the workers running *this* dispatch's jobs are killed (the
+            # pool may serve other runs meanwhile); they are replaced lazily.
+            pool.withdraw(jobs, kill_running=True)
             raise
         except BaseException:
             pool.withdraw(jobs, kill_running=False)
