@@ -377,6 +377,18 @@ async def test_stop_spares_another_pipeline_sharing_the_pool(procs):
     assert gone(spinner) and spinner not in procs.worker_pids()
 
 
+async def test_racing_first_dispatches_do_not_grow_the_pool_past_max_workers(procs, monkeypatch):
+    slow_starts(monkeypatch, 0.15)
+    first = asyncio.ensure_future(procs.execute([Pid(name="a")]))
+    while not (procs.pool is not None and procs.pool.started):
+        await asyncio.sleep(0.005)  # one worker is up, the off-loop start goes on with the next
+    second = asyncio.ensure_future(procs.execute([Pid(name="b")]))
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    await asyncio.sleep(0.5)  # let any start still under way end
+    assert len(procs.worker_pids()) + len(procs.pool.started) <= 2
+    assert len(multiprocessing.active_children()) <= 2
+
+
 async def test_cancelling_a_dispatch_kills_its_workers(procs):
     task = asyncio.ensure_future(procs.execute([Spin(name="s")]))
     await procs.start()
