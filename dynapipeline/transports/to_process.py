@@ -40,6 +40,13 @@ Design (DESIGN §5):
   the worker is terminated (then killed) and replaced, and
   ``StageTimeoutError`` is raised. An ``async def`` stage usually times out
   inside the worker first (same error, the worker survives).
+  *Limitation*: the parent arms deadlines only for Stages shipped on their own.
+  A timed stage inside a shipped StageGroup relies on the worker: an ``async
+  def`` stage times out there, but a plain ``def`` stage that never returns
+  cannot be interrupted in the worker (it blocks the group's loop), so the run
+  hangs until ``stop()`` (which kills that worker). No parent deadline is
+  derived for groups, since their length (cycles, intervals, handlers,
+  untimed stages, infinite loops) has no safe upper bound.
 - **Crash**: a worker that dies (signal, ``os._exit``, OOM kill) raises
   ``WorkerCrashedError`` (stage, pid, exit code/signal) and is replaced.
 - **No orphans**: workers ignore SIGINT (the parent handles Ctrl-C and stops
