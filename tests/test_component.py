@@ -208,3 +208,28 @@ async def test_copies_run_their_own_execute_with_fresh_stats():
     renamed = original.model_copy(update={"name": "b", "timeout": 0.01, "seconds": 5})
     with pytest.raises(StageTimeoutError, match="'b'"):
         await renamed.run()
+
+
+async def test_a_stages_own_timeout_error_is_not_mistaken_for_its_deadline():
+    class Own(Stage):
+        async def execute(self):
+            raise TimeoutError("database did not answer")
+
+    with pytest.raises(TimeoutError, match="database did not answer") as info:
+        await Own(name="own", timeout=30).run()
+    assert not isinstance(info.value, StageTimeoutError)
+
+
+async def test_def_returning_an_awaitable_is_awaited_under_the_timeout():
+    class Wrapped(Stage):
+        def execute(self):
+            return asyncio.sleep(0, result=42)  # e.g. a sync decorator around an async function
+
+    class WrappedSlow(Stage):
+        def execute(self):
+            return asyncio.sleep(5)
+
+    assert await Wrapped(name="w").run() == 42
+    assert await Wrapped(name="w", timeout=5).run() == 42
+    with pytest.raises(StageTimeoutError, match="'ws'"):
+        await WrappedSlow(name="ws", timeout=0.02).run()

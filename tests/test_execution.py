@@ -217,3 +217,34 @@ async def test_concurrent_first_failure_wins_when_several_fail_at_once():
     with pytest.raises(KeyError, match="first"):
         await ConcurrentExecutionStrategy().execute([Echo(name="ok"), FailNow(name="first"), FailNow(name="second")])
     assert engine_tasks() == set()
+
+
+def test_semaphore_shared_by_event_loops_in_several_threads_keeps_its_limit():
+    import threading
+
+    shared = SemaphoreExecutionStrategy(1)
+    peak = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    class Hold(Stage):
+        async def execute(self):
+            with lock:
+                peak["now"] += 1
+                peak["max"] = max(peak["max"], peak["now"])
+            await asyncio.sleep(0.005)
+            with lock:
+                peak["now"] -= 1
+            return self.name
+
+    def in_thread(tag: str, out: list) -> None:
+        stages = [Hold(name=f"{tag}{i}") for i in range(5)]
+        out.append(asyncio.run(asyncio.wait_for(shared.execute(stages), 10)))
+
+    results: list = []
+    threads = [threading.Thread(target=in_thread, args=(tag, results)) for tag in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(r[0] for r in results) == ["a0", "b0"]  # both finished: no lost wake-up
+    assert peak["max"] == 1 and shared.in_flight == 0

@@ -253,3 +253,81 @@ async def test_report_lists_every_component_with_its_runs():
     assert table["grp"][1:3] == ["StageGroup", "1"]
     assert table["alpha"][1:3] == ["Echo", "3"] and table["beta"][2] == "3"
     assert float(table["alpha"][3]) == pytest.approx(g.stages[0].stats.total, abs=1e-6)
+
+
+async def test_back_to_back_runs_each_see_a_locked_context():
+    class Locked(Stage):
+        async def execute(self):
+            await asyncio.sleep(0.02)  # the next run is trying to start meanwhile
+            return self.context.locked
+
+    p = make_pipeline(PipeLineType.ADVANCED, [make_group([Locked(name="s")])])
+
+    async def retry_until_free():
+        while True:
+            try:
+                return await p.run()
+            except PipelineRunningError:
+                await asyncio.sleep(0)
+
+    first = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(retry_until_free())
+    assert await first == [[True]]
+    assert await second == [[True]]
+    assert not p.context.locked
+
+
+async def test_repeated_stop_still_awaits_every_sibling():
+    unwound: list = []
+
+    class SlowToUnwind(Stage):
+        async def execute(self):
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # clean-up that takes a while
+                unwound.append(self.name)
+                raise
+
+    stages = [SlowToUnwind(name=f"s{i}") for i in range(3)]
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group(stages, ConcurrentExecutionStrategy())])
+    task = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.02)
+    p.stop()
+    await asyncio.sleep(0.01)
+    p.stop()  # a second cancel while the siblings unwind
+    assert await task is None
+    assert sorted(unwound) == ["s0", "s1", "s2"]
+    assert engine_tasks() == set()
+
+
+def test_stop_after_the_loop_closed_is_a_no_op():
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group([Echo(name="a")])])
+    loop = asyncio.new_event_loop()
+    loop.close()
+    # A stop() racing the end of a run from another thread finds a closed loop.
+    p._active = (asyncio.Future(loop=loop), __import__("dynapipeline.engine").engine.RunControl(), loop, -1)
+    try:
+        p.stop()
+    finally:
+        p._active = None
+
+
+async def test_copies_of_groups_and_pipelines_run_their_own_members():
+    import copy
+
+    a, b = Echo(name="a"), Echo(name="b")
+    g = make_group([a])
+    assert await g.model_copy(update={"stages": [b]}).run() == ["b"]
+    deep = copy.deepcopy(g)
+    assert await deep.run() == ["a"]
+    assert deep.stages[0] is not a and deep.stages[0].stats.count == 1 and a.stats.count == 0
+    assert deep.execution_strategy is g.execution_strategy  # strategies are shared, not copied
+    p = make_pipeline(PipeLineType.SIMPLE, [make_group([Spin(name="s")], cycle=InfinitLoopStrategy())])
+    task = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.01)
+    clone = p.model_copy()
+    assert not clone.running
+    p.stop()
+    await task

@@ -70,7 +70,9 @@ cdef class Slots:
     cdef public Py_ssize_t limit
     cdef public Py_ssize_t used
     cdef object _waiters
+    cdef object _lock
 
+    cpdef bint try_acquire(self)
     cpdef void release(self)
     cpdef void _wake_one(self)
 

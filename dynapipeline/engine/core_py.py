@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -257,21 +258,27 @@ class Runner:
             if _isawaitable(res):
                 res = await res
             return res
-        if not self._is_async:
+        if self._is_async:
+            res = _call_execute(self, args, kwargs)
+        else:
             # A plain `def` cannot be interrupted on the loop's thread; an overrun is
             # reported when it returns and its result is discarded.
             t0 = _clock()
-            res = self._execute(*args, **kwargs)
-            if _clock() - t0 > timeout:
-                raise StageTimeoutError(self.name, timeout)
-            return res
+            res = _call_execute(self, args, kwargs)
+            if not _isawaitable(res):
+                if _clock() - t0 > timeout:
+                    raise StageTimeoutError(self.name, timeout)
+                return res
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await self._execute(*args, **kwargs)
-        except TimeoutError as error:
-            if isinstance(error, StageTimeoutError):
-                raise
-            raise StageTimeoutError(self.name, timeout) from None
+            async with deadline:
+                return await res
+        except TimeoutError:
+            # Only our own deadline becomes StageTimeoutError; a TimeoutError the stage
+            # raised itself propagates unchanged.
+            if deadline.expired():
+                raise StageTimeoutError(self.name, timeout) from None
+            raise
 
     def _refresh(self) -> None:
         self._fast = not (
@@ -376,15 +383,27 @@ class _Gate:
 
 
 async def _cancel_and_wait(tasks: list[Any]) -> None:
+    """Cancel the unfinished tasks and wait until every one has finished unwinding.
+
+    A cancellation of our own while we wait is held back until they have (as
+    ``asyncio.TaskGroup`` does), so no sibling outlives the dispatch.
+    """
     pending = [t for t in tasks if not t.done()]
     for task in pending:
         task.cancel()
-    if pending:
-        await asyncio.wait(pending)
+    cancelled = False
+    while pending:
+        try:
+            await asyncio.wait(pending)
+        except _CancelledError:
+            cancelled = True
+        pending = [t for t in pending if not t.done()]
     for task in tasks:
         # Mark secondary errors as retrieved: only the first one propagates.
         if not task.cancelled():
             task.exception()
+    if cancelled:
+        raise _CancelledError
 
 
 class Sequential:
@@ -416,37 +435,76 @@ class Concurrent:
 
 
 class Slots:
-    """A counting limit owned by a strategy instance, usable from any event loop."""
+    """A counting limit owned by a strategy instance, usable from any event loop in any thread.
+
+    Groups in worker threads may share one instance, so the count and the waiters
+    are guarded by a lock, and a waiter on another thread's loop is woken through
+    that loop's ``call_soon_threadsafe``.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._waiters: deque[Any] = deque()
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A copy (a group shipped to a worker process) starts with its own free slots.
+        return (Slots, (self.limit,))
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free, without waiting."""
+        with self._lock:
+            if self.used < self.limit:
+                self.used += 1
+                return True
+            return False
 
     async def acquire(self) -> None:
-        while self.used >= self.limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self.used < self.limit:
+                    self.used += 1
+                    return
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
             try:
                 await waiter
             except BaseException:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                elif waiter.done() and not waiter.cancelled():
+                with self._lock:
+                    woken = waiter not in self._waiters
+                    if not woken:
+                        self._waiters.remove(waiter)
+                if woken:
                     self._wake_one()  # we were woken but leave: pass the turn on
                 raise
-        self.used += 1
 
     def release(self) -> None:
-        self.used -= 1
+        with self._lock:
+            self.used -= 1
+            if not self._waiters:
+                return
         self._wake_one()
 
     def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        with self._lock:
+            waiter = self._waiters.popleft() if self._waiters else None
+        if waiter is None:
+            return
+        loop = waiter.get_loop()
+        if loop is asyncio._get_running_loop():
+            _wake(waiter)
+        else:
+            try:
+                loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # that loop is closed: its waiter is gone, try the next
+                self._wake_one()
+
+
+def _wake(waiter: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Bounded:
@@ -489,9 +547,7 @@ class _Cursor:
         while self.next < n:
             index = self.next
             self.next = index + 1
-            if self.slots.used < self.slots.limit:
-                self.slots.used += 1
-            else:
+            if not self.slots.try_acquire():
                 await self.slots.acquire()
             try:
                 runner = self.runners[index]

@@ -25,8 +25,13 @@ class Container(Component):
     _members: tuple[Any, ...] = ()
     _plan: tuple[Any, Any, tuple[Any, ...]] = (None, None, ())
 
-    def model_post_init(self, __context: Any) -> None:
-        super().model_post_init(__context)
+    def _bind_runner(self) -> None:
+        # Also on copies: a copy runs its own members (after model_copy's update).
+        super()._bind_runner()
+        self._build_plan()
+
+    def _build_plan(self) -> None:
+        """Validate strategies and members and resolve the members' runners once."""
         label = f"{type(self).__name__} {self.name!r}"
         if not isinstance(self.cycle_strategy, CycleStrategy):
             raise ConfigurationError(

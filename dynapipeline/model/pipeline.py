@@ -42,35 +42,46 @@ class Pipeline(Container):
     def _default_context(self) -> Context:
         return Context()
 
+    def _bind_runner(self) -> None:
+        super()._bind_runner()
+        self._active = None  # a copy taken during a run is not running
+
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the pipeline once (its cycle strategy decides how often groups run)."""
         if self._active is not None:
             raise PipelineRunningError(f"Pipeline {self.name!r} is already running")
         loop = asyncio.get_running_loop()
         control = RunControl()
-        token = current_control.set(control)
+        # Claimed before any await, so an overlapping run() sees it; released only after
+        # the clean-up and the context unlock, so the next run cannot interleave with them.
+        self._active = (None, control, loop, threading.get_ident())
         try:
-            # The run is its own task so that stop() can cancel exactly it.
-            task = loop.create_task(self._runner.run(args, kwargs))
-        finally:
-            current_control.reset(token)
-        self._active = (task, control, loop, threading.get_ident())
-        self._on_start()
-        try:
-            result = await task
-            return None if control.stopped else result
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if control.stopped and (me is None or me.cancelling() == 0):
-                return None
-            raise
-        finally:
-            self._active = None
+            self._on_start()
+            token = current_control.set(control)
             try:
-                # Pools that live for the run are shut down even when it failed or stopped.
-                await asyncio.shield(control.finish())
+                # The run is its own task so that stop() can cancel exactly it.
+                task = loop.create_task(self._runner.run(args, kwargs))
             finally:
+                current_control.reset(token)
+            self._active = (task, control, loop, threading.get_ident())
+            if control.stopped and not control.draining:
+                task.cancel()  # stop() came from another thread before the task existed
+            try:
+                result = await task
+                return None if control.stopped else result
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if control.stopped and (me is None or me.cancelling() == 0):
+                    return None
+                raise
+            finally:
+                # Pools that live for the run are shut down even when it failed or stopped.
+                await _finish(control)
+        finally:
+            try:
                 self._on_finish()
+            finally:
+                self._active = None
 
     def stop(self, drain: bool = False) -> None:
         """End the current run (no-op when idle); safe to call from any thread."""
@@ -83,10 +94,15 @@ class Pipeline(Container):
             control.stopped = True
             return
         control.stopped = True
+        if task is None:
+            return  # not started yet: it sees `stopped` and its result is dropped
         if threading.get_ident() == thread_id:
             task.cancel()
         else:
-            loop.call_soon_threadsafe(task.cancel)
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:
+                pass  # the run ended and its loop closed meanwhile: nothing left to stop
 
     @property
     def running(self) -> bool:
@@ -97,6 +113,20 @@ class Pipeline(Container):
 
     def _on_finish(self) -> None:
         """Hook that always runs after a run, whatever its outcome."""
+
+
+async def _finish(control: RunControl) -> None:
+    """Run the end-of-run clean-ups to completion, even if we are cancelled meanwhile."""
+    cleanup = asyncio.ensure_future(control.finish())
+    cancelled = False
+    while not cleanup.done():
+        try:
+            await asyncio.shield(cleanup)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    cleanup.result()
 
 
 class SimplePipeline(Pipeline):

@@ -35,6 +35,11 @@ class ExecutionStrategy:
     async def aclose(self) -> None:
         """Release resources held across runs (pools); nothing for asyncio strategies."""
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> ExecutionStrategy:
+        # A strategy is shared, not copied: a deep copy of a group keeps its strategy
+        # instance (and so its semaphore limit or its pool).
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -55,6 +60,9 @@ class CycleStrategy:
             )
         runners = runners_of(components, type(self).__name__)
         return await self.run_cycles(execution_strategy.dispatch, runners, args, kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CycleStrategy:
+        return self  # stateless between runs: shared by copies
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
