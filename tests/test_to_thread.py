@@ -242,3 +242,26 @@ async def test_end_of_run_shutdown_does_not_block_the_callers_loop():
     beat.cancel()
     assert max(gaps) < 0.5, max(gaps)
     wait_no_threads()
+
+
+async def test_nested_thread_strategies_share_one_pool_per_run(monkeypatch):
+    from dynapipeline.transports import to_thread
+
+    created: list[Any] = []
+
+    class SlowPool(to_thread.ThreadPool):
+        def __init__(self, *args: Any) -> None:
+            time.sleep(0.05)  # widens the window in which two threads could both create a pool
+            super().__init__(*args)
+            created.append(self)
+
+    monkeypatch.setattr(to_thread, "ThreadPool", SlowPool)
+    inner = MultithreadExecutionStrategy(2)
+    groups = [StageGroup(name=f"g{i}", stages=[WhereSync(name=f"s{i}")], cycle_strategy=OnceCycleStrategy(),
+                         execution_strategy=inner) for i in range(2)]
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", groups, OnceCycleStrategy(),
+                                                 MultithreadExecutionStrategy(2))
+    results = await pipeline.run()
+    assert [r[0][0] for r in results] == ["s0", "s1"]
+    assert len(created) == 2  # the outer pool and one inner pool for the run, not two inner ones
+    wait_no_threads()

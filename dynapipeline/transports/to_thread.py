@@ -277,6 +277,8 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
         self._held: ThreadPool | None = None  # inside `async with`
         self._depth = 0
         self._run_pools: dict[int, tuple[Any, ThreadPool]] = {}
+        # Nested thread strategies dispatch from several worker threads at once: one pool per run.
+        self._lock = threading.Lock()
 
     @property
     def workers(self) -> int:
@@ -285,23 +287,26 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
     def _pool_for(self, loop: Any) -> tuple[ThreadPool, bool]:
         """The pool to use and whether this dispatch owns it (and so shuts it down)."""
         if self._depth:
-            if self._held is None or self._held.closed:
-                self._held = ThreadPool(self.workers, _loop_factory(loop))
-            return self._held, False
+            with self._lock:
+                if self._held is None or self._held.closed:
+                    self._held = ThreadPool(self.workers, _loop_factory(loop))
+                return self._held, False
         control = current_control.get()
         if control is not None:
             key = id(control)
-            entry = self._run_pools.get(key)
-            if entry is None or entry[1].closed:
-                pool = ThreadPool(self.workers, _loop_factory(loop))
-                self._run_pools[key] = (control, pool)
-                control.add_cleanup(("dynapipeline.threads", id(self)), lambda: self._end_run(key))
-                return pool, False
-            return entry[1], False
+            with self._lock:
+                entry = self._run_pools.get(key)
+                if entry is None or entry[1].closed:
+                    pool = ThreadPool(self.workers, _loop_factory(loop))
+                    self._run_pools[key] = (control, pool)
+                    control.add_cleanup(("dynapipeline.threads", id(self)), lambda: self._end_run(key))
+                    return pool, False
+                return entry[1], False
         return ThreadPool(self.workers, _loop_factory(loop)), True
 
     async def _end_run(self, key: int) -> None:
-        entry = self._run_pools.pop(key, None)
+        with self._lock:
+            entry = self._run_pools.pop(key, None)
         if entry is not None:
             await entry[1].ashutdown()
 
