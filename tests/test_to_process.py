@@ -389,6 +389,33 @@ async def test_racing_first_dispatches_do_not_grow_the_pool_past_max_workers(pro
     assert len(multiprocessing.active_children()) <= 2
 
 
+def test_close_after_the_loop_closed_still_stops_every_worker():
+    strategy = MultiprocessExecutionStrategy(2)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.create_task(strategy.execute([Spin(name="a"), Spin(name="b")]))
+        loop.run_until_complete(strategy.start())
+        loop.run_until_complete(asyncio.sleep(0.2))
+        pids = strategy.worker_pids()
+        assert len(pids) == 2
+    finally:
+        loop.close()  # the dispatch is still waiting on this loop
+    strategy.close()  # as from __del__ or atexit: must not raise, must stop the workers
+    assert_no_workers(pids)
+
+
+async def test_close_from_another_thread_fails_the_running_dispatch():
+    strategy = MultiprocessExecutionStrategy(1)
+    task = asyncio.ensure_future(strategy.execute([Spin(name="s")]))
+    await strategy.start()
+    await asyncio.sleep(0.1)
+    pids = strategy.worker_pids()
+    await asyncio.to_thread(strategy.close)
+    with pytest.raises(WorkerCrashedError):
+        await asyncio.wait_for(task, 5)
+    assert_no_workers(pids)
+
+
 async def test_cancelling_a_dispatch_kills_its_workers(procs):
     task = asyncio.ensure_future(procs.execute([Spin(name="s")]))
     await procs.start()

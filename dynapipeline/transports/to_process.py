@@ -364,6 +364,10 @@ class ProcessPool:
         """Stop every worker: idle ones are asked to exit, busy ones are terminated; fail queued jobs.
 
         Workers still being started off the loop are waited for (briefly) and stopped too.
+        Safe from any thread (``__del__``, atexit): the processes are always stopped
+        first; what touches the event loop (readers, timers, the waiting futures) runs
+        on the loop's thread (``call_soon_threadsafe`` from another thread) and is
+        skipped when that loop is closed.
         """
         with self._lock:
             if self.closed:
@@ -371,36 +375,63 @@ class ProcessPool:
             self.closed = True
             started, self.started = self.started, []
         _LIVE_POOLS.discard(self)
-        self.workers.extend(started)
-        workers = list(self.workers)
+        workers = list(self.workers) + started
+        self.workers.clear()
+        jobs = [w.job for w in workers if w.job is not None]
+        queued = list(self.queue)
+        self.queue.clear()
         for w in workers:
-            if w.job is None:
-                try:
+            try:
+                if w.job is None:
                     w.conn.send_bytes(b"")
-                except OSError:
-                    pass
-            else:
-                w.proc.terminate()
+                else:
+                    w.proc.terminate()
+            except Exception:
+                pass
         deadline = time.monotonic() + 1.0
         for w in workers:
-            self._unwatch(w)
-            w.proc.join(max(0.0, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join(1.0)
             try:
-                w.conn.close()
-            except OSError:
+                w.proc.join(max(0.0, deadline - time.monotonic()))
+                if w.proc.is_alive():
+                    w.proc.kill()
+                    w.proc.join(1.0)
+            except Exception:
                 pass
-            if w.job is not None:
-                w.job.finish(("closed", w.pid))
-                w.job = None
-        self.workers.clear()
-        while self.queue:
-            job = self.queue.popleft()
-            job.finish(("closed", None))
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        loop = self.loop
+        if loop is None or running is loop:
+            self._after_close(workers, jobs, queued)
+        else:
+            try:
+                loop.call_soon_threadsafe(self._after_close, workers, jobs, queued)
+            except RuntimeError:  # the loop is closed: nothing waits on it any more
+                for w in workers:
+                    _close_conn(w)
         # A start in progress stops what it starts from now on; wait until it is over.
         self._start_done.wait(5.0)
+
+    def _after_close(self, workers: list[_Worker], jobs: list[_Job], queued: list[_Job]) -> None:
+        """The loop side of ``close()``: stop watching the pipes, close them, fail the jobs left."""
+        for w in workers:
+            try:
+                self._unwatch(w)
+            except Exception:
+                pass
+            _close_conn(w)
+            w.job = None
+        for job in jobs:
+            try:
+                job.finish(("closed", job.worker.pid if job.worker is not None else None))
+            except Exception:
+                pass
+        for job in queued:
+            try:
+                job.finish(("closed", None))
+            except Exception:
+                pass
 
     # -- scheduling -----------------------------------------------------------------------------
     def submit(self, jobs: list[_Job]) -> None:
@@ -522,6 +553,13 @@ def _watch_drain(loop: Any, control: Any, jobs: list[_Job], future: Any) -> None
         loop.call_later(_DRAIN_POLL, poll)
 
     loop.call_later(_DRAIN_POLL, poll)
+
+
+def _close_conn(w: _Worker) -> None:
+    try:
+        w.conn.close()
+    except OSError:
+        pass
 
 
 def _stop_process(w: _Worker) -> None:
