@@ -302,6 +302,23 @@ async def test_stop_during_process_work_kills_workers():
     assert_no_workers(pids)
 
 
+async def test_stop_leaves_no_idle_worker_behind_when_no_other_run_uses_the_pool():
+    strategy = MultiprocessExecutionStrategy(2)
+    group = StageGroup(name="one", stages=[Spin(name="s")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=strategy)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    task = asyncio.ensure_future(pipeline.run())
+    await strategy.start()
+    pids = strategy.worker_pids()
+    assert len(pids) == 2  # one busy with the spinning stage, one idle
+    await asyncio.sleep(0.1)
+    pipeline.stop()
+    assert await asyncio.wait_for(task, 5) is None
+    assert_no_workers(pids)
+    assert strategy.pool is None
+
+
 def slow_starts(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Make every worker start take ``seconds`` longer (a cold fork server), to open start-up races."""
     original = to_process.ProcessPool._start_worker

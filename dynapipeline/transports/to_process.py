@@ -465,6 +465,11 @@ class ProcessPool:
         if job.deadline is not None:
             w.timer = self.loop.call_later(job.deadline, self._on_deadline, w, job)
 
+    @property
+    def idle(self) -> bool:
+        """No job queued or running (for any dispatch)."""
+        return not self.queue and all(w.job is None for w in self.workers)
+
     def withdraw(self, jobs: list[_Job], kill_running: bool) -> None:
         """Forget these jobs: queued ones are not sent; running ones are killed if asked."""
         for job in jobs:
@@ -738,6 +743,11 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
             # stop() or cancellation: only the workers running *this* dispatch's jobs are killed (the
             # pool may serve other runs meanwhile); they are replaced lazily.
             pool.withdraw(jobs, kill_running=True)
+            run = current_control.get()
+            if run is not None and run.stopped and pool.idle:
+                # pipeline.stop() leaves no worker behind unless another run still uses the pool;
+                # the next dispatch starts a new one.
+                self.close()
             raise
         except BaseException:
             pool.withdraw(jobs, kill_running=False)
