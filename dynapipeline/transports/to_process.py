@@ -11,11 +11,11 @@ Design (DESIGN §5):
   the main script must guard its entry point with ``if __name__ == "__main__":``.
 - **Warm pool**: started at the first dispatch, reused across cycles and runs,
   closed by ``close()``/``await aclose()``/``async with strategy:`` or at
-  interpreter exit. ``pipeline.stop()`` (and Ctrl-C) kill only the workers
-  running the stopped run's work (they are replaced lazily, at the next
-  dispatch); the pool stays open, as it may serve other pipelines sharing the
-  strategy at the same time. A stop during a cold start lets the start finish
-  into the pool. Idle workers live until the pool is closed.
+  interpreter exit. Cancellation (Ctrl-C included) kills only the workers
+  running the cancelled work (they are replaced lazily, at the next dispatch).
+  ``pipeline.stop()`` does the same and then closes the pool too, unless
+  another run sharing the strategy still has work in it, so a stopped run
+  leaves no worker behind; the next dispatch starts a new pool.
 - **Transport**: one pipe per worker, watched by the event loop (``add_reader``),
   so the parent always knows which worker runs which stage. Components go in
   batches (sized from their past run times: tiny stages travel together, heavy
