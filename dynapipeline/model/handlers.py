@@ -23,7 +23,7 @@ class Handler(BaseModel):
     Settings are pydantic fields: ``class LogHandler(Handler): level: str = "INFO"``.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
     _hook_names: ClassVar[tuple[str, ...]] = _HOOKS
 
