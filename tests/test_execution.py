@@ -248,3 +248,23 @@ def test_semaphore_shared_by_event_loops_in_several_threads_keeps_its_limit():
         t.join(20)
     assert sorted(r[0] for r in results) == ["a0", "b0"]  # both finished: no lost wake-up
     assert peak["max"] == 1 and shared.in_flight == 0
+
+
+async def test_shared_semaphore_serves_waiting_groups_in_turn():
+    done: list = []
+
+    class Note(Stage):
+        async def execute(self):
+            await asyncio.sleep(0.005)
+            done.append(self.name)
+
+    shared = SemaphoreExecutionStrategy(1)
+    busy = StageGroup(name="busy", stages=[Note(name=f"a{i}") for i in range(5)],
+                      cycle_strategy=OnceCycleStrategy(), execution_strategy=shared)
+    late = StageGroup(name="late", stages=[Note(name="b")], cycle_strategy=OnceCycleStrategy(),
+                      execution_strategy=shared)
+    first = asyncio.ensure_future(busy.run())
+    await asyncio.sleep(0)  # the busy group holds the only slot
+    await asyncio.gather(first, late.run())
+    # The waiting group gets the slot as soon as it is handed back, not after the busy group ends.
+    assert done.index("b") == 1

@@ -72,9 +72,9 @@ cdef class Slots:
     cdef object _waiters
     cdef object _lock
 
+    cpdef bint has_waiters(self)
     cpdef bint try_acquire(self)
     cpdef void release(self)
-    cpdef void _wake_one(self)
 
 
 cdef class Bounded:

@@ -439,7 +439,8 @@ class Slots:
 
     Groups in worker threads may share one instance, so the count and the waiters
     are guarded by a lock, and a waiter on another thread's loop is woken through
-    that loop's ``call_soon_threadsafe``.
+    that loop's ``call_soon_threadsafe``. Waiters are served first come, first
+    served: a released slot is handed straight to the oldest waiter.
     """
 
     def __init__(self, limit: int) -> None:
@@ -452,54 +453,56 @@ class Slots:
         # A copy (a group shipped to a worker process) starts with its own free slots.
         return (Slots, (self.limit,))
 
+    def has_waiters(self) -> bool:
+        """Someone waits for a slot (a deque's truth value is read atomically)."""
+        return bool(self._waiters)
+
     def try_acquire(self) -> bool:
-        """Take a slot if one is free, without waiting."""
+        """Take a slot if one is free and nobody queues for it, without waiting."""
         with self._lock:
-            if self.used < self.limit:
+            if self.used < self.limit and not self._waiters:
                 self.used += 1
                 return True
             return False
 
     async def acquire(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        with self._lock:
+            if self.used < self.limit and not self._waiters:
+                self.used += 1
+                return
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+        try:
+            await waiter  # release() hands its slot over: `used` already counts us
+        except BaseException:
             with self._lock:
-                if self.used < self.limit:
-                    self.used += 1
-                    return
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                with self._lock:
-                    woken = waiter not in self._waiters
-                    if not woken:
-                        self._waiters.remove(waiter)
-                if woken:
-                    self._wake_one()  # we were woken but leave: pass the turn on
-                raise
+                handed = waiter not in self._waiters
+                if not handed:
+                    self._waiters.remove(waiter)
+            if handed:
+                self.release()  # a slot was handed to us as we left: pass it on
+            raise
 
     def release(self) -> None:
         with self._lock:
-            self.used -= 1
-            if not self._waiters:
+            waiter = None
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    break
+                waiter = None
+            if waiter is None:
+                self.used -= 1
                 return
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        with self._lock:
-            waiter = self._waiters.popleft() if self._waiters else None
-        if waiter is None:
-            return
         loop = waiter.get_loop()
         if loop is asyncio._get_running_loop():
             _wake(waiter)
         else:
             try:
                 loop.call_soon_threadsafe(_wake, waiter)
-            except RuntimeError:  # that loop is closed: its waiter is gone, try the next
-                self._wake_one()
+            except RuntimeError:  # that loop is closed: its waiter is gone, hand on to the next
+                self.release()
 
 
 def _wake(waiter: Any) -> None:
@@ -541,15 +544,21 @@ class _Cursor:
         self.next = 0
 
     async def work(self) -> None:
-        # A worker takes the next index, holds a slot while that component runs,
-        # and runs a fast runner's coroutine itself (as Sequential does).
+        # A worker takes the next index and runs a fast runner's coroutine itself (as
+        # Sequential does). It keeps its slot from one component to the next and hands
+        # it back in between only when someone waits for one (another group sharing
+        # the limit), which spares the lock on the uncontended path.
         n = len(self.runners)
-        while self.next < n:
-            index = self.next
-            self.next = index + 1
-            if not self.slots.try_acquire():
-                await self.slots.acquire()
-            try:
+        slots = self.slots
+        holding = False
+        try:
+            while self.next < n:
+                index = self.next
+                self.next = index + 1
+                if not holding:
+                    if not slots.try_acquire():
+                        await slots.acquire()
+                    holding = True
                 runner = self.runners[index]
                 if _inline(runner):
                     t0 = _now()
@@ -559,8 +568,12 @@ class _Cursor:
                         _record(runner, t0, _now())
                 else:
                     self.results[index] = await runner.run(self.args, self.kwargs)
-            finally:
-                self.slots.release()
+                if slots.has_waiters():
+                    holding = False
+                    slots.release()
+        finally:
+            if holding:
+                slots.release()
 
 
 class Once:
