@@ -268,3 +268,23 @@ async def test_shared_semaphore_serves_waiting_groups_in_turn():
     await asyncio.gather(first, late.run())
     # The waiting group gets the slot as soon as it is handed back, not after the busy group ends.
     assert done.index("b") == 1
+
+
+async def test_slot_is_counted_once_when_a_waiter_is_cancelled_as_it_is_released():
+    slots = SemaphoreExecutionStrategy(1)._slots
+    await slots.acquire()
+
+    async def wait_then_release():
+        await slots.acquire()
+        slots.release()
+
+    waiter = asyncio.ensure_future(wait_then_release())
+    await asyncio.sleep(0)  # queued behind the holder
+    waiter.cancel()
+    slots.release()  # the holder lets go before the cancelled waiter has unwound
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert slots.used == 0
+    await slots.acquire()
+    assert not slots.try_acquire()  # the limit of 1 still holds
+    slots.release()

@@ -486,15 +486,12 @@ class Slots:
 
     def release(self) -> None:
         with self._lock:
-            waiter = None
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    break
-                waiter = None
-            if waiter is None:
+            if not self._waiters:
                 self.used -= 1
                 return
+            waiter = self._waiters.popleft()
+        if waiter.done():
+            return  # cancelled: its acquire() finds itself handed the slot and passes it on
         loop = waiter.get_loop()
         if loop is asyncio._get_running_loop():
             _wake(waiter)
