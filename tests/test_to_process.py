@@ -516,3 +516,47 @@ def test_simple_pipeline_rejects_processes_and_advanced_allows_them():
     assert build(PipeLineType.ADVANCED, at_pipeline=False) is not None
     assert build(PipeLineType.ADVANCED, at_pipeline=True) is not None
     assert multiprocessing.active_children() == []  # building starts no pool
+
+
+async def test_stop_before_the_workers_are_ready_leaves_no_worker(monkeypatch):
+    slow_starts(monkeypatch, 0.05)
+    strategy = MultiprocessExecutionStrategy(2)
+    group = StageGroup(name="g", stages=[Nap(name=f"n{i}") for i in range(4)], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=strategy)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    task = asyncio.ensure_future(pipeline.run())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pool = strategy.pool
+        if pool is not None and pool.queue and pool.workers and not all(w.ready for w in pool.workers):
+            break  # jobs queued, a worker started but not ready yet
+        await asyncio.sleep(0.001)
+    pids = [w.pid for w in pool.workers]
+    pipeline.stop()
+    assert await asyncio.wait_for(task, 5) is None
+    await asyncio.sleep(0.5)  # let a start still under way finish into the closed pool
+    assert strategy.pool is None
+    assert_no_workers(pids)
+
+
+class ThreadCount(Stage):
+    def execute(self) -> int:
+        import threading
+
+        return threading.active_count()
+
+
+async def test_thread_pools_of_groups_shipped_to_a_worker_end_with_each_batch():
+    strategy = MultiprocessExecutionStrategy(1)
+    try:
+        group = StageGroup(name="g", stages=[ThreadCount(name="a"), ThreadCount(name="b")],
+                           cycle_strategy=OnceCycleStrategy(), execution_strategy=MultithreadExecutionStrategy(2))
+        pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], LoopCycleStrategy(5),
+                                                     strategy)
+        counts = [cycle[0][0] for cycle in await pipeline.run()]
+        assert counts[-1] == counts[0], counts  # no thread pool piles up in the worker
+    finally:
+        pids = strategy.worker_pids()
+        strategy.close()
+    assert_no_workers(pids)

@@ -482,6 +482,10 @@ class ProcessPool:
             if kill_running and w.job is job:
                 w.job = None
                 self._drop(w, kill=True)
+        if any(job.done for job in self.queue):
+            # Withdrawn jobs leave the queue now, not when a worker next asks for work,
+            # so that `idle` is true as soon as nothing real is left.
+            self.queue = deque(job for job in self.queue if not job.done)
         self._pump()
 
     # -- events from the loop ----------------------------------------------------------------------

@@ -170,6 +170,12 @@ def run_batch(conn: Any, current: Any, message: bytes, state: dict[str, Any], dr
         current_control.reset(token)
         over.set()
         watcher.join()
+        if control.cleanups:
+            # Resources that live for "the run" (a thread strategy's pool) end with the batch.
+            loop = state.get("loop")
+            if loop is None:
+                loop = state["loop"] = asyncio.new_event_loop()
+            loop.run_until_complete(control.finish())
 
 
 def _run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
