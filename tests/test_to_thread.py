@@ -265,3 +265,16 @@ async def test_nested_thread_strategies_share_one_pool_per_run(monkeypatch):
     assert [r[0][0] for r in results] == ["s0", "s1"]
     assert len(created) == 2  # the outer pool and one inner pool for the run, not two inner ones
     wait_no_threads()
+
+
+async def test_one_instance_for_a_pipeline_and_its_groups_does_not_deadlock():
+    class Name(Stage):
+        def execute(self):
+            return self.name
+
+    shared = MultithreadExecutionStrategy(max_workers=2)
+    groups = [StageGroup(name=f"g{i}", stages=[Name(name=f"s{i}{j}") for j in range(2)],
+                         cycle_strategy=OnceCycleStrategy(), execution_strategy=shared) for i in range(2)]
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", groups, OnceCycleStrategy(), shared)
+    # Both pool threads hold a group waiting for its stages: the stages need threads of their own.
+    assert await asyncio.wait_for(pipeline.run(), 10) == [["s00", "s01"], ["s10", "s11"]]

@@ -140,6 +140,11 @@ class _Batch:
             timer.cancel()
 
 
+# Which pool the current thread serves: a dispatch from inside one of a pool's own
+# threads must not queue behind the very threads that wait for it.
+_on_thread = threading.local()
+
+
 class ThreadPool:
     """Up to ``max_workers`` daemon threads, started on demand, each with a lazily created event loop."""
 
@@ -167,6 +172,7 @@ class ThreadPool:
             self.threads.append(thread)
 
     def _work(self) -> None:
+        _on_thread.pool = self
         loop = None
         try:
             while True:
@@ -286,6 +292,14 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
 
     def _pool_for(self, loop: Any) -> tuple[ThreadPool, bool]:
         """The pool to use and whether this dispatch owns it (and so shuts it down)."""
+        mine = getattr(_on_thread, "pool", None)
+        if mine is not None:
+            with self._lock:
+                nested = mine is self._held or any(mine is p for _, p in self._run_pools.values())
+        if mine is not None and nested:
+            # Nested use of this same instance from one of its pool's threads: that pool may be
+            # full of dispatches waiting for this one, so the nested dispatch gets its own pool.
+            return ThreadPool(self.workers, _loop_factory(loop)), True
         if self._depth:
             with self._lock:
                 if self._held is None or self._held.closed:
