@@ -21,6 +21,7 @@ __all__ = [
     "Slots",
     "current_control",
     "run_tasks",
+    "wait_through_cancel",
 ]
 
 
@@ -50,3 +51,4 @@ Sequential = _core.Sequential
 Slots = _core.Slots
 current_control = _core.current_control
 run_tasks = _core.run_tasks
+wait_through_cancel = _core.wait_through_cancel

@@ -42,6 +42,7 @@ __all__ = [
     "Slots",
     "current_control",
     "run_tasks",
+    "wait_through_cancel",
 ]
 
 _clock = time.perf_counter
@@ -383,25 +384,33 @@ class _Gate:
 
 
 async def _cancel_and_wait(tasks: list[Any]) -> None:
-    """Cancel the unfinished tasks and wait until every one has finished unwinding.
-
-    A cancellation of our own while we wait is held back until they have (as
-    ``asyncio.TaskGroup`` does), so no sibling outlives the dispatch.
-    """
+    """Cancel the unfinished tasks and wait until every one has finished unwinding."""
     pending = [t for t in tasks if not t.done()]
     for task in pending:
         task.cancel()
+    try:
+        await wait_through_cancel(pending)
+    finally:
+        for task in tasks:
+            # Mark secondary errors as retrieved: only the first one propagates.
+            if task.done() and not task.cancelled():
+                task.exception()
+
+
+async def wait_through_cancel(futures: list[Any]) -> None:
+    """Wait until every future is done, even if we are cancelled meanwhile.
+
+    Our own cancellation is held back and raised once they are all done (as
+    ``asyncio.TaskGroup`` does), so nothing we wait for outlives us.
+    """
     cancelled = False
+    pending = [f for f in futures if not f.done()]
     while pending:
         try:
             await asyncio.wait(pending)
         except _CancelledError:
             cancelled = True
-        pending = [t for t in pending if not t.done()]
-    for task in tasks:
-        # Mark secondary errors as retrieved: only the first one propagates.
-        if not task.cancelled():
-            task.exception()
+        pending = [f for f in pending if not f.done()]
     if cancelled:
         raise _CancelledError
 

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Any, ClassVar
 
-from dynapipeline.engine import RunControl, current_control
+from dynapipeline.engine import RunControl, current_control, wait_through_cancel
 from dynapipeline.errors import ConfigurationError, PipelineRunningError
 from dynapipeline.model.component import Component
 from dynapipeline.model.contexts import AsyncLockableContext, Context, ProtectedContext
@@ -118,14 +118,11 @@ class Pipeline(Container):
 async def _finish(control: RunControl) -> None:
     """Run the end-of-run clean-ups to completion, even if we are cancelled meanwhile."""
     cleanup = asyncio.ensure_future(control.finish())
-    cancelled = False
-    while not cleanup.done():
-        try:
-            await asyncio.shield(cleanup)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
+    try:
+        await wait_through_cancel([cleanup])
+    except asyncio.CancelledError:
+        cleanup.exception()  # retrieved: our cancellation is what propagates
+        raise
     cleanup.result()
 
 
