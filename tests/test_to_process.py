@@ -560,3 +560,17 @@ async def test_thread_pools_of_groups_shipped_to_a_worker_end_with_each_batch():
         pids = strategy.worker_pids()
         strategy.close()
     assert_no_workers(pids)
+
+
+def test_asyncio_strategies_travel_with_their_settings():
+    import cloudpickle
+
+    from dynapipeline.execution import SemaphoreExecutionStrategy
+
+    for strategy in (SequentialExecutionStrategy(), ConcurrentExecutionStrategy(), SemaphoreExecutionStrategy(3),
+                     OnceCycleStrategy(), LoopCycleStrategy(4), InfinitLoopStrategy(interval=0.5)):
+        copy = cloudpickle.loads(cloudpickle.dumps(strategy))
+        assert type(copy) is type(strategy) and repr(copy) == repr(strategy)
+    semaphore = SemaphoreExecutionStrategy(2)
+    semaphore._slots.used = 2  # busy here; a worker's copy starts with free slots
+    assert cloudpickle.loads(cloudpickle.dumps(semaphore)).in_flight == 0

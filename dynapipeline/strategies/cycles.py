@@ -17,6 +17,9 @@ class OnceCycleStrategy(CycleStrategy):
     def __init__(self) -> None:
         self.run_cycles = Once().run  # type: ignore[method-assign]
 
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (type(self), ())
+
 
 class LoopCycleStrategy(CycleStrategy):
     """``cycles`` cycles (an int >= 0); the result is the list of per-cycle results."""
@@ -26,6 +29,9 @@ class LoopCycleStrategy(CycleStrategy):
             raise ConfigurationError(f"LoopCycleStrategy: field 'cycles' must be an int >= 0, got {cycles!r}")
         self.cycles = cycles
         self.run_cycles = Loop(cycles).run  # type: ignore[method-assign]
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return (type(self), (self.cycles,))
 
     def __repr__(self) -> str:
         return f"LoopCycleStrategy(cycles={self.cycles})"
@@ -49,6 +55,9 @@ class InfinitLoopStrategy(CycleStrategy):
         self.event = event
         self.interval = float(interval)
         self.run_cycles = Forever(event, float(interval)).run  # type: ignore[method-assign]
+
+    def __reduce__(self) -> tuple[type, tuple[Any, float]]:
+        return (type(self), (self.event, self.interval))
 
     def __repr__(self) -> str:
         return f"InfinitLoopStrategy(event={self.event!r}, interval={self.interval})"

@@ -15,12 +15,18 @@ class SequentialExecutionStrategy(ExecutionStrategy):
     def __init__(self) -> None:
         self.dispatch = Sequential().dispatch  # type: ignore[method-assign]
 
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (type(self), ())
+
 
 class ConcurrentExecutionStrategy(ExecutionStrategy):
     """All members at once; the first error cancels and awaits the others, then propagates."""
 
     def __init__(self) -> None:
         self.dispatch = Concurrent().dispatch  # type: ignore[method-assign]
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (type(self), ())
 
 
 class SemaphoreExecutionStrategy(ExecutionStrategy):
@@ -38,6 +44,10 @@ class SemaphoreExecutionStrategy(ExecutionStrategy):
         self.max_concurrent = max_concurrent
         self._slots = Slots(max_concurrent)
         self.dispatch = Bounded(self._slots).dispatch  # type: ignore[method-assign]
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        # A copy in a worker process has its own limit: slots cannot be shared across processes.
+        return (type(self), (self.max_concurrent,))
 
     @property
     def in_flight(self) -> int:

@@ -24,12 +24,6 @@ import cloudpickle
 from dynapipeline.errors import PicklingError
 from dynapipeline.model.component import Component, Stage
 from dynapipeline.model.contexts import Context
-from dynapipeline.strategies.cycles import InfinitLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
-from dynapipeline.strategies.execution import (
-    ConcurrentExecutionStrategy,
-    SemaphoreExecutionStrategy,
-    SequentialExecutionStrategy,
-)
 from dynapipeline.transports.worker import (
     INTERNAL_PRIVATE,
     cached_class,
@@ -131,19 +125,6 @@ def _class_state(cls: type) -> dict[str, Any]:
     return clsdict
 
 
-def _reduce_strategy(obj: Any) -> Any:
-    cls = type(obj)
-    if cls is SequentialExecutionStrategy or cls is ConcurrentExecutionStrategy or cls is OnceCycleStrategy:
-        return (cls, ())
-    if cls is SemaphoreExecutionStrategy:
-        return (cls, (obj.max_concurrent,))
-    if cls is LoopCycleStrategy:
-        return (cls, (obj.cycles,))
-    if cls is InfinitLoopStrategy:
-        return (cls, (obj.event, obj.interval))
-    return None
-
-
 _KEYS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 _next_key = 0
 
@@ -195,10 +176,7 @@ class Pickler(cloudpickle.Pickler):
             return reduce_component(obj)
         if isinstance(obj, Context):
             return (locked_context, (dict(obj._data),))
-        reduced = _reduce_strategy(obj)
-        if reduced is not None:
-            return reduced
-        return super().reducer_override(obj)
+        return super().reducer_override(obj)  # strategies define their own __reduce__
 
 
 def dumps_batch(components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
