@@ -91,3 +91,58 @@ def test_signal_leaves_no_workers(tmp_path: Path, sig: int) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+HOG_SCRIPT = textwrap.dedent('''
+    import os
+    import dynapipeline
+    from dynapipeline import Stage
+    from dynapipeline.execution import MultiprocessExecutionStrategy
+
+    class Hog(Stage):
+        def execute(self):
+            print("HOG", flush=True)
+            return sum(range(10**12))  # one long C call: holds the GIL, no Python thread runs meanwhile
+
+    async def main():
+        procs = MultiprocessExecutionStrategy(2)
+        await procs.start()
+        await procs.execute([Hog(name="a"), Hog(name="b")])
+
+    if __name__ == "__main__":
+        dynapipeline.run(main())
+''')
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guarantee without a GIL is Linux's prctl")
+def test_sigkilled_parent_takes_gil_holding_workers_fork_server_and_tracker_with_it(tmp_path: Path) -> None:
+    script = tmp_path / "hog_pipeline.py"
+    script.write_text(HOG_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seen = 0
+        deadline = time.monotonic() + 30
+        while seen < 2 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line.count("HOG")
+        assert seen == 2, proc.stderr.read() if proc.poll() else ""
+        family = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(family) >= 4  # two workers, the fork server, the resource tracker
+        proc.kill()
+        proc.wait(timeout=10)
+        end = time.monotonic() + 10
+        while not all(_gone(p) for p in family) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert [p for p in family if not _gone(p)] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in family if "family" in locals() else []:
+            try:
+                os.kill(pid, signal.SIGKILL)  # never leave a spinning worker behind on failure
+            except ProcessLookupError:
+                pass

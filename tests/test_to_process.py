@@ -350,18 +350,25 @@ async def test_stop_during_a_cold_pool_start_leaves_no_workers(monkeypatch):
 
 
 class Tick(Stage):
+    marker: str | None = None  # a file created once the stage has run in the worker
+
     async def execute(self) -> None:
         await asyncio.sleep(0.005)
+        if self.marker is not None:
+            open(self.marker, "a").close()
 
 
-async def test_drain_reaches_groups_running_in_workers(procs):
-    group = StageGroup(name="forever", stages=[Tick(name="t")], cycle_strategy=InfinitLoopStrategy(interval=0.005),
+async def test_drain_reaches_groups_running_in_workers(procs, tmp_path):
+    marker = tmp_path / "ticked"
+    group = StageGroup(name="forever", stages=[Tick(name="t", marker=str(marker))],
+                       cycle_strategy=InfinitLoopStrategy(interval=0.005),
                        execution_strategy=SequentialExecutionStrategy())
     pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(), procs)
     task = asyncio.ensure_future(pipeline.run())
     await procs.start()
     pids = set(procs.worker_pids())
-    await asyncio.sleep(0.2)
+    while not marker.exists():  # the group cycles in the worker (a loaded machine may take a while to get there)
+        await asyncio.sleep(0.01)
     pipeline.stop(drain=True)
     assert await asyncio.wait_for(task, 5) is None
     assert set(procs.worker_pids()) == pids  # drained, not killed: the pool stays warm
@@ -574,3 +581,124 @@ def test_asyncio_strategies_travel_with_their_settings():
     semaphore = SemaphoreExecutionStrategy(2)
     semaphore._slots.used = 2  # busy here; a worker's copy starts with free slots
     assert cloudpickle.loads(cloudpickle.dumps(semaphore)).in_flight == 0
+
+
+# --- Faults found by fault injection: each test failed before its fix ---------------------------------
+
+
+async def test_stop_of_one_pipeline_refills_the_pool_for_another_waiting_on_it(procs):
+    busy = StageGroup(name="busy", stages=[Spin(name="s1"), Spin(name="s2")], cycle_strategy=OnceCycleStrategy(),
+                      execution_strategy=procs)
+    waiting = StageGroup(name="waiting", stages=[Pid(name="w")], cycle_strategy=OnceCycleStrategy(),
+                         execution_strategy=procs)
+    a = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "a", [busy], OnceCycleStrategy(),
+                                          SequentialExecutionStrategy())
+    b = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "b", [waiting], OnceCycleStrategy(),
+                                          SequentialExecutionStrategy())
+    await procs.start()
+    task_a = asyncio.ensure_future(a.run())
+    while sum(w.job is not None for w in procs.pool.workers) < 2:
+        await asyncio.sleep(0.01)
+    task_b = asyncio.ensure_future(b.run())
+    while not procs.pool.queue:
+        await asyncio.sleep(0.01)  # b's job waits for a worker
+    spinners = procs.worker_pids()
+    a.stop()
+    assert await asyncio.wait_for(task_a, 5) is None
+    result = await asyncio.wait_for(task_b, 10)
+    assert [r[0] for r in result[0]] == ["w"]
+    assert not set(spinners) & {r[1] for r in result[0]}  # ran on a fresh worker
+    assert all(gone(p) for p in spinners)
+
+
+class RefusesWorkers(Stage):
+    """Builds in the parent; its model_post_init raises when rebuilt in a worker process."""
+
+    def model_post_init(self, __context: Any) -> None:
+        if multiprocessing.parent_process() is not None:
+            raise LookupError(f"{self.name} cannot live in a worker")
+        super().model_post_init(__context)
+
+    def execute(self) -> str:
+        return self.name
+
+
+async def test_a_stage_that_cannot_be_rebuilt_in_the_worker_raises_its_own_error_for_that_stage(procs):
+    await procs.start()
+    pids = set(procs.worker_pids())
+    stages: list[Stage] = [Pid(name=f"ok{i}") for i in range(20)]
+    stages[9] = RefusesWorkers(name="refuses")
+    with pytest.raises(LookupError, match="refuses cannot live in a worker") as info:
+        await procs.execute(stages)
+    assert info.value.stage_name == "refuses"
+    assert isinstance(info.value.__cause__, RemoteError)
+    assert "model_post_init" in info.value.__cause__.traceback_text
+    assert set(procs.worker_pids()) == pids  # no worker died
+    assert len(await procs.execute([Pid(name="a"), Pid(name="b")])) == 2
+
+
+async def test_a_stage_class_from_a_module_the_worker_cannot_import_is_sent_by_value(procs, tmp_path):
+    import importlib.util
+    import sys
+
+    source = tmp_path / "dp_loaded_by_path.py"
+    source.write_text(
+        "from dynapipeline import Stage\n"
+        "def double(x):\n"
+        "    return 2 * x\n"
+        "class FromPath(Stage):\n"
+        "    def execute(self, x):\n"
+        "        return double(x)\n"
+    )
+    spec = importlib.util.spec_from_file_location("dp_loaded_by_path", source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dp_loaded_by_path"] = module  # as pytest's importlib mode does: importable here only
+    try:
+        spec.loader.exec_module(module)
+        stages = [Pid(name="before"), module.FromPath(name="from-path"), Pid(name="after")]
+        results = await procs.execute(stages, 21)
+        assert results[1] == 42 and results[0][0] == "before" and results[2][0] == "after"
+    finally:
+        del sys.modules["dp_loaded_by_path"]
+
+
+def _refuse_to_rebuild() -> None:
+    raise LookupError("this result cannot be rebuilt in the parent")
+
+
+class Unloadable:
+    """Pickles fine; rebuilding it raises."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_rebuild, ())
+
+
+class ReturnsUnloadable(Stage):
+    def execute(self) -> Any:
+        return Unloadable()
+
+
+async def test_a_result_that_cannot_be_rebuilt_in_the_parent_names_its_stage(procs):
+    from dynapipeline.errors import PicklingError
+
+    stages: list[Stage] = [Pid(name=f"ok{i}") for i in range(20)]
+    stages[9] = ReturnsUnloadable(name="unloadable")
+    with pytest.raises(PicklingError, match="'unloadable'") as info:
+        await procs.execute(stages)
+    assert info.value.stage_name == "unloadable"
+    assert isinstance(info.value.__cause__, LookupError)
+    assert len(await procs.execute([Pid(name="a"), Pid(name="b")])) == 2
+
+
+async def test_a_job_sent_to_a_worker_that_died_idle_runs_on_another(procs):
+    await procs.start()
+    victim = procs.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while not gone(victim) and time.monotonic() < deadline:
+        time.sleep(0.01)  # blocking on purpose: the loop must not hear of the death before the dispatch
+    stages = [Pid(name=f"s{i}") for i in range(8)]
+    results = await procs.execute(stages)  # awaited directly: jobs are sent before the loop polls the pipes
+    assert [r[0] for r in results] == [s.name for s in stages]
+    assert victim not in {r[1] for r in results}
+    assert victim not in procs.worker_pids()

@@ -15,8 +15,11 @@ that names the attribute path of whatever cannot be pickled.
 from __future__ import annotations
 
 import io
+import logging
 import pickle
+import sys
 import weakref
+from types import FunctionType
 from typing import Any
 
 import cloudpickle
@@ -32,7 +35,9 @@ from dynapipeline.transports.worker import (
     rebuild_component,
 )
 
-__all__ = ["ClassRegistry", "Pickler", "REGISTRY", "describe_unpicklable", "dumps_batch"]
+__all__ = ["ClassRegistry", "Pickler", "REGISTRY", "describe_unpicklable", "dumps_batch", "importable_by_name"]
+
+logger = logging.getLogger("dynapipeline")
 
 try:
     from cloudpickle.cloudpickle import _should_pickle_by_reference as _by_reference
@@ -48,6 +53,53 @@ except ImportError:  # pragma: no cover - older/newer cloudpickle
         return found is obj
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+_IMPORTABLE: dict[str, bool] = {}
+
+
+def importable_by_name(module_name: str) -> bool:
+    """Whether a worker, started with this process's ``sys.path``, can import the module by its name.
+
+    A module loaded from a file path (``importlib.util.spec_from_file_location``, pytest's
+    importlib mode) is in ``sys.modules`` here but cannot be found by a worker, so
+    pickling its classes and functions by reference would fail there. Such a module
+    is registered with ``cloudpickle.register_pickle_by_value`` the first time one of
+    its objects is shipped. The standard library has no check for "findable under
+    this name", hence this one: it asks the path finder for the module's own spec.
+    """
+    known = _IMPORTABLE.get(module_name)
+    if known is None:
+        known = _IMPORTABLE[module_name] = _find_same_origin(module_name)
+    return known
+
+
+def _find_same_origin(module_name: str) -> bool:
+    module = sys.modules.get(module_name)
+    spec = getattr(module, "__spec__", None)
+    origin = getattr(spec, "origin", None)
+    if module is None or module_name == "__main__" or spec is None or not getattr(spec, "has_location", False):
+        return True  # built-in, frozen, namespace or __main__: cloudpickle's own rules apply
+    parent, _, _ = module_name.rpartition(".")
+    path = getattr(sys.modules.get(parent), "__path__", None) if parent else None
+    if parent and path is None:
+        return False
+    for finder in sys.meta_path:  # as the import system searches, minus sys.modules (editable installs too)
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        try:
+            found = find_spec(module_name, path)
+        except (ImportError, ValueError):
+            return False
+        if found is not None:
+            return found.origin == origin
+    return False
+
+
+def _ship_module_by_value_if_needed(obj: Any) -> None:
+    name = getattr(obj, "__module__", None)
+    if type(name) is str and name in sys.modules and not importable_by_name(name):
+        logger.debug("module %r cannot be imported by name in a worker: its objects travel by value", name)
+        cloudpickle.register_pickle_by_value(sys.modules[name])
 
 
 class ClassRegistry:
@@ -166,6 +218,7 @@ class Pickler(cloudpickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type):
+            _ship_module_by_value_if_needed(obj)
             if obj is not self.top and obj.__module__ != "builtins" and not _by_reference(obj):
                 cid = self.registry.id_of(obj)
                 if cid is not None:
@@ -176,6 +229,8 @@ class Pickler(cloudpickle.Pickler):
             return reduce_component(obj)
         if isinstance(obj, Context):
             return (locked_context, (dict(obj._data),))
+        if isinstance(obj, FunctionType):
+            _ship_module_by_value_if_needed(obj)
         return super().reducer_override(obj)  # strategies define their own __reduce__
 
 

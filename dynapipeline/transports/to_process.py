@@ -1,6 +1,6 @@
 """Work that goes to other processes: ``MultiprocessExecutionStrategy`` and its warm worker pool.
 
-Design (DESIGN §5):
+How it works:
 
 - **Start method**: ``forkserver`` where available (Linux, macOS), else ``spawn``.
   ``fork`` is never used: it copies the parent's threads' locks mid-state. The
@@ -47,11 +47,26 @@ Design (DESIGN §5):
   hangs until ``stop()`` (which kills that worker). No parent deadline is
   derived for groups, since their length (cycles, intervals, handlers,
   untimed stages, infinite loops) has no safe upper bound.
-- **Crash**: a worker that dies (signal, ``os._exit``, OOM kill) raises
-  ``WorkerCrashedError`` (stage, pid, exit code/signal) and is replaced.
+- **Crash**: a worker that dies (signal, ``os._exit``, OOM kill) while it holds
+  a job raises ``WorkerCrashedError`` (stage, pid, exit code/signal) and is
+  replaced. A worker that dies before it read its job (killed while idle) fails
+  nothing: the job goes to another worker. Workers killed by a ``stop()`` are
+  replaced at once when other runs' jobs are queued, later otherwise.
+- **A stage that cannot be rebuilt in the worker** (its ``model_post_init``
+  raises there) raises its own exception for that stage, as an error in
+  ``execute`` would; the worker survives and the other components of its batch
+  run. Classes and functions of a module the worker cannot import by name (loaded
+  from a file path) travel by value. A result that cannot be rebuilt in the
+  parent raises ``PicklingError`` naming its stage, the unpickling error as cause.
 - **No orphans**: workers ignore SIGINT (the parent handles Ctrl-C and stops
-  them) and exit on their own as soon as the parent process dies (SIGTERM,
-  SIGKILL), even in the middle of a stage.
+  them) and exit as soon as the parent process dies (SIGTERM, SIGKILL). On
+  Linux with ``forkserver`` this holds whatever the stage is doing, even a long
+  C call holding the GIL: the kernel's parent-death signal ties each worker to
+  the fork server, which exits with the parent. With ``spawn`` and on macOS a
+  watcher thread in the worker does it, which waits while a stage holds the GIL.
+- **What outlives ``close()``**: multiprocessing's fork server and resource
+  tracker (one each per parent process, shared by every pool) stay until the
+  parent process exits; they then exit on their own.
 
 Components may be Stages or StageGroups (a pipeline whose execution strategy is
 processes ships whole groups, with their asyncio strategies). Workers are
@@ -62,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import math
 import multiprocessing
 import os
@@ -73,12 +89,21 @@ from collections import deque
 from typing import Any
 
 from dynapipeline.engine import current_control
-from dynapipeline.errors import ConfigurationError, RemoteError, StageTimeoutError, WorkerCrashedError
+from dynapipeline.errors import (
+    ConfigurationError,
+    PicklingError,
+    RemoteError,
+    StageTimeoutError,
+    WorkerCrashedError,
+)
 from dynapipeline.model.component import Stage
 from dynapipeline.model.group import Container
 from dynapipeline.model.strategy import ExecutionStrategy
 from dynapipeline.transports import worker as worker_module
 from dynapipeline.transports.pickling import REGISTRY, dumps_batch
+from dynapipeline.transports.worker import SENT, Call
+
+logger = logging.getLogger("dynapipeline")
 
 __all__ = ["MultiprocessExecutionStrategy", "ProcessPool", "default_start_method"]
 
@@ -133,8 +158,11 @@ class _Job:
 class _Batch:
     """The jobs of one dispatch: fills the results, completes its future when all are in or one failed."""
 
-    def __init__(self, future: asyncio.Future[Any], n: int) -> None:
+    def __init__(self, future: asyncio.Future[Any], n: int, args: tuple[Any, ...] = (),
+                 kwargs: dict[str, Any] | None = None) -> None:
         self.future = future
+        self.args = args  # kept to re-send a job's components one by one (see ProcessPool._split)
+        self.kwargs = kwargs or {}
         self.results: list[Any] = [None] * n
         self.pending = 0
         self.error: BaseException | None = None
@@ -165,25 +193,36 @@ def _collect(job: _Job, outcome: tuple[Any, ...], results: list[Any]) -> None:
     """Store a job's results and timing; raise its error, if any, the way the contract says."""
     kind = outcome[0]
     if kind == "reply":
-        (ok, values, timings, error_bytes, tb, text, failed_at), pid = outcome[1], outcome[2]
-        for position, timing in enumerate(timings):
+        reply, pid = outcome[1], outcome[2]
+        for position, timing in enumerate(reply.timings):
             _apply_timings(job.runners[position], timing)
-        for position, value in enumerate(values):
-            results[job.indices[position]] = value
-        if ok:
-            return
-        name = job.runners[failed_at].name
-        error: BaseException | None = None
-        if error_bytes:
+        for position, value in enumerate(reply.values):
             try:
-                error = pickle.loads(error_bytes)
-            except Exception:
-                error = None
+                results[job.indices[position]] = pickle.loads(value)
+            except Exception as error:
+                name = job.runners[position].name
+                failure = PicklingError(f"stage {name!r} returned a result that cannot be rebuilt in the parent "
+                                        f"process ({type(error).__name__}: {error})")
+                _tag(failure, name, pid)
+                raise failure from error
+        if reply.failed_at < 0:
+            return
+        name = job.runners[reply.failed_at].name
+        error: BaseException | None = None
+        if reply.error:
+            try:
+                error = pickle.loads(reply.error)
+            except Exception as unloadable:
+                logger.debug("the error of stage %r cannot be rebuilt here (%r); raising its text", name,
+                             unloadable)
         if error is None:
-            error = RemoteError(tb or text)
+            error = RemoteError(reply.traceback or reply.text)
             raise_from = None
         else:
-            raise_from = RemoteError(tb) if tb else None
+            raise_from = RemoteError(reply.traceback) if reply.traceback else None
+        if reply.unloadable:
+            # Raised while the worker rebuilt the component: the innermost stage it was rebuilding is named.
+            name = getattr(error, "stage_name", None) or name
         _tag(error, name, pid)
         raise error from raise_from
     if kind == "timeout":
@@ -452,11 +491,12 @@ class ProcessPool:
 
     def _send(self, w: _Worker, job: _Job) -> None:
         blobs = REGISTRY.blobs_for(job.cids, w.known) if job.cids else []
-        message = pickle.dumps((blobs, job.payload), protocol=pickle.HIGHEST_PROTOCOL)
+        message = pickle.dumps(Call(blobs, job.payload), protocol=pickle.HIGHEST_PROTOCOL)
         w.job = job
         job.worker = w
         control = job.control
         w.drain.value = 1 if control is not None and control.draining else 0
+        w.current.value = SENT  # the worker marks TAKEN once it has read the job
         try:
             w.conn.send_bytes(message)
         except OSError:
@@ -486,6 +526,8 @@ class ProcessPool:
             # Withdrawn jobs leave the queue now, not when a worker next asks for work,
             # so that `idle` is true as soon as nothing real is left.
             self.queue = deque(job for job in self.queue if not job.done)
+        if self.queue and not self.closed:
+            self.fill()  # jobs of other dispatches wait: replace the workers just killed now, not lazily
         self._pump()
 
     # -- events from the loop ----------------------------------------------------------------------
@@ -506,12 +548,23 @@ class ProcessPool:
             w.timer.cancel()
             w.timer = None
         if job is not None and not job.done:
-            try:
-                reply = pickle.loads(data)
-            except Exception as error:
-                reply = (False, [], [], b"", "", f"cannot unpickle the worker's reply: {error!r}", 0)
-            job.finish(("reply", reply, w.pid))
+            reply = pickle.loads(data)  # plain bytes and names only: results and errors are decoded per stage
+            if reply.unloadable and len(job.indices) > 1:
+                self._split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
+            else:
+                job.finish(("reply", reply, w.pid))
         self._pump()
+
+    def _split(self, job: _Job) -> None:
+        """Replace a job whose batch a worker could not rebuild by one job per component, at the queue's head."""
+        batch = job.batch
+        job.done = True
+        singles = []
+        for index, runner in zip(job.indices, job.runners, strict=True):
+            payload, cids = dumps_batch([runner.owner], batch.args, batch.kwargs)
+            singles.append(_Job(batch, [index], [runner], payload, cids, _deadline(runner.owner), job.control))
+        batch.pending += len(singles) - 1
+        self.queue.extendleft(reversed(singles))
 
     def _on_death(self, w: _Worker) -> None:
         job = w.job
@@ -519,7 +572,11 @@ class ProcessPool:
         position = w.current.value
         w.job = None
         exitcode = self._drop(w, kill=False)
-        if job is not None:
+        if job is not None and position == SENT and not job.done:
+            # The worker died before it read the job (killed while idle): the job never ran, send it elsewhere.
+            job.worker = None
+            self.queue.appendleft(job)
+        elif job is not None:
             job.finish(("crash", position, w.pid, exitcode))
         if self.closed:
             return
@@ -719,7 +776,7 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         if n == 0:
             return []
         loop = asyncio.get_running_loop()
-        batch = _Batch(loop.create_future(), n)
+        batch = _Batch(loop.create_future(), n, args, kwargs)
         jobs = []
         control = current_control.get()
         if control is not None and not any(isinstance(r.owner, Container) for r in runners):
