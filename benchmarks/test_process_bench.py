@@ -29,7 +29,7 @@ from dynapipeline.execution import (
     SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
-from dynapipeline.transports.to_process import default_start_method
+from dynapipeline.transports.processes import default_start_method
 
 CPU_LIMIT = int(os.environ.get("DYNAPIPELINE_BENCH_CPU_LIMIT", "30000"))
 

@@ -6,11 +6,13 @@ Shared by the thread pool and the worker processes; plain Python (no compiled co
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
+from dynapipeline.errors import ConfigurationError
 from dynapipeline.model.component import Stage
 
-__all__ = ["drive", "needs_loop", "run_component"]
+__all__ = ["check_max_workers", "drive", "needs_loop", "run_component", "time_limit"]
 
 _ASYNC_EXECUTE: dict[type, bool] = {}
 
@@ -54,3 +56,24 @@ def run_component(component: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     if loop is None:
         return drive(coro)
     return loop.run_until_complete(coro)
+
+
+def time_limit(stage: Stage) -> float | None:
+    """Seconds a timed stage may take in all, every attempt and retry delay included; None if untimed.
+
+    The caller's side of a deadline that threads and processes enforce from outside
+    the stage (a plain ``def`` cannot be interrupted where it runs).
+    """
+    timeout = stage.timeout
+    if timeout is None or not 0 < timeout < math.inf:
+        return None
+    delays = sum(stage.retry_delay * stage.retry_backoff ** k for k in range(stage.retries))
+    return timeout * (stage.retries + 1) + delays
+
+
+def check_max_workers(strategy: str, max_workers: object) -> int | None:
+    """``max_workers`` of a pool strategy: an int >= 1, or None for the strategy's default."""
+    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)
+                                    or max_workers < 1):
+        raise ConfigurationError(f"{strategy}: field 'max_workers' must be an int >= 1 or None, got {max_workers!r}")
+    return max_workers

@@ -27,7 +27,7 @@ import cloudpickle
 from dynapipeline.errors import PicklingError
 from dynapipeline.model.component import Component, Stage
 from dynapipeline.model.contexts import Context
-from dynapipeline.transports.worker import (
+from dynapipeline.transports.rebuild import (
     INTERNAL_PRIVATE,
     cached_class,
     cached_stage,
@@ -91,7 +91,7 @@ def _find_same_origin(module_name: str) -> bool:
         except (ImportError, ValueError):
             return False
         if found is not None:
-            return found.origin == origin
+            return bool(found.origin == origin)
     return False
 
 
@@ -207,7 +207,7 @@ def reduce_component(component: Any) -> tuple[Any, tuple[Any, ...]]:
                                 component.__pydantic_extra__, private, timing))
 
 
-class Pickler(cloudpickle.Pickler):
+class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no type information
     """cloudpickle, plus: classes by id (``REGISTRY``), components by state, contexts as snapshots."""
 
     def __init__(self, file: Any, registry: ClassRegistry, top: type | None = None) -> None:

@@ -1,4 +1,14 @@
-"""Work that goes to other processes: ``MultiprocessExecutionStrategy`` and its warm worker pool.
+"""Work that goes to other processes: ``MultiprocessExecutionStrategy``.
+
+Where things live::
+
+    to_process.MultiprocessExecutionStrategy.dispatch
+        │ plan_batches ─► Job per batch ─► pickling.dumps_batch (checked before anything is sent)
+        ▼
+    process_pool.ProcessPool ── queue ──► Worker ══ pipe: Call ══► process_worker.main (child)
+        ▲                                        ◄═ pipe: Reply ══     │ rebuild.* rebuilds the components
+        │ Outcome (Replied / TimedOut / Crashed / Closed)              │ calling.run_component runs them
+    process_jobs.collect ─► results, timing, or the stage's error
 
 How it works:
 
@@ -76,641 +86,24 @@ daemonic processes, so a stage cannot start processes of its own.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import math
 import multiprocessing
 import os
-import pickle
-import threading
-import time
-import weakref
-from collections import deque
 from typing import Any
 
 from dynapipeline.engine import current_control
-from dynapipeline.errors import (
-    ConfigurationError,
-    PicklingError,
-    RemoteError,
-    StageTimeoutError,
-    WorkerCrashedError,
-)
-from dynapipeline.model.component import Stage
+from dynapipeline.errors import ConfigurationError
 from dynapipeline.model.group import Container
 from dynapipeline.model.strategy import ExecutionStrategy
-from dynapipeline.transports import worker as worker_module
-from dynapipeline.transports.pickling import REGISTRY, dumps_batch
-from dynapipeline.transports.worker import SENT, Call
+from dynapipeline.transports.calling import check_max_workers
+from dynapipeline.transports.pickling import dumps_batch
+from dynapipeline.transports.process_jobs import Dispatch, Job, deadline, plan_batches
+from dynapipeline.transports.process_pool import ProcessPool, watch_drain
+from dynapipeline.transports.processes import default_start_method
+
+__all__ = ["MultiprocessExecutionStrategy"]
 
 logger = logging.getLogger("dynapipeline")
-
-__all__ = ["MultiprocessExecutionStrategy", "ProcessPool", "default_start_method"]
-
-_WORKER_MODULE = worker_module.__name__
-_GRACE = 0.1              # seconds added to a timed stage's deadline in the parent
-_PER_STAGE_COST = 20e-6   # estimated IPC + rebuild cost of one component (seconds)
-_SMALL_BATCH = 1e-3       # estimated work below this goes to one worker in one message
-_CHUNKS_PER_WORKER = 4
-_DRAIN_POLL = 0.02        # seconds between checks for a drain while groups run in workers
-_LIVE_POOLS: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
-
-
-def default_start_method() -> str:
-    """``forkserver`` when the platform has it, else ``spawn`` (never ``fork``)."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-def _context(method: str) -> Any:
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        from multiprocessing import forkserver
-
-        preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-        if _WORKER_MODULE not in preload:
-            ctx.set_forkserver_preload(preload + [_WORKER_MODULE])
-    return ctx
-
-
-class _Job:
-    """One batch of components for one worker, and where its outcome goes."""
-
-    __slots__ = ("batch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control")
-
-    def __init__(self, batch: _Batch, indices: list[int], runners: list[Any], payload: bytes,
-                 cids: set[int], deadline: float | None, control: Any = None) -> None:
-        self.batch = batch
-        self.indices = indices
-        self.runners = runners
-        self.payload = payload
-        self.cids = cids
-        self.deadline = deadline
-        self.worker: _Worker | None = None
-        self.done = False
-        self.control = control  # the run's RunControl, when the job ships groups (drain reaches them)
-
-    def finish(self, outcome: tuple[Any, ...]) -> None:
-        if not self.done:
-            self.done = True
-            self.batch.on_job(self, outcome)
-
-
-class _Batch:
-    """The jobs of one dispatch: fills the results, completes its future when all are in or one failed."""
-
-    def __init__(self, future: asyncio.Future[Any], n: int, args: tuple[Any, ...] = (),
-                 kwargs: dict[str, Any] | None = None) -> None:
-        self.future = future
-        self.args = args  # kept to re-send a job's components one by one (see ProcessPool._split)
-        self.kwargs = kwargs or {}
-        self.results: list[Any] = [None] * n
-        self.pending = 0
-        self.error: BaseException | None = None
-
-    def on_job(self, job: _Job, outcome: tuple[Any, ...]) -> None:
-        self.pending -= 1
-        if self.future.done():
-            return
-        try:
-            _collect(job, outcome, self.results)
-        except BaseException as error:  # noqa: B902 - handed to the waiting dispatch
-            self.future.set_exception(error)
-            return
-        if self.pending == 0:
-            self.future.set_result(None)
-
-
-def _apply_timings(runner: Any, timings: list[tuple[Any, ...]]) -> None:
-    owner = runner.owner
-    if len(timings) == 1:
-        runner.copy_timing(*timings[0])
-        return
-    for component, timing in zip(owner.iter_components(), timings, strict=False):
-        component.__pydantic_private__["_runner"].copy_timing(*timing)
-
-
-def _collect(job: _Job, outcome: tuple[Any, ...], results: list[Any]) -> None:
-    """Store a job's results and timing; raise its error, if any, the way the contract says."""
-    kind = outcome[0]
-    if kind == "reply":
-        reply, pid = outcome[1], outcome[2]
-        for position, timing in enumerate(reply.timings):
-            _apply_timings(job.runners[position], timing)
-        for position, value in enumerate(reply.values):
-            try:
-                results[job.indices[position]] = pickle.loads(value)
-            except Exception as error:
-                name = job.runners[position].name
-                failure = PicklingError(f"stage {name!r} returned a result that cannot be rebuilt in the parent "
-                                        f"process ({type(error).__name__}: {error})")
-                _tag(failure, name, pid)
-                raise failure from error
-        if reply.failed_at < 0:
-            return
-        name = job.runners[reply.failed_at].name
-        error: BaseException | None = None
-        if reply.error:
-            try:
-                error = pickle.loads(reply.error)
-            except Exception as unloadable:
-                logger.debug("the error of stage %r cannot be rebuilt here (%r); raising its text", name,
-                             unloadable)
-        if error is None:
-            error = RemoteError(reply.traceback or reply.text)
-            raise_from = None
-        else:
-            raise_from = RemoteError(reply.traceback) if reply.traceback else None
-        if reply.unloadable:
-            # Raised while the worker rebuilt the component: the innermost stage it was rebuilding is named.
-            name = getattr(error, "stage_name", None) or name
-        _tag(error, name, pid)
-        raise error from raise_from
-    if kind == "timeout":
-        runner = job.runners[0]
-        raise StageTimeoutError(runner.name, runner.owner.timeout)
-    if kind == "crash":
-        position, pid, exitcode = outcome[1], outcome[2], outcome[3]
-        runner = job.runners[position if 0 <= position < len(job.runners) else 0]
-        raise WorkerCrashedError(runner.name, pid, exitcode)
-    if kind == "closed":
-        raise WorkerCrashedError(job.runners[0].name, outcome[1], None)
-    raise RuntimeError(f"unknown outcome {kind!r}")  # pragma: no cover
-
-
-def _tag(error: BaseException, stage: str, pid: int | None) -> None:
-    try:
-        error.stage_name = stage  # type: ignore[attr-defined]
-        error.worker_pid = pid  # type: ignore[attr-defined]
-    except Exception:  # pragma: no cover - exceptions with __slots__
-        pass
-    error.add_note(f"raised in stage {stage!r}, in worker process pid {pid}")
-
-
-class _Worker:
-    """One worker process, its pipe, and what it is doing."""
-
-    __slots__ = ("proc", "conn", "fd", "current", "drain", "pid", "ready", "job", "known", "timer", "loop")
-
-    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any) -> None:
-        self.proc = proc
-        self.conn = conn
-        self.fd = conn.fileno()
-        self.current = current
-        self.drain = drain  # set by the parent when the run of the job it runs drains
-        self.pid: int = proc.pid
-        self.ready = False
-        self.job: _Job | None = None
-        self.known: set[int] = set()
-        self.timer: Any = None
-        self.loop: Any = None
-
-
-class ProcessPool:
-    """A warm pool of worker processes served by one event loop at a time."""
-
-    def __init__(self, max_workers: int, start_method: str) -> None:
-        self.max_workers = max_workers
-        self.start_method = start_method
-        self._ctx = _context(start_method)
-        self.workers: list[_Worker] = []
-        self.queue: deque[_Job] = deque()
-        self.loop: Any = None
-        self.closed = False
-        self.started: list[_Worker] = []  # started off the loop, not adopted yet
-        self.starting: Any = None  # the off-loop start in progress (a future)
-        self._pending = 0  # workers the off-loop start has still to start
-        self._lock = threading.Lock()  # guards closed/started/_pending against the off-loop start
-        self._start_done = threading.Event()
-        self._start_done.set()
-        self._failed_starts = 0
-        self._counter = 0
-        _LIVE_POOLS.add(self)
-
-    # -- life cycle ---------------------------------------------------------------------------
-    def bind(self, loop: Any) -> None:
-        """Serve this pool from ``loop`` (re-registers the pipes when the loop changed since last use)."""
-        if self.loop is loop:
-            return
-        self.loop = loop
-        for w in self.workers:
-            self._watch(w)
-        self.fill()
-
-    def fill(self) -> None:
-        """Adopt workers started off the loop, then start more up to ``max_workers``."""
-        with self._lock:
-            started, self.started = self.started, []
-        for w in started:
-            self._adopt(w)
-        while not self.closed and len(self.workers) + len(self.started) + self._pending < self.max_workers:
-            self._adopt(self._start_worker())
-
-    def begin_start(self, loop: Any) -> Any:
-        """Start the missing workers in a thread (a cold fork server takes ~0.5 s); the future of that start."""
-        if self.starting is None:
-            count = self.max_workers - len(self.workers) - len(self.started)
-            with self._lock:
-                self._pending = count
-                self._start_done.clear()
-            future = self.starting = loop.run_in_executor(None, self.start_off_loop, count)
-
-            def done(_: Any) -> None:
-                if self.starting is future:
-                    self.starting = None
-
-            future.add_done_callback(done)
-        return self.starting
-
-    def start_off_loop(self, count: int) -> None:
-        """Start ``count`` workers (run in a thread); a worker started after ``close()`` is stopped at once."""
-        try:
-            for _ in range(count):
-                if self.closed:
-                    return
-                w = self._start_worker()
-                with self._lock:
-                    self._pending = max(0, self._pending - 1)
-                    if not self.closed:
-                        self.started.append(w)
-                        continue
-                _stop_process(w)
-        finally:
-            with self._lock:
-                self._pending = 0
-            self._start_done.set()
-
-    def _start_worker(self) -> _Worker:
-        ctx = self._ctx
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        current = ctx.RawValue("l", -1)
-        drain = ctx.RawValue("b", 0)
-        self._counter += 1
-        proc = ctx.Process(target=worker_module.main, args=(child_conn, current, drain), daemon=True,
-                           name=f"dynapipeline-worker-{self._counter}")
-        proc.start()
-        child_conn.close()
-        return _Worker(proc, parent_conn, current, drain)
-
-    def _adopt(self, w: _Worker) -> None:
-        if self.closed:
-            self.workers.append(w)  # closed meanwhile: let _drop/close stop it
-            self._drop(w, kill=True)
-            return
-        self.workers.append(w)
-        if self.loop is not None:
-            self._watch(w)
-
-    def _watch(self, w: _Worker) -> None:
-        old = w.loop
-        if old is not None and old is not self.loop:
-            try:
-                old.remove_reader(w.fd)
-            except Exception:
-                pass
-        w.loop = self.loop
-        self.loop.add_reader(w.fd, self._on_readable, w)
-
-    def _unwatch(self, w: _Worker) -> None:
-        if w.timer is not None:
-            w.timer.cancel()
-            w.timer = None
-        if w.loop is not None:
-            try:
-                w.loop.remove_reader(w.fd)
-            except Exception:
-                pass
-            w.loop = None
-
-    def _drop(self, w: _Worker, kill: bool) -> int | None:
-        """Remove a worker from the pool (terminate, then kill it if asked); its exit code."""
-        self._unwatch(w)
-        if w in self.workers:
-            self.workers.remove(w)
-        proc = w.proc
-        if kill and proc.is_alive():
-            proc.terminate()
-            proc.join(0.5)
-            if proc.is_alive():
-                proc.kill()
-        proc.join(1.0)
-        try:
-            w.conn.close()
-        except OSError:
-            pass
-        return proc.exitcode
-
-    def close(self) -> None:
-        """Stop every worker: idle ones are asked to exit, busy ones are terminated; fail queued jobs.
-
-        Workers still being started off the loop are waited for (briefly) and stopped too.
-        Safe from any thread (``__del__``, atexit): the processes are always stopped
-        first; what touches the event loop (readers, timers, the waiting futures) runs
-        on the loop's thread (``call_soon_threadsafe`` from another thread) and is
-        skipped when that loop is closed.
-        """
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            started, self.started = self.started, []
-        _LIVE_POOLS.discard(self)
-        workers = list(self.workers) + started
-        self.workers.clear()
-        jobs = [w.job for w in workers if w.job is not None]
-        queued = list(self.queue)
-        self.queue.clear()
-        for w in workers:
-            try:
-                if w.job is None:
-                    w.conn.send_bytes(b"")
-                else:
-                    w.proc.terminate()
-            except Exception:
-                pass
-        deadline = time.monotonic() + 1.0
-        for w in workers:
-            try:
-                w.proc.join(max(0.0, deadline - time.monotonic()))
-                if w.proc.is_alive():
-                    w.proc.kill()
-                    w.proc.join(1.0)
-            except Exception:
-                pass
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        loop = self.loop
-        if loop is None or running is loop:
-            self._after_close(workers, jobs, queued)
-        else:
-            try:
-                loop.call_soon_threadsafe(self._after_close, workers, jobs, queued)
-            except RuntimeError:  # the loop is closed: nothing waits on it any more
-                for w in workers:
-                    _close_conn(w)
-        # A start in progress stops what it starts from now on; wait until it is over.
-        self._start_done.wait(5.0)
-
-    def _after_close(self, workers: list[_Worker], jobs: list[_Job], queued: list[_Job]) -> None:
-        """The loop side of ``close()``: stop watching the pipes, close them, fail the jobs left."""
-        for w in workers:
-            try:
-                self._unwatch(w)
-            except Exception:
-                pass
-            _close_conn(w)
-            w.job = None
-        for job in jobs:
-            try:
-                job.finish(("closed", job.worker.pid if job.worker is not None else None))
-            except Exception:
-                pass
-        for job in queued:
-            try:
-                job.finish(("closed", None))
-            except Exception:
-                pass
-
-    # -- scheduling -----------------------------------------------------------------------------
-    def submit(self, jobs: list[_Job]) -> None:
-        self.queue.extend(jobs)
-        self._pump()
-
-    def _pump(self) -> None:
-        queue = self.queue
-        if not queue:
-            return
-        for w in self.workers:
-            if w.ready and w.job is None:
-                while queue and queue[0].done:
-                    queue.popleft()
-                if not queue:
-                    return
-                self._send(w, queue.popleft())
-
-    def _send(self, w: _Worker, job: _Job) -> None:
-        blobs = REGISTRY.blobs_for(job.cids, w.known) if job.cids else []
-        message = pickle.dumps(Call(blobs, job.payload), protocol=pickle.HIGHEST_PROTOCOL)
-        w.job = job
-        job.worker = w
-        control = job.control
-        w.drain.value = 1 if control is not None and control.draining else 0
-        w.current.value = SENT  # the worker marks TAKEN once it has read the job
-        try:
-            w.conn.send_bytes(message)
-        except OSError:
-            return  # the reader sees the dead pipe and reports the crash
-        w.known.update(cid for cid, _ in blobs)
-        if job.deadline is not None:
-            w.timer = self.loop.call_later(job.deadline, self._on_deadline, w, job)
-
-    @property
-    def idle(self) -> bool:
-        """No job queued or running (for any dispatch)."""
-        return not self.queue and all(w.job is None for w in self.workers)
-
-    def withdraw(self, jobs: list[_Job], kill_running: bool) -> None:
-        """Forget these jobs: queued ones are not sent; running ones are killed if asked."""
-        for job in jobs:
-            if job.done:
-                continue
-            w = job.worker
-            job.done = True
-            if w is None:
-                continue
-            if kill_running and w.job is job:
-                w.job = None
-                self._drop(w, kill=True)
-        if any(job.done for job in self.queue):
-            # Withdrawn jobs leave the queue now, not when a worker next asks for work,
-            # so that `idle` is true as soon as nothing real is left.
-            self.queue = deque(job for job in self.queue if not job.done)
-        if self.queue and not self.closed:
-            self.fill()  # jobs of other dispatches wait: replace the workers just killed now, not lazily
-        self._pump()
-
-    # -- events from the loop ----------------------------------------------------------------------
-    def _on_readable(self, w: _Worker) -> None:
-        try:
-            data = w.conn.recv_bytes()
-        except (EOFError, OSError):
-            self._on_death(w)
-            return
-        if not w.ready:
-            w.ready = True
-            self._failed_starts = 0
-            self._pump()
-            return
-        job = w.job
-        w.job = None
-        if w.timer is not None:
-            w.timer.cancel()
-            w.timer = None
-        if job is not None and not job.done:
-            reply = pickle.loads(data)  # plain bytes and names only: results and errors are decoded per stage
-            if reply.unloadable and len(job.indices) > 1:
-                self._split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
-            else:
-                job.finish(("reply", reply, w.pid))
-        self._pump()
-
-    def _split(self, job: _Job) -> None:
-        """Replace a job whose batch a worker could not rebuild by one job per component, at the queue's head."""
-        batch = job.batch
-        job.done = True
-        singles = []
-        for index, runner in zip(job.indices, job.runners, strict=True):
-            payload, cids = dumps_batch([runner.owner], batch.args, batch.kwargs)
-            singles.append(_Job(batch, [index], [runner], payload, cids, _deadline(runner.owner), job.control))
-        batch.pending += len(singles) - 1
-        self.queue.extendleft(reversed(singles))
-
-    def _on_death(self, w: _Worker) -> None:
-        job = w.job
-        was_ready = w.ready
-        position = w.current.value
-        w.job = None
-        exitcode = self._drop(w, kill=False)
-        if job is not None and position == SENT and not job.done:
-            # The worker died before it read the job (killed while idle): the job never ran, send it elsewhere.
-            job.worker = None
-            self.queue.appendleft(job)
-        elif job is not None:
-            job.finish(("crash", position, w.pid, exitcode))
-        if self.closed:
-            return
-        if was_ready:
-            self.fill()
-        else:
-            self._failed_starts += 1
-            if self._failed_starts >= 3:
-                # Workers die on start-up: fail what is queued rather than respawning forever.
-                while self.queue:
-                    queued = self.queue.popleft()
-                    queued.finish(("crash", -1, w.pid, exitcode))
-            else:
-                self.fill()
-        self._pump()
-
-    def _on_deadline(self, w: _Worker, job: _Job) -> None:
-        w.timer = None
-        if w.job is not job:
-            return
-        w.job = None
-        self._drop(w, kill=True)
-        job.finish(("timeout",))
-        self.fill()
-        self._pump()
-
-
-def _watch_drain(loop: Any, control: Any, jobs: list[_Job], future: Any) -> None:
-    """While ``future`` is pending, pass a drain of the run on to the workers running its groups."""
-
-    def poll() -> None:
-        if future.done():
-            return
-        if control.draining:
-            for job in jobs:
-                w = job.worker
-                if w is not None and w.job is job:
-                    w.drain.value = 1
-            return  # jobs sent from now on carry the drain (_send)
-        loop.call_later(_DRAIN_POLL, poll)
-
-    loop.call_later(_DRAIN_POLL, poll)
-
-
-def _close_conn(w: _Worker) -> None:
-    try:
-        w.conn.close()
-    except OSError:
-        pass
-
-
-def _stop_process(w: _Worker) -> None:
-    """Stop a worker that was never adopted (terminate, then kill) and close its pipe."""
-    proc = w.proc
-    try:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(0.5)
-            if proc.is_alive():
-                proc.kill()
-        proc.join(1.0)
-    finally:
-        try:
-            w.conn.close()
-        except OSError:
-            pass
-
-
-def _close_all() -> None:
-    for pool in list(_LIVE_POOLS):
-        try:
-            pool.close()
-        except Exception:
-            pass
-
-
-atexit.register(_close_all)
-
-
-def _cost(runner: Any) -> float | None:
-    count = runner.count
-    return runner.total / count if count else None
-
-
-def _deadline(owner: Any) -> float | None:
-    """Seconds the parent allows a timed stage (all attempts), or None."""
-    if not isinstance(owner, Stage):
-        return None
-    timeout = owner.timeout
-    if timeout is None or timeout <= 0:
-        return None
-    attempts = owner.retries + 1
-    delays = sum(owner.retry_delay * owner.retry_backoff ** k for k in range(owner.retries))
-    return timeout * attempts + delays + _GRACE
-
-
-def plan_batches(runners: tuple[Any, ...], workers: int) -> list[list[int]]:
-    """Split components into contiguous batches: one per timed stage, the rest by estimated cost."""
-    batches: list[list[int]] = []
-    rest: list[int] = []
-    for index, runner in enumerate(runners):
-        if _deadline(runner.owner) is not None:
-            batches.append([index])
-        else:
-            rest.append(index)
-    if not rest:
-        return batches
-    costs = [_cost(runners[i]) for i in rest]
-    known = all(c is not None for c in costs)
-    if known:
-        weights = [c + _PER_STAGE_COST for c in costs]  # type: ignore[operator]
-        total = sum(weights)
-        if total < _SMALL_BATCH:
-            return batches + [rest]
-        count = min(len(rest), workers * _CHUNKS_PER_WORKER, max(1, math.ceil(total / (_SMALL_BATCH / 2))))
-    else:
-        weights = [1.0] * len(rest)
-        total = float(len(rest))
-        count = min(len(rest), workers * _CHUNKS_PER_WORKER)
-    target = total / count
-    current: list[int] = []
-    acc = 0.0
-    made = 0
-    for index, weight in zip(rest, weights, strict=True):
-        # Cut before this component when its midpoint falls past the next boundary.
-        if current and made < count - 1 and acc + weight / 2 > target * (made + 1):
-            batches.append(current)
-            current = []
-            made += 1
-        current.append(index)
-        acc += weight
-    if current:
-        batches.append(current)
-    return batches
 
 
 class MultiprocessExecutionStrategy(ExecutionStrategy):
@@ -724,18 +117,13 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
     offloads = True
 
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
-        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)
-                                        or max_workers < 1):
-            raise ConfigurationError(
-                f"MultiprocessExecutionStrategy: field 'max_workers' must be an int >= 1 or None, got {max_workers!r}"
-            )
+        self.max_workers = check_max_workers("MultiprocessExecutionStrategy", max_workers)
         method = start_method or default_start_method()
         if method not in ("forkserver", "spawn") or method not in multiprocessing.get_all_start_methods():
             raise ConfigurationError(
                 "MultiprocessExecutionStrategy: field 'start_method' must be 'forkserver' or 'spawn' "
                 f"(available here: {multiprocessing.get_all_start_methods()}), got {start_method!r}"
             )
-        self.max_workers = max_workers
         self.start_method = method
         self._pool: ProcessPool | None = None
 
@@ -776,7 +164,7 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         if n == 0:
             return []
         loop = asyncio.get_running_loop()
-        batch = _Batch(loop.create_future(), n, args, kwargs)
+        dispatch = Dispatch(loop.create_future(), n, args, kwargs)
         jobs = []
         control = current_control.get()
         if control is not None and not any(isinstance(r.owner, Container) for r in runners):
@@ -785,8 +173,8 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         for indices in plan_batches(runners, self.workers):
             members = [runners[i] for i in indices]
             payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
-            deadline = _deadline(members[0].owner) if len(members) == 1 else None
-            jobs.append(_Job(batch, indices, members, payload, cids, deadline, control))
+            limit = deadline(members[0].owner) if len(members) == 1 else None
+            jobs.append(Job(dispatch, indices, members, payload, cids, limit, control))
         pool = self._pool
         if pool is None or pool.closed:
             pool = self._pool = ProcessPool(self.workers, self.start_method)
@@ -795,11 +183,11 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
                 pool = await self._ensure_pool(loop)
             elif len(pool.workers) < pool.max_workers:
                 pool.fill()
-            batch.pending = len(jobs)
+            dispatch.pending = len(jobs)
             pool.submit(jobs)
             if control is not None:
-                _watch_drain(loop, control, jobs, batch.future)
-            await batch.future
+                watch_drain(loop, control, jobs, dispatch.future)
+            await dispatch.future
         except asyncio.CancelledError:
             # stop() or cancellation: only the workers running *this* dispatch's jobs are killed (the
             # pool may serve other runs meanwhile); they are replaced lazily.
@@ -813,7 +201,7 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         except BaseException:
             pool.withdraw(jobs, kill_running=False)
             raise
-        return batch.results
+        return dispatch.results
 
     def close(self) -> None:
         """Stop the pool's workers (idle ones exit, busy ones are terminated)."""
@@ -833,8 +221,8 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         if pool is not None:
             try:
                 pool.close()
-            except Exception:
-                pass
+            except Exception as error:  # noqa: BLE001 - __del__ must not raise
+                logger.debug("closing a process pool from __del__: %r", error)
 
     def __repr__(self) -> str:
         return f"MultiprocessExecutionStrategy(max_workers={self.max_workers}, start_method={self.start_method!r})"

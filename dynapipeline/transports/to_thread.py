@@ -35,10 +35,10 @@ import time
 from typing import Any
 
 from dynapipeline.engine import current_control
-from dynapipeline.errors import ConfigurationError, StageTimeoutError
+from dynapipeline.errors import StageTimeoutError
 from dynapipeline.model.component import Stage
 from dynapipeline.model.strategy import ExecutionStrategy
-from dynapipeline.transports.calling import drive, needs_loop
+from dynapipeline.transports.calling import check_max_workers, drive, needs_loop, time_limit
 
 __all__ = ["MultithreadExecutionStrategy", "ThreadPool"]
 
@@ -55,12 +55,9 @@ def _loop_factory(loop: Any) -> Any:
 
 def _sync_deadline(owner: Any) -> float | None:
     """How long the caller waits for a plain-def timed stage (all attempts), or None."""
-    if not isinstance(owner, Stage) or owner.timeout is None or owner.timeout <= 0:
-        return None
-    if asyncio.iscoroutinefunction(owner.execute):
-        return None  # cancelled on its own loop by the runner
-    delays = sum(owner.retry_delay * owner.retry_backoff ** k for k in range(owner.retries))
-    return owner.timeout * (owner.retries + 1) + delays
+    if not isinstance(owner, Stage) or asyncio.iscoroutinefunction(owner.execute):
+        return None  # not a stage, or cancelled on its own loop by the runner
+    return time_limit(owner)
 
 
 class _Job:
@@ -274,12 +271,7 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
     offloads = True
 
     def __init__(self, max_workers: int | None = None) -> None:
-        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)
-                                        or max_workers < 1):
-            raise ConfigurationError(
-                f"MultithreadExecutionStrategy: field 'max_workers' must be an int >= 1 or None, got {max_workers!r}"
-            )
-        self.max_workers = max_workers
+        self.max_workers = check_max_workers("MultithreadExecutionStrategy", max_workers)
         self._held: ThreadPool | None = None  # inside `async with`
         self._depth = 0
         self._run_pools: dict[int, tuple[Any, ThreadPool]] = {}

@@ -1,0 +1,230 @@
+"""The parent's bookkeeping for work sent to processes: jobs, the dispatch they belong to, their outcomes.
+
+A dispatch (one ``execute``/``dispatch`` call) becomes a ``Dispatch`` of one or
+more ``Job``s, each a contiguous batch of components for one worker
+(``plan_batches``). The pool ends each job with one ``Outcome``; ``collect``
+turns it into results and timing on the parent's objects, or into the error the
+contract says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import pickle
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
+from dynapipeline.model.component import Stage
+from dynapipeline.transports.calling import time_limit
+from dynapipeline.transports.process_messages import Reply
+
+if TYPE_CHECKING:
+    from dynapipeline.transports.process_pool import Worker
+
+__all__ = ["Closed", "Crashed", "Dispatch", "Job", "Outcome", "Replied", "TimedOut", "deadline", "plan_batches"]
+
+logger = logging.getLogger("dynapipeline")
+
+_GRACE = 0.1              # seconds added to a timed stage's deadline in the parent
+_PER_STAGE_COST = 20e-6   # estimated IPC + rebuild cost of one component (seconds)
+_SMALL_BATCH = 1e-3       # estimated work below this goes to one worker in one message
+_CHUNKS_PER_WORKER = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Replied:
+    """The worker answered."""
+
+    reply: Reply
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """The parent's deadline for a timed stage passed; its worker was killed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """The worker died holding the job; ``position`` is the component it was running (or a state < 0)."""
+
+    position: int
+    pid: int | None
+    exitcode: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The pool was closed while the job was queued or running."""
+
+    pid: int | None
+
+
+Outcome = Replied | TimedOut | Crashed | Closed
+
+
+class Job:
+    """One batch of components for one worker, and where its outcome goes."""
+
+    __slots__ = ("dispatch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control")
+
+    def __init__(self, dispatch: Dispatch, indices: list[int], runners: list[Any], payload: bytes,
+                 cids: set[int], deadline: float | None, control: Any = None) -> None:
+        self.dispatch = dispatch
+        self.indices = indices
+        self.runners = runners
+        self.payload = payload
+        self.cids = cids
+        self.deadline = deadline
+        self.worker: Worker | None = None
+        self.done = False
+        self.control = control  # the run's RunControl, when the job ships groups (drain reaches them)
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.done:
+            self.done = True
+            self.dispatch.on_job(self, outcome)
+
+
+class Dispatch:
+    """The jobs of one dispatch: fills the results, completes its future when all are in or one failed."""
+
+    def __init__(self, future: asyncio.Future[None], n: int, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        self.future = future
+        self.results: list[Any] = [None] * n
+        self.pending = 0
+        self.args = args  # kept to re-send a job's components one by one (ProcessPool.split)
+        self.kwargs = kwargs
+
+    def on_job(self, job: Job, outcome: Outcome) -> None:
+        self.pending -= 1
+        if self.future.done():
+            return
+        try:
+            collect(job, outcome, self.results)
+        except BaseException as error:  # noqa: B902 - handed to the waiting dispatch
+            self.future.set_exception(error)
+            return
+        if self.pending == 0:
+            self.future.set_result(None)
+
+
+def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
+    """Store a job's results and timing; raise its error, if any, the way the contract says."""
+    if isinstance(outcome, Replied):
+        _collect_reply(job, outcome.reply, outcome.pid, results)
+    elif isinstance(outcome, TimedOut):
+        runner = job.runners[0]
+        raise StageTimeoutError(runner.name, runner.owner.timeout)
+    elif isinstance(outcome, Crashed):
+        position = outcome.position
+        runner = job.runners[position if 0 <= position < len(job.runners) else 0]
+        raise WorkerCrashedError(runner.name, outcome.pid, outcome.exitcode)
+    else:
+        raise WorkerCrashedError(job.runners[0].name, outcome.pid, None)
+
+
+def _collect_reply(job: Job, reply: Reply, pid: int, results: list[Any]) -> None:
+    for position, timing in enumerate(reply.timings):
+        _apply_timings(job.runners[position], timing)
+    for position, value in enumerate(reply.values):
+        try:
+            results[job.indices[position]] = pickle.loads(value)
+        except Exception as unpickling:
+            name = job.runners[position].name
+            failure = PicklingError(f"stage {name!r} returned a result that cannot be rebuilt in the parent "
+                                    f"process ({type(unpickling).__name__}: {unpickling})")
+            _tag(failure, name, pid)
+            raise failure from unpickling
+    if reply.failed_at < 0:
+        return
+    name = job.runners[reply.failed_at].name
+    error: BaseException | None = None
+    if reply.error:
+        try:
+            error = pickle.loads(reply.error)
+        except Exception as unloadable:
+            logger.debug("the error of stage %r cannot be rebuilt here (%r): raising its text", name, unloadable)
+    cause: BaseException | None
+    if error is None:
+        error, cause = RemoteError(reply.traceback or reply.text), None
+    else:
+        cause = RemoteError(reply.traceback) if reply.traceback else None
+    if reply.unloadable:
+        # Raised while the worker rebuilt the component: the innermost stage being rebuilt is named.
+        name = getattr(error, "stage_name", None) or name
+    _tag(error, name, pid)
+    raise error from cause
+
+
+def _apply_timings(runner: Any, timings: list[tuple[Any, ...]]) -> None:
+    if len(timings) == 1:
+        runner.copy_timing(*timings[0])
+        return
+    for component, timing in zip(runner.owner.iter_components(), timings, strict=False):
+        component.__pydantic_private__["_runner"].copy_timing(*timing)
+
+
+def _tag(error: BaseException, stage: str, pid: int | None) -> None:
+    try:
+        error.stage_name = stage  # type: ignore[attr-defined]
+        error.worker_pid = pid  # type: ignore[attr-defined]
+    except AttributeError:  # an exception type with __slots__: the note below still names the stage
+        logger.debug("cannot set stage_name on %s", type(error).__name__)
+    error.add_note(f"raised in stage {stage!r}, in worker process pid {pid}")
+
+
+def deadline(owner: Any) -> float | None:
+    """Seconds the parent allows a timed stage shipped alone (all attempts, plus a grace), or None."""
+    if not isinstance(owner, Stage):
+        return None
+    limit = time_limit(owner)
+    return None if limit is None else limit + _GRACE
+
+
+def _cost(runner: Any) -> float | None:
+    count = runner.count
+    return runner.total / count if count else None
+
+
+def plan_batches(runners: tuple[Any, ...], workers: int) -> list[list[int]]:
+    """Split components into contiguous batches: one per timed stage, the rest by estimated cost."""
+    batches: list[list[int]] = []
+    rest: list[int] = []
+    for index, runner in enumerate(runners):
+        if deadline(runner.owner) is not None:
+            batches.append([index])
+        else:
+            rest.append(index)
+    if not rest:
+        return batches
+    costs = [_cost(runners[i]) for i in rest]
+    if all(c is not None for c in costs):
+        weights = [c + _PER_STAGE_COST for c in costs if c is not None]
+        total = sum(weights)
+        if total < _SMALL_BATCH:
+            return batches + [rest]
+        count = min(len(rest), workers * _CHUNKS_PER_WORKER, max(1, math.ceil(total / (_SMALL_BATCH / 2))))
+    else:
+        weights = [1.0] * len(rest)
+        total = float(len(rest))
+        count = min(len(rest), workers * _CHUNKS_PER_WORKER)
+    target = total / count
+    current: list[int] = []
+    acc = 0.0
+    made = 0
+    for index, weight in zip(rest, weights, strict=True):
+        # Cut before this component when its midpoint falls past the next boundary.
+        if current and made < count - 1 and acc + weight / 2 > target * (made + 1):
+            batches.append(current)
+            current = []
+            made += 1
+        current.append(index)
+        acc += weight
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,393 @@
+"""``ProcessPool``: warm worker processes served by one event loop, and the queue of jobs they take.
+
+Each worker has its own pipe, watched by the event loop (``add_reader``), so the
+pool always knows which worker holds which job. Workers are started lazily (the
+first start runs in a thread, since a cold fork server takes ~0.5 s), replaced
+when they die or are killed, and stopped by ``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import pickle
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from dynapipeline.transports import process_worker
+from dynapipeline.transports.pickling import REGISTRY, dumps_batch
+from dynapipeline.transports.process_jobs import Closed, Crashed, Job, Replied, TimedOut, deadline
+from dynapipeline.transports.process_messages import SENT, STOP, Call
+from dynapipeline.transports.processes import close_quietly, start_context, stop_process
+
+__all__ = ["ProcessPool", "Worker", "watch_drain"]
+
+logger = logging.getLogger("dynapipeline")
+
+_DRAIN_POLL = 0.02  # seconds between checks for a drain while groups run in workers
+_LIVE_POOLS: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
+
+
+class Worker:
+    """One worker process, its pipe, and what it is doing."""
+
+    __slots__ = ("proc", "conn", "fd", "current", "drain", "pid", "ready", "job", "known", "timer", "loop")
+
+    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.fd: int = conn.fileno()
+        self.current = current  # shared: where the worker is with its job (process_messages)
+        self.drain = drain  # shared: set by the parent when the run of the job it runs drains
+        self.pid: int = proc.pid
+        self.ready = False
+        self.job: Job | None = None
+        self.known: set[int] = set()  # ids of the classes this worker has received
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+class ProcessPool:
+    """A warm pool of worker processes served by one event loop at a time."""
+
+    def __init__(self, max_workers: int, start_method: str) -> None:
+        self.max_workers = max_workers
+        self.start_method = start_method
+        self._ctx = start_context(start_method)
+        self.workers: list[Worker] = []
+        self.queue: deque[Job] = deque()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+        self.started: list[Worker] = []  # started off the loop, not adopted yet
+        self.starting: asyncio.Future[None] | None = None  # the off-loop start in progress
+        self._pending = 0  # workers the off-loop start has still to start
+        self._lock = threading.Lock()  # guards closed/started/_pending against the off-loop start
+        self._start_done = threading.Event()
+        self._start_done.set()
+        self._failed_starts = 0
+        self._counter = 0
+        _LIVE_POOLS.add(self)
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve this pool from ``loop`` (re-registers the pipes when the loop changed since last use)."""
+        if self.loop is loop:
+            return
+        self.loop = loop
+        for w in self.workers:
+            self._watch(w)
+        self.fill()
+
+    def fill(self) -> None:
+        """Adopt workers started off the loop, then start more up to ``max_workers``."""
+        with self._lock:
+            started, self.started = self.started, []
+        for w in started:
+            self._adopt(w)
+        while not self.closed and len(self.workers) + len(self.started) + self._pending < self.max_workers:
+            self._adopt(self._start_worker())
+
+    def begin_start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """Start the missing workers in a thread (a cold fork server takes ~0.5 s); the future of that start."""
+        if self.starting is None:
+            count = self.max_workers - len(self.workers) - len(self.started)
+            with self._lock:
+                self._pending = count
+                self._start_done.clear()
+            future = self.starting = loop.run_in_executor(None, self.start_off_loop, count)
+
+            def done(_: Any) -> None:
+                if self.starting is future:
+                    self.starting = None
+
+            future.add_done_callback(done)
+        return self.starting
+
+    def start_off_loop(self, count: int) -> None:
+        """Start ``count`` workers (run in a thread); a worker started after ``close()`` is stopped at once."""
+        try:
+            for _ in range(count):
+                if self.closed:
+                    return
+                w = self._start_worker()
+                with self._lock:
+                    self._pending = max(0, self._pending - 1)
+                    if not self.closed:
+                        self.started.append(w)
+                        continue
+                stop_process(w.proc)
+                close_quietly(w.conn)
+        finally:
+            with self._lock:
+                self._pending = 0
+            self._start_done.set()
+
+    def _start_worker(self) -> Worker:
+        ctx = self._ctx
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        current = ctx.RawValue("l", -1)
+        drain = ctx.RawValue("b", 0)
+        self._counter += 1
+        proc = ctx.Process(target=process_worker.main, args=(child_conn, current, drain), daemon=True,
+                           name=f"dynapipeline-worker-{self._counter}")
+        proc.start()
+        child_conn.close()
+        return Worker(proc, parent_conn, current, drain)
+
+    def _adopt(self, w: Worker) -> None:
+        self.workers.append(w)
+        if self.closed:
+            self._drop(w, kill=True)  # closed meanwhile
+        elif self.loop is not None:
+            self._watch(w)
+
+    def _watch(self, w: Worker) -> None:
+        assert self.loop is not None
+        if w.loop is not None and w.loop is not self.loop:
+            self._remove_reader(w)
+        w.loop = self.loop
+        self.loop.add_reader(w.fd, self._on_readable, w)
+
+    def _unwatch(self, w: Worker) -> None:
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+        if w.loop is not None:
+            self._remove_reader(w)
+            w.loop = None
+
+    def _remove_reader(self, w: Worker) -> None:
+        assert w.loop is not None
+        try:
+            w.loop.remove_reader(w.fd)
+        except (RuntimeError, ValueError, OSError) as error:  # that loop is closed, or the pipe is
+            logger.debug("worker pid %s: removing its reader: %r", w.pid, error)
+
+    def _drop(self, w: Worker, kill: bool) -> int | None:
+        """Remove a worker from the pool (killing it if asked); its exit code."""
+        self._unwatch(w)
+        if w in self.workers:
+            self.workers.remove(w)
+        code = stop_process(w.proc, grace=0.0 if kill else 1.0)
+        close_quietly(w.conn)
+        return code
+
+    def close(self) -> None:
+        """Stop every worker: idle ones are asked to exit, busy ones are terminated; fail queued jobs.
+
+        Workers still being started off the loop are waited for (briefly) and stopped too.
+        Safe from any thread (``__del__``, atexit): the processes are always stopped
+        first; what touches the event loop (readers, timers, the waiting futures) runs
+        on the loop's thread (``call_soon_threadsafe`` from another thread) and is
+        skipped when that loop is closed.
+        """
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            started, self.started = self.started, []
+        _LIVE_POOLS.discard(self)
+        workers = list(self.workers) + started
+        self.workers.clear()
+        jobs = [w.job for w in workers if w.job is not None]
+        queued = list(self.queue)
+        self.queue.clear()
+        for w in workers:
+            if w.job is None:
+                try:
+                    w.conn.send_bytes(STOP)
+                except OSError as error:  # it died: stop_process below reaps it
+                    logger.debug("worker pid %s: asking it to stop: %r", w.pid, error)
+        end = time.monotonic() + 1.0
+        for w in workers:
+            stop_process(w.proc, grace=max(0.0, end - time.monotonic()) if w.job is None else 0.0)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        loop = self.loop
+        if loop is None or running is loop:
+            self._after_close(workers, jobs, queued)
+        else:
+            try:
+                loop.call_soon_threadsafe(self._after_close, workers, jobs, queued)
+            except RuntimeError:  # the loop is closed: nothing waits on it any more
+                for w in workers:
+                    close_quietly(w.conn)
+        # A start in progress stops what it starts from now on; wait until it is over.
+        self._start_done.wait(5.0)
+
+    def _after_close(self, workers: list[Worker], jobs: list[Job], queued: list[Job]) -> None:
+        """The loop side of ``close()``: stop watching the pipes, close them, fail the jobs left."""
+        for w in workers:
+            self._unwatch(w)
+            close_quietly(w.conn)
+            w.job = None
+        for job in jobs:
+            job.finish(Closed(job.worker.pid if job.worker is not None else None))
+        for job in queued:
+            job.finish(Closed(None))
+
+    # -- scheduling -----------------------------------------------------------------------------
+    def submit(self, jobs: list[Job]) -> None:
+        self.queue.extend(jobs)
+        self._pump()
+
+    def _pump(self) -> None:
+        queue = self.queue
+        if not queue:
+            return
+        for w in self.workers:
+            if w.ready and w.job is None:
+                while queue and queue[0].done:
+                    queue.popleft()
+                if not queue:
+                    return
+                self._send(w, queue.popleft())
+
+    def _send(self, w: Worker, job: Job) -> None:
+        assert self.loop is not None
+        blobs = REGISTRY.blobs_for(job.cids, w.known) if job.cids else []
+        message = pickle.dumps(Call(blobs, job.payload), protocol=pickle.HIGHEST_PROTOCOL)
+        w.job = job
+        job.worker = w
+        control = job.control
+        w.drain.value = 1 if control is not None and control.draining else 0
+        w.current.value = SENT  # the worker marks TAKEN once it has read the job
+        try:
+            w.conn.send_bytes(message)
+        except OSError:
+            return  # the worker is dead: its reader sees the closed pipe and sends the job elsewhere
+        w.known.update(cid for cid, _ in blobs)
+        if job.deadline is not None:
+            w.timer = self.loop.call_later(job.deadline, self._on_deadline, w, job)
+
+    @property
+    def idle(self) -> bool:
+        """No job queued or running (for any dispatch)."""
+        return not self.queue and all(w.job is None for w in self.workers)
+
+    def withdraw(self, jobs: list[Job], kill_running: bool) -> None:
+        """Forget these jobs: queued ones are not sent; running ones are killed if asked."""
+        for job in jobs:
+            if job.done:
+                continue
+            w = job.worker
+            job.done = True
+            if w is None:
+                continue
+            if kill_running and w.job is job:
+                w.job = None
+                self._drop(w, kill=True)
+        if any(job.done for job in self.queue):
+            # Withdrawn jobs leave the queue now, not when a worker next asks for work,
+            # so that `idle` is true as soon as nothing real is left.
+            self.queue = deque(job for job in self.queue if not job.done)
+        if self.queue and not self.closed:
+            self.fill()  # other dispatches' jobs wait: replace the workers just killed now, not lazily
+        self._pump()
+
+    def split(self, job: Job) -> None:
+        """Replace a job whose batch a worker could not rebuild by one job per component, at the queue's head."""
+        dispatch = job.dispatch
+        job.done = True
+        singles = []
+        for index, runner in zip(job.indices, job.runners, strict=True):
+            payload, cids = dumps_batch([runner.owner], dispatch.args, dispatch.kwargs)
+            singles.append(Job(dispatch, [index], [runner], payload, cids, deadline(runner.owner), job.control))
+        dispatch.pending += len(singles) - 1
+        self.queue.extendleft(reversed(singles))
+
+    # -- events from the loop ----------------------------------------------------------------------
+    def _on_readable(self, w: Worker) -> None:
+        try:
+            data = w.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._on_death(w)
+            return
+        if not w.ready:
+            w.ready = True
+            self._failed_starts = 0
+            self._pump()
+            return
+        job = w.job
+        w.job = None
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+        if job is not None and not job.done:
+            reply = pickle.loads(data)  # plain bytes and names: results and errors are decoded per stage
+            if reply.unloadable and len(job.indices) > 1:
+                self.split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
+            else:
+                job.finish(Replied(reply, w.pid))
+        self._pump()
+
+    def _on_death(self, w: Worker) -> None:
+        job = w.job
+        was_ready = w.ready
+        position = w.current.value
+        w.job = None
+        exitcode = self._drop(w, kill=False)
+        if job is not None and position == SENT and not job.done:
+            # The worker died before it read the job (killed while idle): the job never ran, send it elsewhere.
+            job.worker = None
+            self.queue.appendleft(job)
+        elif job is not None:
+            job.finish(Crashed(position, w.pid, exitcode))
+        if self.closed:
+            return
+        if was_ready:
+            self.fill()
+        else:
+            self._failed_starts += 1
+            if self._failed_starts >= 3:
+                # Workers die on start-up: fail what is queued rather than respawning forever.
+                while self.queue:
+                    self.queue.popleft().finish(Crashed(-1, w.pid, exitcode))
+            else:
+                self.fill()
+        self._pump()
+
+    def _on_deadline(self, w: Worker, job: Job) -> None:
+        w.timer = None
+        if w.job is not job:
+            return
+        w.job = None
+        self._drop(w, kill=True)
+        job.finish(TimedOut())
+        self.fill()
+        self._pump()
+
+
+def watch_drain(loop: asyncio.AbstractEventLoop, control: Any, jobs: list[Job], future: asyncio.Future[None]) -> None:
+    """While ``future`` is pending, pass a drain of the run on to the workers running its groups."""
+
+    def poll() -> None:
+        if future.done():
+            return
+        if control.draining:
+            for job in jobs:
+                w = job.worker
+                if w is not None and w.job is job:
+                    w.drain.value = 1
+            return  # jobs sent from now on carry the drain (_send)
+        loop.call_later(_DRAIN_POLL, poll)
+
+    loop.call_later(_DRAIN_POLL, poll)
+
+
+def _close_all() -> None:
+    """At interpreter exit: stop the workers of every pool still open."""
+    for pool in list(_LIVE_POOLS):
+        try:
+            pool.close()
+        except Exception as error:  # noqa: BLE001 - one pool's failure must not keep the others' workers alive
+            logger.debug("closing a process pool at exit: %r", error)
+
+
+atexit.register(_close_all)

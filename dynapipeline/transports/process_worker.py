@@ -1,0 +1,208 @@
+"""The worker process's side: read a ``Call``, run its components, send a ``Reply``, until told to stop.
+
+A plain Python module on purpose (never the compiled engine), preloaded by the
+fork server so that a worker starts with pydantic, cloudpickle and the model
+already imported. The messages are in ``process_messages``; the functions that
+rebuild shipped objects in ``rebuild``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from dynapipeline.engine import RunControl, current_control
+from dynapipeline.model.group import Container
+from dynapipeline.transports.calling import needs_loop, run_component
+from dynapipeline.transports.process_messages import IDLE, READY, STOP, TAKEN, Reply
+from dynapipeline.transports.rebuild import register_class, timings_of
+
+__all__ = ["main", "run_batch"]
+
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+logger = logging.getLogger("dynapipeline")
+
+
+def main(conn: Any, current: Any, drain: Any = None) -> None:
+    """The worker's loop: signal ready, then run batches until told to stop or the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent()
+    state: dict[str, Any] = {}
+    conn.send_bytes(READY)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            break
+        if message == STOP:
+            break
+        current.value = TAKEN
+        conn.send_bytes(run_batch(current, message, state, drain))
+    loop = state.get("loop")
+    if loop is not None:
+        loop.close()
+
+
+def _die_with_parent() -> None:
+    """Make this worker exit when the parent process dies, whatever the stage is doing.
+
+    - Linux, ``forkserver`` start (the default there): the worker's own parent is the
+      fork server, and the kernel kills the worker when it dies (``PR_SET_PDEATHSIG``),
+      even inside a long C call that holds the GIL. The fork server exits once every
+      holder of its "alive" pipe is gone; each worker inherits that pipe (so that it
+      could start processes, which a daemonic worker may not), so the worker closes it:
+      then the parent's death ends the fork server, which ends the workers.
+    - Everywhere: a thread that waits on the parent's sentinel and exits. It is the
+      only guard with ``spawn`` (its parent death signal would follow the thread that
+      started the worker, not the process) and on macOS; it cannot run while a stage
+      holds the GIL in one long C call.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    if sys.platform.startswith("linux") and os.getppid() != parent.pid:
+        _set_parent_death_signal()
+        _close_inherited_fork_server_pipe()
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(70)
+
+    threading.Thread(target=watch, name="dynapipeline-parent-watch", daemon=True).start()
+
+
+def _set_parent_death_signal() -> None:
+    fork_server = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    except (OSError, AttributeError) as error:
+        logger.debug("no parent death signal (%r): the watcher thread is the only guard", error)
+        return
+    if os.getppid() != fork_server:
+        os._exit(70)  # the fork server died before the signal was armed
+
+
+def _close_inherited_fork_server_pipe() -> None:
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if server is None or fd is None:
+        return
+    try:
+        os.close(fd)
+    except OSError as error:
+        logger.debug("cannot close the fork server's alive pipe (%r)", error)
+    server._forkserver_alive_fd = None
+
+
+def _error_bytes(error: BaseException) -> bytes:
+    try:
+        data: bytes = cloudpickle.dumps(error)
+        pickle.loads(data)  # an exception that cannot be rebuilt falls back to its text
+        return data
+    except Exception as error_of_error:  # the parent raises a RemoteError with the text instead
+        logger.debug("an error of type %s cannot travel to the parent: %r", type(error).__name__, error_of_error)
+        return b""
+
+
+def _mirror_drain(control: Any, drain: Any, over: threading.Event) -> None:
+    """Until ``over`` is set: once the parent sets the shared ``drain`` flag, drain ``control``."""
+    while not over.wait(0.005):
+        if drain.value:
+            control.draining = True
+            return
+
+
+def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = None) -> bytes:
+    """Run one batch and return the reply bytes.
+
+    Groups run under a run control of their own whose ``draining`` mirrors the
+    parent's ``drain`` flag, so ``stop(drain=True)`` ends their cycle loops.
+    """
+    try:
+        call = pickle.loads(message)
+        for class_id, blob in call.class_blobs:
+            register_class(class_id, blob, pickle.loads)
+        components, args, kwargs = pickle.loads(call.payload)
+    except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
+        return _reply([], [], error, traceback.format_exc(), 0, unloadable=True)
+    if drain is None or not any(isinstance(c, Container) for c in components):
+        return _run_components(current, components, args, kwargs, state)
+    control = RunControl()
+    control.draining = bool(drain.value)
+    over = threading.Event()
+    watcher = threading.Thread(target=_mirror_drain, args=(control, drain, over), daemon=True,
+                               name="dynapipeline-drain-watch")
+    watcher.start()
+    token = current_control.set(control)
+    try:
+        return _run_components(current, components, args, kwargs, state)
+    finally:
+        current_control.reset(token)
+        over.set()
+        watcher.join()
+        if control.cleanups:
+            # Resources that live for "the run" (a thread strategy's pool) end with the batch.
+            loop = state.get("loop")
+            if loop is None:
+                loop = state["loop"] = asyncio.new_event_loop()
+            loop.run_until_complete(control.finish())
+
+
+def _run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                    state: dict[str, Any]) -> bytes:
+    results: list[Any] = []
+    timings: list[Any] = []
+    for position, component in enumerate(components):
+        current.value = position
+        loop = None
+        if needs_loop(component):
+            loop = state.get("loop")
+            if loop is None:
+                loop = state["loop"] = asyncio.new_event_loop()
+        try:
+            result = run_component(component, args, kwargs, loop)
+        except BaseException as error:  # noqa: B902 - everything goes back to the parent
+            timings.append(timings_of(component))
+            return _reply(results, timings, error, traceback.format_exc(), position)
+        timings.append(timings_of(component))
+        try:
+            results.append(_dump_value(result))
+        except Exception as bad:
+            unpicklable = TypeError(f"stage {component.name!r} returned a result that cannot be "
+                                    f"pickled ({type(result).__name__}: {bad})")
+            return _reply(results, timings, unpicklable, "", position)
+    current.value = IDLE
+    return pickle.dumps(Reply(results, timings, b"", "", "", -1), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _dump_value(value: Any) -> bytes:
+    """Pickle one result: the standard pickler when it can (several times faster), else cloudpickle."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # lambdas, local classes, ...: cloudpickle sends them by value
+        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
+
+
+def _reply(values: list[bytes], timings: list[Any], error: BaseException, tb: str, failed_at: int,
+           unloadable: bool = False) -> bytes:
+    reply = Reply(values, timings, _error_bytes(error), tb, f"{type(error).__qualname__}: {error}", failed_at,
+                  unloadable)
+    return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)

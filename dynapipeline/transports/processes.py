@@ -1,0 +1,66 @@
+"""Starting and stopping worker processes: the start method and the one way a process is stopped."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from typing import Any
+
+from dynapipeline.transports import process_worker
+
+__all__ = ["close_quietly", "default_start_method", "start_context", "stop_process"]
+
+logger = logging.getLogger("dynapipeline")
+
+_WORKER_MODULE = process_worker.__name__
+
+
+def default_start_method() -> str:
+    """``forkserver`` when the platform has it, else ``spawn`` (never ``fork``)."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def start_context(method: str) -> Any:
+    """The multiprocessing context for ``method``; a fork server also preloads the worker module.
+
+    Preloading imports pydantic, cloudpickle and the model once, in the fork server,
+    so a worker starts in tens of ms instead of the ~0.3 s of a fresh interpreter.
+    """
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        from multiprocessing import forkserver
+
+        preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
+        if _WORKER_MODULE not in preload:
+            ctx.set_forkserver_preload(preload + [_WORKER_MODULE])
+    return ctx
+
+
+def stop_process(proc: Any, grace: float = 0.0) -> int | None:
+    """Stop a worker process and reap it; its exit code (None if it could not be reaped).
+
+    Waits up to ``grace`` seconds for it to exit by itself (it was asked to, or it
+    died), then terminates it (SIGTERM), then kills it (SIGKILL) after 0.5 s.
+    """
+    try:
+        if grace > 0:
+            proc.join(grace)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(0.5)
+            if proc.is_alive():
+                proc.kill()
+        proc.join(1.0)
+    except (OSError, ValueError) as error:  # already closed or reaped elsewhere
+        logger.debug("stopping worker pid %s: %r", getattr(proc, "pid", None), error)
+        return None
+    code: int | None = proc.exitcode
+    return code
+
+
+def close_quietly(conn: Any) -> None:
+    """Close a pipe end that may already be closed or broken (nothing is waiting on it any more)."""
+    try:
+        conn.close()
+    except OSError as error:
+        logger.debug("closing a worker pipe: %r", error)

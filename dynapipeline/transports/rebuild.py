@@ -1,0 +1,121 @@
+"""Rebuilding shipped objects in a worker process: the functions a parent pickles by reference.
+
+The parent's pickler (``pickling``) reduces a component to one of these functions
+and its pydantic state; the worker's unpickler calls it. Both sides import this
+module, so it stays plain Python (never the compiled engine) and importable by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_core import PydanticUndefined
+
+from dynapipeline.model.contexts import ProtectedContext
+from dynapipeline.model.group import Container
+
+__all__ = [
+    "INTERNAL_PRIVATE",
+    "cached_class",
+    "cached_stage",
+    "locked_context",
+    "rebuild_component",
+    "register_class",
+    "timings_of",
+]
+
+# Private attributes the model rebuilds itself in model_post_init (never shipped).
+INTERNAL_PRIVATE = frozenset({"_runner", "_members", "_plan", "_active"})
+
+# Classes shipped by value, by the id the parent gave them (each arrives once per worker).
+_CLASSES: dict[int, type] = {}
+# Stages rebuilt earlier, by the parent's key: later batches only refresh their state.
+_STAGES: dict[int, Any] = {}
+_MAX_STAGES = 100_000
+
+
+def register_class(class_id: int, blob: bytes, loads: Any) -> None:
+    """Keep a class shipped by value under the parent's id (a repeat is ignored)."""
+    if class_id not in _CLASSES:
+        _CLASSES[class_id] = loads(blob)
+
+
+def cached_class(class_id: int) -> type:
+    """A class this worker received earlier, by its id."""
+    return _CLASSES[class_id]
+
+
+def locked_context(data: dict[str, Any]) -> ProtectedContext:
+    """A read-only snapshot of the parent's context: reads work, writes raise ContextLockedError."""
+    context = ProtectedContext(data)
+    context.lock("the parent process (a worker sees a read-only snapshot)")
+    return context
+
+
+def rebuild_component(cls: type[Any], state: dict[str, Any], fields_set: set[str], extra: Any,
+                      private: dict[str, Any], timing: tuple[Any, ...]) -> Any:
+    """Recreate a shipped Stage/StageGroup without validation; model_post_init rebuilds its runner.
+
+    An error raised meanwhile carries ``stage_name``: the innermost component being
+    rebuilt, so that a group whose stage cannot be rebuilt names that stage.
+    """
+    obj = object.__new__(cls)
+    object.__setattr__(obj, "__dict__", state)
+    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(obj, "__pydantic_extra__", extra)
+    for name, attr in cls.__private_attributes__.items():
+        if name not in private:
+            default = attr.get_default()
+            if default is not PydanticUndefined:
+                private[name] = default
+    object.__setattr__(obj, "__pydantic_private__", private)
+    try:
+        obj.model_post_init(None)
+    except BaseException as error:
+        if not hasattr(error, "stage_name"):
+            try:
+                error.stage_name = state.get("name")  # type: ignore[attr-defined]
+            except AttributeError:  # an exception with __slots__: the parent names the batch's component
+                pass
+        raise
+    obj._runner.copy_timing(*timing)
+    return obj
+
+
+def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: set[str], extra: Any,
+                 private: dict[str, Any], timing: tuple[Any, ...]) -> Any:
+    """A shipped Stage: the one this worker rebuilt before under ``key``, refreshed with the parent's state.
+
+    Equivalent to a fresh rebuild (every field, private attribute and the timing
+    come from the parent), without re-running model_post_init each time.
+    """
+    obj: Any = _STAGES.get(key)
+    if obj is None or type(obj) is not cls:
+        obj = rebuild_component(cls, state, fields_set, extra, private, timing)
+        if len(_STAGES) >= _MAX_STAGES:
+            _STAGES.clear()
+        _STAGES[key] = obj
+        return obj
+    old = obj.__dict__
+    runner = obj.__pydantic_private__["_runner"]
+    private["_runner"] = runner
+    object.__setattr__(obj, "__dict__", state)
+    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(obj, "__pydantic_extra__", extra)
+    object.__setattr__(obj, "__pydantic_private__", private)
+    if state["name"] != old["name"]:
+        runner.name = state["name"]
+    if (state["timeout"] != old["timeout"] or state["retries"] != old["retries"]
+            or state["retry_delay"] != old["retry_delay"] or state["retry_backoff"] != old["retry_backoff"]):
+        runner.configure(state["timeout"], state["retries"], state["retry_delay"], state["retry_backoff"])
+    if state["handlers"] or old["handlers"]:
+        runner.set_handlers(state["handlers"])
+    runner.copy_timing(*timing)
+    return obj
+
+
+def timings_of(component: Any) -> list[tuple[Any, ...]]:
+    """Timing of a component and, for a group, of everything below it (depth first)."""
+    if isinstance(component, Container):
+        return [c.__pydantic_private__["_runner"].timing() for c in component.iter_components()]
+    return [component.__pydantic_private__["_runner"].timing()]
