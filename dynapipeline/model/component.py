@@ -107,6 +107,10 @@ class Component(BaseModel):
         if self.handlers:
             self._runner.set_handlers(self.handlers)
 
+    def _label(self) -> str:
+        """How messages name this component: ``StageGroup 'ingest'``."""
+        return f"{type(self).__name__} {self.__dict__.get('name')!r}"
+
     def _check_handler(self, handler: Any, field: str) -> None:
         if not isinstance(handler, Handler):
             raise ConfigurationError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from dynapipeline.errors import ConfigurationError
@@ -32,37 +33,49 @@ class Container(Component):
 
     def _build_plan(self) -> None:
         """Validate strategies and members and resolve the members' runners once."""
-        label = f"{type(self).__name__} {self.name!r}"
-        if not isinstance(self.cycle_strategy, CycleStrategy):
+        # Hot for big groups: fields are read from __dict__ and private attributes from
+        # __pydantic_private__, skipping pydantic's per-access __getattr__.
+        fields = self.__dict__
+        cycle_strategy = fields["cycle_strategy"]
+        execution_strategy = fields["execution_strategy"]
+        if not isinstance(cycle_strategy, CycleStrategy):
             raise ConfigurationError(
-                f"{label}: field 'cycle_strategy' must be a cycle strategy, "
-                f"got {type(self.cycle_strategy).__name__}"
+                f"{self._label()}: field 'cycle_strategy' must be a cycle strategy, "
+                f"got {type(cycle_strategy).__name__}"
             )
-        if not isinstance(self.execution_strategy, ExecutionStrategy):
+        if not isinstance(execution_strategy, ExecutionStrategy):
             raise ConfigurationError(
-                f"{label}: field 'execution_strategy' must be an execution strategy, "
-                f"got {type(self.execution_strategy).__name__}"
+                f"{self._label()}: field 'execution_strategy' must be an execution strategy, "
+                f"got {type(execution_strategy).__name__}"
             )
         field = self._members_field
-        members = getattr(self, field)
+        members = fields[field]
         if not isinstance(members, (list, tuple)):
-            raise ConfigurationError(f"{label}: field '{field}' must be a list")
-        seen: set[int] = set()
+            raise ConfigurationError(f"{self._label()}: field '{field}' must be a list")
+        member_type = self._member_type
+        runners = []
         for index, member in enumerate(members):
-            if not isinstance(member, self._member_type):
+            if not isinstance(member, member_type):
                 raise ConfigurationError(
-                    f"{label}: field '{field}[{index}]' must be a {self._member_type.__name__}, "
+                    f"{self._label()}: field '{field}[{index}]' must be a {member_type.__name__}, "
                     f"got {type(member).__name__}"
                 )
+            runners.append(member.__pydantic_private__["_runner"])
+        if len({id(member) for member in members}) != len(members):
+            self._reject_repeat(field, members)
+        private = self.__pydantic_private__
+        private["_members"] = tuple(members)
+        private["_plan"] = (cycle_strategy.run_cycles, execution_strategy.dispatch, tuple(runners))
+
+    def _reject_repeat(self, field: str, members: Sequence[Component]) -> None:
+        seen: set[int] = set()
+        for index, member in enumerate(members):
             if id(member) in seen:
                 raise ConfigurationError(
-                    f"{label}: field '{field}[{index}]' repeats {type(member).__name__} {member.name!r}; "
+                    f"{self._label()}: field '{field}[{index}]' repeats {type(member).__name__} {member.name!r}; "
                     "the same object may appear only once in a group"
                 )
             seen.add(id(member))
-        self._members = tuple(members)
-        runners = tuple(m._runner for m in members)
-        self._plan = (self.cycle_strategy.run_cycles, self.execution_strategy.dispatch, runners)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         cycles, dispatch, runners = self._plan
@@ -90,18 +103,27 @@ class Container(Component):
         ]
         return "\n".join(line.rstrip() for line in lines)
 
-    def _walk(self, depth: int) -> Any:
+    def _walk(self, depth: int) -> Iterator[tuple[int, Component]]:
         yield depth, self
-        for member in self._members:
+        for member in self.__pydantic_private__["_members"]:
             if isinstance(member, Container):
                 yield from member._walk(depth + 1)
             else:
                 yield depth + 1, member
 
-    def iter_components(self) -> Any:
+    def iter_components(self) -> Iterator[Component]:
         """This container, then every component below it, depth first."""
-        for _, component in self._walk(0):
-            yield component
+        return iter(self._components())
+
+    def _components(self) -> list[Component]:
+        # A list built without generators: pipelines walk every stage when they are built.
+        out: list[Component] = [self]
+        for member in self.__pydantic_private__["_members"]:
+            if isinstance(member, Container):
+                out += member._components()
+            else:
+                out.append(member)
+        return out
 
 
 class StageGroup(Container):

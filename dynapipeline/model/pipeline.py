@@ -35,9 +35,12 @@ class Pipeline(Container):
             self.context = self._default_context()
         elif not isinstance(self.context, Context):
             self.context = Context(self.context) if isinstance(self.context, dict) else self.context
-        for component in self.iter_components():
-            if component is not self:
-                component.context = self.context
+        context = self.context
+        # No validation to run on `context` (typed Any): set it directly, skipping pydantic's
+        # __setattr__ on every stage of a big pipeline.
+        for component in self._components()[1:]:
+            component.__dict__["context"] = context
+            component.__pydantic_fields_set__.add("context")
 
     def _default_context(self) -> Context:
         return Context()
@@ -134,8 +137,9 @@ class SimplePipeline(Pipeline):
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
-        for component in self.iter_components():
-            strategy = getattr(component, "execution_strategy", None)
+        for component in self._components():
+            # A field lookup in __dict__: getattr would go through pydantic's __getattr__ for every stage.
+            strategy = component.__dict__.get("execution_strategy")
             if strategy is not None and type(strategy).offloads:
                 raise ConfigurationError(
                     f"SimplePipeline {self.name!r}: {type(component).__name__} {component.name!r} "
