@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
-from dynapipeline.errors import ConfigurationError
+from dynapipeline.errors import ConfigurationError, kind_of
 from dynapipeline.model import AdvancedPipeline, Pipeline, ProtectedContext, SimplePipeline
 from dynapipeline.model.contexts import AsyncLockableContext, Context
 
@@ -37,6 +38,11 @@ class PipelineFactory:
         context: Context | None = None,
         **fields: Any,
     ) -> Pipeline:
+        if context_data is not None and not isinstance(context_data, Mapping):
+            raise ConfigurationError(
+                f"PipelineFactory: pipeline {name!r} field 'context_data' must be a mapping (a dict) or None, "
+                f"got {kind_of(context_data)}"
+            )
         common = dict(name=name, groups=groups, cycle_strategy=cycle_strategy,
                       execution_strategy=execution_strategy, **fields)
         if pipeline_type is PipeLineType.SIMPLE:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from dynapipeline.engine import Runner
-from dynapipeline.errors import ConfigurationError
+from dynapipeline.errors import ConfigurationError, kind_of
 from dynapipeline.model.handlers import Handler
 
 __all__ = ["Component", "ComponentStats", "Stage"]
@@ -114,8 +116,7 @@ class Component(BaseModel):
     def _check_handler(self, handler: Any, field: str) -> None:
         if not isinstance(handler, Handler):
             raise ConfigurationError(
-                f"{type(self).__name__} {self.name!r}: field '{field}' must be a Handler, "
-                f"got {type(handler).__name__}"
+                f"{self._label()}: field '{field}' must be a Handler, got {kind_of(handler)}"
             )
 
     def __hash__(self) -> int:
@@ -128,12 +129,14 @@ class Component(BaseModel):
 class Stage(Component):
     """A unit of work: subclass it and implement ``async def execute`` (or a plain ``def``).
 
-    ``timeout``: seconds, ``None`` or ``<= 0`` for no limit; an overrun raises
+    ``timeout``: seconds; ``None``, ``<= 0`` or ``inf`` for no limit; an overrun raises
     ``StageTimeoutError``. A plain ``def execute`` on the event loop cannot be
     interrupted, so its overrun is reported when it returns (use the thread or
-    process strategy to enforce the deadline). ``retries``: a failed or timed-out
-    attempt is retried after ``retry_delay * retry_backoff**k`` seconds; handlers
-    wrap the whole run, so ``on_error`` sees only the final failure.
+    process strategy to enforce the deadline). ``retries`` (an int >= 0): a failed or
+    timed-out attempt is retried after ``retry_delay * retry_backoff**k`` seconds
+    (``retry_delay`` finite and >= 0, ``retry_backoff`` finite and > 0); handlers
+    wrap the whole run, so ``on_error`` sees only the final failure. NaN, bools and
+    strings are rejected for all four (pydantic would turn ``True`` into 1).
     """
 
     timeout: float | None = None
@@ -144,25 +147,56 @@ class Stage(Component):
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         if type(self).execute is Stage.execute:
-            raise ConfigurationError(f"{type(self).__name__} {self.name!r}: must define 'execute'")
-        if isinstance(self.retries, bool) or self.retries < 0:
-            raise ConfigurationError(f"Stage {self.name!r}: field 'retries' must be an int >= 0")
-        if self.retry_delay < 0:
-            raise ConfigurationError(f"Stage {self.name!r}: field 'retry_delay' must be >= 0")
-        if self.retry_backoff <= 0:
-            raise ConfigurationError(f"Stage {self.name!r}: field 'retry_backoff' must be > 0")
+            raise ConfigurationError(f"{self._label()}: must define 'execute'")
+
+    @field_validator("timeout", "retries", "retry_delay", "retry_backoff", mode="before")
+    @classmethod
+    def _check_run_policy(cls, value: Any, info: ValidationInfo) -> Any:
+        # Before pydantic's own validation, which would turn True into 1 and "2" into 2.0.
+        assert info.field_name is not None
+        return _checked_policy(info.data.get("name"), info.field_name, value)
 
     def _bind_runner(self) -> None:
         super()._bind_runner()
-        self._runner.configure(self.timeout, self.retries, self.retry_delay, self.retry_backoff)
+        self._configure_runner()
+
+    def _configure_runner(self) -> None:
+        fields = self.__dict__
+        timeout = fields["timeout"]
+        self.__pydantic_private__["_runner"].configure(
+            None if timeout is not None and math.isinf(timeout) else timeout,  # inf: no limit
+            fields["retries"], fields["retry_delay"], fields["retry_backoff"])
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in _RUN_POLICY:
+            value = _checked_policy(self.name, name, value)
         super().__setattr__(name, value)
         if name in _RUN_POLICY:
-            self._runner.configure(self.timeout, self.retries, self.retry_delay, self.retry_backoff)
+            self._configure_runner()
 
 
 _RUN_POLICY = frozenset({"timeout", "retries", "retry_delay", "retry_backoff"})
+
+
+def _checked_policy(name: Any, field: str, value: Any) -> Any:
+    """``value`` if it is valid for the run-policy ``field`` of Stage ``name``; else ConfigurationError."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if field == "timeout":
+        ok = value is None or (is_number and not math.isnan(value))
+        rule = "a number of seconds (None, <= 0 or inf: no limit), not NaN"
+    elif field == "retries":
+        # The engine counts attempts in a C integer.
+        ok = is_number and isinstance(value, int) and 0 <= value <= sys.maxsize
+        rule = "an int >= 0"
+    elif field == "retry_delay":
+        ok = is_number and math.isfinite(value) and value >= 0
+        rule = "a finite number >= 0"
+    else:
+        ok = is_number and math.isfinite(value) and value > 0
+        rule = "a finite number > 0"
+    if not ok:
+        raise ConfigurationError(f"Stage {name!r}: field '{field}' must be {rule}, got {value!r}")
+    return value

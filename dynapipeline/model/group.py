@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
-from dynapipeline.errors import ConfigurationError
+from dynapipeline.errors import ConfigurationError, kind_of
 from dynapipeline.model.component import Component, Stage
 from dynapipeline.model.strategy import CycleStrategy, ExecutionStrategy
 
@@ -41,12 +41,12 @@ class Container(Component):
         if not isinstance(cycle_strategy, CycleStrategy):
             raise ConfigurationError(
                 f"{self._label()}: field 'cycle_strategy' must be a cycle strategy, "
-                f"got {type(cycle_strategy).__name__}"
+                f"got {kind_of(cycle_strategy)}"
             )
         if not isinstance(execution_strategy, ExecutionStrategy):
             raise ConfigurationError(
                 f"{self._label()}: field 'execution_strategy' must be an execution strategy, "
-                f"got {type(execution_strategy).__name__}"
+                f"got {kind_of(execution_strategy)}"
             )
         field = self._members_field
         members = fields[field]
@@ -58,7 +58,7 @@ class Container(Component):
             if not isinstance(member, member_type):
                 raise ConfigurationError(
                     f"{self._label()}: field '{field}[{index}]' must be a {member_type.__name__}, "
-                    f"got {type(member).__name__}"
+                    f"got {kind_of(member)}"
                 )
             runners.append(member.__pydantic_private__["_runner"])
         if len({id(member) for member in members}) != len(members):
@@ -72,7 +72,7 @@ class Container(Component):
         for index, member in enumerate(members):
             if id(member) in seen:
                 raise ConfigurationError(
-                    f"{self._label()}: field '{field}[{index}]' repeats {type(member).__name__} {member.name!r}; "
+                    f"{self._label()}: field '{field}[{index}]' repeats {kind_of(member)} {member.name!r}; "
                     "the same object may appear only once in a group"
                 )
             seen.add(id(member))

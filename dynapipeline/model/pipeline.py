@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from dynapipeline.engine import RunControl, current_control, wait_through_cancel
-from dynapipeline.errors import ConfigurationError, PipelineRunningError
+from dynapipeline.errors import ConfigurationError, PipelineRunningError, kind_of
 from dynapipeline.model.component import Component
 from dynapipeline.model.contexts import AsyncLockableContext, Context, ProtectedContext
 from dynapipeline.model.group import Container, StageGroup
@@ -33,8 +34,12 @@ class Pipeline(Container):
         super().model_post_init(__context)
         if self.context is None:
             self.context = self._default_context()
+        elif isinstance(self.context, Mapping) and not isinstance(self.context, Context):
+            self.context = Context(self.context)
         elif not isinstance(self.context, Context):
-            self.context = Context(self.context) if isinstance(self.context, dict) else self.context
+            raise ConfigurationError(
+                f"{self._label()}: field 'context' must be a Context or a mapping, got {kind_of(self.context)}"
+            )
         context = self.context
         # No validation to run on `context` (typed Any): set it directly, skipping pydantic's
         # __setattr__ on every stage of a big pipeline.
@@ -141,10 +146,10 @@ class SimplePipeline(Pipeline):
             # A field lookup in __dict__: getattr would go through pydantic's __getattr__ for every stage.
             strategy = component.__dict__.get("execution_strategy")
             if strategy is not None and type(strategy).offloads:
+                where = "" if component is self else f"{component._label()} "
                 raise ConfigurationError(
-                    f"SimplePipeline {self.name!r}: {type(component).__name__} {component.name!r} "
-                    f"field 'execution_strategy' is {type(strategy).__name__}, which runs stages off "
-                    "the event loop; use an ADVANCED pipeline for threads and processes"
+                    f"{self._label()}: {where}field 'execution_strategy' is {type(strategy).__name__}, "
+                    "which runs stages off the event loop; use an ADVANCED pipeline for threads and processes"
                 )
 
 
@@ -158,8 +163,7 @@ class AdvancedPipeline(Pipeline):
         super().model_post_init(__context)
         if not isinstance(self.context, ProtectedContext):
             raise ConfigurationError(
-                f"AdvancedPipeline {self.name!r}: field 'context' must be a ProtectedContext, "
-                f"got {type(self.context).__name__}"
+                f"{self._label()}: field 'context' must be a ProtectedContext, got {kind_of(self.context)}"
             )
 
     def _on_start(self) -> None:
