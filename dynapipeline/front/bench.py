@@ -170,7 +170,7 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if loop == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop  # type: ignore[no-any-return]
+        return uvloop.new_event_loop
     return asyncio.new_event_loop
 
 

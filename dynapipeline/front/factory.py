@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
 
 from dynapipeline.errors import ConfigurationError, kind_of
-from dynapipeline.model import AdvancedPipeline, Pipeline, ProtectedContext, SimplePipeline
+from dynapipeline.model import (
+    AdvancedPipeline,
+    CycleStrategy,
+    ExecutionStrategy,
+    Pipeline,
+    ProtectedContext,
+    SimplePipeline,
+    StageGroup,
+)
 from dynapipeline.model.contexts import AsyncLockableContext, Context
 
 __all__ = ["PipeLineType", "PipelineFactory"]
@@ -31,10 +39,10 @@ class PipelineFactory:
         self,
         pipeline_type: PipeLineType,
         name: str,
-        groups: list[Any],
-        cycle_strategy: Any,
-        execution_strategy: Any,
-        context_data: dict[str, Any] | None = None,
+        groups: Sequence[StageGroup],
+        cycle_strategy: CycleStrategy,
+        execution_strategy: ExecutionStrategy,
+        context_data: Mapping[str, Any] | None = None,
         context: Context | None = None,
         **fields: Any,
     ) -> Pipeline:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import math
+import operator
 import sys
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from dynapipeline.engine import Runner
 from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline.model.contexts import Context
 from dynapipeline.model.handlers import Handler
 
 __all__ = ["Component", "ComponentStats", "Stage"]
+
+private_of: Callable[[BaseModel], dict[str, Any]] = operator.attrgetter("__pydantic_private__")
+"""A component's private attributes, read without pydantic's ``__getattr__`` (for hot paths)."""
 
 
 class ComponentStats(BaseModel):
@@ -40,11 +46,21 @@ class Component(BaseModel):
     # `import dynapipeline` and with it every worker process's start (0.36 s -> 0.24 s).
     model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
-    name: Any
-    handlers: list[Any] = Field(default_factory=list)
-    context: Any = Field(default=None, repr=False, exclude=True)
+    if TYPE_CHECKING:
+        # What users pass and read. At run time the fields take any value, so that a bad one
+        # gets our ConfigurationError naming the component rather than a pydantic error.
+        name: str
+        handlers: Sequence[Handler] = Field(default_factory=list)
+        # None until the component joins a pipeline, which gives every member its context.
+        context: Context = Field(default=None, repr=False, exclude=True)  # type: ignore[assignment]
+        # Subclasses define ``execute`` with any signature, ``async def`` or plain ``def``.
+        execute: ClassVar[Callable[..., Any]]
+    else:
+        name: Any
+        handlers: list[Any] = Field(default_factory=list)
+        context: Any = Field(default=None, repr=False, exclude=True)
 
-    _runner: Any = PrivateAttr(default=None)
+    _runner: Any = PrivateAttr(default=None)  # the engine's Runner
 
     def model_post_init(self, __context: Any) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -55,9 +71,6 @@ class Component(BaseModel):
             self._check_handler(handler, f"handlers[{index}]")
         self._bind_runner()
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
-
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run handlers and ``execute`` once; return the result."""
         return await self._runner.run(args, kwargs)
@@ -65,7 +78,9 @@ class Component(BaseModel):
     def add_handler(self, handler: Handler) -> None:
         """Attach a handler after construction (runs after those attached before it)."""
         self._check_handler(handler, "handler")
-        self.handlers.append(handler)
+        handlers = self.handlers
+        assert isinstance(handlers, list)  # pydantic stores the field as a list
+        handlers.append(handler)
         self._runner.set_handlers(self.handlers)
 
     @property
@@ -87,18 +102,18 @@ class Component(BaseModel):
         r = self._runner
         return ComponentStats(count=r.count, total=r.total, min=r.min, max=r.max)
 
-    def model_copy(self, *, update: Any = None, deep: bool = False) -> Any:
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with its own runner (fresh stats), built after ``update`` is applied."""
         clone = super().model_copy(update=update, deep=deep)
         clone._bind_runner()
         return clone
 
-    def __copy__(self) -> Any:
+    def __copy__(self) -> Self:
         clone = super().__copy__()
         clone._bind_runner()
         return clone
 
-    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
         clone = super().__deepcopy__(memo)
         clone._bind_runner()
         return clone
@@ -163,12 +178,14 @@ class Stage(Component):
     def _configure_runner(self) -> None:
         fields = self.__dict__
         timeout = fields["timeout"]
-        self.__pydantic_private__["_runner"].configure(
+        private_of(self)["_runner"].configure(
             None if timeout is not None and math.isinf(timeout) else timeout,  # inf: no limit
             fields["retries"], fields["retry_delay"], fields["retry_backoff"])
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+    if not TYPE_CHECKING:
+
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _RUN_POLICY:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynapipeline.errors import ConfigurationError, kind_of
-from dynapipeline.model.component import Component, Stage
+from dynapipeline.model.component import Component, Stage, private_of
 from dynapipeline.model.strategy import CycleStrategy, ExecutionStrategy
 
 __all__ = ["Container", "StageGroup"]
@@ -18,12 +18,17 @@ class Container(Component):
     Membership is fixed at construction: the members' runners are resolved once.
     """
 
-    cycle_strategy: Any
-    execution_strategy: Any
+    if TYPE_CHECKING:
+        cycle_strategy: CycleStrategy
+        execution_strategy: ExecutionStrategy
+    else:
+        # Any: _build_plan checks them, with messages naming the container.
+        cycle_strategy: Any
+        execution_strategy: Any
 
     _members_field: ClassVar[str] = ""
     _member_type: ClassVar[type[Component]] = Component
-    _members: tuple[Any, ...] = ()
+    _members: tuple[Component, ...] = ()
     _plan: tuple[Any, Any, tuple[Any, ...]] = (None, None, ())
 
     def _bind_runner(self) -> None:
@@ -60,10 +65,10 @@ class Container(Component):
                     f"{self._label()}: field '{field}[{index}]' must be a {member_type.__name__}, "
                     f"got {kind_of(member)}"
                 )
-            runners.append(member.__pydantic_private__["_runner"])
+            runners.append(private_of(member)["_runner"])
         if len({id(member) for member in members}) != len(members):
             self._reject_repeat(field, members)
-        private = self.__pydantic_private__
+        private = private_of(self)
         private["_members"] = tuple(members)
         private["_plan"] = (cycle_strategy.run_cycles, execution_strategy.dispatch, tuple(runners))
 
@@ -105,7 +110,7 @@ class Container(Component):
 
     def _walk(self, depth: int) -> Iterator[tuple[int, Component]]:
         yield depth, self
-        for member in self.__pydantic_private__["_members"]:
+        for member in private_of(self)["_members"]:
             if isinstance(member, Container):
                 yield from member._walk(depth + 1)
             else:
@@ -118,7 +123,7 @@ class Container(Component):
     def _components(self) -> list[Component]:
         # A list built without generators: pipelines walk every stage when they are built.
         out: list[Component] = [self]
-        for member in self.__pydantic_private__["_members"]:
+        for member in private_of(self)["_members"]:
             if isinstance(member, Container):
                 out += member._components()
             else:
@@ -129,7 +134,10 @@ class Container(Component):
 class StageGroup(Container):
     """Stages that share an execution strategy and a cycle strategy."""
 
-    stages: list[Any]
+    if TYPE_CHECKING:
+        stages: Sequence[Stage]
+    else:
+        stages: list[Any]
 
     _members_field: ClassVar[str] = "stages"
     _member_type: ClassVar[type[Component]] = Stage

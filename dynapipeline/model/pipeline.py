@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynapipeline.engine import RunControl, current_control, wait_through_cancel
 from dynapipeline.errors import ConfigurationError, PipelineRunningError, kind_of
@@ -24,11 +24,15 @@ class Pipeline(Container):
     other. After either, ``run()`` returns ``None`` without raising.
     """
 
-    groups: list[Any]
+    if TYPE_CHECKING:
+        groups: Sequence[StageGroup]
+    else:
+        groups: list[Any]
 
     _members_field: ClassVar[str] = "groups"
     _member_type: ClassVar[type[Component]] = StageGroup
-    _active: Any = None
+    # While running: (the run's task, its RunControl, its loop, the thread it runs on).
+    _active: tuple[asyncio.Task[Any] | None, Any, asyncio.AbstractEventLoop, int] | None = None
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
@@ -167,7 +171,12 @@ class AdvancedPipeline(Pipeline):
             )
 
     def _on_start(self) -> None:
-        self.context.lock(f"pipeline {self.name!r} while it runs")
+        self._protected_context().lock(f"pipeline {self.name!r} while it runs")
 
     def _on_finish(self) -> None:
-        self.context.unlock()
+        self._protected_context().unlock()
+
+    def _protected_context(self) -> ProtectedContext:
+        context = self.context
+        assert isinstance(context, ProtectedContext)  # checked at construction
+        return context
