@@ -29,7 +29,7 @@ from dynapipeline.execution.cycle_strategies import InfiniteLoopStrategy, LoopCy
 
 VALUES = st.one_of(
     st.integers(),
-    st.sampled_from([0, 1, -1, sys.maxsize, sys.maxsize + 1, 2**64, -(2**63)]),
+    st.sampled_from([0, 1, -1, sys.maxsize, sys.maxsize + 1, 2**64, -(2**63), 10**400, -(10**400)]),
     st.booleans(),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e-300, 1e300]),
@@ -58,8 +58,13 @@ class FailOnce(Stage):
         return self.attempts
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _float(value: Any) -> float | None:
+    """The value as a float if it is a number (not a bool) that fits one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        return None
+    return float(value)
 
 
 def _int(value: Any) -> bool:
@@ -91,10 +96,10 @@ def _run_stage(stage: Stage) -> Any:
 def test_stage_timeout(value: Any) -> None:
     stage = _build(lambda: Noop(name="s", timeout=value))
     if stage is None:
-        assert not (value is None or (_number(value) and not math.isnan(value)))
+        assert not (value is None or (_float(value) is not None and not math.isnan(value)))
         return
     # Documented: seconds; None, <= 0 or inf mean no limit.
-    assert value is None or (_number(value) and not math.isnan(value))
+    assert value is None or (_float(value) is not None and not math.isnan(value))
     if value is None or value <= 0 or math.isinf(value):
         assert _run_stage(stage) == ["done"]
     else:
@@ -125,7 +130,7 @@ def test_stage_retries(value: Any) -> None:
 def test_stage_retry_delay_and_backoff(field: str, value: Any) -> None:
     stage = _build(lambda: FailOnce(name="s", retries=1, **{field: value}))
     lowest_ok = (lambda v: v >= 0) if field == "retry_delay" else (lambda v: v > 0)
-    documented = _number(value) and math.isfinite(value) and lowest_ok(value)
+    documented = _float(value) is not None and math.isfinite(value) and lowest_ok(value)
     if stage is None:
         assert not documented
         return
@@ -154,9 +159,9 @@ def test_loop_cycles(value: Any) -> None:
 def test_infinite_loop_interval(value: Any) -> None:
     strategy = _build(lambda: InfiniteLoopStrategy(interval=value))
     if strategy is None:
-        assert not (_number(value) and math.isfinite(value) and value >= 0)
+        assert not (_float(value) is not None and math.isfinite(value) and value >= 0)
         return
-    assert _number(value) and math.isfinite(value) and value >= 0  # documented: seconds between cycles
+    assert _float(value) is not None and math.isfinite(value) and value >= 0  # documented: seconds between cycles
     if value <= 0.01:
         event = asyncio.Event()
 

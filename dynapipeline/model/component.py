@@ -60,6 +60,9 @@ class Component(BaseModel):
         handlers: list[Any] = Field(default_factory=list)
         context: Any = Field(default=None, repr=False, exclude=True)
 
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
     _runner: Any = PrivateAttr(default=None)  # the engine's Runner
 
     def model_post_init(self, __context: Any) -> None:
@@ -198,21 +201,31 @@ class Stage(Component):
 _RUN_POLICY = frozenset({"timeout", "retries", "retry_delay", "retry_backoff"})
 
 
+def as_float(value: Any) -> float | None:
+    """``value`` as a float if it is an int or a float (bools are not) that fits one, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the largest float
+        return None
+
+
 def _checked_policy(name: Any, field: str, value: Any) -> Any:
     """``value`` if it is valid for the run-policy ``field`` of Stage ``name``; else ConfigurationError."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = as_float(value)
     if field == "timeout":
-        ok = value is None or (is_number and not math.isnan(value))
+        ok = value is None or (number is not None and not math.isnan(number))
         rule = "a number of seconds (None, <= 0 or inf: no limit), not NaN"
     elif field == "retries":
         # The engine counts attempts in a C integer.
-        ok = is_number and isinstance(value, int) and 0 <= value <= sys.maxsize
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= sys.maxsize
         rule = "an int >= 0"
     elif field == "retry_delay":
-        ok = is_number and math.isfinite(value) and value >= 0
+        ok = number is not None and math.isfinite(number) and number >= 0
         rule = "a finite number >= 0"
     else:
-        ok = is_number and math.isfinite(value) and value > 0
+        ok = number is not None and math.isfinite(number) and number > 0
         rule = "a finite number > 0"
     if not ok:
         raise ConfigurationError(f"Stage {name!r}: field '{field}' must be {rule}, got {value!r}")

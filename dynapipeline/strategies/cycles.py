@@ -8,6 +8,7 @@ from typing import Any
 
 from dynapipeline.engine import Forever, Loop, Once
 from dynapipeline.errors import ConfigurationError
+from dynapipeline.model.component import as_float
 from dynapipeline.model.strategy import CycleStrategy
 
 __all__ = ["InfiniteLoopStrategy", "InfinitLoopStrategy", "LoopCycleStrategy", "OnceCycleStrategy"]
@@ -54,14 +55,14 @@ class InfinitLoopStrategy(CycleStrategy):
             raise ConfigurationError(
                 f"InfinitLoopStrategy: field 'event' must have is_set() (an Event), got {type(event).__name__}"
             )
-        if (isinstance(interval, bool) or not isinstance(interval, (int, float))
-                or not math.isfinite(interval) or interval < 0):
+        seconds = as_float(interval)
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
             raise ConfigurationError(
                 f"InfinitLoopStrategy: field 'interval' must be a finite number >= 0, got {interval!r}"
             )
         self.event = event
-        self.interval = float(interval)
-        self.run_cycles = Forever(event, float(interval)).run  # type: ignore[method-assign]
+        self.interval = seconds
+        self.run_cycles = Forever(event, seconds).run  # type: ignore[method-assign]
 
     def __reduce__(self) -> tuple[type, tuple[Any, float]]:
         return (type(self), (self.event, self.interval))
