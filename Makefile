@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m ruff check dynapipeline tests examples benchmarks
+	$(VPY) -m mypy --strict dynapipeline tests/typing
 	@set -e; for leg in $(LEGS); do \
 		mode=$${leg%%:*}; loop=$${leg##*:}; \
 		echo "=== engine=$$mode loop=$$loop"; \
@@ -33,7 +34,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check dynapipeline tests examples benchmarks
-	$(VPY) -m mypy dynapipeline
+	$(VPY) -m mypy --strict dynapipeline tests/typing
 
 # The engine's cost per stage against raw asyncio, as one table (< 60 s; BENCH_ARGS=--quick: < 15 s).
 BENCH_ARGS ?=

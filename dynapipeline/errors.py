@@ -15,7 +15,17 @@ __all__ = [
     "RemoteError",
     "StageTimeoutError",
     "WorkerCrashedError",
+    "kind_of",
 ]
+
+
+def kind_of(value: object) -> str:
+    """How a message names a bad value's kind; a class passed where an instance belongs says so."""
+    if isinstance(value, type):
+        # Components take keyword fields; the rest (strategies, handlers) vary.
+        example = "name=..." if hasattr(value, "model_fields") and "name" in value.model_fields else "..."
+        return f"the class {value.__name__} (pass an instance: {value.__name__}({example}))"
+    return type(value).__name__
 
 
 class DynaPipelineError(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 import dynapipeline
 from dynapipeline.__main__ import main
-from dynapipeline.front.bench import CASES, KINDS, format_table
+from dynapipeline.front.bench import BUILD, CASES, KINDS, format_table
 
 MODE = "compiled" if dynapipeline.compiled else "pure"
 
@@ -33,8 +34,12 @@ def test_bench_json_rows_for_every_case(capsys: pytest.CaptureFixture[str], loop
     assert main(["bench", "--mode", MODE, "--loops", loop_kind, "--sizes", "20", "--repeats", "1",
                  "--runs", "2", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
-    rows = report["rows"]
+    rows = [r for r in report["rows"] if r["case"] != BUILD]
     assert {(r["case"], r["stage"]) for r in rows} == {(c, k) for c in CASES for k in KINDS}
+    # One build row per size, not per loop, and without a raw twin.
+    [build] = [r for r in report["rows"] if r["case"] == BUILD]
+    assert (build["n"], build["loop"], build["mode"]) == (20, "-", MODE)
+    assert build["engine_us"] > 0 and math.isnan(build["raw_us"])
     for r in rows:
         assert (r["n"], r["loop"], r["mode"], r["repeats"], r["runs"]) == (20, loop_kind, MODE, 1, 2)
         assert r["engine_us"] > 0 and r["raw_us"] > 0 and r["ratio"] > 0

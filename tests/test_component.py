@@ -233,3 +233,53 @@ async def test_def_returning_an_awaitable_is_awaited_under_the_timeout():
     assert await Wrapped(name="w", timeout=5).run() == 42
     with pytest.raises(StageTimeoutError, match="'ws'"):
         await WrappedSlow(name="ws", timeout=0.02).run()
+
+
+# --- bad values (issue 7 item 6) -------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("value", [NAN, True, False, "1.5"])
+def test_bad_timeout_is_rejected_naming_the_stage_and_field(value):
+    with pytest.raises(ConfigurationError, match="Stage 's'.*'timeout'"):
+        Echo(name="s", timeout=value)
+
+
+@pytest.mark.parametrize("timeout", [INF, -INF])
+async def test_infinite_timeout_means_no_limit(timeout):
+    stage = Sleeper(name="s", seconds=0.001, timeout=timeout)
+    assert await stage.run() == "woke"
+    assert stage.timeout == timeout  # the field keeps what the user wrote
+
+
+@pytest.mark.parametrize("value", [True, False, 1.0, "2", None])
+def test_retries_must_be_a_real_int(value):
+    with pytest.raises(ConfigurationError, match="Stage 's'.*'retries'"):
+        Echo(name="s", retries=value)
+
+
+@pytest.mark.parametrize("field", ["retry_delay", "retry_backoff"])
+@pytest.mark.parametrize("value", [NAN, INF, -INF, True, "1", None])
+def test_retry_delay_and_backoff_must_be_finite_numbers(field, value):
+    with pytest.raises(ConfigurationError, match=f"Stage 's'.*'{field}'"):
+        Echo(name="s", **{field: value})
+
+
+def test_bad_run_policy_set_after_construction_is_rejected():
+    stage = Echo(name="s")
+    with pytest.raises(ConfigurationError, match="Stage 's'.*'timeout'"):
+        stage.timeout = NAN
+    assert stage.timeout is None
+
+
+def test_a_stage_class_instead_of_an_instance_is_named():
+    with pytest.raises(ConfigurationError, match=r"stages\[0\].*the class Echo \(pass an instance: Echo\(name=...\)\)"):
+        StageGroup(name="g", stages=[Echo], cycle_strategy=OnceCycleStrategy(),
+                   execution_strategy=SequentialExecutionStrategy())
+
+
+def test_a_strategy_class_instead_of_an_instance_is_named():
+    with pytest.raises(ConfigurationError, match=r"'execution_strategy'.*the class SequentialExecutionStrategy"):
+        StageGroup(name="g", stages=[], cycle_strategy=OnceCycleStrategy(),
+                   execution_strategy=SequentialExecutionStrategy)

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from dynapipeline.contexts import AsyncLockableContext, ProtectedContext
-from dynapipeline.errors import ContextLockedError
+from dynapipeline.contexts import AsyncLockableContext, Context, ProtectedContext
+from dynapipeline.errors import ConfigurationError, ContextLockedError
 
 
 async def test_async_lockable_context_serialises_read_modify_write():
@@ -68,3 +68,10 @@ def test_snapshot_is_a_locked_copy():
         snap["a"] = 2
     ctx["a"] = 5
     assert snap["a"] == [1]
+
+
+@pytest.mark.parametrize("cls", [Context, AsyncLockableContext, ProtectedContext])
+@pytest.mark.parametrize("data", ["abc", 5, [1, 2], [("a", 1)], ""])
+def test_context_data_must_be_a_mapping(cls, data):
+    with pytest.raises(ConfigurationError, match=f"{cls.__name__}: field 'data' must be a mapping"):
+        cls(data)

@@ -128,3 +128,14 @@ def test_infinite_loop_rejects_bad_input(kwargs):
 async def test_cycle_run_rejects_non_strategy():
     with pytest.raises(ConfigurationError, match="execution_strategy"):
         await OnceCycleStrategy().run("sequential", [Echo(name="a")])
+
+
+@pytest.mark.parametrize("interval", [float("nan"), float("inf"), True])
+def test_infinite_loop_rejects_non_finite_or_bool_interval(interval):
+    with pytest.raises(ConfigurationError, match="InfinitLoopStrategy.*'interval'"):
+        InfinitLoopStrategy(interval=interval)
+
+
+def test_loop_rejects_cycles_beyond_the_engines_counter():
+    with pytest.raises(ConfigurationError, match="LoopCycleStrategy.*'cycles'"):
+        LoopCycleStrategy(2**63)

@@ -288,3 +288,13 @@ async def test_slot_is_counted_once_when_a_waiter_is_cancelled_as_it_is_released
     await slots.acquire()
     assert not slots.try_acquire()  # the limit of 1 still holds
     slots.release()
+
+
+def test_semaphore_rejects_a_limit_beyond_the_engines_counter():
+    with pytest.raises(ConfigurationError, match="SemaphoreExecutionStrategy.*'max_concurrent'"):
+        SemaphoreExecutionStrategy(2**63)
+
+
+async def test_runners_of_names_a_stage_class_passed_instead_of_an_instance():
+    with pytest.raises(ConfigurationError, match=r"the class Echo \(pass an instance"):
+        await SequentialExecutionStrategy().execute([Echo])

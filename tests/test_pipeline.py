@@ -331,3 +331,31 @@ async def test_copies_of_groups_and_pipelines_run_their_own_members():
     assert not clone.running
     p.stop()
     await task
+
+
+@pytest.mark.parametrize("kind", [PipeLineType.SIMPLE, PipeLineType.ADVANCED, PipeLineType.CUSTOM])
+@pytest.mark.parametrize("data", ["abc", 5, [1, 2], "", 0])
+def test_factory_rejects_context_data_that_is_not_a_mapping(kind, data):
+    with pytest.raises(ConfigurationError, match="pipeline 'p'.*'context_data'.*mapping"):
+        make_pipeline(kind, [], context_data=data)
+
+
+def test_pipeline_rejects_a_context_that_is_not_a_context_or_mapping():
+    with pytest.raises(ConfigurationError, match="Pipeline 'p'.*'context'"):
+        Pipeline(name="p", groups=[], cycle_strategy=OnceCycleStrategy(),
+                 execution_strategy=SequentialExecutionStrategy(), context="abc")
+
+
+def test_simple_pipeline_names_itself_once_when_its_own_strategy_leaves_the_loop():
+    class OffLoop(ExecutionStrategy):
+        offloads = True
+
+    with pytest.raises(ConfigurationError) as info:
+        PipelineFactory().create_pipeline(PipeLineType.SIMPLE, "p", [], OnceCycleStrategy(), OffLoop())
+    assert str(info.value).count("'p'") == 1
+    assert "field 'execution_strategy' is OffLoop" in str(info.value)
+
+
+def test_pipeline_names_a_group_class_passed_instead_of_an_instance():
+    with pytest.raises(ConfigurationError, match=r"groups\[0\].*the class StageGroup \(pass an instance"):
+        make_pipeline(PipeLineType.SIMPLE, [StageGroup])

@@ -599,7 +599,8 @@ class Loop:
                   kwargs: dict[str, Any]) -> list[Any]:
         control = current_control.get()
         if _is_sequential(dispatch):
-            return await _sequential_cycles(runners, args, kwargs, self.cycles, control, None, 0.0)
+            cycles: list[Any] = await _sequential_cycles(runners, args, kwargs, self.cycles, control, None, 0.0)
+            return cycles
         results = []
         for _ in range(self.cycles):
             if _draining(control):

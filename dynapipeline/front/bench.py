@@ -13,6 +13,10 @@ semaphore(8)   ``SemaphoreExecutionStrategy(8)``               ``asyncio.Semapho
 cycles         ``LoopCycleStrategy(n)`` over one stage         ``for _ in range(n): await s.execute()``
 =============  ==============================================  =====================================
 
+A ``build`` row (one per size, not per loop) times building a ``StageGroup`` over
+the ``n`` no-op stages and a SIMPLE pipeline over it, in µs per stage (the stages'
+own construction not counted); it has no raw twin.
+
 Engine and raw runs alternate in blocks, rotating over the loops too (each block
 opened by an untimed run of the same side), and the median of the timed runs is reported,
 in µs per stage (per cycle for ``cycles``); ratio = engine / raw. The engine
@@ -28,6 +32,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -38,7 +43,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dynapipeline.model import Stage, StageGroup
+from dynapipeline.front.factory import PipelineFactory, PipeLineType
+from dynapipeline.model import Pipeline, Stage, StageGroup
 from dynapipeline.strategies import (
     ConcurrentExecutionStrategy,
     LoopCycleStrategy,
@@ -47,10 +53,11 @@ from dynapipeline.strategies import (
     SequentialExecutionStrategy,
 )
 
-__all__ = ["CASES", "KINDS", "LOOPS", "SIZES", "Case", "NoopStage", "YieldStage", "loop_factory", "main",
-           "make_case"]
+__all__ = ["BUILD", "CASES", "KINDS", "LOOPS", "SIZES", "Case", "NoopStage", "YieldStage", "loop_factory", "main",
+           "make_builder", "make_case"]
 
 CASES = ("sequential", "concurrent", "semaphore(8)", "cycles")
+BUILD = "build"
 KINDS = ("noop", "yield")
 SIZES = (1000, 10_000)
 LOOPS = ("asyncio", "uvloop")
@@ -133,11 +140,37 @@ def make_case(case: str, kind: str, n: int) -> Case:
     return Case(case, kind, n, group.run, raw)
 
 
+def make_builder(n: int) -> Callable[[], Pipeline]:
+    """Build ``n`` no-op stages once; the returned function builds a group and a pipeline over them."""
+    stages = [NoopStage(name=f"s{i}") for i in range(n)]
+    factory = PipelineFactory()
+
+    def build() -> Pipeline:
+        group = StageGroup(name="bench", stages=stages, cycle_strategy=OnceCycleStrategy(),
+                           execution_strategy=SequentialExecutionStrategy())
+        return factory.create_pipeline(PipeLineType.SIMPLE, "bench", [group], OnceCycleStrategy(),
+                                       SequentialExecutionStrategy())
+
+    return build
+
+
+def _measure_build(n: int, repeats: int) -> float:
+    """Median seconds of ``repeats`` builds (after one untimed build) over the same ``n`` stages."""
+    build = make_builder(n)
+    build()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        build()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if loop == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop  # type: ignore[no-any-return]
+        return uvloop.new_event_loop
     return asyncio.new_event_loop
 
 
@@ -214,6 +247,13 @@ def measure_mode(quick: bool, loops: tuple[str, ...] = LOOPS, sizes: tuple[int, 
                             "ratio": engine / raw if raw > 0 else float("nan"), "repeats": reps,
                         })
                     del case
+        for n in sizes:
+            reps = repeats or (4 if quick else 6)
+            build = _measure_build(n, reps)
+            rows.append({
+                "case": BUILD, "stage": "noop", "n": n, "loop": "-", "mode": mode,
+                "engine_us": build / n * 1e6, "raw_us": float("nan"), "ratio": float("nan"), "repeats": reps,
+            })
     return rows
 
 
@@ -257,7 +297,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     head = ("strategy", "stage", "n", "loop", "mode", "µs/stage", "raw µs/stage", "ratio")
     body = [
         (r["case"], r["stage"], f"{r['n']:,}", r["loop"], r["mode"],
-         f"{r['engine_us']:.3f}", f"{r['raw_us']:.3f}", f"{r['ratio']:.2f}×")
+         f"{r['engine_us']:.3f}", _number(r["raw_us"], "{:.3f}"), _number(r["ratio"], "{:.2f}×"))
         for r in rows
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
@@ -268,6 +308,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             c.rjust(w) if i in (2, 5, 6, 7) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ))
     return "\n".join(lines)
+
+
+def _number(value: float, fmt: str) -> str:
+    # NaN marks a row without a raw twin (build).
+    return "-" if math.isnan(value) else fmt.format(value)
 
 
 def _measure_all(args: argparse.Namespace, here: str, notes: list[str]) -> list[dict[str, Any]]:
@@ -312,7 +357,7 @@ def _median_rows(passes: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             row[field] = statistics.median(r[field] for r in same)
         row["runs"] = len(same)
         out.append(row)
-    order = {name: i for i, name in enumerate(CASES)}
+    order = {name: i for i, name in enumerate((*CASES, BUILD))}
     out.sort(key=lambda r: (order[r["case"]], r["stage"] != "noop", r["n"], r["loop"], r["mode"]))
     return out
 

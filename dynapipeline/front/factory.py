@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from dynapipeline.errors import ConfigurationError
-from dynapipeline.model import AdvancedPipeline, Pipeline, ProtectedContext, SimplePipeline
+from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline.model import (
+    AdvancedPipeline,
+    CycleStrategy,
+    ExecutionStrategy,
+    Pipeline,
+    ProtectedContext,
+    SimplePipeline,
+    StageGroup,
+)
 from dynapipeline.model.contexts import AsyncLockableContext, Context
 
 __all__ = ["PipeLineType", "PipelineFactory"]
@@ -30,13 +39,18 @@ class PipelineFactory:
         self,
         pipeline_type: PipeLineType,
         name: str,
-        groups: list[Any],
-        cycle_strategy: Any,
-        execution_strategy: Any,
-        context_data: dict[str, Any] | None = None,
+        groups: Sequence[StageGroup],
+        cycle_strategy: CycleStrategy,
+        execution_strategy: ExecutionStrategy,
+        context_data: Mapping[str, Any] | None = None,
         context: Context | None = None,
         **fields: Any,
     ) -> Pipeline:
+        if context_data is not None and not isinstance(context_data, Mapping):
+            raise ConfigurationError(
+                f"PipelineFactory: pipeline {name!r} field 'context_data' must be a mapping (a dict) or None, "
+                f"got {kind_of(context_data)}"
+            )
         common = dict(name=name, groups=groups, cycle_strategy=cycle_strategy,
                       execution_strategy=execution_strategy, **fields)
         if pipeline_type is PipeLineType.SIMPLE:

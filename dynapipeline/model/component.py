@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import operator
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from dynapipeline.engine import Runner
-from dynapipeline.errors import ConfigurationError
+from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline.model.contexts import Context
 from dynapipeline.model.handlers import Handler
 
 __all__ = ["Component", "ComponentStats", "Stage"]
+
+private_of: Callable[[BaseModel], dict[str, Any]] = operator.attrgetter("__pydantic_private__")
+"""A component's private attributes, read without pydantic's ``__getattr__`` (for hot paths)."""
 
 
 class ComponentStats(BaseModel):
@@ -38,11 +46,24 @@ class Component(BaseModel):
     # `import dynapipeline` and with it every worker process's start (0.36 s -> 0.24 s).
     model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
-    name: Any
-    handlers: list[Any] = Field(default_factory=list)
-    context: Any = Field(default=None, repr=False, exclude=True)
+    if TYPE_CHECKING:
+        # What users pass and read. At run time the fields take any value, so that a bad one
+        # gets our ConfigurationError naming the component rather than a pydantic error.
+        name: str
+        handlers: Sequence[Handler] = Field(default_factory=list)
+        # None until the component joins a pipeline, which gives every member its context.
+        context: Context = Field(default=None, repr=False, exclude=True)  # type: ignore[assignment]
+        # Subclasses define ``execute`` with any signature, ``async def`` or plain ``def``.
+        execute: ClassVar[Callable[..., Any]]
+    else:
+        name: Any
+        handlers: list[Any] = Field(default_factory=list)
+        context: Any = Field(default=None, repr=False, exclude=True)
 
-    _runner: Any = PrivateAttr(default=None)
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+    _runner: Any = PrivateAttr(default=None)  # the engine's Runner
 
     def model_post_init(self, __context: Any) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -53,9 +74,6 @@ class Component(BaseModel):
             self._check_handler(handler, f"handlers[{index}]")
         self._bind_runner()
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
-
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run handlers and ``execute`` once; return the result."""
         return await self._runner.run(args, kwargs)
@@ -63,7 +81,9 @@ class Component(BaseModel):
     def add_handler(self, handler: Handler) -> None:
         """Attach a handler after construction (runs after those attached before it)."""
         self._check_handler(handler, "handler")
-        self.handlers.append(handler)
+        handlers = self.handlers
+        assert isinstance(handlers, list)  # pydantic stores the field as a list
+        handlers.append(handler)
         self._runner.set_handlers(self.handlers)
 
     @property
@@ -85,18 +105,18 @@ class Component(BaseModel):
         r = self._runner
         return ComponentStats(count=r.count, total=r.total, min=r.min, max=r.max)
 
-    def model_copy(self, *, update: Any = None, deep: bool = False) -> Any:
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with its own runner (fresh stats), built after ``update`` is applied."""
         clone = super().model_copy(update=update, deep=deep)
         clone._bind_runner()
         return clone
 
-    def __copy__(self) -> Any:
+    def __copy__(self) -> Self:
         clone = super().__copy__()
         clone._bind_runner()
         return clone
 
-    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
         clone = super().__deepcopy__(memo)
         clone._bind_runner()
         return clone
@@ -107,11 +127,14 @@ class Component(BaseModel):
         if self.handlers:
             self._runner.set_handlers(self.handlers)
 
+    def _label(self) -> str:
+        """How messages name this component: ``StageGroup 'ingest'``."""
+        return f"{type(self).__name__} {self.__dict__.get('name')!r}"
+
     def _check_handler(self, handler: Any, field: str) -> None:
         if not isinstance(handler, Handler):
             raise ConfigurationError(
-                f"{type(self).__name__} {self.name!r}: field '{field}' must be a Handler, "
-                f"got {type(handler).__name__}"
+                f"{self._label()}: field '{field}' must be a Handler, got {kind_of(handler)}"
             )
 
     def __hash__(self) -> int:
@@ -124,12 +147,14 @@ class Component(BaseModel):
 class Stage(Component):
     """A unit of work: subclass it and implement ``async def execute`` (or a plain ``def``).
 
-    ``timeout``: seconds, ``None`` or ``<= 0`` for no limit; an overrun raises
+    ``timeout``: seconds; ``None``, ``<= 0`` or ``inf`` for no limit; an overrun raises
     ``StageTimeoutError``. A plain ``def execute`` on the event loop cannot be
     interrupted, so its overrun is reported when it returns (use the thread or
-    process strategy to enforce the deadline). ``retries``: a failed or timed-out
-    attempt is retried after ``retry_delay * retry_backoff**k`` seconds; handlers
-    wrap the whole run, so ``on_error`` sees only the final failure.
+    process strategy to enforce the deadline). ``retries`` (an int >= 0): a failed or
+    timed-out attempt is retried after ``retry_delay * retry_backoff**k`` seconds
+    (``retry_delay`` finite and >= 0, ``retry_backoff`` finite and > 0); handlers
+    wrap the whole run, so ``on_error`` sees only the final failure. NaN, bools and
+    strings are rejected for all four (pydantic would turn ``True`` into 1).
     """
 
     timeout: float | None = None
@@ -140,25 +165,68 @@ class Stage(Component):
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         if type(self).execute is Stage.execute:
-            raise ConfigurationError(f"{type(self).__name__} {self.name!r}: must define 'execute'")
-        if isinstance(self.retries, bool) or self.retries < 0:
-            raise ConfigurationError(f"Stage {self.name!r}: field 'retries' must be an int >= 0")
-        if self.retry_delay < 0:
-            raise ConfigurationError(f"Stage {self.name!r}: field 'retry_delay' must be >= 0")
-        if self.retry_backoff <= 0:
-            raise ConfigurationError(f"Stage {self.name!r}: field 'retry_backoff' must be > 0")
+            raise ConfigurationError(f"{self._label()}: must define 'execute'")
+
+    @field_validator("timeout", "retries", "retry_delay", "retry_backoff", mode="before")
+    @classmethod
+    def _check_run_policy(cls, value: Any, info: ValidationInfo) -> Any:
+        # Before pydantic's own validation, which would turn True into 1 and "2" into 2.0.
+        assert info.field_name is not None
+        return _checked_policy(info.data.get("name"), info.field_name, value)
 
     def _bind_runner(self) -> None:
         super()._bind_runner()
-        self._runner.configure(self.timeout, self.retries, self.retry_delay, self.retry_backoff)
+        self._configure_runner()
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+    def _configure_runner(self) -> None:
+        fields = self.__dict__
+        timeout = fields["timeout"]
+        private_of(self)["_runner"].configure(
+            None if timeout is not None and math.isinf(timeout) else timeout,  # inf: no limit
+            fields["retries"], fields["retry_delay"], fields["retry_backoff"])
+
+    if not TYPE_CHECKING:
+
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in _RUN_POLICY:
+            value = _checked_policy(self.name, name, value)
         super().__setattr__(name, value)
         if name in _RUN_POLICY:
-            self._runner.configure(self.timeout, self.retries, self.retry_delay, self.retry_backoff)
+            self._configure_runner()
 
 
 _RUN_POLICY = frozenset({"timeout", "retries", "retry_delay", "retry_backoff"})
+
+
+def as_float(value: Any) -> float | None:
+    """``value`` as a float if it is an int or a float (bools are not) that fits one, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the largest float
+        return None
+
+
+def _checked_policy(name: Any, field: str, value: Any) -> Any:
+    """``value`` if it is valid for the run-policy ``field`` of Stage ``name``; else ConfigurationError."""
+    number = as_float(value)
+    if field == "timeout":
+        ok = value is None or (number is not None and not math.isnan(number))
+        rule = "a number of seconds (None, <= 0 or inf: no limit), not NaN"
+    elif field == "retries":
+        # The engine counts attempts in a C integer.
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= sys.maxsize
+        rule = "an int >= 0"
+    elif field == "retry_delay":
+        ok = number is not None and math.isfinite(number) and number >= 0
+        rule = "a finite number >= 0"
+    else:
+        ok = number is not None and math.isfinite(number) and number > 0
+        rule = "a finite number > 0"
+    if not ok:
+        raise ConfigurationError(f"Stage {name!r}: field '{field}' must be {rule}, got {value!r}")
+    return value

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-from dynapipeline.errors import ContextLockedError
+from dynapipeline.errors import ConfigurationError, ContextLockedError, kind_of
 
 __all__ = ["AsyncLockableContext", "Context", "ProtectedContext"]
 
@@ -14,7 +14,11 @@ __all__ = ["AsyncLockableContext", "Context", "ProtectedContext"]
 class Context(MutableMapping[str, Any]):
     """A plain dict-like context; ``async with ctx as c`` yields the context itself."""
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigurationError(
+                f"{type(self).__name__}: field 'data' must be a mapping (a dict) or None, got {kind_of(data)}"
+            )
         self._data: dict[str, Any] = dict(data or {})
 
     def __getitem__(self, key: str) -> Any:
@@ -51,7 +55,7 @@ class Context(MutableMapping[str, Any]):
 class AsyncLockableContext(Context):
     """A context whose ``async with`` holds an asyncio lock, guarding read-modify-write."""
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         super().__init__(data)
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
@@ -84,7 +88,7 @@ class AsyncLockableContext(Context):
 class ProtectedContext(Context):
     """A context that can be locked: while locked, every write raises ContextLockedError."""
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         super().__init__(data)
         self._locked_by: str | None = None
 

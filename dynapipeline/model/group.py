@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from dynapipeline.errors import ConfigurationError
-from dynapipeline.model.component import Component, Stage
+from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline.model.component import Component, Stage, private_of
 from dynapipeline.model.strategy import CycleStrategy, ExecutionStrategy
 
 __all__ = ["Container", "StageGroup"]
@@ -17,12 +18,17 @@ class Container(Component):
     Membership is fixed at construction: the members' runners are resolved once.
     """
 
-    cycle_strategy: Any
-    execution_strategy: Any
+    if TYPE_CHECKING:
+        cycle_strategy: CycleStrategy
+        execution_strategy: ExecutionStrategy
+    else:
+        # Any: _build_plan checks them, with messages naming the container.
+        cycle_strategy: Any
+        execution_strategy: Any
 
     _members_field: ClassVar[str] = ""
     _member_type: ClassVar[type[Component]] = Component
-    _members: tuple[Any, ...] = ()
+    _members: tuple[Component, ...] = ()
     _plan: tuple[Any, Any, tuple[Any, ...]] = (None, None, ())
 
     def _bind_runner(self) -> None:
@@ -32,37 +38,49 @@ class Container(Component):
 
     def _build_plan(self) -> None:
         """Validate strategies and members and resolve the members' runners once."""
-        label = f"{type(self).__name__} {self.name!r}"
-        if not isinstance(self.cycle_strategy, CycleStrategy):
+        # Hot for big groups: fields are read from __dict__ and private attributes from
+        # __pydantic_private__, skipping pydantic's per-access __getattr__.
+        fields = self.__dict__
+        cycle_strategy = fields["cycle_strategy"]
+        execution_strategy = fields["execution_strategy"]
+        if not isinstance(cycle_strategy, CycleStrategy):
             raise ConfigurationError(
-                f"{label}: field 'cycle_strategy' must be a cycle strategy, "
-                f"got {type(self.cycle_strategy).__name__}"
+                f"{self._label()}: field 'cycle_strategy' must be a cycle strategy, "
+                f"got {kind_of(cycle_strategy)}"
             )
-        if not isinstance(self.execution_strategy, ExecutionStrategy):
+        if not isinstance(execution_strategy, ExecutionStrategy):
             raise ConfigurationError(
-                f"{label}: field 'execution_strategy' must be an execution strategy, "
-                f"got {type(self.execution_strategy).__name__}"
+                f"{self._label()}: field 'execution_strategy' must be an execution strategy, "
+                f"got {kind_of(execution_strategy)}"
             )
         field = self._members_field
-        members = getattr(self, field)
+        members = fields[field]
         if not isinstance(members, (list, tuple)):
-            raise ConfigurationError(f"{label}: field '{field}' must be a list")
+            raise ConfigurationError(f"{self._label()}: field '{field}' must be a list")
+        member_type = self._member_type
+        runners = []
+        for index, member in enumerate(members):
+            if not isinstance(member, member_type):
+                raise ConfigurationError(
+                    f"{self._label()}: field '{field}[{index}]' must be a {member_type.__name__}, "
+                    f"got {kind_of(member)}"
+                )
+            runners.append(private_of(member)["_runner"])
+        if len({id(member) for member in members}) != len(members):
+            self._reject_repeat(field, members)
+        private = private_of(self)
+        private["_members"] = tuple(members)
+        private["_plan"] = (cycle_strategy.run_cycles, execution_strategy.dispatch, tuple(runners))
+
+    def _reject_repeat(self, field: str, members: Sequence[Component]) -> None:
         seen: set[int] = set()
         for index, member in enumerate(members):
-            if not isinstance(member, self._member_type):
-                raise ConfigurationError(
-                    f"{label}: field '{field}[{index}]' must be a {self._member_type.__name__}, "
-                    f"got {type(member).__name__}"
-                )
             if id(member) in seen:
                 raise ConfigurationError(
-                    f"{label}: field '{field}[{index}]' repeats {type(member).__name__} {member.name!r}; "
+                    f"{self._label()}: field '{field}[{index}]' repeats {kind_of(member)} {member.name!r}; "
                     "the same object may appear only once in a group"
                 )
             seen.add(id(member))
-        self._members = tuple(members)
-        runners = tuple(m._runner for m in members)
-        self._plan = (self.cycle_strategy.run_cycles, self.execution_strategy.dispatch, runners)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         cycles, dispatch, runners = self._plan
@@ -90,24 +108,36 @@ class Container(Component):
         ]
         return "\n".join(line.rstrip() for line in lines)
 
-    def _walk(self, depth: int) -> Any:
+    def _walk(self, depth: int) -> Iterator[tuple[int, Component]]:
         yield depth, self
-        for member in self._members:
+        for member in private_of(self)["_members"]:
             if isinstance(member, Container):
                 yield from member._walk(depth + 1)
             else:
                 yield depth + 1, member
 
-    def iter_components(self) -> Any:
+    def iter_components(self) -> Iterator[Component]:
         """This container, then every component below it, depth first."""
-        for _, component in self._walk(0):
-            yield component
+        return iter(self._components())
+
+    def _components(self) -> list[Component]:
+        # A list built without generators: pipelines walk every stage when they are built.
+        out: list[Component] = [self]
+        for member in private_of(self)["_members"]:
+            if isinstance(member, Container):
+                out += member._components()
+            else:
+                out.append(member)
+        return out
 
 
 class StageGroup(Container):
     """Stages that share an execution strategy and a cycle strategy."""
 
-    stages: list[Any]
+    if TYPE_CHECKING:
+        stages: Sequence[Stage]
+    else:
+        stages: list[Any]
 
     _members_field: ClassVar[str] = "stages"
     _member_type: ClassVar[type[Component]] = Stage

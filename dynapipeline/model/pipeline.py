@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynapipeline.engine import RunControl, current_control, wait_through_cancel
-from dynapipeline.errors import ConfigurationError, PipelineRunningError
+from dynapipeline.errors import ConfigurationError, PipelineRunningError, kind_of
 from dynapipeline.model.component import Component
 from dynapipeline.model.contexts import AsyncLockableContext, Context, ProtectedContext
 from dynapipeline.model.group import Container, StageGroup
@@ -23,21 +24,32 @@ class Pipeline(Container):
     other. After either, ``run()`` returns ``None`` without raising.
     """
 
-    groups: list[Any]
+    if TYPE_CHECKING:
+        groups: Sequence[StageGroup]
+    else:
+        groups: list[Any]
 
     _members_field: ClassVar[str] = "groups"
     _member_type: ClassVar[type[Component]] = StageGroup
-    _active: Any = None
+    # While running: (the run's task, its RunControl, its loop, the thread it runs on).
+    _active: tuple[asyncio.Task[Any] | None, Any, asyncio.AbstractEventLoop, int] | None = None
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         if self.context is None:
             self.context = self._default_context()
+        elif isinstance(self.context, Mapping) and not isinstance(self.context, Context):
+            self.context = Context(self.context)
         elif not isinstance(self.context, Context):
-            self.context = Context(self.context) if isinstance(self.context, dict) else self.context
-        for component in self.iter_components():
-            if component is not self:
-                component.context = self.context
+            raise ConfigurationError(
+                f"{self._label()}: field 'context' must be a Context or a mapping, got {kind_of(self.context)}"
+            )
+        context = self.context
+        # No validation to run on `context` (typed Any): set it directly, skipping pydantic's
+        # __setattr__ on every stage of a big pipeline.
+        for component in self._components()[1:]:
+            component.__dict__["context"] = context
+            component.__pydantic_fields_set__.add("context")
 
     def _default_context(self) -> Context:
         return Context()
@@ -134,13 +146,14 @@ class SimplePipeline(Pipeline):
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
-        for component in self.iter_components():
-            strategy = getattr(component, "execution_strategy", None)
+        for component in self._components():
+            # A field lookup in __dict__: getattr would go through pydantic's __getattr__ for every stage.
+            strategy = component.__dict__.get("execution_strategy")
             if strategy is not None and type(strategy).offloads:
+                where = "" if component is self else f"{component._label()} "
                 raise ConfigurationError(
-                    f"SimplePipeline {self.name!r}: {type(component).__name__} {component.name!r} "
-                    f"field 'execution_strategy' is {type(strategy).__name__}, which runs stages off "
-                    "the event loop; use an ADVANCED pipeline for threads and processes"
+                    f"{self._label()}: {where}field 'execution_strategy' is {type(strategy).__name__}, "
+                    "which runs stages off the event loop; use an ADVANCED pipeline for threads and processes"
                 )
 
 
@@ -154,12 +167,16 @@ class AdvancedPipeline(Pipeline):
         super().model_post_init(__context)
         if not isinstance(self.context, ProtectedContext):
             raise ConfigurationError(
-                f"AdvancedPipeline {self.name!r}: field 'context' must be a ProtectedContext, "
-                f"got {type(self.context).__name__}"
+                f"{self._label()}: field 'context' must be a ProtectedContext, got {kind_of(self.context)}"
             )
 
     def _on_start(self) -> None:
-        self.context.lock(f"pipeline {self.name!r} while it runs")
+        self._protected_context().lock(f"pipeline {self.name!r} while it runs")
 
     def _on_finish(self) -> None:
-        self.context.unlock()
+        self._protected_context().unlock()
+
+    def _protected_context(self) -> ProtectedContext:
+        context = self.context
+        assert isinstance(context, ProtectedContext)  # checked at construction
+        return context

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from dynapipeline.errors import ConfigurationError
+from dynapipeline.errors import ConfigurationError, kind_of
 
 __all__ = ["CycleStrategy", "ExecutionStrategy", "runners_of"]
 
@@ -56,7 +56,7 @@ class CycleStrategy:
         if not isinstance(execution_strategy, ExecutionStrategy):
             raise ConfigurationError(
                 f"{type(self).__name__}.run: field 'execution_strategy' must be an ExecutionStrategy, "
-                f"got {type(execution_strategy).__name__}"
+                f"got {kind_of(execution_strategy)}"
             )
         runners = runners_of(components, type(self).__name__)
         return await self.run_cycles(execution_strategy.dispatch, runners, args, kwargs)
@@ -72,10 +72,16 @@ def runners_of(components: Any, where: str) -> tuple[Any, ...]:
     """The engine runners of a list of components, with a clear error for anything else."""
     runners = []
     for index, component in enumerate(components):
-        runner = getattr(component, "_runner", None) if hasattr(component, "__pydantic_private__") else None
+        # On an instance this is the dict of private attributes; on a class, a slot descriptor.
+        private = getattr(component, "__pydantic_private__", None)
+        runner = private.get("_runner") if isinstance(private, dict) else None
         if runner is None:
             raise ConfigurationError(
-                f"{where}: component #{index} is a {type(component).__name__}, not a Stage, StageGroup or Pipeline"
+                f"{where}: component #{index} is {_a(kind_of(component))}, not a Stage, StageGroup or Pipeline"
             )
         runners.append(runner)
     return tuple(runners)
+
+
+def _a(kind: str) -> str:
+    return kind if kind.startswith("the class ") else f"a {kind}"

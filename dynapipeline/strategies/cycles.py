@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 from dynapipeline.engine import Forever, Loop, Once
 from dynapipeline.errors import ConfigurationError
+from dynapipeline.model.component import as_float
 from dynapipeline.model.strategy import CycleStrategy
 
 __all__ = ["InfiniteLoopStrategy", "InfinitLoopStrategy", "LoopCycleStrategy", "OnceCycleStrategy"]
@@ -22,10 +25,11 @@ class OnceCycleStrategy(CycleStrategy):
 
 
 class LoopCycleStrategy(CycleStrategy):
-    """``cycles`` cycles (an int >= 0); the result is the list of per-cycle results."""
+    """``cycles`` cycles (an int >= 0; 0 runs nothing); the result is the list of per-cycle results."""
 
     def __init__(self, cycles: int) -> None:
-        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 0:
+        # sys.maxsize: the engine counts cycles in a C integer.
+        if isinstance(cycles, bool) or not isinstance(cycles, int) or not 0 <= cycles <= sys.maxsize:
             raise ConfigurationError(f"LoopCycleStrategy: field 'cycles' must be an int >= 0, got {cycles!r}")
         self.cycles = cycles
         self.run_cycles = Loop(cycles).run  # type: ignore[method-assign]
@@ -42,7 +46,8 @@ class InfinitLoopStrategy(CycleStrategy):
 
     ``event`` is anything with ``is_set()`` (``asyncio.Event``, ``threading.Event``).
     Every cycle ends by yielding to the event loop for ``interval`` seconds (0: one
-    turn of the loop), so other tasks, ``stop()`` included, always get to run.
+    turn of the loop), so other tasks, ``stop()`` included, always get to run. ``interval``
+    must be finite: an endless sleep would end nothing.
     """
 
     def __init__(self, event: Any = None, interval: float = 0) -> None:
@@ -50,11 +55,14 @@ class InfinitLoopStrategy(CycleStrategy):
             raise ConfigurationError(
                 f"InfinitLoopStrategy: field 'event' must have is_set() (an Event), got {type(event).__name__}"
             )
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
-            raise ConfigurationError(f"InfinitLoopStrategy: field 'interval' must be a number >= 0, got {interval!r}")
+        seconds = as_float(interval)
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            raise ConfigurationError(
+                f"InfinitLoopStrategy: field 'interval' must be a finite number >= 0, got {interval!r}"
+            )
         self.event = event
-        self.interval = float(interval)
-        self.run_cycles = Forever(event, float(interval)).run  # type: ignore[method-assign]
+        self.interval = seconds
+        self.run_cycles = Forever(event, seconds).run  # type: ignore[method-assign]
 
     def __reduce__(self) -> tuple[type, tuple[Any, float]]:
         return (type(self), (self.event, self.interval))

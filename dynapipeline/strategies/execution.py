@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from dynapipeline.engine import Bounded, Concurrent, Sequential, Slots
 from dynapipeline.errors import ConfigurationError
 from dynapipeline.model.strategy import ExecutionStrategy
@@ -37,7 +39,9 @@ class SemaphoreExecutionStrategy(ExecutionStrategy):
     """
 
     def __init__(self, max_concurrent: int) -> None:
-        if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1:
+        # sys.maxsize: the engine counts slots in a C integer.
+        if (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)
+                or not 1 <= max_concurrent <= sys.maxsize):
             raise ConfigurationError(
                 f"SemaphoreExecutionStrategy: field 'max_concurrent' must be an int >= 1, got {max_concurrent!r}"
             )

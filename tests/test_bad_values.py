@@ -1,0 +1,200 @@
+"""Every numeric field and constructor argument, fed ints, bools, floats (NaN, ±inf, negatives),
+strings and None: each value is accepted with its documented meaning, or rejected with one of
+our errors or pydantic's ValidationError; never a raw TypeError/ValueError, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+import pytest
+from helpers import run_on_test_loop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dynapipeline import Stage, StageGroup
+from dynapipeline.errors import DynaPipelineError, StageTimeoutError
+from dynapipeline.execution import (
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
+    SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.execution.cycle_strategies import InfiniteLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
+
+VALUES = st.one_of(
+    st.integers(),
+    st.sampled_from([0, 1, -1, sys.maxsize, sys.maxsize + 1, 2**64, -(2**63), 10**400, -(10**400)]),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e-300, 1e300]),
+    st.text(max_size=4),
+    st.sampled_from(["1", "0.5", "nan", "inf"]),
+    st.none(),
+)
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RUN_LIMIT = 10.0  # seconds: a run that takes longer counts as a hang
+
+
+class Noop(Stage):
+    async def execute(self) -> str:
+        return "done"
+
+
+class FailOnce(Stage):
+    """Fails its first attempt, then returns the attempt number."""
+
+    attempts: int = 0
+
+    async def execute(self) -> int:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise ConnectionError("first attempt")
+        return self.attempts
+
+
+def _float(value: Any) -> float | None:
+    """The value as a float if it is a number (not a bool) that fits one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        return None
+    return float(value)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _build(make: Callable[[], Any]) -> Any:
+    """What ``make()`` built, or None when it rejected the value with one of the allowed errors."""
+    try:
+        return make()
+    except (DynaPipelineError, pydantic.ValidationError):
+        return None
+
+
+def _run(coro: Any) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, RUN_LIMIT)
+
+    return run_on_test_loop(bounded())
+
+
+def _run_stage(stage: Stage) -> Any:
+    return _run(StageGroup(name="g", stages=[stage], cycle_strategy=OnceCycleStrategy(),
+                           execution_strategy=SequentialExecutionStrategy()).run())
+
+
+@FAST
+@given(VALUES)
+def test_stage_timeout(value: Any) -> None:
+    stage = _build(lambda: Noop(name="s", timeout=value))
+    if stage is None:
+        assert not (value is None or (_float(value) is not None and not math.isnan(value)))
+        return
+    # Documented: seconds; None, <= 0 or inf mean no limit.
+    assert value is None or (_float(value) is not None and not math.isnan(value))
+    if value is None or value <= 0 or math.isinf(value):
+        assert _run_stage(stage) == ["done"]
+    else:
+        try:
+            assert _run_stage(stage) == ["done"]
+        except StageTimeoutError:
+            assert value < 1.0  # only a tiny deadline may expire before a no-op returns
+
+
+@FAST
+@given(VALUES)
+def test_stage_retries(value: Any) -> None:
+    stage = _build(lambda: FailOnce(name="s", retries=value))
+    if stage is None:
+        assert not (_int(value) and 0 <= value <= sys.maxsize)
+        return
+    assert _int(value) and value >= 0  # documented: an int >= 0 of extra attempts
+    if value == 0:
+        with pytest.raises(ConnectionError):
+            _run_stage(stage)
+    else:
+        assert _run_stage(stage) == [2]
+
+
+@FAST
+@pytest.mark.parametrize("field", ["retry_delay", "retry_backoff"])
+@given(value=VALUES)
+def test_stage_retry_delay_and_backoff(field: str, value: Any) -> None:
+    stage = _build(lambda: FailOnce(name="s", retries=1, **{field: value}))
+    lowest_ok = (lambda v: v >= 0) if field == "retry_delay" else (lambda v: v > 0)
+    documented = _float(value) is not None and math.isfinite(value) and lowest_ok(value)
+    if stage is None:
+        assert not documented
+        return
+    assert documented
+    # The first retry waits retry_delay * retry_backoff**0 = retry_delay seconds.
+    if field == "retry_backoff" or value <= 0.01:
+        assert _run_stage(stage) == [2]
+
+
+@FAST
+@given(VALUES)
+def test_loop_cycles(value: Any) -> None:
+    strategy = _build(lambda: LoopCycleStrategy(value))
+    if strategy is None:
+        assert not (_int(value) and 0 <= value <= sys.maxsize)
+        return
+    assert _int(value) and value >= 0  # documented: that many cycles, 0 runs nothing
+    if value <= 20:
+        group = StageGroup(name="g", stages=[Noop(name="s")], cycle_strategy=strategy,
+                           execution_strategy=SequentialExecutionStrategy())
+        assert _run(group.run()) == [["done"]] * value
+
+
+@FAST
+@given(VALUES)
+def test_infinite_loop_interval(value: Any) -> None:
+    strategy = _build(lambda: InfiniteLoopStrategy(interval=value))
+    if strategy is None:
+        assert not (_float(value) is not None and math.isfinite(value) and value >= 0)
+        return
+    assert _float(value) is not None and math.isfinite(value) and value >= 0  # documented: seconds between cycles
+    if value <= 0.01:
+        event = asyncio.Event()
+
+        class SetEvent(Stage):
+            async def execute(self) -> None:
+                event.set()
+
+        group = StageGroup(name="g", stages=[SetEvent(name="s")], cycle_strategy=InfiniteLoopStrategy(event, value),
+                           execution_strategy=SequentialExecutionStrategy())
+        assert _run(group.run()) is None
+
+
+@FAST
+@given(VALUES)
+def test_semaphore_max_concurrent(value: Any) -> None:
+    strategy = _build(lambda: SemaphoreExecutionStrategy(value))
+    if strategy is None:
+        assert not (_int(value) and 1 <= value <= sys.maxsize)
+        return
+    assert _int(value) and value >= 1  # documented: at most that many members in flight
+    stages = [Noop(name=f"s{i}") for i in range(3)]
+    assert _run(strategy.execute(stages)) == ["done"] * 3
+
+
+@FAST
+@pytest.mark.parametrize("cls", [MultithreadExecutionStrategy, MultiprocessExecutionStrategy])
+@given(value=VALUES)
+def test_pool_max_workers(cls: type, value: Any) -> None:
+    # Construction only: it starts no thread or process.
+    strategy = _build(lambda: cls(value))
+    if strategy is None:
+        assert not (value is None or (_int(value) and 1 <= value <= sys.maxsize))
+        return
+    # Documented: None for the default pool size, else an int >= 1.
+    assert value is None or (_int(value) and value >= 1)
+    assert strategy.max_workers == value

@@ -1,0 +1,147 @@
+"""A user's program, type-checked with ``mypy --strict`` (``make test``); it also runs.
+
+It uses the public API the way the README does: Stage subclasses with either form of
+``execute``, groups and pipelines with every strategy, a handler, contexts, timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import dynapipeline
+from dynapipeline import Handler, Pipeline, PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline.contexts import AsyncLockableContext, Context, ProtectedContext
+from dynapipeline.execution import (
+    ConcurrentExecutionStrategy,
+    ExecutionStrategy,
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
+    SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.execution.cycle_strategies import (
+    CycleStrategy,
+    InfiniteLoopStrategy,
+    InfinitLoopStrategy,
+    LoopCycleStrategy,
+    OnceCycleStrategy,
+)
+
+
+class Double(Stage):
+    """An async stage with a specific signature and a user field."""
+
+    factor: int = 2
+
+    async def execute(self, x: int) -> int:
+        await asyncio.sleep(0)
+        return x * self.factor
+
+
+class Greet(Stage):
+    """A plain ``def`` stage."""
+
+    greeting: str = "hello"
+
+    def execute(self) -> str:
+        return f"{self.greeting} from {self.name}"
+
+
+class Count(Stage):
+    """Counts its runs in the shared context."""
+
+    async def execute(self) -> int:
+        async with self.context as ctx:
+            ctx["runs"] = ctx.get("runs", 0) + 1
+            runs: int = ctx["runs"]
+        return runs
+
+
+class Stopper(Stage):
+    """Sets an event, ending an infinite loop."""
+
+    event: threading.Event
+
+    def execute(self) -> None:
+        self.event.set()
+
+
+class Log(Handler):
+    """Overrides every hook, sync and async."""
+
+    lines: list[str]
+
+    def before(self, component: Any, *args: Any, **kwargs: Any) -> None:
+        self.lines.append(f"before {component.name}")
+
+    async def around(self, component: Any, execute: Any, *args: Any, **kwargs: Any) -> Any:
+        return await execute(*args, **kwargs)
+
+    def after(self, component: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        self.lines.append(f"after {component.name}")
+
+    def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> None:
+        self.lines.append(f"error {type(error).__name__}")
+
+
+def group(name: str, stages: list[Stage], execution: ExecutionStrategy,
+          cycle: CycleStrategy | None = None) -> StageGroup:
+    return StageGroup(name=name, stages=stages, cycle_strategy=cycle or OnceCycleStrategy(),
+                      execution_strategy=execution)
+
+
+async def main() -> None:
+    log = Log(lines=[])
+    double = Double(name="double", timeout=1.0, retries=2, retry_delay=0.0, retry_backoff=2.0, factor=3)
+    double.add_handler(log)
+    assert await double.run(2) == 6
+    assert double.execution_time is not None and double.execution_time >= 0.0
+    mean: float = double.stats.mean
+    assert mean >= 0.0 and double.stats.count == 1
+
+    greet = Greet(name="greet", handlers=[log])
+    assert await greet.run() == "hello from greet"
+
+    event, other_event = threading.Event(), threading.Event()
+    asyncio_groups: list[StageGroup] = [
+        group("sequential", [Count(name="c1"), Greet(name="g1")], SequentialExecutionStrategy()),
+        group("concurrent", [Count(name="c2")], ConcurrentExecutionStrategy(), LoopCycleStrategy(2)),
+        group("semaphore", [Count(name="c3")], SemaphoreExecutionStrategy(2)),
+        group("forever", [Stopper(name="stop", event=event)], SequentialExecutionStrategy(),
+              InfinitLoopStrategy(event, 0.0)),
+        group("forever too", [Stopper(name="stop too", event=other_event)], SequentialExecutionStrategy(),
+              InfiniteLoopStrategy(other_event, interval=0.001)),
+    ]
+    simple: Pipeline = PipelineFactory().create_pipeline(
+        PipeLineType.SIMPLE, "simple", asyncio_groups, OnceCycleStrategy(), SequentialExecutionStrategy(),
+        context_data={"runs": 0},
+    )
+    simple.add_handler(log)
+    await simple.run()
+    assert simple.context["runs"] == 4
+    assert isinstance(simple.context, AsyncLockableContext)
+
+    # Stages that leave the event loop: an ADVANCED pipeline (its context is read-only during a run).
+    offloaded: list[StageGroup] = [
+        group("threads", [Double(name="t1"), Double(name="t2", factor=3)], MultithreadExecutionStrategy(2)),
+        group("processes", [Double(name="p1")], MultiprocessExecutionStrategy(1)),
+    ]
+    advanced = PipelineFactory().create_pipeline(
+        PipeLineType.ADVANCED, "advanced", offloaded, LoopCycleStrategy(1), ConcurrentExecutionStrategy())
+    assert isinstance(advanced.context, ProtectedContext)
+    assert await advanced.run(5) == [[[10, 15], [10]]]
+
+    custom = PipelineFactory().create_pipeline(
+        PipeLineType.CUSTOM, "custom", [group("once", [Double(name="d")], SequentialExecutionStrategy())],
+        OnceCycleStrategy(), SequentialExecutionStrategy(), context=Context({"who": "me"}))
+    assert await custom.run(1) == [[2]]
+    assert custom.context["who"] == "me"
+    assert [c.name for c in custom.iter_components()] == ["custom", "once", "d"]
+    print(custom.report())
+    print("\n".join(log.lines))
+
+
+if __name__ == "__main__":
+    dynapipeline.run(main())
