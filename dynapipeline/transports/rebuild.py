@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic_core import PydanticUndefined
 
+from dynapipeline.model.component import Component, private_of
 from dynapipeline.model.contexts import ProtectedContext
 from dynapipeline.model.group import Container
 
@@ -114,8 +115,8 @@ def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: se
     return obj
 
 
-def timings_of(component: Any) -> list[tuple[Any, ...]]:
+def timings_of(component: Component) -> list[tuple[Any, ...]]:
     """Timing of a component and, for a group, of everything below it (depth first)."""
     if isinstance(component, Container):
-        return [c.__pydantic_private__["_runner"].timing() for c in component.iter_components()]
-    return [component.__pydantic_private__["_runner"].timing()]
+        return [private_of(c)["_runner"].timing() for c in component.iter_components()]
+    return [private_of(component)["_runner"].timing()]
