@@ -1,12 +1,16 @@
 """Builds the Cython engine; falls back to pure Python (with a warning) when that is impossible.
 
+The engine has one source, ``dynapipeline/engine/core_py.py``. It is compiled a second time
+under the module name ``dynapipeline.engine.core_c``; Cython finds a module's ``.pxd`` by the
+module's name, so ``core_c.pxd`` beside the source gives the compiled module its C types.
+
 DYNAPIPELINE_REQUIRE_EXTENSIONS=1 turns the fallback into a build error.
 """
 
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 REQUIRE = os.environ.get("DYNAPIPELINE_REQUIRE_EXTENSIONS", "") not in ("", "0")
@@ -20,8 +24,9 @@ def extensions():
             raise
         print("WARNING: Cython missing, dynapipeline is installed as pure Python", file=sys.stderr)
         return []
+    engine = Extension("dynapipeline.engine.core_c", ["dynapipeline/engine/core_py.py"])
     return cythonize(
-        ["dynapipeline/engine/core_c.py"],
+        [engine],
         compiler_directives={
             "language_level": 3,
             "annotation_typing": False,
