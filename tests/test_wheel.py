@@ -51,7 +51,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-v",
          "-w", str(dist)],
-        capture_output=True, text=True, env=_clean_env(), timeout=600,
+        # The wheel must carry the compiled engine: a fallback to pure Python fails the build here.
+        capture_output=True, text=True, env={**_clean_env(), "DYNAPIPELINE_REQUIRE_EXTENSIONS": "1"}, timeout=600,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
