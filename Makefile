@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml setup.py dynapipeline/engine/core_py.py dynapipeline/en
 demo: $(STAMP)
 	$(VPY) examples/readme_example.py
 
+# Four legs (engine x loop); the first also builds the wheel and installs it in a fresh venv (tests/test_wheel.py).
 test: $(STAMP)
 	$(VPY) -m ruff check dynapipeline tests examples benchmarks
 	$(VPY) -m mypy --strict dynapipeline tests/typing
@@ -27,8 +28,9 @@ test: $(STAMP)
 		mode=$${leg%%:*}; loop=$${leg##*:}; \
 		echo "=== engine=$$mode loop=$$loop"; \
 		if [ $$mode = pure ]; then noext=1; else noext=; fi; \
+		if [ $$leg = compiled:asyncio ]; then wheel=1; else wheel=; fi; \
 		DYNAPIPELINE_TEST_MODE=$$mode DYNAPIPELINE_NO_EXTENSIONS=$$noext DYNAPIPELINE_LOOP=$$loop \
-			$(VPY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
+			DYNAPIPELINE_TEST_WHEEL=$$wheel $(VPY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
 	done
 	$(VPY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-disable
 
@@ -54,4 +56,4 @@ bench-suite: $(STAMP)
 	done
 
 clean:
-	rm -rf build *.egg-info dynapipeline/engine/*.c dynapipeline/engine/*.so .pytest_cache
+	rm -rf build dist *.egg-info dynapipeline/engine/*.c dynapipeline/engine/*.so .pytest_cache

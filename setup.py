@@ -1,15 +1,28 @@
 """Builds the Cython engine; falls back to pure Python (with a warning) when that is impossible.
 
+The engine has one source, ``dynapipeline/engine/core_py.py``. It is compiled a second time
+under the module name ``dynapipeline.engine.core_c``; Cython finds a module's ``.pxd`` by the
+module's name, so ``core_c.pxd`` beside the source gives the compiled module its C types.
+
 DYNAPIPELINE_REQUIRE_EXTENSIONS=1 turns the fallback into a build error.
 """
 
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 REQUIRE = os.environ.get("DYNAPIPELINE_REQUIRE_EXTENSIONS", "") not in ("", "0")
+SOURCE = "dynapipeline/engine/core_py.py"
+PXD = "dynapipeline/engine/core_c.pxd"
+GENERATED_C = "dynapipeline/engine/core_py.c"  # cythonize names it after the source
+
+
+def _pxd_newer_than_generated_c():
+    """Cython decides whether to regenerate the C from the source's own-named .pxd (core_py.pxd),
+    not from the one it finds by module name, so a changed core_c.pxd must force it."""
+    return os.path.exists(GENERATED_C) and os.path.getmtime(PXD) > os.path.getmtime(GENERATED_C)
 
 
 def extensions():
@@ -20,8 +33,10 @@ def extensions():
             raise
         print("WARNING: Cython missing, dynapipeline is installed as pure Python", file=sys.stderr)
         return []
+    engine = Extension("dynapipeline.engine.core_c", [SOURCE], depends=[PXD])
     return cythonize(
-        ["dynapipeline/engine/core_c.py"],
+        [engine],
+        force=_pxd_newer_than_generated_c(),
         compiler_directives={
             "language_level": 3,
             "annotation_typing": False,

@@ -3,6 +3,9 @@
 ``dynapipeline.compiled`` tells whether the Cython engine is in use.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from dynapipeline.engine import COMPILED as compiled
 from dynapipeline.front import PipelineFactory, PipeLineType, loop_name, run
 from dynapipeline.model import (
@@ -14,7 +17,11 @@ from dynapipeline.model import (
     StageGroup,
 )
 
-__version__ = "0.2.0"
+try:
+    # The version is written once, in pyproject.toml; the installed metadata carries it.
+    __version__: str = _version("dynapipeline")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AdvancedPipeline",

@@ -1,8 +1,9 @@
-"""Command line: ``python -m dynapipeline info | bench``."""
+"""Command line: ``dynapipeline info | bench | --version`` (also ``python -m dynapipeline ...``)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -19,8 +20,19 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _prog() -> str:
+    """How the user ran us, for ``usage:``: the console script by its name, else ``python -m dynapipeline``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name.startswith("dynapipeline"):  # the console script (dynapipeline, dynapipeline.exe)
+        return name
+    return "python -m dynapipeline"  # argv[0] is .../dynapipeline/__main__.py, or main() called from Python
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynapipeline")
+    import dynapipeline
+
+    parser = argparse.ArgumentParser(prog=_prog())
+    parser.add_argument("--version", action="version", version=f"dynapipeline {dynapipeline.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, engine (compiled or pure), loop, Python").set_defaults(func=_info)
     from dynapipeline.front.bench import add_parser as add_bench

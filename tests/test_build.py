@@ -48,3 +48,15 @@ def test_info_command_prints_engine_loop_and_versions():
     assert f"engine: {'compiled' if dynapipeline.compiled else 'pure'}" in out
     assert f"loop: {dynapipeline.loop_name()}" in out
     assert "python: 3." in out
+
+
+def test_compiled_engine_has_the_c_types_of_core_c_pxd():
+    # core_c.pxd declares Slots._waiters as a C field (not `public`): compiled, Python cannot reach it;
+    # if the build compiled core_py.py without the .pxd, it would be an ordinary attribute as in the pure engine.
+    slots = engine.Slots(2)
+    assert slots.limit == 2  # `public` in the .pxd: readable either way
+    if dynapipeline.compiled:
+        assert not hasattr(slots, "_waiters")
+        assert type(slots).__dictoffset__ == 0  # a cdef class: no instance __dict__
+    else:
+        assert hasattr(slots, "_waiters")

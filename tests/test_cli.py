@@ -1,12 +1,14 @@
-"""The command line: ``python -m dynapipeline info`` and ``bench`` (tiny sizes: behaviour, not speed)."""
+"""The command line: ``info``, ``bench`` (tiny sizes: behaviour, not speed), ``--version``, how it names itself."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,27 @@ def test_format_table_aligns_columns() -> None:
 def test_bench_rejects_unknown_loop() -> None:
     with pytest.raises(SystemExit):
         main(["bench", "--loops", "trio"])
+
+
+def test_version_flag_prints_the_package_version() -> None:
+    assert _cli("--version").stdout == f"dynapipeline {dynapipeline.__version__}\n"
+
+
+def test_version_comes_from_the_installed_metadata() -> None:
+    from importlib.metadata import version
+
+    assert dynapipeline.__version__ == version("dynapipeline")
+
+
+def test_help_names_python_dash_m_when_run_with_dash_m() -> None:
+    assert _cli("--help").stdout.startswith("usage: python -m dynapipeline ")
+
+
+def test_console_script_names_itself_in_help_and_prints_the_version() -> None:
+    script = Path(sys.executable).parent / "dynapipeline"
+    assert script.exists(), "the dynapipeline console script is installed beside the interpreter"
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=True, env=dict(os.environ),
+                            timeout=120)
+    assert run([str(script), "--help"]).stdout.startswith("usage: dynapipeline [")
+    assert run([str(script), "info", "--help"]).stdout.startswith("usage: dynapipeline info ")
+    assert run([str(script), "--version"]).stdout == f"dynapipeline {dynapipeline.__version__}\n"

@@ -1,12 +1,16 @@
-"""Picks the engine: the compiled ``core_c`` unless ``DYNAPIPELINE_NO_EXTENSIONS`` is set or it was not built."""
+"""Picks the engine: the compiled ``core_c`` unless ``DYNAPIPELINE_NO_EXTENSIONS`` is set or it was not built.
+
+There is one source, ``core_py.py``. The build compiles it a second time as the extension
+module ``core_c`` (with the C types of ``core_c.pxd``); no ``core_c.py`` exists. Type checkers
+always see the pure source.
+"""
 
 from __future__ import annotations
 
-import importlib
 import importlib.machinery
 import importlib.util
 import os
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 __all__ = [
     "COMPILED",
@@ -29,26 +33,48 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _pick() -> tuple[ModuleType, bool]:
-    if not _flag("DYNAPIPELINE_NO_EXTENSIONS"):
-        # core_c.py links to the source; only the built extension counts as compiled.
-        spec = importlib.util.find_spec(__name__ + ".core_c")
-        if spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
-            return importlib.import_module(__name__ + ".core_c"), True
-    return importlib.import_module(__name__ + ".core_py"), False
+def _use_extension() -> bool:
+    """True when the compiled engine is wanted and built (only a built extension counts as compiled)."""
+    if _flag("DYNAPIPELINE_NO_EXTENSIONS"):
+        return False
+    spec = importlib.util.find_spec(__name__ + ".core_c")
+    return spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
 
 
-_core, COMPILED = _pick()
+# `_core` is the module in use, for introspection (tests/test_build.py checks its name and file).
+if TYPE_CHECKING or not _use_extension():
+    from . import core_py as _core  # noqa: F401
+    from .core_py import (
+        Bounded,
+        Concurrent,
+        Forever,
+        Loop,
+        Once,
+        RunControl,
+        Runner,
+        Sequential,
+        Slots,
+        current_control,
+        run_tasks,
+        wait_through_cancel,
+    )
 
-Bounded = _core.Bounded
-Concurrent = _core.Concurrent
-Forever = _core.Forever
-Loop = _core.Loop
-Once = _core.Once
-RunControl = _core.RunControl
-Runner = _core.Runner
-Sequential = _core.Sequential
-Slots = _core.Slots
-current_control = _core.current_control
-run_tasks = _core.run_tasks
-wait_through_cancel = _core.wait_through_cancel
+    COMPILED = False
+else:
+    from . import core_c as _core  # noqa: F401
+    from .core_c import (
+        Bounded,
+        Concurrent,
+        Forever,
+        Loop,
+        Once,
+        RunControl,
+        Runner,
+        Sequential,
+        Slots,
+        current_control,
+        run_tasks,
+        wait_through_cancel,
+    )
+
+    COMPILED = True

@@ -1,4 +1,4 @@
-# C types for the compiled engine. The code is core_py.py (core_c.py links to it).
+# C types for the compiled engine. The code is core_py.py, compiled under the module name core_c (see setup.py).
 #
 # Locals of `async def` cannot be typed here, so the dispatch loops reach a Runner's
 # C fields through the small cdef functions declared at the bottom (C calls).

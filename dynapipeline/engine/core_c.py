@@ -1,1 +1,0 @@
-core_py.py
