@@ -11,22 +11,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import dynapipeline
-from dynapipeline.front.bench import loop_factory
+from dynapipeline._loops import loop_factory, uvloop_available
 
 __all__ = ["LOOPS", "MODE", "LoopRunner", "close_loops", "loop_runner"]
 
 MODE = "compiled" if dynapipeline.compiled else "pure"
 
 
-def _available_loops() -> tuple[str, ...]:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return ("asyncio",)
-    return ("asyncio", "uvloop")
-
-
-LOOPS = _available_loops()
+LOOPS = ("asyncio", "uvloop") if uvloop_available() else ("asyncio",)
 
 
 class LoopRunner:

@@ -23,13 +23,13 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import pytest
 
 from dynapipeline import Stage, StageGroup
+from dynapipeline._transports.processes import default_start_method
 from dynapipeline.execution import (
     MultiprocessExecutionStrategy,
     MultithreadExecutionStrategy,
     SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
-from dynapipeline.transports.processes import default_start_method
 
 CPU_LIMIT = int(os.environ.get("DYNAPIPELINE_BENCH_CPU_LIMIT", "30000"))
 

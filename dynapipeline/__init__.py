@@ -3,12 +3,12 @@
 ``dynapipeline.compiled`` tells whether the Cython engine is in use.
 """
 
-from importlib.metadata import PackageNotFoundError
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-from dynapipeline.engine import COMPILED as compiled
-from dynapipeline.front import PipelineFactory, PipeLineType, loop_name, run
-from dynapipeline.model import (
+from dynapipeline._engine import COMPILED as compiled
+from dynapipeline._front import PipelineFactory, PipeLineType, loop_name, run
+from dynapipeline._model import (
     AdvancedPipeline,
     Handler,
     Pipeline,
@@ -20,7 +20,7 @@ from dynapipeline.model import (
 try:
     # The version is written once, in pyproject.toml; the installed metadata carries it.
     __version__: str = _version("dynapipeline")
-except PackageNotFoundError:  # a source tree on sys.path that was never installed
+except _PackageNotFoundError:  # a source tree on sys.path that was never installed
     __version__ = "0+unknown"
 
 __all__ = [

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"dynapipeline {dynapipeline.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, engine (compiled or pure), loop, Python").set_defaults(func=_info)
-    from dynapipeline.front.bench import add_parser as add_bench
+    from dynapipeline._front.bench import add_parser as add_bench
 
     add_bench(sub)
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
 """Public home of the contexts (``from dynapipeline.contexts import ...``)."""
 
-from dynapipeline.model.contexts import AsyncLockableContext, Context, ProtectedContext
+from dynapipeline._model.contexts import AsyncLockableContext, Context, ProtectedContext
 
 __all__ = ["AsyncLockableContext", "Context", "ProtectedContext"]

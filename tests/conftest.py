@@ -16,20 +16,13 @@ import pytest
 
 import dynapipeline
 from dynapipeline import loop_name
+from dynapipeline._loops import loop_factory
 
 LOOP = loop_name()
 
 
-def _factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    if LOOP == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop  # type: ignore[no-any-return]
-    return asyncio.new_event_loop
-
-
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    return {LOOP: _factory()}
+    return {LOOP: loop_factory(LOOP)}
 
 
 def pytest_report_header(config: Any) -> str:

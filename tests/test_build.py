@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import dynapipeline
-from dynapipeline import engine
+from dynapipeline import _engine as engine
 
 
 def _python(code: str, **env: str) -> str:
@@ -19,16 +19,16 @@ def _python(code: str, **env: str) -> str:
 
 def test_no_extensions_at_runtime_selects_pure_engine():
     assert _python("import dynapipeline; print(dynapipeline.compiled)", DYNAPIPELINE_NO_EXTENSIONS="1") == "False"
-    assert _python("import dynapipeline.engine as e; print(e._core.__name__)",
-                   DYNAPIPELINE_NO_EXTENSIONS="1") == "dynapipeline.engine.core_py"
+    assert _python("import dynapipeline._engine as e; print(e._core.__name__)",
+                   DYNAPIPELINE_NO_EXTENSIONS="1") == "dynapipeline._engine.core_py"
 
 
 def test_compiled_flag_matches_the_module_in_use():
     if dynapipeline.compiled:
-        assert engine._core.__name__ == "dynapipeline.engine.core_c"
+        assert engine._core.__name__ == "dynapipeline._engine.core_c"
         assert engine._core.__file__.endswith((".so", ".pyd"))
     else:
-        assert engine._core.__name__ == "dynapipeline.engine.core_py"
+        assert engine._core.__name__ == "dynapipeline._engine.core_py"
 
 
 def test_built_engine_is_picked_without_the_variable():

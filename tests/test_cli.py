@@ -14,7 +14,7 @@ import pytest
 
 import dynapipeline
 from dynapipeline.__main__ import main
-from dynapipeline.front.bench import BUILD, CASES, KINDS, format_table
+from dynapipeline._front.bench import BUILD, CASES, KINDS, format_table
 
 MODE = "compiled" if dynapipeline.compiled else "pure"
 

@@ -1,4 +1,4 @@
-"""Contracts of the cycle strategies (DESIGN §2)."""
+"""Contracts of the cycle strategies."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ async def test_infinite_loop_keeps_memory_flat():
 
 @pytest.mark.parametrize("kwargs", [{"event": "not an event"}, {"interval": -1}, {"interval": "1"}])
 def test_infinite_loop_rejects_bad_input(kwargs):
-    with pytest.raises(ConfigurationError, match="InfinitLoopStrategy"):
+    with pytest.raises(ConfigurationError, match="InfiniteLoopStrategy"):
         InfinitLoopStrategy(**kwargs)
 
 
@@ -132,7 +132,7 @@ async def test_cycle_run_rejects_non_strategy():
 
 @pytest.mark.parametrize("interval", [float("nan"), float("inf"), True])
 def test_infinite_loop_rejects_non_finite_or_bool_interval(interval):
-    with pytest.raises(ConfigurationError, match="InfinitLoopStrategy.*'interval'"):
+    with pytest.raises(ConfigurationError, match="InfiniteLoopStrategy.*'interval'"):
         InfinitLoopStrategy(interval=interval)
 
 

@@ -1,4 +1,4 @@
-"""Contracts of the asyncio execution strategies (DESIGN §2)."""
+"""Contracts of the asyncio execution strategies."""
 
 from __future__ import annotations
 

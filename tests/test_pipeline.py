@@ -307,7 +307,7 @@ def test_stop_after_the_loop_closed_is_a_no_op():
     loop = asyncio.new_event_loop()
     loop.close()
     # A stop() racing the end of a run from another thread finds a closed loop.
-    p._active = (asyncio.Future(loop=loop), __import__("dynapipeline.engine").engine.RunControl(), loop, -1)
+    p._active = (asyncio.Future(loop=loop), __import__("dynapipeline._engine")._engine.RunControl(), loop, -1)
     try:
         p.stop()
     finally:

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline._transports import process_pool
 from dynapipeline.errors import (
     ContextLockedError,
     PicklingError,
@@ -28,7 +29,6 @@ from dynapipeline.execution import (
     SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
-from dynapipeline.transports import to_process
 
 
 class Pid(Stage):
@@ -116,7 +116,7 @@ async def test_class_is_sent_once_per_worker_and_small_stages_are_batched(procs,
 
     sent: list[int] = []
     blobs: list[int] = []
-    original = to_process.ProcessPool._send
+    original = process_pool.ProcessPool._send
 
     def spy(self: Any, w: Any, job: Any) -> None:
         sent.append(len(job.indices))
@@ -124,7 +124,7 @@ async def test_class_is_sent_once_per_worker_and_small_stages_are_batched(procs,
         original(self, w, job)
         blobs.extend((w.pid, cid) for cid in w.known - before)
 
-    monkeypatch.setattr(to_process.ProcessPool, "_send", spy)
+    monkeypatch.setattr(process_pool.ProcessPool, "_send", spy)
     stages = [Tiny(name=f"t{i}") for i in range(200)]
     for _ in range(3):
         assert await procs.execute(stages) == [None] * 200
@@ -321,13 +321,13 @@ async def test_stop_leaves_no_idle_worker_behind_when_no_other_run_uses_the_pool
 
 def slow_starts(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Make every worker start take ``seconds`` longer (a cold fork server), to open start-up races."""
-    original = to_process.ProcessPool._start_worker
+    original = process_pool.ProcessPool._start_worker
 
     def slow(self: Any) -> Any:
         time.sleep(seconds)
         return original(self)
 
-    monkeypatch.setattr(to_process.ProcessPool, "_start_worker", slow)
+    monkeypatch.setattr(process_pool.ProcessPool, "_start_worker", slow)
 
 
 async def test_stop_during_a_cold_pool_start_leaves_no_workers(monkeypatch):
@@ -488,22 +488,6 @@ def test_bad_settings_are_rejected():
         MultiprocessExecutionStrategy(0)
     with pytest.raises(ConfigurationError, match="start_method"):
         MultiprocessExecutionStrategy(start_method="fork")
-
-
-def test_batches_follow_past_costs():
-    class Dummy:
-        def __init__(self, count: int, total: float) -> None:
-            self.count, self.total, self.owner = count, total, None
-
-    tiny = tuple(Dummy(1, 1e-6) for _ in range(10))
-    assert to_process.plan_batches(tiny, 2) == [list(range(10))]
-    heavy = tuple(Dummy(1, 0.5) for _ in range(2))
-    assert to_process.plan_batches(heavy, 2) == [[0], [1]]
-    uneven = (Dummy(1, 1.66), Dummy(1, 1.69))
-    assert to_process.plan_batches(uneven, 2) == [[0], [1]]
-    unknown = tuple(Dummy(0, 0.0) for _ in range(100))
-    batches = to_process.plan_batches(unknown, 2)
-    assert len(batches) == 8 and sorted(i for b in batches for i in b) == list(range(100))
 
 
 def test_simple_pipeline_rejects_processes_and_advanced_allows_them():

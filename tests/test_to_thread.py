@@ -245,7 +245,7 @@ async def test_end_of_run_shutdown_does_not_block_the_callers_loop():
 
 
 async def test_nested_thread_strategies_share_one_pool_per_run(monkeypatch):
-    from dynapipeline.transports import to_thread
+    from dynapipeline._transports import to_thread
 
     created: list[Any] = []
 

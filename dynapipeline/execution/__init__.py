@@ -1,12 +1,12 @@
 """Public home of the execution strategies (``from dynapipeline.execution import ...``)."""
 
-from dynapipeline.model.strategy import ExecutionStrategy
-from dynapipeline.strategies.execution import (
+from dynapipeline._model.strategy import ExecutionStrategy
+from dynapipeline._strategies.execution import (
     ConcurrentExecutionStrategy,
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
-from dynapipeline.transports import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
+from dynapipeline._transports import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
 
 __all__ = [
     "ConcurrentExecutionStrategy",

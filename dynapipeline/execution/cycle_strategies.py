@@ -1,7 +1,7 @@
 """Public home of the cycle strategies (``from dynapipeline.execution.cycle_strategies import ...``)."""
 
-from dynapipeline.model.strategy import CycleStrategy
-from dynapipeline.strategies.cycles import (
+from dynapipeline._model.strategy import CycleStrategy
+from dynapipeline._strategies.cycles import (
     InfiniteLoopStrategy,
     InfinitLoopStrategy,
     LoopCycleStrategy,

@@ -23,11 +23,11 @@ from typing import Any
 
 import cloudpickle
 
-from dynapipeline.engine import RunControl, current_control
-from dynapipeline.model.group import Container
-from dynapipeline.transports.calling import needs_loop, run_component
-from dynapipeline.transports.process_messages import IDLE, READY, STOP, TAKEN, Reply
-from dynapipeline.transports.rebuild import register_class, timings_of
+from dynapipeline._engine import RunControl, current_control
+from dynapipeline._model.group import Container
+from dynapipeline._transports.calling import needs_loop, run_component
+from dynapipeline._transports.process_messages import IDLE, READY, STOP, TAKEN, Reply
+from dynapipeline._transports.rebuild import register_class, timings_of
 
 __all__ = ["main", "run_batch"]
 

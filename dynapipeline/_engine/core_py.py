@@ -1,8 +1,8 @@
 """The engine: running one component, the dispatchers and the cycle loops.
 
 This file is plain Python and correct on its own. The build compiles the very
-same source a second time as ``core_c`` (``core_c.py`` is a link to this file,
-C types live in ``core_c.pxd``); ``dynapipeline.engine`` picks one at import.
+same source a second time under the module name ``core_c`` (setup.py), with the C
+types declared in ``core_c.pxd``; ``dynapipeline._engine`` picks one at import.
 
 Hot-path rules: whatever can be resolved once (the bound ``execute``, the
 handler lists, whether the fast path applies) is resolved when a component is

@@ -6,10 +6,10 @@ import math
 import sys
 from typing import Any
 
-from dynapipeline.engine import Forever, Loop, Once
+from dynapipeline._engine import Forever, Loop, Once
+from dynapipeline._model.component import as_float
+from dynapipeline._model.strategy import CycleStrategy
 from dynapipeline.errors import ConfigurationError
-from dynapipeline.model.component import as_float
-from dynapipeline.model.strategy import CycleStrategy
 
 __all__ = ["InfiniteLoopStrategy", "InfinitLoopStrategy", "LoopCycleStrategy", "OnceCycleStrategy"]
 
@@ -41,7 +41,7 @@ class LoopCycleStrategy(CycleStrategy):
         return f"LoopCycleStrategy(cycles={self.cycles})"
 
 
-class InfinitLoopStrategy(CycleStrategy):
+class InfiniteLoopStrategy(CycleStrategy):
     """Repeats until ``event`` is set or the pipeline stops; keeps no results (returns None).
 
     ``event`` is anything with ``is_set()`` (``asyncio.Event``, ``threading.Event``).
@@ -53,12 +53,12 @@ class InfinitLoopStrategy(CycleStrategy):
     def __init__(self, event: Any = None, interval: float = 0) -> None:
         if event is not None and not callable(getattr(event, "is_set", None)):
             raise ConfigurationError(
-                f"InfinitLoopStrategy: field 'event' must have is_set() (an Event), got {type(event).__name__}"
+                f"InfiniteLoopStrategy: field 'event' must have is_set() (an Event), got {type(event).__name__}"
             )
         seconds = as_float(interval)
         if seconds is None or not math.isfinite(seconds) or seconds < 0:
             raise ConfigurationError(
-                f"InfinitLoopStrategy: field 'interval' must be a finite number >= 0, got {interval!r}"
+                f"InfiniteLoopStrategy: field 'interval' must be a finite number >= 0, got {interval!r}"
             )
         self.event = event
         self.interval = seconds
@@ -68,7 +68,8 @@ class InfinitLoopStrategy(CycleStrategy):
         return (type(self), (self.event, self.interval))
 
     def __repr__(self) -> str:
-        return f"InfinitLoopStrategy(event={self.event!r}, interval={self.interval})"
+        return f"InfiniteLoopStrategy(event={self.event!r}, interval={self.interval})"
 
 
-InfiniteLoopStrategy = InfinitLoopStrategy
+InfinitLoopStrategy = InfiniteLoopStrategy
+"""The 0.1 spelling of ``InfiniteLoopStrategy`` (the same class), kept so 0.1 code runs unchanged."""

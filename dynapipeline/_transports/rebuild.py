@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic_core import PydanticUndefined
 
-from dynapipeline.model.component import Component, private_of
-from dynapipeline.model.contexts import ProtectedContext
-from dynapipeline.model.group import Container
+from dynapipeline._model.component import Component, private_of
+from dynapipeline._model.contexts import ProtectedContext
+from dynapipeline._model.group import Container
 
 __all__ = [
     "INTERNAL_PRIVATE",

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from dynapipeline._loops import loop_factory, uvloop_available
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["loop_name", "run"]
 
 T = TypeVar("T")
 _CHOICES = ("auto", "uvloop", "asyncio")
-
-
-def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def loop_name(loop: str | None = None) -> str:
@@ -30,7 +23,7 @@ def loop_name(loop: str | None = None) -> str:
         raise ConfigurationError(f"dynapipeline.run: field 'loop' must be one of {_CHOICES}, got {choice!r}")
     if choice == "asyncio":
         return "asyncio"
-    if _uvloop_factory() is None:
+    if not uvloop_available():
         if choice == "uvloop":
             raise ConfigurationError("dynapipeline.run: loop='uvloop' but uvloop is not installed")
         return "asyncio"
@@ -44,7 +37,7 @@ def run(main: Coroutine[Any, Any, T], *, loop: str | None = None, debug: bool | 
     ``"asyncio"``. ``DYNAPIPELINE_LOOP`` sets the default. No global policy changes.
     """
     try:
-        factory = _uvloop_factory() if loop_name(loop) == "uvloop" else None
+        factory = loop_factory("uvloop") if loop_name(loop) == "uvloop" else None
     except BaseException:
         main.close()
         raise

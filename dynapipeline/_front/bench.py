@@ -43,17 +43,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dynapipeline.front.factory import PipelineFactory, PipeLineType
-from dynapipeline.model import Pipeline, Stage, StageGroup
-from dynapipeline.strategies import (
+from dynapipeline._front.factory import PipelineFactory, PipeLineType
+from dynapipeline._loops import loop_factory, uvloop_available
+from dynapipeline._model import Pipeline, Stage, StageGroup
+from dynapipeline._strategies import (
     ConcurrentExecutionStrategy,
     LoopCycleStrategy,
     OnceCycleStrategy,
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
+from dynapipeline._table import format_table as _format_table
 
-__all__ = ["BUILD", "CASES", "KINDS", "LOOPS", "SIZES", "Case", "NoopStage", "YieldStage", "loop_factory", "main",
+__all__ = ["BUILD", "CASES", "KINDS", "LOOPS", "SIZES", "Case", "NoopStage", "YieldStage", "main",
            "make_builder", "make_case"]
 
 CASES = ("sequential", "concurrent", "semaphore(8)", "cycles")
@@ -166,14 +168,6 @@ def _measure_build(n: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if loop == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
-
-
 async def _block(fn: Callable[[], Awaitable[Any]], runs: int) -> list[float]:
     """One untimed run, then ``runs`` timed ones: a timed run always follows a run of
     its own kind (steady state: allocator and collector as that side leaves them)."""
@@ -205,14 +199,6 @@ def _measure(case: Case, repeats: int, runners: dict[str, asyncio.Runner]) -> di
     }
 
 
-def _uvloop_available() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def measure_mode(quick: bool, loops: tuple[str, ...] = LOOPS, sizes: tuple[int, ...] | None = None,
                  repeats: int | None = None) -> list[dict[str, Any]]:
     """Every case on every loop, in this process's engine mode."""
@@ -222,7 +208,7 @@ def measure_mode(quick: bool, loops: tuple[str, ...] = LOOPS, sizes: tuple[int, 
     kinds = ("noop",) if quick else KINDS
     if sizes is None:
         sizes = (10_000,) if quick else SIZES
-    loops = tuple(loop for loop in loops if loop != "uvloop" or _uvloop_available())
+    loops = tuple(loop for loop in loops if loop != "uvloop" or uvloop_available())
     rows = []
     with contextlib.ExitStack() as stack:
         # One persistent runner per loop kind; they take turns (never nested).
@@ -300,14 +286,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
          f"{r['engine_us']:.3f}", _number(r["raw_us"], "{:.3f}"), _number(r["ratio"], "{:.2f}×"))
         for r in rows
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in body:
-        lines.append("  ".join(
-            c.rjust(w) if i in (2, 5, 6, 7) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ))
-    return "\n".join(lines)
+    return _format_table(head, body, right=(2, 5, 6, 7), rule=True)
 
 
 def _number(value: float, fmt: str) -> str:

@@ -16,13 +16,13 @@ import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dynapipeline._model.component import Stage
+from dynapipeline._transports.calling import time_limit
+from dynapipeline._transports.process_messages import Reply
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
-from dynapipeline.model.component import Stage
-from dynapipeline.transports.calling import time_limit
-from dynapipeline.transports.process_messages import Reply
 
 if TYPE_CHECKING:
-    from dynapipeline.transports.process_pool import Worker
+    from dynapipeline._transports.process_pool import Worker
 
 __all__ = ["Closed", "Crashed", "Dispatch", "Job", "Outcome", "Replied", "TimedOut", "deadline", "plan_batches"]
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
-from dynapipeline.engine import Runner
+from dynapipeline._engine import Runner
+from dynapipeline._model.contexts import Context
+from dynapipeline._model.handlers import Handler
 from dynapipeline.errors import ConfigurationError, kind_of
-from dynapipeline.model.contexts import Context
-from dynapipeline.model.handlers import Handler
 
 __all__ = ["Component", "ComponentStats", "Stage"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from dynapipeline.engine import Bounded, Concurrent, Sequential, Slots
+from dynapipeline._engine import Bounded, Concurrent, Sequential, Slots
+from dynapipeline._model.strategy import ExecutionStrategy
 from dynapipeline.errors import ConfigurationError
-from dynapipeline.model.strategy import ExecutionStrategy
 
 __all__ = ["ConcurrentExecutionStrategy", "SemaphoreExecutionStrategy", "SequentialExecutionStrategy"]
 

@@ -6,8 +6,7 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from dynapipeline.errors import ConfigurationError, kind_of
-from dynapipeline.model import (
+from dynapipeline._model import (
     AdvancedPipeline,
     CycleStrategy,
     ExecutionStrategy,
@@ -16,7 +15,8 @@ from dynapipeline.model import (
     SimplePipeline,
     StageGroup,
 )
-from dynapipeline.model.contexts import AsyncLockableContext, Context
+from dynapipeline._model.contexts import AsyncLockableContext, Context
+from dynapipeline.errors import ConfigurationError, kind_of
 
 __all__ = ["PipeLineType", "PipelineFactory"]
 

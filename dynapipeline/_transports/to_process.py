@@ -14,7 +14,7 @@ How it works:
 
 - **Start method**: ``forkserver`` where available (Linux, macOS), else ``spawn``.
   ``fork`` is never used: it copies the parent's threads' locks mid-state. The
-  fork server preloads ``dynapipeline.transports.worker`` (pydantic, cloudpickle
+  fork server preloads ``dynapipeline._transports.worker`` (pydantic, cloudpickle
   and the model are imported once, in the server), so a worker starts in tens
   of ms instead of the ~0.3 s of a fresh ``spawn`` interpreter. Pass
   ``start_method="spawn"`` to choose spawn. As with any ``multiprocessing`` pool,
@@ -91,15 +91,15 @@ import multiprocessing
 import os
 from typing import Any
 
-from dynapipeline.engine import current_control
+from dynapipeline._engine import current_control
+from dynapipeline._model.group import Container
+from dynapipeline._model.strategy import ExecutionStrategy
+from dynapipeline._transports.calling import check_max_workers
+from dynapipeline._transports.pickling import dumps_batch
+from dynapipeline._transports.process_jobs import Dispatch, Job, deadline, plan_batches
+from dynapipeline._transports.process_pool import ProcessPool, watch_drain
+from dynapipeline._transports.processes import default_start_method
 from dynapipeline.errors import ConfigurationError
-from dynapipeline.model.group import Container
-from dynapipeline.model.strategy import ExecutionStrategy
-from dynapipeline.transports.calling import check_max_workers
-from dynapipeline.transports.pickling import dumps_batch
-from dynapipeline.transports.process_jobs import Dispatch, Job, deadline, plan_batches
-from dynapipeline.transports.process_pool import ProcessPool, watch_drain
-from dynapipeline.transports.processes import default_start_method
 
 __all__ = ["MultiprocessExecutionStrategy"]
 

@@ -1,12 +1,12 @@
 """The strategies layer: asyncio execution strategies and cycle strategies, thin over the engine."""
 
-from dynapipeline.strategies.cycles import (
+from dynapipeline._strategies.cycles import (
     InfiniteLoopStrategy,
     InfinitLoopStrategy,
     LoopCycleStrategy,
     OnceCycleStrategy,
 )
-from dynapipeline.strategies.execution import (
+from dynapipeline._strategies.execution import (
     ConcurrentExecutionStrategy,
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,

@@ -24,16 +24,16 @@ from typing import Any
 
 import cloudpickle
 
-from dynapipeline.errors import PicklingError
-from dynapipeline.model.component import Component, Stage
-from dynapipeline.model.contexts import Context
-from dynapipeline.transports.rebuild import (
+from dynapipeline._model.component import Component, Stage
+from dynapipeline._model.contexts import Context
+from dynapipeline._transports.rebuild import (
     INTERNAL_PRIVATE,
     cached_class,
     cached_stage,
     locked_context,
     rebuild_component,
 )
+from dynapipeline.errors import PicklingError
 
 __all__ = ["ClassRegistry", "Pickler", "REGISTRY", "describe_unpicklable", "dumps_batch", "importable_by_name"]
 

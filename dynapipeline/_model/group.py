@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dynapipeline._model.component import Component, Stage, private_of
+from dynapipeline._model.strategy import CycleStrategy, ExecutionStrategy
+from dynapipeline._table import format_table
 from dynapipeline.errors import ConfigurationError, kind_of
-from dynapipeline.model.component import Component, Stage, private_of
-from dynapipeline.model.strategy import CycleStrategy, ExecutionStrategy
 
 __all__ = ["Container", "StageGroup"]
 
@@ -88,7 +89,8 @@ class Container(Component):
 
     def report(self) -> str:
         """A text table of this container and everything below it: runs, total, mean and max time."""
-        rows = [("component", "kind", "runs", "total s", "mean ms", "max ms")]
+        head = ("component", "kind", "runs", "total s", "mean ms", "max ms")
+        rows = []
         for depth, component in self._walk(0):
             stats = component.stats
             rows.append((
@@ -99,14 +101,7 @@ class Container(Component):
                 f"{stats.mean * 1e3:.3f}",
                 f"{stats.max * 1e3:.3f}",
             ))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        # Names and kinds align left, numbers right.
-        lines = [
-            "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-            for row in rows
-        ]
-        return "\n".join(line.rstrip() for line in lines)
+        return format_table(head, rows, right=(2, 3, 4, 5))  # names and kinds left, numbers right
 
     def _walk(self, depth: int) -> Iterator[tuple[int, Component]]:
         yield depth, self

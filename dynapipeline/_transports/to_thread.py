@@ -32,25 +32,23 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from dynapipeline.engine import current_control
+from dynapipeline._engine import current_control
+from dynapipeline._loops import loop_factory, loop_kind_of
+from dynapipeline._model.component import Stage
+from dynapipeline._model.strategy import ExecutionStrategy
+from dynapipeline._transports.calling import check_max_workers, drive, needs_loop, time_limit
 from dynapipeline.errors import StageTimeoutError
-from dynapipeline.model.component import Stage
-from dynapipeline.model.strategy import ExecutionStrategy
-from dynapipeline.transports.calling import check_max_workers, drive, needs_loop, time_limit
 
 __all__ = ["MultithreadExecutionStrategy", "ThreadPool"]
 
 _counter = 0
 
 
-def _loop_factory(loop: Any) -> Any:
-    if type(loop).__module__.startswith("uvloop"):
-        import uvloop
-
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
+def _loop_factory(loop: Any) -> Callable[[], asyncio.AbstractEventLoop]:
+    return loop_factory(loop_kind_of(loop))
 
 
 def _sync_deadline(owner: Any) -> float | None:

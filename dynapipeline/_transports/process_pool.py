@@ -18,11 +18,11 @@ import weakref
 from collections import deque
 from typing import Any
 
-from dynapipeline.transports import process_worker
-from dynapipeline.transports.pickling import REGISTRY, dumps_batch
-from dynapipeline.transports.process_jobs import Closed, Crashed, Job, Replied, TimedOut, deadline
-from dynapipeline.transports.process_messages import SENT, STOP, Call
-from dynapipeline.transports.processes import close_quietly, start_context, stop_process
+from dynapipeline._transports import process_worker
+from dynapipeline._transports.pickling import REGISTRY, dumps_batch
+from dynapipeline._transports.process_jobs import Closed, Crashed, Job, Replied, TimedOut, deadline
+from dynapipeline._transports.process_messages import SENT, STOP, Call
+from dynapipeline._transports.processes import close_quietly, start_context, stop_process
 
 __all__ = ["ProcessPool", "Worker", "watch_drain"]
 

@@ -9,8 +9,8 @@ import inspect
 import math
 from typing import Any
 
+from dynapipeline._model.component import Stage
 from dynapipeline.errors import ConfigurationError
-from dynapipeline.model.component import Stage
 
 __all__ = ["check_max_workers", "drive", "needs_loop", "run_component", "time_limit"]
 

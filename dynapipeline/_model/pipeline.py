@@ -7,11 +7,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dynapipeline.engine import RunControl, current_control, wait_through_cancel
+from dynapipeline._engine import RunControl, current_control, wait_through_cancel
+from dynapipeline._model.component import Component
+from dynapipeline._model.contexts import AsyncLockableContext, Context, ProtectedContext
+from dynapipeline._model.group import Container, StageGroup
 from dynapipeline.errors import ConfigurationError, PipelineRunningError, kind_of
-from dynapipeline.model.component import Component
-from dynapipeline.model.contexts import AsyncLockableContext, Context, ProtectedContext
-from dynapipeline.model.group import Container, StageGroup
 
 __all__ = ["AdvancedPipeline", "Pipeline", "SimplePipeline"]
 
