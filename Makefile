@@ -11,7 +11,7 @@ LEGS := compiled:asyncio compiled:uvloop pure:asyncio pure:uvloop
 install: $(STAMP)
 
 # Re-installs (and so rebuilds the engine) when the build inputs change.
-$(STAMP): pyproject.toml setup.py dynapipeline/engine/core_py.py dynapipeline/engine/core_c.pxd
+$(STAMP): pyproject.toml setup.py dynapipeline/_engine/core_py.py dynapipeline/_engine/core_c.pxd
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e ".[dev]"
@@ -56,4 +56,4 @@ bench-suite: $(STAMP)
 	done
 
 clean:
-	rm -rf build dist *.egg-info dynapipeline/engine/*.c dynapipeline/engine/*.so .pytest_cache
+	rm -rf build dist *.egg-info dynapipeline/_engine/*.c dynapipeline/_engine/*.so .pytest_cache

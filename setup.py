@@ -1,7 +1,7 @@
 """Builds the Cython engine; falls back to pure Python (with a warning) when that is impossible.
 
-The engine has one source, ``dynapipeline/engine/core_py.py``. It is compiled a second time
-under the module name ``dynapipeline.engine.core_c``; Cython finds a module's ``.pxd`` by the
+The engine has one source, ``dynapipeline/_engine/core_py.py``. It is compiled a second time
+under the module name ``dynapipeline._engine.core_c``; Cython finds a module's ``.pxd`` by the
 module's name, so ``core_c.pxd`` beside the source gives the compiled module its C types.
 
 DYNAPIPELINE_REQUIRE_EXTENSIONS=1 turns the fallback into a build error.
@@ -14,9 +14,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 REQUIRE = os.environ.get("DYNAPIPELINE_REQUIRE_EXTENSIONS", "") not in ("", "0")
-SOURCE = "dynapipeline/engine/core_py.py"
-PXD = "dynapipeline/engine/core_c.pxd"
-GENERATED_C = "dynapipeline/engine/core_py.c"  # cythonize names it after the source
+SOURCE = "dynapipeline/_engine/core_py.py"
+PXD = "dynapipeline/_engine/core_c.pxd"
+GENERATED_C = "dynapipeline/_engine/core_py.c"  # cythonize names it after the source
 
 
 def _pxd_newer_than_generated_c():
@@ -33,7 +33,7 @@ def extensions():
             raise
         print("WARNING: Cython missing, dynapipeline is installed as pure Python", file=sys.stderr)
         return []
-    engine = Extension("dynapipeline.engine.core_c", [SOURCE], depends=[PXD])
+    engine = Extension("dynapipeline._engine.core_c", [SOURCE], depends=[PXD])
     return cythonize(
         [engine],
         force=_pxd_newer_than_generated_c(),
