@@ -43,38 +43,23 @@ def _use_extension() -> bool:
 
 # `_core` is the module in use, for introspection (tests/test_build.py checks its name and file).
 if TYPE_CHECKING or not _use_extension():
-    from . import core_py as _core  # noqa: F401
-    from .core_py import (
-        Bounded,
-        Concurrent,
-        Forever,
-        Loop,
-        Once,
-        RunControl,
-        Runner,
-        Sequential,
-        Slots,
-        current_control,
-        run_tasks,
-        wait_through_cancel,
-    )
+    from . import core_py as _core
 
     COMPILED = False
 else:
-    from . import core_c as _core  # noqa: F401
-    from .core_c import (
-        Bounded,
-        Concurrent,
-        Forever,
-        Loop,
-        Once,
-        RunControl,
-        Runner,
-        Sequential,
-        Slots,
-        current_control,
-        run_tasks,
-        wait_through_cancel,
-    )
+    from . import core_c as _core
 
     COMPILED = True
+
+Bounded = _core.Bounded
+Concurrent = _core.Concurrent
+Forever = _core.Forever
+Loop = _core.Loop
+Once = _core.Once
+RunControl = _core.RunControl
+Runner = _core.Runner
+Sequential = _core.Sequential
+Slots = _core.Slots
+current_control = _core.current_control
+run_tasks = _core.run_tasks
+wait_through_cancel = _core.wait_through_cancel

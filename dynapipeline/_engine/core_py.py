@@ -3,6 +3,8 @@
 This file is plain Python and correct on its own. The build compiles the very
 same source a second time under the module name ``core_c`` (setup.py), with the C
 types declared in ``core_c.pxd``; ``dynapipeline._engine`` picks one at import.
+It is one module of ~700 lines on purpose: compiled, the hot paths call each other
+(runner, dispatchers, cycle loops) as C functions only within one extension module.
 
 Hot-path rules: whatever can be resolved once (the bound ``execute``, the
 handler lists, whether the fast path applies) is resolved when a component is

@@ -23,6 +23,9 @@ in µs per stage (per cycle for ``cycles``); ratio = engine / raw. The engine
 mode is fixed at import, so the other mode is measured in a subprocess
 (``DYNAPIPELINE_NO_EXTENSIONS=1`` for pure). The benchmark suite in
 ``benchmarks/`` builds its cases with ``make_case`` from this module.
+
+Slightly over 400 lines: the cases, the timing loop, the subprocess for the other
+mode and the command's arguments read best side by side, and nothing else uses them.
 """
 
 from __future__ import annotations
