@@ -16,6 +16,7 @@ from dynapipeline._model import (
     Stage,
     StageGroup,
 )
+from dynapipeline._model.stream import ItemError, Step, StepProgress, Stream
 
 try:
     # The version is written once, in pyproject.toml; the installed metadata carries it.
@@ -26,12 +27,16 @@ except _PackageNotFoundError:  # a source tree on sys.path that was never instal
 __all__ = [
     "AdvancedPipeline",
     "Handler",
+    "ItemError",
     "PipeLineType",
     "Pipeline",
     "PipelineFactory",
     "SimplePipeline",
     "Stage",
     "StageGroup",
+    "Step",
+    "StepProgress",
+    "Stream",
     "__version__",
     "compiled",
     "loop_name",

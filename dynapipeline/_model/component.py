@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -15,7 +17,7 @@ from dynapipeline._model.contexts import Context
 from dynapipeline._model.handlers import Handler
 from dynapipeline.errors import ConfigurationError, kind_of
 
-__all__ = ["Component", "ComponentStats", "Stage"]
+__all__ = ["Component", "ComponentStats", "Flat", "Stage"]
 
 private_of: Callable[[BaseModel], dict[str, Any]] = operator.attrgetter("__pydantic_private__")
 """A component's private attributes, read without pydantic's ``__getattr__`` (for hot paths)."""
@@ -123,7 +125,7 @@ class Component(BaseModel):
 
     def _bind_runner(self) -> None:
         # The runner holds the bound ``execute``: a copy must never share the original's.
-        self._runner = Runner(self, self.name, self.execute)
+        self._runner = Runner(self, self.name, _collecting(self.execute))
         if self.handlers:
             self._runner.set_handlers(self.handlers)
 
@@ -230,3 +232,36 @@ def _checked_policy(name: Any, field: str, value: Any) -> Any:
     if not ok:
         raise ConfigurationError(f"Stage {name!r}: field '{field}' must be {rule}, got {value!r}")
     return value
+
+
+class Flat(list[Any]):
+    """What a generator ``execute`` yielded in one run: a list whose elements a stream passes on one by one."""
+
+
+# execute function -> 0 (plain), 1 (generator), 2 (async generator); weak: local classes come and go.
+_GENERATORS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _collecting(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """``execute`` itself, or for a generator ``execute`` a function that runs it to the end into a ``Flat``.
+
+    So that timing, timeout, retries and handlers cover the whole generator, and a
+    stream step can flat-map (yielding nothing filters the item out).
+    """
+    function = getattr(execute, "__func__", execute)
+    kind = _GENERATORS.get(function)
+    if kind is None:
+        kind = _GENERATORS[function] = 2 if inspect.isasyncgenfunction(function) else (
+            1 if inspect.isgeneratorfunction(function) else 0)
+    if kind == 0:
+        return execute
+    if kind == 1:
+        def run_generator(*args: Any, **kwargs: Any) -> Flat:
+            return Flat(execute(*args, **kwargs))
+
+        return run_generator
+
+    async def run_async_generator(*args: Any, **kwargs: Any) -> Flat:
+        return Flat([value async for value in execute(*args, **kwargs)])
+
+    return run_async_generator

@@ -6,7 +6,27 @@ from typing import Any, ClassVar
 
 from dynapipeline.errors import ConfigurationError, kind_of
 
-__all__ = ["CycleStrategy", "ExecutionStrategy", "runners_of"]
+__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "runners_of"]
+
+
+class ItemRunner:
+    """How a stream step runs its stage off the event loop (threads, processes): one call per chunk of items.
+
+    ``call(values)`` returns one ``(ok, result_or_exception)`` pair per value, in
+    order; a failure of one item never fails the others. ``chunk`` is the most
+    items one call takes (processes batch items; threads take one).
+    """
+
+    chunk: int = 1
+
+    async def open(self) -> None:
+        """Acquire what the step's run needs (a pool)."""
+
+    async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release what ``open`` acquired; also called after a failure or cancellation."""
 
 
 class ExecutionStrategy:
@@ -25,6 +45,14 @@ class ExecutionStrategy:
     async def execute(self, components: Any, *args: Any, **kwargs: Any) -> list[Any]:
         """Run the components once with this strategy; results in component order."""
         return await self.dispatch(runners_of(components, type(self).__name__), args, kwargs)
+
+    def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
+        """How a stream step with this strategy runs ``stage``: how many items at once, and off the loop how.
+
+        The default is one item at a time on the event loop (``None``: the step calls
+        the stage's runner itself).
+        """
+        return 1, None
 
     async def __aenter__(self) -> ExecutionStrategy:
         return self

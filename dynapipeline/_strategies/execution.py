@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from dynapipeline._engine import Bounded, Concurrent, Sequential, Slots
-from dynapipeline._model.strategy import ExecutionStrategy
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["ConcurrentExecutionStrategy", "SemaphoreExecutionStrategy", "SequentialExecutionStrategy"]
@@ -22,10 +23,16 @@ class SequentialExecutionStrategy(ExecutionStrategy):
 
 
 class ConcurrentExecutionStrategy(ExecutionStrategy):
-    """All members at once; the first error cancels and awaits the others, then propagates."""
+    """All members at once; the first error cancels and awaits the others, then propagates.
+
+    As a stream step: as many items at once as the stream's ``maxsize`` allows.
+    """
 
     def __init__(self) -> None:
         self.dispatch = Concurrent().dispatch  # type: ignore[method-assign]
+
+    def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
+        return maxsize, None
 
     def __reduce__(self) -> tuple[type, tuple[()]]:
         return (type(self), ())
@@ -36,6 +43,7 @@ class SemaphoreExecutionStrategy(ExecutionStrategy):
 
     The limit belongs to this instance: groups that share the instance share the
     limit. Only ``min(n, max_concurrent)`` worker tasks are created per dispatch.
+    As a stream step: up to ``max_concurrent`` items at once (the step's own limit).
     """
 
     def __init__(self, max_concurrent: int) -> None:
@@ -52,6 +60,9 @@ class SemaphoreExecutionStrategy(ExecutionStrategy):
     def __reduce__(self) -> tuple[type, tuple[int]]:
         # A copy in a worker process has its own limit: slots cannot be shared across processes.
         return (type(self), (self.max_concurrent,))
+
+    def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
+        return self.max_concurrent, None
 
     @property
     def in_flight(self) -> int:

@@ -1,0 +1,564 @@
+"""Streams: items flowing through steps, one stage per step, with bounded queues between the steps.
+
+::
+
+    source ──► [queue ≤ maxsize] ──► step 0 workers ──► [queue ≤ maxsize] ──► step 1 workers ──► ... ──► output
+
+- The source (any iterable or async iterable) is pulled lazily by one task; a
+  full queue stops it, so a slow step slows the source down and memory stays
+  bounded by ``maxsize`` per step plus the items in flight.
+- Each step runs its stage on one item at a time per worker; how many workers,
+  and where they run, is the step's execution strategy's answer to
+  ``stream_runner`` (sequential: one; semaphore(k): k; concurrent: ``maxsize``;
+  threads and processes: their pools, processes taking items in batches).
+- ``ordered=True`` emits each step's outputs in its input order (a worker that
+  finishes early waits for its turn: head-of-line waiting is bounded by the
+  step's workers); ``ordered=False`` emits in completion order.
+- Errors per item follow ``on_error``: ``"raise"`` cancels the whole stream and
+  propagates the first error; ``"skip"`` drops the item and keeps an
+  ``ItemError`` in ``stream.errors``; ``"return"`` lets the exception flow on
+  in the item's place, untouched by later steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from dynapipeline._engine import current_control, run_tasks
+from dynapipeline._model.component import Component, Flat, Stage, private_of
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
+from dynapipeline.errors import ConfigurationError
+
+__all__ = ["ItemError", "Step", "StepProgress", "Stream"]
+
+OnError = Literal["raise", "skip", "return"]
+_END: Any = object()  # end of the items, passed from step to step
+_NO_KWARGS: dict[str, Any] = {}
+
+
+class Step:
+    """One step of a stream: a stage, the execution strategy its items run with, and optional batching.
+
+    ``strategy=None`` runs one item at a time on the event loop. ``batch=n`` hands
+    the stage a list of up to ``n`` items (fewer at the end, or when
+    ``batch_timeout`` seconds passed since the batch's first item arrived); what the
+    stage returns flows on as one item (a generator ``execute`` flattens it).
+    """
+
+    __slots__ = ("batch", "batch_timeout", "stage", "strategy")
+
+    def __init__(self, stage: Stage, strategy: ExecutionStrategy | None = None, *, batch: int | None = None,
+                 batch_timeout: float | None = None) -> None:
+        if isinstance(stage, type):
+            raise ConfigurationError(f"Step: field 'stage' must be a Stage instance, got the class {stage.__name__} "
+                                     f"(pass an instance: {stage.__name__}(name=...))")
+        if not isinstance(stage, Stage):
+            raise ConfigurationError(f"Step: field 'stage' must be a Stage, got {type(stage).__name__}")
+        label = f"Step {stage.name!r}"
+        if strategy is not None and not isinstance(strategy, ExecutionStrategy):
+            raise ConfigurationError(f"{label}: field 'strategy' must be an execution strategy or None, "
+                                     f"got {type(strategy).__name__}")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ConfigurationError(f"{label}: field 'batch' must be an int >= 1 or None, got {batch!r}")
+        if batch_timeout is not None:
+            if isinstance(batch_timeout, bool) or not isinstance(batch_timeout, (int, float)) \
+                    or not 0 < batch_timeout < math.inf:
+                raise ConfigurationError(f"{label}: field 'batch_timeout' must be a finite number of seconds > 0 "
+                                         f"or None, got {batch_timeout!r}")
+            if batch is None:
+                raise ConfigurationError(f"{label}: field 'batch_timeout' needs 'batch'")
+        self.stage = stage
+        self.strategy = strategy
+        self.batch = batch
+        self.batch_timeout = None if batch_timeout is None else float(batch_timeout)
+
+    def __repr__(self) -> str:
+        return f"Step({self.stage.name!r}, {self.strategy!r}, batch={self.batch}, batch_timeout={self.batch_timeout})"
+
+
+@dataclass
+class StepProgress:
+    """Counts of one step, for ``stream.progress`` (a snapshot; counts are of items taken from the queue)."""
+
+    received: int = 0  # items (or batches) the step took from its queue
+    done: int = 0  # ... that succeeded
+    failed: int = 0  # ... that raised (after their retries)
+    in_flight: int = 0  # ... being run now
+    queued: int = 0  # items waiting in the step's queue
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """An item that failed with ``on_error="skip"``: its 0-based index in the source, the step, the error."""
+
+    index: int
+    step: str
+    error: BaseException
+
+
+class Stream(Component):
+    """Items from a source through ``steps``; ``await stream.run(source)`` returns the last step's outputs.
+
+    A bare ``Stage`` in ``steps`` stands for ``Step(stage)``. ``source`` may be given
+    here or to ``run()``/``iterate()`` (as a pipeline member, the run's first
+    argument is the source when ``source`` is not set). A generator source is
+    consumed by the first run: a stream that runs again (a cycle strategy) needs
+    a re-iterable source (a list, a range, an object whose ``__iter__`` starts over).
+    ``async for item in stream.iterate(source)`` yields the outputs as they come
+    (handlers and timing apply to ``run()`` only).
+    """
+
+    steps: Sequence[Any]
+    maxsize: int = Field(default=1000, strict=True, ge=1)
+    ordered: bool = Field(default=True, strict=True)
+    on_error: OnError = "raise"
+    source: Any = None
+
+    _steps: tuple[Step, ...] = ()
+    _counts: tuple[_Counts, ...] = ()
+    _queues: tuple[asyncio.Queue[Any], ...] = ()
+    _errors: list[ItemError] = []
+
+    def model_post_init(self, __context: Any) -> None:
+        super().model_post_init(__context)
+        label = f"Stream {self.name!r}"
+        steps = self.steps
+        if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence):
+            raise ConfigurationError(f"{label}: field 'steps' must be a list of Steps or Stages, "
+                                     f"got {type(steps).__name__}")
+        if not steps:
+            raise ConfigurationError(f"{label}: field 'steps' must not be empty")
+        built: list[Step] = []
+        names: set[str] = set()
+        for index, step in enumerate(steps):
+            if isinstance(step, Stage):
+                step = Step(step)
+            elif not isinstance(step, Step):
+                what = f"the class {step.__name__}" if isinstance(step, type) else type(step).__name__
+                raise ConfigurationError(f"{label}: field 'steps[{index}]' must be a Step or a Stage, got {what}")
+            name = step.stage.name
+            if name in names:
+                raise ConfigurationError(f"{label}: field 'steps[{index}]' repeats the stage name {name!r}; "
+                                         "progress is looked up by stage name, so names must differ")
+            names.add(name)
+            built.append(step)
+        self._steps = tuple(built)
+        self._errors = []
+
+    # -- running ---------------------------------------------------------------------------------
+    async def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """Run the stream over ``source`` (or the first argument) and return the last step's outputs."""
+        out: list[Any] = []
+        run = _Run(self, self._source_from(args), out.append)
+        await run_tasks(run.tasks())
+        return out
+
+    async def iterate(self, source: Any = None) -> AsyncIterator[Any]:
+        """The last step's outputs as they come; leaving the loop early stops the stream."""
+        out: asyncio.Queue[Any] = asyncio.Queue(self.maxsize)
+        run = _Run(self, self._source_from((source,) if source is not None else ()), None, out)
+        supervisor = asyncio.ensure_future(_supervise(run, out))
+        try:
+            while True:
+                item = await out.get()
+                if item is _END:
+                    break
+                if type(item) is _Abort:
+                    raise item.error
+                yield item
+            await supervisor
+        finally:
+            if not supervisor.done():
+                supervisor.cancel()
+                try:
+                    await supervisor
+                except asyncio.CancelledError:
+                    if (task := asyncio.current_task()) is not None and task.cancelling():
+                        raise
+
+    def _source_from(self, args: tuple[Any, ...]) -> Any:
+        source = self.source if self.source is not None else (args[0] if args else None)
+        if source is None:
+            raise ConfigurationError(f"Stream {self.name!r}: field 'source' is not set and no source was given")
+        if not hasattr(source, "__aiter__") and not hasattr(source, "__iter__"):
+            raise ConfigurationError(f"Stream {self.name!r}: field 'source' must be an iterable or an async "
+                                     f"iterable, got {type(source).__name__}")
+        return source
+
+    # -- what a user reads -------------------------------------------------------------------------
+    @property
+    def progress(self) -> dict[str, StepProgress]:
+        """Counts per step, by the step's stage name (of the current or last run)."""
+        counts = self._counts or tuple(_Counts() for _ in self._steps)
+        queues = self._queues
+        result = {}
+        for i, (step, c) in enumerate(zip(self._steps, counts, strict=True)):
+            queued = queues[i].qsize() if i < len(queues) else 0
+            in_flight = c.received - c.done - c.failed
+            result[step.stage.name] = StepProgress(c.received, c.done, c.failed, in_flight, queued)
+        return result
+
+    @property
+    def errors(self) -> list[ItemError]:
+        """Items dropped by ``on_error="skip"`` in the current or last run."""
+        return list(self._errors)
+
+    def iter_components(self) -> Any:
+        """This stream, then each step's stage."""
+        yield self
+        for step in self._steps:
+            yield step.stage
+
+    def _walk(self, depth: int) -> Any:
+        yield depth, self
+        for step in self._steps:
+            yield depth + 1, step.stage
+
+
+class _Counts:
+    """A step's live counts (in flight = received - done - failed)."""
+
+    __slots__ = ("done", "failed", "received")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.done = 0
+        self.failed = 0
+
+
+class _Failed:
+    """An exception flowing in an item's place (``on_error="return"``); later steps pass it on untouched."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Abort:
+    """Put in ``iterate()``'s queue when the stream failed."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def _supervise(run: _Run, out: asyncio.Queue[Any]) -> None:
+    try:
+        await run_tasks(run.tasks())
+    except Exception as error:
+        while not out.empty():
+            out.get_nowait()  # the consumer only needs to learn of the failure now
+        out.put_nowait(_Abort(error))
+        return
+    await out.put(_END)
+
+
+class _Run:
+    """One run of a stream: its queues, counts and tasks."""
+
+    def __init__(self, stream: Stream, source: Any, sink: Any, out: asyncio.Queue[Any] | None = None) -> None:
+        self.stream = stream
+        self.source = source
+        steps = stream._steps
+        self.queues = tuple(asyncio.Queue[Any](stream.maxsize) for _ in steps)
+        self.counts = tuple(_Counts() for _ in steps)
+        stream._queues = self.queues
+        stream._counts = self.counts
+        stream._errors = []
+        self.steps: list[_StepRun] = []
+        for i, step in enumerate(steps):
+            emit: Callable[[int, Any], Awaitable[None]]
+            emit_end: Callable[[Any], Awaitable[None]]
+            if i + 1 < len(steps):
+                nxt = self.queues[i + 1]
+                emit = _putter(nxt)
+                emit_end = nxt.put
+            elif out is not None:
+                emit, emit_end = _putter(out, unwrap=True), _noop_end
+            else:
+                emit, emit_end = _appender(sink), _noop_end
+            outq = self.queues[i + 1] if i + 1 < len(steps) else None
+            self.steps.append(_StepRun(self, step, self.queues[i], self.counts[i], emit, emit_end, outq))
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        tasks = [asyncio.ensure_future(self.feed())]
+        for step in self.steps:
+            tasks.append(asyncio.ensure_future(step.run()))
+        return tasks
+
+    async def feed(self) -> None:
+        queue = self.queues[0]
+        control = current_control.get()
+        index = 0
+        source = self.source
+        if hasattr(source, "__aiter__"):
+            async for value in source:
+                if control is not None and control.draining:
+                    break
+                await queue.put((index, value))
+                index += 1
+        else:
+            for value in source:
+                if control is not None and control.draining:
+                    break
+                try:
+                    queue.put_nowait((index, value))
+                except asyncio.QueueFull:
+                    await queue.put((index, value))
+                index += 1
+        await queue.put(_END)
+
+
+def _putter(queue: asyncio.Queue[Any], unwrap: bool = False) -> Any:
+    async def emit(index: int, value: Any) -> None:
+        entry = (value.error if type(value) is _Failed else value) if unwrap else (index, value)
+        if queue.full():
+            await queue.put(entry)
+        else:
+            queue.put_nowait(entry)
+
+    return emit
+
+
+def _appender(sink: Any) -> Any:
+    async def emit(index: int, value: Any) -> None:
+        sink(value.error if type(value) is _Failed else value)
+
+    return emit
+
+
+async def _noop_end(_: Any) -> None:
+    return None
+
+
+class _StepRun:
+    """The workers of one step in one run."""
+
+    def __init__(self, run: _Run, step: Step, inq: asyncio.Queue[Any], counts: _Counts, emit: Any,
+                 emit_end: Any, outq: asyncio.Queue[Any] | None) -> None:
+        self.run_ = run
+        self.outq = outq  # the next step's queue (None for the last step): the hot path puts into it itself
+        self.step = step
+        self.inq = inq
+        self.counts = counts
+        self.emit = emit
+        self.emit_end = emit_end
+        stream = run.stream
+        strategy = step.strategy
+        width, runner = (1, None) if strategy is None else strategy.stream_runner(step.stage, stream.maxsize)
+        self.width = max(1, min(width, stream.maxsize))
+        self.item_runner: ItemRunner | None = runner
+        self.chunk = 1 if runner is None else max(1, runner.chunk)
+        self.ordered = stream.ordered and (self.width > 1 or self.chunk > 1)
+        self.on_error = stream.on_error
+        self.taken = 0  # sequence numbers given to what the workers take, in input order
+        self.next_out = 0  # the sequence number whose outputs go next (ordered)
+        self.turns: dict[int, asyncio.Future[None]] = {}
+
+    async def run(self) -> None:
+        runner = self.item_runner
+        if runner is not None:
+            await runner.open()
+        work = self.work_here if runner is None and self.step.batch is None else self.work
+        try:
+            if self.width == 1:
+                await work()
+            else:
+                await run_tasks([asyncio.ensure_future(work()) for _ in range(self.width)])
+        finally:
+            if runner is not None:
+                await runner.aclose()
+        while not self.inq.empty():
+            self.inq.get_nowait()  # the end marker the last worker put back
+        await self.emit_end(_END)
+
+    async def work_here(self) -> None:
+        """One worker of a step that runs one item at a time on the loop: the hot path, kept flat."""
+        inq = self.inq
+        counts = self.counts
+        emit = self.emit
+        run = private_of(self.step.stage)["_runner"].run
+        ordered = self.ordered
+        outq = self.outq
+        while True:
+            try:
+                entry = inq.get_nowait()
+            except asyncio.QueueEmpty:
+                entry = await inq.get()
+            if entry is _END:
+                inq.put_nowait(_END)  # for the step's other workers (there is room: it was the last item put)
+                return
+            seq = self.taken
+            self.taken = seq + 1
+            index, value = entry
+            if type(value) is _Failed:
+                result: Any = value
+            else:
+                counts.received += 1
+                try:
+                    result = await run((value,), _NO_KWARGS)
+                except Exception as error:
+                    counts.failed += 1
+                    outputs: list[tuple[int, Any]] = []
+                    self.on_failure(outputs, index, error)
+                    if ordered:
+                        await self.emit_in_turn(seq, 1, outputs)
+                    else:
+                        for out in outputs:
+                            await emit(*out)
+                    continue
+                counts.done += 1
+            if ordered:
+                await self.emit_in_turn(seq, 1, _outputs(index, result))
+            elif type(result) is Flat:
+                for out in result:
+                    await emit(index, out)
+            elif outq is not None:
+                try:
+                    outq.put_nowait((index, result))
+                except asyncio.QueueFull:
+                    await outq.put((index, result))
+            else:
+                await emit(index, result)
+
+    async def work(self) -> None:
+        """One worker of a step with batching or a runner off the loop."""
+        take = self.take_batch if self.step.batch is not None else self.take_chunk
+        while True:
+            entries = await take()
+            if not entries:
+                return
+            seq = self.taken
+            self.taken += len(entries)
+            outputs = await self.process(entries)
+            if self.ordered:
+                await self.emit_in_turn(seq, len(entries), outputs)
+            else:
+                for index, value in outputs:
+                    await self.emit(index, value)
+
+    # -- taking items ----------------------------------------------------------------------------
+    async def take_chunk(self) -> list[Any]:
+        inq = self.inq
+        entry = inq.get_nowait() if not inq.empty() else await inq.get()
+        if entry is _END:
+            inq.put_nowait(_END)
+            return []
+        entries = [entry]
+        while len(entries) < self.chunk and not inq.empty():
+            entry = inq.get_nowait()
+            if entry is _END:
+                inq.put_nowait(_END)
+                break
+            entries.append(entry)
+        return entries
+
+    async def take_batch(self) -> list[Any]:
+        """Up to ``batch`` items as one entry (fewer at the end or after ``batch_timeout``); failed items apart."""
+        inq = self.inq
+        first = inq.get_nowait() if not inq.empty() else await inq.get()
+        if first is _END:
+            inq.put_nowait(_END)
+            return []
+        entries = [first]
+        size = self.step.batch or 1
+        timeout = self.step.batch_timeout
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while len(entries) < size:
+            if not inq.empty():
+                entry = inq.get_nowait()
+            elif end is None:
+                entry = await inq.get()
+            else:
+                left = end - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(inq.get(), left)
+                except TimeoutError:
+                    break
+            if entry is _END:
+                inq.put_nowait(_END)
+                break
+            entries.append(entry)
+        failed = [e for e in entries if type(e[1]) is _Failed]
+        values = [e[1] for e in entries if type(e[1]) is not _Failed]
+        # One batch is one unit of work: its index is its first item's.
+        batch = [(entries[0][0], values)] if values else []
+        return failed + batch
+
+    # -- running items ---------------------------------------------------------------------------
+    async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
+        """Run the stage on each entry (failed ones pass through); the (index, value) pairs to emit, in order."""
+        counts = self.counts
+        todo = [value for _, value in entries if type(value) is not _Failed]
+        counts.received += len(todo)
+        if not todo:
+            results: list[tuple[bool, Any]] = []
+        elif self.item_runner is not None:
+            results = await self.item_runner.call(todo)
+        else:
+            results = [await self.call_here(todo[0])]
+        outputs: list[tuple[int, Any]] = []
+        done = iter(results)
+        for index, value in entries:
+            if type(value) is _Failed:
+                outputs.append((index, value))
+                continue
+            ok, result = next(done)
+            if ok:
+                counts.done += 1
+                outputs.extend(_outputs(index, result))
+            else:
+                counts.failed += 1
+                self.on_failure(outputs, index, result)
+        return outputs
+
+    async def call_here(self, value: Any) -> tuple[bool, Any]:
+        try:
+            return True, await private_of(self.step.stage)["_runner"].run((value,), _NO_KWARGS)
+        except Exception as error:
+            return False, error
+
+    def on_failure(self, outputs: list[tuple[int, Any]], index: int, error: BaseException) -> None:
+        name = self.step.stage.name
+        if self.on_error == "raise":
+            error.add_note(f"in stream {self.run_.stream.name!r}, step {name!r}, item {index}")
+            raise error
+        if self.on_error == "skip":
+            self.run_.stream._errors.append(ItemError(index, name, error))
+            return
+        outputs.append((index, _Failed(error)))
+
+    # -- emitting in order -----------------------------------------------------------------------
+    async def emit_in_turn(self, seq: int, taken: int, outputs: list[tuple[int, Any]]) -> None:
+        if seq != self.next_out:
+            turn = self.turns[seq] = asyncio.get_running_loop().create_future()
+            try:
+                await turn
+            finally:
+                self.turns.pop(seq, None)
+        try:
+            for index, value in outputs:
+                await self.emit(index, value)
+        finally:
+            self.next_out = seq + taken
+            waiting = self.turns.get(self.next_out)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+
+
+def _outputs(index: int, result: Any) -> list[tuple[int, Any]]:
+    """What one item's result puts downstream: each element of a ``Flat``, else the result itself."""
+    if type(result) is Flat:
+        return [(index, value) for value in result]
+    return [(index, result)]
