@@ -453,7 +453,8 @@ class _StepRun:
             inq.put_nowait(_END)
             return []
         entries = [entry]
-        while len(entries) < self.chunk and not inq.empty():
+        chunk = self.item_runner.chunk if self.item_runner is not None else 1  # a runner may adapt it as it goes
+        while len(entries) < chunk and not inq.empty():
             entry = inq.get_nowait()
             if entry is _END:
                 inq.put_nowait(_END)

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from dynapipeline._model.component import Stage
 from dynapipeline._transports.calling import time_limit
-from dynapipeline._transports.process_messages import Reply
+from dynapipeline._transports.pickling import REGISTRY
+from dynapipeline._transports.process_messages import Call, MapReply, Reply
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from dynapipeline._transports.process_pool import Worker
 
-__all__ = ["Closed", "Crashed", "Dispatch", "Job", "Outcome", "Replied", "TimedOut", "deadline", "plan_batches"]
+__all__ = ["Closed", "Crashed", "Dispatch", "Job", "Outcome", "Replied", "TimedOut", "deadline", "plan_batches",
+           "remote_error", "tag_error"]
 
 logger = logging.getLogger("dynapipeline")
 
@@ -36,9 +38,9 @@ _CHUNKS_PER_WORKER = 4
 
 @dataclass(frozen=True, slots=True)
 class Replied:
-    """The worker answered."""
+    """The worker answered (a ``Reply`` to a ``Job``, a ``MapReply`` to a stream's ``MapJob``)."""
 
-    reply: Reply
+    reply: Reply | MapReply
     pid: int
 
 
@@ -83,6 +85,12 @@ class Job:
         self.done = False
         self.control = control  # the run's RunControl, when the job ships groups (drain reaches them)
 
+    def message(self, w: Worker) -> bytes:
+        """The ``Call`` for worker ``w``, with the classes it has not received yet."""
+        blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
+        w.known.update(cid for cid, _ in blobs)
+        return pickle.dumps(Call(blobs, self.payload), protocol=pickle.HIGHEST_PROTOCOL)
+
     def finish(self, outcome: Outcome) -> None:
         if not self.done:
             self.done = True
@@ -116,6 +124,7 @@ class Dispatch:
 def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
     """Store a job's results and timing; raise its error, if any, the way the contract says."""
     if isinstance(outcome, Replied):
+        assert type(outcome.reply) is Reply
         _collect_reply(job, outcome.reply, outcome.pid, results)
     elif isinstance(outcome, TimedOut):
         runner = job.runners[0]
@@ -138,26 +147,16 @@ def _collect_reply(job: Job, reply: Reply, pid: int, results: list[Any]) -> None
             name = job.runners[position].name
             failure = PicklingError(f"stage {name!r} returned a result that cannot be rebuilt in the parent "
                                     f"process ({type(unpickling).__name__}: {unpickling})")
-            _tag(failure, name, pid)
+            tag_error(failure, name, pid)
             raise failure from unpickling
     if reply.failed_at < 0:
         return
     name = job.runners[reply.failed_at].name
-    error: BaseException | None = None
-    if reply.error:
-        try:
-            error = pickle.loads(reply.error)
-        except Exception as unloadable:
-            logger.debug("the error of stage %r cannot be rebuilt here (%r): raising its text", name, unloadable)
-    cause: BaseException | None
-    if error is None:
-        error, cause = RemoteError(reply.traceback or reply.text), None
-    else:
-        cause = RemoteError(reply.traceback) if reply.traceback else None
+    error, cause = remote_error(reply.error, reply.traceback, reply.text, name)
     if reply.unloadable:
         # Raised while the worker rebuilt the component: the innermost stage being rebuilt is named.
         name = getattr(error, "stage_name", None) or name
-    _tag(error, name, pid)
+    tag_error(error, name, pid)
     raise error from cause
 
 
@@ -169,7 +168,24 @@ def _apply_timings(runner: Any, timings: list[tuple[Any, ...]]) -> None:
         component.__pydantic_private__["_runner"].copy_timing(*timing)
 
 
-def _tag(error: BaseException, stage: str, pid: int | None) -> None:
+def remote_error(data: bytes, traceback: str, text: str, stage: str) -> tuple[BaseException, BaseException | None]:
+    """The exception a worker sent and the cause to raise it from (its traceback as a ``RemoteError``).
+
+    An exception that cannot be rebuilt here becomes a ``RemoteError`` with its text.
+    """
+    error: BaseException | None = None
+    if data:
+        try:
+            error = pickle.loads(data)
+        except Exception as unloadable:
+            logger.debug("the error of stage %r cannot be rebuilt here (%r): raising its text", stage, unloadable)
+    if error is None:
+        return RemoteError(traceback or text), None
+    return error, (RemoteError(traceback) if traceback else None)
+
+
+def tag_error(error: BaseException, stage: str, pid: int | None) -> None:
+    """Name the stage and the worker on an error raised in a worker process."""
     try:
         error.stage_name = stage  # type: ignore[attr-defined]
         error.worker_pid = pid  # type: ignore[attr-defined]

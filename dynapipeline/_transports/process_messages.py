@@ -5,6 +5,8 @@ Over each worker's pipe (``multiprocessing.connection``)::
     worker -> parent   READY                         once, when the worker can take jobs
     parent -> worker   pickle(Call)                   one batch of components
     worker -> parent   pickle(Reply)                  its outcome
+    parent -> worker   pickle(MapCall)                a chunk of a stream step's items for its stage
+    worker -> parent   pickle(MapReply)               one ItemResult per item
     parent -> worker   STOP                           exit when idle
 
 Besides the pipe, each worker shares two small values with the parent:
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["IDLE", "READY", "SENT", "STOP", "TAKEN", "Call", "Reply"]
+__all__ = ["IDLE", "MAX_KEPT_STAGES", "READY", "SENT", "STOP", "TAKEN", "Call", "ItemResult", "MapCall", "MapReply",
+           "Reply"]
 
 READY = b"R"
 STOP = b""
@@ -26,6 +29,10 @@ STOP = b""
 # before sending a job and the worker TAKEN as soon as it has read it: a worker that
 # dies while the value is still SENT never held its job, which then goes elsewhere.
 IDLE, SENT, TAKEN = -1, -2, -3
+
+# Stream steps' stages a worker keeps (oldest dropped first). The parent mirrors the
+# worker's set in the same order, so both forget the same stage at the same time.
+MAX_KEPT_STAGES = 256
 
 
 class Call(NamedTuple):
@@ -45,3 +52,29 @@ class Reply(NamedTuple):
     text: str  # "Type: message" of the error, for when ``error`` cannot travel
     failed_at: int  # position of the component that failed, -1 if none
     unloadable: bool = False  # the batch could not be rebuilt in the worker, so nothing in it ran
+
+
+class MapCall(NamedTuple):
+    """Parent to worker: a chunk of a stream step's items, each to be run through the step's stage."""
+
+    class_blobs: list[tuple[int, bytes]]
+    stage_id: int  # the parent's id for the stage: the worker keeps the stage under it
+    stage: bytes  # the stage (``dumps_batch`` of it); b"" when this worker has received it before
+    items: bytes  # pickle of the list of items
+
+
+class ItemResult(NamedTuple):
+    """The outcome of one item of a ``MapCall``."""
+
+    ok: bool
+    value: bytes  # the pickled result when ok, else the pickled exception (b"" if it cannot travel)
+    traceback: str
+    text: str  # "Type: message" of the error, for when it cannot travel
+
+
+class MapReply(NamedTuple):
+    """Worker to parent: the outcome of one ``MapCall``."""
+
+    results: list[ItemResult]  # one per item, in order; empty when the stage could not be rebuilt
+    timing: tuple[Any, ...]  # the stage's timing over this chunk's items only (the parent adds it up)
+    unloadable: ItemResult | None = None  # the error rebuilding the stage or the items, if any

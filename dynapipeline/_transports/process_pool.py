@@ -19,9 +19,9 @@ from collections import deque
 from typing import Any
 
 from dynapipeline._transports import process_worker
-from dynapipeline._transports.pickling import REGISTRY, dumps_batch
+from dynapipeline._transports.pickling import dumps_batch
 from dynapipeline._transports.process_jobs import Closed, Crashed, Job, Replied, TimedOut, deadline
-from dynapipeline._transports.process_messages import SENT, STOP, Call
+from dynapipeline._transports.process_messages import SENT, STOP, Reply
 from dynapipeline._transports.processes import close_quietly, start_context, stop_process
 
 __all__ = ["ProcessPool", "Worker", "watch_drain"]
@@ -35,7 +35,7 @@ _LIVE_POOLS: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 class Worker:
     """One worker process, its pipe, and what it is doing."""
 
-    __slots__ = ("proc", "conn", "fd", "current", "drain", "pid", "ready", "job", "known", "timer", "loop")
+    __slots__ = ("proc", "conn", "fd", "current", "drain", "pid", "ready", "job", "known", "stages", "timer", "loop")
 
     def __init__(self, proc: Any, conn: Any, current: Any, drain: Any) -> None:
         self.proc = proc
@@ -47,6 +47,7 @@ class Worker:
         self.ready = False
         self.job: Job | None = None
         self.known: set[int] = set()  # ids of the classes this worker has received
+        self.stages: dict[int, None] = {}  # ids of the stream steps' stages it keeps, oldest first
         self.timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -251,8 +252,7 @@ class ProcessPool:
 
     def _send(self, w: Worker, job: Job) -> None:
         assert self.loop is not None
-        blobs = REGISTRY.blobs_for(job.cids, w.known) if job.cids else []
-        message = pickle.dumps(Call(blobs, job.payload), protocol=pickle.HIGHEST_PROTOCOL)
+        message = job.message(w)
         w.job = job
         job.worker = w
         control = job.control
@@ -262,7 +262,6 @@ class ProcessPool:
             w.conn.send_bytes(message)
         except OSError:
             return  # the worker is dead: its reader sees the closed pipe and sends the job elsewhere
-        w.known.update(cid for cid, _ in blobs)
         if job.deadline is not None:
             w.timer = self.loop.call_later(job.deadline, self._on_deadline, w, job)
 
@@ -321,7 +320,7 @@ class ProcessPool:
             w.timer = None
         if job is not None and not job.done:
             reply = pickle.loads(data)  # plain bytes and names: results and errors are decoded per stage
-            if reply.unloadable and len(job.indices) > 1:
+            if type(reply) is Reply and reply.unloadable and len(job.indices) > 1:
                 self.split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
             else:
                 job.finish(Replied(reply, w.pid))

@@ -26,10 +26,20 @@ import cloudpickle
 from dynapipeline._engine import RunControl, current_control
 from dynapipeline._model.group import Container
 from dynapipeline._transports.calling import needs_loop, run_component
-from dynapipeline._transports.process_messages import IDLE, READY, STOP, TAKEN, Reply
+from dynapipeline._transports.process_messages import (
+    IDLE,
+    MAX_KEPT_STAGES,
+    READY,
+    STOP,
+    TAKEN,
+    ItemResult,
+    MapCall,
+    MapReply,
+    Reply,
+)
 from dynapipeline._transports.rebuild import register_class, timings_of
 
-__all__ = ["main", "run_batch"]
+__all__ = ["main", "run_batch", "run_map"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 logger = logging.getLogger("dynapipeline")
@@ -139,6 +149,8 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
         call = pickle.loads(message)
         for class_id, blob in call.class_blobs:
             register_class(class_id, blob, pickle.loads)
+        if type(call) is MapCall:
+            return run_map(current, call, state)
         components, args, kwargs = pickle.loads(call.payload)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return _reply([], [], error, traceback.format_exc(), 0, unloadable=True)
@@ -163,6 +175,51 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
             if loop is None:
                 loop = state["loop"] = asyncio.new_event_loop()
             loop.run_until_complete(control.finish())
+
+
+def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
+    """Run each item of a stream step's chunk through the step's stage; one ``ItemResult`` per item.
+
+    The stage arrives once per worker (``call.stage`` is empty afterwards) and is kept
+    here. Its timing stats are reset before the chunk, so the reply carries this
+    chunk's share, which the parent adds to the stage's own stats.
+    """
+    stages: dict[int, Any] = state.setdefault("stages", {})
+    try:
+        if call.stage:
+            stages[call.stage_id] = pickle.loads(call.stage)[0][0]
+            if len(stages) > MAX_KEPT_STAGES:
+                del stages[next(iter(stages))]  # the oldest; the parent forgets it too (Worker.stages)
+        stage = stages[call.stage_id]
+        items = pickle.loads(call.items)
+    except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
+        failure = ItemResult(False, _error_bytes(error), traceback.format_exc(), f"{type(error).__qualname__}: {error}")
+        return pickle.dumps(MapReply([], (), failure), protocol=pickle.HIGHEST_PROTOCOL)
+    runner = stage.__pydantic_private__["_runner"]
+    runner.reset_stats()
+    loop = None
+    if needs_loop(stage):
+        loop = state.get("loop")
+        if loop is None:
+            loop = state["loop"] = asyncio.new_event_loop()
+    results = []
+    no_kwargs: dict[str, Any] = {}
+    for position, item in enumerate(items):
+        current.value = position
+        try:
+            value = run_component(stage, (item,), no_kwargs, loop)
+        except BaseException as error:  # noqa: B902 - everything goes back to the parent
+            text = f"{type(error).__qualname__}: {error}"
+            results.append(ItemResult(False, _error_bytes(error), traceback.format_exc(), text))
+            continue
+        try:
+            results.append(ItemResult(True, _dump_value(value), "", ""))
+        except Exception as bad:
+            unpicklable = TypeError(f"stage {stage.name!r} returned a result that cannot be pickled "
+                                    f"({type(value).__name__}: {bad})")
+            results.append(ItemResult(False, _error_bytes(unpicklable), "", f"TypeError: {unpicklable}"))
+    current.value = IDLE
+    return pickle.dumps(MapReply(results, runner.timing()), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],

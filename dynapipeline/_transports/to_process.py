@@ -93,9 +93,10 @@ from typing import Any
 
 from dynapipeline._engine import current_control
 from dynapipeline._model.group import Container
-from dynapipeline._model.strategy import ExecutionStrategy
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
 from dynapipeline._transports.calling import check_max_workers
 from dynapipeline._transports.pickling import dumps_batch
+from dynapipeline._transports.process_items import ProcessItems
 from dynapipeline._transports.process_jobs import Dispatch, Job, deadline, plan_batches
 from dynapipeline._transports.process_pool import ProcessPool, watch_drain
 from dynapipeline._transports.processes import default_start_method
@@ -140,7 +141,7 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         """Pids of the pool's current workers."""
         return [w.pid for w in self._pool.workers] if self._pool is not None else []
 
-    async def _ensure_pool(self, loop: Any) -> ProcessPool:
+    async def ensure_pool(self, loop: Any) -> ProcessPool:
         pool = self._pool
         if pool is None or pool.closed:
             pool = self._pool = ProcessPool(self.workers, self.start_method)
@@ -153,9 +154,14 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         pool.fill()
         return pool
 
+    def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
+        """As a stream step: chunks of items on this pool, two chunks in flight per worker (one runs, one waits)."""
+        width = self.workers * 2
+        return width, ProcessItems(self, stage, maxsize, width)
+
     async def start(self) -> None:
         """Start the pool now and wait until every worker is ready (optional; dispatch starts it lazily)."""
-        pool = await self._ensure_pool(asyncio.get_running_loop())
+        pool = await self.ensure_pool(asyncio.get_running_loop())
         while not pool.closed and not all(w.ready for w in pool.workers):
             await asyncio.sleep(0.005)
 
@@ -180,7 +186,7 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
             pool = self._pool = ProcessPool(self.workers, self.start_method)
         try:
             if pool.loop is not loop or not pool.workers:
-                pool = await self._ensure_pool(loop)
+                pool = await self.ensure_pool(loop)
             elif len(pool.workers) < pool.max_workers:
                 pool.fill()
             dispatch.pending = len(jobs)

@@ -37,8 +37,8 @@ from typing import Any
 
 from dynapipeline._engine import current_control
 from dynapipeline._loops import loop_factory, loop_kind_of
-from dynapipeline._model.component import Stage
-from dynapipeline._model.strategy import ExecutionStrategy
+from dynapipeline._model.component import Stage, private_of
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
 from dynapipeline._transports.calling import check_max_workers, drive, needs_loop, time_limit
 from dynapipeline.errors import StageTimeoutError
 
@@ -259,6 +259,26 @@ class ThreadPool:
             await asyncio.sleep(0.005)
 
 
+class _ThreadItems(ItemRunner):
+    """A stream step on threads: each item is one dispatch of the stage; the pool is held for the step's run."""
+
+    def __init__(self, strategy: MultithreadExecutionStrategy, stage: Stage) -> None:
+        self.strategy = strategy
+        self.runners = (private_of(stage)["_runner"],)
+
+    async def open(self) -> None:
+        await self.strategy.__aenter__()
+
+    async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
+        try:
+            return [(True, (await self.strategy.dispatch(self.runners, (values[0],), {}))[0])]
+        except Exception as error:
+            return [(False, error)]
+
+    async def aclose(self) -> None:
+        await self.strategy.aclose()
+
+
 class MultithreadExecutionStrategy(ExecutionStrategy):
     """Runs each component in a worker thread (``async def`` on the thread's own reused loop).
 
@@ -340,6 +360,10 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
             if owned:
                 await pool.ashutdown()
         return batch.results
+
+    def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
+        """As a stream step: one item per call, as many calls at once as the pool has threads."""
+        return self.workers, _ThreadItems(self, stage)
 
     async def __aenter__(self) -> MultithreadExecutionStrategy:
         self._depth += 1

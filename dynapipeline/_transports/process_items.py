@@ -1,0 +1,244 @@
+"""A stream step on processes: its items go to the pool's workers in chunks, and come back one result each.
+
+::
+
+    stream step ──call(values)──► ProcessItems ── MapJob (chunk) ──► ProcessPool ══ MapCall ══► worker
+                ◄─ (ok, value) ──              ◄─ Replied / Crashed / TimedOut / Closed ══ MapReply ═╝
+
+- **Chunks**: the first chunks are small; then each chunk aims at ~2 ms of work
+  (from the stage's measured time per item), up to ``maxsize`` split among the
+  calls in flight, so IPC is not paid per item and backpressure still holds. A
+  timed stage's items travel one per chunk, so a deadline concerns one item.
+- **The stage travels once per worker**: the first chunk a worker gets carries it,
+  later ones only the items. Its timing stats come back per chunk and are added
+  to the parent's stage.
+- **Per item**: each item's exception (or a result that cannot be pickled) is its
+  own outcome; the other items of its chunk are unaffected. Retries and timeouts
+  inside the worker are the stage's own (its runner applies ``retries`` there).
+- **Timeout**: a timed stage's item that outlives its whole time budget
+  (``timeout`` × attempts + retry delays) is killed with its worker, which is
+  replaced; the item fails with ``StageTimeoutError``.
+- **Crash**: when a worker dies, the item it was running is retried on a fresh
+  worker while the stage's ``retries`` last (with its delays), but never after it
+  crashed 3 workers; the chunk's other items are sent again. The item then fails
+  with ``WorkerCrashedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import pickle
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from dynapipeline._engine import current_control
+from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._transports.pickling import dumps_batch
+from dynapipeline._transports.process_jobs import (
+    Crashed,
+    Outcome,
+    Replied,
+    TimedOut,
+    deadline,
+    remote_error,
+    tag_error,
+)
+from dynapipeline._transports.process_messages import MAX_KEPT_STAGES, ItemResult, MapCall, MapReply
+from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from dynapipeline._transports.process_pool import ProcessPool, Worker
+    from dynapipeline._transports.to_process import MultiprocessExecutionStrategy
+
+__all__ = ["MAX_CRASHES", "MapJob", "ProcessItems"]
+
+logger = logging.getLogger("dynapipeline")
+
+MAX_CRASHES = 3  # an item that crashed this many workers is not retried again (as Dask does)
+_CHUNK_SECONDS = 2e-3  # the work one chunk aims at
+_FIRST_CHUNK = 16
+_ids = itertools.count(1)
+
+
+class MapJob:
+    """One chunk of items for one worker; its outcome completes ``future``."""
+
+    __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control")
+
+    def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: bytes, cids: set[int], items: bytes,
+                 deadline: float | None) -> None:
+        self.future = future
+        self.stage_id = stage_id
+        self.stage = stage
+        self.cids = cids
+        self.items = items
+        self.deadline = deadline
+        self.worker: Worker | None = None
+        self.done = False
+        self.control = None  # a stream's drain is the stream's own: the feeder stops pulling
+
+    def message(self, w: Worker) -> bytes:
+        """The ``MapCall`` for worker ``w``: the stage only if it does not keep it already."""
+        from dynapipeline._transports.pickling import REGISTRY
+
+        blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
+        w.known.update(cid for cid, _ in blobs)
+        stage = b""
+        if self.stage_id not in w.stages:
+            stage = self.stage
+            w.stages[self.stage_id] = None
+            if len(w.stages) > MAX_KEPT_STAGES:
+                del w.stages[next(iter(w.stages))]  # the worker drops the same one
+        return pickle.dumps(MapCall(blobs, self.stage_id, stage, self.items), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.done:
+            self.done = True
+            if not self.future.done():
+                self.future.set_result(outcome)
+
+
+class ProcessItems(ItemRunner):
+    """Runs a stream step's stage on a ``MultiprocessExecutionStrategy``'s pool, chunk by chunk."""
+
+    def __init__(self, strategy: MultiprocessExecutionStrategy, stage: Any, maxsize: int, width: int) -> None:
+        self.strategy = strategy
+        self.stage = stage
+        self.name: str = stage.name
+        self.limit = deadline(stage)
+        self.cap = 1 if self.limit is not None else max(1, maxsize // width)
+        self.chunk = min(self.cap, _FIRST_CHUNK)
+        self.stage_id = 0
+        self.payload = b""
+        self.cids: set[int] = set()
+        self.pool: ProcessPool | None = None
+
+    async def open(self) -> None:
+        # The stage is pickled (and checked) once, before any worker starts.
+        self.payload, self.cids = dumps_batch([self.stage], (), {})
+        self.stage_id = next(_ids)
+        self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
+
+    async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any] | None] = [None] * len(values)
+        crashes = [0] * len(values)
+        pending = list(range(len(values)))
+        one_by_one = False
+        while pending:
+            batch = pending[:1] if one_by_one else pending
+            items = self._dump_items(values, batch, results)
+            batch = [i for i in batch if results[i] is None]
+            if not batch:
+                pending = [i for i in pending if results[i] is None]
+                continue
+            outcome = await self._run(items if items is not None else self._dumps([values[i] for i in batch]))
+            if isinstance(outcome, Replied):
+                assert type(outcome.reply) is MapReply
+                self._take_reply(outcome.reply, outcome.pid, batch, results)
+            elif isinstance(outcome, TimedOut):
+                results[batch[0]] = (False, StageTimeoutError(self.name, self.stage.timeout))
+            elif isinstance(outcome, Crashed):
+                if outcome.position < 0 and len(batch) > 1:
+                    one_by_one = True  # died before running any item: find the culprit alone
+                else:
+                    culprit = batch[max(outcome.position, 0)]
+                    crashes[culprit] += 1
+                    if crashes[culprit] >= MAX_CRASHES or crashes[culprit] > self.stage.retries:
+                        results[culprit] = (False, self._crashed(outcome, crashes[culprit]))
+                    else:
+                        await asyncio.sleep(self.stage.retry_delay * self.stage.retry_backoff ** (crashes[culprit] - 1))
+            else:
+                for i in batch:
+                    results[i] = (False, WorkerCrashedError(self.name, outcome.pid, None))
+            pending = [i for i in pending if results[i] is None]
+        return results  # type: ignore[return-value]  # every slot is filled when nothing is pending
+
+    async def _run(self, items: bytes) -> Outcome:
+        pool = self.pool
+        if pool is None or pool.closed:
+            pool = self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        job = MapJob(loop.create_future(), self.stage_id, self.payload, self.cids, items, self.limit)
+        pool.submit([job])  # type: ignore[list-item]  # a MapJob is scheduled like a Job
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            pool.withdraw([job], kill_running=True)  # type: ignore[list-item]
+            run = current_control.get()
+            if run is not None and run.stopped and pool.idle:
+                self.strategy.close()  # as a group's dispatch does: a stopped run leaves no worker behind
+            raise
+
+    def _take_reply(self, reply: MapReply, pid: int, batch: list[int], results: list[Any]) -> None:
+        if reply.unloadable is not None:
+            for i in batch:
+                results[i] = (False, self._error(reply.unloadable, pid))
+            return
+        _add_timing(self.stage, reply.timing)
+        if reply.timing and reply.timing[2]:
+            per_item = reply.timing[3] / reply.timing[2]
+            self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
+        for i, item in zip(batch, reply.results, strict=True):
+            if not item.ok:
+                results[i] = (False, self._error(item, pid))
+                continue
+            try:
+                results[i] = (True, pickle.loads(item.value))
+            except Exception as unpickling:
+                failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
+                                        f"parent process ({type(unpickling).__name__}: {unpickling})")
+                failure.__cause__ = unpickling
+                tag_error(failure, self.name, pid)
+                results[i] = (False, failure)
+
+    def _error(self, item: ItemResult, pid: int) -> BaseException:
+        error, cause = remote_error(item.value, item.traceback, item.text, self.name)
+        error.__cause__ = cause
+        tag_error(error, self.name, pid)
+        return error
+
+    def _crashed(self, outcome: Crashed, crashes: int) -> WorkerCrashedError:
+        error = WorkerCrashedError(self.name, outcome.pid, outcome.exitcode)
+        if crashes >= MAX_CRASHES:
+            error.add_note(f"this item crashed {crashes} workers: it is not retried again")
+        return error
+
+    def _dump_items(self, values: list[Any], batch: list[int], results: list[Any]) -> bytes | None:
+        """The pickled items of ``batch``; an item that cannot be pickled fails alone (None: pickle the rest)."""
+        try:
+            return self._dumps([values[i] for i in batch])
+        except Exception:
+            logger.debug("stream step %r: a chunk cannot be pickled; finding the item", self.name)
+        for i in batch:
+            try:
+                self._dumps([values[i]])
+            except Exception as error:
+                failure = PicklingError(f"stream step {self.name!r}: an item of type {type(values[i]).__name__} "
+                                        f"cannot be pickled to a worker process ({type(error).__name__}: {error})")
+                failure.__cause__ = error
+                results[i] = (False, failure)
+        return None
+
+    @staticmethod
+    def _dumps(items: list[Any]) -> bytes:
+        """The standard pickler when it can (several times faster), else cloudpickle (lambdas, local classes)."""
+        try:
+            return pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            data: bytes = cloudpickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+            return data
+
+
+def _add_timing(stage: Any, timing: tuple[Any, ...]) -> None:
+    """Add one chunk's timing (measured in a worker) to the stage's stats."""
+    if not timing or not timing[2]:
+        return
+    start, end, count, total, lo, hi = timing
+    runner = stage.__pydantic_private__["_runner"]
+    mine = runner.count
+    runner.copy_timing(start, end, mine + count, runner.total + total, min(runner.min, lo) if mine else lo,
+                       max(runner.max, hi))
