@@ -16,6 +16,7 @@ from dynapipeline._model import (
     StageGroup,
 )
 from dynapipeline._model.contexts import AsyncLockableContext, Context
+from dynapipeline._model.stream import Stream
 from dynapipeline.errors import ConfigurationError, kind_of
 
 __all__ = ["PipeLineType", "PipelineFactory"]
@@ -39,7 +40,7 @@ class PipelineFactory:
         self,
         pipeline_type: PipeLineType,
         name: str,
-        groups: Sequence[StageGroup],
+        groups: Sequence[StageGroup | Stream],
         cycle_strategy: CycleStrategy,
         execution_strategy: ExecutionStrategy,
         context_data: Mapping[str, Any] | None = None,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynapipeline._model.component import Component, Stage, private_of
 from dynapipeline._model.strategy import CycleStrategy, ExecutionStrategy
+from dynapipeline._model.stream import Stream
 from dynapipeline._table import format_table
 from dynapipeline.errors import ConfigurationError, kind_of
 
@@ -28,7 +29,7 @@ class Container(Component):
         execution_strategy: Any
 
     _members_field: ClassVar[str] = ""
-    _member_type: ClassVar[type[Component]] = Component
+    _member_type: ClassVar[type[Component] | tuple[type[Component], ...]] = Component
     _members: tuple[Component, ...] = ()
     _plan: tuple[Any, Any, tuple[Any, ...]] = (None, None, ())
 
@@ -62,9 +63,10 @@ class Container(Component):
         runners = []
         for index, member in enumerate(members):
             if not isinstance(member, member_type):
+                kinds = member_type if isinstance(member_type, tuple) else (member_type,)
                 raise ConfigurationError(
-                    f"{self._label()}: field '{field}[{index}]' must be a {member_type.__name__}, "
-                    f"got {kind_of(member)}"
+                    f"{self._label()}: field '{field}[{index}]' must be a "
+                    f"{' or '.join(kind.__name__ for kind in kinds)}, got {kind_of(member)}"
                 )
             runners.append(private_of(member)["_runner"])
         if len({id(member) for member in members}) != len(members):
@@ -106,7 +108,7 @@ class Container(Component):
     def _walk(self, depth: int) -> Iterator[tuple[int, Component]]:
         yield depth, self
         for member in private_of(self)["_members"]:
-            if isinstance(member, Container):
+            if isinstance(member, (Container, Stream)):
                 yield from member._walk(depth + 1)
             else:
                 yield depth + 1, member
@@ -121,6 +123,8 @@ class Container(Component):
         for member in private_of(self)["_members"]:
             if isinstance(member, Container):
                 out += member._components()
+            elif type(member) is Stream:
+                out += member.iter_components()
             else:
                 out.append(member)
         return out

@@ -8,16 +8,17 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynapipeline._engine import RunControl, current_control, wait_through_cancel
-from dynapipeline._model.component import Component
+from dynapipeline._model.component import Component, private_of
 from dynapipeline._model.contexts import AsyncLockableContext, Context, ProtectedContext
 from dynapipeline._model.group import Container, StageGroup
+from dynapipeline._model.stream import Stream
 from dynapipeline.errors import ConfigurationError, PipelineRunningError, kind_of
 
 __all__ = ["AdvancedPipeline", "Pipeline", "SimplePipeline"]
 
 
 class Pipeline(Container):
-    """Stage groups run by a cycle and an execution strategy, sharing one context.
+    """Stage groups (and streams) run by a cycle and an execution strategy, sharing one context.
 
     ``run()`` may not overlap with itself. ``stop()`` cancels a run now;
     ``stop(drain=True)`` lets every loop finish its current cycle and start no
@@ -25,17 +26,26 @@ class Pipeline(Container):
     """
 
     if TYPE_CHECKING:
-        groups: Sequence[StageGroup]
+        groups: Sequence[StageGroup | Stream]
     else:
         groups: list[Any]
 
     _members_field: ClassVar[str] = "groups"
-    _member_type: ClassVar[type[Component]] = StageGroup
+    _member_type: ClassVar[type[Component] | tuple[type[Component], ...]] = (StageGroup, Stream)
     # While running: (the run's task, its RunControl, its loop, the thread it runs on).
     _active: tuple[asyncio.Task[Any] | None, Any, asyncio.AbstractEventLoop, int] | None = None
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
+        strategy = self.__dict__["execution_strategy"]
+        if type(strategy).ships_members:
+            for index, member in enumerate(private_of(self)["_members"]):
+                if isinstance(member, Stream):
+                    raise ConfigurationError(
+                        f"{self._label()}: field 'groups[{index}]' is Stream {member.name!r}, which cannot be "
+                        f"shipped by {type(strategy).__name__}; give the pipeline another execution strategy "
+                        "and put the process strategy on the stream's steps"
+                    )
         if self.context is None:
             self.context = self._default_context()
         elif isinstance(self.context, Mapping) and not isinstance(self.context, Context):
@@ -147,6 +157,15 @@ class SimplePipeline(Pipeline):
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         for component in self._components():
+            if type(component) is Stream:
+                for step in component._steps:
+                    if step.strategy is not None and type(step.strategy).offloads:
+                        raise ConfigurationError(
+                            f"{self._label()}: Stream {component.name!r} step {step.stage.name!r} runs on "
+                            f"{type(step.strategy).__name__}, off the event loop; use an ADVANCED pipeline "
+                            "for threads and processes"
+                        )
+                continue
             # A field lookup in __dict__: getattr would go through pydantic's __getattr__ for every stage.
             strategy = component.__dict__.get("execution_strategy")
             if strategy is not None and type(strategy).offloads:

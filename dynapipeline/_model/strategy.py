@@ -38,6 +38,7 @@ class ExecutionStrategy:
     """
 
     offloads: ClassVar[bool] = False
+    ships_members: ClassVar[bool] = False  # members are pickled to other processes (a Stream cannot be)
 
     async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
         raise NotImplementedError

@@ -116,6 +116,7 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
     """
 
     offloads = True
+    ships_members = True
 
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
         self.max_workers = check_max_workers("MultiprocessExecutionStrategy", max_workers)
