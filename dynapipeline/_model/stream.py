@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import Field
+from typing import TYPE_CHECKING, Any, Literal
 
 from dynapipeline._engine import current_control, run_tasks
 from dynapipeline._model.component import Component, Flat, Stage, private_of
@@ -114,11 +112,19 @@ class Stream(Component):
     (handlers and timing apply to ``run()`` only).
     """
 
-    steps: Sequence[Any]
-    maxsize: int = Field(default=1000, strict=True, ge=1)
-    ordered: bool = Field(default=True, strict=True)
-    on_error: OnError = "raise"
-    source: Any = None
+    if TYPE_CHECKING:
+        steps: Sequence[Step | Stage]
+        maxsize: int = 1000
+        ordered: bool = True
+        on_error: OnError = "raise"
+        source: Iterable[Any] | AsyncIterable[Any] | None = None
+    else:
+        # Any at run time: model_post_init checks them, with messages naming the stream and the field.
+        steps: Any
+        maxsize: Any = 1000
+        ordered: Any = True
+        on_error: Any = "raise"
+        source: Any = None
 
     _steps: tuple[Step, ...] = ()
     _counts: tuple[_Counts, ...] = ()
@@ -128,6 +134,16 @@ class Stream(Component):
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         label = f"Stream {self.name!r}"
+        maxsize = self.maxsize
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ConfigurationError(f"{label}: field 'maxsize' must be an int >= 1, got {maxsize!r}")
+        if not isinstance(self.ordered, bool):
+            raise ConfigurationError(f"{label}: field 'ordered' must be a bool, got {self.ordered!r}")
+        if self.on_error not in ("raise", "skip", "return"):
+            raise ConfigurationError(f"{label}: field 'on_error' must be 'raise', 'skip' or 'return', "
+                                     f"got {self.on_error!r}")
+        if self.source is not None:
+            _check_source(label, self.source)
         steps = self.steps
         if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence):
             raise ConfigurationError(f"{label}: field 'steps' must be a list of Steps or Stages, "
@@ -186,9 +202,7 @@ class Stream(Component):
         source = self.source if self.source is not None else (args[0] if args else None)
         if source is None:
             raise ConfigurationError(f"Stream {self.name!r}: field 'source' is not set and no source was given")
-        if not hasattr(source, "__aiter__") and not hasattr(source, "__iter__"):
-            raise ConfigurationError(f"Stream {self.name!r}: field 'source' must be an iterable or an async "
-                                     f"iterable, got {type(source).__name__}")
+        _check_source(f"Stream {self.name!r}", source)
         return source
 
     # -- what a user reads -------------------------------------------------------------------------
@@ -219,6 +233,12 @@ class Stream(Component):
         yield depth, self
         for step in self._steps:
             yield depth + 1, step.stage
+
+
+def _check_source(label: str, source: Any) -> None:
+    if isinstance(source, (str, bytes)) or (not hasattr(source, "__aiter__") and not hasattr(source, "__iter__")):
+        raise ConfigurationError(f"{label}: field 'source' must be an iterable or an async iterable "
+                                 f"(not a str or bytes), got {type(source).__name__}")
 
 
 class _Counts:

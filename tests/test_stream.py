@@ -1,0 +1,493 @@
+"""Streams on the event loop: items through steps, flat-map, batches, order, backpressure, errors, progress.
+
+Stream steps on threads and processes are in ``test_process_items.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from dynapipeline import ItemError, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
+from dynapipeline.errors import ConfigurationError, StageTimeoutError
+from dynapipeline.execution import (
+    ConcurrentExecutionStrategy,
+    MultithreadExecutionStrategy,
+    SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
+
+from helpers import Echo
+
+
+class Double(Stage):
+    async def execute(self, item: int) -> int:
+        return item * 2
+
+
+class PlusOne(Stage):
+    def execute(self, item: int) -> int:  # a plain def stage
+        return item + 1
+
+
+class Explode(Stage):
+    """Yields each item ``times`` times (0: a filter that drops everything)."""
+
+    times: int = 2
+
+    def execute(self, item: Any) -> Iterator[Any]:
+        for _ in range(self.times):
+            yield item
+
+
+class EvensOnly(Stage):
+    async def execute(self, item: int) -> AsyncIterator[int]:
+        if item % 2 == 0:
+            yield item
+
+
+class Collect(Stage):
+    """Receives a batch (a list) and returns it as it is."""
+
+    async def execute(self, batch: list[Any]) -> list[Any]:
+        return list(batch)
+
+
+class FailOn(Stage):
+    bad: int = 3
+
+    async def execute(self, item: int) -> int:
+        if item == self.bad:
+            raise ValueError(f"bad item {item}")
+        return item
+
+
+class Sleepy(Stage):
+    """Sleeps ``delay`` seconds (a slower sleep for item 0, when ``first`` is set) and records concurrency."""
+
+    delay: float = 0.001
+    first: float = 0.0
+    tracker: Any = None
+
+    async def execute(self, item: int) -> int:
+        if self.tracker is not None:
+            self.tracker.enter()
+        try:
+            await asyncio.sleep(self.first if item == 0 and self.first else self.delay)
+        finally:
+            if self.tracker is not None:
+                self.tracker.leave()
+        return item
+
+
+class Flaky(Stage):
+    """Fails the first ``fails`` attempts of each item."""
+
+    fails: int = 1
+    seen: Any = None
+
+    async def execute(self, item: int) -> int:
+        self.seen[item] = self.seen.get(item, 0) + 1
+        if self.seen[item] <= self.fails:
+            raise RuntimeError(f"attempt {self.seen[item]} of {item}")
+        return item
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    def enter(self) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        self.now -= 1
+
+
+def stream(*steps: Any, **fields: Any) -> Stream:
+    return Stream(name="s", steps=list(steps), **fields)
+
+
+# -- items through steps ----------------------------------------------------------------------
+async def test_each_step_gets_one_item_and_passes_its_result_on() -> None:
+    out = await stream(Double(name="double"), PlusOne(name="plus")).run(range(5))
+    assert out == [1, 3, 5, 7, 9]
+
+
+async def test_a_bare_stage_is_a_step_with_the_default_strategy() -> None:
+    s = stream(Double(name="double"), Step(PlusOne(name="plus")))
+    assert all(isinstance(step, Step) for step in s._steps)
+    assert s._steps[0].strategy is None
+    assert await s.run([1]) == [3]
+
+
+async def test_generator_execute_flat_maps_and_an_empty_generator_filters() -> None:
+    out = await stream(Explode(name="twice"), EvensOnly(name="evens")).run(range(4))
+    assert out == [0, 0, 2, 2]
+    assert await stream(Explode(name="none", times=0)).run(range(10)) == []
+
+
+async def test_batch_hands_the_stage_lists_of_up_to_n_items() -> None:
+    out = await stream(Step(Collect(name="batch"), batch=4)).run(range(10))
+    assert out == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+async def test_batch_timeout_sends_a_partial_batch() -> None:
+    async def slow_source() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+        await asyncio.sleep(0.5)
+        yield 3
+
+    out = await stream(Step(Collect(name="batch"), batch=100, batch_timeout=0.05)).run(slow_source())
+    assert out == [[0, 1, 2], [3]]
+
+
+async def test_a_generator_batch_stage_flattens_its_batch() -> None:
+    class Flatten(Stage):
+        def execute(self, batch: list[int]) -> Iterator[int]:
+            yield from batch
+
+    out = await stream(Step(Flatten(name="flat"), batch=3)).run(range(7))
+    assert out == list(range(7))
+
+
+async def test_source_given_to_the_stream_and_async_iterables() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    assert await Stream(name="s", steps=[Double(name="d")], source=[1, 2]).run() == [2, 4]
+    assert await stream(Double(name="d")).run(numbers()) == [0, 2, 4]
+
+
+async def test_iterate_yields_outputs_as_they_come_and_leaving_early_stops_the_stream() -> None:
+    pulled = []
+
+    def source() -> Iterator[int]:
+        for i in range(1_000_000):
+            pulled.append(i)
+            yield i
+
+    s = stream(Double(name="d"), maxsize=10)
+    got = []
+    async for value in s.iterate(source()):
+        got.append(value)
+        if len(got) == 5:
+            break
+    assert got == [0, 2, 4, 6, 8]
+    await asyncio.sleep(0.05)
+    assert len(pulled) < 100  # the rest of the source was never pulled
+    assert _stream_tasks() == []
+
+
+async def test_iterate_raises_the_first_error() -> None:
+    s = stream(FailOn(name="f", bad=2))
+    with pytest.raises(ValueError, match="bad item 2"):
+        async for _ in s.iterate(range(5)):
+            pass
+
+
+# -- strategies of a step -----------------------------------------------------------------------
+async def test_sequential_step_runs_one_item_at_a_time() -> None:
+    counter = Counter()
+    await stream(Step(Sleepy(name="s", tracker=counter), SequentialExecutionStrategy())).run(range(20))
+    assert counter.peak == 1
+
+
+async def test_semaphore_step_runs_up_to_k_items_at_once() -> None:
+    counter = Counter()
+    out = await stream(Step(Sleepy(name="s", tracker=counter), SemaphoreExecutionStrategy(3))).run(range(30))
+    assert counter.peak == 3
+    assert out == list(range(30))
+
+
+async def test_concurrent_step_runs_as_many_items_as_maxsize_allows() -> None:
+    counter = Counter()
+    s = stream(Step(Sleepy(name="s", delay=0.02, tracker=counter), ConcurrentExecutionStrategy()), maxsize=8)
+    await s.run(range(40))
+    assert counter.peak == 8
+
+
+async def test_thread_step_runs_items_on_the_pool_threads() -> None:
+    import threading
+
+    class WhereAmI(Stage):
+        def execute(self, item: int) -> str:
+            return threading.current_thread().name
+
+    main = threading.current_thread().name
+    names = await stream(Step(WhereAmI(name="where"), MultithreadExecutionStrategy(2))).run(range(20))
+    assert len(names) == 20 and main not in names
+    assert all(n.startswith("dynapipeline-thread") for n in names)
+    assert _dynapipeline_threads_alive() == 0
+
+
+# -- order --------------------------------------------------------------------------------------
+async def test_ordered_keeps_source_order_whatever_finishes_first() -> None:
+    slow_first = Sleepy(name="s", delay=0.001, first=0.1)
+    out = await stream(Step(slow_first, SemaphoreExecutionStrategy(4)), ordered=True).run(range(10))
+    assert out == list(range(10))
+
+
+async def test_unordered_yields_in_completion_order() -> None:
+    slow_first = Sleepy(name="s", delay=0.001, first=0.1)
+    out = await stream(Step(slow_first, SemaphoreExecutionStrategy(4)), ordered=False).run(range(10))
+    assert sorted(out) == list(range(10))
+    assert out[-1] == 0  # the slow first item came out last
+
+
+# -- backpressure and memory ---------------------------------------------------------------------
+async def test_a_slow_step_holds_the_source_back_within_maxsize() -> None:
+    maxsize, workers = 16, 4
+    ahead = []
+    s = stream(Step(Sleepy(name="slow", delay=0.0005), SemaphoreExecutionStrategy(workers)), maxsize=maxsize)
+
+    def source() -> Iterator[int]:
+        for i in range(100_000):
+            if i % 100 == 0:
+                progress = s.progress["slow"]
+                # Items pulled but not yet through the slow step: those queued before it and in it.
+                ahead.append(i - progress.done - progress.failed)
+            yield i
+
+    out = await s.run(source())
+    assert len(out) == 100_000
+    # The feeder holds one item while it waits for room, hence + 1.
+    assert max(ahead) <= maxsize + workers + 1
+
+
+@pytest.mark.slow
+async def test_five_million_items_through_three_steps_keep_memory_flat() -> None:
+    psutil = pytest.importorskip("psutil")
+    proc = psutil.Process(os.getpid())
+    gc.collect()
+    before = proc.memory_info().rss
+    peak = before
+    count = 0
+
+    def source() -> Iterator[int]:
+        nonlocal peak
+        for i in range(5_000_000):
+            if i % 100_000 == 0:
+                peak = max(peak, proc.memory_info().rss)
+            yield i
+
+    s = stream(Double(name="a"), PlusOne(name="b"), Double(name="c"), maxsize=1000)
+    async for _ in s.iterate(source()):
+        count += 1
+    growth_mb = (peak - before) / 2**20
+    print(f"peak RSS growth over 5,000,000 items: {growth_mb:.1f} MB")
+    assert count == 5_000_000
+    assert growth_mb < 30
+
+
+# -- per-item errors ----------------------------------------------------------------------------
+async def test_on_error_raise_cancels_the_stream_and_propagates() -> None:
+    s = stream(FailOn(name="f", bad=3), Step(Sleepy(name="slow", delay=0.01), ConcurrentExecutionStrategy()))
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        await s.run(range(1000))
+    assert any("step 'f', item 3" in note for note in info.value.__notes__)
+    assert _stream_tasks() == []
+
+
+async def test_on_error_skip_drops_the_item_and_keeps_it_in_errors() -> None:
+    s = stream(Double(name="d"), FailOn(name="f", bad=6), on_error="skip")
+    out = await s.run(range(5))
+    assert out == [0, 2, 4, 8]
+    [error] = s.errors
+    assert isinstance(error, ItemError)
+    assert (error.index, error.step, type(error.error)) == (3, "f", ValueError)
+    assert s.progress["f"].failed == 1
+
+
+async def test_on_error_return_passes_the_exception_on_untouched() -> None:
+    s = stream(FailOn(name="f", bad=2), Double(name="d"), on_error="return")
+    out = await s.run(range(4))
+    assert out[:2] == [0, 2] and out[3] == 6
+    assert isinstance(out[2], ValueError)
+    assert s.progress["d"].received == 3  # the failed item went past "d" without running it
+
+
+async def test_retries_apply_per_item() -> None:
+    seen: dict[int, int] = {}
+    out = await stream(Flaky(name="flaky", fails=2, retries=2, seen=seen)).run(range(5))
+    assert out == list(range(5))
+    assert seen == {i: 3 for i in range(5)}
+
+
+async def test_timeout_applies_per_item() -> None:
+    s = stream(Sleepy(name="s", delay=0.001, first=1.0, timeout=0.05), on_error="skip")
+    out = await s.run(range(4))
+    assert out == [1, 2, 3]
+    assert type(s.errors[0].error) is StageTimeoutError and s.errors[0].index == 0
+
+
+# -- live counts and stats ----------------------------------------------------------------------
+async def test_progress_counts_per_step_by_stage_name() -> None:
+    s = stream(Double(name="d"), FailOn(name="f", bad=4), on_error="skip")
+    await s.run(range(10))
+    d, f = s.progress["d"], s.progress["f"]
+    assert (d.received, d.done, d.failed, d.in_flight, d.queued) == (10, 10, 0, 0, 0)
+    assert (f.received, f.done, f.failed) == (10, 9, 1)
+
+
+async def test_progress_during_a_run_shows_items_in_flight_and_queued() -> None:
+    s = stream(Step(Sleepy(name="slow", delay=0.05), SemaphoreExecutionStrategy(2)), maxsize=5)
+    task = asyncio.ensure_future(s.run(range(50)))
+    await asyncio.sleep(0.02)
+    progress = s.progress["slow"]
+    assert progress.in_flight == 2 and progress.queued == 5
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_each_step_stage_keeps_timing_stats() -> None:
+    d = Double(name="d")
+    await stream(d).run(range(7))
+    assert d.stats.count == 7
+
+
+# -- a stream in a pipeline ----------------------------------------------------------------------
+def pipeline(*groups: Any, kind: PipeLineType = PipeLineType.ADVANCED, cycles: Any = None,
+             strategy: Any = None) -> Any:
+    return PipelineFactory().create_pipeline(
+        kind, name="p", groups=list(groups), cycle_strategy=cycles or OnceCycleStrategy(),
+        execution_strategy=strategy or SequentialExecutionStrategy())
+
+
+async def test_in_a_pipeline_the_source_is_the_runs_first_argument_and_the_result_its_outputs() -> None:
+    s = stream(Double(name="d"))
+    g = StageGroup(name="g", stages=[Echo(name="e")], execution_strategy=SequentialExecutionStrategy(),
+                   cycle_strategy=OnceCycleStrategy())
+    assert await pipeline(g, s).run([1, 2, 3]) == [["e"], [2, 4, 6]]
+    assert "d" in pipeline(s).report() and "Stream" in pipeline(s).report()
+
+
+async def test_in_a_pipeline_a_stream_runs_again_each_cycle_and_its_stages_share_the_context() -> None:
+    d = Double(name="d")
+    s = Stream(name="s", steps=[d], source=range(3))
+    p = pipeline(s, cycles=LoopCycleStrategy(3))
+    assert await p.run() == [[[0, 2, 4]]] * 3
+    assert d.stats.count == 9
+    assert d.context is p.context
+
+
+async def test_pipeline_stop_cancels_a_stream_and_drain_finishes_items_in_flight() -> None:
+    def endless() -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    s = stream(Step(Sleepy(name="slow", delay=0.01), SemaphoreExecutionStrategy(4)), maxsize=8)
+    p = pipeline(s)
+    asyncio.get_running_loop().call_later(0.1, p.stop)
+    assert await asyncio.wait_for(p.run(endless()), 5) is None
+    assert _stream_tasks() == []
+
+    p.stop(drain=True)  # idle: no-op
+    asyncio.get_running_loop().call_later(0.1, p.stop, True)
+    assert await asyncio.wait_for(p.run(endless()), 5) is None
+    progress = s.progress["slow"]
+    assert progress.received == progress.done > 0 and progress.in_flight == 0  # nothing cut short
+
+
+async def test_handlers_see_the_stream_run() -> None:
+    from dynapipeline import Handler
+
+    calls = []
+
+    class Log(Handler):
+        def after(self, component: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+            calls.append((component.name, result))
+
+    s = Stream(name="s", steps=[Double(name="d")], handlers=[Log()])
+    await s.run([1])
+    assert calls == [("s", [2])]
+
+
+async def test_simple_pipeline_rejects_a_thread_step_and_process_shipping_rejects_streams() -> None:
+    from dynapipeline.execution import MultiprocessExecutionStrategy
+
+    with pytest.raises(ConfigurationError, match="Stream 's' step 'd' runs on MultithreadExecutionStrategy"):
+        pipeline(stream(Step(Double(name="d"), MultithreadExecutionStrategy(2))), kind=PipeLineType.SIMPLE)
+    with pytest.raises(ConfigurationError, match=r"field 'groups\[0\]' is Stream 's'"):
+        pipeline(stream(Double(name="d")), strategy=MultiprocessExecutionStrategy(1))
+    pipeline(stream(Double(name="d")), kind=PipeLineType.SIMPLE)  # on the loop: fine
+
+
+# -- bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"steps": []}, "field 'steps' must not be empty"),
+    ({"steps": [42]}, r"field 'steps\[0\]' must be a Step or a Stage, got int"),
+    ({"steps": [Double]}, r"field 'steps\[0\]' must be a Step or a Stage, got the class Double"),
+    ({"steps": "abc"}, "field 'steps' must be a list"),
+    ({"maxsize": 0}, "field 'maxsize' must be an int >= 1, got 0"),
+    ({"maxsize": 2.5}, "field 'maxsize' must be an int >= 1"),
+    ({"on_error": "ignore"}, "field 'on_error' must be 'raise', 'skip' or 'return'"),
+    ({"ordered": "yes"}, "field 'ordered' must be a bool"),
+    ({"source": 5}, "field 'source' must be an iterable"),
+])
+def test_bad_stream_fields_name_the_stream_and_the_field(fields: dict[str, Any], message: str) -> None:
+    fields = {"steps": [Double(name="d")], **fields}
+    with pytest.raises(ConfigurationError, match=f"Stream 's': {message}"):
+        Stream(name="s", **fields)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"batch": 0}, "field 'batch' must be an int >= 1"),
+    ({"batch": True}, "field 'batch' must be an int >= 1"),
+    ({"batch": 2, "batch_timeout": 0}, "field 'batch_timeout' must be a finite number"),
+    ({"batch_timeout": 1.0}, "field 'batch_timeout' needs 'batch'"),
+    ({"strategy": "fast"}, "field 'strategy' must be an execution strategy"),
+])
+def test_bad_step_fields_name_the_step_and_the_field(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"Step 'd': {message}"):
+        Step(Double(name="d"), **kwargs)
+
+
+def test_step_rejects_a_non_stage() -> None:
+    with pytest.raises(ConfigurationError, match="Step: field 'stage' must be a Stage, got int"):
+        Step(5)  # type: ignore[arg-type]
+
+
+async def test_a_non_iterable_source_given_to_run_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match="field 'source' must be an iterable"):
+        await stream(Double(name="d")).run(42)
+    with pytest.raises(ConfigurationError, match="field 'source' is not set and no source was given"):
+        await stream(Double(name="d")).run()
+
+
+def test_repeated_stage_names_are_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="repeats the stage name 'd'"):
+        stream(Double(name="d"), PlusOne(name="d"))
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _stream_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks of a stream still alive (its feeder and step workers run the stream module's coroutines)."""
+    me = asyncio.current_task()
+    return [t for t in asyncio.all_tasks() if t is not me and "stream" in repr(t.get_coro())]
+
+
+def _dynapipeline_threads_alive() -> int:
+    import threading
+    import time
+
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        alive = [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread")]
+        if not alive:
+            return 0
+        time.sleep(0.01)
+    return len(alive)
