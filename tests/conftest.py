@@ -41,3 +41,20 @@ def pytest_sessionstart(session: Any) -> None:
 def loop_kind() -> str:
     """The loop this leg runs on ("asyncio" or "uvloop")."""
     return LOOP
+
+
+@pytest.fixture
+async def procs() -> Any:
+    """A 2-worker process strategy, closed after the test, which then checks that no worker is left."""
+    from helpers import assert_no_workers
+
+    from dynapipeline.execution import MultiprocessExecutionStrategy
+
+    strategy = MultiprocessExecutionStrategy(2)
+    pids: list[int] = []
+    try:
+        yield strategy
+    finally:
+        pids = strategy.worker_pids()
+        await strategy.aclose()
+    assert_no_workers(pids)

@@ -98,3 +98,25 @@ def run_on_test_loop(coro: Any) -> Any:
     from dynapipeline import loop_name, run
 
     return run(coro, loop=loop_name())
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (or is a zombie waiting to be reaped)."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def assert_no_workers(pids: list[int]) -> None:
+    """No child process of ours is alive and every pid given has exited (within 5 s)."""
+    import multiprocessing
+    import time
+
+    assert multiprocessing.active_children() == []
+    deadline = time.monotonic() + 5
+    while not all(gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]

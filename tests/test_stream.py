@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from helpers import Echo
 
 from dynapipeline import ItemError, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
@@ -22,8 +23,6 @@ from dynapipeline.execution import (
     SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
-
-from helpers import Echo
 
 
 class Double(Stage):

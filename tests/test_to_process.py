@@ -10,8 +10,8 @@ import threading
 import time
 from typing import Any
 
-import psutil
 import pytest
+from helpers import assert_no_workers, gone
 
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline._transports import process_pool
@@ -42,33 +42,6 @@ class Spin(Stage):
     def execute(self) -> None:
         while True:
             pass
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def assert_no_workers(pids: list[int]) -> None:
-    assert multiprocessing.active_children() == []
-    deadline = time.monotonic() + 5
-    while not all(gone(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
-
-
-@pytest.fixture
-async def procs():
-    strategy = MultiprocessExecutionStrategy(2)
-    pids: list[int] = []
-    try:
-        yield strategy
-    finally:
-        pids = strategy.worker_pids()
-        await strategy.aclose()
-    assert_no_workers(pids)
 
 
 async def test_results_in_order_over_several_workers(procs):

@@ -1,0 +1,216 @@
+"""Stream steps on processes (and threads): chunks, the stage once per worker, per-item faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from dynapipeline import PipelineFactory, PipeLineType, Stage, Step, Stream
+from dynapipeline._transports import process_items
+from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
+from dynapipeline.execution import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
+from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
+from helpers import assert_no_workers, gone
+
+
+class Square(Stage):
+    def execute(self, item: int) -> int:
+        return item * item
+
+
+class Pid(Stage):
+    def execute(self, item: int) -> tuple[int, int]:
+        return item, os.getpid()
+
+
+class SpinOn(Stage):
+    """Spins forever on item ``bad`` (a plain def: only killing its worker stops it)."""
+
+    bad: int = 0
+
+    def execute(self, item: int) -> int:
+        while item == self.bad:
+            pass
+        return item
+
+
+class ExitOn(Stage):
+    """Kills its worker on item ``bad``; with ``once_marker`` only the first time (a file marks it)."""
+
+    bad: int = 0
+    once_marker: str = ""
+
+    def execute(self, item: int) -> int:
+        if item == self.bad:
+            if not self.once_marker or not os.path.exists(self.once_marker):
+                if self.once_marker:
+                    open(self.once_marker, "w").close()
+                os._exit(3)
+        return item
+
+
+class RaiseOn(Stage):
+    bad: int = 0
+
+    def execute(self, item: int) -> int:
+        if item == self.bad:
+            raise KeyError(f"no {item}")
+        return item
+
+
+class LockOn(Stage):
+    """Returns something that cannot be pickled for item ``bad``."""
+
+    bad: int = 0
+
+    def execute(self, item: int) -> Any:
+        return threading.Lock() if item == self.bad else item
+
+
+def stream(step: Step, **fields: Any) -> Stream:
+    return Stream(name="s", steps=[step], **fields)
+
+
+async def test_items_run_in_worker_processes_in_order(procs: MultiprocessExecutionStrategy) -> None:
+    out = await stream(Step(Pid(name="pid"), procs)).run(range(500))
+    assert [item for item, _ in out] == list(range(500))
+    assert os.getpid() not in {pid for _, pid in out}
+
+
+async def test_items_travel_in_chunks_and_the_stage_once_per_worker(procs: MultiprocessExecutionStrategy,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    messages: list[bool] = []
+    real = process_items.MapJob.message
+
+    def spy(self: process_items.MapJob, w: Any) -> bytes:
+        carries_stage = self.stage_id not in w.stages
+        messages.append(carries_stage)
+        return real(self, w)
+
+    monkeypatch.setattr(process_items.MapJob, "message", spy)
+    square = Square(name="square")
+    out = await stream(Step(square, procs)).run(range(5000))
+    assert out == [i * i for i in range(5000)]
+    assert len(messages) < 5000 / 10  # IPC is paid per chunk, not per item
+    assert sum(messages) == 2  # the stage went to each of the 2 workers once
+    assert square.stats.count == 5000  # each chunk's timing was added to the parent's stage
+
+
+async def test_unordered_process_step_yields_every_item(procs: MultiprocessExecutionStrategy) -> None:
+    out = await stream(Step(Square(name="square"), procs), ordered=False).run(range(1000))
+    assert sorted(out) == [i * i for i in range(1000)]
+
+
+async def test_an_error_keeps_its_type_and_remote_traceback_and_names_the_step(
+        procs: MultiprocessExecutionStrategy) -> None:
+    s = stream(Step(RaiseOn(name="raiser", bad=7), procs), on_error="skip")
+    out = await s.run(range(10))
+    assert out == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    [failed] = s.errors
+    assert failed.index == 7 and failed.step == "raiser"
+    assert type(failed.error) is KeyError and failed.error.args == ("no 7",)
+    assert isinstance(failed.error.__cause__, RemoteError)
+    assert failed.error.stage_name == "raiser"  # type: ignore[attr-defined]
+
+
+async def test_a_spinning_item_is_killed_alone_with_skip(procs: MultiprocessExecutionStrategy) -> None:
+    s = stream(Step(SpinOn(name="spin", bad=500, timeout=0.5), procs), on_error="skip")
+    await procs.start()
+    before = set(procs.worker_pids())
+    out = await asyncio.wait_for(s.run(range(1000)), 60)
+    assert out == [i for i in range(1000) if i != 500]
+    [failed] = s.errors
+    assert failed.index == 500 and type(failed.error) is StageTimeoutError
+    after = set(procs.worker_pids())
+    assert len(after) == 2 and before - after  # the stuck worker was replaced
+    assert all(gone(pid) for pid in before - after)
+
+
+async def test_a_spinning_item_with_raise_fails_the_stream_and_leaves_no_worker() -> None:
+    strategy = MultiprocessExecutionStrategy(2)
+    try:
+        await strategy.start()
+        pids = strategy.worker_pids()
+        with pytest.raises(StageTimeoutError):
+            await asyncio.wait_for(stream(Step(SpinOn(name="spin", bad=3, timeout=0.5), strategy)).run(range(20)), 60)
+        pids += strategy.worker_pids()
+    finally:
+        strategy.close()
+    assert_no_workers(pids)
+
+
+async def test_a_crashing_item_with_skip_is_reported_and_the_rest_complete(procs: MultiprocessExecutionStrategy) -> None:
+    s = stream(Step(ExitOn(name="exit", bad=42), procs), on_error="skip")
+    out = await asyncio.wait_for(s.run(range(300)), 60)
+    assert out == [i for i in range(300) if i != 42]
+    [failed] = s.errors
+    assert failed.index == 42 and type(failed.error) is WorkerCrashedError
+
+
+async def test_a_crash_is_retried_on_a_fresh_worker(procs: MultiprocessExecutionStrategy, tmp_path: Any) -> None:
+    stage = ExitOn(name="exit", bad=5, once_marker=str(tmp_path / "crashed"), retries=1)
+    assert await asyncio.wait_for(stream(Step(stage, procs)).run(range(10)), 60) == list(range(10))
+
+
+async def test_an_item_that_crashed_three_workers_is_not_retried_again(procs: MultiprocessExecutionStrategy) -> None:
+    s = stream(Step(ExitOn(name="exit", bad=1, retries=10), procs), on_error="skip")
+    assert await asyncio.wait_for(s.run(range(3)), 60) == [0, 2]
+    [failed] = s.errors
+    assert type(failed.error) is WorkerCrashedError
+    assert any("crashed 3 workers" in note for note in failed.error.__notes__)
+
+
+async def test_an_unpicklable_result_names_the_step_and_item_and_the_pool_stays_usable(
+        procs: MultiprocessExecutionStrategy) -> None:
+    with pytest.raises(TypeError, match="stage 'lock' returned a result that cannot be pickled") as info:
+        await stream(Step(LockOn(name="lock", bad=4), procs)).run(range(10))
+    assert any("step 'lock', item 4" in note for note in info.value.__notes__)
+    assert await stream(Step(Square(name="square"), procs)).run(range(3)) == [0, 1, 4]
+
+
+async def test_an_unpicklable_item_fails_alone(procs: MultiprocessExecutionStrategy) -> None:
+    s = stream(Step(Square(name="square"), procs), on_error="skip")
+    out = await s.run([1, 2, threading.Lock(), 3])  # type: ignore[list-item]
+    assert out == [1, 4, 9]
+    [failed] = s.errors
+    assert failed.index == 2 and type(failed.error) is PicklingError
+    assert "stream step 'square'" in str(failed.error)
+
+
+async def test_pipeline_stop_during_a_process_step_leaves_no_worker() -> None:
+    strategy = MultiprocessExecutionStrategy(2)
+    s = stream(Step(SpinOn(name="spin", bad=0), strategy))
+    p = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, name="p", groups=[s],
+                                          cycle_strategy=OnceCycleStrategy(),
+                                          execution_strategy=MultithreadExecutionStrategy(1))
+    loop = asyncio.get_running_loop()
+    pids: list[int] = []
+    loop.call_later(1.0, lambda: pids.extend(strategy.worker_pids()))
+    loop.call_later(1.2, p.stop)
+    try:
+        assert await asyncio.wait_for(p.run(range(10)), 30) is None
+    finally:
+        strategy.close()
+    assert pids
+    assert_no_workers(pids)
+
+
+# -- threads --------------------------------------------------------------------------------------
+class SleepOn(Stage):
+    bad: int = 0
+
+    def execute(self, item: int) -> int:
+        if item == self.bad:
+            time.sleep(1.0)
+        return item
+
+
+async def test_thread_step_timeout_and_errors_are_per_item() -> None:
+    s = stream(Step(SleepOn(name="sleep", bad=2, timeout=0.2), MultithreadExecutionStrategy(2)), on_error="skip")
+    assert await s.run(range(6)) == [0, 1, 3, 4, 5]
+    assert type(s.errors[0].error) is StageTimeoutError and s.errors[0].index == 2
