@@ -11,7 +11,10 @@ sequential     ``SequentialExecutionStrategy``                 ``for s in stages
 concurrent     ``ConcurrentExecutionStrategy``                 ``asyncio.gather``
 semaphore(8)   ``SemaphoreExecutionStrategy(8)``               ``asyncio.Semaphore(8)`` + ``gather``
 cycles         ``LoopCycleStrategy(n)`` over one stage         ``for _ in range(n): await s.execute()``
+stream         ``Stream`` of 3 steps over ``n`` items          3 tasks linked by ``asyncio.Queue(1000)``
 =============  ==============================================  =====================================
+
+For ``stream`` the figures are per item (each item passes the 3 stages).
 
 A ``build`` row (one per size, not per loop) times building a ``StageGroup`` over
 the ``n`` no-op stages and a SIMPLE pipeline over it, in µs per stage (the stages'
@@ -49,6 +52,7 @@ from typing import Any
 from dynapipeline._front.factory import PipelineFactory, PipeLineType
 from dynapipeline._loops import loop_factory, uvloop_available
 from dynapipeline._model import Pipeline, Stage, StageGroup
+from dynapipeline._model.stream import Stream
 from dynapipeline._strategies import (
     ConcurrentExecutionStrategy,
     LoopCycleStrategy,
@@ -58,10 +62,11 @@ from dynapipeline._strategies import (
 )
 from dynapipeline._table import format_table as _format_table
 
-__all__ = ["BUILD", "CASES", "KINDS", "LOOPS", "SIZES", "Case", "NoopStage", "YieldStage", "main",
+__all__ = ["BUILD", "CASES", "KINDS", "LOOPS", "SIZES", "STREAM_MAXSIZE", "Case", "NoopStage", "YieldStage", "main",
            "make_builder", "make_case"]
 
-CASES = ("sequential", "concurrent", "semaphore(8)", "cycles")
+CASES = ("sequential", "concurrent", "semaphore(8)", "cycles", "stream")
+STREAM_MAXSIZE = 1000
 BUILD = "build"
 KINDS = ("noop", "yield")
 SIZES = (1000, 10_000)
@@ -110,6 +115,8 @@ def make_case(case: str, kind: str, n: int) -> Case:
 
         return Case(case, kind, n, group.run, raw_cycles)
 
+    if case == "stream":
+        return _stream_case(cls, kind, n)
     stages = [cls(name=f"s{i}") for i in range(n)]
     if case == "sequential":
         strategy: Any = SequentialExecutionStrategy()
@@ -143,6 +150,40 @@ def make_case(case: str, kind: str, n: int) -> Case:
     group = StageGroup(name="bench", stages=stages, cycle_strategy=OnceCycleStrategy(),
                        execution_strategy=strategy)
     return Case(case, kind, n, group.run, raw)
+
+
+def _stream_case(cls: type[Stage], kind: str, n: int) -> Case:
+    """Three steps, one item at a time each, against three hand-written tasks linked by bounded queues."""
+    steps = [cls(name=f"step{i}") for i in range(3)]
+    stream = Stream(name="bench", steps=list(steps), maxsize=STREAM_MAXSIZE)
+
+    async def engine() -> Any:
+        return await stream.run(range(n))
+
+    async def raw() -> list[Any]:
+        end = object()
+        queues = [asyncio.Queue[Any](STREAM_MAXSIZE) for _ in steps]
+        out: list[Any] = []
+
+        async def feed() -> None:
+            for i in range(n):
+                await queues[0].put(i)
+            await queues[0].put(end)
+
+        async def work(stage: Stage, inq: asyncio.Queue[Any], put: Callable[[Any], Awaitable[None]]) -> None:
+            while (item := await inq.get()) is not end:
+                await put(await stage.execute(item))
+            await put(end)
+
+        async def collect(item: Any) -> None:
+            if item is not end:
+                out.append(item)
+
+        puts = [q.put for q in queues[1:]] + [collect]
+        await asyncio.gather(feed(), *(work(s, q, put) for s, q, put in zip(steps, queues, puts, strict=True)))
+        return out
+
+    return Case("stream", kind, n, engine, raw)
 
 
 def make_builder(n: int) -> Callable[[], Pipeline]:

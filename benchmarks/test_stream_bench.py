@@ -1,0 +1,153 @@
+"""Streams beside their hand-written and peer equivalents.
+
+Groups (run with ``make bench-suite`` or ``pytest benchmarks/test_stream_bench.py --benchmark-only``):
+
+- ``stream-async``: a 3-step no-op ``Stream`` over 100,000 items vs three tasks
+  linked by ``asyncio.Queue(1000)`` written by hand (the ``bench`` command's
+  ``stream`` row measures the same pair). Divide by 100,000 for µs per item.
+- ``stream-process``: one tiny step over 100,000 items on 2 processes: our
+  ``MultiprocessExecutionStrategy(2)`` step vs ``multiprocessing.Pool(2).imap``
+  (chunksize 500: the stdlib's raw chunked map, the limit), ``mpire.WorkerPool(2).imap``,
+  ``aiomultiprocess.Pool(2).map`` and ``pypeln.process.map(workers=2)``. Pools are
+  warm (started before timing), as a long-running pipeline's would be.
+- ``stream-cpu``: 200 items of ~10 ms of CPU each: one process vs a 2-process step.
+
+Peers missing from the environment are skipped (they are in the ``dev`` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from typing import Any
+
+import pytest
+
+from dynapipeline import Stage, Step, Stream
+from dynapipeline._front.bench import make_case
+from dynapipeline._transports.processes import default_start_method
+from dynapipeline.execution import MultiprocessExecutionStrategy
+
+ITEMS = 100_000
+CPU_ITEMS = 200
+CPU_SECONDS = 0.010
+
+
+def tiny(x: int) -> int:
+    return x + 1
+
+
+async def atiny(x: int) -> int:
+    return x + 1
+
+
+def burn(x: int) -> int:
+    """About ``CPU_SECONDS`` of pure-Python work."""
+    end = time.process_time() + CPU_SECONDS
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return x
+
+
+class Tiny(Stage):
+    def execute(self, item: int) -> int:
+        return item + 1
+
+
+class Burn(Stage):
+    def execute(self, item: int) -> int:
+        return burn(item)
+
+
+@pytest.fixture(scope="module")
+def loop() -> Any:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def procs(loop: Any) -> Any:
+    strategy = MultiprocessExecutionStrategy(2)
+    loop.run_until_complete(strategy.start())
+    yield strategy
+    strategy.close()
+
+
+# -- async -----------------------------------------------------------------------------------------
+@pytest.mark.benchmark(group="stream-async")
+@pytest.mark.parametrize("side", ["engine", "raw"])
+def test_stream_async(benchmark: Any, loop: Any, side: str) -> None:
+    case = make_case("stream", "noop", ITEMS)
+    fn = case.engine if side == "engine" else case.raw
+    out = benchmark(lambda: loop.run_until_complete(fn()))
+    assert len(out) == ITEMS
+
+
+# -- processes -------------------------------------------------------------------------------------
+@pytest.mark.benchmark(group="stream-process")
+def test_stream_process_dynapipeline(benchmark: Any, loop: Any, procs: Any) -> None:
+    stream = Stream(name="bench", steps=[Step(Tiny(name="tiny"), procs)])
+    out = benchmark(lambda: loop.run_until_complete(stream.run(range(ITEMS))))
+    assert out == list(range(1, ITEMS + 1))
+
+
+@pytest.mark.benchmark(group="stream-process")
+def test_stream_process_pool_imap(benchmark: Any) -> None:
+    with multiprocessing.get_context(default_start_method()).Pool(2) as pool:
+        pool.map(tiny, range(100))  # warm
+        out = benchmark(lambda: list(pool.imap(tiny, range(ITEMS), chunksize=500)))
+    assert out == list(range(1, ITEMS + 1))
+
+
+@pytest.mark.benchmark(group="stream-process")
+def test_stream_process_mpire(benchmark: Any) -> None:
+    mpire = pytest.importorskip("mpire")
+    with mpire.WorkerPool(n_jobs=2, keep_alive=True) as pool:
+        pool.map(tiny, range(100))  # warm
+        out = benchmark(lambda: list(pool.imap(tiny, range(ITEMS))))
+    assert out == list(range(1, ITEMS + 1))
+
+
+@pytest.mark.benchmark(group="stream-process")
+def test_stream_process_aiomultiprocess(benchmark: Any, loop: Any) -> None:
+    aiomultiprocess = pytest.importorskip("aiomultiprocess")
+
+    async def start() -> Any:
+        return aiomultiprocess.Pool(2)  # its pool binds to the running loop
+
+    pool = loop.run_until_complete(start())
+    try:
+        loop.run_until_complete(pool.map(atiny, range(100)))  # warm
+        out = benchmark.pedantic(lambda: loop.run_until_complete(pool.map(atiny, range(ITEMS))), rounds=1)
+    finally:
+        pool.close()
+        loop.run_until_complete(pool.join())
+    assert out == list(range(1, ITEMS + 1))
+
+
+@pytest.mark.benchmark(group="stream-process")
+def test_stream_process_pypeln(benchmark: Any) -> None:
+    pl = pytest.importorskip("pypeln")
+    # pypeln starts its workers per call (it has no warm pool); ~4 k items/s: 20,000 items keep the run short.
+    n = 20_000
+    out = benchmark.pedantic(lambda: list(pl.process.map(tiny, range(n), workers=2, maxsize=1000)), rounds=1)
+    assert sorted(out) == list(range(1, n + 1))
+    benchmark.extra_info["items"] = n
+
+
+# -- CPU ------------------------------------------------------------------------------------------
+@pytest.mark.benchmark(group="stream-cpu")
+def test_stream_cpu_one_process(benchmark: Any, loop: Any) -> None:
+    stream = Stream(name="bench", steps=[Burn(name="burn")])
+    out = benchmark.pedantic(lambda: loop.run_until_complete(stream.run(range(CPU_ITEMS))), rounds=2)
+    assert out == list(range(CPU_ITEMS))
+
+
+@pytest.mark.benchmark(group="stream-cpu")
+def test_stream_cpu_two_processes(benchmark: Any, loop: Any, procs: Any) -> None:
+    stream = Stream(name="bench", steps=[Step(Burn(name="burn"), procs)])
+    out = benchmark.pedantic(lambda: loop.run_until_complete(stream.run(range(CPU_ITEMS))), rounds=2)
+    assert out == list(range(CPU_ITEMS))
