@@ -440,6 +440,17 @@ async def test_chained_groups_pass_on_their_results_as_they_are():
     assert calls == [("a", None), ("b", None), ("c", ["a", "b"]), ("c", ["a", "b"]), ("d", [["c"], ["c"]])]
 
 
+@pytest.mark.parametrize("make", [
+    lambda: SequentialExecutionStrategy(chain=True),
+    lambda: ConcurrentExecutionStrategy(return_exceptions=True),
+    lambda: SemaphoreExecutionStrategy(2, return_exceptions=True),
+    lambda: MultithreadExecutionStrategy(return_exceptions=True),
+    lambda: MultiprocessExecutionStrategy(return_exceptions=True),
+])
+async def test_chain_and_return_exceptions_on_no_members_give_empty_results(make):
+    assert await make().execute([], 1) == []
+
+
 @pytest.mark.parametrize("bad", ["yes", 1, 0, None])
 def test_chain_must_be_a_bool(bad):
     with pytest.raises(ConfigurationError, match=r"SequentialExecutionStrategy: field 'chain' must be a bool"):

@@ -79,7 +79,8 @@ class SemaphoreExecutionStrategy(ExecutionStrategy):
     limit. Only ``min(n, max_concurrent)`` worker tasks are created per dispatch.
     ``return_exceptions=True``: a member's ``Exception`` is returned in its place
     and the others run on (see ``ConcurrentExecutionStrategy``).
-    As a stream step: up to ``max_concurrent`` items at once (the step's own limit).
+    As a stream step: up to ``max_concurrent`` items at once (the step's own limit;
+    ``return_exceptions`` does not apply there).
     """
 
     def __init__(self, max_concurrent: int, *, return_exceptions: bool = False) -> None:
