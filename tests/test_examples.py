@@ -19,3 +19,11 @@ def test_readme_example_runs_unchanged_and_times_groups():
     # Generous bounds: three 1-second stages one after another vs all at once.
     assert 2.9 <= seq < 6
     assert 0.9 <= conc < 2.5
+
+
+def test_chained_groups_example_passes_results_on_and_keeps_the_failed_fetch():
+    out = subprocess.run([sys.executable, str(EXAMPLES / "chained_groups.py")], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    assert "fetched: [[4, 8], ConnectionError('south did not answer for 2024-06-01'), [2, 6]]" in out
+    assert "transformed: [[4, 8, 2, 6], [2.0, 4.0, 1.0, 3.0]]" in out
+    assert "summary: 2024-06-01: 4 readings, scaled total 10.0" in out

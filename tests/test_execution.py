@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
-from helpers import Echo, Fail, Tracked, Tracker, engine_tasks, run_on_test_loop
+from helpers import Echo, Fail, Recorder, Tracked, Tracker, engine_tasks, run_on_test_loop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynapipeline import Stage, StageGroup
-from dynapipeline.errors import ConfigurationError
+from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline.errors import ConfigurationError, StageTimeoutError
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
-from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
+from dynapipeline.execution.cycle_strategies import InfiniteLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
 
 STRATEGIES = [
     pytest.param(SequentialExecutionStrategy, id="sequential"),
@@ -298,3 +301,315 @@ def test_semaphore_rejects_a_limit_beyond_the_engines_counter():
 async def test_runners_of_names_a_stage_class_passed_instead_of_an_instance():
     with pytest.raises(ConfigurationError, match=r"the class Echo \(pass an instance"):
         await SequentialExecutionStrategy().execute([Echo])
+
+
+# --- chain=True: each member gets the previous member's result -------------------------------------
+
+
+class Step(Stage):
+    """Records what it was called with and returns ``(name, first positional argument)``."""
+
+    calls: Any = None  # Any: pydantic would copy a list field
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((self.name, args, kwargs))
+        return (self.name, args[0] if args else None)
+
+
+class SyncStep(Stage):
+    """A plain-def Step (not on the engine's inline path)."""
+
+    calls: Any = None
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((self.name, args, kwargs))
+        return (self.name, args[0] if args else None)
+
+
+async def test_chain_passes_each_result_as_the_next_first_argument():
+    calls: list = []
+    stages = [Step(name="a", calls=calls), Step(name="b", calls=calls), Step(name="c", calls=calls)]
+    results = await SequentialExecutionStrategy(chain=True).execute(stages, 1, 2, key="k")
+    a = ("a", 1)
+    b = ("b", a)
+    assert results == [a, b, ("c", b)]  # every member's result, in order: nothing is lost
+    assert calls == [
+        ("a", (1, 2), {"key": "k"}),       # the run's arguments
+        ("b", (a, 2), {"key": "k"}),       # the previous result replaces the first positional argument
+        ("c", (b, 2), {"key": "k"}),
+    ]
+
+
+async def test_chain_without_positional_arguments_makes_the_result_the_only_one():
+    calls: list = []
+    stages = [Step(name="a", calls=calls), Step(name="b", calls=calls)]
+    await SequentialExecutionStrategy(chain=True).execute(stages)
+    assert [c[1] for c in calls] == [(), (("a", None),)]
+
+
+async def test_chain_runs_handlers_timeouts_and_plain_def_stages_in_the_chain():
+    calls: list = []
+    hooks: list = []
+    stages = [
+        SyncStep(name="a", calls=calls),
+        Step(name="b", calls=calls, handlers=[Recorder(tag="h", calls=hooks)]),
+        Step(name="c", calls=calls, timeout=5),
+        Step(name="d", calls=calls),
+    ]
+    results = await SequentialExecutionStrategy(chain=True).execute(stages, 0)
+    assert [c[1][0] for c in calls] == [0, ("a", 0), ("b", ("a", 0)), ("c", ("b", ("a", 0)))]
+    assert results[-1] == ("d", results[-2])
+    assert ("after", "h", ("b", ("a", 0))) in hooks
+    assert all(s.stats.count == 1 for s in stages)
+
+
+async def test_chain_first_error_stops_the_rest():
+    calls: list = []
+    stages = [Step(name="a", calls=calls), Fail(name="bad"), Step(name="c", calls=calls)]
+    with pytest.raises(ValueError, match="bad"):
+        await SequentialExecutionStrategy(chain=True).execute(stages, 0)
+    assert [c[0] for c in calls] == ["a"]
+
+
+async def test_chain_hanging_stage_times_out_and_the_rest_does_not_run():
+    calls: list = []
+    stages = [Echo(name="hangs", delay=30, timeout=0.05), Step(name="after", calls=calls)]
+    with pytest.raises(StageTimeoutError, match="hangs"):
+        await SequentialExecutionStrategy(chain=True).execute(stages)
+    assert calls == []
+    assert engine_tasks() == set()
+
+
+async def test_chain_cancelled_from_outside_leaves_nothing_running():
+    tracker = Tracker()
+    calls: list = []
+    stages = [Tracked(name="slow", tracker=tracker, delay=30), Step(name="after", calls=calls)]
+    task = asyncio.ensure_future(SequentialExecutionStrategy(chain=True).execute(stages))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert tracker.cancelled == ["slow"] and tracker.now == 0
+    assert calls == []
+    assert engine_tasks() == set()
+
+
+async def test_chain_starts_again_from_the_run_arguments_every_cycle():
+    calls: list = []
+    group = StageGroup(name="g", stages=[Step(name="a", calls=calls), Step(name="b", calls=calls)],
+                       cycle_strategy=LoopCycleStrategy(3), execution_strategy=SequentialExecutionStrategy(chain=True))
+    assert await group.run("x") == [[("a", "x"), ("b", ("a", "x"))]] * 3
+    assert [c[1][0] for c in calls] == ["x", ("a", "x")] * 3
+
+
+async def test_chain_on_an_infinite_loop_starts_again_every_cycle():
+    calls: list = []
+    stop = asyncio.Event()
+
+    class StopAfter(Stage):
+        async def execute(self, previous: Any) -> Any:
+            if len(calls) >= 6:
+                stop.set()
+            return previous
+
+    group = StageGroup(name="g", stages=[Step(name="a", calls=calls), StopAfter(name="stop")],
+                       cycle_strategy=InfiniteLoopStrategy(event=stop),
+                       execution_strategy=SequentialExecutionStrategy(chain=True))
+    assert await asyncio.wait_for(group.run("x"), 10) is None
+    assert [c[1] for c in calls] == [("x",)] * len(calls) and len(calls) >= 6
+
+
+async def test_chained_groups_pass_on_their_results_as_they_are():
+    calls: list = []
+
+    class Count(Stage):
+        async def execute(self, previous: Any = None) -> Any:
+            calls.append((self.name, previous))
+            return self.name
+
+    once = StageGroup(name="once", stages=[Count(name="a"), Count(name="b")], cycle_strategy=OnceCycleStrategy(),
+                      execution_strategy=ConcurrentExecutionStrategy())
+    loop = StageGroup(name="loop", stages=[Count(name="c")], cycle_strategy=LoopCycleStrategy(2),
+                      execution_strategy=SequentialExecutionStrategy())
+    last = StageGroup(name="last", stages=[Count(name="d")], cycle_strategy=OnceCycleStrategy(),
+                      execution_strategy=SequentialExecutionStrategy())
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.SIMPLE, "p", [once, loop, last], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy(chain=True))
+    # Once: the list of its members' results; Loop: the list of per-cycle lists.
+    assert await pipeline.run() == [["a", "b"], [["c"], ["c"]], ["d"]]
+    assert calls == [("a", None), ("b", None), ("c", ["a", "b"]), ("c", ["a", "b"]), ("d", [["c"], ["c"]])]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SequentialExecutionStrategy(chain=True),
+    lambda: ConcurrentExecutionStrategy(return_exceptions=True),
+    lambda: SemaphoreExecutionStrategy(2, return_exceptions=True),
+    lambda: MultithreadExecutionStrategy(return_exceptions=True),
+    lambda: MultiprocessExecutionStrategy(return_exceptions=True),
+])
+async def test_chain_and_return_exceptions_on_no_members_give_empty_results(make):
+    assert await make().execute([], 1) == []
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0, None])
+def test_chain_must_be_a_bool(bad):
+    with pytest.raises(ConfigurationError, match=r"SequentialExecutionStrategy: field 'chain' must be a bool"):
+        SequentialExecutionStrategy(chain=bad)
+
+
+@pytest.mark.parametrize("make", [
+    ConcurrentExecutionStrategy,
+    lambda **kw: SemaphoreExecutionStrategy(2, **kw),
+    MultithreadExecutionStrategy,
+    MultiprocessExecutionStrategy,
+])
+def test_chain_is_only_for_the_sequential_strategy(make):
+    with pytest.raises(TypeError, match="chain"):
+        make(chain=True)
+
+
+def test_chain_and_return_exceptions_survive_pickling():
+    import cloudpickle
+
+    for strategy in (SequentialExecutionStrategy(chain=True), ConcurrentExecutionStrategy(return_exceptions=True),
+                     SemaphoreExecutionStrategy(3, return_exceptions=True),
+                     MultithreadExecutionStrategy(2, return_exceptions=True)):
+        copy = cloudpickle.loads(cloudpickle.dumps(strategy))
+        assert type(copy) is type(strategy) and repr(copy) == repr(strategy)
+        assert type(copy.dispatch.__self__) is type(strategy.dispatch.__self__)
+    assert cloudpickle.loads(cloudpickle.dumps(SequentialExecutionStrategy())).chain is False
+
+
+# --- return_exceptions=True: a failed member's exception in its place ----------------------------------
+
+GATHERING = [
+    pytest.param(lambda: ConcurrentExecutionStrategy(return_exceptions=True), id="concurrent"),
+    pytest.param(lambda: SemaphoreExecutionStrategy(2, return_exceptions=True), id="semaphore"),
+    pytest.param(lambda: SemaphoreExecutionStrategy(1, return_exceptions=True), id="semaphore-1"),
+]
+
+
+class Fatal(BaseException):
+    """Not an Exception: return_exceptions does not keep it."""
+
+
+class RaisesFatal(Stage):
+    delay: float = 0.01
+
+    async def execute(self) -> None:
+        await asyncio.sleep(self.delay)
+        raise Fatal(self.name)
+
+
+class Marks(Handler):
+    """on_error marks the error, so a test sees the handler ran for that member."""
+
+    def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> None:
+        error.handled_by = component.name  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("make", GATHERING)
+async def test_return_exceptions_keeps_the_siblings_and_their_results(make):
+    tracker = Tracker()
+    stages = [Tracked(name="s0", tracker=tracker, delay=0.05), FailNow(name="now"),
+              Tracked(name="s1", tracker=tracker, delay=0.05), Fail(name="later", delay=0.01),
+              Echo(name="inline")]
+    results = await make().execute(stages)
+    assert results[0] == "s0" and results[2] == "s1" and results[4] == "inline"
+    assert isinstance(results[1], KeyError) and results[1].args == ("now",)
+    assert isinstance(results[3], ValueError) and results[3].args == ("later",)
+    assert sorted(tracker.finished) == ["s0", "s1"] and tracker.cancelled == []
+    assert engine_tasks() == set()
+
+
+@pytest.mark.parametrize("make", GATHERING)
+async def test_return_exceptions_runs_the_failed_members_handlers(make):
+    hooks: list = []
+    stages = [Fail(name="a", handlers=[Marks()]), Echo(name="b"),
+              Fail(name="c", handlers=[Recorder(tag="r", calls=hooks)])]
+    a, b, c = await make().execute(stages)
+    assert isinstance(a, ValueError) and a.handled_by == "a"
+    assert b == "b"
+    assert isinstance(c, ValueError) and ("on_error", "r", "ValueError") in hooks
+
+
+@pytest.mark.parametrize("make", GATHERING)
+async def test_return_exceptions_keeps_a_hanging_members_timeout_in_its_place(make):
+    results = await make().execute([Echo(name="hangs", delay=30, timeout=0.05), Echo(name="ok", delay=0.01)])
+    assert isinstance(results[0], StageTimeoutError) and results[0].stage == "hangs"
+    assert results[1] == "ok"
+    assert engine_tasks() == set()
+
+
+@pytest.mark.parametrize("make", GATHERING)
+async def test_return_exceptions_does_not_keep_a_base_exception(make):
+    tracker = Tracker()
+    slow = [Tracked(name=f"slow{i}", tracker=tracker, delay=5) for i in range(2)]
+    strategy = make()
+    with pytest.raises(Fatal):
+        await strategy.execute([RaisesFatal(name="fatal"), *slow])
+    assert tracker.now == 0
+    assert tracker.finished == []
+    if isinstance(strategy, SemaphoreExecutionStrategy):
+        assert strategy.in_flight == 0
+    assert engine_tasks() == set()
+
+
+@pytest.mark.parametrize("make", GATHERING)
+async def test_return_exceptions_outer_cancel_still_cancels_every_member(make):
+    tracker = Tracker()
+    stages = [Tracked(name=f"s{i}", tracker=tracker, delay=30) for i in range(3)]
+    task = asyncio.ensure_future(make().execute(stages))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert tracker.now == 0 and tracker.finished == []
+    assert engine_tasks() == set()
+
+
+async def test_return_exceptions_semaphore_keeps_its_limit():
+    tracker = Tracker()
+    stages = [Fail(name=f"f{i}", delay=0.005) if i % 3 == 0 else Tracked(name=f"s{i}", tracker=tracker, delay=0.01)
+              for i in range(12)]
+    strategy = SemaphoreExecutionStrategy(3, return_exceptions=True)
+    results = await strategy.execute(stages)
+    assert [type(r).__name__ if i % 3 == 0 else r for i, r in enumerate(results)] == [
+        "ValueError" if i % 3 == 0 else f"s{i}" for i in range(12)]
+    assert tracker.peak <= 3 and strategy.in_flight == 0
+
+
+async def test_return_exceptions_group_in_a_pipeline_does_not_fail_the_run():
+    group = StageGroup(name="g", stages=[Echo(name="a"), Fail(name="b")], cycle_strategy=LoopCycleStrategy(2),
+                       execution_strategy=ConcurrentExecutionStrategy(return_exceptions=True))
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.SIMPLE, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    ((first, second),) = await pipeline.run()
+    for cycle in (first, second):
+        assert cycle[0] == "a" and isinstance(cycle[1], ValueError)
+
+
+async def test_return_exceptions_default_still_cancels_and_propagates():
+    for strategy in (ConcurrentExecutionStrategy(), SemaphoreExecutionStrategy(2)):
+        assert strategy.return_exceptions is False
+        tracker = Tracker()
+        with pytest.raises(ValueError, match="boom"):
+            await strategy.execute([Fail(name="boom", delay=0.01), Tracked(name="s", tracker=tracker, delay=5)])
+        assert tracker.cancelled == ["s"]
+
+
+@pytest.mark.parametrize("bad", [1, 0, "yes", None])
+@pytest.mark.parametrize("name, make", [
+    ("ConcurrentExecutionStrategy", lambda v: ConcurrentExecutionStrategy(return_exceptions=v)),
+    ("SemaphoreExecutionStrategy", lambda v: SemaphoreExecutionStrategy(2, return_exceptions=v)),
+    ("MultithreadExecutionStrategy", lambda v: MultithreadExecutionStrategy(return_exceptions=v)),
+    ("MultiprocessExecutionStrategy", lambda v: MultiprocessExecutionStrategy(return_exceptions=v)),
+])
+def test_return_exceptions_must_be_a_bool(name, make, bad):
+    with pytest.raises(ConfigurationError, match=rf"{name}: field 'return_exceptions' must be a bool"):
+        make(bad)
+
+
+def test_sequential_does_not_take_return_exceptions():
+    with pytest.raises(TypeError, match="return_exceptions"):
+        SequentialExecutionStrategy(return_exceptions=True)  # type: ignore[call-arg]

@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 import pytest
+from helpers import assert_no_workers, gone
 
 from dynapipeline import PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
 from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
-from helpers import assert_no_workers, gone
 
 
 class Square(Stage):
@@ -145,7 +145,8 @@ async def test_a_spinning_item_with_raise_fails_the_stream_and_leaves_no_worker(
     assert_no_workers(pids)
 
 
-async def test_a_crashing_item_with_skip_is_reported_and_the_rest_complete(procs: MultiprocessExecutionStrategy) -> None:
+async def test_a_crashing_item_with_skip_is_reported_and_the_rest_complete(
+        procs: MultiprocessExecutionStrategy) -> None:
     s = stream(Step(ExitOn(name="exit", bad=42), procs), on_error="skip")
     out = await asyncio.wait_for(s.run(range(300)), 60)
     assert out == [i for i in range(300) if i != 42]

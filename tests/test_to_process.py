@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers import assert_no_workers, gone
 
-from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline._transports import process_pool
 from dynapipeline.errors import (
     ContextLockedError,
@@ -659,3 +659,125 @@ async def test_a_job_sent_to_a_worker_that_died_idle_runs_on_another(procs):
     assert [r[0] for r in results] == [s.name for s in stages]
     assert victim not in {r[1] for r in results}
     assert victim not in procs.worker_pids()
+
+
+# --- return_exceptions=True and chained groups in workers -------------------------------------------
+
+
+class MarksError(Handler):
+    """on_error (in the worker) notes its pid on the error, which travels back with it."""
+
+    def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> None:
+        error.handled_in = os.getpid()  # type: ignore[attr-defined]
+
+
+class MaybeFails(Stage):
+    how: str = ""  # "", "raise", "exit", "spin"
+
+    def execute(self) -> Any:
+        if self.how == "raise":
+            raise KeyError(self.name)
+        if self.how == "exit":
+            os._exit(7)
+        if self.how == "spin":
+            while True:
+                pass
+        return self.name
+
+
+@pytest.fixture
+async def gathering():
+    strategy = MultiprocessExecutionStrategy(2, return_exceptions=True)
+    try:
+        yield strategy
+    finally:
+        pids = strategy.worker_pids()
+        await strategy.aclose()
+    assert_no_workers(pids)
+
+
+async def test_return_exceptions_keeps_a_stage_error_in_place_and_runs_its_handlers(gathering):
+    stages = [MaybeFails(name=f"m{i}", how="raise" if i == 3 else "", handlers=[MarksError()]) for i in range(8)]
+    results = await gathering.execute(stages)
+    error = results[3]
+    assert isinstance(error, KeyError) and error.args == ("m3",)
+    assert error.stage_name == "m3" and isinstance(error.__cause__, RemoteError)
+    assert error.handled_in == error.worker_pid != os.getpid()  # on_error ran in the worker
+    assert [r for i, r in enumerate(results) if i != 3] == [f"m{i}" for i in range(8) if i != 3]
+
+
+async def test_return_exceptions_keeps_a_worker_crash_in_place_and_the_other_results(gathering):
+    # Tiny stages that the default strategy would batch together: a crash loses only its own result.
+    stages = [MaybeFails(name=f"m{i}", how="exit" if i == 6 else "") for i in range(12)]
+    results = await gathering.execute(stages)
+    crash = results[6]
+    assert isinstance(crash, WorkerCrashedError) and crash.stage == "m6" and crash.exitcode == 7
+    assert gone(crash.pid)
+    assert [r for i, r in enumerate(results) if i != 6] == [f"m{i}" for i in range(12) if i != 6]
+    assert await gathering.execute([MaybeFails(name="again")]) == ["again"]  # the pool healed
+    assert len(gathering.worker_pids()) == 2
+
+
+async def test_return_exceptions_keeps_a_timeout_in_place_and_the_other_results(gathering):
+    begun = time.monotonic()
+    results = await gathering.execute([MaybeFails(name="ok1"), MaybeFails(name="spin", how="spin", timeout=0.2),
+                                       MaybeFails(name="ok2")])
+    assert time.monotonic() - begun < 5
+    assert isinstance(results[1], StageTimeoutError) and results[1].stage == "spin"
+    assert results[0] == "ok1" and results[2] == "ok2"
+    assert len(gathering.worker_pids()) == 2
+
+
+async def test_return_exceptions_unpicklable_stage_still_fails_before_anything_is_sent(gathering):
+    class Holds(Stage):
+        lock: Any = None
+
+        def execute(self) -> None:
+            pass
+
+    with pytest.raises(PicklingError, match="stage 'holds' field 'lock'"):
+        await gathering.execute([MaybeFails(name="a"), Holds(name="holds", lock=threading.RLock())])
+    assert gathering.pool is None or gathering.pool.idle
+
+
+async def test_return_exceptions_cancel_kills_the_workers_of_the_dispatch(gathering):
+    await gathering.start()
+    before = set(gathering.worker_pids())
+    task = asyncio.ensure_future(gathering.execute([MaybeFails(name="s", how="spin"), MaybeFails(name="x",
+                                                                                                 how="raise")]))
+    await asyncio.sleep(0.3)
+    assert not task.done()  # the failed sibling did not end the dispatch
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while not any(gone(p) for p in before) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert any(gone(p) for p in before)  # the spinning worker was killed
+
+
+async def test_chained_and_gathering_groups_keep_their_settings_in_a_worker(procs):
+    class Add(Stage):
+        n: int
+
+        def execute(self, x: int) -> int:
+            if self.n < 0:
+                raise ValueError(self.name)
+            return x + self.n
+
+    chained = StageGroup(name="chained", stages=[Add(name="a", n=1), Add(name="b", n=10)],
+                         cycle_strategy=OnceCycleStrategy(), execution_strategy=SequentialExecutionStrategy(chain=True))
+    gathering = StageGroup(name="gathering", stages=[Add(name="c", n=1), Add(name="bad", n=-1)],
+                           cycle_strategy=OnceCycleStrategy(),
+                           execution_strategy=ConcurrentExecutionStrategy(return_exceptions=True))
+    chained_result, (ok, bad) = await procs.execute([chained, gathering], 5)
+    assert chained_result == [6, 16]
+    assert ok == 6 and isinstance(bad, ValueError) and bad.args == ("bad",)
+
+
+def test_return_exceptions_must_be_a_bool():
+    from dynapipeline.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="MultiprocessExecutionStrategy: field 'return_exceptions'"):
+        MultiprocessExecutionStrategy(return_exceptions=1)  # type: ignore[arg-type]
+    assert "return_exceptions=True" in repr(MultiprocessExecutionStrategy(1, return_exceptions=True))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
 from dynapipeline.execution import MultithreadExecutionStrategy, SequentialExecutionStrategy
 from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
@@ -278,3 +278,103 @@ async def test_one_instance_for_a_pipeline_and_its_groups_does_not_deadlock():
     pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", groups, OnceCycleStrategy(), shared)
     # Both pool threads hold a group waiting for its stages: the stages need threads of their own.
     assert await asyncio.wait_for(pipeline.run(), 10) == [["s00", "s01"], ["s10", "s11"]]
+
+
+# --- return_exceptions=True ------------------------------------------------------------------------
+
+
+class MarksError(Handler):
+    """on_error marks the error with the thread it ran on, so a test sees the handler ran for that member."""
+
+    def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> None:
+        error.handled_on = threading.get_ident()  # type: ignore[attr-defined]
+
+
+class FailsSync(Stage):
+    def execute(self) -> None:
+        time.sleep(0.02)
+        raise KeyError(self.name)
+
+
+class FailsAsync(Stage):
+    async def execute(self) -> None:
+        await asyncio.sleep(0.02)
+        raise ValueError(self.name)
+
+
+async def test_return_exceptions_keeps_each_failure_in_its_place_and_the_other_results():
+    finished = threading.Event()
+
+    class SlowOk(Stage):
+        async def execute(self) -> str:
+            await asyncio.sleep(0.2)
+            finished.set()
+            return self.name
+
+    stages = [WhereSync(name="s"), FailsSync(name="fs", handlers=[MarksError()]), SlowOk(name="slow"),
+              FailsAsync(name="fa", handlers=[MarksError()]), WhereAsync(name="a")]
+    results = await MultithreadExecutionStrategy(3, return_exceptions=True).execute(stages)
+    assert results[0][0] == "s" and results[2] == "slow" and results[4][0] == "a"
+    assert finished.is_set()  # the failures did not cancel the slow sibling
+    assert isinstance(results[1], KeyError) and results[1].args == ("fs",)
+    assert isinstance(results[3], ValueError) and results[3].args == ("fa",)
+    # on_error ran for each failed member, in a worker thread.
+    assert results[1].handled_on != threading.get_ident() and results[3].handled_on != threading.get_ident()
+    wait_no_threads()
+
+
+async def test_return_exceptions_keeps_timeouts_in_place():
+    class Blocks(Stage):
+        def execute(self) -> str:
+            time.sleep(1.0)
+            return "late"
+
+    class Hangs(Stage):
+        async def execute(self) -> None:
+            await asyncio.sleep(30)
+
+    begun = time.monotonic()
+    results = await MultithreadExecutionStrategy(3, return_exceptions=True).execute(
+        [Blocks(name="blocks", timeout=0.1), Hangs(name="hangs", timeout=0.1), WhereSync(name="ok")])
+    assert time.monotonic() - begun < 0.9  # did not wait for the blocked call to return
+    assert isinstance(results[0], StageTimeoutError) and results[0].stage == "blocks"
+    assert isinstance(results[1], StageTimeoutError) and results[1].stage == "hangs"
+    assert results[2][0] == "ok"
+    wait_no_threads()
+
+
+async def test_return_exceptions_stop_still_cancels_and_leaves_no_thread():
+    started = threading.Event()
+    cancelled = threading.Event()
+
+    class Waits(Stage):
+        async def execute(self) -> None:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    group = StageGroup(name="g", stages=[Waits(name="w"), FailsSync(name="f")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=MultithreadExecutionStrategy(2, return_exceptions=True))
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 SequentialExecutionStrategy())
+    task = asyncio.ensure_future(pipeline.run())
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # the failing sibling has failed by now: it did not end the dispatch
+    assert not task.done()
+    pipeline.stop()
+    assert await asyncio.wait_for(task, 5) is None
+    assert cancelled.is_set()
+    wait_no_threads()
+
+
+def test_return_exceptions_must_be_a_bool_and_survives_pickling():
+    import cloudpickle
+
+    with pytest.raises(ConfigurationError, match="MultithreadExecutionStrategy: field 'return_exceptions'"):
+        MultithreadExecutionStrategy(return_exceptions="yes")  # type: ignore[arg-type]
+    copy = cloudpickle.loads(cloudpickle.dumps(MultithreadExecutionStrategy(3, return_exceptions=True)))
+    assert copy.return_exceptions is True and copy.max_workers == 3

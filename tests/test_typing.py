@@ -19,7 +19,7 @@ ROOT = HERE.parent
 # Each line marked `# error: <code>` must be reported with that code, and nothing else.
 WRONG = '''
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
-from dynapipeline.execution import SequentialExecutionStrategy
+from dynapipeline.execution import ConcurrentExecutionStrategy, SequentialExecutionStrategy
 from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
 
 
@@ -38,6 +38,9 @@ PipelineFactory().create_pipeline(PipeLineType.SIMPLE, "p", [stage],  # error: l
                                   OnceCycleStrategy(), SequentialExecutionStrategy())
 PipelineFactory().create_pipeline(PipeLineType.SIMPLE, "p", [], OnceCycleStrategy(),
                                   SequentialExecutionStrategy(), context_data="abc")  # error: arg-type
+SequentialExecutionStrategy(chain="yes")  # error: arg-type
+ConcurrentExecutionStrategy(chain=True)  # error: call-arg
+ConcurrentExecutionStrategy(True)  # error: call-arg
 '''
 
 

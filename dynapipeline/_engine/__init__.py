@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING
 __all__ = [
     "COMPILED",
     "Bounded",
+    "BoundedGather",
+    "Chained",
     "Concurrent",
+    "ConcurrentGather",
     "Forever",
     "Loop",
     "Once",
@@ -52,7 +55,10 @@ else:
     COMPILED = True
 
 Bounded = _core.Bounded
+BoundedGather = _core.BoundedGather
+Chained = _core.Chained
 Concurrent = _core.Concurrent
+ConcurrentGather = _core.ConcurrentGather
 Forever = _core.Forever
 Loop = _core.Loop
 Once = _core.Once

@@ -62,7 +62,15 @@ cdef class Sequential:
     pass
 
 
+cdef class Chained:
+    pass
+
+
 cdef class Concurrent:
+    pass
+
+
+cdef class ConcurrentGather:
     pass
 
 
@@ -88,6 +96,14 @@ cdef class _Cursor:
     cdef tuple args
     cdef dict kwargs
     cdef Py_ssize_t next
+
+
+cdef class BoundedGather:
+    cdef public Slots slots
+
+
+cdef class _GatherCursor(_Cursor):
+    pass
 
 
 cdef class Once:

@@ -3,7 +3,7 @@
 This file is plain Python and correct on its own. The build compiles the very
 same source a second time under the module name ``core_c`` (setup.py), with the C
 types declared in ``core_c.pxd``; ``dynapipeline._engine`` picks one at import.
-It is one module of ~700 lines on purpose: compiled, the hot paths call each other
+It is one module of ~800 lines on purpose: compiled, the hot paths call each other
 (runner, dispatchers, cycle loops) as C functions only within one extension module.
 
 Hot-path rules: whatever can be resolved once (the bound ``execute``, the
@@ -34,7 +34,10 @@ from dynapipeline.errors import StageTimeoutError
 
 __all__ = [
     "Bounded",
+    "BoundedGather",
+    "Chained",
     "Concurrent",
+    "ConcurrentGather",
     "Forever",
     "Loop",
     "Once",
@@ -430,6 +433,38 @@ class Sequential:
         return cycles[0]  # type: ignore[no-any-return]
 
 
+class Chained:
+    """One component after another, each given the previous one's result; the first error stops the rest.
+
+    The first component gets the dispatch's ``args``; each later one gets
+    ``(previous_result, *args[1:])``: the previous result replaces the first
+    positional argument. ``kwargs`` reach every component unchanged. The result is
+    the list of every component's result (the last one is the chain's output).
+    Timing as in ``Sequential``: one clock reading per inline component.
+    """
+
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        results = []
+        rest = args[1:]
+        t0 = _now()
+        for runner in runners:
+            if _inline(runner):
+                try:
+                    result = await _call_execute(runner, args, kwargs)
+                except BaseException:
+                    _record(runner, t0, _now())
+                    raise
+                t1 = _now()
+                _record(runner, t0, t1)
+                t0 = t1
+            else:
+                result = await runner.run(args, kwargs)
+                t0 = _now()
+            results.append(result)
+            args = (result,) + rest
+        return results
+
+
 class Concurrent:
     """All components at once as tasks; the first error cancels and awaits the siblings."""
 
@@ -443,6 +478,34 @@ class Concurrent:
         tasks = [create_task(runner.run(args, kwargs)) for runner in runners]
         await run_tasks(tasks)
         return [task.result() for task in tasks]
+
+
+class ConcurrentGather:
+    """All components at once; a component's ``Exception`` is its result and the siblings run on.
+
+    The ``asyncio.gather(..., return_exceptions=True)`` convention. A ``BaseException``
+    that is not an ``Exception`` (cancellation, ``KeyboardInterrupt``) still cancels and
+    awaits the siblings and propagates, as in ``Concurrent``.
+    """
+
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        n = len(runners)
+        if n == 0:
+            return []
+        if n == 1:
+            return [await _settle(runners[0], args, kwargs)]
+        create_task = asyncio.get_running_loop().create_task
+        tasks = [create_task(_settle(runner, args, kwargs)) for runner in runners]
+        await run_tasks(tasks)
+        return [task.result() for task in tasks]
+
+
+async def _settle(runner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The runner's result, or the ``Exception`` it raised (its handlers' ``on_error`` have run)."""
+    try:
+        return await runner.run(args, kwargs)
+    except Exception as error:
+        return error
 
 
 class Slots:
@@ -576,6 +639,65 @@ class _Cursor:
                         _record(runner, t0, _now())
                 else:
                     self.results[index] = await runner.run(self.args, self.kwargs)
+                if slots.has_waiters():
+                    holding = False
+                    slots.release()
+        finally:
+            if holding:
+                slots.release()
+
+
+class BoundedGather:
+    """``Bounded`` where a component's ``Exception`` is its result and the others run on (see ``ConcurrentGather``)."""
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        n = len(runners)
+        results: list[Any] = [None] * n
+        workers = min(n, self.slots.limit)
+        if workers == 0:
+            return results
+        cursor = _GatherCursor(runners, results, self.slots, args, kwargs)
+        if workers == 1:
+            await cursor.work()
+            return results
+        create_task = asyncio.get_running_loop().create_task
+        await run_tasks([create_task(cursor.work()) for _ in range(workers)])
+        return results
+
+
+class _GatherCursor(_Cursor):
+    """A ``_Cursor`` that stores a component's ``Exception`` as its result and goes on."""
+
+    async def work(self) -> None:
+        # _Cursor.work with the exception kept: a separate loop, so the default path has no extra branch.
+        n = len(self.runners)
+        slots = self.slots
+        holding = False
+        try:
+            while self.next < n:
+                index = self.next
+                self.next = index + 1
+                if not holding:
+                    if not slots.try_acquire():
+                        await slots.acquire()
+                    holding = True
+                runner = self.runners[index]
+                if _inline(runner):
+                    t0 = _now()
+                    try:
+                        self.results[index] = await _call_execute(runner, self.args, self.kwargs)
+                    except Exception as error:
+                        self.results[index] = error
+                    finally:
+                        _record(runner, t0, _now())
+                else:
+                    try:
+                        self.results[index] = await runner.run(self.args, self.kwargs)
+                    except Exception as error:
+                        self.results[index] = error
                 if slots.has_waiters():
                     holding = False
                     slots.release()

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from dynapipeline.errors import ConfigurationError, kind_of
 
-__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "runners_of"]
+__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "check_flag", "rebuild_strategy", "runners_of"]
 
 
 class ItemRunner:
@@ -110,6 +110,18 @@ def runners_of(components: Any, where: str) -> tuple[Any, ...]:
             )
         runners.append(runner)
     return tuple(runners)
+
+
+def check_flag(strategy: str, field: str, value: object) -> bool:
+    """A strategy's on/off option: exactly ``True`` or ``False`` (not 1, "yes" or None)."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{strategy}: field {field!r} must be a bool (True or False), got {value!r}")
+    return value
+
+
+def rebuild_strategy(cls: type[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``cls(*args, **kwargs)``: how a strategy with keyword-only options is unpickled (``__reduce__``)."""
+    return cls(*args, **kwargs)
 
 
 def _a(kind: str) -> str:

@@ -25,8 +25,21 @@ from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, W
 if TYPE_CHECKING:
     from dynapipeline._transports.process_pool import Worker
 
-__all__ = ["Closed", "Crashed", "Dispatch", "Job", "Outcome", "Replied", "TimedOut", "deadline", "plan_batches",
-           "remote_error", "tag_error"]
+__all__ = [
+    "Closed",
+    "Crashed",
+    "Dispatch",
+    "GatherDispatch",
+    "Job",
+    "Outcome",
+    "Replied",
+    "TimedOut",
+    "deadline",
+    "plan_batches",
+    "plan_singles",
+    "remote_error",
+    "tag_error",
+]
 
 logger = logging.getLogger("dynapipeline")
 
@@ -121,6 +134,29 @@ class Dispatch:
             self.future.set_result(None)
 
 
+class GatherDispatch(Dispatch):
+    """A ``Dispatch`` whose jobs hold one component each, where a component's ``Exception`` is its result.
+
+    Its timeout (``StageTimeoutError``), its worker's crash (``WorkerCrashedError``)
+    and an error rebuilding its result (``PicklingError``) are ``Exception``s too:
+    each takes only its own place. Any other ``BaseException`` fails the dispatch.
+    """
+
+    def on_job(self, job: Job, outcome: Outcome) -> None:
+        self.pending -= 1
+        if self.future.done():
+            return
+        try:
+            collect(job, outcome, self.results)
+        except Exception as error:
+            self.results[job.indices[0]] = error
+        except BaseException as error:  # noqa: B902 - handed to the waiting dispatch
+            self.future.set_exception(error)
+            return
+        if self.pending == 0:
+            self.future.set_result(None)
+
+
 def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
     """Store a job's results and timing; raise its error, if any, the way the contract says."""
     if isinstance(outcome, Replied):
@@ -205,6 +241,11 @@ def deadline(owner: Any) -> float | None:
 def _cost(runner: Any) -> float | None:
     count = runner.count
     return runner.total / count if count else None
+
+
+def plan_singles(runners: tuple[Any, ...], workers: int) -> list[list[int]]:
+    """One component per batch: a crash or timeout then costs only that component's result."""
+    return [[index] for index in range(len(runners))]
 
 
 def plan_batches(runners: tuple[Any, ...], workers: int) -> list[list[int]]:

@@ -41,6 +41,12 @@ How it works:
   ``stage_name`` and ``worker_pid`` attributes and a note. The first error ends
   the dispatch: batches not yet sent are dropped; batches already running
   finish in their workers and their results are discarded.
+- **return_exceptions=True**: every component travels in its own job (no
+  batching), so a failure - its own exception, its ``StageTimeoutError``, the
+  ``WorkerCrashedError`` of its worker - takes only its own place in the results
+  and every other component runs to completion. Many tiny components then cost
+  one message each instead of sharing batches. A component that cannot be
+  pickled still fails the dispatch before anything is sent.
 - **Drain**: ``stop(drain=True)`` reaches groups running in workers: the parent
   polls the run's drain flag (every 20 ms, only while groups are out) and sets
   a flag shared with the worker, which runs the groups under its own run
@@ -93,11 +99,18 @@ from typing import Any
 
 from dynapipeline._engine import current_control
 from dynapipeline._model.group import Container
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag
 from dynapipeline._transports.calling import check_max_workers
 from dynapipeline._transports.pickling import dumps_batch
 from dynapipeline._transports.process_items import ProcessItems
-from dynapipeline._transports.process_jobs import Dispatch, Job, deadline, plan_batches
+from dynapipeline._transports.process_jobs import (
+    Dispatch,
+    GatherDispatch,
+    Job,
+    deadline,
+    plan_batches,
+    plan_singles,
+)
 from dynapipeline._transports.process_pool import ProcessPool, watch_drain
 from dynapipeline._transports.processes import default_start_method
 from dynapipeline.errors import ConfigurationError
@@ -111,15 +124,22 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
     """Runs each component in a warm pool of worker processes; results in component order.
 
     ``max_workers``: pool size (default ``os.cpu_count()``). ``start_method``:
-    ``"forkserver"`` (default where available) or ``"spawn"``. See the module
+    ``"forkserver"`` (default where available) or ``"spawn"``.
+    ``return_exceptions=True``: a member's ``Exception`` (its ``StageTimeoutError``
+    or ``WorkerCrashedError`` included) is returned in its place and the others
+    run to completion; members then travel one per message. See the module
     docstring for batching, errors, timeouts, crashes and shutdown.
     """
 
     offloads = True
     ships_members = True
 
-    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
+    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None,
+                 return_exceptions: bool = False) -> None:
         self.max_workers = check_max_workers("MultiprocessExecutionStrategy", max_workers)
+        self.return_exceptions = check_flag("MultiprocessExecutionStrategy", "return_exceptions", return_exceptions)
+        self._dispatch_type = GatherDispatch if return_exceptions else Dispatch
+        self._plan = plan_singles if return_exceptions else plan_batches
         method = start_method or default_start_method()
         if method not in ("forkserver", "spawn") or method not in multiprocessing.get_all_start_methods():
             raise ConfigurationError(
@@ -171,13 +191,13 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         if n == 0:
             return []
         loop = asyncio.get_running_loop()
-        dispatch = Dispatch(loop.create_future(), n, args, kwargs)
+        dispatch = self._dispatch_type(loop.create_future(), n, args, kwargs)
         jobs = []
         control = current_control.get()
         if control is not None and not any(isinstance(r.owner, Container) for r in runners):
             control = None  # only groups cycle, so only they care about a drain
         # Everything is pickled (and checked) before a worker is started or anything is sent.
-        for indices in plan_batches(runners, self.workers):
+        for indices in self._plan(runners, self.workers):
             members = [runners[i] for i in indices]
             payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
             limit = deadline(members[0].owner) if len(members) == 1 else None
@@ -232,4 +252,6 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
                 logger.debug("closing a process pool from __del__: %r", error)
 
     def __repr__(self) -> str:
-        return f"MultiprocessExecutionStrategy(max_workers={self.max_workers}, start_method={self.start_method!r})"
+        extra = ", return_exceptions=True" if self.return_exceptions else ""
+        return (f"MultiprocessExecutionStrategy(max_workers={self.max_workers}, "
+                f"start_method={self.start_method!r}{extra})")

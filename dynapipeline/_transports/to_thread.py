@@ -9,7 +9,9 @@
   down when the run ends (however it ends); with neither, it lives for one
   dispatch.
 - The first error cancels the siblings (like the concurrent strategy) and
-  propagates; ``stop()``/cancellation cancels the coroutines running on worker
+  propagates; with ``return_exceptions=True`` a member's ``Exception`` (a
+  ``StageTimeoutError`` at its deadline included) is returned in its place and
+  the others run to completion; ``stop()``/cancellation cancels the coroutines running on worker
   loops and waits (up to 1 s) for them to unwind; the end-of-run shutdown waits
   (up to 1 s more) for the threads to exit. Neither wait blocks the caller's
   event loop. A stage that blocks its thread in a call that ignores
@@ -38,7 +40,7 @@ from typing import Any
 from dynapipeline._engine import current_control
 from dynapipeline._loops import loop_factory, loop_kind_of
 from dynapipeline._model.component import Stage, private_of
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag, rebuild_strategy
 from dynapipeline._transports.calling import check_max_workers, drive, needs_loop, time_limit
 from dynapipeline.errors import StageTimeoutError
 
@@ -133,6 +135,24 @@ class _Batch:
     def cancel_timers(self) -> None:
         for timer in self.timers:
             timer.cancel()
+
+
+class _GatherBatch(_Batch):
+    """A ``_Batch`` where a member's ``Exception`` is its result; other errors (cancellation) still end it."""
+
+    def on_done(self, job: _Job, ok: bool, value: Any) -> None:
+        if job.done:
+            return
+        job.done = True
+        if self.future.done():
+            return
+        if ok or isinstance(value, Exception):
+            self.results[job.index] = value
+            self.pending -= 1
+            if self.pending == 0:
+                self.future.set_result(None)
+        else:
+            self.future.set_exception(value)
 
 
 # Which pool the current thread serves: a dispatch from inside one of a pool's own
@@ -283,13 +303,18 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
     """Runs each component in a worker thread (``async def`` on the thread's own reused loop).
 
     ``max_workers``: threads in the pool (default ``min(32, cpu_count + 4)``).
+    ``return_exceptions=True``: a member's ``Exception`` (its ``StageTimeoutError``
+    included) is returned in its place and the others run to completion; its
+    handlers' ``on_error`` have run in the worker thread.
     See the module docstring for pool lifetime, cancellation and timeouts.
     """
 
     offloads = True
 
-    def __init__(self, max_workers: int | None = None) -> None:
+    def __init__(self, max_workers: int | None = None, *, return_exceptions: bool = False) -> None:
         self.max_workers = check_max_workers("MultithreadExecutionStrategy", max_workers)
+        self.return_exceptions = check_flag("MultithreadExecutionStrategy", "return_exceptions", return_exceptions)
+        self._batch_type = _GatherBatch if return_exceptions else _Batch
         self._held: ThreadPool | None = None  # inside `async with`
         self._depth = 0
         self._run_pools: dict[int, tuple[Any, ThreadPool]] = {}
@@ -340,7 +365,7 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
             return []
         loop = asyncio.get_running_loop()
         pool, owned = self._pool_for(loop)
-        batch = _Batch(loop, n)
+        batch = self._batch_type(loop, n)
         context = contextvars.copy_context()
         jobs = [_Job(i, r, args, kwargs, batch, context.copy()) for i, r in enumerate(runners)]
         try:
@@ -376,8 +401,9 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
             held, self._held = self._held, None
             await held.ashutdown()
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (type(self), (self.max_workers,))
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild_strategy, (type(self), (self.max_workers,), {"return_exceptions": self.return_exceptions}))
 
     def __repr__(self) -> str:
-        return f"MultithreadExecutionStrategy(max_workers={self.max_workers})"
+        extra = ", return_exceptions=True" if self.return_exceptions else ""
+        return f"MultithreadExecutionStrategy(max_workers={self.max_workers}{extra})"

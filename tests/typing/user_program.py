@@ -133,6 +133,14 @@ async def main() -> None:
     assert isinstance(advanced.context, ProtectedContext)
     assert await advanced.run(5) == [[[10, 15], [10]]]
 
+    # Data flowing between members: a chain, and a failed member kept in its place.
+    chained = group("chained", [Double(name="x2"), Double(name="x4")], SequentialExecutionStrategy(chain=True))
+    assert await chained.run(1) == [2, 4]
+    gathered = group("gathered", [Double(name="ok"), Greet(name="takes no argument")],
+                     ConcurrentExecutionStrategy(return_exceptions=True))
+    ok, failed = await gathered.run(1)
+    assert ok == 2 and isinstance(failed, TypeError)
+
     custom = PipelineFactory().create_pipeline(
         PipeLineType.CUSTOM, "custom", [group("once", [Double(name="d")], SequentialExecutionStrategy())],
         OnceCycleStrategy(), SequentialExecutionStrategy(), context=Context({"who": "me"}))
