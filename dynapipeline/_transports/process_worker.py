@@ -29,7 +29,7 @@ from dynapipeline._transports.calling import needs_loop, run_component
 from dynapipeline._transports.process_messages import IDLE, READY, STOP, TAKEN, Reply
 from dynapipeline._transports.rebuild import register_class, timings_of
 
-__all__ = ["main", "run_batch"]
+__all__ = ["error_bytes", "main", "reply_bytes", "run_batch", "run_components"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 logger = logging.getLogger("dynapipeline")
@@ -111,7 +111,8 @@ def _close_inherited_fork_server_pipe() -> None:
     server._forkserver_alive_fd = None
 
 
-def _error_bytes(error: BaseException) -> bytes:
+def error_bytes(error: BaseException) -> bytes:
+    """The error pickled for the parent, or b"" when it cannot be rebuilt (the parent then raises its text)."""
     try:
         data: bytes = cloudpickle.dumps(error)
         pickle.loads(data)  # an exception that cannot be rebuilt falls back to its text
@@ -141,9 +142,9 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
             register_class(class_id, blob, pickle.loads)
         components, args, kwargs = pickle.loads(call.payload)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
-        return _reply([], [], error, traceback.format_exc(), 0, unloadable=True)
+        return reply_bytes([], [], error, traceback.format_exc(), 0, unloadable=True)
     if drain is None or not any(isinstance(c, Container) for c in components):
-        return _run_components(current, components, args, kwargs, state)
+        return run_components(current, components, args, kwargs, state)
     control = RunControl()
     control.draining = bool(drain.value)
     over = threading.Event()
@@ -152,7 +153,7 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
     watcher.start()
     token = current_control.set(control)
     try:
-        return _run_components(current, components, args, kwargs, state)
+        return run_components(current, components, args, kwargs, state)
     finally:
         current_control.reset(token)
         over.set()
@@ -165,8 +166,9 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
             loop.run_until_complete(control.finish())
 
 
-def _run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                    state: dict[str, Any]) -> bytes:
+def run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                   state: dict[str, Any]) -> bytes:
+    """Run components in order until one fails; the pickled ``Reply`` (results, timings, the error if any)."""
     results: list[Any] = []
     timings: list[Any] = []
     for position, component in enumerate(components):
@@ -180,14 +182,14 @@ def _run_components(current: Any, components: list[Any], args: tuple[Any, ...], 
             result = run_component(component, args, kwargs, loop)
         except BaseException as error:  # noqa: B902 - everything goes back to the parent
             timings.append(timings_of(component))
-            return _reply(results, timings, error, traceback.format_exc(), position)
+            return reply_bytes(results, timings, error, traceback.format_exc(), position)
         timings.append(timings_of(component))
         try:
             results.append(_dump_value(result))
         except Exception as bad:
             unpicklable = TypeError(f"stage {component.name!r} returned a result that cannot be "
                                     f"pickled ({type(result).__name__}: {bad})")
-            return _reply(results, timings, unpicklable, "", position)
+            return reply_bytes(results, timings, unpicklable, "", position)
     current.value = IDLE
     return pickle.dumps(Reply(results, timings, b"", "", "", -1), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -201,8 +203,9 @@ def _dump_value(value: Any) -> bytes:
         return data
 
 
-def _reply(values: list[bytes], timings: list[Any], error: BaseException, tb: str, failed_at: int,
-           unloadable: bool = False) -> bytes:
-    reply = Reply(values, timings, _error_bytes(error), tb, f"{type(error).__qualname__}: {error}", failed_at,
+def reply_bytes(values: list[bytes], timings: list[Any], error: BaseException, tb: str, failed_at: int,
+                unloadable: bool = False) -> bytes:
+    """A pickled ``Reply`` for a batch that failed at ``failed_at`` (or could not be rebuilt: ``unloadable``)."""
+    reply = Reply(values, timings, error_bytes(error), tb, f"{type(error).__qualname__}: {error}", failed_at,
                   unloadable)
     return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
