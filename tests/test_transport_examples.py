@@ -29,3 +29,11 @@ def test_blocking_io_threads_example():
     threads = float(re.search(r"threads: ([\d.]+) s", out).group(1))
     assert conc >= 0.75  # 4 × 0.2 s, one after another
     assert threads < conc
+
+
+def test_dask_cluster_example():
+    out = run("dask_cluster.py", "20000")
+    assert "primes below 20000: 2262 (4 identical stages, 2 Dask workers)" in out
+    for label in ("first run", "warm"):
+        speedup = float(re.search(rf"dask, {label}: [\d.]+ s \(speed-up ([\d.]+)x\)", out).group(1))
+        assert speedup > 0

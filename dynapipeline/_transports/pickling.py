@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import secrets
 import sys
 import weakref
 from types import FunctionType
@@ -108,7 +109,8 @@ class ClassRegistry:
     def __init__(self) -> None:
         self._ids: weakref.WeakKeyDictionary[type, int] = weakref.WeakKeyDictionary()
         self._blobs: dict[int, tuple[bytes, tuple[int, ...]]] = {}
-        self._next = 0
+        # Ids start at a random base: a Dask worker keeps classes from several client processes by id.
+        self._next = secrets.randbits(48) << 16
 
     def id_of(self, cls: type) -> int | None:
         """The id of ``cls`` once its pickle is ready (``None`` while it is being made: pickled inline)."""

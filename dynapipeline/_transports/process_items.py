@@ -45,7 +45,7 @@ from dynapipeline._transports.process_jobs import (
     TimedOut,
     deadline,
     remote_error,
-    tag_error,
+    tag,
 )
 from dynapipeline._transports.process_messages import MAX_KEPT_STAGES, ItemResult, MapCall, MapReply
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
@@ -192,13 +192,13 @@ class ProcessItems(ItemRunner):
                 failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
                                         f"parent process ({type(unpickling).__name__}: {unpickling})")
                 failure.__cause__ = unpickling
-                tag_error(failure, self.name, pid)
+                tag(failure, self.name, pid)
                 results[i] = (False, failure)
 
     def _error(self, item: ItemResult, pid: int) -> BaseException:
         error, cause = remote_error(item.value, item.traceback, item.text, self.name)
         error.__cause__ = cause
-        tag_error(error, self.name, pid)
+        tag(error, self.name, pid)
         return error
 
     def _crashed(self, outcome: Crashed, crashes: int) -> WorkerCrashedError:

@@ -34,11 +34,12 @@ __all__ = [
     "Outcome",
     "Replied",
     "TimedOut",
+    "collect_reply",
     "deadline",
     "plan_batches",
     "plan_singles",
     "remote_error",
-    "tag_error",
+    "tag",
 ]
 
 logger = logging.getLogger("dynapipeline")
@@ -161,7 +162,7 @@ def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
     """Store a job's results and timing; raise its error, if any, the way the contract says."""
     if isinstance(outcome, Replied):
         assert type(outcome.reply) is Reply
-        _collect_reply(job, outcome.reply, outcome.pid, results)
+        collect_reply(job.runners, job.indices, outcome.reply, outcome.pid, results)
     elif isinstance(outcome, TimedOut):
         runner = job.runners[0]
         raise StageTimeoutError(runner.name, runner.owner.timeout)
@@ -173,26 +174,27 @@ def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
         raise WorkerCrashedError(job.runners[0].name, outcome.pid, None)
 
 
-def _collect_reply(job: Job, reply: Reply, pid: int, results: list[Any]) -> None:
+def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int, results: list[Any]) -> None:
+    """Store a worker's reply for ``runners`` (at ``indices`` of ``results``) and its timing; raise its error."""
     for position, timing in enumerate(reply.timings):
-        _apply_timings(job.runners[position], timing)
+        _apply_timings(runners[position], timing)
     for position, value in enumerate(reply.values):
         try:
-            results[job.indices[position]] = pickle.loads(value)
+            results[indices[position]] = pickle.loads(value)
         except Exception as unpickling:
-            name = job.runners[position].name
+            name = runners[position].name
             failure = PicklingError(f"stage {name!r} returned a result that cannot be rebuilt in the parent "
                                     f"process ({type(unpickling).__name__}: {unpickling})")
-            tag_error(failure, name, pid)
+            tag(failure, name, pid)
             raise failure from unpickling
     if reply.failed_at < 0:
         return
-    name = job.runners[reply.failed_at].name
+    name = runners[reply.failed_at].name
     error, cause = remote_error(reply.error, reply.traceback, reply.text, name)
     if reply.unloadable:
         # Raised while the worker rebuilt the component: the innermost stage being rebuilt is named.
         name = getattr(error, "stage_name", None) or name
-    tag_error(error, name, pid)
+    tag(error, name, pid)
     raise error from cause
 
 
@@ -220,14 +222,14 @@ def remote_error(data: bytes, traceback: str, text: str, stage: str) -> tuple[Ba
     return error, (RemoteError(traceback) if traceback else None)
 
 
-def tag_error(error: BaseException, stage: str, pid: int | None) -> None:
-    """Name the stage and the worker on an error raised in a worker process."""
+def tag(error: BaseException, stage: str, pid: int | None, where: str = "worker process") -> None:
+    """Name the stage (and worker pid) on an error raised for it elsewhere: attributes and a note."""
     try:
         error.stage_name = stage  # type: ignore[attr-defined]
         error.worker_pid = pid  # type: ignore[attr-defined]
     except AttributeError:  # an exception type with __slots__: the note below still names the stage
         logger.debug("cannot set stage_name on %s", type(error).__name__)
-    error.add_note(f"raised in stage {stage!r}, in worker process pid {pid}")
+    error.add_note(f"raised in stage {stage!r}, in {where}" + ("" if pid is None else f" pid {pid}"))
 
 
 def deadline(owner: Any) -> float | None:

@@ -39,7 +39,7 @@ from dynapipeline._transports.process_messages import (
 )
 from dynapipeline._transports.rebuild import register_class, timings_of
 
-__all__ = ["main", "run_batch", "run_map"]
+__all__ = ["error_bytes", "main", "reply_bytes", "run_batch", "run_components", "run_map"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 logger = logging.getLogger("dynapipeline")
@@ -121,7 +121,8 @@ def _close_inherited_fork_server_pipe() -> None:
     server._forkserver_alive_fd = None
 
 
-def _error_bytes(error: BaseException) -> bytes:
+def error_bytes(error: BaseException) -> bytes:
+    """The error pickled for the parent, or b"" when it cannot be rebuilt (the parent then raises its text)."""
     try:
         data: bytes = cloudpickle.dumps(error)
         pickle.loads(data)  # an exception that cannot be rebuilt falls back to its text
@@ -153,9 +154,9 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
             return run_map(current, call, state)
         components, args, kwargs = pickle.loads(call.payload)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
-        return _reply([], [], error, traceback.format_exc(), 0, unloadable=True)
+        return reply_bytes([], [], error, traceback.format_exc(), 0, unloadable=True)
     if drain is None or not any(isinstance(c, Container) for c in components):
-        return _run_components(current, components, args, kwargs, state)
+        return run_components(current, components, args, kwargs, state)
     control = RunControl()
     control.draining = bool(drain.value)
     over = threading.Event()
@@ -164,7 +165,7 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
     watcher.start()
     token = current_control.set(control)
     try:
-        return _run_components(current, components, args, kwargs, state)
+        return run_components(current, components, args, kwargs, state)
     finally:
         current_control.reset(token)
         over.set()
@@ -193,7 +194,7 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
         stage = stages[call.stage_id]
         items = pickle.loads(call.items)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
-        failure = ItemResult(False, _error_bytes(error), traceback.format_exc(), f"{type(error).__qualname__}: {error}")
+        failure = ItemResult(False, error_bytes(error), traceback.format_exc(), f"{type(error).__qualname__}: {error}")
         return pickle.dumps(MapReply([], (), failure), protocol=pickle.HIGHEST_PROTOCOL)
     runner = stage.__pydantic_private__["_runner"]
     runner.reset_stats()
@@ -210,20 +211,21 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
             value = run_component(stage, (item,), no_kwargs, loop)
         except BaseException as error:  # noqa: B902 - everything goes back to the parent
             text = f"{type(error).__qualname__}: {error}"
-            results.append(ItemResult(False, _error_bytes(error), traceback.format_exc(), text))
+            results.append(ItemResult(False, error_bytes(error), traceback.format_exc(), text))
             continue
         try:
             results.append(ItemResult(True, _dump_value(value), "", ""))
         except Exception as bad:
             unpicklable = TypeError(f"stage {stage.name!r} returned a result that cannot be pickled "
                                     f"({type(value).__name__}: {bad})")
-            results.append(ItemResult(False, _error_bytes(unpicklable), "", f"TypeError: {unpicklable}"))
+            results.append(ItemResult(False, error_bytes(unpicklable), "", f"TypeError: {unpicklable}"))
     current.value = IDLE
     return pickle.dumps(MapReply(results, runner.timing()), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                    state: dict[str, Any]) -> bytes:
+def run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                   state: dict[str, Any]) -> bytes:
+    """Run components in order until one fails; the pickled ``Reply`` (results, timings, the error if any)."""
     results: list[Any] = []
     timings: list[Any] = []
     for position, component in enumerate(components):
@@ -237,14 +239,14 @@ def _run_components(current: Any, components: list[Any], args: tuple[Any, ...], 
             result = run_component(component, args, kwargs, loop)
         except BaseException as error:  # noqa: B902 - everything goes back to the parent
             timings.append(timings_of(component))
-            return _reply(results, timings, error, traceback.format_exc(), position)
+            return reply_bytes(results, timings, error, traceback.format_exc(), position)
         timings.append(timings_of(component))
         try:
             results.append(_dump_value(result))
         except Exception as bad:
             unpicklable = TypeError(f"stage {component.name!r} returned a result that cannot be "
                                     f"pickled ({type(result).__name__}: {bad})")
-            return _reply(results, timings, unpicklable, "", position)
+            return reply_bytes(results, timings, unpicklable, "", position)
     current.value = IDLE
     return pickle.dumps(Reply(results, timings, b"", "", "", -1), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -258,8 +260,9 @@ def _dump_value(value: Any) -> bytes:
         return data
 
 
-def _reply(values: list[bytes], timings: list[Any], error: BaseException, tb: str, failed_at: int,
-           unloadable: bool = False) -> bytes:
-    reply = Reply(values, timings, _error_bytes(error), tb, f"{type(error).__qualname__}: {error}", failed_at,
+def reply_bytes(values: list[bytes], timings: list[Any], error: BaseException, tb: str, failed_at: int,
+                unloadable: bool = False) -> bytes:
+    """A pickled ``Reply`` for a batch that failed at ``failed_at`` (or could not be rebuilt: ``unloadable``)."""
+    reply = Reply(values, timings, error_bytes(error), tb, f"{type(error).__qualname__}: {error}", failed_at,
                   unloadable)
     return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)

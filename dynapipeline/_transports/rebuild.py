@@ -7,6 +7,7 @@ module, so it stays plain Python (never the compiled engine) and importable by n
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from pydantic_core import PydanticUndefined
@@ -30,8 +31,9 @@ INTERNAL_PRIVATE = frozenset({"_runner", "_members", "_plan", "_active"})
 
 # Classes shipped by value, by the id the parent gave them (each arrives once per worker).
 _CLASSES: dict[int, type] = {}
-# Stages rebuilt earlier, by the parent's key: later batches only refresh their state.
-_STAGES: dict[int, Any] = {}
+# Stages rebuilt earlier, by the parent's key: later batches only refresh their state. One cache
+# per thread: a Dask worker runs tasks in several threads, and a cached stage is refreshed in place.
+_local = threading.local()
 _MAX_STAGES = 100_000
 
 
@@ -90,12 +92,15 @@ def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: se
     Equivalent to a fresh rebuild (every field, private attribute and the timing
     come from the parent), without re-running model_post_init each time.
     """
-    obj: Any = _STAGES.get(key)
+    stages: dict[int, Any] | None = getattr(_local, "stages", None)
+    if stages is None:
+        stages = _local.stages = {}
+    obj: Any = stages.get(key)
     if obj is None or type(obj) is not cls:
         obj = rebuild_component(cls, state, fields_set, extra, private, timing)
-        if len(_STAGES) >= _MAX_STAGES:
-            _STAGES.clear()
-        _STAGES[key] = obj
+        if len(stages) >= _MAX_STAGES:
+            stages.clear()
+        stages[key] = obj
         return obj
     old = obj.__dict__
     runner = obj.__pydantic_private__["_runner"]

@@ -6,10 +6,15 @@ from dynapipeline._strategies.execution import (
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
-from dynapipeline._transports import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
+from dynapipeline._transports import (
+    DaskExecutionStrategy,
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
+)
 
 __all__ = [
     "ConcurrentExecutionStrategy",
+    "DaskExecutionStrategy",
     "ExecutionStrategy",
     "MultiprocessExecutionStrategy",
     "MultithreadExecutionStrategy",

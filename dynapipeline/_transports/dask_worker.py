@@ -1,0 +1,76 @@
+"""The Dask worker's side: the functions a Dask task runs, importable by name on every worker.
+
+Plain Python (never the compiled engine), like ``process_worker``, whose batch
+runner it reuses: a task gets the class pickles it needs (``register_class``
+ignores the ones this worker already has) and one payload made by
+``pickling.dumps_batch``, and returns plain bytes the parent decodes (``Reply``).
+Each Dask worker thread keeps its own event loop for ``async def`` stages.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import traceback
+from types import SimpleNamespace
+from typing import Any
+
+from dynapipeline._transports.process_messages import Call
+from dynapipeline._transports.process_worker import reply_bytes, run_batch, run_components
+from dynapipeline._transports.rebuild import register_class
+
+__all__ = ["run_components_task", "run_items_task"]
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_local = threading.local()
+
+
+def _state() -> dict[str, Any]:
+    """This worker thread's state for ``process_worker`` (its event loop, created on first need)."""
+    state: dict[str, Any] | None = getattr(_local, "state", None)
+    if state is None:
+        state = _local.state = {}
+    return state
+
+
+def _register(class_blobs: list[tuple[int, bytes]]) -> None:
+    for class_id, blob in class_blobs:
+        register_class(class_id, blob, pickle.loads)
+
+
+def run_components_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
+                        keep_going: bool) -> tuple[int, list[bytes]]:
+    """Run one batch of components; (this pid, pickled ``Reply``s).
+
+    One reply for the batch, ending at the first error (as in a worker process);
+    with ``keep_going`` one reply per component, so every member runs whatever
+    its siblings do.
+    """
+    current = SimpleNamespace(value=-1)
+    if not keep_going:
+        message = pickle.dumps(Call(class_blobs, payload), protocol=_PROTOCOL)
+        return os.getpid(), [run_batch(current, message, _state())]
+    try:
+        _register(class_blobs)
+        components, args, kwargs = pickle.loads(payload)
+    except BaseException as error:  # noqa: B902 - the parent splits the batch to find the culprit
+        return os.getpid(), [_unloadable(error)]
+    state = _state()
+    return os.getpid(), [run_components(current, [c], args, kwargs, state) for c in components]
+
+
+def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes) -> tuple[int, list[bytes]]:
+    """Run a stream step's stage once per item (its own retries and timeout apply); (this pid, a ``Reply`` per item)."""
+    try:
+        _register(class_blobs)
+        (stage,), values, _ = pickle.loads(payload)  # made by dumps_batch([stage], values, {})
+    except BaseException as error:  # noqa: B902 - every item fails with the stage's own error
+        return os.getpid(), [_unloadable(error)]
+    current = SimpleNamespace(value=-1)
+    state = _state()
+    return os.getpid(), [run_components(current, [stage], (value,), {}, state) for value in values]
+
+
+def _unloadable(error: BaseException) -> bytes:
+    return reply_bytes([], [], error, traceback.format_exc(), 0, unloadable=True)

@@ -1,0 +1,404 @@
+"""Work that goes to a Dask cluster: ``DaskExecutionStrategy``.
+
+Where things live::
+
+    to_dask.DaskExecutionStrategy.dispatch
+        │ plan_batches ─► one Dask task per batch ─► pickling.dumps_batch (checked before anything is sent)
+        ▼
+    distributed.Client.submit(dask_worker.run_components_task, class pickles, payload, pure=False)
+        │                                             │ on a Dask worker thread: process_worker.run_components
+        ▼                                             ▼ (the same rebuild and run as in a worker process)
+    process_jobs.collect_reply ◄── (pid, Reply bytes) ┘  results, timing, or the stage's error
+
+How it works (the contract is the process strategy's; what differs is said here):
+
+- **Client**: ``client=`` is used as it is and never closed (an asynchronous
+  ``distributed.Client`` on the loop that runs the pipeline). ``address=``
+  connects an asynchronous ``Client`` on the running loop at the first
+  dispatch. With neither, a ``LocalCluster`` of worker processes is started
+  (in a thread, ~1 s) at the first dispatch and lives until ``close()``,
+  ``await aclose()``, the end of ``async with strategy:`` or interpreter exit;
+  it is for trying things out (no dashboard; pass your own cluster's client
+  for one). A client the strategy connected itself lives until the end of the
+  ``async with strategy:`` block, or else until the end of the pipeline run
+  that connected it (however the run ends), or else (a bare ``execute`` call)
+  until ``aclose()``; a dispatch on another event loop connects anew.
+- **Submissions**: every task is submitted with ``pure=False`` (a stage has side
+  effects: Dask must never merge two runs into one). Components go in batches
+  sized from their past run times (``plan_batches``, as on processes: tiny
+  stages travel together, heavy ones one per worker thread, a timed stage
+  alone). Classes that travel by value (defined in ``__main__``, in a function,
+  or in a module the workers cannot import) are pickled once per client and
+  scattered to every worker (``client.scatter(broadcast=True)``); each task
+  refers to them, so each worker receives each class once, and a worker
+  rebuilds each stage object once per thread and then only refreshes its
+  state. ``submit_options`` (``workers``, ``resources``, ``priority``,
+  ``fifo_timeout``, ``allow_other_workers``) go to every ``client.submit``.
+- **What must be installed on the workers**: dynapipeline itself and whatever
+  your stages import by name. For your own modules that the workers cannot
+  import, call ``cloudpickle.register_pickle_by_value(your_module)`` before the
+  run: their classes and functions then travel by value.
+- **Results and timing** come back in component order; timing and stats are
+  copied onto the parent's objects; other attribute changes made on the worker
+  are not. The context is a read-only snapshot on the worker.
+- **Errors**: a stage's exception is re-raised with its own type and args,
+  ``__cause__`` a ``RemoteError`` with the worker's traceback, ``stage_name``
+  and ``worker_pid`` set. The first error ends the dispatch and cancels the
+  tasks not finished yet. With ``return_exceptions=True`` a failed member's
+  exception is returned in its place and its siblings complete (each member
+  of a batch then runs whatever its batch-mates do).
+- **Timeout**: a timed Stage travels alone and the parent waits ``timeout`` ×
+  attempts + retry delays + 0.1 s from submission (so time spent queued for a
+  free worker thread counts); then its task is cancelled and
+  ``StageTimeoutError`` is raised. An ``async def`` stage usually times out on
+  the worker first (same error). *Dask cannot kill a running task's thread*: a
+  plain ``def`` that never returns keeps its worker thread busy until it does.
+- **Lost workers**: a worker that dies holding a task is Dask's to handle: the
+  scheduler runs the task again elsewhere, up to
+  ``distributed.scheduler.allowed-failures`` times (default 3; set it to 0 on
+  the scheduler for stages that must not run twice), then fails it with
+  ``KilledWorker``. The strategy raises ``WorkerCrashedError`` for the batch's
+  first stage, with Dask's error as ``__cause__`` (likewise for a task lost
+  with its client's connection).
+- **Stop**: ``pipeline.stop()`` cancels the dispatch's outstanding tasks: queued
+  ones never run; running ones run to their end on the worker and their
+  results are dropped. ``stop(drain=True)`` does not reach groups running on
+  Dask workers: they run their cycles to the end.
+- **As a stream step**: up to the stream's ``maxsize`` tasks outstanding, items
+  in chunks (one item per task for a timed stage); see ``dask_stream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynapipeline._engine import current_control, run_tasks
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
+from dynapipeline._transports.dask_futures import wait_for_task
+from dynapipeline._transports.dask_stream import DaskItems
+from dynapipeline._transports.dask_worker import run_components_task
+from dynapipeline._transports.pickling import REGISTRY, dumps_batch
+from dynapipeline._transports.process_jobs import collect_reply, deadline, plan_batches
+from dynapipeline.errors import ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
+
+__all__ = ["DaskExecutionStrategy", "require_distributed"]
+
+logger = logging.getLogger("dynapipeline")
+
+# client.submit's own keywords a user may set; anything else would reach our task function as an argument.
+_SUBMIT_OPTIONS = frozenset({"workers", "resources", "priority", "fifo_timeout", "allow_other_workers"})
+_REFUSED = {
+    "pure": "every task is submitted with pure=False (stages have side effects)",
+    "key": "each task needs its own key",
+    "retries": "use the Stage's own retries (they apply on the worker)",
+    "actor": "stages are not actors",
+    "actors": "stages are not actors",
+}
+_NTHREADS_TTL = 10.0  # seconds the worker-thread count of a cluster is trusted
+
+
+def require_distributed() -> Any:
+    """The ``distributed`` module, or an ImportError that names the extra to install."""
+    try:
+        import distributed
+    except ImportError as missing:
+        raise ImportError("DaskExecutionStrategy needs Dask's 'distributed' package, which is not installed: "
+                          "pip install dynapipeline[dask]") from missing
+    return distributed
+
+
+@dataclass(eq=False)
+class _Task:
+    """One batch of components for one Dask task."""
+
+    indices: list[int]
+    runners: list[Any]
+    payload: bytes
+    cids: set[int]
+    limit: float | None
+    future: Any = field(default=None)
+
+
+class DaskExecutionStrategy(ExecutionStrategy):
+    """Runs each component on a Dask cluster (``distributed``); results in component order.
+
+    ``client``: an asynchronous ``distributed.Client`` to use (never closed here);
+    ``address``: a scheduler to connect to (``"tcp://scheduler:8786"``); neither:
+    a ``LocalCluster`` for trying it out. ``return_exceptions=True`` returns a
+    failed member's exception in its place. Other keywords go to
+    ``client.submit``. See the module docstring for batching, errors, timeouts,
+    lost workers and shutdown.
+    """
+
+    offloads = True
+
+    def __init__(self, client: Any = None, address: str | None = None, *, return_exceptions: bool = False,
+                 **submit_options: Any) -> None:
+        distributed = require_distributed()
+        label = "DaskExecutionStrategy"
+        if client is not None and address is not None:
+            raise ConfigurationError(f"{label}: give field 'client' or field 'address', not both")
+        if client is not None and not isinstance(client, distributed.Client):
+            raise ConfigurationError(f"{label}: field 'client' must be a distributed.Client, got {kind_of(client)}")
+        if client is not None and not client.asynchronous:
+            raise ConfigurationError(f"{label}: field 'client' must be an asynchronous distributed.Client "
+                                     "(await Client(..., asynchronous=True) on the loop that runs the pipeline)")
+        if address is not None and (not isinstance(address, str) or not address):
+            raise ConfigurationError(f"{label}: field 'address' must be a scheduler address such as "
+                                     f"'tcp://scheduler:8786', got {address!r}")
+        if not isinstance(return_exceptions, bool):
+            raise ConfigurationError(f"{label}: field 'return_exceptions' must be a bool, got {return_exceptions!r}")
+        for name in submit_options:
+            if name in _REFUSED:
+                raise ConfigurationError(f"{label}: field {name!r} cannot be set: {_REFUSED[name]}")
+            if name not in _SUBMIT_OPTIONS:
+                raise ConfigurationError(f"{label}: field {name!r} is not a client.submit option this strategy "
+                                         f"passes on (allowed: {', '.join(sorted(_SUBMIT_OPTIONS))})")
+        self.client = client
+        self.address = address
+        self.return_exceptions = return_exceptions
+        self.submit_options = submit_options
+        self._cluster: Any = None
+        self._owned: Any = None  # the client this strategy connected itself
+        self._owned_loop: Any = None
+        self._connecting: asyncio.Task[Any] | None = None
+        self._depth = 0  # nesting of `async with strategy:`
+        self._active = 0  # dispatches and stream steps using the owned client now
+        self._scattered: tuple[Any, dict[int, Any]] = (None, {})
+        self._nthreads: tuple[Any, int, float] = (None, 1, 0.0)
+        self._cancels: set[asyncio.Future[Any]] = set()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    # -- the client ---------------------------------------------------------------------------------
+    async def client_for_run(self) -> Any:
+        """The client to submit to from the running loop (connecting, or starting a LocalCluster, if needed)."""
+        if self.client is not None:
+            return self.client
+        loop = asyncio.get_running_loop()
+        owned = self._owned
+        if owned is None or self._owned_loop is not loop or owned.status not in ("running", "connecting"):
+            connecting = self._connecting
+            if connecting is None or connecting.get_loop() is not loop:
+                connecting = self._connecting = loop.create_task(self._connect(loop))
+                connecting.add_done_callback(self._connected)
+            owned = await asyncio.shield(connecting)
+        control = current_control.get()
+        if control is not None and self._depth == 0:
+            control.add_cleanup(("dynapipeline.dask", id(self)), self._end_run)
+        return owned
+
+    def _connected(self, task: asyncio.Task[Any]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> Any:
+        distributed = require_distributed()
+        address = self.address
+        if address is None:
+            if self._cluster is None:
+                self._cluster = await loop.run_in_executor(None, _start_local_cluster)
+                # Stopped at interpreter exit (or when the strategy is collected) if never closed.
+                self._finalizer = weakref.finalize(self, _close_cluster, self._cluster)
+            address = self._cluster.scheduler_address
+        client = await distributed.Client(address, asynchronous=True, set_as_default=False)
+        self._owned, self._owned_loop = client, loop
+        return client
+
+    def hold(self) -> None:
+        """A dispatch or stream step uses the client: the end of a run must not close it meanwhile."""
+        self._active += 1
+
+    def release(self) -> None:
+        self._active -= 1
+
+    async def _end_run(self) -> None:
+        """At the end of a pipeline run: close the client connected for it (unless still in use)."""
+        if self._depth == 0 and self._active == 0:
+            await self._close_owned()
+
+    async def _close_owned(self) -> None:
+        owned, self._owned = self._owned, None
+        if owned is not None and self._owned_loop is asyncio.get_running_loop():
+            await owned.close()
+
+    async def nthreads(self, client: Any) -> int:
+        """Worker threads in the cluster (refreshed every few seconds): sizes the batches."""
+        known, count, when = self._nthreads
+        now = time.monotonic()
+        if known is not client or now - when > _NTHREADS_TTL:
+            count = max(1, sum((await client.nthreads()).values()))
+            self._nthreads = (client, count, now)
+        return count
+
+    async def class_blobs(self, client: Any, cids: set[int]) -> list[tuple[int, Any]]:
+        """The classes a task needs, as (class id, scattered pickle): each is scattered once per client."""
+        if not cids:
+            return []
+        known, futures = self._scattered
+        if known is not client:
+            futures = {}
+            self._scattered = (client, futures)
+        out = []
+        for cid, blob in REGISTRY.blobs_for(cids, set()):
+            future = futures.get(cid)
+            if future is None:
+                future = futures[cid] = await client.scatter(blob, broadcast=True, hash=False)
+            out.append((cid, future))
+        return out
+
+    def cancel_later(self, client: Any, futures: list[Any]) -> None:
+        """Cancel Dask futures without waiting (we may be cancelled ourselves); a failure is only logged."""
+        futures = [f for f in futures if f is not None and not f.done()]
+        if not futures:
+            return
+        try:
+            cancel = asyncio.ensure_future(client.cancel(futures))
+        except Exception as error:  # noqa: BLE001 - the client is closed: its tasks are gone with it
+            logger.debug("cancelling Dask futures: %r", error)
+            return
+        self._cancels.add(cancel)
+        cancel.add_done_callback(self._cancel_done)
+
+    def _cancel_done(self, cancel: asyncio.Future[Any]) -> None:
+        self._cancels.discard(cancel)
+        if not cancel.cancelled() and cancel.exception() is not None:
+            logger.debug("cancelling Dask futures: %r", cancel.exception())
+
+    # -- running components ------------------------------------------------------------------------
+    async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        n = len(runners)
+        if n == 0:
+            return []
+        self.hold()
+        try:
+            client = await self.client_for_run()
+            tasks = []
+            # Everything is pickled (and checked) before anything is submitted.
+            for indices in plan_batches(runners, await self.nthreads(client)):
+                members = [runners[i] for i in indices]
+                payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
+                limit = deadline(members[0].owner) if len(members) == 1 else None
+                tasks.append(_Task(indices, members, payload, cids, limit))
+            results: list[Any] = [None] * n
+            for task in tasks:
+                await self._submit(client, task)
+            waiting = [asyncio.ensure_future(self._finish(client, task, results, args, kwargs)) for task in tasks]
+            try:
+                await run_tasks(waiting)
+            except BaseException:
+                self.cancel_later(client, [task.future for task in tasks])
+                raise
+            return results
+        finally:
+            self.release()
+
+    async def _submit(self, client: Any, task: _Task) -> None:
+        blobs = await self.class_blobs(client, task.cids)
+        task.future = client.submit(run_components_task, blobs, task.payload, self.return_exceptions, pure=False,
+                                    **self.submit_options)
+
+    async def _finish(self, client: Any, task: _Task, results: list[Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> None:
+        """Wait for one task and put its results (or raise / place its errors)."""
+        try:
+            pid, replies = await wait_for_task(task.future, task.limit, task.runners[0])
+        except (StageTimeoutError, WorkerCrashedError) as error:
+            self.cancel_later(client, [task.future])
+            if not self.return_exceptions:
+                raise
+            for index in task.indices:
+                results[index] = error
+            return
+        if len(replies) == 1 and replies[0].unloadable and len(task.indices) > 1:
+            # Nothing ran: one component cannot be rebuilt on the worker; run each alone to find it.
+            singles = []
+            for index, runner in zip(task.indices, task.runners, strict=True):
+                payload, cids = dumps_batch([runner.owner], args, kwargs)
+                single = _Task([index], [runner], payload, cids, deadline(runner.owner))
+                await self._submit(client, single)
+                singles.append(single)
+            try:
+                await run_tasks([asyncio.ensure_future(self._finish(client, s, results, args, kwargs))
+                                 for s in singles])
+            except BaseException:
+                self.cancel_later(client, [s.future for s in singles])
+                raise
+            return
+        if len(replies) == 1:
+            segments = [(task.runners, task.indices)]
+        else:  # return_exceptions: one reply per member
+            segments = [([r], [i]) for r, i in zip(task.runners, task.indices, strict=True)]
+        for (runners, indices), reply in zip(segments, replies, strict=True):
+            try:
+                collect_reply(runners, indices, reply, pid, results)
+            except Exception as error:
+                if not self.return_exceptions:
+                    raise
+                results[indices[0]] = error
+
+    def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
+        """Up to ``maxsize`` tasks outstanding; items in chunks (one per task for a timed stage)."""
+        return maxsize, DaskItems(self, stage)
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    async def __aenter__(self) -> DaskExecutionStrategy:
+        self._depth += 1
+        return self
+
+    async def aclose(self) -> None:
+        """Close what this strategy started (its client, its LocalCluster) once the outermost ``async with`` ends."""
+        self._depth = max(0, self._depth - 1)
+        if self._depth:
+            return
+        await self._close_owned()
+        cluster = self._take_cluster()
+        if cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, _close_cluster, cluster)
+
+    def close(self) -> None:
+        """Stop the LocalCluster this strategy started (blocking); a connected client is dropped."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not None and running is self._owned_loop:
+                asyncio.ensure_future(owned.close())
+        cluster = self._take_cluster()
+        if cluster is not None:
+            _close_cluster(cluster)
+
+    def _take_cluster(self) -> Any:
+        cluster, self._cluster = self._cluster, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        return cluster
+
+    def __reduce__(self) -> Any:
+        raise TypeError("DaskExecutionStrategy cannot be sent to a worker (its client stays in this process); "
+                        "give groups that run on workers another strategy")
+
+    def __repr__(self) -> str:
+        where = "client" if self.client is not None else (f"address={self.address!r}" if self.address
+                                                          else "LocalCluster")
+        return f"DaskExecutionStrategy({where}, return_exceptions={self.return_exceptions})"
+
+
+def _start_local_cluster() -> Any:
+    distributed = require_distributed()
+    return distributed.LocalCluster(processes=True, dashboard_address=None)
+
+
+def _close_cluster(cluster: Any) -> None:
+    try:
+        cluster.close()
+    except Exception as error:  # noqa: BLE001 - at exit or from a finalizer: nothing may raise
+        logger.debug("closing a Dask LocalCluster: %r", error)
+

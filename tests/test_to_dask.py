@@ -1,0 +1,408 @@
+"""DaskExecutionStrategy on a real LocalCluster (2 worker processes, 1 thread each): results, timing, shipping,
+errors, timeouts, stop, lost workers, stream steps, client ownership, bad input, the missing extra."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import psutil
+import pytest
+from distributed import Client, KilledWorker, LocalCluster
+
+from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline._model.stream import Step, Stream
+from dynapipeline.errors import (
+    ConfigurationError,
+    ContextLockedError,
+    PicklingError,
+    RemoteError,
+    StageTimeoutError,
+    WorkerCrashedError,
+)
+from dynapipeline.execution import DaskExecutionStrategy, SequentialExecutionStrategy
+from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    # allowed-failures=0: a task whose worker dies fails at once (KilledWorker) instead of running again.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    me = psutil.Process()
+    try:
+        yield local
+    finally:
+        children = me.children(recursive=True)
+        started = [c for c in children if "distributed" in " ".join(_cmdline(c))]
+        local.close()
+        _, alive = psutil.wait_procs(started, timeout=10)
+        assert alive == [], f"Dask processes left running: {alive}"
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture
+async def client(cluster: LocalCluster) -> Any:
+    async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as c:
+        await c.wait_for_workers(2)
+        yield c
+
+
+@pytest.fixture
+def dask_strategy(client: Any) -> DaskExecutionStrategy:
+    return DaskExecutionStrategy(client=client)
+
+
+class Pid(Stage):
+    """Returns (name, worker pid, args, kwargs)."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.name, os.getpid(), args, kwargs)
+
+
+class Sleep(Stage):
+    seconds: float
+
+    def execute(self) -> float:
+        time.sleep(self.seconds)
+        return self.seconds
+
+
+class Marker(Stage):
+    """Writes its name into ``folder`` when it starts, then sleeps."""
+
+    folder: str
+    seconds: float
+
+    def execute(self) -> None:
+        Path(self.folder, self.name).write_text("started")
+        time.sleep(self.seconds)
+
+
+class Die(Stage):
+    def execute(self) -> None:
+        os._exit(3)
+
+
+def advanced(groups: list[StageGroup], **context: Any) -> Any:
+    return PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", groups, OnceCycleStrategy(),
+                                             SequentialExecutionStrategy(), context_data=context)
+
+
+# -- the dispatch contract ---------------------------------------------------------------------------
+
+async def test_results_in_component_order_from_the_workers(dask_strategy):
+    stages = [Pid(name=f"s{i}") for i in range(40)]
+    results = await dask_strategy.execute(stages, 7, key="v")
+    assert [r[0] for r in results] == [s.name for s in stages]
+    assert all(r[2] == (7,) and r[3] == {"key": "v"} for r in results)
+    assert os.getpid() not in {r[1] for r in results}
+
+
+async def test_timing_and_stats_are_copied_onto_the_parents_stages(dask_strategy):
+    stages = [Sleep(name="a", seconds=0.05), Sleep(name="b", seconds=0.0)]
+    before = time.time()
+    await dask_strategy.execute(stages)
+    await dask_strategy.execute(stages)
+    a = stages[0]
+    assert a.stats.count == 2 and stages[1].stats.count == 2
+    assert a.execution_time >= 0.04 and a.stats.total >= 0.08
+    assert before <= a.start_time <= a.end_time <= time.time()
+
+
+async def test_a_locally_defined_class_and_its_closure_reach_the_workers(dask_strategy):
+    factor = 6
+
+    def scale(x: int) -> int:
+        return x * factor
+
+    class Local(Stage):
+        value: int
+
+        def execute(self) -> tuple[int, int]:
+            return scale(self.value), os.getpid()
+
+    results = await dask_strategy.execute([Local(name=f"l{i}", value=i) for i in range(4)])
+    assert [r[0] for r in results] == [0, 6, 12, 18]
+    assert os.getpid() not in {r[1] for r in results}
+
+
+async def test_a_stage_error_keeps_its_type_and_args_with_the_remote_traceback(dask_strategy):
+    class Bad(ValueError):
+        pass
+
+    class Fails(Stage):
+        def execute(self) -> None:
+            raise Bad("no", 42)
+
+    with pytest.raises(Bad) as info:
+        await dask_strategy.execute([Pid(name="ok"), Fails(name="broken")])
+    assert info.value.args == ("no", 42)
+    assert info.value.stage_name == "broken"
+    assert isinstance(info.value.__cause__, RemoteError)
+    assert "in execute" in info.value.__cause__.traceback_text
+
+
+async def test_an_unpicklable_stage_fails_before_anything_is_sent(dask_strategy):
+    import threading
+
+    class Holds(Stage):
+        lock: Any
+
+        def execute(self) -> None:
+            return None
+
+    with pytest.raises(PicklingError, match="stage 'h' field 'lock'"):
+        await dask_strategy.execute([Holds(name="h", lock=threading.Lock())])
+
+
+async def test_return_exceptions_returns_each_failure_in_place_and_runs_the_siblings(client):
+    class Fails(Stage):
+        def execute(self) -> None:
+            raise KeyError(self.name)
+
+    strategy = DaskExecutionStrategy(client=client, return_exceptions=True)
+    stages = [Pid(name="a"), Fails(name="b"), Pid(name="c"), Fails(name="d"), Pid(name="e")]
+    results = await strategy.execute(stages)
+    assert [r[0] for r in results[0::2]] == ["a", "c", "e"]
+    assert isinstance(results[1], KeyError) and results[1].stage_name == "b"
+    assert isinstance(results[3], KeyError) and results[3].stage_name == "d"
+    assert all(s.stats.count == 1 for s in stages)
+
+
+async def test_a_timed_stage_is_cancelled_at_its_deadline(dask_strategy):
+    stage = Sleep(name="slow", seconds=1.0, timeout=0.2)
+    t0 = time.monotonic()
+    with pytest.raises(StageTimeoutError) as info:
+        await dask_strategy.execute([stage, Pid(name="quick")])
+    assert info.value.stage == "slow" and info.value.stage_name == "slow"
+    assert time.monotonic() - t0 < 0.9  # the caller did not wait for the 1 s sleep
+
+
+async def test_stop_cancels_the_outstanding_tasks(dask_strategy, client, tmp_path):
+    stages = [Marker(name=f"m{i}", folder=str(tmp_path), seconds=1.0) for i in range(6)]
+    group = StageGroup(name="g", stages=stages, cycle_strategy=OnceCycleStrategy(), execution_strategy=dask_strategy)
+    pipeline = advanced([group])
+    run = asyncio.ensure_future(pipeline.run())
+    while len(list(tmp_path.iterdir())) < 2:
+        await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    pipeline.stop()
+    assert await run is None
+    assert time.monotonic() - t0 < 0.9  # stop() does not wait for the running tasks
+    await asyncio.sleep(1.5)  # the two running tasks end; the queued ones must never start
+    started = sorted(p.name for p in tmp_path.iterdir())
+    assert len(started) == 2, started
+
+    def ours(dask_scheduler: Any) -> list[str]:
+        return [str(key) for key in dask_scheduler.tasks if "run_components_task" in str(key)]
+
+    assert await client.run_on_scheduler(ours) == []
+
+
+async def test_a_worker_killed_mid_task_raises_worker_crashed_and_the_cluster_heals(dask_strategy, client):
+    with pytest.raises(WorkerCrashedError) as info:
+        await asyncio.wait_for(dask_strategy.execute([Die(name="die", timeout=None)]), 30)
+    assert info.value.stage == "die" and info.value.stage_name == "die"
+    assert isinstance(info.value.__cause__, KilledWorker)
+    await client.wait_for_workers(2)
+    assert [r[0] for r in await dask_strategy.execute([Pid(name="after")])] == ["after"]
+
+
+async def test_in_an_advanced_pipeline_the_context_is_a_read_only_snapshot(dask_strategy):
+    class Reads(Stage):
+        def execute(self) -> Any:
+            return self.context["n"]
+
+    class Writes(Stage):
+        def execute(self) -> None:
+            self.context["n"] = 2
+
+    group = StageGroup(name="g", stages=[Reads(name="r")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=dask_strategy)
+    assert await advanced([group], n=1).run() == [[1]]
+    group = StageGroup(name="g", stages=[Writes(name="w")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=dask_strategy)
+    with pytest.raises(ContextLockedError):
+        await advanced([group], n=1).run()
+
+
+async def test_a_whole_group_runs_on_a_worker_when_the_pipeline_uses_dask(dask_strategy):
+    group = StageGroup(name="g", stages=[Pid(name="a"), Pid(name="b")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=SequentialExecutionStrategy())
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 dask_strategy)
+    ((a, b),) = await pipeline.run()
+    assert a[1] == b[1] != os.getpid()
+    assert group.stats.count == 1 and group.stages[0].stats.count == 1
+
+
+def test_a_simple_pipeline_rejects_the_dask_strategy(client):
+    group = StageGroup(name="heavy", stages=[Pid(name="a")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=DaskExecutionStrategy(client=client))
+    with pytest.raises(ConfigurationError, match="StageGroup 'heavy'.*DaskExecutionStrategy.*ADVANCED"):
+        PipelineFactory().create_pipeline(PipeLineType.SIMPLE, "p", [group], OnceCycleStrategy(),
+                                          SequentialExecutionStrategy())
+
+
+# -- client ownership --------------------------------------------------------------------------------
+
+async def test_with_an_address_the_client_lives_for_the_run(cluster):
+    strategy = DaskExecutionStrategy(address=cluster.scheduler_address)
+    group = StageGroup(name="g", stages=[Pid(name="a")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=strategy)
+    assert (await advanced([group]).run())[0][0][0] == "a"
+    assert strategy._owned is None  # closed at the end of the run
+    async with strategy:
+        await advanced([group]).run()
+        held = strategy._owned
+        await advanced([group]).run()
+        assert strategy._owned is held and held.status == "running"
+    assert strategy._owned is None and held.status == "closed"
+
+
+async def test_a_given_client_is_never_closed(client):
+    async with DaskExecutionStrategy(client=client) as strategy:
+        await strategy.execute([Pid(name="a")])
+    assert client.status == "running"
+
+
+async def test_with_neither_a_local_cluster_is_started_and_closed_by_aclose():
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    strategy = DaskExecutionStrategy()
+    try:
+        assert (await strategy.execute([Pid(name="a")]))[0][0] == "a"
+        started = [c for c in me.children(recursive=True) if c.pid not in before]
+        assert started
+    finally:
+        await strategy.aclose()
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert alive == []
+
+
+# -- bad input and the missing extra --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"address": ""}, "field 'address' must be a scheduler address"),
+    ({"address": 8786}, "field 'address' must be a scheduler address"),
+    ({"client": "tcp://x:1"}, "field 'client' must be a distributed.Client, got str"),
+    ({"return_exceptions": 1}, "field 'return_exceptions' must be a bool"),
+    ({"pure": True}, "field 'pure' cannot be set"),
+    ({"retries": 2}, "field 'retries' cannot be set: use the Stage's own retries"),
+    ({"key": "k"}, "field 'key' cannot be set"),
+    ({"worker": "tcp://x:1"}, "field 'worker' is not a client.submit option"),
+])
+def test_bad_input_names_the_strategy_and_the_field(kwargs, message):
+    with pytest.raises(ConfigurationError, match=f"DaskExecutionStrategy: {message}"):
+        DaskExecutionStrategy(**kwargs)
+
+
+async def test_client_and_address_together_are_rejected(client):
+    with pytest.raises(ConfigurationError, match="DaskExecutionStrategy: give field 'client' or field 'address'"):
+        DaskExecutionStrategy(client=client, address="tcp://x:1")
+
+
+def test_without_distributed_constructing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"pip install dynapipeline\[dask\]"):
+        DaskExecutionStrategy()
+
+
+def test_without_distributed_the_execution_module_still_imports():
+    code = ("import sys; sys.modules['distributed'] = None\n"
+            "from dynapipeline.execution import DaskExecutionStrategy, SequentialExecutionStrategy\n"
+            "try:\n    DaskExecutionStrategy(address='tcp://x:1')\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert "pip install dynapipeline[dask]" in out.stdout
+
+
+# -- as a stream step ----------------------------------------------------------------------------------
+
+class Double(Stage):
+    def execute(self, x: int) -> int:
+        if x == 13:
+            raise ValueError("thirteen")
+        return 2 * x
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_a_stream_step_on_dask_keeps_every_item(dask_strategy, client, ordered):
+    maxsize = 4
+    outstanding = []
+
+    async def watch() -> None:
+        while True:
+            outstanding.append(sum(1 for key, state in list(client.futures.items())
+                                   if "run_items_task" in str(key) and state.status == "pending"))
+            await asyncio.sleep(0.002)
+
+    stage = Double(name="double")
+    stream = Stream(name="s", steps=[Step(stage, dask_strategy)], maxsize=maxsize, ordered=ordered,
+                    on_error="skip")
+    watcher = asyncio.ensure_future(watch())
+    try:
+        out = await stream.run(range(200))
+    finally:
+        watcher.cancel()
+    expected = [2 * x for x in range(200) if x != 13]
+    assert (out if ordered else sorted(out)) == expected
+    assert [(e.index, type(e.error), e.error.stage_name) for e in stream.errors] == [(13, ValueError, "double")]
+    assert 0 < max(outstanding) <= maxsize
+    assert stage.stats.count == 200
+
+
+async def test_a_stream_step_returns_or_raises_item_errors(dask_strategy):
+    out = await Stream(name="s", steps=[Step(Double(name="d"), dask_strategy)], on_error="return").run(range(15))
+    assert isinstance(out[13], ValueError) and out[13].stage_name == "d"
+    assert out[:13] == [2 * x for x in range(13)] and out[14] == 28
+    with pytest.raises(ValueError, match="thirteen"):
+        await Stream(name="s", steps=[Step(Double(name="d"), dask_strategy)]).run(range(20))
+
+
+async def test_a_stream_step_times_out_per_item(dask_strategy):
+    class Slow(Stage):
+        def execute(self, x: float) -> float:
+            time.sleep(x)
+            return x
+
+    stream = Stream(name="s", steps=[Step(Slow(name="slow", timeout=0.3), dask_strategy)], on_error="return")
+    out = await stream.run([0.0, 1.0, 0.0])
+    assert out[0] == 0.0 and out[2] == 0.0
+    assert isinstance(out[1], StageTimeoutError) and out[1].stage_name == "slow"
+
+
+async def test_a_stream_step_retries_an_item_whose_worker_was_lost(dask_strategy, client, tmp_path):
+    class DiesOnce(Stage):
+        folder: str
+
+        def execute(self, x: int) -> int:
+            mark = Path(self.folder, str(x))
+            if x == 1 and not mark.exists():
+                mark.write_text("died")
+                os._exit(3)
+            return x
+
+    stage = DiesOnce(name="once", folder=str(tmp_path), retries=1, retry_delay=0.05)
+    out = await Stream(name="s", steps=[Step(stage, dask_strategy)]).run(range(3))
+    assert out == [0, 1, 2]
+    await client.wait_for_workers(2)
+    (tmp_path / "again").mkdir()
+    never = DiesOnce(name="never", folder=str(tmp_path / "again"))  # no retries: the lost task fails its item
+    out = await Stream(name="s", steps=[Step(never, dask_strategy)], on_error="return").run([1])
+    assert isinstance(out[0], WorkerCrashedError) and out[0].stage_name == "never"
+    await client.wait_for_workers(2)
