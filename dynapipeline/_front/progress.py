@@ -115,8 +115,9 @@ class Progress:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         target = self.target
         if isinstance(target, Stream):
-            rows: list[tuple[str, ...]] = [(name, str(p.received), str(p.done), str(p.failed), str(p.in_flight), str(p.queued),
-                     f"{p.done / elapsed:.1f}") for name, p in target.progress.items()]
+            rows: list[tuple[str, ...]] = [
+                (name, str(p.received), str(p.done), str(p.failed), str(p.in_flight), str(p.queued),
+                 f"{p.done / elapsed:.1f}") for name, p in target.progress.items()]
             return _STREAM_HEAD, rows
         tree_rows: list[tuple[str, ...]] = []
         for depth, component in _tree(target):
