@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+import dynapipeline
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Stream
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
@@ -211,7 +212,7 @@ def test_process_stages_run_without_spans_and_the_group_records_worker_pids(span
             result = await handler.instrument(_pipeline([group], PipeLineType.ADVANCED)).run()
             return result, processes.worker_pids()
 
-    result, pids = asyncio.run(main())
+    result, pids = dynapipeline.run(main())  # on this leg's loop
     assert result == [["a"]]
     named = _by_name(exporter)
     assert set(named) == {"p", "g"}
