@@ -8,6 +8,7 @@ from importlib.metadata import version as _version
 
 from dynapipeline._engine import COMPILED as compiled
 from dynapipeline._front import PipelineFactory, PipeLineType, loop_name, run
+from dynapipeline._front.progress import Progress
 from dynapipeline._model import (
     AdvancedPipeline,
     Handler,
@@ -31,6 +32,7 @@ __all__ = [
     "PipeLineType",
     "Pipeline",
     "PipelineFactory",
+    "Progress",
     "SimplePipeline",
     "Stage",
     "StageGroup",

@@ -1,4 +1,8 @@
-"""Command line: ``dynapipeline info | bench | --version`` (also ``python -m dynapipeline ...``)."""
+"""Command line: ``dynapipeline info | bench | run | --version`` (also ``python -m dynapipeline ...``).
+
+argparse, not click or typer: three subcommands with a handful of options do not
+justify a dependency of the core package, and argparse gives ``--help`` per command.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     from dynapipeline._front.bench import add_parser as add_bench
 
     add_bench(sub)
+    from dynapipeline._front.run_command import add_parser as add_run
+
+    add_run(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

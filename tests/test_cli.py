@@ -6,10 +6,13 @@ import functools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import dynapipeline
@@ -94,3 +97,226 @@ def test_console_script_names_itself_in_help_and_prints_the_version() -> None:
     assert run([str(script), "--help"]).stdout.startswith("usage: dynapipeline [")
     assert run([str(script), "info", "--help"]).stdout.startswith("usage: dynapipeline info ")
     assert run([str(script), "--version"]).stdout == f"dynapipeline {dynapipeline.__version__}\n"
+
+
+# -- dynapipeline run -------------------------------------------------------------------------------
+
+TARGETS = '''
+import asyncio, os, sys
+from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Stream
+from dynapipeline.execution import MultiprocessExecutionStrategy, SequentialExecutionStrategy
+from dynapipeline.execution.cycle_strategies import InfiniteLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
+
+
+class Tick(Stage):
+    async def execute(self, *items):
+        await asyncio.sleep(0.001)
+
+
+class Boom(Stage):
+    async def execute(self):
+        raise RuntimeError("user boom")
+
+
+class Ready(Stage):
+    async def execute(self):
+        if not os.environ.get("READY_SAID"):
+            os.environ["READY_SAID"] = "1"
+            print("READY", flush=True)
+        await asyncio.sleep(0.01)
+
+
+class Pid(Stage):
+    def execute(self):
+        return os.getpid()
+
+
+class Stubborn(Stage):
+    async def execute(self):
+        print("READY", flush=True)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            print("IGNORING STOP", flush=True)
+            await asyncio.sleep(60)  # only a second cancellation ends this
+
+
+def pipeline_of(*groups, kind=PipeLineType.SIMPLE):
+    return PipelineFactory().create_pipeline(kind, "p", list(groups), OnceCycleStrategy(),
+                                             SequentialExecutionStrategy())
+
+
+def group_of(*stages, cycles=None, execution=None):
+    return StageGroup(name="g", stages=list(stages), cycle_strategy=cycles or LoopCycleStrategy(3),
+                      execution_strategy=execution or SequentialExecutionStrategy())
+
+
+pipeline = pipeline_of(group_of(Tick(name="tick")))
+boom = pipeline_of(group_of(Boom(name="boom")))
+stream = Stream(name="s", steps=[Tick(name="tick")], source=range(5))
+number = 3
+
+
+def forever():
+    return pipeline_of(group_of(Ready(name="ready"), cycles=InfiniteLoopStrategy()))
+
+
+async def which_loop():
+    print("loop:", type(asyncio.get_running_loop()).__module__.split(".")[0], flush=True)
+    return pipeline
+
+
+def with_workers():
+    processes = MultiprocessExecutionStrategy(1)
+
+    class Report(Stage):
+        async def execute(self):
+            print("WORKERS", *processes.worker_pids(), flush=True)
+            print("READY", flush=True)
+            await asyncio.sleep(60)
+
+    return pipeline_of(group_of(Pid(name="pid"), cycles=OnceCycleStrategy(), execution=processes),
+                       group_of(Report(name="report"), cycles=OnceCycleStrategy()), kind=PipeLineType.ADVANCED)
+
+
+def stubborn():
+    return pipeline_of(group_of(Stubborn(name="stubborn"), cycles=OnceCycleStrategy()))
+
+
+def wrong():
+    return 42
+'''
+
+
+@pytest.fixture
+def targets(tmp_path: Path) -> Path:
+    path = tmp_path / "targets.py"
+    path.write_text(TARGETS)
+    return path
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dynapipeline", "run", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(("target", "extra", "message"), [
+    ("missing.py:pipeline", (), "no such file: 'missing.py'"),
+    ("{file}:nothing", (), "has no attribute 'nothing'"),
+    ("{file}:number", (), "'number' in '{file}' is of type int; expected a Pipeline, Stream"),
+    ("{file}:Tick", (), "is the class Tick; name an instance or a function that returns one"),
+    ("{file}:wrong", (), "returned an object of type int; expected a Pipeline, Stream"),
+    ("{file}", (), "expected PATH_OR_MODULE:ATTR"),
+    ("no_such_module_here:pipeline", (), "no module named 'no_such_module_here'"),
+    ("{file}:pipeline", ("--loop", "trio"), "option --loop must be one of auto, asyncio, uvloop, got 'trio'"),
+])
+def test_run_bad_input_exits_2_with_one_line(targets: Path, target: str, extra: tuple[str, ...],
+                                             message: str) -> None:
+    result = _run(target.format(file=targets), *extra)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("dynapipeline run: error: ")
+    assert message.format(file=targets) in line
+
+
+def test_run_user_error_exits_1_with_the_users_traceback(targets: Path) -> None:
+    result = _run(f"{targets}:boom")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[-1] == "RuntimeError: user boom"
+    assert f'File "{targets}", line' in result.stderr and 'raise RuntimeError("user boom")' in result.stderr
+    assert "run_command.py" not in result.stderr  # the command's own frames are left out
+
+
+def test_run_error_while_loading_the_file_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text("import json\nvalue = json.loads('{')\n")
+    result = _run(f"{path}:value")
+    assert result.returncode == 1
+    assert f'File "{path}", line 2' in result.stderr and "JSONDecodeError" in result.stderr.splitlines()[-1]
+
+
+def test_run_with_report_prints_the_report(targets: Path) -> None:
+    result = _run(f"{targets}:pipeline", "--report")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()}
+    assert rows["p"][1:3] == ["SimplePipeline", "1"]
+    assert rows["tick"][1:3] == ["Tick", "3"]
+
+
+def test_run_a_module_by_name_from_the_current_folder(targets: Path) -> None:
+    result = _run("targets:stream", "--report", cwd=targets.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("s: 1 runs,")
+
+
+def test_run_with_progress_writes_lines_off_a_terminal(targets: Path) -> None:
+    result = _run(f"{targets}:pipeline", "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "done 'p'" in result.stderr and "'tick' kind=Tick cycles=- runs=3" in result.stderr
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_run_on_the_chosen_loop_with_an_async_factory(targets: Path, loop: str) -> None:
+    result = _run(f"{targets}:which_loop", "--loop", loop)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"loop: {loop}\n"
+
+
+def test_run_help_names_the_target_and_options() -> None:
+    out = _cli("run", "--help").stdout
+    for text in ("PATH_OR_MODULE:ATTR", "--loop", "--report", "--progress", "130"):
+        assert text in out
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen([sys.executable, "-m", "dynapipeline", "run", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert process.stdout is not None
+    lines = []
+    while True:
+        line = process.stdout.readline()
+        assert line, f"exited before READY: {lines} {process.stderr.read() if process.stderr else ''}"
+        lines.append(line)
+        if line == "READY\n":
+            process.lines = lines  # type: ignore[attr-defined]
+            return process
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_run_signal_stops_an_infinite_loop_cleanly(targets: Path, sig: int, code: int) -> None:
+    process = _start(f"{targets}:forever", "--report")
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert f"stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err
+    ready = next(line for line in out.splitlines() if line.split()[:1] == ["ready"])
+    assert int(ready.split()[2]) >= 1  # the report came after the stop
+
+
+def test_run_ctrl_c_leaves_no_worker_process(targets: Path) -> None:
+    process = _start(f"{targets}:with_workers")
+    [workers] = [line for line in process.lines if line.startswith("WORKERS")]  # type: ignore[attr-defined]
+    pids = [int(pid) for pid in workers.split()[1:]]
+    assert pids
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+                                              for child in children):
+        time.sleep(0.05)
+    assert all(not child.is_running() or child.status() == psutil.STATUS_ZOMBIE for child in children)
+
+
+def test_run_second_ctrl_c_cancels_a_run_that_ignores_stop(targets: Path) -> None:
+    process = _start(f"{targets}:stubborn")
+    process.send_signal(signal.SIGINT)
+    assert process.stdout is not None and process.stdout.readline() == "IGNORING STOP\n"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "stopped by SIGINT" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -27,3 +28,78 @@ def test_chained_groups_example_passes_results_on_and_keeps_the_failed_fetch():
     assert "fetched: [[4, 8], ConnectionError('south did not answer for 2024-06-01'), [2, 6]]" in out
     assert "transformed: [[4, 8, 2, 6], [2.0, 4.0, 1.0, 3.0]]" in out
     assert "summary: 2024-06-01: 4 readings, scaled total 10.0" in out
+
+
+def _example(name: str) -> subprocess.CompletedProcess[str]:
+    # Each example runs in about a second; 10 s is the most any may take.
+    return subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, check=True,
+                          timeout=10)
+
+
+def test_rate_limit_keeps_at_most_three_calls_in_flight():
+    out = _example("rate_limit.py").stdout
+    assert "12 calls, at most 3 at once" in out
+    assert "results in call order: 'call 0' ... 'call 11'" in out
+
+
+def test_stop_on_event_ends_the_loop_when_the_event_is_set():
+    assert _example("stop_on_event.py").stdout == "stopped after 5 readings; the loop returned None\n"
+
+
+def test_stop_cuts_a_stage_and_drain_finishes_the_cycle():
+    cut, drained = _example("stop_and_drain.py").stdout.splitlines()
+    loads, saves = (int(n) for n in re.search(r"(\d+) loads, (\d+) saves", cut).groups())
+    assert cut.startswith("stop(drain=False): run() returned None;") and "cut: ['" in cut
+    assert loads + saves >= 1
+    loads, saves = (int(n) for n in re.search(r"(\d+) loads, (\d+) saves", drained).groups())
+    assert drained.startswith("stop(drain=True): run() returned None;") and drained.endswith("cut: nothing")
+    assert loads == saves >= 1
+
+
+def test_timeouts_and_retries():
+    out = _example("timeouts_and_retries.py").stdout.splitlines()
+    assert out[0] == "flaky: ok after 3 attempts"
+    assert out[1] == "too few retries: attempt 2: connection dropped"
+    assert out[2].startswith("slow: stage 'slow' timed out after 0.1 s; gave up after")
+
+
+def test_handlers_log_time_and_retry():
+    result = _example("handlers.py")
+    assert result.stdout.splitlines() == ["19 bytes from https://example.org", "broken: connection reset (try 2)"]
+    log = result.stderr.splitlines()
+    assert log[0] == "INFO download: start"
+    assert log[1] == "WARNING download: ConnectionError('connection reset (try 1)'), retrying"
+    assert re.fullmatch(r"INFO download: took 0\.\d+ s", log[2])
+    assert log[3] == "INFO download: returned '19 bytes from https://example.org'"
+    assert log[-1] == "ERROR broken: failed with ConnectionError('connection reset (try 2)')"
+
+
+def test_progress_prints_counts_per_step():
+    result = _example("progress.py")
+    assert result.stdout == "294 parsed, 6 skipped\n"
+    final = [line for line in result.stderr.splitlines() if line.startswith("done 'ingest'")]
+    assert len(final) == 2
+    assert "'fetch' received=300 done=300 failed=0 in_flight=0 queued=0" in final[0]
+    assert "'parse' received=300 done=294 failed=6 in_flight=0 queued=0" in final[1]
+
+
+def test_otel_prints_nested_spans():
+    spans = _json_objects(_example("otel.py").stdout)
+    by_name = {span["name"]: span for span in spans}
+    assert set(by_name) == {"nightly", "fetch", "users", "orders"}
+    assert by_name["nightly"]["parent_id"] is None
+    assert by_name["fetch"]["parent_id"] == by_name["nightly"]["context"]["span_id"]
+    for stage in ("users", "orders"):
+        assert by_name[stage]["parent_id"] == by_name["fetch"]["context"]["span_id"]
+
+
+def _json_objects(text: str) -> list[dict]:
+    decoder = json.JSONDecoder()
+    objects, index = [], 0
+    while index < len(text):
+        if text[index].isspace():
+            index += 1
+            continue
+        obj, index = decoder.raw_decode(text, index)
+        objects.append(obj)
+    return objects

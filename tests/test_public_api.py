@@ -16,6 +16,7 @@ PUBLIC = (
     "dynapipeline.errors",
     "dynapipeline.execution",
     "dynapipeline.execution.cycle_strategies",
+    "dynapipeline.otel",
 )
 
 

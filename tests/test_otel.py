@@ -1,0 +1,251 @@
+"""OpenTelemetry spans, checked against the real SDK (InMemorySpanExporter + SimpleSpanProcessor)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+import dynapipeline
+from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Stream
+from dynapipeline.execution import (
+    ConcurrentExecutionStrategy,
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.execution.cycle_strategies import InfiniteLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
+from dynapipeline.otel import OpenTelemetryHandler
+from tests.helpers import Echo, Fail
+
+
+class Double(Stage):
+    async def execute(self, x: int) -> int:
+        return 2 * x
+
+
+class Blocking(Stage):
+    def execute(self) -> str:
+        return self.name
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[OpenTelemetryHandler, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield OpenTelemetryHandler(tracer_provider=provider), exporter
+    provider.shutdown()
+
+
+def _by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
+    finished = exporter.get_finished_spans()
+    named = {span.name: span for span in finished}
+    assert len(named) == len(finished), "one span per component run"
+    return named
+
+
+def _pipeline(groups: list[StageGroup], kind: PipeLineType = PipeLineType.SIMPLE,
+              execution: Any = None) -> Any:
+    return PipelineFactory().create_pipeline(kind, "p", groups, OnceCycleStrategy(),
+                                             execution or SequentialExecutionStrategy())
+
+
+def _parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def _span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
+
+
+async def test_spans_nest_pipeline_group_stage_with_attributes(spans: Any) -> None:
+    handler, exporter = spans
+    group = StageGroup(name="g", stages=[Echo(name="a", retries=2, timeout=5.0)],
+                       cycle_strategy=OnceCycleStrategy(), execution_strategy=SequentialExecutionStrategy())
+    pipeline = handler.instrument(_pipeline([group]))
+    assert await pipeline.run() == [["a"]]
+    named = _by_name(exporter)
+    assert set(named) == {"p", "g", "a"}
+    p, g, a = named["p"], named["g"], named["a"]
+    assert _parent_id(p) is None
+    assert _parent_id(g) == _span_id(p)
+    assert _parent_id(a) == _span_id(g)
+    assert len({span.context.trace_id for span in (p, g, a) if span.context}) == 1
+    assert dict(p.attributes or {}) == {
+        "dynapipeline.component.name": "p",
+        "dynapipeline.component.kind": "pipeline",
+        "dynapipeline.component.class": "SimplePipeline",
+        "dynapipeline.run": 1,
+        "dynapipeline.execution_strategy": "SequentialExecutionStrategy",
+        "dynapipeline.cycle_strategy": "OnceCycleStrategy",
+    }
+    assert g.attributes is not None and g.attributes["dynapipeline.component.kind"] == "group"
+    assert dict(a.attributes or {}) == {
+        "dynapipeline.component.name": "a",
+        "dynapipeline.component.kind": "stage",
+        "dynapipeline.component.class": "Echo",
+        "dynapipeline.run": 1,
+        "dynapipeline.execution_strategy": "SequentialExecutionStrategy",
+        "dynapipeline.retries": 2,
+        "dynapipeline.timeout": 5.0,
+    }
+    assert all(span.status.status_code is StatusCode.UNSET for span in named.values())
+
+
+async def test_a_handler_on_the_pipeline_alone_makes_only_the_pipeline_span(spans: Any) -> None:
+    handler, exporter = spans
+    group = StageGroup(name="g", stages=[Echo(name="a")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=SequentialExecutionStrategy())
+    pipeline = _pipeline([group])
+    pipeline.add_handler(handler)
+    await pipeline.run()
+    assert [span.name for span in exporter.get_finished_spans()] == ["p"]
+
+
+async def test_instrument_twice_attaches_once(spans: Any) -> None:
+    handler, exporter = spans
+    group = StageGroup(name="g", stages=[Echo(name="a")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=SequentialExecutionStrategy())
+    handler.instrument(group)
+    handler.instrument(group)
+    await group.run()
+    assert sorted(span.name for span in exporter.get_finished_spans()) == ["a", "g"]
+
+
+async def test_concurrent_siblings_are_both_children_of_the_group(spans: Any) -> None:
+    handler, exporter = spans
+    log: list[Any] = []
+    group = StageGroup(name="g", stages=[Echo(name="a", delay=0.05, log=log), Echo(name="b", delay=0.05, log=log)],
+                       cycle_strategy=OnceCycleStrategy(), execution_strategy=ConcurrentExecutionStrategy())
+    await handler.instrument(_pipeline([group])).run()
+    assert [e for e, _ in log[:2]] == ["start", "start"], "the siblings overlapped"
+    named = _by_name(exporter)
+    assert _parent_id(named["a"]) == _parent_id(named["b"]) == _span_id(named["g"])
+    assert named["a"].attributes is not None
+    assert named["a"].attributes["dynapipeline.execution_strategy"] == "ConcurrentExecutionStrategy"
+
+
+async def test_stage_error_is_recorded_with_status_error_up_the_tree(spans: Any) -> None:
+    handler, exporter = spans
+    group = StageGroup(name="g", stages=[Echo(name="ok"), Fail(name="bad")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=SequentialExecutionStrategy())
+    with pytest.raises(ValueError, match="bad"):
+        await handler.instrument(_pipeline([group])).run()
+    named = _by_name(exporter)
+    assert named["ok"].status.status_code is StatusCode.UNSET
+    for name in ("bad", "g", "p"):
+        assert named[name].status.status_code is StatusCode.ERROR
+        assert named[name].status.description == "ValueError: bad"
+    [event] = named["bad"].events
+    assert event.name == "exception"
+    assert event.attributes is not None and event.attributes["exception.type"] == "ValueError"
+
+
+async def test_cancelled_sibling_is_marked_cancelled_not_failed(spans: Any) -> None:
+    handler, exporter = spans
+    group = StageGroup(name="g", stages=[Echo(name="slow", delay=5), Fail(name="bad", delay=0.01)],
+                       cycle_strategy=OnceCycleStrategy(), execution_strategy=ConcurrentExecutionStrategy())
+    with pytest.raises(ValueError):
+        await handler.instrument(group).run()
+    named = _by_name(exporter)
+    assert named["slow"].attributes is not None and named["slow"].attributes["dynapipeline.cancelled"] is True
+    assert named["slow"].status.status_code is StatusCode.UNSET
+    assert named["bad"].status.status_code is StatusCode.ERROR
+
+
+async def test_run_number_counts_cycles(spans: Any) -> None:
+    handler, exporter = spans
+    group = StageGroup(name="g", stages=[Echo(name="a")], cycle_strategy=LoopCycleStrategy(3),
+                       execution_strategy=SequentialExecutionStrategy())
+    await handler.instrument(group).run()
+    runs = [span.attributes["dynapipeline.run"] for span in exporter.get_finished_spans()
+            if span.name == "a" and span.attributes]
+    assert runs == [1, 2, 3]
+
+
+async def test_stop_of_an_infinite_loop_ends_every_span(spans: Any) -> None:
+    handler, exporter = spans
+    group = StageGroup(name="g", stages=[Echo(name="a", delay=0.01)], cycle_strategy=InfiniteLoopStrategy(),
+                       execution_strategy=SequentialExecutionStrategy())
+    pipeline = handler.instrument(_pipeline([group]))
+    task = asyncio.ensure_future(pipeline.run())
+    await asyncio.sleep(0.1)
+    pipeline.stop()
+    assert await asyncio.wait_for(task, 10) is None
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names.count("p") == 1 and names.count("g") == 1 and names.count("a") >= 2
+
+
+async def test_thread_stages_are_children_of_their_group_and_name_their_thread(spans: Any) -> None:
+    handler, exporter = spans
+    group = StageGroup(name="g", stages=[Blocking(name="a"), Blocking(name="b")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=MultithreadExecutionStrategy(2))
+    assert await handler.instrument(_pipeline([group], PipeLineType.ADVANCED)).run() == [["a", "b"]]
+    named = _by_name(exporter)
+    for name in ("a", "b"):
+        attributes = named[name].attributes or {}
+        assert _parent_id(named[name]) == _span_id(named["g"])
+        assert str(attributes["thread.name"]).startswith("dynapipeline-thread-")
+    assert "thread.name" not in (named["g"].attributes or {})
+
+
+def test_process_stages_run_without_spans_and_the_group_records_worker_pids(spans: Any) -> None:
+    handler, exporter = spans
+
+    async def main() -> Any:
+        async with MultiprocessExecutionStrategy(1) as processes:
+            group = StageGroup(name="g", stages=[Blocking(name="a")], cycle_strategy=OnceCycleStrategy(),
+                               execution_strategy=processes)
+            result = await handler.instrument(_pipeline([group], PipeLineType.ADVANCED)).run()
+            return result, processes.worker_pids()
+
+    result, pids = dynapipeline.run(main())  # on this leg's loop
+    assert result == [["a"]]
+    named = _by_name(exporter)
+    assert set(named) == {"p", "g"}
+    assert named["g"].attributes is not None
+    assert list(named["g"].attributes["dynapipeline.worker_pids"]) == pids and pids[0] != os.getpid()
+
+
+async def test_stream_step_spans_are_children_of_the_stream(spans: Any) -> None:
+    handler, exporter = spans
+    stream = handler.instrument(Stream(name="s", steps=[Double(name="double")]))
+    assert await stream.run([1, 2]) == [2, 4]
+    finished = exporter.get_finished_spans()
+    [outer] = [span for span in finished if span.name == "s"]
+    steps = [span for span in finished if span.name == "double"]
+    assert len(steps) == 2 and all(_parent_id(span) == _span_id(outer) for span in steps)
+    assert outer.attributes is not None and outer.attributes["dynapipeline.component.kind"] == "stream"
+
+
+def test_deepcopy_keeps_the_handler() -> None:
+    handler = OpenTelemetryHandler(tracer_provider=TracerProvider())
+    stage = handler.instrument(Echo(name="a"))
+    assert copy.deepcopy(stage).handlers[0] is handler
+
+
+def test_without_opentelemetry_the_import_error_names_the_extra() -> None:
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["opentelemetry"] = None  # as if it were not installed
+        try:
+            import dynapipeline.otel
+        except ImportError as error:
+            print(error)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    assert "pip install 'dynapipeline[otel]'" in out
