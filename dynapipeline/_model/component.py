@@ -17,7 +17,7 @@ from dynapipeline._model.contexts import Context
 from dynapipeline._model.handlers import Handler
 from dynapipeline.errors import ConfigurationError, kind_of
 
-__all__ = ["Component", "ComponentStats", "Flat", "Stage"]
+__all__ = ["Component", "ComponentStats", "Flat", "Stage", "collecting"]
 
 private_of: Callable[[BaseModel], dict[str, Any]] = operator.attrgetter("__pydantic_private__")
 """A component's private attributes, read without pydantic's ``__getattr__`` (for hot paths)."""
@@ -125,7 +125,7 @@ class Component(BaseModel):
 
     def _bind_runner(self) -> None:
         # The runner holds the bound ``execute``: a copy must never share the original's.
-        self._runner = Runner(self, self.name, _collecting(self.execute))
+        self._runner = Runner(self, self.name, collecting(self.execute))
         if self.handlers:
             self._runner.set_handlers(self.handlers)
 
@@ -242,7 +242,7 @@ class Flat(list[Any]):
 _GENERATORS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
-def _collecting(execute: Callable[..., Any]) -> Callable[..., Any]:
+def collecting(execute: Callable[..., Any]) -> Callable[..., Any]:
     """``execute`` itself, or for a generator ``execute`` a function that runs it to the end into a ``Flat``.
 
     So that timing, timeout, retries and handlers cover the whole generator, and a

@@ -9,10 +9,10 @@ import inspect
 import math
 from typing import Any
 
-from dynapipeline._model.component import Stage
+from dynapipeline._model.component import Stage, collecting
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["check_max_workers", "drive", "needs_loop", "run_component", "time_limit"]
+__all__ = ["check_max_workers", "drive", "needs_loop", "plain_call", "run_component", "time_limit"]
 
 _ASYNC_EXECUTE: dict[type, bool] = {}
 
@@ -36,6 +36,18 @@ def needs_loop(component: Any) -> bool:
             if hook is not None and inspect.iscoroutinefunction(hook):
                 return True
     return False
+
+
+def plain_call(stage: Any) -> Any:
+    """The function to call directly for a plain-``def`` Stage with no handlers, timeout or retries, else None.
+
+    Such a stage's run is its ``execute`` call and a clock reading on each side,
+    so a worker running many items of it (a stream step) skips the runner's
+    coroutine per item and records the timing itself (``Runner.record``).
+    """
+    if needs_loop(stage) or stage.handlers or (stage.timeout is not None and stage.timeout > 0):
+        return None
+    return collecting(stage.execute)
 
 
 def drive(coro: Any) -> Any:

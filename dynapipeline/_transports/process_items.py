@@ -182,21 +182,29 @@ class ProcessItems(ItemRunner):
         if reply.timing and reply.timing[2]:
             per_item = reply.timing[3] / reply.timing[2]
             self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
-        for i, item in zip(batch, reply.results, strict=True):
-            if not item.ok:
-                results[i] = (False, self._error(item, pid))
-                continue
-            try:
-                results[i] = (True, pickle.loads(item.value))
-            except Exception as unpickling:
+        try:
+            values = pickle.loads(reply.values)
+        except Exception as unpickling:
+            # The chunk's results travel as one pickle: which of them cannot be rebuilt here is not known.
+            for i in batch:
                 failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
-                                        f"parent process ({type(unpickling).__name__}: {unpickling})")
+                                        f"parent process ({type(unpickling).__name__}: {unpickling}); every item "
+                                        f"of its chunk of {len(batch)} fails with it")
                 failure.__cause__ = unpickling
                 tag(failure, self.name, pid)
                 results[i] = (False, failure)
+            return
+        failures = reply.failures
+        if not failures:
+            for i, value in zip(batch, values, strict=True):
+                results[i] = (True, value)
+            return
+        for position, (i, value) in enumerate(zip(batch, values, strict=True)):
+            failed = failures.get(position)
+            results[i] = (True, value) if failed is None else (False, self._error(failed, pid))
 
     def _error(self, item: ItemResult, pid: int) -> BaseException:
-        error, cause = remote_error(item.value, item.traceback, item.text, self.name)
+        error, cause = remote_error(item.error, item.traceback, item.text, self.name)
         error.__cause__ = cause
         tag(error, self.name, pid)
         return error

@@ -64,10 +64,9 @@ class MapCall(NamedTuple):
 
 
 class ItemResult(NamedTuple):
-    """The outcome of one item of a ``MapCall``."""
+    """The outcome of one item that failed in a ``MapCall``."""
 
-    ok: bool
-    value: bytes  # the pickled result when ok, else the pickled exception (b"" if it cannot travel)
+    error: bytes  # the pickled exception (b"" if it cannot travel)
     traceback: str
     text: str  # "Type: message" of the error, for when it cannot travel
 
@@ -75,6 +74,7 @@ class ItemResult(NamedTuple):
 class MapReply(NamedTuple):
     """Worker to parent: the outcome of one ``MapCall``."""
 
-    results: list[ItemResult]  # one per item, in order; empty when the stage could not be rebuilt
+    values: bytes  # pickle of the list of results, one per item (None where the item failed)
+    failures: dict[int, ItemResult]  # position in the chunk -> why that item failed
     timing: tuple[Any, ...]  # the stage's timing over this chunk's items only (the parent adds it up)
     unloadable: ItemResult | None = None  # the error rebuilding the stage or the items, if any

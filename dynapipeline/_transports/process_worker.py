@@ -18,6 +18,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -25,7 +26,7 @@ import cloudpickle
 
 from dynapipeline._engine import RunControl, current_control
 from dynapipeline._model.group import Container
-from dynapipeline._transports.calling import needs_loop, run_component
+from dynapipeline._transports.calling import needs_loop, plain_call, run_component
 from dynapipeline._transports.process_messages import (
     IDLE,
     MAX_KEPT_STAGES,
@@ -179,11 +180,13 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
 
 
 def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
-    """Run each item of a stream step's chunk through the step's stage; one ``ItemResult`` per item.
+    """Run each item of a stream step's chunk through the step's stage; the pickled ``MapReply``.
 
     The stage arrives once per worker (``call.stage`` is empty afterwards) and is kept
     here. Its timing stats are reset before the chunk, so the reply carries this
-    chunk's share, which the parent adds to the stage's own stats.
+    chunk's share, which the parent adds to the stage's own stats. The results
+    travel as one pickled list; only when that fails are they pickled one by one,
+    to fail just the items whose result cannot be pickled.
     """
     stages: dict[int, Any] = state.setdefault("stages", {})
     try:
@@ -194,33 +197,65 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
         stage = stages[call.stage_id]
         items = pickle.loads(call.items)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
-        failure = ItemResult(False, error_bytes(error), traceback.format_exc(), f"{type(error).__qualname__}: {error}")
-        return pickle.dumps(MapReply([], (), failure), protocol=pickle.HIGHEST_PROTOCOL)
+        failure = _item_failure(error, traceback.format_exc())
+        return pickle.dumps(MapReply(b"", {}, (), failure), protocol=pickle.HIGHEST_PROTOCOL)
     runner = stage.__pydantic_private__["_runner"]
     runner.reset_stats()
-    loop = None
-    if needs_loop(stage):
-        loop = state.get("loop")
-        if loop is None:
-            loop = state["loop"] = asyncio.new_event_loop()
-    results = []
-    no_kwargs: dict[str, Any] = {}
-    for position, item in enumerate(items):
-        current.value = position
-        try:
-            value = run_component(stage, (item,), no_kwargs, loop)
-        except BaseException as error:  # noqa: B902 - everything goes back to the parent
-            text = f"{type(error).__qualname__}: {error}"
-            results.append(ItemResult(False, error_bytes(error), traceback.format_exc(), text))
-            continue
-        try:
-            results.append(ItemResult(True, _dump_value(value), "", ""))
-        except Exception as bad:
-            unpicklable = TypeError(f"stage {stage.name!r} returned a result that cannot be pickled "
-                                    f"({type(value).__name__}: {bad})")
-            results.append(ItemResult(False, error_bytes(unpicklable), "", f"TypeError: {unpicklable}"))
+    values: list[Any] = []
+    failures: dict[int, ItemResult] = {}
+    plain = plain_call(stage)
+    if plain is not None:
+        clock = time.perf_counter  # the engine's clock: Runner.record takes its readings
+        record = runner.record
+        for position, item in enumerate(items):
+            current.value = position
+            t0 = clock()
+            try:
+                values.append(plain(item))
+            except BaseException as error:  # noqa: B902 - everything goes back to the parent
+                record(t0, clock())
+                values.append(None)
+                failures[position] = _item_failure(error, traceback.format_exc())
+                continue
+            record(t0, clock())
+    else:
+        loop = None
+        if needs_loop(stage):
+            loop = state.get("loop")
+            if loop is None:
+                loop = state["loop"] = asyncio.new_event_loop()
+        no_kwargs: dict[str, Any] = {}
+        for position, item in enumerate(items):
+            current.value = position
+            try:
+                values.append(run_component(stage, (item,), no_kwargs, loop))
+            except BaseException as error:  # noqa: B902 - everything goes back to the parent
+                values.append(None)
+                failures[position] = _item_failure(error, traceback.format_exc())
     current.value = IDLE
-    return pickle.dumps(MapReply(results, runner.timing()), protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        blob = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        blob = _dump_values_one_by_one(stage.name, values, failures)
+    return pickle.dumps(MapReply(blob, failures, runner.timing()), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _dump_values_one_by_one(name: str, values: list[Any], failures: dict[int, ItemResult]) -> bytes:
+    """The results pickled with cloudpickle where pickle cannot; one that neither can becomes its item's failure."""
+    for position, value in enumerate(values):
+        try:
+            _dump_value(value)
+        except Exception as bad:
+            values[position] = None
+            unpicklable = TypeError(f"stage {name!r} returned a result that cannot be pickled "
+                                    f"({type(value).__name__}: {bad})")
+            failures[position] = _item_failure(unpicklable, "")
+    data: bytes = cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
+
+
+def _item_failure(error: BaseException, tb: str) -> ItemResult:
+    return ItemResult(error_bytes(error), tb, f"{type(error).__qualname__}: {error}")
 
 
 def run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
