@@ -103,3 +103,10 @@ def _json_objects(text: str) -> list[dict]:
         obj, index = decoder.raw_decode(text, index)
         objects.append(obj)
     return objects
+
+
+def test_stream_etl_saves_every_good_record_and_skips_the_malformed():
+    out = _example("stream_etl.py").stdout
+    assert "99,990 records saved in 200 batches, 10 skipped" in out
+    assert "parse   received=100,000 done=99,990 failed=10" in out
+    assert "first skipped: item 9999 at step 'parse': ValueError(" in out
