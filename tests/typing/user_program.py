@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import dynapipeline
-from dynapipeline import Handler, Pipeline, PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline import Handler, Pipeline, PipelineFactory, PipeLineType, Stage, StageGroup, Step, StepProgress, Stream
 from dynapipeline.contexts import AsyncLockableContext, Context, ProtectedContext
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
@@ -140,6 +141,22 @@ async def main() -> None:
                      ConcurrentExecutionStrategy(return_exceptions=True))
     ok, failed = await gathered.run(1)
     assert ok == 2 and isinstance(failed, TypeError)
+
+    # Items flowing through steps: a bare stage, a step with a strategy, a batch step, a generator source.
+    def numbers() -> Iterator[int]:
+        yield from range(4)
+
+    stream = Stream(name="items", steps=[Double(name="s1"), Step(Double(name="s2"), SemaphoreExecutionStrategy(2)),
+                                         Step(Double(name="s3"), batch=2, batch_timeout=0.1)],
+                    maxsize=10, ordered=True, on_error="skip")
+    assert await stream.run(numbers()) == [[0, 4, 0, 4], [8, 12, 8, 12]]
+    counts: StepProgress = stream.progress["s1"]
+    assert counts.done == 4 and stream.errors == []
+    async for _ in stream.iterate(range(2)):
+        pass
+    in_pipeline = PipelineFactory().create_pipeline(
+        PipeLineType.SIMPLE, "with a stream", [stream], OnceCycleStrategy(), SequentialExecutionStrategy())
+    assert await in_pipeline.run(range(2)) == [[[0, 4]]]
 
     custom = PipelineFactory().create_pipeline(
         PipeLineType.CUSTOM, "custom", [group("once", [Double(name="d")], SequentialExecutionStrategy())],
