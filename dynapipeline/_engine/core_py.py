@@ -60,7 +60,7 @@ _EPOCH_OFFSET = time.time() - time.perf_counter()
 EPOCH_OFFSET = _EPOCH_OFFSET
 """Epoch seconds minus ``time.perf_counter()``: turns the engine's clock readings into ``start_time``/``end_time``."""
 RING = 64
-"""Durations of the last ``RING`` runs each component keeps for its percentiles (core_c.pxd sizes its array to match)."""
+"""How many durations (the last runs') each component keeps for its percentiles; core_c.pxd sizes its array so."""
 _RING_MASK = RING - 1
 _SLOWEST = 5  # each component keeps its 5 slowest runs, so any 5 slowest of a report are among them
 _CancelledError = asyncio.CancelledError
