@@ -16,6 +16,7 @@ from dynapipeline._model import (
     Stage,
     StageGroup,
 )
+from dynapipeline._model.report import ComponentReport, Report, SlowRun
 from dynapipeline._model.stream import ItemError, Step, StepProgress, Stream
 
 try:
@@ -26,12 +27,15 @@ except _PackageNotFoundError:  # a source tree on sys.path that was never instal
 
 __all__ = [
     "AdvancedPipeline",
+    "ComponentReport",
     "Handler",
     "ItemError",
     "PipeLineType",
     "Pipeline",
     "PipelineFactory",
+    "Report",
     "SimplePipeline",
+    "SlowRun",
     "Stage",
     "StageGroup",
     "Step",
