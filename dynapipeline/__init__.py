@@ -8,6 +8,7 @@ from importlib.metadata import version as _version
 
 from dynapipeline._engine import COMPILED as compiled
 from dynapipeline._front import PipelineFactory, PipeLineType, loop_name, run
+from dynapipeline._front.tracer import Tracer
 from dynapipeline._model import (
     AdvancedPipeline,
     Handler,
@@ -41,6 +42,7 @@ __all__ = [
     "Step",
     "StepProgress",
     "Stream",
+    "Tracer",
     "__version__",
     "compiled",
     "loop_name",

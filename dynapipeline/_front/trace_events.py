@@ -1,0 +1,168 @@
+"""Turning what a tracer collected into Chrome trace events (the JSON format Perfetto and chrome://tracing open).
+
+- One complete (``"X"``) slice per run of a pipeline, group, stream or stage, on
+  the process and thread it ran on; stream steps get a slice each too. Args:
+  the component's kind, its ``cycle`` (which run of it this was), the stream
+  ``item`` index, ``error`` when it raised, and for runs in a thread or process
+  the ``wait ms``/``ship ms`` of that run.
+- Slices on one thread must nest; runs that overlap without nesting (concurrent
+  stages on one event loop) go to extra tracks of that thread, named
+  ``"<thread> (concurrent k)"``, with the real thread id in the ``tid`` arg.
+- Flow arrows (``"s"``/``"f"``) go from the dispatch on the event loop to the run
+  in a worker thread or process.
+- Metadata (``"M"``) names each process (``dynapipeline`` and ``worker <pid>``)
+  and track.
+
+Times are ``time.perf_counter()`` readings of every process, on one time line:
+it is the system-wide monotonic clock on Linux (``CLOCK_MONOTONIC``) and macOS,
+so a worker's readings compare with the parent's without any conversion
+(``time.time()`` would follow wall-clock steps). ``ts``/``dur`` are microseconds
+since the tracer started.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from dynapipeline._model import Pipeline, Stage
+from dynapipeline._model.group import Container
+from dynapipeline._model.stream import Stream
+
+__all__ = ["trace_events"]
+
+_LANE_TID = 1_000_000_000  # tracks for overlapping runs get ids from here (real thread ids are below)
+
+
+@dataclass
+class _Slice:
+    name: str
+    cat: str
+    pid: int
+    tid: int
+    start: int  # ns since the tracer started
+    end: int
+    args: dict[str, Any]
+    runner: Any = None
+    lane: int = 0
+    track: int = 0  # the tid written: the real one on lane 0, a synthetic one on the others
+
+
+def trace_events(sink: Any, started: float) -> list[dict[str, Any]]:
+    """The trace events for what ``sink`` (a ``TraceSink``) collected since ``started`` (perf_counter)."""
+    here = os.getpid()
+
+    def ns(t: float) -> int:
+        return round((t - started) * 1e9)
+
+    slices: list[_Slice] = []
+    threads: dict[tuple[int, int], str] = {(here, tid): name for tid, name in sink.threads.items()}
+    for runner, t0, t1, tid, cycle, failed, item in sink.runs:
+        slices.append(_run_slice(runner, here, tid, ns(t0), ns(t1), cycle, failed, item))
+    for pid, names, runs in sink.remote:
+        threads.update({(pid, tid): name for tid, name in names.items()})
+        for runner, t0, t1, tid, cycle, failed, item in runs:
+            slices.append(_run_slice(runner, pid, tid, ns(t0), ns(t1), cycle, failed, item))
+    for name, cat, t0, t1, tid, args in sink.spans:
+        slices.append(_Slice(name, cat, here, tid, ns(t0), ns(t1), dict(args)))
+    tracks = _assign_lanes(slices, threads)
+    flows = _flows(sink.flows, slices, here, ns)
+    events: list[dict[str, Any]] = []
+    for pid in sorted({s.pid for s in slices} | {here}):
+        label = "dynapipeline" if pid == here else f"worker {pid}"
+        events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": label}})
+        events.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0,
+                       "args": {"sort_index": 0 if pid == here else 1}})
+    for (pid, track), name in sorted(tracks.items()):
+        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": track, "args": {"name": name}})
+    for s in sorted(slices, key=lambda s: (s.start, -s.end)):
+        events.append({"ph": "X", "name": s.name, "cat": s.cat, "pid": s.pid, "tid": s.track,
+                       "ts": s.start / 1e3, "dur": (s.end - s.start) / 1e3, "args": s.args})
+    return events + flows
+
+
+def _run_slice(runner: Any, pid: int, tid: int, start: int, end: int, cycle: int, failed: bool,
+               item: Any) -> _Slice:
+    owner = runner.owner
+    args: dict[str, Any] = {"kind": type(owner).__name__, "cycle": cycle}
+    if item is not None:
+        args["item"] = item
+    if failed:
+        args["error"] = True
+    return _Slice(runner.name, _category(owner), pid, tid, start, end, args, runner)
+
+
+def _category(component: Any) -> str:
+    if isinstance(component, Stage):
+        return "stage"
+    if isinstance(component, Pipeline):
+        return "pipeline"
+    if isinstance(component, Stream):
+        return "stream"
+    return "group" if isinstance(component, Container) else "component"
+
+
+def _assign_lanes(slices: list[_Slice], threads: dict[tuple[int, int], str]) -> dict[tuple[int, int], str]:
+    """Put each slice on the first track of its thread where it nests; the tracks' names by (pid, track id)."""
+    by_thread: dict[tuple[int, int], list[_Slice]] = {}
+    for s in slices:
+        by_thread.setdefault((s.pid, s.tid), []).append(s)
+    tracks: dict[tuple[int, int], str] = {}
+    next_track: dict[int, int] = {}
+    for (pid, tid), members in by_thread.items():
+        name = threads.get((pid, tid), f"thread {tid}")
+        lanes: list[list[_Slice]] = []  # each lane: the stack of slices open at the current time
+        ids: list[int] = []
+        members.sort(key=lambda s: (s.start, -s.end))
+        for s in members:
+            for lane, stack in enumerate(lanes):
+                while stack and stack[-1].end <= s.start:
+                    stack.pop()
+                if not stack or stack[-1].end >= s.end:
+                    break
+            else:
+                lane = len(lanes)
+                lanes.append([])
+                if lane == 0:
+                    ids.append(tid)
+                else:
+                    track = next_track.get(pid, _LANE_TID) + 1
+                    next_track[pid] = track
+                    ids.append(track)
+                tracks[(pid, ids[lane])] = name if lane == 0 else f"{name} (concurrent {lane})"
+            lanes[lane].append(s)
+            s.lane = lane
+            s.track = ids[lane]
+            if lane:
+                s.args["tid"] = tid
+    return tracks
+
+
+def _flows(flows: list[tuple[Any, ...]], slices: list[_Slice], here: int, ns: Any) -> list[dict[str, Any]]:
+    """Arrows from the dispatching thread to each run in a worker thread or process."""
+    runs: dict[tuple[int, int], list[_Slice]] = {}
+    by_thread: dict[tuple[int, int], list[_Slice]] = {}
+    for s in slices:
+        if s.runner is not None:
+            runs.setdefault((id(s.runner), s.pid), []).append(s)
+        by_thread.setdefault((s.pid, s.tid), []).append(s)
+    events = []
+    for number, (runner, sent, from_tid, pid, started, args) in enumerate(flows, 1):
+        candidates = runs.get((id(runner), here if pid is None else pid))
+        if not candidates:
+            continue
+        at = ns(started)
+        target = min(candidates, key=lambda s: abs(s.start - at))
+        target.args.update(args)
+        sent_at = ns(sent)
+        # The arrow leaves from the innermost slice open on the dispatching thread at that moment.
+        around = [s for s in by_thread.get((here, from_tid), []) if s.start <= sent_at <= s.end]
+        if not around:
+            continue
+        source = min(around, key=lambda s: s.end - s.start)
+        common = {"name": "dispatch", "cat": "dispatch", "id": number}
+        events.append({**common, "ph": "s", "pid": here, "tid": source.track, "ts": sent_at / 1e3})
+        events.append({**common, "ph": "f", "bp": "e", "pid": target.pid, "tid": target.track,
+                       "ts": target.start / 1e3})
+    return events
