@@ -116,12 +116,14 @@ def _assign_lanes(slices: list[_Slice], threads: dict[tuple[int, int], str]) -> 
         ids: list[int] = []
         members.sort(key=lambda s: (s.start, -s.end))
         for s in members:
-            for lane, stack in enumerate(lanes):
+            lane = -1
+            for index, stack in enumerate(lanes):
                 while stack and stack[-1].end <= s.start:
                     stack.pop()
                 if not stack or stack[-1].end >= s.end:
+                    lane = index
                     break
-            else:
+            if lane < 0:
                 lane = len(lanes)
                 lanes.append([])
                 if lane == 0:

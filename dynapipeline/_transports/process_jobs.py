@@ -126,10 +126,13 @@ def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
         _collect_reply(job, outcome, results)
     elif isinstance(outcome, TimedOut):
         runner = job.runners[0]
+        _record_lost_run(job, runner)
         raise StageTimeoutError(runner.name, runner.owner.timeout)
     elif isinstance(outcome, Crashed):
         position = outcome.position
         runner = job.runners[position if 0 <= position < len(job.runners) else 0]
+        if 0 <= position < len(job.runners):
+            _record_lost_run(job, runner)
         raise WorkerCrashedError(runner.name, outcome.pid, outcome.exitcode)
     else:
         raise WorkerCrashedError(job.runners[0].name, outcome.pid, None)
@@ -174,6 +177,12 @@ def _collect_reply(job: Job, replied: Replied, results: list[Any]) -> None:
         name = getattr(error, "stage_name", None) or name
     _tag(error, name, pid)
     raise error from cause
+
+
+def _record_lost_run(job: Job, runner: Any) -> None:
+    """Count a run whose worker was killed (deadline) or died as a failed run, timed as the parent saw it."""
+    if job.sent_at:
+        runner.record_failed(job.sent_at, time.perf_counter())
 
 
 def _apply_timings(runner: Any, timings: list[tuple[Any, ...]], place: str) -> None:
