@@ -15,12 +15,11 @@ import json
 import os
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Echo
+from helpers import Echo, check_trace_format
 
 import dynapipeline
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream, Tracer
@@ -48,45 +47,6 @@ class Nap(Stage):
 class Die(Stage):
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         os._exit(3)
-
-
-def check_trace_format(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """Assert the trace-event format's required fields per phase, and X slices nesting per track."""
-    events = document["traceEvents"]
-    assert isinstance(events, list) and events
-    flows: dict[Any, list[str]] = defaultdict(list)
-    for event in events:
-        ph = event["ph"]
-        assert isinstance(event["pid"], int) and isinstance(event["tid"], int), event
-        assert isinstance(event["name"], str) and event["name"], event
-        if ph == "X":
-            assert isinstance(event["ts"], (int, float)) and isinstance(event["dur"], (int, float)), event
-            assert event["dur"] >= 0 and isinstance(event["cat"], str), event
-            assert isinstance(event.get("args", {}), dict), event
-        elif ph == "M":
-            assert event["name"] in ("process_name", "thread_name", "process_sort_index"), event
-            assert isinstance(event["args"], dict) and event["args"], event
-        elif ph in ("s", "f"):
-            assert isinstance(event["ts"], (int, float)) and "id" in event and event["cat"], event
-            if ph == "f":
-                assert event["bp"] == "e", event
-            flows[event["id"]].append(ph)
-        else:
-            raise AssertionError(f"unexpected phase {ph!r}")
-    assert all(sorted(phases) == ["f", "s"] for phases in flows.values()), flows
-    tracks: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
-    for event in events:
-        if event["ph"] == "X":
-            tracks[(event["pid"], event["tid"])].append((event["ts"], event["ts"] + event["dur"]))
-    for track, spans in tracks.items():
-        spans.sort(key=lambda span: (span[0], -span[1]))
-        open_ends: list[float] = []
-        for start, end in spans:
-            while open_ends and open_ends[-1] <= start:
-                open_ends.pop()
-            assert not open_ends or end <= open_ends[-1], f"slices overlap without nesting on {track}"
-            open_ends.append(end)
-    return list(events)
 
 
 def slices(events: list[dict[str, Any]], name: str | None = None) -> list[dict[str, Any]]:
