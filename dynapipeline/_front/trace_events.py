@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynapipeline._model import Pipeline, Stage
+from dynapipeline._model.component import private_of
 from dynapipeline._model.group import Container
 from dynapipeline._model.stream import Stream
 
@@ -47,6 +48,8 @@ class _Slice:
     runner: Any = None
     lane: int = 0
     track: int = 0  # the tid written: the real one on lane 0, a synthetic one on the others
+    known: bool = False  # whether its parent component is known (then ``parent`` is its run on this thread)
+    parent: Any = None
 
 
 def trace_events(sink: Any, started: float) -> list[dict[str, Any]]:
@@ -66,6 +69,7 @@ def trace_events(sink: Any, started: float) -> list[dict[str, Any]]:
             slices.append(_run_slice(runner, pid, tid, ns(t0), ns(t1), cycle, failed, item))
     for name, cat, t0, t1, tid, args in sink.spans:
         slices.append(_Slice(name, cat, here, tid, ns(t0), ns(t1), dict(args)))
+    _link_parents(slices)
     tracks = _assign_lanes(slices, threads)
     flows = _flows(sink.flows, slices, here, ns)
     events: list[dict[str, Any]] = []
@@ -103,8 +107,53 @@ def _category(component: Any) -> str:
     return "group" if isinstance(component, Container) else "component"
 
 
+def _link_parents(slices: list[_Slice]) -> None:
+    """Point each run's slice at the slice of its container's run around it on the same thread, if any."""
+    container_of: dict[int, Any] = {}
+    seen: set[int] = set()
+    for s in slices:
+        if s.runner is not None and id(s.runner) not in seen:
+            seen.add(id(s.runner))
+            for depth, member in s.runner.owner._walk(0):
+                if depth == 1:
+                    container_of[id(private_of(member)["_runner"])] = s.runner
+    runs: dict[tuple[int, int, int], list[_Slice]] = {}
+    for s in slices:
+        if s.runner is not None:
+            runs.setdefault((id(s.runner), s.pid, s.tid), []).append(s)
+    for s in slices:
+        container = container_of.get(id(s.runner)) if s.runner is not None else None
+        if container is None:
+            continue
+        s.known = True
+        around = [c for c in runs.get((id(container), s.pid, s.tid), ()) if c.start <= s.start and s.end <= c.end]
+        if around:
+            s.parent = min(around, key=lambda c: c.end - c.start)
+
+
+def _fits(stack: list[_Slice], s: _Slice) -> bool:
+    """Whether ``s`` nests on a track whose open slices are ``stack``, under its own container's run.
+
+    A run whose container ran on another thread (or in the parent process) starts an
+    empty track; one whose container is unknown (a stream step) nests under whatever
+    contains it.
+    """
+    if not stack:
+        return not s.known or s.parent is None
+    top = stack[-1]
+    if top.end < s.end:
+        return False
+    if not s.known:
+        return True
+    return top is s.parent or (top.runner is None and s.parent in stack)
+
+
 def _assign_lanes(slices: list[_Slice], threads: dict[tuple[int, int], str]) -> dict[tuple[int, int], str]:
-    """Put each slice on the first track of its thread where it nests; the tracks' names by (pid, track id)."""
+    """Put each slice on a track of its thread where it nests under its container; the tracks' names.
+
+    Slices on one track must nest (Perfetto drops the others), so runs that overlapped
+    on one thread without nesting (concurrent stages on an event loop) get extra tracks.
+    """
     by_thread: dict[tuple[int, int], list[_Slice]] = {}
     for s in slices:
         by_thread.setdefault((s.pid, s.tid), []).append(s)
@@ -116,13 +165,12 @@ def _assign_lanes(slices: list[_Slice], threads: dict[tuple[int, int], str]) -> 
         ids: list[int] = []
         members.sort(key=lambda s: (s.start, -s.end))
         for s in members:
-            lane = -1
-            for index, stack in enumerate(lanes):
+            for stack in lanes:
                 while stack and stack[-1].end <= s.start:
                     stack.pop()
-                if not stack or stack[-1].end >= s.end:
-                    lane = index
-                    break
+            lane = next((i for i, stack in enumerate(lanes) if stack and _fits(stack, s)), -1)
+            if lane < 0:
+                lane = next((i for i, stack in enumerate(lanes) if not stack), -1)
             if lane < 0:
                 lane = len(lanes)
                 lanes.append([])
