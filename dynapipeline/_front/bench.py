@@ -11,6 +11,8 @@ sequential     ``SequentialExecutionStrategy``                 ``for s in stages
 concurrent     ``ConcurrentExecutionStrategy``                 ``asyncio.gather``
 semaphore(8)   ``SemaphoreExecutionStrategy(8)``               ``asyncio.Semaphore(8)`` + ``gather``
 cycles         ``LoopCycleStrategy(n)`` over one stage         ``for _ in range(n): await s.execute()``
+sequential+    sequential inside ``with Tracer():`` (tracing   the sequential twin (so its ratio beside
+traced         on, the events kept in memory, never written)   ``sequential``'s is the cost of tracing)
 =============  ==============================================  =====================================
 
 A ``build`` row (one per size, not per loop) times building a ``StageGroup`` over
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynapipeline._front.factory import PipelineFactory, PipeLineType
+from dynapipeline._front.tracer import Tracer
 from dynapipeline._loops import loop_factory, uvloop_available
 from dynapipeline._model import Pipeline, Stage, StageGroup
 from dynapipeline._strategies import (
@@ -61,7 +64,7 @@ from dynapipeline._table import format_table as _format_table
 __all__ = ["BUILD", "CASES", "KINDS", "LOOPS", "SIZES", "Case", "NoopStage", "YieldStage", "main",
            "make_builder", "make_case"]
 
-CASES = ("sequential", "concurrent", "semaphore(8)", "cycles")
+CASES = ("sequential", "concurrent", "semaphore(8)", "cycles", "sequential+traced")
 BUILD = "build"
 KINDS = ("noop", "yield")
 SIZES = (1000, 10_000)
@@ -111,7 +114,7 @@ def make_case(case: str, kind: str, n: int) -> Case:
         return Case(case, kind, n, group.run, raw_cycles)
 
     stages = [cls(name=f"s{i}") for i in range(n)]
-    if case == "sequential":
+    if case in ("sequential", "sequential+traced"):
         strategy: Any = SequentialExecutionStrategy()
 
         async def raw() -> list[Any]:
@@ -142,6 +145,13 @@ def make_case(case: str, kind: str, n: int) -> Case:
         raise ValueError(f"unknown case {case!r}; one of {CASES}")
     group = StageGroup(name="bench", stages=stages, cycle_strategy=OnceCycleStrategy(),
                        execution_strategy=strategy)
+    if case == "sequential+traced":
+
+        async def traced() -> Any:
+            with Tracer():
+                return await group.run()
+
+        return Case(case, kind, n, traced, raw)
     return Case(case, kind, n, group.run, raw)
 
 
