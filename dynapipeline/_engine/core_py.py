@@ -98,7 +98,9 @@ class TraceSink:
         # (runner, t0, t1, native thread id, cycle, failed, item index); t0/t1 are perf_counter readings.
         self.runs: list[tuple[Any, ...]] = []
         self.spans: list[tuple[Any, ...]] = []  # (name, category, t0, t1, native thread id, args)
-        self.flows: list[tuple[Any, ...]] = []  # (runner, sent at, thread id, worker pid or None, cycle)
+        # Dispatches to threads and processes: (runner, sent at, dispatching thread id, worker pid or None
+        # for a thread, the run's start, {"wait ms", "ship ms"}).
+        self.flows: list[tuple[Any, ...]] = []
         self.remote: list[tuple[Any, ...]] = []  # runs in worker processes: (pid, thread names, runs)
         self.threads: dict[int, str] = {}  # native thread id -> thread name
 
