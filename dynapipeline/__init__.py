@@ -9,6 +9,7 @@ from importlib.metadata import version as _version
 from dynapipeline._engine import COMPILED as compiled
 from dynapipeline._front import PipelineFactory, PipeLineType, loop_name, run
 from dynapipeline._front.progress import Progress
+from dynapipeline._front.tracer import Tracer
 from dynapipeline._model import (
     AdvancedPipeline,
     Handler,
@@ -17,6 +18,7 @@ from dynapipeline._model import (
     Stage,
     StageGroup,
 )
+from dynapipeline._model.report import ComponentReport, Report, SlowRun
 from dynapipeline._model.stream import ItemError, Step, StepProgress, Stream
 
 try:
@@ -27,18 +29,22 @@ except _PackageNotFoundError:  # a source tree on sys.path that was never instal
 
 __all__ = [
     "AdvancedPipeline",
+    "ComponentReport",
     "Handler",
     "ItemError",
     "PipeLineType",
     "Pipeline",
     "PipelineFactory",
     "Progress",
+    "Report",
     "SimplePipeline",
+    "SlowRun",
     "Stage",
     "StageGroup",
     "Step",
     "StepProgress",
     "Stream",
+    "Tracer",
     "__version__",
     "compiled",
     "loop_name",

@@ -1,8 +1,9 @@
-"""Stage and handler classes shared by the tests."""
+"""Stage and handler classes shared by the tests, and the trace-file check."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from typing import Any
 
 from dynapipeline import Handler, Stage
@@ -120,3 +121,42 @@ def assert_no_workers(pids: list[int]) -> None:
     while not all(gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
+
+
+def check_trace_format(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Assert the trace-event format's required fields per phase, and X slices nesting per track."""
+    events = document["traceEvents"]
+    assert isinstance(events, list) and events
+    flows: dict[Any, list[str]] = defaultdict(list)
+    for event in events:
+        ph = event["ph"]
+        assert isinstance(event["pid"], int) and isinstance(event["tid"], int), event
+        assert isinstance(event["name"], str) and event["name"], event
+        if ph == "X":
+            assert isinstance(event["ts"], (int, float)) and isinstance(event["dur"], (int, float)), event
+            assert event["dur"] >= 0 and isinstance(event["cat"], str), event
+            assert isinstance(event.get("args", {}), dict), event
+        elif ph == "M":
+            assert event["name"] in ("process_name", "thread_name", "process_sort_index"), event
+            assert isinstance(event["args"], dict) and event["args"], event
+        elif ph in ("s", "f"):
+            assert isinstance(event["ts"], (int, float)) and "id" in event and event["cat"], event
+            if ph == "f":
+                assert event["bp"] == "e", event
+            flows[event["id"]].append(ph)
+        else:
+            raise AssertionError(f"unexpected phase {ph!r}")
+    assert all(sorted(phases) == ["f", "s"] for phases in flows.values()), flows
+    tracks: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
+    for event in events:
+        if event["ph"] == "X":
+            tracks[(event["pid"], event["tid"])].append((event["ts"], event["ts"] + event["dur"]))
+    for track, spans in tracks.items():
+        spans.sort(key=lambda span: (span[0], -span[1]))
+        open_ends: list[float] = []
+        for start, end in spans:
+            while open_ends and open_ends[-1] <= start:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1], f"slices overlap without nesting on {track}"
+            open_ends.append(end)
+    return list(events)

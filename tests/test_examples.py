@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from helpers import check_trace_format
+
+from dynapipeline import Pipeline
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -110,3 +116,39 @@ def test_stream_etl_saves_every_good_record_and_skips_the_malformed():
     assert "99,990 records saved in 200 batches, 10 skipped" in out
     assert "parse   received=100,000 done=99,990 failed=10" in out
     assert "first skipped: item 9999 at step 'parse': ValueError(" in out
+
+
+def _run_example(name: str, *args: str) -> str:
+    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+
+
+def test_sensor_monitoring_runs_by_itself_and_writes_its_trace(tmp_path: Path) -> None:
+    path = tmp_path / "sensors.json"
+    started = time.monotonic()
+    out = _run_example("sensor_monitoring.py", str(path))
+    assert time.monotonic() - started < 10
+    assert "spectrum peaks per cycle: [[7, 7], [7, 7], [7, 7]]" in out
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert re.search(r"process \d+", out) and rows["ping"].endswith("thread") and rows["threshold"].endswith("loop")
+    events = check_trace_format(json.loads(path.read_text()))
+    names = {e["name"] for e in events if e["ph"] == "X"}
+    assert {"sensor monitoring", "sensors", "monitor", "watchdog", "analysis", "spectrum 0", "ping"} <= names
+
+
+def test_sensor_monitoring_exposes_its_pipeline_without_running_it() -> None:
+    spec = importlib.util.spec_from_file_location("sensor_monitoring_example", EXAMPLES / "sensor_monitoring.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert isinstance(module.pipeline, Pipeline) and not module.pipeline.running
+    assert module.analysis.worker_pids() == []  # importing starts no worker
+
+
+def test_tracing_example_writes_a_trace(tmp_path: Path) -> None:
+    path = tmp_path / "trace.json"
+    started = time.monotonic()
+    out = _run_example("tracing.py", str(path))
+    assert time.monotonic() - started < 10
+    assert f"11 slices written to {path}" in out
+    check_trace_format(json.loads(path.read_text()))

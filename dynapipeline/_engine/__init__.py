@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "COMPILED",
+    "EPOCH_OFFSET",
+    "RING",
     "Bounded",
     "BoundedGather",
     "Chained",
@@ -26,8 +28,13 @@ __all__ = [
     "Runner",
     "Sequential",
     "Slots",
+    "TraceSink",
     "current_control",
+    "current_item",
+    "current_trace",
     "run_tasks",
+    "set_tracing",
+    "tracing",
     "wait_through_cancel",
 ]
 
@@ -54,6 +61,8 @@ else:
 
     COMPILED = True
 
+EPOCH_OFFSET = _core.EPOCH_OFFSET
+RING = _core.RING
 Bounded = _core.Bounded
 BoundedGather = _core.BoundedGather
 Chained = _core.Chained
@@ -66,6 +75,11 @@ RunControl = _core.RunControl
 Runner = _core.Runner
 Sequential = _core.Sequential
 Slots = _core.Slots
+TraceSink = _core.TraceSink
 current_control = _core.current_control
+current_item = _core.current_item
+current_trace = _core.current_trace
 run_tasks = _core.run_tasks
+set_tracing = _core.set_tracing
+tracing = _core.tracing
 wait_through_cancel = _core.wait_through_cancel

@@ -9,6 +9,9 @@ cdef double _EPOCH_OFFSET
 cdef object _CancelledError
 cdef object _sleep
 cdef object _isawaitable
+cdef Py_ssize_t _RING_MASK
+cdef Py_ssize_t _SLOWEST
+cdef bint _tracing
 
 
 cdef class RunControl:
@@ -39,14 +42,29 @@ cdef class Runner:
     cdef public double total
     cdef public double min
     cdef public double max
+    cdef public Py_ssize_t errors
+    cdef public double wait_total
+    cdef public double ship_total
+    cdef public object places
+    cdef public Py_ssize_t base
+    cdef bint _failed
+    cdef double _ring[64]  # RING in core_py.py
+    cdef double _slow[5]  # _SLOWEST
+    cdef Py_ssize_t _slow_cycle[5]
+    cdef double _slow_floor
 
     cpdef void record(self, double t0, double t1)
+    cpdef void record_failed(self, double t0, double t1)
     cpdef void _refresh(self)
 
 
 cdef bint _inline(Runner runner)
 cdef object _call_execute(Runner runner, tuple args, dict kwargs)
 cdef void _record(Runner runner, double t0, double t1)
+cdef void _record_error(Runner runner, double t0, double t1, object error)
+@cython.locals(i=Py_ssize_t, low=Py_ssize_t, floor=double)
+cdef void _keep_slow(Runner runner, double elapsed, Py_ssize_t cycle)
+cdef void _trace(Runner runner, double t0, double t1)
 cdef double _now()
 cdef bint _draining(RunControl control)
 cdef bint _is_sequential(object dispatch)

@@ -33,6 +33,8 @@ from typing import Any
 from dynapipeline.errors import StageTimeoutError
 
 __all__ = [
+    "EPOCH_OFFSET",
+    "RING",
     "Bounded",
     "BoundedGather",
     "Chained",
@@ -45,14 +47,25 @@ __all__ = [
     "Runner",
     "Sequential",
     "Slots",
+    "TraceSink",
     "current_control",
+    "current_item",
+    "current_trace",
     "run_tasks",
+    "set_tracing",
+    "tracing",
     "wait_through_cancel",
 ]
 
 _clock = time.perf_counter
 # Epoch time of a clock reading, without a second system call per edge.
 _EPOCH_OFFSET = time.time() - time.perf_counter()
+EPOCH_OFFSET = _EPOCH_OFFSET
+"""Epoch seconds minus ``time.perf_counter()``: turns the engine's clock readings into ``start_time``/``end_time``."""
+RING = 64
+"""How many durations (the last runs') each component keeps for its percentiles; core_c.pxd sizes its array so."""
+_RING_MASK = RING - 1
+_SLOWEST = 5  # each component keeps its 5 slowest runs, so any 5 slowest of a report are among them
 _CancelledError = asyncio.CancelledError
 _sleep = asyncio.sleep
 _isawaitable = inspect.isawaitable
@@ -60,6 +73,49 @@ _isawaitable = inspect.isawaitable
 current_control: contextvars.ContextVar[RunControl | None] = contextvars.ContextVar(
     "dynapipeline_control", default=None
 )
+current_trace: contextvars.ContextVar[TraceSink | None] = contextvars.ContextVar("dynapipeline_trace", default=None)
+"""The sink of the tracer active in this context (read only while some tracer is active: see ``set_tracing``)."""
+current_item: contextvars.ContextVar[int | None] = contextvars.ContextVar("dynapipeline_item", default=None)
+"""The index of the stream item being processed here (set by streams only while tracing)."""
+
+# True while at least one tracer is active anywhere in the process. ``record`` checks this one flag
+# (a C int when compiled) and only then looks the context's tracer up: tracing off costs one test per run.
+_tracing = False
+
+
+def set_tracing(on: bool) -> None:
+    """Turn the per-run trace hook on (some tracer is active) or off (none is)."""
+    global _tracing
+    _tracing = on
+
+
+def tracing() -> bool:
+    """Whether some tracer is active in this process."""
+    return _tracing
+
+
+class TraceSink:
+    """What one tracer collects: plain tuples appended as runs end, formatted when the tracer exits."""
+
+    def __init__(self) -> None:
+        # (runner, t0, t1, native thread id, cycle, failed, item index); t0/t1 are perf_counter readings.
+        self.runs: list[tuple[Any, ...]] = []
+        self.spans: list[tuple[Any, ...]] = []  # (name, category, t0, t1, native thread id, args)
+        # Dispatches to threads and processes: (runner, sent at, dispatching thread id, worker pid or None
+        # for a thread, the run's start, {"wait ms", "ship ms"}).
+        self.flows: list[tuple[Any, ...]] = []
+        self.remote: list[tuple[Any, ...]] = []  # runs in worker processes: (pid, thread names, runs)
+        self.threads: dict[int, str] = {}  # native thread id -> thread name
+
+    def add(self, runner: Any, t0: float, t1: float, failed: bool) -> None:
+        self.runs.append((runner, t0, t1, self.thread(), runner.count, failed, current_item.get()))
+
+    def thread(self) -> int:
+        """The native id of the current thread, its name noted once."""
+        tid = threading.get_native_id()
+        if tid not in self.threads:
+            self.threads[tid] = threading.current_thread().name
+        return tid
 
 
 class RunControl:
@@ -121,6 +177,22 @@ class Runner:
         self.total = 0.0
         self.min = 0.0
         self.max = 0.0
+        self.errors = 0
+        # Time spent off the loop around the runs (threads, processes): waiting for a worker, and
+        # shipping the component and its result. Set by the transports, never on the hot path.
+        self.wait_total = 0.0
+        self.ship_total = 0.0
+        self.places: Any = None  # where it ran off the loop ({label: None}, insertion-ordered), or None
+        self.base = 0  # `count` when this copy adopted its timing (a worker sends back the runs since)
+        self._failed = False
+        # Percentiles come from the durations of the last RING runs, a ring buffer written in place:
+        # constant memory however long an infinite loop runs, and one store per run (a reservoir sample
+        # over all runs would need a random draw per run, which costs more than the rest of `record`).
+        # Literal sizes: compiled, these lists fill fixed C arrays (RING and _SLOWEST, as in core_c.pxd).
+        self._ring = [0.0] * 64
+        self._slow = [-1.0] * 5
+        self._slow_cycle = [0] * 5
+        self._slow_floor = -1.0
 
     def configure(self, timeout: float | None, retries: int, retry_delay: float, retry_backoff: float) -> None:
         """Set timeout (None or <= 0: none) and retry policy."""
@@ -152,21 +224,35 @@ class Runner:
     def record(self, t0: float, t1: float) -> None:
         """Store the last run's times and fold it into the running stats."""
         elapsed = t1 - t0
+        count = self.count
         self.start_time = t0 + _EPOCH_OFFSET
         self.end_time = t1 + _EPOCH_OFFSET
         self.execution_time = elapsed
-        if self.count == 0:
+        if count == 0:
             self.min = elapsed
             self.max = elapsed
         elif elapsed < self.min:
             self.min = elapsed
         elif elapsed > self.max:
             self.max = elapsed
-        self.count += 1
+        self._ring[count & _RING_MASK] = elapsed
+        self.count = count + 1
         self.total += elapsed
+        if elapsed > self._slow_floor:
+            _keep_slow(self, elapsed, count + 1)
+        if _tracing:
+            _trace(self, t0, t1)
 
-    def copy_timing(self, start_time: float, end_time: float, count: int, total: float, lo: float, hi: float) -> None:
-        """Adopt timing measured elsewhere (a worker process) as this component's own."""
+    def record_failed(self, t0: float, t1: float) -> None:
+        """``record`` for a run that raised an exception (a cancellation is not an error)."""
+        self.errors += 1
+        self._failed = True
+        self.record(t0, t1)
+        self._failed = False
+
+    def copy_timing(self, start_time: float, end_time: float, count: int, total: float, lo: float, hi: float,
+                    errors: int = 0) -> None:
+        """Adopt timing sent by the parent (in a worker process); the runs from now on are this copy's own."""
         self.start_time = start_time
         self.end_time = end_time
         self.execution_time = end_time - start_time
@@ -174,16 +260,74 @@ class Runner:
         self.total = total
         self.min = lo
         self.max = hi
+        self.errors = errors
+        self.base = count
+        for i in range(_SLOWEST):
+            self._slow[i] = -1.0
+            self._slow_cycle[i] = 0
+        self._slow_floor = -1.0
 
-    def timing(self) -> tuple[float, float, int, float, float, float]:
+    def timing(self) -> tuple[float, float, int, float, float, float, int]:
         """The timing state as a tuple (for shipping across a process boundary)."""
-        return (self.start_time, self.end_time, self.count, self.total, self.min, self.max)
+        return (self.start_time, self.end_time, self.count, self.total, self.min, self.max, self.errors)
+
+    def runs_since_base(self) -> tuple[list[float], list[tuple[float, int]]]:
+        """Durations (up to RING, oldest first) and slowest runs of the runs since ``copy_timing``."""
+        return self._durations(self.count - self.base), self.slowest()
+
+    def adopt(self, timing: tuple[Any, ...], durations: list[float], slowest: list[tuple[float, int]]) -> None:
+        """Adopt a worker's timing of this component and fold in its runs there (durations, slowest)."""
+        start_time, end_time, count, total, lo, hi, errors = timing
+        first = count - len(durations)
+        for i in range(len(durations)):
+            self._ring[(first + i) & _RING_MASK] = durations[i]
+        for elapsed, cycle in slowest:
+            if elapsed > self._slow_floor:
+                _keep_slow(self, elapsed, cycle)
+        self.start_time = start_time
+        self.end_time = end_time
+        self.execution_time = end_time - start_time
+        self.count = count
+        self.total = total
+        self.min = lo
+        self.max = hi
+        self.errors = errors
+
+    def durations(self) -> list[float]:
+        """Durations of the last runs (at most RING), oldest first."""
+        return self._durations(self.count)
+
+    def _durations(self, n: int) -> list[float]:
+        if n > RING:
+            n = RING
+        first = self.count - n
+        out = []
+        for i in range(n):
+            out.append(self._ring[(first + i) & _RING_MASK])
+        return out
+
+    def slowest(self) -> list[tuple[float, int]]:
+        """The slowest runs kept (at most 5), as (seconds, cycle), slowest first; cycle 1 is the first run."""
+        out = []
+        for i in range(_SLOWEST):
+            if self._slow[i] >= 0.0:
+                out.append((self._slow[i], self._slow_cycle[i]))
+        out.sort(reverse=True)
+        return out
 
     def reset_stats(self) -> None:
         self.count = 0
         self.total = 0.0
         self.min = 0.0
         self.max = 0.0
+        self.errors = 0
+        self.wait_total = 0.0
+        self.ship_total = 0.0
+        self.base = 0
+        for i in range(_SLOWEST):
+            self._slow[i] = -1.0
+            self._slow_cycle[i] = 0
+        self._slow_floor = -1.0
 
     async def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run the component once and return its result."""
@@ -191,13 +335,16 @@ class Runner:
             t0 = _now()
             try:
                 if self._is_async:
-                    return await _call_execute(self, args, kwargs)
-                result = _call_execute(self, args, kwargs)
-                if _isawaitable(result):  # e.g. a Cython-compiled `async def`
-                    result = await result
-                return result
-            finally:
-                self.record(t0, _now())
+                    result = await _call_execute(self, args, kwargs)
+                else:
+                    result = _call_execute(self, args, kwargs)
+                    if _isawaitable(result):  # e.g. a Cython-compiled `async def`
+                        result = await result
+            except BaseException as error:
+                _record_error(self, t0, _now(), error)
+                raise
+            self.record(t0, _now())
+            return result
         return await self._run_full(args, kwargs)
 
     async def _run_full(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -220,7 +367,7 @@ class Runner:
             self.record(t0, _clock())
             raise
         except Exception as error:
-            self.record(t0, _clock())
+            self.record_failed(t0, _clock())
             for hook in self._on_errors:
                 res = hook(owner, error, *args, **kwargs)
                 if _isawaitable(res):
@@ -315,6 +462,36 @@ def _call_execute(runner: Runner, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 def _record(runner: Runner, t0: float, t1: float) -> None:
     runner.record(t0, t1)
+
+
+def _record_error(runner: Runner, t0: float, t1: float, error: BaseException) -> None:
+    """Record a run that raised: an exception counts as an error, a cancellation does not."""
+    if isinstance(error, Exception):
+        runner.record_failed(t0, t1)
+    else:
+        runner.record(t0, t1)
+
+
+def _keep_slow(runner: Runner, elapsed: float, cycle: int) -> None:
+    """Put a run among the runner's five slowest kept, in place of the fastest of them."""
+    low = 0
+    for i in range(1, _SLOWEST):
+        if runner._slow[i] < runner._slow[low]:
+            low = i
+    runner._slow[low] = elapsed
+    runner._slow_cycle[low] = cycle
+    floor = runner._slow[0]
+    for i in range(1, _SLOWEST):
+        if runner._slow[i] < floor:
+            floor = runner._slow[i]
+    runner._slow_floor = floor
+
+
+def _trace(runner: Runner, t0: float, t1: float) -> None:
+    """Hand a finished run to the tracer active in this context, if any."""
+    sink = current_trace.get()
+    if sink is not None:
+        sink.add(runner, t0, t1, runner._failed)
 
 
 def _now() -> float:
@@ -635,8 +812,10 @@ class _Cursor:
                     t0 = _now()
                     try:
                         self.results[index] = await _call_execute(runner, self.args, self.kwargs)
-                    finally:
-                        _record(runner, t0, _now())
+                    except BaseException as error:
+                        _record_error(runner, t0, _now(), error)
+                        raise
+                    _record(runner, t0, _now())
                 else:
                     self.results[index] = await runner.run(self.args, self.kwargs)
                 if slots.has_waiters():
@@ -785,8 +964,8 @@ async def _sequential_cycles(runners: tuple[Any, ...], args: tuple[Any, ...], kw
                 continue
             try:
                 result = await _call_execute(runner, args, kwargs)
-            except BaseException:
-                _record(runner, t0, _now())
+            except BaseException as error:
+                _record_error(runner, t0, _now(), error)
                 raise
             t1 = _now()
             _record(runner, t0, t1)

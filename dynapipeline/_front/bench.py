@@ -11,6 +11,8 @@ sequential     ``SequentialExecutionStrategy``                 ``for s in stages
 concurrent     ``ConcurrentExecutionStrategy``                 ``asyncio.gather``
 semaphore(8)   ``SemaphoreExecutionStrategy(8)``               ``asyncio.Semaphore(8)`` + ``gather``
 cycles         ``LoopCycleStrategy(n)`` over one stage         ``for _ in range(n): await s.execute()``
+sequential+    sequential inside ``with Tracer():`` (tracing   the sequential twin (so its ratio beside
+traced         on, the events kept in memory, never written)   ``sequential``'s is the cost of tracing)
 stream         ``Stream`` of 3 steps over ``n`` items          3 tasks linked by ``asyncio.Queue(1000)``
 =============  ==============================================  =====================================
 
@@ -50,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynapipeline._front.factory import PipelineFactory, PipeLineType
+from dynapipeline._front.tracer import Tracer
 from dynapipeline._loops import loop_factory, uvloop_available
 from dynapipeline._model import Pipeline, Stage, StageGroup
 from dynapipeline._model.stream import Stream
@@ -65,7 +68,7 @@ from dynapipeline._table import format_table as _format_table
 __all__ = ["BUILD", "CASES", "KINDS", "LOOPS", "SIZES", "STREAM_MAXSIZE", "Case", "NoopStage", "YieldStage", "main",
            "make_builder", "make_case"]
 
-CASES = ("sequential", "concurrent", "semaphore(8)", "cycles", "stream")
+CASES = ("sequential", "concurrent", "semaphore(8)", "cycles", "sequential+traced", "stream")
 STREAM_MAXSIZE = 1000
 BUILD = "build"
 KINDS = ("noop", "yield")
@@ -118,7 +121,7 @@ def make_case(case: str, kind: str, n: int) -> Case:
     if case == "stream":
         return _stream_case(cls, kind, n)
     stages = [cls(name=f"s{i}") for i in range(n)]
-    if case == "sequential":
+    if case in ("sequential", "sequential+traced"):
         strategy: Any = SequentialExecutionStrategy()
 
         async def raw() -> list[Any]:
@@ -149,6 +152,13 @@ def make_case(case: str, kind: str, n: int) -> Case:
         raise ValueError(f"unknown case {case!r}; one of {CASES}")
     group = StageGroup(name="bench", stages=stages, cycle_strategy=OnceCycleStrategy(),
                        execution_strategy=strategy)
+    if case == "sequential+traced":
+
+        async def traced() -> Any:
+            with Tracer():
+                return await group.run()
+
+        return Case(case, kind, n, traced, raw)
     return Case(case, kind, n, group.run, raw)
 
 

@@ -191,14 +191,7 @@ async def _main(obj: Any, args: argparse.Namespace, outcome: _Outcome) -> None:
 
 
 def _report(target: Any) -> None:
-    report = getattr(target, "report", None)
-    if callable(report):
-        print(report(), flush=True)
-        return
-    stats = getattr(target, "stats", None)
-    if stats is not None:
-        print(f"{target.name}: {stats.count} runs, {stats.total:.6f} s in all, "
-              f"mean {stats.mean * 1e3:.3f} ms, max {stats.max * 1e3:.3f} ms", flush=True)
+    print(target.report(), flush=True)  # every component has one (a stream's lists its steps)
 
 
 def _runnable(obj: Any) -> bool:

@@ -7,7 +7,7 @@ import math
 import operator
 import sys
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
@@ -16,6 +16,9 @@ from dynapipeline._engine import Runner
 from dynapipeline._model.contexts import Context
 from dynapipeline._model.handlers import Handler
 from dynapipeline.errors import ConfigurationError, kind_of
+
+if TYPE_CHECKING:
+    from dynapipeline._model.report import Report
 
 __all__ = ["Component", "ComponentStats", "Flat", "Stage", "collecting"]
 
@@ -106,6 +109,19 @@ class Component(BaseModel):
     def stats(self) -> ComponentStats:
         r = self._runner
         return ComponentStats(count=r.count, total=r.total, min=r.min, max=r.max)
+
+    def report(self) -> Report:
+        """This component and everything below it: runs, errors, percentiles, wait/ship/work, where, slowest runs.
+
+        ``print(component.report())`` prints a table; ``.to_dict()`` gives the numbers.
+        """
+        from dynapipeline._model.report import build_report  # the report module imports this one
+
+        return build_report(self)
+
+    def _walk(self, depth: int) -> Iterator[tuple[int, Component]]:
+        """(depth, component) for this component and everything below it, depth first (containers add members)."""
+        yield depth, self
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with its own runner (fresh stats), built after ``update`` is applied."""

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from dynapipeline._model.component import Component, Stage, private_of
 from dynapipeline._model.strategy import CycleStrategy, ExecutionStrategy
 from dynapipeline._model.stream import Stream
-from dynapipeline._table import format_table
 from dynapipeline.errors import ConfigurationError, kind_of
 
 __all__ = ["Container", "StageGroup"]
@@ -89,29 +88,10 @@ class Container(Component):
         cycles, dispatch, runners = self._plan
         return await cycles(dispatch, runners, args, kwargs)
 
-    def report(self) -> str:
-        """A text table of this container and everything below it: runs, total, mean and max time."""
-        head = ("component", "kind", "runs", "total s", "mean ms", "max ms")
-        rows = []
-        for depth, component in self._walk(0):
-            stats = component.stats
-            rows.append((
-                "  " * depth + component.name,
-                type(component).__name__,
-                str(stats.count),
-                f"{stats.total:.6f}",
-                f"{stats.mean * 1e3:.3f}",
-                f"{stats.max * 1e3:.3f}",
-            ))
-        return format_table(head, rows, right=(2, 3, 4, 5))  # names and kinds left, numbers right
-
     def _walk(self, depth: int) -> Iterator[tuple[int, Component]]:
         yield depth, self
         for member in private_of(self)["_members"]:
-            if isinstance(member, (Container, Stream)):
-                yield from member._walk(depth + 1)
-            else:
-                yield depth + 1, member
+            yield from member._walk(depth + 1)
 
     def iter_components(self) -> Iterator[Component]:
         """This container, then every component below it, depth first."""

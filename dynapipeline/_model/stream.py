@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from dynapipeline._engine import current_control, run_tasks
+from dynapipeline._engine import current_control, current_item, current_trace, run_tasks, tracing
 from dynapipeline._model.component import Component, Flat, Stage, private_of
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
 from dynapipeline.errors import ConfigurationError
@@ -384,6 +385,24 @@ class _StepRun:
         self.turns: dict[int, asyncio.Future[None]] = {}
 
     async def run(self) -> None:
+        if tracing():
+            await self.traced(self.run_step)
+        else:
+            await self.run_step()
+
+    async def traced(self, run: Callable[[], Awaitable[None]]) -> None:
+        """``run()``, recorded as a slice of the step by the tracer active here (if any)."""
+        sink = current_trace.get()
+        started = time.perf_counter()
+        try:
+            await run()
+        finally:
+            if sink is not None:
+                index = self.run_.steps.index(self) if self in self.run_.steps else -1
+                sink.spans.append((f"step {self.step.stage.name}", "step", started, time.perf_counter(),
+                                   sink.thread(), {"stream": self.run_.stream.name, "step": index}))
+
+    async def run_step(self) -> None:
         runner = self.item_runner
         if runner is not None:
             await runner.open()
@@ -423,6 +442,8 @@ class _StepRun:
                 result: Any = value
             else:
                 counts.received += 1
+                if tracing():
+                    current_item.set(index)  # the tracer names the item each stage run was for
                 try:
                     result = await run((value,), _NO_KWARGS)
                 except Exception as error:
@@ -523,6 +544,8 @@ class _StepRun:
         counts = self.counts
         todo = [value for _, value in entries if type(value) is not _Failed]
         counts.received += len(todo)
+        if tracing():
+            current_item.set(entries[0][0])
         if not todo:
             results: list[tuple[bool, Any]] = []
         elif self.item_runner is not None:

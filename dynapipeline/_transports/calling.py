@@ -12,9 +12,11 @@ from typing import Any
 from dynapipeline._model.component import Stage, collecting
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["check_max_workers", "drive", "needs_loop", "plain_call", "run_component", "time_limit"]
+__all__ = ["check_max_workers", "drive", "needs_loop", "note_place", "plain_call", "run_component", "time_limit"]
 
 _ASYNC_EXECUTE: dict[type, bool] = {}
+_MAX_PLACES = 8  # places kept per component (a long run replacing crashed workers meets many pids)
+MORE = "..."
 
 
 def needs_loop(component: Any) -> bool:
@@ -60,6 +62,15 @@ def drive(coro: Any) -> Any:
         return stop.value
     coro.close()
     raise RuntimeError("a plain-def stage awaited something that needs an event loop")
+
+
+def note_place(runner: Any, place: str) -> None:
+    """Note that the runner's component ran at ``place`` ("thread", "process <pid>") for its report."""
+    places = runner.places
+    if places is None:
+        runner.places = {place: None}
+    elif place not in places:
+        places[MORE if len(places) >= _MAX_PLACES else place] = None
 
 
 def run_component(component: Any, args: tuple[Any, ...], kwargs: dict[str, Any], loop: Any) -> Any:

@@ -112,11 +112,12 @@ def _merge_timing(runner: Any, before: tuple[Any, ...], sent: tuple[Any, ...]) -
     The worker's copy started from ``sent`` and the parent holds the worker's
     timing now (``collect_reply`` copied it); ``before`` is the parent's own.
     """
-    start, end, count, total, lo, hi = runner.timing()
+    start, end, count, total, lo, hi, errors = runner.timing()
     runs = count - sent[2]
     if runs <= 0:
         runner.copy_timing(*before)
         return
     if before[2]:
         lo, hi = min(lo, before[4]), max(hi, before[5])
-    runner.copy_timing(start, end, before[2] + runs, before[3] + total - sent[3], lo, hi)
+    runner.copy_timing(start, end, before[2] + runs, before[3] + total - sent[3], lo, hi,
+                       before[6] + errors - sent[6])

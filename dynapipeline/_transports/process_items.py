@@ -67,7 +67,8 @@ _ids = itertools.count(1)
 class MapJob:
     """One chunk of items for one worker; its outcome completes ``future``."""
 
-    __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control")
+    __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control", "sent_at",
+                 "sink")
 
     def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: bytes, cids: set[int], items: bytes,
                  deadline: float | None) -> None:
@@ -80,6 +81,8 @@ class MapJob:
         self.worker: Worker | None = None
         self.done = False
         self.control = None  # a stream's drain is the stream's own: the feeder stops pulling
+        self.sent_at = 0.0  # set by the pool when it hands the chunk to a worker
+        self.sink = None  # stream chunks are not traced per item in workers
 
     def message(self, w: Worker) -> bytes:
         """The ``MapCall`` for worker ``w``: the stage only if it does not keep it already."""
@@ -242,11 +245,15 @@ class ProcessItems(ItemRunner):
 
 
 def _add_timing(stage: Any, timing: tuple[Any, ...]) -> None:
-    """Add one chunk's timing (measured in a worker) to the stage's stats."""
+    """Add one chunk's timing (measured in a worker) to the stage's stats (runs, total, min, max, errors).
+
+    The p50/p95 ring and the slowest runs of a stage run on processes by a stream
+    step stay the parent's own (empty): only these totals travel with a chunk.
+    """
     if not timing or not timing[2]:
         return
-    start, end, count, total, lo, hi = timing
+    start, end, count, total, lo, hi, errors = timing
     runner = stage.__pydantic_private__["_runner"]
     mine = runner.count
     runner.copy_timing(start, end, mine + count, runner.total + total, min(runner.min, lo) if mine else lo,
-                       max(runner.max, hi))
+                       max(runner.max, hi), runner.errors + errors)

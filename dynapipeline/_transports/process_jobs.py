@@ -13,11 +13,12 @@ import asyncio
 import logging
 import math
 import pickle
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dynapipeline._model.component import Stage
-from dynapipeline._transports.calling import time_limit
+from dynapipeline._transports.calling import note_place, time_limit
 from dynapipeline._transports.pickling import REGISTRY
 from dynapipeline._transports.process_messages import Call, MapReply, Reply
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
@@ -52,10 +53,15 @@ _CHUNKS_PER_WORKER = 4
 
 @dataclass(frozen=True, slots=True)
 class Replied:
-    """The worker answered (a ``Reply`` to a ``Job``, a ``MapReply`` to a stream's ``MapJob``)."""
+    """The worker answered (a ``Reply`` to a ``Job``, a ``MapReply`` to a stream's ``MapJob``).
+
+    ``received`` and ``loaded``: perf_counter when its reply was read and unpickled.
+    """
 
     reply: Reply | MapReply
     pid: int
+    received: float = 0.0
+    loaded: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,8 @@ Outcome = Replied | TimedOut | Crashed | Closed
 class Job:
     """One batch of components for one worker, and where its outcome goes."""
 
-    __slots__ = ("dispatch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control")
+    __slots__ = ("dispatch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control",
+                 "packed", "sent_at", "sink")
 
     def __init__(self, dispatch: Dispatch, indices: list[int], runners: list[Any], payload: bytes,
                  cids: set[int], deadline: float | None, control: Any = None) -> None:
@@ -98,12 +105,15 @@ class Job:
         self.worker: Worker | None = None
         self.done = False
         self.control = control  # the run's RunControl, when the job ships groups (drain reaches them)
+        self.packed = (0.0, 0.0)  # perf_counter before and after its components were pickled
+        self.sent_at = 0.0  # perf_counter when it was handed to a worker
+        self.sink: Any = None  # the TraceSink of the dispatching context, when it traces
 
     def message(self, w: Worker) -> bytes:
         """The ``Call`` for worker ``w``, with the classes it has not received yet."""
         blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
         w.known.update(cid for cid, _ in blobs)
-        return pickle.dumps(Call(blobs, self.payload), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(Call(blobs, self.payload, self.sink is not None), protocol=pickle.HIGHEST_PROTOCOL)
 
     def finish(self, outcome: Outcome) -> None:
         if not self.done:
@@ -161,24 +171,49 @@ class GatherDispatch(Dispatch):
 def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
     """Store a job's results and timing; raise its error, if any, the way the contract says."""
     if isinstance(outcome, Replied):
-        assert type(outcome.reply) is Reply
-        collect_reply(job.runners, job.indices, outcome.reply, outcome.pid, results)
+        _collect_reply(job, outcome, results)
     elif isinstance(outcome, TimedOut):
         runner = job.runners[0]
+        _record_lost_run(job, runner)
         raise StageTimeoutError(runner.name, runner.owner.timeout)
     elif isinstance(outcome, Crashed):
         position = outcome.position
         runner = job.runners[position if 0 <= position < len(job.runners) else 0]
+        if 0 <= position < len(job.runners):
+            _record_lost_run(job, runner)
         raise WorkerCrashedError(runner.name, outcome.pid, outcome.exitcode)
     else:
         raise WorkerCrashedError(job.runners[0].name, outcome.pid, None)
 
 
-def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int, results: list[Any]) -> None:
-    """Store a worker's reply for ``runners`` (at ``indices`` of ``results``) and its timing; raise its error."""
-    for position, timing in enumerate(reply.timings):
-        _apply_timings(runners[position], timing)
+def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int | None, results: list[Any],
+                  place: str = "") -> None:
+    """Store a worker's reply for ``runners`` (at ``indices`` of ``results``) and its timing; raise its error.
+
+    For transports without the pool's clock readings or trace (Dask): no wait/ship split.
+    """
+    for position, timings in enumerate(reply.timings):
+        _apply_timings(runners[position], timings, place or f"process {pid}")
+    _take_values(runners, indices, reply, pid, results)
+
+
+def _collect_reply(job: Job, replied: Replied, results: list[Any]) -> None:
+    reply, pid = replied.reply, replied.pid
+    assert type(reply) is Reply
+    place = f"process {pid}"
+    for position, timings in enumerate(reply.timings):
+        _apply_timings(job.runners[position], timings, place)
+    if reply.clock and job.packed[0] and job.sent_at:
+        _split(job, replied)
+    if job.sink is not None and reply.trace:
+        _keep_trace(job, reply.trace)
+    _take_values(job.runners, job.indices, reply, pid, results)
+
+
+def _take_values(runners: list[Any], indices: list[int], reply: Reply, pid: int | None, results: list[Any]) -> None:
+    """Unpickle the results into ``results`` (counted as the stages' shipping time); raise the reply's error."""
     for position, value in enumerate(reply.values):
+        unpickling_from = time.perf_counter()
         try:
             results[indices[position]] = pickle.loads(value)
         except Exception as unpickling:
@@ -187,6 +222,7 @@ def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int
                                     f"process ({type(unpickling).__name__}: {unpickling})")
             tag(failure, name, pid)
             raise failure from unpickling
+        runners[position].ship_total += time.perf_counter() - unpickling_from
     if reply.failed_at < 0:
         return
     name = runners[reply.failed_at].name
@@ -198,12 +234,64 @@ def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int
     raise error from cause
 
 
-def _apply_timings(runner: Any, timings: list[tuple[Any, ...]]) -> None:
+def _record_lost_run(job: Job, runner: Any) -> None:
+    """Count a run whose worker was killed (deadline) or died as a failed run, timed as the parent saw it."""
+    if job.sent_at:
+        runner.record_failed(job.sent_at, time.perf_counter())
+
+
+def _apply_timings(runner: Any, timings: list[tuple[Any, ...]], place: str) -> None:
     if len(timings) == 1:
-        runner.copy_timing(*timings[0])
+        runner.adopt(*timings[0])
+        note_place(runner, place)
         return
     for component, timing in zip(runner.owner.iter_components(), timings, strict=False):
-        component.__pydantic_private__["_runner"].copy_timing(*timing)
+        member = component.__pydantic_private__["_runner"]
+        member.adopt(*timing)
+        note_place(member, place)
+
+
+def _split(job: Job, replied: Replied) -> None:
+    """Add each component's waiting and shipping time to its runner (its work is its own timing).
+
+    A batch travels as one message, so each of its components waited for the batch's
+    pickling, transfer and rebuilding, and for the reply: those count as its shipping,
+    in full. Waiting is the time in the pool's queue, plus the time behind the batch's
+    other components in the worker (before its run, and after it until the reply left).
+    The clock readings come from both processes (``Reply.clock``).
+    """
+    assert type(replied.reply) is Reply
+    clock = replied.reply.clock
+    rebuilt, replying = clock[1], clock[2]
+    packed_from, packed_at = job.packed
+    shared_ship = (packed_at - packed_from) + (rebuilt - job.sent_at) + (replied.loaded - replying)
+    queued = job.sent_at - packed_at
+    for position, (started, ended, pickled) in enumerate(clock[3:]):
+        runner = job.runners[position]
+        wait = queued + (started - rebuilt) + (replying - pickled)
+        ship = shared_ship + (pickled - ended)
+        runner.wait_total += wait if wait > 0.0 else 0.0
+        runner.ship_total += ship if ship > 0.0 else 0.0
+        if job.sink is not None:
+            job.sink.flows.append((runner, job.sent_at, job.sink.thread(), replied.pid, started,
+                                   {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+
+
+def _keep_trace(job: Job, trace: tuple[Any, ...]) -> None:
+    """Hand the runs a worker traced to the dispatching tracer, naming the parent's runners."""
+    pid, threads, runs = trace
+    members: dict[int, list[Any]] = {}
+    named = []
+    for position, index, *rest in runs:
+        runner = job.runners[position]
+        if index:
+            below = members.get(position)
+            if below is None:
+                below = members[position] = [c.__pydantic_private__["_runner"]
+                                             for c in runner.owner.iter_components()]
+            runner = below[index]
+        named.append((runner, *rest))
+    job.sink.remote.append((pid, threads, named))
 
 
 def remote_error(data: bytes, traceback: str, text: str, stage: str) -> tuple[BaseException, BaseException | None]:

@@ -40,18 +40,25 @@ class Call(NamedTuple):
 
     class_blobs: list[tuple[int, bytes]]  # (class id, pickle) of the classes this worker has not received yet
     payload: bytes  # cloudpickle of (components, args, kwargs)
+    trace: bool = False  # a tracer is active in the dispatching context: send the runs back (``Reply.trace``)
 
 
 class Reply(NamedTuple):
     """Worker to parent: the outcome of one ``Call``."""
 
     values: list[bytes]  # each result pickled on its own, so one that cannot be rebuilt names its stage
-    timings: list[list[tuple[Any, ...]]]  # per component run: its timing and, for a group, its members'
+    # Per component run: (timing, durations, slowest) of it and, for a group, of its members (``rebuild.timings_of``).
+    timings: list[list[tuple[Any, ...]]]
     error: bytes  # the pickled exception; b"" if none or if it cannot be rebuilt (then see ``text``)
     traceback: str
     text: str  # "Type: message" of the error, for when ``error`` cannot travel
     failed_at: int  # position of the component that failed, -1 if none
     unloadable: bool = False  # the batch could not be rebuilt in the worker, so nothing in it ran
+    # time.perf_counter() readings in the worker (a system-wide monotonic clock on Linux and macOS, so they
+    # compare with the parent's): (received, rebuilt, replying), then per component (run start, run end,
+    # result pickled). The parent splits each run's wall time into waiting, shipping and work with them.
+    clock: tuple[Any, ...] = ()
+    trace: tuple[Any, ...] = ()  # when Call.trace: (pid, {thread id: name}, [(position, member, t0, t1, tid, ...)])
 
 
 class MapCall(NamedTuple):

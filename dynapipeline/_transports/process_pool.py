@@ -252,6 +252,7 @@ class ProcessPool:
 
     def _send(self, w: Worker, job: Job) -> None:
         assert self.loop is not None
+        job.sent_at = time.perf_counter()
         message = job.message(w)
         w.job = job
         job.worker = w
@@ -296,8 +297,12 @@ class ProcessPool:
         job.done = True
         singles = []
         for index, runner in zip(job.indices, job.runners, strict=True):
+            packed_from = time.perf_counter()
             payload, cids = dumps_batch([runner.owner], dispatch.args, dispatch.kwargs)
-            singles.append(Job(dispatch, [index], [runner], payload, cids, deadline(runner.owner), job.control))
+            single = Job(dispatch, [index], [runner], payload, cids, deadline(runner.owner), job.control)
+            single.packed = (packed_from, time.perf_counter())
+            single.sink = job.sink
+            singles.append(single)
         dispatch.pending += len(singles) - 1
         self.queue.extendleft(reversed(singles))
 
@@ -308,6 +313,7 @@ class ProcessPool:
         except (EOFError, OSError):
             self._on_death(w)
             return
+        received = time.perf_counter()
         if not w.ready:
             w.ready = True
             self._failed_starts = 0
@@ -323,7 +329,7 @@ class ProcessPool:
             if type(reply) is Reply and reply.unloadable and len(job.indices) > 1:
                 self.split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
             else:
-                job.finish(Replied(reply, w.pid))
+                job.finish(Replied(reply, w.pid, received, time.perf_counter()))
         self._pump()
 
     def _on_death(self, w: Worker) -> None:

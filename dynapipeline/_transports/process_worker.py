@@ -24,7 +24,8 @@ from typing import Any
 
 import cloudpickle
 
-from dynapipeline._engine import RunControl, current_control
+from dynapipeline._engine import EPOCH_OFFSET, RunControl, TraceSink, current_control, current_trace, set_tracing
+from dynapipeline._model.component import private_of
 from dynapipeline._model.group import Container
 from dynapipeline._transports.calling import needs_loop, plain_call, run_component
 from dynapipeline._transports.process_messages import (
@@ -123,7 +124,6 @@ def _close_inherited_fork_server_pipe() -> None:
 
 
 def error_bytes(error: BaseException) -> bytes:
-    """The error pickled for the parent, or b"" when it cannot be rebuilt (the parent then raises its text)."""
     try:
         data: bytes = cloudpickle.dumps(error)
         pickle.loads(data)  # an exception that cannot be rebuilt falls back to its text
@@ -145,8 +145,10 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
     """Run one batch and return the reply bytes.
 
     Groups run under a run control of their own whose ``draining`` mirrors the
-    parent's ``drain`` flag, so ``stop(drain=True)`` ends their cycle loops.
+    parent's ``drain`` flag, so ``stop(drain=True)`` ends their cycle loops. When
+    the parent traces, the runs made here travel back in ``Reply.trace``.
     """
+    received = time.perf_counter()
     try:
         call = pickle.loads(message)
         for class_id, blob in call.class_blobs:
@@ -156,8 +158,9 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
         components, args, kwargs = pickle.loads(call.payload)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return reply_bytes([], [], error, traceback.format_exc(), 0, unloadable=True)
+    batch = _Batch(components, (received, time.perf_counter()), call.trace)
     if drain is None or not any(isinstance(c, Container) for c in components):
-        return run_components(current, components, args, kwargs, state)
+        return batch.run(current, args, kwargs, state)
     control = RunControl()
     control.draining = bool(drain.value)
     over = threading.Event()
@@ -166,7 +169,7 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
     watcher.start()
     token = current_control.set(control)
     try:
-        return run_components(current, components, args, kwargs, state)
+        return batch.run(current, args, kwargs, state)
     finally:
         current_control.reset(token)
         over.set()
@@ -177,6 +180,13 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
             if loop is None:
                 loop = state["loop"] = asyncio.new_event_loop()
             loop.run_until_complete(control.finish())
+
+
+def run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                   state: dict[str, Any]) -> bytes:
+    """Run components in order until one fails; the pickled ``Reply`` (results, timings, the error if any)."""
+    now = time.perf_counter()
+    return _Batch(components, (now, now), False).run(current, args, kwargs, state)
 
 
 def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
@@ -213,7 +223,7 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
             try:
                 values.append(plain(item))
             except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                record(t0, clock())
+                runner.record_failed(t0, clock())
                 values.append(None)
                 failures[position] = _item_failure(error, traceback.format_exc())
                 continue
@@ -258,32 +268,79 @@ def _item_failure(error: BaseException, tb: str) -> ItemResult:
     return ItemResult(error_bytes(error), tb, f"{type(error).__qualname__}: {error}")
 
 
-def run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                   state: dict[str, Any]) -> bytes:
-    """Run components in order until one fails; the pickled ``Reply`` (results, timings, the error if any)."""
-    results: list[Any] = []
-    timings: list[Any] = []
-    for position, component in enumerate(components):
-        current.value = position
-        loop = None
-        if needs_loop(component):
-            loop = state.get("loop")
-            if loop is None:
-                loop = state["loop"] = asyncio.new_event_loop()
+class _Batch:
+    """One batch's components, its clock readings, and the runs it traces (when the parent traces)."""
+
+    def __init__(self, components: list[Any], clock: tuple[float, float], trace: bool) -> None:
+        self.components = components
+        self.clock: list[Any] = list(clock)
+        self.sink = TraceSink() if trace else None
+
+    def run(self, current: Any, args: tuple[Any, ...], kwargs: dict[str, Any], state: dict[str, Any]) -> bytes:
+        if self.sink is None:
+            return self._run(current, args, kwargs, state)
+        set_tracing(True)  # one batch at a time in a worker: on for exactly this batch
+        token = current_trace.set(self.sink)
         try:
-            result = run_component(component, args, kwargs, loop)
-        except BaseException as error:  # noqa: B902 - everything goes back to the parent
+            return self._run(current, args, kwargs, state)
+        finally:
+            current_trace.reset(token)
+            set_tracing(False)
+
+    def _run(self, current: Any, args: tuple[Any, ...], kwargs: dict[str, Any], state: dict[str, Any]) -> bytes:
+        results: list[Any] = []
+        timings: list[Any] = []
+        for position, component in enumerate(self.components):
+            current.value = position
+            loop = None
+            if needs_loop(component):
+                loop = state.get("loop")
+                if loop is None:
+                    loop = state["loop"] = asyncio.new_event_loop()
+            try:
+                result = run_component(component, args, kwargs, loop)
+            except BaseException as error:  # noqa: B902 - everything goes back to the parent
+                timings.append(timings_of(component))
+                self._ran(component)
+                return self._reply(results, timings, error, traceback.format_exc(), position)
             timings.append(timings_of(component))
-            return reply_bytes(results, timings, error, traceback.format_exc(), position)
-        timings.append(timings_of(component))
-        try:
-            results.append(_dump_value(result))
-        except Exception as bad:
-            unpicklable = TypeError(f"stage {component.name!r} returned a result that cannot be "
-                                    f"pickled ({type(result).__name__}: {bad})")
-            return reply_bytes(results, timings, unpicklable, "", position)
-    current.value = IDLE
-    return pickle.dumps(Reply(results, timings, b"", "", "", -1), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                results.append(_dump_value(result))
+            except Exception as bad:
+                unpicklable = TypeError(f"stage {component.name!r} returned a result that cannot be "
+                                        f"pickled ({type(result).__name__}: {bad})")
+                self._ran(component)
+                return self._reply(results, timings, unpicklable, "", position)
+            self._ran(component)
+        current.value = IDLE
+        return self._reply(results, timings, None, "", -1)
+
+    def _ran(self, component: Any) -> None:
+        runner = private_of(component)["_runner"]
+        self.clock.append((runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, time.perf_counter()))
+
+    def _reply(self, values: list[bytes], timings: list[Any], error: BaseException | None, tb: str,
+               failed_at: int) -> bytes:
+        self.clock.insert(2, time.perf_counter())
+        trace = () if self.sink is None else self._trace()
+        if error is None:
+            reply = Reply(values, timings, b"", "", "", -1, False, tuple(self.clock), trace)
+        else:
+            reply = Reply(values, timings, error_bytes(error), tb, f"{type(error).__qualname__}: {error}",
+                          failed_at, False, tuple(self.clock), trace)
+        return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _trace(self) -> tuple[Any, ...]:
+        """The traced runs, each naming its component by (position in the batch, index below it)."""
+        sink = self.sink
+        assert sink is not None
+        where: dict[int, tuple[int, int]] = {}
+        for position, component in enumerate(self.components):
+            members = component.iter_components() if isinstance(component, Container) else (component,)
+            for index, member in enumerate(members):
+                where[id(private_of(member)["_runner"])] = (position, index)
+        runs = [(*where[id(run[0])], *run[1:]) for run in sink.runs if id(run[0]) in where]
+        return (os.getpid(), dict(sink.threads), runs)
 
 
 def _dump_value(value: Any) -> bytes:
@@ -296,8 +353,7 @@ def _dump_value(value: Any) -> bytes:
 
 
 def reply_bytes(values: list[bytes], timings: list[Any], error: BaseException, tb: str, failed_at: int,
-                unloadable: bool = False) -> bytes:
-    """A pickled ``Reply`` for a batch that failed at ``failed_at`` (or could not be rebuilt: ``unloadable``)."""
+           unloadable: bool = False) -> bytes:
     reply = Reply(values, timings, error_bytes(error), tb, f"{type(error).__qualname__}: {error}", failed_at,
                   unloadable)
     return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)

@@ -121,7 +121,14 @@ def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: se
 
 
 def timings_of(component: Component) -> list[tuple[Any, ...]]:
-    """Timing of a component and, for a group, of everything below it (depth first)."""
-    if isinstance(component, Container):
-        return [private_of(c)["_runner"].timing() for c in component.iter_components()]
-    return [private_of(component)["_runner"].timing()]
+    """(timing, durations, slowest) of a component and, for a group, of everything below it (depth first).
+
+    Durations and slowest cover the runs made here (since the parent's timing was adopted): the
+    parent folds them into its own copy (``Runner.adopt``).
+    """
+    components = component.iter_components() if isinstance(component, Container) else (component,)
+    out = []
+    for c in components:
+        runner = private_of(c)["_runner"]
+        out.append((runner.timing(), *runner.runs_since_base()))
+    return out

@@ -95,9 +95,10 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import time
 from typing import Any
 
-from dynapipeline._engine import current_control
+from dynapipeline._engine import current_control, current_trace, tracing
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag
 from dynapipeline._transports.calling import check_max_workers
@@ -196,12 +197,17 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         control = current_control.get()
         if control is not None and not any(isinstance(r.owner, Container) for r in runners):
             control = None  # only groups cycle, so only they care about a drain
+        sink = current_trace.get() if tracing() else None
         # Everything is pickled (and checked) before a worker is started or anything is sent.
         for indices in self._plan(runners, self.workers):
             members = [runners[i] for i in indices]
+            packed_from = time.perf_counter()
             payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
             limit = deadline(members[0].owner) if len(members) == 1 else None
-            jobs.append(Job(dispatch, indices, members, payload, cids, limit, control))
+            job = Job(dispatch, indices, members, payload, cids, limit, control)
+            job.packed = (packed_from, time.perf_counter())
+            job.sink = sink
+            jobs.append(job)
         pool = self._pool
         if pool is None or pool.closed:
             pool = self._pool = ProcessPool(self.workers, self.start_method)

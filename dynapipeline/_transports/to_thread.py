@@ -37,11 +37,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dynapipeline._engine import current_control
+from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
 from dynapipeline._loops import loop_factory, loop_kind_of
 from dynapipeline._model.component import Stage, private_of
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag, rebuild_strategy
-from dynapipeline._transports.calling import check_max_workers, drive, needs_loop, time_limit
+from dynapipeline._transports.calling import check_max_workers, drive, needs_loop, note_place, time_limit
 from dynapipeline.errors import StageTimeoutError
 
 __all__ = ["MultithreadExecutionStrategy", "ThreadPool"]
@@ -64,7 +64,7 @@ class _Job:
     """One component for one thread; reports back to the caller's loop."""
 
     __slots__ = ("index", "runner", "args", "kwargs", "batch", "context", "lock", "task", "loop",
-                 "cancelled", "running", "done")
+                 "cancelled", "running", "done", "submitted", "started", "ended")
 
     def __init__(self, index: int, runner: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                  batch: _Batch, context: contextvars.Context) -> None:
@@ -80,6 +80,10 @@ class _Job:
         self.cancelled = False
         self.running = False  # an async run is in progress on a worker loop
         self.done = False
+        # perf_counter readings: handed to the pool, taken by a thread, finished there (0.0: not yet).
+        self.submitted = 0.0
+        self.started = 0.0
+        self.ended = 0.0
 
     def cancel(self) -> None:
         """Cancel the job: not started, it never runs; running on a loop, its task is cancelled."""
@@ -93,6 +97,7 @@ class _Job:
                 pass
 
     def report(self, ok: bool, value: Any) -> None:
+        self.ended = time.perf_counter()
         try:
             self.batch.loop.call_soon_threadsafe(self.batch.on_done, self, ok, value)
         except RuntimeError:
@@ -108,11 +113,14 @@ class _Batch:
         self.results: list[Any] = [None] * n
         self.pending = n
         self.timers: list[Any] = []
+        self.sink: Any = None  # the TraceSink of the dispatching context, when it traces
 
     def on_done(self, job: _Job, ok: bool, value: Any) -> None:
         if job.done:
             return
         job.done = True
+        if job.ended:
+            self.split(job)
         if self.future.done():
             return
         if ok:
@@ -122,6 +130,19 @@ class _Batch:
                 self.future.set_result(None)
         else:
             self.future.set_exception(value)
+
+    def split(self, job: _Job) -> None:
+        """Add the job's waiting (for a thread) and shipping (its result back to this loop) to its runner."""
+        runner = job.runner
+        wait = job.started - job.submitted
+        ship = time.perf_counter() - job.ended
+        runner.wait_total += wait
+        runner.ship_total += ship
+        note_place(runner, "thread")
+        if self.sink is not None:
+            self.sink.flows.append((runner, job.submitted, self.sink.thread(), None,
+                                    runner.start_time - EPOCH_OFFSET,
+                                    {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
 
     def arm(self, job: _Job, seconds: float) -> None:
         """Start a plain-def timed stage's deadline (called when its thread starts it)."""
@@ -206,6 +227,7 @@ class ThreadPool:
     def _run(self, job: _Job, loop: Any) -> Any:
         if job.cancelled:
             return loop
+        job.started = time.perf_counter()
         runner = job.runner
         owner = runner.owner
         deadline = _sync_deadline(owner)
@@ -366,10 +388,13 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
         loop = asyncio.get_running_loop()
         pool, owned = self._pool_for(loop)
         batch = self._batch_type(loop, n)
+        if tracing():
+            batch.sink = current_trace.get()
         context = contextvars.copy_context()
         jobs = [_Job(i, r, args, kwargs, batch, context.copy()) for i, r in enumerate(runners)]
         try:
             for job in jobs:
+                job.submitted = time.perf_counter()
                 pool.submit(job)
             await batch.future
         except BaseException:

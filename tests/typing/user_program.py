@@ -132,7 +132,12 @@ async def main() -> None:
     advanced = PipelineFactory().create_pipeline(
         PipeLineType.ADVANCED, "advanced", offloaded, LoopCycleStrategy(1), ConcurrentExecutionStrategy())
     assert isinstance(advanced.context, ProtectedContext)
-    assert await advanced.run(5) == [[[10, 15], [10]]]
+    with dynapipeline.Tracer() as tracer:
+        assert await advanced.run(5) == [[[10, 15], [10]]]
+    slices: list[dict[str, Any]] = [e for e in tracer.events if e["ph"] == "X"]
+    assert {e["name"] for e in slices} >= {"advanced", "t1", "p1"}
+    line: dynapipeline.ComponentReport = advanced.report()["p1"]
+    assert line.pids and line.wait + line.ship + line.work > 0
 
     # Data flowing between members: a chain, and a failed member kept in its place.
     chained = group("chained", [Double(name="x2"), Double(name="x4")], SequentialExecutionStrategy(chain=True))
@@ -164,7 +169,10 @@ async def main() -> None:
     assert await custom.run(1) == [[2]]
     assert custom.context["who"] == "me"
     assert [c.name for c in custom.iter_components()] == ["custom", "once", "d"]
-    print(custom.report())
+    report: dynapipeline.Report = custom.report()
+    slowest: list[dynapipeline.SlowRun] = report.slowest
+    assert [s.name for s in slowest] == ["d"] and report.to_dict()["components"][0]["name"] == "custom"
+    print(report)
     print("\n".join(log.lines))
 
 

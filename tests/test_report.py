@@ -1,0 +1,224 @@
+"""``component.report()``: the structured report, its table, its time split and its slowest runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+from helpers import Echo, Fail
+
+from dynapipeline import PipelineFactory, PipeLineType, Report, Stage, StageGroup, Step, Stream
+from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
+from dynapipeline.execution import (
+    ConcurrentExecutionStrategy,
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
+    SequentialExecutionStrategy,
+)
+from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
+
+
+class Nap(Stage):
+    """Blocks its thread or worker for ``seconds`` (a plain ``def``: runs off the loop as it is)."""
+
+    seconds: float = 0.0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self.seconds)
+        return os.getpid()
+
+
+class Cycles(Stage):
+    """Sleeps ``delays[k]`` seconds in its k-th run."""
+
+    delays: list[float]
+    runs: int = 0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        delay = self.delays[self.runs % len(self.delays)]
+        self.runs += 1
+        await asyncio.sleep(delay)
+
+
+class Die(Stage):
+    """Kills its worker process."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        os._exit(3)
+
+
+def make_group(stages: list[Any], execution: Any = None, cycle: Any = None, name: str = "g") -> StageGroup:
+    return StageGroup(name=name, stages=stages, cycle_strategy=cycle or OnceCycleStrategy(),
+                      execution_strategy=execution or SequentialExecutionStrategy())
+
+
+def make_pipeline(kind: PipeLineType, groups: list[StageGroup]) -> Any:
+    return PipelineFactory().create_pipeline(kind, "p", groups, OnceCycleStrategy(), SequentialExecutionStrategy())
+
+
+def _split_sum(line: Any) -> float:
+    return float(line.wait + line.ship + line.work)
+
+
+async def test_process_stage_split_adds_up_to_its_wall_time() -> None:
+    # A cold pool: starting the worker is waiting for a worker, so it counts as wait.
+    strategy = MultiprocessExecutionStrategy(max_workers=1)
+    group = StageGroup(name="procs", stages=[Nap(name="nap", seconds=0.3)], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=strategy)
+    try:
+        await group.run()
+    finally:
+        strategy.close()
+    line = group.report()["nap"]
+    wall = group.execution_time
+    assert wall is not None
+    assert line.work == pytest.approx(0.3, abs=0.1)
+    assert line.wait > 0 and line.ship > 0
+    assert abs(_split_sum(line) - wall) <= 0.1 * wall, (line, wall)
+    assert line.where == (f"process {line.pids[0]}",) and len(line.pids) == 1
+
+
+async def test_queued_process_stages_wait_for_the_worker() -> None:
+    # One worker, three stages: each waits in the queue for the ones before it; the last one's
+    # split spans the whole dispatch.
+    strategy = MultiprocessExecutionStrategy(max_workers=1)
+    stages = [Nap(name=f"n{i}", seconds=0.1) for i in range(3)]
+    group = StageGroup(name="procs", stages=stages, cycle_strategy=OnceCycleStrategy(), execution_strategy=strategy)
+    async with strategy:
+        await strategy.start()
+        await group.run()
+    wall = group.execution_time
+    assert wall is not None
+    report = group.report()
+    waits = [report[s.name].wait for s in stages]
+    assert waits[1] - waits[0] >= 0.08 and waits[2] - waits[1] >= 0.08  # each waits ~0.1 s more
+    assert abs(_split_sum(report["n2"]) - wall) <= 0.1 * wall, (report["n2"], wall)
+
+
+async def test_thread_stage_records_wait_ship_and_where() -> None:
+    group = StageGroup(name="threads", stages=[Nap(name="t", seconds=0.05)], cycle_strategy=LoopCycleStrategy(2),
+                       execution_strategy=MultithreadExecutionStrategy(max_workers=1))
+    await group.run()
+    line = group.report()["t"]
+    assert line.where == ("thread",) and line.pids == ()
+    assert line.runs == 2 and line.wait >= 0 and line.ship > 0
+    wall = group.stats.total
+    assert abs(_split_sum(line) - wall) <= 0.1 * wall + 0.01
+
+
+async def test_loop_stages_never_wait_or_ship() -> None:
+    pipeline = make_pipeline(PipeLineType.SIMPLE, [make_group([Echo(name="a", delay=0.001), Echo(name="b")],
+                                                              ConcurrentExecutionStrategy())])
+    await pipeline.run()
+    for line in pipeline.report().components:
+        assert (line.wait, line.ship, line.where) == (0.0, 0.0, ("loop",))
+
+
+async def test_slowest_five_name_the_stage_and_cycle_across_stages() -> None:
+    slow = Cycles(name="slow", delays=[0.001, 0.09, 0.002, 0.07, 0.001, 0.003])
+    steady = Cycles(name="steady", delays=[0.05, 0.001, 0.001, 0.001, 0.001, 0.03])
+    group = make_group([slow, steady], SequentialExecutionStrategy(), cycle=LoopCycleStrategy(6), name="g")
+    await group.run()
+    report = group.report()
+    assert [(s.name, s.cycle) for s in report.slowest] == [
+        ("slow", 2), ("slow", 4), ("steady", 1), ("steady", 6), ("slow", 6)]
+    assert report.slowest[0].path == ("g", "slow")
+    assert report.slowest[0].seconds >= 0.09
+    assert "slowest stage runs:" in str(report) and "g / slow  cycle 2" in str(report)
+
+
+async def test_percentiles_come_from_the_last_64_runs_and_stats_from_all() -> None:
+    stage = Echo(name="e")
+    runner = stage._runner
+    for ms in range(1, 101):  # runs of 1 ms, 2 ms, ... 100 ms
+        runner.record(10.0, 10.0 + ms / 1e3)
+    line = stage.report()["e"]
+    assert len(runner.durations()) == 64  # bounded: the last 64 of 100 runs (37 ms .. 100 ms)
+    assert line.p50 == pytest.approx(0.068)  # nearest rank 32 of 64
+    assert line.p95 == pytest.approx(0.097)  # nearest rank 61 of 64
+    assert line.max == pytest.approx(0.1) and line.mean == pytest.approx(0.0505) and line.runs == 100
+    assert [s.cycle for s in stage.report().slowest] == [100, 99, 98, 97, 96]
+
+
+async def test_errors_count_failed_runs_not_retried_attempts() -> None:
+    class Flaky(Stage):
+        fails: int = 1
+
+        async def execute(self) -> Any:
+            if self.fails:
+                self.fails -= 1
+                raise ValueError("once")
+            return "ok"
+
+    flaky = Flaky(name="flaky", retries=1)
+    bad = Fail(name="bad")
+    group = make_group([flaky, bad], SequentialExecutionStrategy(), name="g")
+    with pytest.raises(ValueError, match="bad"):
+        await group.run()
+    report = group.report()
+    assert (report["flaky"].runs, report["flaky"].errors) == (1, 0)
+    assert (report["bad"].runs, report["bad"].errors) == (1, 1)
+    assert report["g"].errors == 1
+
+
+async def test_to_dict_is_plain_json_with_every_field() -> None:
+    pipeline = make_pipeline(PipeLineType.SIMPLE, [make_group([Echo(name="a"), Fail(name="f")])])
+    with pytest.raises(ValueError):
+        await pipeline.run()
+    data = json.loads(json.dumps(pipeline.report().to_dict()))
+    rows = {row["name"]: row for row in data["components"]}
+    assert set(rows) == {"p", "g", "a", "f"}
+    assert set(rows["a"]) == {"name", "kind", "depth", "path", "where", "pids", "runs", "errors", "total", "mean",
+                              "p50", "p95", "max", "wait", "ship", "work"}
+    assert rows["f"]["errors"] == 1 and rows["a"]["errors"] == 0 and rows["a"]["runs"] == 1
+    assert rows["a"]["path"] == ["p", "g", "a"] and rows["a"]["depth"] == 2
+    assert rows["a"]["total"] == rows["a"]["work"] == pipeline.groups[0].stages[0].stats.total
+    assert [s["name"] for s in data["slowest"]] and all(s["cycle"] == 1 for s in data["slowest"])
+
+
+async def test_str_is_the_aligned_table() -> None:
+    group = make_group([Echo(name="alpha")], name="grp")
+    await group.run()
+    report = group.report()
+    assert isinstance(report, Report)
+    head, *rows = str(report).splitlines()
+    assert head.split()[:4] == ["component", "kind", "runs", "total"]
+    assert head.endswith("where") and rows[1].split()[0] == "alpha" and rows[1].endswith("loop")
+
+
+async def test_a_stream_reports_like_a_group() -> None:
+    double = Echo(name="double")
+    stream = Stream(name="s", steps=[Step(double)], source=range(5))
+    await stream.run()
+    lines = stream.report().components
+    assert [(c.name, c.kind, c.depth) for c in lines] == [("s", "Stream", 0), ("double", "Echo", 1)]
+    assert lines[1].runs == 5
+
+
+async def test_crashed_worker_counts_as_a_failed_run() -> None:
+    strategy = MultiprocessExecutionStrategy(max_workers=1)
+    group = StageGroup(name="g", stages=[Die(name="die")], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=strategy)
+    async with strategy:
+        with pytest.raises(WorkerCrashedError):
+            await group.run()
+    line = group.report()["die"]
+    assert (line.runs, line.errors) == (1, 1)
+    assert group.report()["g"].errors == 1
+
+
+async def test_hanging_process_stage_counts_as_a_failed_run_at_its_deadline() -> None:
+    strategy = MultiprocessExecutionStrategy(max_workers=1)
+    group = StageGroup(name="g", stages=[Nap(name="hang", seconds=60, timeout=0.3)],
+                       cycle_strategy=OnceCycleStrategy(), execution_strategy=strategy)
+    async with strategy:
+        await strategy.start()
+        with pytest.raises(StageTimeoutError):
+            await group.run()
+    line = group.report()["hang"]
+    assert (line.runs, line.errors) == (1, 1)
+    assert 0.3 <= line.max < 5
