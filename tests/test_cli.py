@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -209,6 +210,7 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     ("{file}", (), "expected PATH_OR_MODULE:ATTR"),
     ("no_such_module_here:pipeline", (), "no module named 'no_such_module_here'"),
     ("{file}:pipeline", ("--loop", "trio"), "option --loop must be one of auto, asyncio, uvloop, got 'trio'"),
+    ("{file}:pipeline", ("--trace", "/no/such/folder/t.json"), "option --trace: folder '/no/such/folder' does not"),
 ])
 def test_run_bad_input_exits_2_with_one_line(targets: Path, target: str, extra: tuple[str, ...],
                                              message: str) -> None:
@@ -322,3 +324,51 @@ def test_run_second_ctrl_c_cancels_a_run_that_ignores_stop(targets: Path) -> Non
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "stopped by SIGINT" in err
+
+
+def test_run_sensor_example_with_trace_and_report(tmp_path: Path) -> None:
+    """The sensor example's trace: every stage run a slice, inside its group's; concurrent ones overlap;
+    process runs on their worker's pid."""
+    from helpers import check_trace_format
+
+    path = tmp_path / "t.json"
+    example = Path(__file__).resolve().parent.parent / "examples" / "sensor_monitoring.py"
+    result = _run(f"{example}:pipeline", "--trace", str(path), "--report")
+    assert result.returncode == 0, result.stderr
+    header, *lines = result.stdout.split("slowest stage runs:")[0].splitlines()
+    kind_at = header.index("kind")  # names may contain spaces: the kind column starts where its title does
+    rows = {line[:kind_at].strip(): line[kind_at:].split() for line in lines}
+    depth = {line[:kind_at].strip(): len(line) - len(line.lstrip()) for line in lines}
+    events = check_trace_format(json.loads(path.read_text()))
+    slices = [e for e in events if e["ph"] == "X"]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for e in slices:
+        by_name.setdefault(e["name"], []).append(e)
+    # Every stage run has a slice: as many as the report counts runs of it.
+    stages = [name for name, row in rows.items() if row[0] not in ("SimplePipeline", "AdvancedPipeline",
+                                                                   "StageGroup")]
+    assert len(stages) >= 4
+    for name in stages:
+        assert len(by_name.get(name, [])) == int(rows[name][1]), name
+    # Process-run stages carry their worker's pid (the report's "process <pid>" column).
+    in_processes = [name for name, row in rows.items() if row[-2] == "process"]
+    assert in_processes
+    for name in in_processes:
+        assert {e["pid"] for e in by_name[name]} == {int(rows[name][-1])}, name
+    # Slices of concurrent stages overlap: the concurrent sensors' first runs.
+    sensors = sorted((e for e in slices if e["name"].startswith("sensor ")), key=lambda e: e["ts"])[:2]
+    assert len(sensors) == 2 and sensors[1]["ts"] < sensors[0]["ts"] + sensors[0]["dur"]
+    # Every stage slice lies inside one of its group's slices (its group: the row above it, one level up).
+    members: dict[str, str] = {}
+    group = ""
+    for name in rows:
+        if rows[name][0] == "StageGroup":
+            group = name
+        elif name in stages and depth[name] > depth.get(group, 0):
+            members[name] = group
+    assert set(members) == set(stages)
+    slack = 1e-3
+    for name, group in members.items():
+        for s in by_name[name]:
+            assert any(g["ts"] - slack <= s["ts"] and s["ts"] + s["dur"] <= g["ts"] + g["dur"] + slack
+                       for g in by_name[group]), (name, group)

@@ -16,7 +16,8 @@
   was interrupted rather than finished.
 - The run's result is not printed (pipelines may return large lists);
   ``--report`` prints ``report()`` afterwards (also after a Ctrl-C) and
-  ``--progress`` shows :class:`~dynapipeline.Progress` while it runs.
+  ``--progress`` shows :class:`~dynapipeline.Progress` while it runs;
+  ``--trace FILE`` runs it inside :class:`~dynapipeline.Tracer` ``(FILE)``.
 
 Options that wrap the run are entries of ``WRAPPERS``: each takes the parsed
 arguments and the target and returns an async context manager (or ``None``).
@@ -43,6 +44,7 @@ from typing import Any
 from dynapipeline._front.loop import loop_name
 from dynapipeline._front.loop import run as run_on_loop
 from dynapipeline._front.progress import Progress
+from dynapipeline._front.tracer import Tracer
 from dynapipeline._model import Component
 from dynapipeline.errors import ConfigurationError
 
@@ -57,12 +59,16 @@ class BadInput(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
+def _trace(args: argparse.Namespace, target: Any) -> AbstractAsyncContextManager[Any] | None:
+    return Tracer(args.trace) if args.trace else None
+
+
 def _progress(args: argparse.Namespace, target: Any) -> AbstractAsyncContextManager[Any] | None:
     return Progress(target, interval=0.5) if args.progress else None
 
 
-WRAPPERS: list[Callable[[argparse.Namespace, Any], AbstractAsyncContextManager[Any] | None]] = [_progress]
-"""Async context managers entered around ``target.run()``, in order (``--progress``)."""
+WRAPPERS: list[Callable[[argparse.Namespace, Any], AbstractAsyncContextManager[Any] | None]] = [_trace, _progress]
+"""Async context managers entered around ``target.run()``, outermost first (``--trace``, ``--progress``)."""
 
 
 def add_parser(sub: Any) -> None:
@@ -76,6 +82,8 @@ def add_parser(sub: Any) -> None:
                         help="e.g. examples/stop_on_event.py:build or mypackage.jobs:pipeline")
     parser.add_argument("--loop", default=None, metavar="{auto,asyncio,uvloop}",
                         help="event loop (default: $DYNAPIPELINE_LOOP, else auto: uvloop when installed)")
+    parser.add_argument("--trace", metavar="FILE", default=None,
+                        help="write a Chrome trace-event file of the run (open it at ui.perfetto.dev)")
     parser.add_argument("--report", action="store_true", help="print the target's report() after the run")
     parser.add_argument("--progress", action="store_true",
                         help="show counts and rates while it runs (a live table on a terminal, else lines on stderr)")
@@ -88,6 +96,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         if args.loop is not None and args.loop not in LOOP_CHOICES:
             raise BadInput(f"option --loop must be one of {', '.join(LOOP_CHOICES)}, got {args.loop!r}")
+        if args.trace is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.trace))):
+            raise BadInput(f"option --trace: folder {os.path.dirname(os.path.abspath(args.trace))!r} does not exist")
         loop = loop_name(args.loop)
         obj = load_target(args.target)
     except BadInput as error:
