@@ -17,6 +17,7 @@ from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
     MultiprocessExecutionStrategy,
     MultithreadExecutionStrategy,
+    SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
@@ -119,7 +120,7 @@ async def test_loop_stages_never_wait_or_ship() -> None:
 
 
 async def test_slowest_five_name_the_stage_and_cycle_across_stages() -> None:
-    slow = Cycles(name="slow", delays=[0.001, 0.09, 0.002, 0.07, 0.001, 0.003])
+    slow = Cycles(name="slow", delays=[0.001, 0.09, 0.001, 0.07, 0.001, 0.02])  # the 5th slowest: 20 ms vs 1 ms
     steady = Cycles(name="steady", delays=[0.05, 0.001, 0.001, 0.001, 0.001, 0.03])
     group = make_group([slow, steady], SequentialExecutionStrategy(), cycle=LoopCycleStrategy(6), name="g")
     await group.run()
@@ -163,6 +164,21 @@ async def test_errors_count_failed_runs_not_retried_attempts() -> None:
     assert (report["flaky"].runs, report["flaky"].errors) == (1, 0)
     assert (report["bad"].runs, report["bad"].errors) == (1, 1)
     assert report["g"].errors == 1
+
+
+@pytest.mark.parametrize("strategy", [SequentialExecutionStrategy(chain=True),
+                                      SemaphoreExecutionStrategy(2, return_exceptions=True)],
+                         ids=["chain", "semaphore-gather"])
+async def test_errors_count_under_chain_and_return_exceptions(strategy: Any) -> None:
+    bad = Fail(name="bad")
+    group = make_group([Echo(name="ok"), bad], strategy, name="g")
+    try:
+        await group.run()
+    except ValueError:
+        pass  # the chain propagates the error; the gather returns it in place
+    report = group.report()
+    assert (report["bad"].runs, report["bad"].errors) == (1, 1)
+    assert (report["ok"].runs, report["ok"].errors) == (1, 0)
 
 
 async def test_to_dict_is_plain_json_with_every_field() -> None:

@@ -628,8 +628,8 @@ class Chained:
             if _inline(runner):
                 try:
                     result = await _call_execute(runner, args, kwargs)
-                except BaseException:
-                    _record(runner, t0, _now())
+                except BaseException as error:
+                    _record_error(runner, t0, _now(), error)
                     raise
                 t1 = _now()
                 _record(runner, t0, t1)
@@ -868,9 +868,12 @@ class _GatherCursor(_Cursor):
                     t0 = _now()
                     try:
                         self.results[index] = await _call_execute(runner, self.args, self.kwargs)
-                    except Exception as error:
+                    except BaseException as error:
+                        _record_error(runner, t0, _now(), error)
+                        if not isinstance(error, Exception):
+                            raise
                         self.results[index] = error
-                    finally:
+                    else:
                         _record(runner, t0, _now())
                 else:
                     try:
