@@ -511,11 +511,14 @@ class _StepRun:
                 inq.put_nowait(_END)
                 break
             entries.append(entry)
-        failed = [e for e in entries if type(e[1]) is _Failed]
         values = [e[1] for e in entries if type(e[1]) is not _Failed]
-        # One batch is one unit of work: its index is its first item's.
-        batch = [(entries[0][0], values)] if values else []
-        return failed + batch
+        if len(values) == len(entries):
+            return [(entries[0][0], values)]  # one batch is one unit of work: its index is its first item's
+        if not values:
+            return entries
+        # Failed items keep their place: those that came before the batch's first item go before it.
+        first = next(i for i, e in enumerate(entries) if type(e[1]) is not _Failed)
+        return entries[:first] + [(entries[first][0], values)] + [e for e in entries[first:] if type(e[1]) is _Failed]
 
     # -- running items ---------------------------------------------------------------------------
     async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
