@@ -38,6 +38,7 @@ __all__ = ["ItemError", "Step", "StepProgress", "Stream"]
 OnError = Literal["raise", "skip", "return"]
 _END: Any = object()  # end of the items, passed from step to step
 _NO_KWARGS: dict[str, Any] = {}
+_DRAIN_POLL = 0.02  # seconds between looks at a drain while an async source has no next item
 
 
 class Step:
@@ -108,6 +109,11 @@ class Stream(Component):
     argument is the source when ``source`` is not set). A generator source is
     consumed by the first run: a stream that runs again (a cycle strategy) needs
     a re-iterable source (a list, a range, an object whose ``__iter__`` starts over).
+    An error raised by the source is not an item's error: it fails the run
+    whatever ``on_error`` says, with a note naming the stream and how many items
+    the source gave before it. ``pipeline.stop(drain=True)`` stops pulling the
+    source (at once, even while an async source waits for its next item) and
+    lets every item already pulled run through all the steps.
     ``async for item in stream.iterate(source)`` yields the outputs as they come
     (handlers and timing apply to ``run()`` only).
     """
@@ -287,6 +293,7 @@ class _Run:
     def __init__(self, stream: Stream, source: Any, sink: Any, out: asyncio.Queue[Any] | None = None) -> None:
         self.stream = stream
         self.source = source
+        self.awaiting_source = False  # the feeder waits for the source's next item (not for room in the queue)
         steps = stream._steps
         self.queues = tuple(asyncio.Queue[Any](stream.maxsize) for _ in steps)
         self.counts = tuple(_Counts() for _ in steps)
@@ -315,26 +322,73 @@ class _Run:
         return tasks
 
     async def feed(self) -> None:
-        queue = self.queues[0]
+        """Pull the source into the first queue; an error of the source fails the run, whatever ``on_error`` says."""
         control = current_control.get()
-        index = 0
-        source = self.source
-        if hasattr(source, "__aiter__"):
-            async for value in source:
-                if control is not None and control.draining:
-                    break
-                await queue.put((index, value))
-                index += 1
+        if not hasattr(self.source, "__aiter__"):
+            await self.pull(control)
+        elif control is None:
+            await self.pull_async(None)
         else:
-            for value in source:
-                if control is not None and control.draining:
-                    break
+            await self.pull_async_until_drained(control)
+        await self.queues[0].put(_END)
+
+    async def pull(self, control: Any) -> None:
+        queue = self.queues[0]
+        index = 0
+        if control is not None and control.draining:
+            return
+        try:
+            for value in self.source:
                 try:
                     queue.put_nowait((index, value))
                 except asyncio.QueueFull:
                     await queue.put((index, value))
                 index += 1
-        await queue.put(_END)
+                if control is not None and control.draining:
+                    break  # before pulling the next item: an item pulled is an item run
+        except Exception as error:
+            self.source_failed(error, index)
+            raise
+
+    async def pull_async(self, control: Any) -> None:
+        queue = self.queues[0]
+        index = 0
+        if control is not None and control.draining:
+            return
+        self.awaiting_source = True
+        try:
+            async for value in self.source:
+                self.awaiting_source = False
+                await queue.put((index, value))
+                index += 1
+                if control is not None and control.draining:
+                    break
+                self.awaiting_source = True
+        except Exception as error:
+            self.source_failed(error, index)
+            raise
+        finally:
+            self.awaiting_source = False
+
+    async def pull_async_until_drained(self, control: Any) -> None:
+        """``pull_async``, also ended by a drain while the source has no next item yet (it may never have one)."""
+        puller = asyncio.ensure_future(self.pull_async(control))
+        try:
+            while not puller.done():
+                await asyncio.wait((puller,), timeout=_DRAIN_POLL)
+                if control.draining and self.awaiting_source and not puller.done():
+                    # Waiting for the source, not for room in the queue: every item pulled is queued.
+                    puller.cancel()
+                    await asyncio.wait((puller,))
+        finally:
+            if not puller.done():
+                puller.cancel()
+                await asyncio.wait((puller,))
+        if not puller.cancelled():
+            puller.result()
+
+    def source_failed(self, error: Exception, pulled: int) -> None:
+        error.add_note(f"in stream {self.stream.name!r}, its source, after {pulled} items")
 
 
 def _putter(queue: asyncio.Queue[Any], unwrap: bool = False) -> Any:
