@@ -549,6 +549,23 @@ async def test_a_failed_item_keeps_its_place_around_a_batch() -> None:
     assert [o if isinstance(o, list) else repr(o) for o in out] == ["ValueError('bad item 0')", [1, 2], [3]]
 
 
+async def test_runs_of_one_stream_may_overlap_and_each_keeps_its_own_errors() -> None:
+    s = stream(Sleepy(name="slow", delay=0.01), FailOn(name="f", bad=3), on_error="skip")
+    first, second = await asyncio.gather(s.run(range(6)), s.run([3, 4, 3]))
+    assert first == [0, 1, 2, 4, 5] and second == [4]
+    assert [(e.index, e.step) for e in s.errors] == [(0, "f"), (2, "f")]  # the run that started last
+    assert s.progress["f"].received == 3
+
+
+async def test_a_one_shot_source_given_to_the_stream_is_an_error_on_the_second_run() -> None:
+    s = Stream(name="s", steps=[Double(name="d")], source=(i for i in range(3)))
+    assert await s.run() == [0, 2, 4]
+    with pytest.raises(ConfigurationError, match="Stream 's': field 'source' is an iterator that an earlier run"):
+        await s.run()
+    again = Stream(name="s", steps=[Double(name="d")], source=range(3))
+    assert await again.run() == await again.run() == [0, 2, 4]
+
+
 async def test_handlers_of_a_step_stage_run_per_item() -> None:
     from helpers import Recorder
 

@@ -108,7 +108,11 @@ class Stream(Component):
     here or to ``run()``/``iterate()`` (as a pipeline member, the run's first
     argument is the source when ``source`` is not set). A generator source is
     consumed by the first run: a stream that runs again (a cycle strategy) needs
-    a re-iterable source (a list, a range, an object whose ``__iter__`` starts over).
+    a re-iterable source (a list, a range, an object whose ``__iter__`` starts over);
+    running again over an iterator given as ``source`` raises ``ConfigurationError``
+    rather than yield nothing. Runs of one stream may overlap (``run()`` and
+    ``iterate()`` each have their own queues and errors); ``progress`` and
+    ``errors`` show the run that started last.
     An error raised by the source is not an item's error: it fails the run
     whatever ``on_error`` says, with a note naming the stream and how many items
     the source gave before it. ``pipeline.stop(drain=True)`` stops pulling the
@@ -136,6 +140,7 @@ class Stream(Component):
     _counts: tuple[_Counts, ...] = ()
     _queues: tuple[asyncio.Queue[Any], ...] = ()
     _errors: list[ItemError] = []
+    _spent: Any = None  # the one-shot iterator given as ``source`` that a run has used
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
@@ -209,6 +214,13 @@ class Stream(Component):
         if source is None:
             raise ConfigurationError(f"Stream {self.name!r}: field 'source' is not set and no source was given")
         _check_source(f"Stream {self.name!r}", source)
+        if source is self.source and (hasattr(source, "__next__") or hasattr(source, "__anext__")):
+            if self._spent is source:
+                raise ConfigurationError(
+                    f"Stream {self.name!r}: field 'source' is an iterator that an earlier run consumed; a stream "
+                    "that runs again needs a re-iterable source (a list, a range, an object whose __iter__ starts "
+                    "over)")
+            self._spent = source
         return source
 
     # -- what a user reads -------------------------------------------------------------------------
@@ -299,7 +311,8 @@ class _Run:
         self.counts = tuple(_Counts() for _ in steps)
         stream._queues = self.queues
         stream._counts = self.counts
-        stream._errors = []
+        self.errors: list[ItemError] = []
+        stream._errors = self.errors
         self.steps: list[_StepRun] = []
         for i, step in enumerate(steps):
             emit: Callable[[int, Any], Awaitable[None]]
@@ -613,7 +626,7 @@ class _StepRun:
             error.add_note(f"in stream {self.run_.stream.name!r}, step {name!r}, item {index}")
             raise error
         if self.on_error == "skip":
-            self.run_.stream._errors.append(ItemError(index, name, error))
+            self.run_.errors.append(ItemError(index, name, error))
             return
         outputs.append((index, _Failed(error)))
 
