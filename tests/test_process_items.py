@@ -196,10 +196,10 @@ async def test_pipeline_stop_during_a_process_step_leaves_no_worker() -> None:
     loop.call_later(1.2, p.stop)
     try:
         assert await asyncio.wait_for(p.run(range(10)), 30) is None
+        assert pids and strategy.worker_pids() == []
+        assert_no_workers(pids)  # before close(): the stop itself ended them
     finally:
         strategy.close()
-    assert pids
-    assert_no_workers(pids)
 
 
 # -- threads --------------------------------------------------------------------------------------
@@ -216,3 +216,34 @@ async def test_thread_step_timeout_and_errors_are_per_item() -> None:
     s = stream(Step(SleepOn(name="sleep", bad=2, timeout=0.2), MultithreadExecutionStrategy(2)), on_error="skip")
     assert await s.run(range(6)) == [0, 1, 3, 4, 5]
     assert type(s.errors[0].error) is StageTimeoutError and s.errors[0].index == 2
+
+
+# -- faults ---------------------------------------------------------------------------------------
+class Hold(Stage):
+    """An async stage that holds its item for a minute (the step before a process step)."""
+
+    async def execute(self, item: int) -> int:
+        await asyncio.sleep(60)
+        return item
+
+
+def _pipeline(s: Stream) -> Any:
+    return PipelineFactory().create_pipeline(PipeLineType.ADVANCED, name="p", groups=[s],
+                                             cycle_strategy=OnceCycleStrategy(),
+                                             execution_strategy=MultithreadExecutionStrategy(1))
+
+
+async def test_pipeline_stop_before_a_process_step_got_an_item_leaves_no_worker() -> None:
+    strategy = MultiprocessExecutionStrategy(2)
+    try:
+        await strategy.start()
+        pids = strategy.worker_pids()
+        s = Stream(name="s", steps=[Hold(name="hold"), Step(Square(name="square"), strategy)])
+        p = _pipeline(s)
+        asyncio.get_running_loop().call_later(0.3, p.stop)
+        assert await asyncio.wait_for(p.run(range(10)), 30) is None
+        assert s.progress["square"].received == 0
+        assert pids and strategy.worker_pids() == []
+        assert_no_workers(pids)  # before close(): the stop itself ended them
+    finally:
+        strategy.close()
