@@ -6,7 +6,10 @@
 
 - The source (any iterable or async iterable) is pulled lazily by one task; a
   full queue stops it, so a slow step slows the source down and memory stays
-  bounded by ``maxsize`` per step plus the items in flight.
+  bounded by ``maxsize`` per step plus the items in flight. A stage whose
+  ``execute`` is a generator (a flat-map) has its outputs for one item collected
+  in a list before they flow on: that one item's whole output is in memory
+  at once (the bound is per item, not ``maxsize``).
 - Each step runs its stage on one item at a time per worker; how many workers,
   and where they run, is the step's execution strategy's answer to
   ``stream_runner`` (sequential: one; semaphore(k): k; concurrent: ``maxsize``;
