@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helpers import assert_no_workers, gone
 
-from dynapipeline import PipelineFactory, PipeLineType, Stage, Step, Stream
+from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
@@ -196,10 +196,10 @@ async def test_pipeline_stop_during_a_process_step_leaves_no_worker() -> None:
     loop.call_later(1.2, p.stop)
     try:
         assert await asyncio.wait_for(p.run(range(10)), 30) is None
+        assert pids and strategy.worker_pids() == []
+        assert_no_workers(pids)  # before close(): the stop itself ended them
     finally:
         strategy.close()
-    assert pids
-    assert_no_workers(pids)
 
 
 # -- threads --------------------------------------------------------------------------------------
@@ -216,3 +216,175 @@ async def test_thread_step_timeout_and_errors_are_per_item() -> None:
     s = stream(Step(SleepOn(name="sleep", bad=2, timeout=0.2), MultithreadExecutionStrategy(2)), on_error="skip")
     assert await s.run(range(6)) == [0, 1, 3, 4, 5]
     assert type(s.errors[0].error) is StageTimeoutError and s.errors[0].index == 2
+
+
+# -- faults ---------------------------------------------------------------------------------------
+class Hold(Stage):
+    """An async stage that holds its item for a minute (the step before a process step)."""
+
+    async def execute(self, item: int) -> int:
+        await asyncio.sleep(60)
+        return item
+
+
+def _pipeline(s: Stream) -> Any:
+    return PipelineFactory().create_pipeline(PipeLineType.ADVANCED, name="p", groups=[s],
+                                             cycle_strategy=OnceCycleStrategy(),
+                                             execution_strategy=MultithreadExecutionStrategy(1))
+
+
+async def test_pipeline_stop_before_a_process_step_got_an_item_leaves_no_worker() -> None:
+    strategy = MultiprocessExecutionStrategy(2)
+    try:
+        await strategy.start()
+        pids = strategy.worker_pids()
+        s = Stream(name="s", steps=[Hold(name="hold"), Step(Square(name="square"), strategy)])
+        p = _pipeline(s)
+        asyncio.get_running_loop().call_later(0.3, p.stop)
+        assert await asyncio.wait_for(p.run(range(10)), 30) is None
+        assert s.progress["square"].received == 0
+        assert pids and strategy.worker_pids() == []
+        assert_no_workers(pids)  # before close(): the stop itself ended them
+    finally:
+        strategy.close()
+
+
+class FailTwice(Stage):
+    """Fails the first two attempts of each item; attempts are counted in files under ``folder``."""
+
+    folder: str = ""
+
+    def execute(self, item: int) -> int:
+        path = os.path.join(self.folder, str(item))
+        attempts = int(open(path).read()) if os.path.exists(path) else 0
+        with open(path, "w") as f:
+            f.write(str(attempts + 1))
+        if attempts < 2:
+            raise RuntimeError(f"attempt {attempts + 1} of {item}")
+        return item
+
+
+async def test_retries_of_a_process_step_stage_run_in_the_worker(procs: MultiprocessExecutionStrategy,
+                                                                 tmp_path: Any) -> None:
+    stage = FailTwice(name="flaky", folder=str(tmp_path), retries=2)
+    assert await stream(Step(stage, procs)).run(range(6)) == list(range(6))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {str(i): "3" for i in range(6)}
+    assert stage.stats.count == 6  # one run per item, its attempts inside it
+
+
+class Note(Handler):
+    """Appends each hook call to a file (the hooks of a process step's stage run in the worker)."""
+
+    path: str = ""
+
+    def _write(self, line: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+    def before(self, component: Any, *args: Any, **kwargs: Any) -> None:
+        self._write(f"before {args[0]}")
+
+    async def around(self, component: Any, execute: Any, *args: Any, **kwargs: Any) -> Any:
+        self._write(f"around {args[0]}")
+        return await execute(*args, **kwargs)
+
+    def after(self, component: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        self._write(f"after {result}")
+
+    def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> None:
+        self._write(f"on_error {args[0]}")
+
+
+@pytest.mark.parametrize("where", ["processes", "threads"])
+async def test_handlers_of_an_off_loop_step_stage_run_per_item(procs: MultiprocessExecutionStrategy, where: str,
+                                                              tmp_path: Any) -> None:
+    log = tmp_path / "log"
+    strategy = procs if where == "processes" else MultithreadExecutionStrategy(1)
+    stage = RaiseOn(name="raiser", bad=1, handlers=[Note(path=str(log))])
+    s = stream(Step(stage, strategy), on_error="skip")
+    assert await s.run(range(3)) == [0, 2]
+    lines = log.read_text().splitlines()
+    for item, outcome in ((0, "after 0"), (1, "on_error 1"), (2, "after 2")):
+        assert {f"before {item}", f"around {item}", outcome} <= set(lines)
+    assert len(lines) == 9
+
+
+class SlowFailOn(Stage):
+    """Item ``bad`` takes longest and then fails: the items after it finish first."""
+
+    bad: int = 2
+
+    def execute(self, item: int) -> int:
+        time.sleep(0.2 if item == self.bad else 0.001)
+        if item == self.bad:
+            raise ValueError(f"bad {item}")
+        return item
+
+
+@pytest.mark.parametrize("on_error", ["skip", "return"])
+@pytest.mark.parametrize("where", ["processes", "threads"])
+async def test_ordered_output_keeps_its_order_around_a_failed_item(procs: MultiprocessExecutionStrategy,
+                                                                  where: str, on_error: str) -> None:
+    strategy = procs if where == "processes" else MultithreadExecutionStrategy(2)
+    s = stream(Step(SlowFailOn(name="slow", bad=2), strategy), on_error=on_error, maxsize=8)
+    out = await asyncio.wait_for(s.run(range(20)), 30)
+    rest = [i for i in range(20) if i != 2]
+    if on_error == "skip":
+        assert out == rest and [e.index for e in s.errors] == [2]
+    else:
+        assert out[:2] + out[3:] == rest and type(out[2]) is ValueError
+
+
+async def test_an_exception_flowing_on_passes_a_process_step_untouched(procs: MultiprocessExecutionStrategy) -> None:
+    square = Square(name="square")
+    s = Stream(name="s", steps=[RaiseOn(name="raiser", bad=2), Step(square, procs)], on_error="return")
+    out = await s.run(range(5))
+    assert out[:2] + out[3:] == [0, 1, 9, 16] and type(out[2]) is KeyError
+    assert s.progress["square"].received == 4 and square.stats.count == 4
+
+
+class Blank(Stage):
+    """Returns as many zero bytes as its item is long."""
+
+    def execute(self, item: bytes) -> bytes:
+        return bytes(len(item))
+
+
+async def test_huge_items_through_a_process_step_hold_the_source_back(procs: MultiprocessExecutionStrategy) -> None:
+    maxsize, size = 4, 10 * 2**20
+    pulled = 0
+    ahead = []
+
+    def source() -> Any:
+        nonlocal pulled
+        for _ in range(20):
+            pulled += 1
+            yield b"x" * size
+
+    s = stream(Step(Blank(name="blank"), procs), maxsize=maxsize)
+
+    async def consume() -> int:
+        got = 0
+        async for value in s.iterate(source()):
+            assert len(value) == size
+            got += 1
+            ahead.append(pulled - got)
+        return got
+
+    assert await asyncio.wait_for(consume(), 60) == 20
+    # Pulled but not yet consumed: the step's queue, its chunks in flight (2 per worker), the output queue,
+    # and the one the feeder holds. Memory is bounded by that many items, not by the source's length.
+    assert max(ahead) <= maxsize + 2 * 2 + maxsize + 1
+
+
+async def test_leaving_iterate_while_a_chunk_spins_kills_its_worker(procs: MultiprocessExecutionStrategy) -> None:
+    await procs.start()
+    before = set(procs.worker_pids())
+    s = stream(Step(SpinOn(name="spin", bad=5), procs), maxsize=4)
+    outputs = s.iterate(range(100))
+    assert [await outputs.__anext__() for _ in range(3)] == [0, 1, 2]
+    await asyncio.sleep(0.5)  # item 5 is spinning in a worker by now
+    await asyncio.wait_for(outputs.aclose(), 10)  # what leaving ``async for`` does
+    assert any(gone(pid) for pid in before)
+    me = asyncio.current_task()
+    assert [t for t in asyncio.all_tasks() if t is not me and "stream" in repr(t.get_coro())] == []

@@ -474,6 +474,112 @@ def test_repeated_stage_names_are_rejected() -> None:
         stream(Double(name="d"), PlusOne(name="d"))
 
 
+# -- faults: the source, stop and drain, reuse -----------------------------------------------------
+def _broken_source() -> Iterator[int]:
+    yield 0
+    yield 1
+    raise RuntimeError("source broke")
+
+
+async def _broken_async_source() -> AsyncIterator[int]:
+    yield 0
+    await asyncio.sleep(0)
+    yield 1
+    raise RuntimeError("source broke")
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip", "return"])
+@pytest.mark.parametrize("make_source", [_broken_source, _broken_async_source])
+async def test_a_source_error_fails_the_run_whatever_on_error_says(on_error: str, make_source: Any) -> None:
+    s = stream(Step(Sleepy(name="slow"), SemaphoreExecutionStrategy(2)), on_error=on_error)
+    with pytest.raises(RuntimeError, match="source broke") as info:
+        await asyncio.wait_for(s.run(make_source()), 5)
+    assert "in stream 's', its source, after 2 items" in info.value.__notes__
+    assert s.errors == []  # not an item's error
+    assert _stream_tasks() == []
+    with pytest.raises(RuntimeError, match="source broke"):
+        async for _ in s.iterate(make_source()):
+            pass
+    assert _stream_tasks() == []
+
+
+async def test_drain_ends_a_run_whose_async_source_waits_for_its_next_item() -> None:
+    async def quiet() -> AsyncIterator[int]:
+        yield 0
+        yield 1
+        await asyncio.sleep(3600)  # a feed with nothing to say for an hour
+        yield 2
+
+    s = stream(Step(Collect(name="batch"), batch=10, batch_timeout=60))
+    p = pipeline(s)
+    asyncio.get_running_loop().call_later(0.1, p.stop, True)
+    assert await asyncio.wait_for(p.run(quiet()), 5) is None
+    assert s.progress["batch"].done == 1  # the partial batch [0, 1] ran: nothing pulled was dropped
+    assert _stream_tasks() == []
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_drain_runs_every_item_the_source_yielded(kind: str) -> None:
+    yielded: list[int] = []
+
+    def endless() -> Iterator[int]:
+        i = 0
+        while True:
+            yielded.append(i)
+            yield i
+            i += 1
+
+    async def endless_async() -> AsyncIterator[int]:
+        for i in endless():
+            yield i
+
+    s = stream(Step(Sleepy(name="slow", delay=0.01), SemaphoreExecutionStrategy(2)), maxsize=2)
+    p = pipeline(s)
+    asyncio.get_running_loop().call_later(0.1, p.stop, True)
+    assert await asyncio.wait_for(p.run(endless() if kind == "sync" else endless_async()), 5) is None
+    progress = s.progress["slow"]
+    assert progress.done == len(yielded) > 0  # none pulled and then dropped
+
+
+async def test_a_failed_item_keeps_its_place_around_a_batch() -> None:
+    s = stream(FailOn(name="f", bad=2), Step(Collect(name="batch"), batch=3), on_error="return")
+    out = await s.run(range(7))
+    assert [o if isinstance(o, list) else repr(o) for o in out] == [
+        [0, 1], "ValueError('bad item 2')", [3, 4, 5], [6]]
+    s = stream(FailOn(name="f", bad=0), Step(Collect(name="batch"), batch=3), on_error="return")
+    out = await s.run(range(4))
+    assert [o if isinstance(o, list) else repr(o) for o in out] == ["ValueError('bad item 0')", [1, 2], [3]]
+
+
+async def test_runs_of_one_stream_may_overlap_and_each_keeps_its_own_errors() -> None:
+    s = stream(Sleepy(name="slow", delay=0.01), FailOn(name="f", bad=3), on_error="skip")
+    first, second = await asyncio.gather(s.run(range(6)), s.run([3, 4, 3]))
+    assert first == [0, 1, 2, 4, 5] and second == [4]
+    assert [(e.index, e.step) for e in s.errors] == [(0, "f"), (2, "f")]  # the run that started last
+    assert s.progress["f"].received == 3
+
+
+async def test_a_one_shot_source_given_to_the_stream_is_an_error_on_the_second_run() -> None:
+    s = Stream(name="s", steps=[Double(name="d")], source=(i for i in range(3)))
+    assert await s.run() == [0, 2, 4]
+    with pytest.raises(ConfigurationError, match="Stream 's': field 'source' is an iterator that an earlier run"):
+        await s.run()
+    again = Stream(name="s", steps=[Double(name="d")], source=range(3))
+    assert await again.run() == await again.run() == [0, 2, 4]
+
+
+async def test_handlers_of_a_step_stage_run_per_item() -> None:
+    from helpers import Recorder
+
+    calls: list[Any] = []
+    f = FailOn(name="f", bad=1, handlers=[Recorder(tag="h", calls=calls)])
+    s = stream(f, on_error="skip")
+    assert await s.run(range(3)) == [0, 2]
+    assert [c for c in calls if c[0] in ("before", "after", "on_error")] == [
+        ("before", "h", "f"), ("after", "h", 0), ("before", "h", "f"), ("on_error", "h", "ValueError"),
+        ("before", "h", "f"), ("after", "h", 2)]
+    assert [c for c in calls if c[0] == "around-in"] == [("around-in", "h")] * 3
+
 # -- helpers ------------------------------------------------------------------------------------
 def _stream_tasks() -> list[asyncio.Task[Any]]:
     """Tasks of a stream still alive (its feeder and step workers run the stream module's coroutines)."""

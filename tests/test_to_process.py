@@ -67,6 +67,18 @@ async def test_local_class_closure_and_lambda_travel(procs):
     assert await procs.execute(stages, 5) == [20, 25]
 
 
+
+class Blank(Stage):
+    def execute(self, data: bytes) -> bytes:
+        return bytes(len(data))
+
+
+async def test_ten_megabyte_arguments_and_results_travel_on_either_loop(procs):
+    # Larger than a pipe's buffer: uvloop's non-blocking watched pipe once cut such a message midway.
+    size = 10 * 2**20
+    results = await asyncio.wait_for(procs.execute([Blank(name="a"), Blank(name="b")], b"x" * size), 30)
+    assert [len(r) for r in results] == [size, size] and not any(results[0])
+
 async def test_pool_is_warm_across_dispatches_and_runs(procs):
     await procs.execute([Pid(name="a")])
     pids = set(procs.worker_pids())

@@ -6,7 +6,10 @@
 
 - The source (any iterable or async iterable) is pulled lazily by one task; a
   full queue stops it, so a slow step slows the source down and memory stays
-  bounded by ``maxsize`` per step plus the items in flight.
+  bounded by ``maxsize`` per step plus the items in flight. A stage whose
+  ``execute`` is a generator (a flat-map) has its outputs for one item collected
+  in a list before they flow on: that one item's whole output is in memory
+  at once (the bound is per item, not ``maxsize``).
 - Each step runs its stage on one item at a time per worker; how many workers,
   and where they run, is the step's execution strategy's answer to
   ``stream_runner`` (sequential: one; semaphore(k): k; concurrent: ``maxsize``;
@@ -39,6 +42,7 @@ __all__ = ["ItemError", "Step", "StepProgress", "Stream"]
 OnError = Literal["raise", "skip", "return"]
 _END: Any = object()  # end of the items, passed from step to step
 _NO_KWARGS: dict[str, Any] = {}
+_DRAIN_POLL = 0.02  # seconds between looks at a drain while an async source has no next item
 
 
 class Step:
@@ -108,7 +112,16 @@ class Stream(Component):
     here or to ``run()``/``iterate()`` (as a pipeline member, the run's first
     argument is the source when ``source`` is not set). A generator source is
     consumed by the first run: a stream that runs again (a cycle strategy) needs
-    a re-iterable source (a list, a range, an object whose ``__iter__`` starts over).
+    a re-iterable source (a list, a range, an object whose ``__iter__`` starts over);
+    running again over an iterator given as ``source`` raises ``ConfigurationError``
+    rather than yield nothing. Runs of one stream may overlap (``run()`` and
+    ``iterate()`` each have their own queues and errors); ``progress`` and
+    ``errors`` show the run that started last.
+    An error raised by the source is not an item's error: it fails the run
+    whatever ``on_error`` says, with a note naming the stream and how many items
+    the source gave before it. ``pipeline.stop(drain=True)`` stops pulling the
+    source (at once, even while an async source waits for its next item) and
+    lets every item already pulled run through all the steps.
     ``async for item in stream.iterate(source)`` yields the outputs as they come
     (handlers and timing apply to ``run()`` only).
     """
@@ -131,6 +144,7 @@ class Stream(Component):
     _counts: tuple[_Counts, ...] = ()
     _queues: tuple[asyncio.Queue[Any], ...] = ()
     _errors: list[ItemError] = []
+    _spent: Any = None  # the one-shot iterator given as ``source`` that a run has used
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
@@ -204,6 +218,13 @@ class Stream(Component):
         if source is None:
             raise ConfigurationError(f"Stream {self.name!r}: field 'source' is not set and no source was given")
         _check_source(f"Stream {self.name!r}", source)
+        if source is self.source and (hasattr(source, "__next__") or hasattr(source, "__anext__")):
+            if self._spent is source:
+                raise ConfigurationError(
+                    f"Stream {self.name!r}: field 'source' is an iterator that an earlier run consumed; a stream "
+                    "that runs again needs a re-iterable source (a list, a range, an object whose __iter__ starts "
+                    "over)")
+            self._spent = source
         return source
 
     # -- what a user reads -------------------------------------------------------------------------
@@ -288,12 +309,14 @@ class _Run:
     def __init__(self, stream: Stream, source: Any, sink: Any, out: asyncio.Queue[Any] | None = None) -> None:
         self.stream = stream
         self.source = source
+        self.awaiting_source = False  # the feeder waits for the source's next item (not for room in the queue)
         steps = stream._steps
         self.queues = tuple(asyncio.Queue[Any](stream.maxsize) for _ in steps)
         self.counts = tuple(_Counts() for _ in steps)
         stream._queues = self.queues
         stream._counts = self.counts
-        stream._errors = []
+        self.errors: list[ItemError] = []
+        stream._errors = self.errors
         self.steps: list[_StepRun] = []
         for i, step in enumerate(steps):
             emit: Callable[[int, Any], Awaitable[None]]
@@ -316,26 +339,73 @@ class _Run:
         return tasks
 
     async def feed(self) -> None:
-        queue = self.queues[0]
+        """Pull the source into the first queue; an error of the source fails the run, whatever ``on_error`` says."""
         control = current_control.get()
-        index = 0
-        source = self.source
-        if hasattr(source, "__aiter__"):
-            async for value in source:
-                if control is not None and control.draining:
-                    break
-                await queue.put((index, value))
-                index += 1
+        if not hasattr(self.source, "__aiter__"):
+            await self.pull(control)
+        elif control is None:
+            await self.pull_async(None)
         else:
-            for value in source:
-                if control is not None and control.draining:
-                    break
+            await self.pull_async_until_drained(control)
+        await self.queues[0].put(_END)
+
+    async def pull(self, control: Any) -> None:
+        queue = self.queues[0]
+        index = 0
+        if control is not None and control.draining:
+            return
+        try:
+            for value in self.source:
                 try:
                     queue.put_nowait((index, value))
                 except asyncio.QueueFull:
                     await queue.put((index, value))
                 index += 1
-        await queue.put(_END)
+                if control is not None and control.draining:
+                    break  # before pulling the next item: an item pulled is an item run
+        except Exception as error:
+            self.source_failed(error, index)
+            raise
+
+    async def pull_async(self, control: Any) -> None:
+        queue = self.queues[0]
+        index = 0
+        if control is not None and control.draining:
+            return
+        self.awaiting_source = True
+        try:
+            async for value in self.source:
+                self.awaiting_source = False
+                await queue.put((index, value))
+                index += 1
+                if control is not None and control.draining:
+                    break
+                self.awaiting_source = True
+        except Exception as error:
+            self.source_failed(error, index)
+            raise
+        finally:
+            self.awaiting_source = False
+
+    async def pull_async_until_drained(self, control: Any) -> None:
+        """``pull_async``, also ended by a drain while the source has no next item yet (it may never have one)."""
+        puller = asyncio.ensure_future(self.pull_async(control))
+        try:
+            while not puller.done():
+                await asyncio.wait((puller,), timeout=_DRAIN_POLL)
+                if control.draining and self.awaiting_source and not puller.done():
+                    # Waiting for the source, not for room in the queue: every item pulled is queued.
+                    puller.cancel()
+                    await asyncio.wait((puller,))
+        finally:
+            if not puller.done():
+                puller.cancel()
+                await asyncio.wait((puller,))
+        if not puller.cancelled():
+            puller.result()
+
+    def source_failed(self, error: Exception, pulled: int) -> None:
+        error.add_note(f"in stream {self.stream.name!r}, its source, after {pulled} items")
 
 
 def _putter(queue: asyncio.Queue[Any], unwrap: bool = False) -> Any:
@@ -532,11 +602,14 @@ class _StepRun:
                 inq.put_nowait(_END)
                 break
             entries.append(entry)
-        failed = [e for e in entries if type(e[1]) is _Failed]
         values = [e[1] for e in entries if type(e[1]) is not _Failed]
-        # One batch is one unit of work: its index is its first item's.
-        batch = [(entries[0][0], values)] if values else []
-        return failed + batch
+        if len(values) == len(entries):
+            return [(entries[0][0], values)]  # one batch is one unit of work: its index is its first item's
+        if not values:
+            return entries
+        # Failed items keep their place: those that came before the batch's first item go before it.
+        first = next(i for i, e in enumerate(entries) if type(e[1]) is not _Failed)
+        return entries[:first] + [(entries[first][0], values)] + [e for e in entries[first:] if type(e[1]) is _Failed]
 
     # -- running items ---------------------------------------------------------------------------
     async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
@@ -579,7 +652,7 @@ class _StepRun:
             error.add_note(f"in stream {self.run_.stream.name!r}, step {name!r}, item {index}")
             raise error
         if self.on_error == "skip":
-            self.run_.stream._errors.append(ItemError(index, name, error))
+            self.run_.errors.append(ItemError(index, name, error))
             return
         outputs.append((index, _Failed(error)))
 

@@ -160,6 +160,14 @@ class ProcessItems(ItemRunner):
             pending = [i for i in pending if results[i] is None]
         return results  # type: ignore[return-value]  # every slot is filled when nothing is pending
 
+    async def aclose(self) -> None:
+        run = current_control.get()
+        pool = self.pool
+        if run is not None and run.stopped and not run.draining and pool is not None and not pool.closed \
+                and pool.idle:
+            # As in _run: a stopped run leaves no worker behind, even when this step never sent a chunk.
+            self.strategy.close()
+
     async def _run(self, items: bytes) -> Outcome:
         pool = self.pool
         if pool is None or pool.closed:

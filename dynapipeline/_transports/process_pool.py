@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import pickle
 import threading
 import time
@@ -152,6 +153,9 @@ class ProcessPool:
             self._remove_reader(w)
         w.loop = self.loop
         self.loop.add_reader(w.fd, self._on_readable, w)
+        # uvloop makes a watched fd non-blocking, but messages go whole (send_bytes/recv_bytes): on a
+        # non-blocking pipe one larger than the socket buffer fails midway (a 10 MB item hung the run).
+        os.set_blocking(w.fd, True)
 
     def _unwatch(self, w: Worker) -> None:
         if w.timer is not None:
