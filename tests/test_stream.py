@@ -246,7 +246,7 @@ async def test_unordered_yields_in_completion_order() -> None:
 
 # -- backpressure and memory ---------------------------------------------------------------------
 async def test_a_slow_step_holds_the_source_back_within_maxsize() -> None:
-    maxsize, workers = 16, 4
+    maxsize, workers = 64, 16  # 16 sleepers at once keep 100,000 items of 0.5 ms to a few seconds
     ahead = []
     s = stream(Step(Sleepy(name="slow", delay=0.0005), SemaphoreExecutionStrategy(workers)), maxsize=maxsize)
 

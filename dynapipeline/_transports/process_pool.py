@@ -265,8 +265,10 @@ class ProcessPool:
         w.current.value = SENT  # the worker marks TAKEN once it has read the job
         try:
             w.conn.send_bytes(message)
-        except OSError:
-            return  # the worker is dead: its reader sees the closed pipe and sends the job elsewhere
+        except OSError as error:
+            # The worker is dead: its reader sees the closed pipe and sends the job elsewhere.
+            logger.debug("worker pid %s: sending a job failed (%r)", w.pid, error)
+            return
         if job.deadline is not None:
             w.timer = self.loop.call_later(job.deadline, self._on_deadline, w, job)
 
