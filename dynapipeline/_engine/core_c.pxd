@@ -36,7 +36,6 @@ cdef class Runner:
     cdef bint _fast
     cdef bint _inline
     cdef public double start_time
-    cdef public double end_time
     cdef public double execution_time
     cdef public Py_ssize_t count
     cdef public double total
@@ -49,10 +48,10 @@ cdef class Runner:
     cdef public Py_ssize_t base
     cdef bint _failed
     cdef double _ring[64]  # RING in core_py.py
-    cdef double _slow[5]  # _SLOWEST
-    cdef Py_ssize_t _slow_cycle[5]
-    cdef double _slow_floor
+    cdef Py_ssize_t _max_cycle
+    cdef object _adopted_slow
 
+    @cython.locals(elapsed=double, count=Py_ssize_t)
     cpdef void record(self, double t0, double t1)
     cpdef void record_failed(self, double t0, double t1)
     cpdef void _refresh(self)
@@ -62,8 +61,6 @@ cdef bint _inline(Runner runner)
 cdef object _call_execute(Runner runner, tuple args, dict kwargs)
 cdef void _record(Runner runner, double t0, double t1)
 cdef void _record_error(Runner runner, double t0, double t1, object error)
-@cython.locals(i=Py_ssize_t, low=Py_ssize_t, floor=double)
-cdef void _keep_slow(Runner runner, double elapsed, Py_ssize_t cycle)
 cdef void _trace(Runner runner, double t0, double t1)
 cdef double _now()
 cdef bint _draining(RunControl control)

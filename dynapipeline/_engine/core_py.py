@@ -65,7 +65,7 @@ EPOCH_OFFSET = _EPOCH_OFFSET
 RING = 64
 """How many durations (the last runs') each component keeps for its percentiles; core_c.pxd sizes its array so."""
 _RING_MASK = RING - 1
-_SLOWEST = 5  # each component keeps its 5 slowest runs, so any 5 slowest of a report are among them
+_SLOWEST = 5  # a report names the 5 slowest stage runs; each component offers its own 5 slowest known
 _CancelledError = asyncio.CancelledError
 _sleep = asyncio.sleep
 _isawaitable = inspect.isawaitable
@@ -171,7 +171,6 @@ class Runner:
         self._fast = True
         self._inline = self._is_async
         self.start_time = 0.0
-        self.end_time = 0.0
         self.execution_time = 0.0
         self.count = 0
         self.total = 0.0
@@ -190,9 +189,13 @@ class Runner:
         # over all runs would need a random draw per run, which costs more than the rest of `record`).
         # Literal sizes: compiled, these lists fill fixed C arrays (RING and _SLOWEST, as in core_c.pxd).
         self._ring = [0.0] * 64
-        self._slow = [-1.0] * 5
-        self._slow_cycle = [0] * 5
-        self._slow_floor = -1.0
+        # The slowest runs are found when a report asks (``slowest``), among the ring's runs, the run of
+        # the all-time ``max`` (its number kept here: one store when a run sets a new max) and the slow
+        # runs adopted from worker processes (``adopt``, off the hot path).
+        self._max_cycle = 0
+        self._adopted_slow: Any = None
+        # Pure mode: a Runner keeps fewer than 30 instance attributes, so CPython shares its dict's keys
+        # (and specialises attribute access); past that each instance gets a full dict, ~2x slower here.
 
     def configure(self, timeout: float | None, retries: int, retry_delay: float, retry_backoff: float) -> None:
         """Set timeout (None or <= 0: none) and retry policy."""
@@ -226,20 +229,19 @@ class Runner:
         elapsed = t1 - t0
         count = self.count
         self.start_time = t0 + _EPOCH_OFFSET
-        self.end_time = t1 + _EPOCH_OFFSET
         self.execution_time = elapsed
         if count == 0:
             self.min = elapsed
             self.max = elapsed
+            self._max_cycle = 1
         elif elapsed < self.min:
             self.min = elapsed
         elif elapsed > self.max:
             self.max = elapsed
+            self._max_cycle = count + 1
         self._ring[count & _RING_MASK] = elapsed
         self.count = count + 1
         self.total += elapsed
-        if elapsed > self._slow_floor:
-            _keep_slow(self, elapsed, count + 1)
         if _tracing:
             _trace(self, t0, t1)
 
@@ -250,11 +252,15 @@ class Runner:
         self.record(t0, t1)
         self._failed = False
 
+    @property
+    def end_time(self) -> float:
+        """Epoch seconds at which the last run ended."""
+        return self.start_time + self.execution_time
+
     def copy_timing(self, start_time: float, end_time: float, count: int, total: float, lo: float, hi: float,
                     errors: int = 0) -> None:
         """Adopt timing sent by the parent (in a worker process); the runs from now on are this copy's own."""
         self.start_time = start_time
-        self.end_time = end_time
         self.execution_time = end_time - start_time
         self.count = count
         self.total = total
@@ -262,10 +268,8 @@ class Runner:
         self.max = hi
         self.errors = errors
         self.base = count
-        for i in range(_SLOWEST):
-            self._slow[i] = -1.0
-            self._slow_cycle[i] = 0
-        self._slow_floor = -1.0
+        self._max_cycle = 0  # the parent's max: which run it was is not known here
+        self._adopted_slow = None
 
     def timing(self) -> tuple[float, float, int, float, float, float, int]:
         """The timing state as a tuple (for shipping across a process boundary)."""
@@ -273,7 +277,7 @@ class Runner:
 
     def runs_since_base(self) -> tuple[list[float], list[tuple[float, int]]]:
         """Durations (up to RING, oldest first) and slowest runs of the runs since ``copy_timing``."""
-        return self._durations(self.count - self.base), self.slowest()
+        return self._durations(self.count - self.base), self._slowest(self.base + 1)
 
     def adopt(self, timing: tuple[Any, ...], durations: list[float], slowest: list[tuple[float, int]]) -> None:
         """Adopt a worker's timing of this component and fold in its runs there (durations, slowest)."""
@@ -281,11 +285,14 @@ class Runner:
         first = count - len(durations)
         for i in range(len(durations)):
             self._ring[(first + i) & _RING_MASK] = durations[i]
-        for elapsed, cycle in slowest:
-            if elapsed > self._slow_floor:
-                _keep_slow(self, elapsed, cycle)
+        if slowest:
+            kept = list(self._adopted_slow or ()) + [(elapsed, cycle) for elapsed, cycle in slowest]
+            kept.sort(reverse=True)
+            self._adopted_slow = kept[:_SLOWEST]
+            for elapsed, cycle in slowest:
+                if elapsed >= hi:
+                    self._max_cycle = cycle
         self.start_time = start_time
-        self.end_time = end_time
         self.execution_time = end_time - start_time
         self.count = count
         self.total = total
@@ -307,13 +314,30 @@ class Runner:
         return out
 
     def slowest(self) -> list[tuple[float, int]]:
-        """The slowest runs kept (at most 5), as (seconds, cycle), slowest first; cycle 1 is the first run."""
-        out = []
-        for i in range(_SLOWEST):
-            if self._slow[i] >= 0.0:
-                out.append((self._slow[i], self._slow_cycle[i]))
-        out.sort(reverse=True)
-        return out
+        """The slowest runs known (at most 5), as (seconds, cycle), slowest first; cycle 1 is the first run.
+
+        Known: the last RING runs, the run of the all-time ``max``, and the slow runs
+        adopted from worker processes. A run older than those that was slower than
+        all of them but the max is not named (its time is in ``total``).
+        """
+        return self._slowest(1)
+
+    def _slowest(self, first: int) -> list[tuple[float, int]]:
+        """``slowest`` among the runs numbered ``first`` and later."""
+        found: dict[int, float] = {}
+        count = self.count
+        start = count - RING + 1
+        if start < first:
+            start = first
+        for cycle in range(start, count + 1):
+            found[cycle] = self._ring[(cycle - 1) & _RING_MASK]
+        if self._max_cycle >= first and count:
+            found[self._max_cycle] = self.max
+        for elapsed, cycle in self._adopted_slow or ():
+            if cycle >= first:
+                found[cycle] = elapsed
+        out = sorted(((elapsed, cycle) for cycle, elapsed in found.items()), reverse=True)
+        return out[:_SLOWEST]
 
     def reset_stats(self) -> None:
         self.count = 0
@@ -324,10 +348,8 @@ class Runner:
         self.wait_total = 0.0
         self.ship_total = 0.0
         self.base = 0
-        for i in range(_SLOWEST):
-            self._slow[i] = -1.0
-            self._slow_cycle[i] = 0
-        self._slow_floor = -1.0
+        self._max_cycle = 0
+        self._adopted_slow = None
 
     async def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run the component once and return its result."""
@@ -470,21 +492,6 @@ def _record_error(runner: Runner, t0: float, t1: float, error: BaseException) ->
         runner.record_failed(t0, t1)
     else:
         runner.record(t0, t1)
-
-
-def _keep_slow(runner: Runner, elapsed: float, cycle: int) -> None:
-    """Put a run among the runner's five slowest kept, in place of the fastest of them."""
-    low = 0
-    for i in range(1, _SLOWEST):
-        if runner._slow[i] < runner._slow[low]:
-            low = i
-    runner._slow[low] = elapsed
-    runner._slow_cycle[low] = cycle
-    floor = runner._slow[0]
-    for i in range(1, _SLOWEST):
-        if runner._slow[i] < floor:
-            floor = runner._slow[i]
-    runner._slow_floor = floor
 
 
 def _trace(runner: Runner, t0: float, t1: float) -> None:
