@@ -3,7 +3,7 @@
 The same stages as ``cpu_bound_processes.py`` (each counts the primes below
 LIMIT), run on a ``LocalCluster`` of 2 worker processes, so the ideal speed-up
 is 2 on a machine with 2 free cores. Run: ``python examples/dask_cluster.py [LIMIT]``
-(default 300_000). Needs the ``dask`` extra: ``pip install dynapipeline[dask]``.
+(default 1_000_000: about 2 s of work per stage, so the cluster's per-task cost is small beside it). Needs the ``dask`` extra: ``pip install dynapipeline[dask]``.
 
 On a real cluster, connect to its scheduler instead of starting a LocalCluster
 (dynapipeline must be installed on the workers)::
@@ -79,4 +79,4 @@ async def main(limit: int, address: str) -> None:
 if __name__ == "__main__":
     # Worker processes import this module: start the cluster only under this guard.
     with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        dynapipeline.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 300_000, cluster.scheduler_address))
+        dynapipeline.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000, cluster.scheduler_address))
