@@ -3,7 +3,8 @@
 The same stages as ``cpu_bound_processes.py`` (each counts the primes below
 LIMIT), run on a ``LocalCluster`` of 2 worker processes, so the ideal speed-up
 is 2 on a machine with 2 free cores. Run: ``python examples/dask_cluster.py [LIMIT]``
-(default 1_000_000: about 2 s of work per stage, so the cluster's per-task cost is small beside it). Needs the ``dask`` extra: ``pip install dynapipeline[dask]``.
+(default 1_000_000: about 2 s of work per stage, so the cluster's per-task cost is small
+beside it). Needs the ``dask`` extra: ``pip install dynapipeline[dask]``.
 
 On a real cluster, connect to its scheduler instead of starting a LocalCluster
 (dynapipeline must be installed on the workers)::
