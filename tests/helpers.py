@@ -25,6 +25,19 @@ class Echo(Stage):
         return self.name
 
 
+class Nap(Stage):
+    """Blocks its thread or worker for ``seconds`` (a plain ``def``: runs off the loop as it is); returns its pid."""
+
+    seconds: float = 0.0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        import os
+        import time
+
+        time.sleep(self.seconds)
+        return os.getpid()
+
+
 class Fail(Stage):
     """Raises ValueError(name) after ``delay`` seconds."""
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from typing import Any
 
 import pytest
-from helpers import Echo, Fail
+from helpers import Echo, Fail, Nap
 
 from dynapipeline import PipelineFactory, PipeLineType, Report, Stage, StageGroup, Step, Stream
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
@@ -21,16 +20,6 @@ from dynapipeline.execution import (
     SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
-
-
-class Nap(Stage):
-    """Blocks its thread or worker for ``seconds`` (a plain ``def``: runs off the loop as it is)."""
-
-    seconds: float = 0.0
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        time.sleep(self.seconds)
-        return os.getpid()
 
 
 class Cycles(Stage):

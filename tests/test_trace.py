@@ -14,12 +14,11 @@ import asyncio
 import json
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Echo, check_trace_format
+from helpers import Echo, Nap, check_trace_format
 
 import dynapipeline
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream, Tracer
@@ -32,16 +31,6 @@ from dynapipeline.execution import (
     SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
-
-
-class Nap(Stage):
-    """Blocks its thread or worker for ``seconds``."""
-
-    seconds: float = 0.0
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        time.sleep(self.seconds)
-        return os.getpid()
 
 
 class Die(Stage):
