@@ -351,11 +351,12 @@ def test_run_sensor_example_with_trace_and_report(tmp_path: Path) -> None:
     for name in stages:
         assert len(by_name.get(name, [])) == int(rows[name][1]), name
     # Process-run stages carry their worker's pid (the report's "process <pid>" column).
+    [parent] = [e["pid"] for e in events if e["name"] == "process_name" and e["args"]["name"] == "dynapipeline"]
     in_processes = [name for name, row in rows.items() if row[-2] == "process"]
     assert in_processes
     for name in in_processes:
         pids = {int(pid) for pid in rows[name][-1].split(",")}  # a stage may run in several workers over cycles
-        assert {e["pid"] for e in by_name[name]} <= pids and os.getpid() not in pids, name
+        assert {e["pid"] for e in by_name[name]} <= pids and parent not in pids, name
     # Slices of concurrent stages overlap: the concurrent sensors' first runs.
     sensors = sorted((e for e in slices if e["name"].startswith("sensor ")), key=lambda e: e["ts"])[:2]
     assert len(sensors) == 2 and sensors[1]["ts"] < sensors[0]["ts"] + sensors[0]["dur"]
