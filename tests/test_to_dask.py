@@ -398,8 +398,10 @@ async def test_a_stream_step_retries_an_item_whose_worker_was_lost(dask_strategy
             return x
 
     stage = DiesOnce(name="once", folder=str(tmp_path), retries=1, retry_delay=0.05)
-    out = await Stream(name="s", steps=[Step(stage, dask_strategy)]).run(range(3))
-    assert out == [0, 1, 2]
+    # One item: tasks of other items queued on the dying worker would be lost with it too (Dask counts
+    # them as processing there) and spend their own retry, which made a several-item version flaky.
+    out = await Stream(name="s", steps=[Step(stage, dask_strategy)]).run([1])
+    assert out == [1]
     await client.wait_for_workers(2)
     (tmp_path / "again").mkdir()
     never = DiesOnce(name="never", folder=str(tmp_path / "again"))  # no retries: the lost task fails its item
