@@ -100,6 +100,16 @@ async def test_thread_stage_records_wait_ship_and_where() -> None:
     assert abs(_split_sum(line) - wall) <= 0.1 * wall + 0.01
 
 
+async def test_thread_stages_with_return_exceptions_record_wait_ship_and_where() -> None:
+    group = StageGroup(name="threads", stages=[Nap(name="a", seconds=0.05), Nap(name="b", seconds=0.05)],
+                       cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=MultithreadExecutionStrategy(max_workers=1, return_exceptions=True))
+    await group.run()
+    b = group.report()["b"]
+    assert b.where == ("thread",) and b.ship > 0
+    assert b.wait >= 0.02  # one thread: "b" waited for "a"
+
+
 async def test_loop_stages_never_wait_or_ship() -> None:
     pipeline = make_pipeline(PipeLineType.SIMPLE, [make_group([Echo(name="a", delay=0.001), Echo(name="b")],
                                                               ConcurrentExecutionStrategy())])

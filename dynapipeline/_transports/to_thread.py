@@ -107,6 +107,8 @@ class _Job:
 class _Batch:
     """The jobs of one dispatch: results in order; completes when all are in or one failed."""
 
+    keeps_errors = False  # True: a member's ``Exception`` is its result (``return_exceptions``)
+
     def __init__(self, loop: Any, n: int) -> None:
         self.loop = loop
         self.future = loop.create_future()
@@ -123,7 +125,7 @@ class _Batch:
             self.split(job)
         if self.future.done():
             return
-        if ok:
+        if ok or (self.keeps_errors and isinstance(value, Exception)):
             self.results[job.index] = value
             self.pending -= 1
             if self.pending == 0:
@@ -161,19 +163,7 @@ class _Batch:
 class _GatherBatch(_Batch):
     """A ``_Batch`` where a member's ``Exception`` is its result; other errors (cancellation) still end it."""
 
-    def on_done(self, job: _Job, ok: bool, value: Any) -> None:
-        if job.done:
-            return
-        job.done = True
-        if self.future.done():
-            return
-        if ok or isinstance(value, Exception):
-            self.results[job.index] = value
-            self.pending -= 1
-            if self.pending == 0:
-                self.future.set_result(None)
-        else:
-            self.future.set_exception(value)
+    keeps_errors = True
 
 
 # Which pool the current thread serves: a dispatch from inside one of a pool's own
