@@ -46,15 +46,9 @@ def loop_kind() -> str:
 @pytest.fixture
 async def procs() -> Any:
     """A 2-worker process strategy, closed after the test, which then checks that no worker is left."""
-    from helpers import assert_no_workers
+    from helpers import closing_pool
 
     from dynapipeline.execution import MultiprocessExecutionStrategy
 
-    strategy = MultiprocessExecutionStrategy(2)
-    pids: list[int] = []
-    try:
+    async with closing_pool(MultiprocessExecutionStrategy(2)) as strategy:
         yield strategy
-    finally:
-        pids = strategy.worker_pids()
-        await strategy.aclose()
-    assert_no_workers(pids)

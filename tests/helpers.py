@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dynapipeline import Handler, Stage
@@ -173,3 +175,14 @@ def check_trace_format(document: dict[str, Any]) -> list[dict[str, Any]]:
             assert not open_ends or end <= open_ends[-1], f"slices overlap without nesting on {track}"
             open_ends.append(end)
     return list(events)
+
+
+@contextlib.asynccontextmanager
+async def closing_pool(strategy: Any) -> AsyncIterator[Any]:
+    """Yield a process strategy; close it afterwards and check that none of its workers is left."""
+    try:
+        yield strategy
+    finally:
+        pids = strategy.worker_pids()
+        await strategy.aclose()
+    assert_no_workers(pids)

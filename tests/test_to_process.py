@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import assert_no_workers, gone
+from helpers import assert_no_workers, closing_pool, gone
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline._transports import process_pool
@@ -699,13 +699,8 @@ class MaybeFails(Stage):
 
 @pytest.fixture
 async def gathering():
-    strategy = MultiprocessExecutionStrategy(2, return_exceptions=True)
-    try:
+    async with closing_pool(MultiprocessExecutionStrategy(2, return_exceptions=True)) as strategy:
         yield strategy
-    finally:
-        pids = strategy.worker_pids()
-        await strategy.aclose()
-    assert_no_workers(pids)
 
 
 async def test_return_exceptions_keeps_a_stage_error_in_place_and_runs_its_handlers(gathering):

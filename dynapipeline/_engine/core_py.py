@@ -772,17 +772,8 @@ class Bounded:
         self.slots = slots
 
     async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-        n = len(runners)
-        results: list[Any] = [None] * n
-        workers = min(n, self.slots.limit)
-        if workers == 0:
-            return results
-        cursor = _Cursor(runners, results, self.slots, args, kwargs)
-        if workers == 1:
-            await cursor.work()
-            return results
-        create_task = asyncio.get_running_loop().create_task
-        await run_tasks([create_task(cursor.work()) for _ in range(workers)])
+        results: list[Any] = [None] * len(runners)
+        await _Cursor(runners, results, self.slots, args, kwargs).run()
         return results
 
 
@@ -797,6 +788,17 @@ class _Cursor:
         self.args = args
         self.kwargs = kwargs
         self.next = 0
+
+    async def run(self) -> None:
+        """Run the dispatch with min(n, limit) workers (inline when that is one)."""
+        workers = min(len(self.runners), self.slots.limit)
+        if workers == 0:
+            return
+        if workers == 1:
+            await self.work()
+            return
+        create_task = asyncio.get_running_loop().create_task
+        await run_tasks([create_task(self.work()) for _ in range(workers)])
 
     async def work(self) -> None:
         # A worker takes the next index and runs a fast runner's coroutine itself (as
@@ -840,17 +842,8 @@ class BoundedGather:
         self.slots = slots
 
     async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-        n = len(runners)
-        results: list[Any] = [None] * n
-        workers = min(n, self.slots.limit)
-        if workers == 0:
-            return results
-        cursor = _GatherCursor(runners, results, self.slots, args, kwargs)
-        if workers == 1:
-            await cursor.work()
-            return results
-        create_task = asyncio.get_running_loop().create_task
-        await run_tasks([create_task(cursor.work()) for _ in range(workers)])
+        results: list[Any] = [None] * len(runners)
+        await _GatherCursor(runners, results, self.slots, args, kwargs).run()
         return results
 
 

@@ -124,6 +124,8 @@ class Job:
 class Dispatch:
     """The jobs of one dispatch: fills the results, completes its future when all are in or one failed."""
 
+    keeps_errors = False  # True: a component's ``Exception`` is its result (``GatherDispatch``)
+
     def __init__(self, future: asyncio.Future[None], n: int, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
         self.future = future
@@ -139,8 +141,10 @@ class Dispatch:
         try:
             collect(job, outcome, self.results)
         except BaseException as error:  # noqa: B902 - handed to the waiting dispatch
-            self.future.set_exception(error)
-            return
+            if not (self.keeps_errors and isinstance(error, Exception)):
+                self.future.set_exception(error)
+                return
+            self.results[job.indices[0]] = error
         if self.pending == 0:
             self.future.set_result(None)
 
@@ -153,19 +157,7 @@ class GatherDispatch(Dispatch):
     each takes only its own place. Any other ``BaseException`` fails the dispatch.
     """
 
-    def on_job(self, job: Job, outcome: Outcome) -> None:
-        self.pending -= 1
-        if self.future.done():
-            return
-        try:
-            collect(job, outcome, self.results)
-        except Exception as error:
-            self.results[job.indices[0]] = error
-        except BaseException as error:  # noqa: B902 - handed to the waiting dispatch
-            self.future.set_exception(error)
-            return
-        if self.pending == 0:
-            self.future.set_result(None)
+    keeps_errors = True
 
 
 def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
