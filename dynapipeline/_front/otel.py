@@ -27,9 +27,8 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr
 
-from dynapipeline._model import Container, Handler, Pipeline, Stage, StageGroup
+from dynapipeline._model import Container, Handler, Stage, role_of
 from dynapipeline._model.component import private_of
-from dynapipeline._model.stream import Stream
 
 try:
     from opentelemetry import trace
@@ -135,7 +134,7 @@ class OpenTelemetryHandler(Handler):
 def _attributes(component: Any) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "dynapipeline.component.name": component.name,
-        "dynapipeline.component.kind": _kind(component),
+        "dynapipeline.component.kind": role_of(component),
         "dynapipeline.component.class": type(component).__name__,
         "dynapipeline.run": private_of(component)["_runner"].count + 1,
     }
@@ -155,15 +154,3 @@ def _attributes(component: Any) -> dict[str, Any]:
         attributes["thread.name"] = thread.name
         attributes["thread.id"] = threading.get_ident()
     return attributes
-
-
-def _kind(component: Any) -> str:
-    if isinstance(component, Pipeline):
-        return "pipeline"
-    if isinstance(component, StageGroup):
-        return "group"
-    if isinstance(component, Stream):
-        return "stream"
-    if isinstance(component, Stage):
-        return "stage"
-    return "component"

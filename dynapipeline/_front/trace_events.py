@@ -26,10 +26,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from dynapipeline._model import Pipeline, Stage
+from dynapipeline._model import role_of
 from dynapipeline._model.component import private_of
-from dynapipeline._model.group import Container
-from dynapipeline._model.stream import Stream
 
 __all__ = ["trace_events"]
 
@@ -94,17 +92,7 @@ def _run_slice(runner: Any, pid: int, tid: int, start: int, end: int, cycle: int
         args["item"] = item
     if failed:
         args["error"] = True
-    return _Slice(runner.name, _category(owner), pid, tid, start, end, args, runner)
-
-
-def _category(component: Any) -> str:
-    if isinstance(component, Stage):
-        return "stage"
-    if isinstance(component, Pipeline):
-        return "pipeline"
-    if isinstance(component, Stream):
-        return "stream"
-    return "group" if isinstance(component, Container) else "component"
+    return _Slice(runner.name, role_of(owner), pid, tid, start, end, args, runner)
 
 
 def _link_parents(slices: list[_Slice]) -> None:

@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynapipeline._engine import RunControl, current_control, wait_through_cancel
-from dynapipeline._model.component import Component, private_of
+from dynapipeline._model.component import Component, Stage, private_of
 from dynapipeline._model.contexts import AsyncLockableContext, Context, ProtectedContext
 from dynapipeline._model.group import Container, StageGroup
 from dynapipeline._model.stream import Stream
 from dynapipeline.errors import ConfigurationError, PipelineRunningError, kind_of
 
-__all__ = ["AdvancedPipeline", "Pipeline", "SimplePipeline"]
+__all__ = ["AdvancedPipeline", "Pipeline", "SimplePipeline", "role_of"]
 
 
 class Pipeline(Container):
@@ -199,3 +199,19 @@ class AdvancedPipeline(Pipeline):
         context = self.context
         assert isinstance(context, ProtectedContext)  # checked at construction
         return context
+
+
+def role_of(component: Any) -> str:
+    """What a component is, in one word: ``pipeline``, ``group``, ``stream``, ``stage`` (else ``component``).
+
+    The name traces (their slice category) and OpenTelemetry spans (an attribute) use.
+    """
+    if isinstance(component, Stage):
+        return "stage"
+    if isinstance(component, Pipeline):
+        return "pipeline"
+    if isinstance(component, StageGroup):
+        return "group"
+    if isinstance(component, Stream):
+        return "stream"
+    return "component"
