@@ -112,6 +112,21 @@ async def test_results_in_component_order_from_the_workers(dask_strategy):
     assert os.getpid() not in {r[1] for r in results}
 
 
+async def test_a_class_whose_scattered_pickle_was_lost_is_sent_again(dask_strategy, client):
+    class Local(Stage):
+        value: int
+
+        def execute(self, item: int = 1) -> int:
+            return self.value * item
+
+    assert await dask_strategy.execute([Local(name="a", value=1)]) == [1]
+    await client.restart()  # every worker restarts: the class pickle scattered to them is gone
+    assert await dask_strategy.execute([Local(name="b", value=2)]) == [2]
+    await client.restart()
+    out = await Stream(name="s", steps=[Step(Local(name="c", value=3), dask_strategy)]).run([1, 2])
+    assert out == [3, 6]
+
+
 async def test_timing_and_stats_are_copied_onto_the_parents_stages(dask_strategy):
     stages = [Sleep(name="a", seconds=0.05), Sleep(name="b", seconds=0.0)]
     before = time.time()

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
-from dynapipeline._transports.dask_futures import wait_for_task
 from dynapipeline._transports.dask_worker import run_items_task
 from dynapipeline._transports.pickling import dumps_batch
 from dynapipeline._transports.process_jobs import collect_reply, deadline
@@ -71,15 +70,10 @@ class DaskItems(ItemRunner):
         client = self.client
         attempt = 0
         while True:
-            blobs = await strategy.class_blobs(client, cids)
-            future = client.submit(run_items_task, blobs, payload, pure=False, **strategy.submit_options)
             try:
-                pid, replies = await wait_for_task(future, self.limit, self.runner)
-            except asyncio.CancelledError:
-                strategy.cancel_later(client, [future])
-                raise
+                pid, replies = await strategy.run_task(client, run_items_task, cids, (payload,), self.limit,
+                                                       self.runner)
             except StageTimeoutError as error:
-                strategy.cancel_later(client, [future])
                 return [(False, error)] * len(values)
             except WorkerCrashedError as error:
                 if attempt < stage.retries:

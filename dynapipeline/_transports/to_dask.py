@@ -30,7 +30,9 @@ How it works (the contract is the process strategy's; what differs is said here)
   alone). Classes that travel by value (defined in ``__main__``, in a function,
   or in a module the workers cannot import) are pickled once per client and
   scattered to every worker (``client.scatter(broadcast=True)``); each task
-  refers to them, so each worker receives each class once, and a worker
+  refers to them, so each worker receives each class once (if every worker
+  holding a class died or restarted, it is scattered again, and a task Dask
+  cancelled for lack of it is submitted again: it never ran), and a worker
   rebuilds each stage object once per thread and then only refreshes its
   state. ``submit_options`` (``workers``, ``resources``, ``priority``,
   ``fifo_timeout``, ``allow_other_workers``) go to every ``client.submit``.
@@ -74,7 +76,7 @@ import asyncio
 import logging
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dynapipeline._engine import current_control, run_tasks
@@ -100,6 +102,7 @@ _REFUSED = {
     "actors": "stages are not actors",
 }
 _NTHREADS_TTL = 10.0  # seconds the worker-thread count of a cluster is trusted
+_RESUBMITS = 3  # times a task cancelled for a lost class pickle is sent again (each time with a fresh copy)
 
 
 def require_distributed() -> Any:
@@ -121,7 +124,6 @@ class _Task:
     payload: bytes
     cids: set[int]
     limit: float | None
-    future: Any = field(default=None)
 
 
 class DaskExecutionStrategy(ExecutionStrategy):
@@ -236,20 +238,53 @@ class DaskExecutionStrategy(ExecutionStrategy):
         return count
 
     async def class_blobs(self, client: Any, cids: set[int]) -> list[tuple[int, Any]]:
-        """The classes a task needs, as (class id, scattered pickle): each is scattered once per client."""
+        """The classes a task needs, as (class id, scattered pickle).
+
+        Each is scattered once per client, and again once the cluster has lost
+        every copy (its workers died or restarted). Concurrent callers share one
+        scatter.
+        """
         if not cids:
             return []
-        known, futures = self._scattered
+        known, scatters = self._scattered
         if known is not client:
-            futures = {}
-            self._scattered = (client, futures)
+            scatters = {}
+            self._scattered = (client, scatters)
         out = []
         for cid, blob in REGISTRY.blobs_for(cids, set()):
-            future = futures.get(cid)
-            if future is None:
-                future = futures[cid] = await client.scatter(blob, broadcast=True, hash=False)
-            out.append((cid, future))
+            scatter = scatters.get(cid)
+            if scatter is None or (scatter.done() and not _on_cluster(scatter)):
+                scatter = scatters[cid] = asyncio.ensure_future(client.scatter(blob, broadcast=True, hash=False))
+                scatter.add_done_callback(_log_failed_scatter)
+            out.append((cid, await asyncio.shield(scatter)))  # one caller's cancellation is not the others'
         return out
+
+    async def run_task(self, client: Any, function: Any, cids: set[int], args: tuple[Any, ...],
+                       limit: float | None, runner: Any) -> tuple[int, list[Any]]:
+        """Submit one task and wait for its (pid, decoded replies); errors as ``wait_for_task`` says.
+
+        A task that Dask cancelled because a class pickle it needed was lost
+        (every worker holding it died or restarted) never ran: it is submitted
+        again with a fresh copy, up to ``_RESUBMITS`` times, without spending
+        the stage's retries. The task is cancelled if we stop waiting for it.
+        """
+        resubmits = 0
+        while True:
+            blobs = await self.class_blobs(client, cids)
+            future = client.submit(function, blobs, *args, pure=False, **self.submit_options)
+            try:
+                return await wait_for_task(future, limit, runner)
+            except WorkerCrashedError:
+                lost = [cid for cid, blob in blobs if blob.status != "finished"]
+                if future.status == "cancelled" and lost and resubmits < _RESUBMITS:
+                    logger.debug("Dask lost the pickle of classes %s: sending it again for stage %r", lost,
+                                 runner.name)
+                    resubmits += 1
+                    continue
+                raise
+            except BaseException:
+                self.cancel_later(client, [future])
+                raise
 
     def cancel_later(self, client: Any, futures: list[Any]) -> None:
         """Cancel Dask futures without waiting (we may be cancelled ourselves); a failure is only logged."""
@@ -285,30 +320,20 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 limit = deadline(members[0].owner) if len(members) == 1 else None
                 tasks.append(_Task(indices, members, payload, cids, limit))
             results: list[Any] = [None] * n
-            for task in tasks:
-                await self._submit(client, task)
-            waiting = [asyncio.ensure_future(self._finish(client, task, results, args, kwargs)) for task in tasks]
-            try:
-                await run_tasks(waiting)
-            except BaseException:
-                self.cancel_later(client, [task.future for task in tasks])
-                raise
+            # Each waiter cancels its own task if it is cancelled (the first error cancels the others).
+            await run_tasks([asyncio.ensure_future(self._finish(client, task, results, args, kwargs))
+                             for task in tasks])
             return results
         finally:
             self.release()
 
-    async def _submit(self, client: Any, task: _Task) -> None:
-        blobs = await self.class_blobs(client, task.cids)
-        task.future = client.submit(run_components_task, blobs, task.payload, self.return_exceptions, pure=False,
-                                    **self.submit_options)
-
     async def _finish(self, client: Any, task: _Task, results: list[Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any]) -> None:
-        """Wait for one task and put its results (or raise / place its errors)."""
+        """Run one task and put its results (or raise / place its errors)."""
         try:
-            pid, replies = await wait_for_task(task.future, task.limit, task.runners[0])
+            pid, replies = await self.run_task(client, run_components_task, task.cids,
+                                               (task.payload, self.return_exceptions), task.limit, task.runners[0])
         except (StageTimeoutError, WorkerCrashedError) as error:
-            self.cancel_later(client, [task.future])
             if not self.return_exceptions:
                 raise
             for index in task.indices:
@@ -319,15 +344,9 @@ class DaskExecutionStrategy(ExecutionStrategy):
             singles = []
             for index, runner in zip(task.indices, task.runners, strict=True):
                 payload, cids = dumps_batch([runner.owner], args, kwargs)
-                single = _Task([index], [runner], payload, cids, deadline(runner.owner))
-                await self._submit(client, single)
-                singles.append(single)
-            try:
-                await run_tasks([asyncio.ensure_future(self._finish(client, s, results, args, kwargs))
-                                 for s in singles])
-            except BaseException:
-                self.cancel_later(client, [s.future for s in singles])
-                raise
+                singles.append(_Task([index], [runner], payload, cids, deadline(runner.owner)))
+            await run_tasks([asyncio.ensure_future(self._finish(client, s, results, args, kwargs))
+                             for s in singles])
             return
         if len(replies) == 1:
             segments = [(task.runners, task.indices)]
@@ -389,6 +408,18 @@ class DaskExecutionStrategy(ExecutionStrategy):
         where = "client" if self.client is not None else (f"address={self.address!r}" if self.address
                                                           else "LocalCluster")
         return f"DaskExecutionStrategy({where}, return_exceptions={self.return_exceptions})"
+
+
+def _on_cluster(scatter: asyncio.Future[Any]) -> bool:
+    """Whether a finished scatter still has its data on the cluster."""
+    return not scatter.cancelled() and scatter.exception() is None and scatter.result().status == "finished"
+
+
+def _log_failed_scatter(scatter: asyncio.Future[Any]) -> None:
+    # Retrieved here so that a failure nobody awaited any more is not reported as "never retrieved";
+    # the callers that await it get the error themselves.
+    if not scatter.cancelled() and scatter.exception() is not None:
+        logger.debug("scattering a class pickle: %r", scatter.exception())
 
 
 def _start_local_cluster() -> Any:
