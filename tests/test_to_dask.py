@@ -4,6 +4,7 @@ errors, timeouts, stop, lost workers, stream steps, client ownership, bad input,
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -236,6 +237,41 @@ async def test_a_worker_killed_mid_task_raises_worker_crashed_and_the_cluster_he
     await client.wait_for_workers(2)
     assert [r[0] for r in await dask_strategy.execute([Pid(name="after")])] == ["after"]
 
+
+async def test_with_return_exceptions_a_task_lost_with_its_worker_is_returned_in_place(client):
+    strategy = DaskExecutionStrategy(client=client, return_exceptions=True)
+    (result,) = await asyncio.wait_for(strategy.execute([Die(name="die", timeout=None)]), 30)
+    assert isinstance(result, WorkerCrashedError) and result.stage_name == "die"
+    assert isinstance(result.__cause__, KilledWorker)
+    await client.wait_for_workers(2)
+
+
+class RefusesWorkers(Stage):
+    """Builds in the parent; its model_post_init raises when rebuilt on a Dask worker (a child process)."""
+
+    def model_post_init(self, __context: Any) -> None:
+        if multiprocessing.parent_process() is not None:
+            raise LookupError(f"{self.name} cannot live on a worker")
+        super().model_post_init(__context)
+
+    def execute(self) -> str:
+        return self.name
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True])
+async def test_a_stage_that_cannot_be_rebuilt_on_a_worker_fails_alone_for_that_stage(client, return_exceptions):
+    strategy = DaskExecutionStrategy(client=client, return_exceptions=return_exceptions)
+    stages: list[Stage] = [Pid(name=f"ok{i}") for i in range(40)]  # batches of 5 on 2 worker threads
+    stages[5] = RefusesWorkers(name="refuses")
+    if not return_exceptions:
+        with pytest.raises(LookupError, match="refuses cannot live on a worker") as info:
+            await strategy.execute(stages)
+        assert info.value.stage_name == "refuses"
+        assert "model_post_init" in info.value.__cause__.traceback_text
+        return
+    results = await strategy.execute(stages)
+    assert isinstance(results[5], LookupError) and results[5].stage_name == "refuses"
+    assert [r[0] for i, r in enumerate(results) if i != 5] == [s.name for i, s in enumerate(stages) if i != 5]
 
 async def test_in_an_advanced_pipeline_the_context_is_a_read_only_snapshot(dask_strategy):
     class Reads(Stage):
