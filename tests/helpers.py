@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,6 +49,18 @@ class Fail(Stage):
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         await asyncio.sleep(self.delay)
         raise ValueError(self.name)
+
+
+class RefusesWorkers(Stage):
+    """Builds in the parent; its model_post_init raises when rebuilt in a child process (a worker)."""
+
+    def model_post_init(self, __context: Any) -> None:
+        if multiprocessing.parent_process() is not None:
+            raise LookupError(f"{self.name} cannot live in a worker")
+        super().model_post_init(__context)
+
+    def execute(self) -> str:
+        return self.name
 
 
 class Tracker:

@@ -4,7 +4,6 @@ errors, timeouts, stop, lost workers, stream steps, client ownership, bad input,
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import dask
 import psutil
 import pytest
 from distributed import Client, KilledWorker, LocalCluster
+from helpers import RefusesWorkers
 
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline._model.stream import Step, Stream
@@ -246,25 +246,13 @@ async def test_with_return_exceptions_a_task_lost_with_its_worker_is_returned_in
     await client.wait_for_workers(2)
 
 
-class RefusesWorkers(Stage):
-    """Builds in the parent; its model_post_init raises when rebuilt on a Dask worker (a child process)."""
-
-    def model_post_init(self, __context: Any) -> None:
-        if multiprocessing.parent_process() is not None:
-            raise LookupError(f"{self.name} cannot live on a worker")
-        super().model_post_init(__context)
-
-    def execute(self) -> str:
-        return self.name
-
-
 @pytest.mark.parametrize("return_exceptions", [False, True])
 async def test_a_stage_that_cannot_be_rebuilt_on_a_worker_fails_alone_for_that_stage(client, return_exceptions):
     strategy = DaskExecutionStrategy(client=client, return_exceptions=return_exceptions)
     stages: list[Stage] = [Pid(name=f"ok{i}") for i in range(40)]  # batches of 5 on 2 worker threads
     stages[5] = RefusesWorkers(name="refuses")
     if not return_exceptions:
-        with pytest.raises(LookupError, match="refuses cannot live on a worker") as info:
+        with pytest.raises(LookupError, match="refuses cannot live in a worker") as info:
             await strategy.execute(stages)
         assert info.value.stage_name == "refuses"
         assert "model_post_init" in info.value.__cause__.traceback_text
@@ -272,6 +260,7 @@ async def test_a_stage_that_cannot_be_rebuilt_on_a_worker_fails_alone_for_that_s
     results = await strategy.execute(stages)
     assert isinstance(results[5], LookupError) and results[5].stage_name == "refuses"
     assert [r[0] for i, r in enumerate(results) if i != 5] == [s.name for i, s in enumerate(stages) if i != 5]
+
 
 async def test_in_an_advanced_pipeline_the_context_is_a_read_only_snapshot(dask_strategy):
     class Reads(Stage):

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import assert_no_workers, closing_pool, gone
+from helpers import RefusesWorkers, assert_no_workers, closing_pool, gone
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline._transports import process_pool
@@ -578,18 +578,6 @@ async def test_stop_of_one_pipeline_refills_the_pool_for_another_waiting_on_it(p
     assert [r[0] for r in result[0]] == ["w"]
     assert not set(spinners) & {r[1] for r in result[0]}  # ran on a fresh worker
     assert all(gone(p) for p in spinners)
-
-
-class RefusesWorkers(Stage):
-    """Builds in the parent; its model_post_init raises when rebuilt in a worker process."""
-
-    def model_post_init(self, __context: Any) -> None:
-        if multiprocessing.parent_process() is not None:
-            raise LookupError(f"{self.name} cannot live in a worker")
-        super().model_post_init(__context)
-
-    def execute(self) -> str:
-        return self.name
 
 
 async def test_a_stage_that_cannot_be_rebuilt_in_the_worker_raises_its_own_error_for_that_stage(procs):
