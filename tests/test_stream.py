@@ -383,6 +383,38 @@ async def test_in_a_pipeline_a_stream_runs_again_each_cycle_and_its_stages_share
     assert d.context is p.context
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_cycled_stream_given_a_generator_as_the_runs_argument_is_an_error_on_the_second_cycle(
+        kind: str) -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    s = stream(Double(name="d"))
+    p = pipeline(s, cycles=LoopCycleStrategy(3))
+    source = (i for i in range(3)) if kind == "sync" else numbers()
+    with pytest.raises(ConfigurationError, match="Stream 's': field 'source' is an iterator that an earlier run"):
+        await p.run(source)
+    assert s.progress["d"].done == 3  # the first cycle ran it
+
+
+async def test_a_generator_given_to_run_twice_is_an_error_and_a_fresh_one_is_not() -> None:
+    s = stream(Double(name="d"))
+    numbers = (i for i in range(3))
+    assert await s.run(numbers) == [0, 2, 4]
+    with pytest.raises(ConfigurationError, match="field 'source' is an iterator that an earlier run consumed"):
+        await s.run(numbers)
+    with pytest.raises(ConfigurationError, match="field 'source' is an iterator that an earlier run consumed"):
+        async for _ in s.iterate(numbers):
+            pass
+    assert await s.run(i for i in range(2)) == [0, 2]
+    assert await s.run([1]) == await s.run([1]) == [2]  # a re-iterable source runs again
+    items = iter([1, 2])  # an iterator that cannot be referenced weakly
+    assert await s.run(items) == [2, 4]
+    with pytest.raises(ConfigurationError, match="field 'source' is an iterator that an earlier run consumed"):
+        await s.run(items)
+
+
 async def test_pipeline_stop_cancels_a_stream_and_drain_finishes_items_in_flight() -> None:
     def endless() -> Iterator[int]:
         i = 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -113,10 +114,11 @@ class Stream(Component):
     argument is the source when ``source`` is not set). A generator source is
     consumed by the first run: a stream that runs again (a cycle strategy) needs
     a re-iterable source (a list, a range, an object whose ``__iter__`` starts over);
-    running again over an iterator given as ``source`` raises ``ConfigurationError``
-    rather than yield nothing. Runs of one stream may overlap (``run()`` and
-    ``iterate()`` each have their own queues and errors); ``progress`` and
-    ``errors`` show the run that started last.
+    running again over an iterator that an earlier run used, given as ``source``
+    or to ``run()``/``iterate()`` (a pipeline's cycles pass the same argument each
+    time), raises ``ConfigurationError`` rather than yield nothing. Runs of one
+    stream may overlap (``run()`` and ``iterate()`` each have their own queues and
+    errors); ``progress`` and ``errors`` show the run that started last.
     An error raised by the source is not an item's error: it fails the run
     whatever ``on_error`` says, with a note naming the stream and how many items
     the source gave before it. ``pipeline.stop(drain=True)`` stops pulling the
@@ -144,7 +146,7 @@ class Stream(Component):
     _counts: tuple[_Counts, ...] = ()
     _queues: tuple[asyncio.Queue[Any], ...] = ()
     _errors: list[ItemError] = []
-    _spent: Any = None  # the one-shot iterator given as ``source`` that a run has used
+    _used: _Used | None = None  # the one-shot iterators (sources) that runs have used
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
@@ -181,6 +183,7 @@ class Stream(Component):
             built.append(step)
         self._steps = tuple(built)
         self._errors = []
+        self._used = _Used()
 
     # -- running ---------------------------------------------------------------------------------
     async def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
@@ -218,13 +221,15 @@ class Stream(Component):
         if source is None:
             raise ConfigurationError(f"Stream {self.name!r}: field 'source' is not set and no source was given")
         _check_source(f"Stream {self.name!r}", source)
-        if source is self.source and (hasattr(source, "__next__") or hasattr(source, "__anext__")):
-            if self._spent is source:
+        if hasattr(source, "__next__") or hasattr(source, "__anext__"):
+            used = self._used
+            if used is None:
+                used = self._used = _Used()
+            if not used.mark(source):
                 raise ConfigurationError(
                     f"Stream {self.name!r}: field 'source' is an iterator that an earlier run consumed; a stream "
                     "that runs again needs a re-iterable source (a list, a range, an object whose __iter__ starts "
                     "over)")
-            self._spent = source
         return source
 
     # -- what a user reads -------------------------------------------------------------------------
@@ -255,6 +260,40 @@ class Stream(Component):
         yield depth, self
         for step in self._steps:
             yield depth + 1, step.stage
+
+
+class _Used:
+    """The iterators that runs of one stream took as their source: an iterator serves one run only.
+
+    Held weakly where the iterator allows it; one that does not (``iter(a_list)``)
+    is held until the next such run, so that running again over the same one,
+    as each cycle of a pipeline does with its argument, is caught. A copy of the
+    stream starts with none used.
+    """
+
+    __slots__ = ("last", "weak")
+
+    def __init__(self) -> None:
+        self.weak: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.last: Any = None
+
+    def mark(self, source: Any) -> bool:
+        """Note ``source`` as used; False if a run used it before."""
+        if source is self.last:
+            return False
+        try:
+            if source in self.weak:
+                return False
+            self.weak.add(source)
+        except TypeError:  # not weakly referenceable
+            self.last = source
+        return True
+
+    def __copy__(self) -> _Used:
+        return _Used()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Used:
+        return _Used()
 
 
 def _check_source(label: str, source: Any) -> None:
