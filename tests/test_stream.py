@@ -316,6 +316,22 @@ async def test_on_error_return_passes_the_exception_on_untouched() -> None:
     assert s.progress["d"].received == 3  # the failed item went past "d" without running it
 
 
+@pytest.mark.parametrize("on_error", ["skip", "return"])
+async def test_a_returned_or_skipped_error_notes_the_stream_step_and_item(on_error: str) -> None:
+    s = Stream(name="etl", steps=[FailOn(name="parse", bad=17)], on_error=on_error)
+    out = await s.run(range(20))
+    error = out[17] if on_error == "return" else s.errors[0].error
+    assert isinstance(error, ValueError)
+    assert error.__notes__ == ["in stream 'etl', step 'parse', item 17"]
+
+
+async def test_a_returned_error_from_a_thread_step_notes_its_item() -> None:
+    s = Stream(name="etl", steps=[Step(FailOn(name="parse", bad=3), MultithreadExecutionStrategy(2))],
+               on_error="return")
+    out = await asyncio.wait_for(s.run(range(5)), 30)
+    assert out[3].__notes__ == ["in stream 'etl', step 'parse', item 3"]
+
+
 async def test_retries_apply_per_item() -> None:
     seen: dict[int, int] = {}
     out = await stream(Flaky(name="flaky", fails=2, retries=2, seen=seen)).run(range(5))

@@ -20,7 +20,9 @@
 - Errors per item follow ``on_error``: ``"raise"`` cancels the whole stream and
   propagates the first error; ``"skip"`` drops the item and keeps an
   ``ItemError`` in ``stream.errors``; ``"return"`` lets the exception flow on
-  in the item's place, untouched by later steps.
+  in the item's place, untouched by later steps. Whatever the policy, the error
+  carries a note naming the stream, the step and the item's index in the source
+  (``in stream 'etl', step 'parse', item 17``; a batch is named by its first item).
 """
 
 from __future__ import annotations
@@ -686,9 +688,10 @@ class _StepRun:
             return False, error
 
     def on_failure(self, outputs: list[tuple[int, Any]], index: int, error: BaseException) -> None:
+        """Apply ``on_error`` to an item's error, noted (PEP 678) with where it failed whatever the policy."""
         name = self.step.stage.name
+        error.add_note(f"in stream {self.run_.stream.name!r}, step {name!r}, item {index}")
         if self.on_error == "raise":
-            error.add_note(f"in stream {self.run_.stream.name!r}, step {name!r}, item {index}")
             raise error
         if self.on_error == "skip":
             self.run_.errors.append(ItemError(index, name, error))
