@@ -230,6 +230,25 @@ async def test_thread_step_runs_items_on_the_pool_threads() -> None:
     assert _dynapipeline_threads_alive() == 0
 
 
+async def test_a_concurrent_step_starts_workers_for_the_items_in_flight_not_for_maxsize() -> None:
+    all_in = asyncio.Event()
+    entered = []
+    tasks_seen = []
+
+    class Meet(Stage):
+        async def execute(self, item: int) -> int:
+            entered.append(item)
+            tasks_seen.append(len(asyncio.all_tasks()))
+            if len(entered) == 10:
+                all_in.set()
+            await asyncio.wait_for(all_in.wait(), 10)  # every item runs at once, or none finishes
+            return item
+
+    s = stream(Step(Meet(name="meet"), ConcurrentExecutionStrategy()), maxsize=100_000)
+    assert await asyncio.wait_for(s.run(range(10)), 30) == list(range(10))
+    assert max(tasks_seen) < 40  # a worker per item in flight (and one waiting), not 100,000
+
+
 # -- order --------------------------------------------------------------------------------------
 async def test_ordered_keeps_source_order_whatever_finishes_first() -> None:
     slow_first = Sleepy(name="s", delay=0.001, first=0.1)

@@ -10,10 +10,13 @@
   ``execute`` is a generator (a flat-map) has its outputs for one item collected
   in a list before they flow on: that one item's whole output is in memory
   at once (the bound is per item, not ``maxsize``).
-- Each step runs its stage on one item at a time per worker; how many workers,
-  and where they run, is the step's execution strategy's answer to
+- Each step runs its stage on one item at a time per worker; how many workers
+  at most, and where they run, is the step's execution strategy's answer to
   ``stream_runner`` (sequential: one; semaphore(k): k; concurrent: ``maxsize``;
-  threads and processes: their pools, processes taking items in batches).
+  threads and processes: their pools, processes taking items in batches). A
+  step starts with one worker and adds one whenever all of its workers are busy,
+  up to that width: workers follow the items in flight, so 10 items cost the
+  same whether the width is 10 or 1,000,000.
 - ``ordered=True`` emits each step's outputs in its input order (a worker that
   finishes early waits for its turn: head-of-line waiting is bounded by the
   step's workers); ``ordered=False`` emits in completion order.
@@ -35,7 +38,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from dynapipeline._engine import current_control, current_item, current_trace, run_tasks, tracing
+from dynapipeline._engine import (
+    current_control,
+    current_item,
+    current_trace,
+    run_tasks,
+    tracing,
+    wait_through_cancel,
+)
 from dynapipeline._model.component import Component, Flat, Stage, private_of
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
 from dynapipeline.errors import ConfigurationError
@@ -494,6 +504,7 @@ class _StepRun:
         self.taken = 0  # sequence numbers given to what the workers take, in input order
         self.next_out = 0  # the sequence number whose outputs go next (ordered)
         self.turns: dict[int, asyncio.Future[None]] = {}
+        self.crew: _Crew | None = None  # the workers, when there may be more than one
 
     async def run(self) -> None:
         if tracing():
@@ -522,7 +533,8 @@ class _StepRun:
             if self.width == 1:
                 await work()
             else:
-                await run_tasks([asyncio.ensure_future(work()) for _ in range(self.width)])
+                self.crew = _Crew(work, self.width)
+                await self.crew.run()
         finally:
             if runner is not None:
                 await runner.aclose()
@@ -538,6 +550,7 @@ class _StepRun:
         run = private_of(self.step.stage)["_runner"].run
         ordered = self.ordered
         outq = self.outq
+        crew = self.crew
         while True:
             try:
                 entry = inq.get_nowait()
@@ -546,6 +559,8 @@ class _StepRun:
             if entry is _END:
                 inq.put_nowait(_END)  # for the step's other workers (there is room: it was the last item put)
                 return
+            if crew is not None:
+                crew.took()
             seq = self.taken
             self.taken = seq + 1
             index, value = entry
@@ -566,6 +581,8 @@ class _StepRun:
                     else:
                         for out in outputs:
                             await emit(*out)
+                    if crew is not None:
+                        crew.busy -= 1
                     continue
                 counts.done += 1
             if ordered:
@@ -580,14 +597,19 @@ class _StepRun:
                     await outq.put((index, result))
             else:
                 await emit(index, result)
+            if crew is not None:
+                crew.busy -= 1
 
     async def work(self) -> None:
         """One worker of a step with batching or a runner off the loop."""
         take = self.take_batch if self.step.batch is not None else self.take_chunk
+        crew = self.crew
         while True:
             entries = await take()
             if not entries:
                 return
+            if crew is not None:
+                crew.took()
             seq = self.taken
             self.taken += len(entries)
             outputs = await self.process(entries)
@@ -596,6 +618,8 @@ class _StepRun:
             else:
                 for index, value in outputs:
                     await self.emit(index, value)
+            if crew is not None:
+                crew.busy -= 1
 
     # -- taking items ----------------------------------------------------------------------------
     async def take_chunk(self) -> list[Any]:
@@ -714,6 +738,63 @@ class _StepRun:
             waiting = self.turns.get(self.next_out)
             if waiting is not None and not waiting.done():
                 waiting.set_result(None)
+
+
+class _Crew:
+    """The workers of a step: one to start with, and one more whenever all are busy, up to ``width``.
+
+    ``busy`` counts the workers holding something to run or emit; one just added
+    counts as free, so that workers that never suspend add no more. ``run()`` waits for
+    all of them, those added meanwhile included; the first to fail cancels the
+    others (and is re-raised once they are gone), as does our own cancellation.
+    """
+
+    __slots__ = ("busy", "failed", "finished", "future", "tasks", "width", "work")
+
+    def __init__(self, work: Callable[[], Awaitable[None]], width: int) -> None:
+        self.work = work
+        self.width = width
+        self.tasks: list[asyncio.Task[None]] = []
+        self.busy = 0
+        self.finished = 0
+        self.failed: asyncio.Task[None] | None = None
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def took(self) -> None:
+        """A worker took something to run: add one when none is left to take the next."""
+        self.busy += 1
+        if self.busy == len(self.tasks) < self.width:
+            self.add()
+
+    def add(self) -> None:
+        task = asyncio.ensure_future(self.work())
+        self.tasks.append(task)
+        task.add_done_callback(self.on_done)
+
+    def on_done(self, task: asyncio.Task[None]) -> None:
+        self.finished += 1
+        if self.future.done():
+            return
+        if task.cancelled() or task.exception() is not None:
+            self.failed = task
+            self.future.set_result(None)
+        elif self.finished == len(self.tasks):
+            self.future.set_result(None)
+
+    async def run(self) -> None:
+        self.add()
+        try:
+            await self.future
+        finally:
+            pending = [t for t in self.tasks if not t.done()]
+            for task in pending:
+                task.cancel()
+            await wait_through_cancel(pending)
+            for task in self.tasks:
+                if not task.cancelled():
+                    task.exception()  # only the first error propagates: the others are retrieved here
+        if self.failed is not None:
+            self.failed.result()
 
 
 def _outputs(index: int, result: Any) -> list[tuple[int, Any]]:

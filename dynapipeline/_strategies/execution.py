@@ -53,8 +53,9 @@ class ConcurrentExecutionStrategy(ExecutionStrategy):
     ``BaseException`` that is not an ``Exception`` (cancellation,
     ``KeyboardInterrupt``) still cancels the others and propagates.
 
-    As a stream step: as many items at once as the stream's ``maxsize`` allows
-    (``return_exceptions`` does not apply: a stream has its own per-item error policy).
+    As a stream step: as many items at once as the stream's ``maxsize`` allows, with
+    a worker task per item in flight, not per ``maxsize`` (``return_exceptions``
+    does not apply: a stream has its own per-item error policy).
     """
 
     def __init__(self, *, return_exceptions: bool = False) -> None:
