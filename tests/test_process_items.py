@@ -343,6 +343,32 @@ async def test_an_exception_flowing_on_passes_a_process_step_untouched(procs: Mu
     assert s.progress["square"].received == 4 and square.stats.count == 4
 
 
+class Batch(Stage):
+    """Returns its batch (a list) as a list."""
+
+    def execute(self, batch: list[int]) -> list[int]:
+        return list(batch)
+
+
+async def _slow_source(n: int) -> Any:
+    for i in range(n):
+        await asyncio.sleep(0.01)
+        yield i
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("where", ["processes", "threads"])
+async def test_batches_off_the_loop_are_cut_from_consecutive_items(procs: MultiprocessExecutionStrategy,
+                                                                  where: str, ordered: bool) -> None:
+    strategy = procs if where == "processes" else MultithreadExecutionStrategy(4)
+    s = stream(Step(Batch(name="batch"), strategy, batch=10, batch_timeout=60), ordered=ordered)
+    out = await asyncio.wait_for(s.run(_slow_source(12)), 60)
+    assert (out if ordered else sorted(out)) == [list(range(10)), [10, 11]]
+    s = stream(Step(Batch(name="batch"), strategy, batch=3, batch_timeout=60), ordered=ordered)
+    out = await asyncio.wait_for(s.run(_slow_source(8)), 60)
+    assert (out if ordered else sorted(out)) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
 class Blank(Stage):
     """Returns as many zero bytes as its item is long."""
 

@@ -150,6 +150,42 @@ async def test_batch_timeout_sends_a_partial_batch() -> None:
     assert out == [[0, 1, 2], [3]]
 
 
+async def _slow_source(n: int, delay: float = 0.01) -> AsyncIterator[int]:
+    for i in range(n):
+        await asyncio.sleep(delay)
+        yield i
+
+
+@pytest.mark.parametrize("strategy", [
+    None, SequentialExecutionStrategy(), SemaphoreExecutionStrategy(2), ConcurrentExecutionStrategy(),
+    MultithreadExecutionStrategy(2)], ids=repr)
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_batches_are_cut_from_consecutive_items_whatever_the_width(strategy: Any, ordered: bool) -> None:
+    step = Step(Collect(name="batch"), strategy, batch=3, batch_timeout=60)
+    out = await asyncio.wait_for(stream(step, ordered=ordered).run(_slow_source(7)), 30)
+    expected = [[0, 1, 2], [3, 4, 5], [6]]
+    assert (out if ordered else sorted(out)) == expected
+
+
+@pytest.mark.parametrize("strategy", [SemaphoreExecutionStrategy(2), ConcurrentExecutionStrategy(),
+                                      MultithreadExecutionStrategy(2)], ids=repr)
+async def test_slow_items_fill_a_batch_while_they_arrive_within_batch_timeout(strategy: Any) -> None:
+    step = Step(Collect(name="batch"), strategy, batch=10, batch_timeout=60)
+    out = await asyncio.wait_for(stream(step).run(_slow_source(12)), 30)
+    assert out == [list(range(10)), [10, 11]]
+
+
+async def test_ordered_batches_come_out_in_source_order_when_the_first_is_slowest() -> None:
+    class SlowFirst(Stage):
+        async def execute(self, batch: list[int]) -> list[int]:
+            await asyncio.sleep(0.2 if 0 in batch else 0)
+            return batch
+
+    s = stream(Step(SlowFirst(name="batch"), SemaphoreExecutionStrategy(4), batch=3), ordered=True)
+    out = await asyncio.wait_for(s.run(_slow_source(12)), 30)
+    assert out == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+
+
 async def test_a_generator_batch_stage_flattens_its_batch() -> None:
     class Flatten(Stage):
         def execute(self, batch: list[int]) -> Iterator[int]:

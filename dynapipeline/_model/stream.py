@@ -62,9 +62,11 @@ class Step:
     """One step of a stream: a stage, the execution strategy its items run with, and optional batching.
 
     ``strategy=None`` runs one item at a time on the event loop. ``batch=n`` hands
-    the stage a list of up to ``n`` items (fewer at the end, or when
+    the stage a list of up to ``n`` consecutive items (fewer at the end, or when
     ``batch_timeout`` seconds passed since the batch's first item arrived); what the
-    stage returns flows on as one item (a generator ``execute`` flattens it).
+    stage returns flows on as one item (a generator ``execute`` flattens it). Batches
+    are cut one at a time whatever the strategy's width, so each worker gets whole
+    runs of consecutive items.
     """
 
     __slots__ = ("batch", "batch_timeout", "stage", "strategy")
@@ -505,6 +507,7 @@ class _StepRun:
         self.next_out = 0  # the sequence number whose outputs go next (ordered)
         self.turns: dict[int, asyncio.Future[None]] = {}
         self.crew: _Crew | None = None  # the workers, when there may be more than one
+        self.batcher = asyncio.Lock()  # one worker at a time cuts a batch: batches are runs of consecutive items
 
     async def run(self) -> None:
         if tracing():
@@ -639,7 +642,17 @@ class _StepRun:
         return entries
 
     async def take_batch(self) -> list[Any]:
-        """Up to ``batch`` items as one entry (fewer at the end or after ``batch_timeout``); failed items apart."""
+        """Up to ``batch`` consecutive items as one entry (fewer at the end or after ``batch_timeout``).
+
+        One worker cuts a batch at a time, the others waiting for their turn, so
+        each batch is a run of consecutive items, taken in source order (its caller
+        numbers it before any other worker can cut the next one).
+        """
+        async with self.batcher:
+            return await self.cut_batch()
+
+    async def cut_batch(self) -> list[Any]:
+        """``take_batch`` for the worker whose turn it is; failed items apart."""
         inq = self.inq
         first = inq.get_nowait() if not inq.empty() else await inq.get()
         if first is _END:
