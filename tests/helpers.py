@@ -199,3 +199,13 @@ async def closing_pool(strategy: Any) -> AsyncIterator[Any]:
         pids = strategy.worker_pids()
         await strategy.aclose()
     assert_no_workers(pids)
+
+
+def stream_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks of a stream still alive (its feeder, step workers and supervisor run the stream module's coroutines)."""
+    from dynapipeline._model import stream as stream_module
+
+    me = asyncio.current_task()
+    here = stream_module.__file__
+    return [t for t in asyncio.all_tasks()
+            if t is not me and getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", "") == here]

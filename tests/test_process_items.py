@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import assert_no_workers, gone
+from helpers import assert_no_workers, gone, stream_tasks
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
@@ -412,5 +412,4 @@ async def test_leaving_iterate_while_a_chunk_spins_kills_its_worker(procs: Multi
     await asyncio.sleep(0.5)  # item 5 is spinning in a worker by now
     await asyncio.wait_for(outputs.aclose(), 10)  # what leaving ``async for`` does
     assert any(gone(pid) for pid in before)
-    me = asyncio.current_task()
-    assert [t for t in asyncio.all_tasks() if t is not me and "stream" in repr(t.get_coro())] == []
+    assert stream_tasks() == []

@@ -6,13 +6,14 @@ Stream steps on threads and processes are in ``test_process_items.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers import Echo
+from helpers import Echo, stream_tasks
 
 from dynapipeline import ItemError, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
@@ -221,7 +222,7 @@ async def test_iterate_yields_outputs_as_they_come_and_leaving_early_stops_the_s
     assert got == [0, 2, 4, 6, 8]
     await asyncio.sleep(0.05)
     assert len(pulled) < 100  # the rest of the source was never pulled
-    assert _stream_tasks() == []
+    assert stream_tasks() == []
 
 
 async def test_iterate_raises_the_first_error() -> None:
@@ -350,7 +351,7 @@ async def test_on_error_raise_cancels_the_stream_and_propagates() -> None:
     with pytest.raises(ValueError, match="bad item 3") as info:
         await s.run(range(1000))
     assert any("step 'f', item 3" in note for note in info.value.__notes__)
-    assert _stream_tasks() == []
+    assert stream_tasks() == []
 
 
 async def test_on_error_skip_drops_the_item_and_keeps_it_in_errors() -> None:
@@ -419,6 +420,75 @@ async def test_progress_during_a_run_shows_items_in_flight_and_queued() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class _Counted:
+    """range(n), counting the items pulled."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            self.pulled += 1
+            yield i
+
+
+@pytest.mark.parametrize("closing", [True, False], ids=["aclosing", "break"])
+@pytest.mark.parametrize("strategy", [SemaphoreExecutionStrategy(4), MultithreadExecutionStrategy(4)], ids=repr)
+async def test_progress_settles_after_leaving_iterate(strategy: Any, closing: bool) -> None:
+    class StuckAfterFirst(Stage):
+        async def execute(self, item: int) -> int:
+            if item:
+                await asyncio.sleep(3600)
+            return item
+
+    source = _Counted(100)
+    s = stream(Step(StuckAfterFirst(name="slow"), strategy), Double(name="d"), ordered=False, maxsize=10)
+    if closing:
+        async with contextlib.aclosing(s.iterate(source)) as outputs:
+            async for _ in outputs:
+                break
+        # The stream stopped as the block ended.
+    else:
+        async for _ in s.iterate(source):
+            break
+        assert stream_tasks()  # still running: nothing has closed the generator yet
+        # The loop closes the abandoned generator on its next turns, and so stops the stream.
+        for _ in range(500):
+            if not stream_tasks():
+                break
+            await asyncio.sleep(0.01)
+    slow = s.progress["slow"]
+    assert (slow.done, slow.failed, slow.in_flight, slow.queued) == (1, 0, 0, 0)
+    assert slow.cancelled > 0 and slow.done + slow.cancelled == source.pulled  # every item pulled is accounted for
+    d = s.progress["d"]
+    assert (d.received, d.done, d.in_flight, d.queued, d.cancelled) == (1, 1, 0, 0, 0)
+    assert stream_tasks() == []
+
+
+async def test_progress_settles_after_a_cancelled_run() -> None:
+    source = _Counted(50)
+    s = stream(Step(Sleepy(name="slow", delay=3600), SemaphoreExecutionStrategy(2)), maxsize=5)
+    task = asyncio.ensure_future(s.run(source))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    progress = s.progress["slow"]
+    # 2 running, 5 queued, 1 held by the feeder waiting for room: all cancelled.
+    assert (progress.received, progress.in_flight, progress.queued, progress.cancelled) == (2, 0, 0, 8)
+    assert source.pulled == 8
+
+
+async def test_progress_settles_after_a_failed_run() -> None:
+    s = stream(FailOn(name="f", bad=3), Step(Sleepy(name="slow", delay=3600), SemaphoreExecutionStrategy(3)))
+    with pytest.raises(ValueError, match="bad item 3"):
+        await asyncio.wait_for(s.run(range(10)), 30)
+    f, slow = s.progress["f"], s.progress["slow"]
+    assert (f.received, f.done, f.failed, f.in_flight, f.queued, f.cancelled) == (4, 3, 1, 0, 0, 6)
+    assert (slow.in_flight, slow.queued, slow.cancelled) == (0, 0, 3)  # items 0-2, running or queued
 
 
 async def test_each_step_stage_keeps_timing_stats() -> None:
@@ -497,7 +567,7 @@ async def test_pipeline_stop_cancels_a_stream_and_drain_finishes_items_in_flight
     p = pipeline(s)
     asyncio.get_running_loop().call_later(0.1, p.stop)
     assert await asyncio.wait_for(p.run(endless()), 5) is None
-    assert _stream_tasks() == []
+    assert stream_tasks() == []
 
     p.stop(drain=True)  # idle: no-op
     asyncio.get_running_loop().call_later(0.1, p.stop, True)
@@ -599,11 +669,11 @@ async def test_a_source_error_fails_the_run_whatever_on_error_says(on_error: str
         await asyncio.wait_for(s.run(make_source()), 5)
     assert "in stream 's', its source, after 2 items" in info.value.__notes__
     assert s.errors == []  # not an item's error
-    assert _stream_tasks() == []
+    assert stream_tasks() == []
     with pytest.raises(RuntimeError, match="source broke"):
         async for _ in s.iterate(make_source()):
             pass
-    assert _stream_tasks() == []
+    assert stream_tasks() == []
 
 
 async def test_drain_ends_a_run_whose_async_source_waits_for_its_next_item() -> None:
@@ -618,7 +688,7 @@ async def test_drain_ends_a_run_whose_async_source_waits_for_its_next_item() -> 
     asyncio.get_running_loop().call_later(0.1, p.stop, True)
     assert await asyncio.wait_for(p.run(quiet()), 5) is None
     assert s.progress["batch"].done == 1  # the partial batch [0, 1] ran: nothing pulled was dropped
-    assert _stream_tasks() == []
+    assert stream_tasks() == []
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -684,12 +754,6 @@ async def test_handlers_of_a_step_stage_run_per_item() -> None:
     assert [c for c in calls if c[0] == "around-in"] == [("around-in", "h")] * 3
 
 # -- helpers ------------------------------------------------------------------------------------
-def _stream_tasks() -> list[asyncio.Task[Any]]:
-    """Tasks of a stream still alive (its feeder and step workers run the stream module's coroutines)."""
-    me = asyncio.current_task()
-    return [t for t in asyncio.all_tasks() if t is not me and "stream" in repr(t.get_coro())]
-
-
 def _dynapipeline_threads_alive() -> int:
     import threading
     import time

@@ -102,13 +102,22 @@ class Step:
 
 @dataclass
 class StepProgress:
-    """Counts of one step, for ``stream.progress`` (a snapshot; counts are of items taken from the queue)."""
+    """Counts of one step, for ``stream.progress`` (a snapshot; counts are of items taken from the queue).
+
+    Once a run has ended, however it ended, they add up: ``in_flight`` and
+    ``queued`` are 0, and every item that reached the step is ``done``,
+    ``failed`` or ``cancelled``. ``cancelled`` counts what a run that stopped
+    early (cancelled, failed, stopped without drain, or left by the consumer of
+    ``iterate()``) cut short or left in the step's queue; for the first step, also
+    the item the source had just given when the queue had no room for it.
+    """
 
     received: int = 0  # items (or batches) the step took from its queue
     done: int = 0  # ... that succeeded
     failed: int = 0  # ... that raised (after their retries)
     in_flight: int = 0  # ... being run now
     queued: int = 0  # items waiting in the step's queue
+    cancelled: int = 0  # items cut short or left in the queue by a run that stopped early
 
 
 @dataclass(frozen=True)
@@ -204,11 +213,15 @@ class Stream(Component):
         """Run the stream over ``source`` (or the first argument) and return the last step's outputs."""
         out: list[Any] = []
         run = _Run(self, self._source_from(args), out.append)
-        await run_tasks(run.tasks())
+        await run.go()
         return out
 
     async def iterate(self, source: Any = None) -> AsyncIterator[Any]:
-        """The last step's outputs as they come; leaving the loop early stops the stream."""
+        """The last step's outputs as they come; leaving the loop early stops the stream.
+
+        After a ``break`` the stream stops when the loop closes the abandoned
+        generator (on its next turns); ``contextlib.aclosing`` stops it as its block ends.
+        """
         out: asyncio.Queue[Any] = asyncio.Queue(self.maxsize)
         run = _Run(self, self._source_from((source,) if source is not None else ()), None, out)
         supervisor = asyncio.ensure_future(_supervise(run, out))
@@ -255,8 +268,8 @@ class Stream(Component):
         result = {}
         for i, (step, c) in enumerate(zip(self._steps, counts, strict=True)):
             queued = queues[i].qsize() if i < len(queues) else 0
-            in_flight = c.received - c.done - c.failed
-            result[step.stage.name] = StepProgress(c.received, c.done, c.failed, in_flight, queued)
+            in_flight = c.received - c.done - c.failed - c.cut
+            result[step.stage.name] = StepProgress(c.received, c.done, c.failed, in_flight, queued, c.cut + c.left)
         return result
 
     @property
@@ -317,14 +330,16 @@ def _check_source(label: str, source: Any) -> None:
 
 
 class _Counts:
-    """A step's live counts (in flight = received - done - failed)."""
+    """A step's live counts (in flight = received - done - failed - cut)."""
 
-    __slots__ = ("done", "failed", "received")
+    __slots__ = ("cut", "done", "failed", "left", "received")
 
     def __init__(self) -> None:
         self.received = 0
         self.done = 0
         self.failed = 0
+        self.cut = 0  # received, then cancelled before they finished
+        self.left = 0  # never received: in the queue (or in the feeder's hand) when the run stopped
 
 
 class _Failed:
@@ -347,7 +362,7 @@ class _Abort:
 
 async def _supervise(run: _Run, out: asyncio.Queue[Any]) -> None:
     try:
-        await run_tasks(run.tasks())
+        await run.go()
     except Exception as error:
         while not out.empty():
             out.get_nowait()  # the consumer only needs to learn of the failure now
@@ -385,6 +400,20 @@ class _Run:
             outq = self.queues[i + 1] if i + 1 < len(steps) else None
             self.steps.append(_StepRun(self, step, self.queues[i], self.counts[i], emit, emit_end, outq))
 
+    async def go(self) -> None:
+        """Run the feeder and the steps until the end; however it ends, settle the counts."""
+        try:
+            await run_tasks(self.tasks())
+        finally:
+            self.settle()
+
+    def settle(self) -> None:
+        """Count what a run that stopped early left in its queues as cancelled, and let go of it."""
+        for queue, counts in zip(self.queues, self.counts, strict=True):
+            while not queue.empty():
+                if queue.get_nowait() is not _END:
+                    counts.left += 1
+
     def tasks(self) -> list[asyncio.Task[Any]]:
         tasks = [asyncio.ensure_future(self.feed())]
         for step in self.steps:
@@ -412,7 +441,7 @@ class _Run:
                 try:
                     queue.put_nowait((index, value))
                 except asyncio.QueueFull:
-                    await queue.put((index, value))
+                    await self.put_held(queue, (index, value))
                 index += 1
                 if control is not None and control.draining:
                     break  # before pulling the next item: an item pulled is an item run
@@ -429,7 +458,7 @@ class _Run:
         try:
             async for value in self.source:
                 self.awaiting_source = False
-                await queue.put((index, value))
+                await self.put_held(queue, (index, value))
                 index += 1
                 if control is not None and control.draining:
                     break
@@ -456,6 +485,14 @@ class _Run:
                 await asyncio.wait((puller,))
         if not puller.cancelled():
             puller.result()
+
+    async def put_held(self, queue: asyncio.Queue[Any], entry: Any) -> None:
+        """Put an item pulled from the source, waiting for room; if the run stops meanwhile, it counts as cancelled."""
+        try:
+            await queue.put(entry)
+        except BaseException:
+            self.counts[0].left += 1
+            raise
 
     def source_failed(self, error: Exception, pulled: int) -> None:
         error.add_note(f"in stream {self.stream.name!r}, its source, after {pulled} items")
@@ -575,7 +612,10 @@ class _StepRun:
                     current_item.set(index)  # the tracer names the item each stage run was for
                 try:
                     result = await run((value,), _NO_KWARGS)
-                except Exception as error:
+                except BaseException as error:
+                    if not isinstance(error, Exception):
+                        counts.cut += 1  # cancelled (or interrupted) before it finished
+                        raise
                     counts.failed += 1
                     outputs: list[tuple[int, Any]] = []
                     self.on_failure(outputs, index, error)
@@ -697,12 +737,21 @@ class _StepRun:
         counts.received += len(todo)
         if tracing():
             current_item.set(entries[0][0])
-        if not todo:
-            results: list[tuple[bool, Any]] = []
-        elif self.item_runner is not None:
-            results = await self.item_runner.call(todo)
-        else:
-            results = [await self.call_here(todo[0])]
+        try:
+            if not todo:
+                results: list[tuple[bool, Any]] = []
+            elif self.item_runner is not None:
+                results = await self.item_runner.call(todo)
+            else:
+                results = [await self.call_here(todo[0])]
+        except BaseException:
+            counts.cut += len(todo)  # cancelled before they finished
+            raise
+        for ok, _ in results:  # all counted before an error may be raised below
+            if ok:
+                counts.done += 1
+            else:
+                counts.failed += 1
         outputs: list[tuple[int, Any]] = []
         done = iter(results)
         for index, value in entries:
@@ -711,10 +760,8 @@ class _StepRun:
                 continue
             ok, result = next(done)
             if ok:
-                counts.done += 1
                 outputs.extend(_outputs(index, result))
             else:
-                counts.failed += 1
                 self.on_failure(outputs, index, result)
         return outputs
 
