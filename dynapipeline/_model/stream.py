@@ -599,8 +599,10 @@ class _StepRun:
             if entry is _END:
                 inq.put_nowait(_END)  # for the step's other workers (there is room: it was the last item put)
                 return
-            if crew is not None:
-                crew.took()
+            if crew is not None:  # crew.took(), inlined on this hot path
+                crew.busy += 1
+                if crew.busy == crew.size < crew.width:
+                    crew.add()
             seq = self.taken
             self.taken = seq + 1
             index, value = entry
@@ -809,13 +811,14 @@ class _Crew:
     others (and is re-raised once they are gone), as does our own cancellation.
     """
 
-    __slots__ = ("busy", "failed", "finished", "future", "tasks", "width", "work")
+    __slots__ = ("busy", "failed", "finished", "future", "size", "tasks", "width", "work")
 
     def __init__(self, work: Callable[[], Awaitable[None]], width: int) -> None:
         self.work = work
         self.width = width
         self.tasks: list[asyncio.Task[None]] = []
         self.busy = 0
+        self.size = 0  # len(tasks)
         self.finished = 0
         self.failed: asyncio.Task[None] | None = None
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -823,12 +826,13 @@ class _Crew:
     def took(self) -> None:
         """A worker took something to run: add one when none is left to take the next."""
         self.busy += 1
-        if self.busy == len(self.tasks) < self.width:
+        if self.busy == self.size < self.width:
             self.add()
 
     def add(self) -> None:
         task = asyncio.ensure_future(self.work())
         self.tasks.append(task)
+        self.size += 1
         task.add_done_callback(self.on_done)
 
     def on_done(self, task: asyncio.Task[None]) -> None:
@@ -838,7 +842,7 @@ class _Crew:
         if task.cancelled() or task.exception() is not None:
             self.failed = task
             self.future.set_result(None)
-        elif self.finished == len(self.tasks):
+        elif self.finished == self.size:
             self.future.set_result(None)
 
     async def run(self) -> None:
