@@ -414,6 +414,22 @@ async def test_a_stream_step_returns_or_raises_item_errors(dask_strategy):
         await Stream(name="s", steps=[Step(Double(name="d"), dask_strategy)]).run(range(20))
 
 
+class Batch(Stage):
+    def execute(self, batch: list[int]) -> list[int]:
+        return list(batch)
+
+
+async def test_a_batched_stream_step_on_dask_gets_consecutive_items_in_order(dask_strategy):
+    async def slow_source() -> Any:
+        for i in range(12):
+            await asyncio.sleep(0.01)
+            yield i
+
+    step = Step(Batch(name="batch"), dask_strategy, batch=5, batch_timeout=60)
+    out = await asyncio.wait_for(Stream(name="s", steps=[step]).run(slow_source()), 60)
+    assert out == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+
+
 async def test_a_stream_step_times_out_per_item(dask_strategy):
     class Slow(Stage):
         def execute(self, x: float) -> float:
