@@ -472,7 +472,10 @@ async def test_progress_settles_after_a_cancelled_run() -> None:
     source = _Counted(50)
     s = stream(Step(Sleepy(name="slow", delay=3600), SemaphoreExecutionStrategy(2)), maxsize=5)
     task = asyncio.ensure_future(s.run(source))
-    await asyncio.sleep(0.05)
+    for _ in range(500):  # until both slots are taken and the feeder waits for room
+        if source.pulled == 8 and s.progress["slow"].received == 2:
+            break
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
