@@ -28,6 +28,7 @@ __all__ = [
     "Runner",
     "Sequential",
     "Slots",
+    "ItemTracks",
     "TraceSink",
     "current_control",
     "current_item",
@@ -76,6 +77,7 @@ Runner = _core.Runner
 Sequential = _core.Sequential
 Slots = _core.Slots
 TraceSink = _core.TraceSink
+ItemTracks = _core.ItemTracks
 current_control = _core.current_control
 current_item = _core.current_item
 current_trace = _core.current_trace
