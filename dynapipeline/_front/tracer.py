@@ -37,6 +37,8 @@ def path_problem(path: str | os.PathLike[str]) -> str | None:
     if not os.path.isdir(folder):
         return f"folder {folder!r} does not exist"
     existed = os.path.lexists(text)
+    if existed and not os.path.isfile(text):
+        return None  # a device or a pipe (opening one may block until a reader comes): writing will tell
     try:
         with open(text, "a", encoding="utf-8"):
             pass
