@@ -42,10 +42,10 @@ cdef class ItemTracks:
     cdef public object head_of
     cdef public Py_ssize_t first_track
     cdef public dict heads
-    cdef public dict lanes
     cdef public list tracks
 
-    @cython.locals(started=double, heads=dict, lanes=dict, out=list, run=tuple, head=tuple, ts="long long",
+    @cython.locals(started=double, heads=dict, lanes=dict, out=list, run=tuple, head=tuple, t0=double, t1=double,
+                   ts="long long",
                    end="long long", mine=list, lane=list, track="long long")
     cpdef list format(self, list runs)
 

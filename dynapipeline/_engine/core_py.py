@@ -159,27 +159,28 @@ class ItemTracks:
         self.started = started
         self.head_of = head_of
         self.first_track = first_track
-        self.heads: dict[Any, tuple[str, str]] = {}  # runner -> head_of(runner)
-        self.lanes: dict[Any, list[list[int]]] = {}  # (thread id, runner) -> [[last end µs, track id], ...]
+        # runner -> (head_of(runner)..., {thread id: [[last end µs, track id] per lane]})
+        self.heads: dict[Any, tuple[Any, ...]] = {}
         self.tracks: list[tuple[int, int, Any, int]] = []  # (track id, thread id, runner, lane)
 
     def format(self, runs: list[tuple[Any, ...]]) -> list[str]:
         """The ``X`` events of ``runs`` (``TraceSink.runs`` tuples), as JSON text each."""
         started = self.started
         heads = self.heads
-        lanes = self.lanes
         out = []
         for run in runs:
             runner = run[0]
             head = heads.get(runner)
             if head is None:
-                head = heads[runner] = self.head_of(runner)
-            ts = round((run[1] - started) * 1e9) // 1000
-            end = round((run[2] - started) * 1e9) // 1000
-            key = (run[3], runner)
-            mine = lanes.get(key)
+                head = heads[runner] = (*self.head_of(runner), {})
+            t0 = run[1]
+            t1 = run[2]
+            ts = round((t0 - started) * 1e9) // 1000
+            end = round((t1 - started) * 1e9) // 1000
+            lanes = head[2]
+            mine = lanes.get(run[3])
             if mine is None:
-                mine = lanes[key] = []
+                mine = lanes[run[3]] = []
             track = -1
             for lane in mine:
                 if lane[0] <= ts:
