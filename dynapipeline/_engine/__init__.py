@@ -22,13 +22,13 @@ __all__ = [
     "Concurrent",
     "ConcurrentGather",
     "Forever",
+    "ItemTracks",
     "Loop",
     "Once",
     "RunControl",
     "Runner",
     "Sequential",
     "Slots",
-    "ItemTracks",
     "TraceSink",
     "current_control",
     "current_item",
@@ -77,7 +77,7 @@ Runner = _core.Runner
 Sequential = _core.Sequential
 Slots = _core.Slots
 TraceSink = _core.TraceSink
-ItemTracks = _core.ItemTracks
+ItemTracks = _core.ItemTracks  # the formatter of stream items' trace events
 current_control = _core.current_control
 current_item = _core.current_item
 current_trace = _core.current_trace

@@ -45,8 +45,7 @@ cdef class ItemTracks:
     cdef public list tracks
 
     @cython.locals(started=double, heads=dict, lanes=dict, out=list, run=tuple, head=tuple, t0=double, t1=double,
-                   ts="long long",
-                   end="long long", mine=list, lane=list, track="long long")
+                   ts="long long", end="long long", mine=list, lane=list, track="long long")
     cpdef list format(self, list runs)
 
 
