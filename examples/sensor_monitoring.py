@@ -6,7 +6,8 @@ device with a blocking call on a thread, and a spectrum analysis burns CPU in
 worker processes. Three cycles, a few seconds in all.
 
 Run it directly: it prints the report and writes a trace (open it at
-https://ui.perfetto.dev)::
+https://ui.perfetto.dev) to the path given, else to a new file in the system's
+temporary folder (its path printed)::
 
     python examples/sensor_monitoring.py [trace.json]
 
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import sys
+import tempfile
 import time
 from collections import deque
 from typing import Any
@@ -128,5 +131,12 @@ async def main(trace_path: str) -> None:
     print(f"trace written to {trace_path} (open it at https://ui.perfetto.dev)")
 
 
+def temporary_path() -> str:
+    """A new file in the temporary folder: running the example leaves nothing in the folder it runs from."""
+    handle, path = tempfile.mkstemp(prefix="sensor-trace-", suffix=".json")
+    os.close(handle)
+    return path
+
+
 if __name__ == "__main__":
-    dynapipeline.run(main(sys.argv[1] if len(sys.argv) > 1 else "sensor_trace.json"))
+    dynapipeline.run(main(sys.argv[1] if len(sys.argv) > 1 else temporary_path()))

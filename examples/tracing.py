@@ -2,6 +2,8 @@
 
     python examples/tracing.py [trace.json]
 
+Without a path it writes a new file in the system's temporary folder (and prints its path).
+
 Open the file at https://ui.perfetto.dev (or in ``chrome://tracing``): the three
 downloads overlap on the event loop's thread, the two parsers run on worker
 threads, and arrows lead from the dispatch to each thread's run.
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -56,5 +60,12 @@ async def main(path: str) -> None:
     print(pipeline.report())
 
 
+def temporary_path() -> str:
+    """A new file in the temporary folder: running the example leaves nothing in the folder it runs from."""
+    handle, path = tempfile.mkstemp(prefix="dynapipeline-trace-", suffix=".json")
+    os.close(handle)
+    return path
+
+
 if __name__ == "__main__":
-    dynapipeline.run(main(sys.argv[1] if len(sys.argv) > 1 else "trace.json"))
+    dynapipeline.run(main(sys.argv[1] if len(sys.argv) > 1 else temporary_path()))

@@ -211,15 +211,20 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     ("no_such_module_here:pipeline", (), "no module named 'no_such_module_here'"),
     ("{file}:pipeline", ("--loop", "trio"), "option --loop must be one of auto, asyncio, uvloop, got 'trio'"),
     ("{file}:pipeline", ("--trace", "/no/such/folder/t.json"), "option --trace: folder '/no/such/folder' does not"),
+    # which_loop prints when it is called on the run's loop: nothing runs before the check.
+    ("{file}:which_loop", ("--trace", "{folder}"), "option --trace: '{folder}' is a folder, not a file"),
+    ("{file}:which_loop", ("--trace", ""), "option --trace: the path is empty"),
+    ("{file}:which_loop", ("--trace", "/proc/t.json"), "option --trace: '/proc/t.json' cannot be written: "),
 ])
 def test_run_bad_input_exits_2_with_one_line(targets: Path, target: str, extra: tuple[str, ...],
                                              message: str) -> None:
-    result = _run(target.format(file=targets), *extra)
+    names = {"file": targets, "folder": targets.parent}
+    result = _run(target.format(**names), *(arg.format(**names) for arg in extra))
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("dynapipeline run: error: ")
-    assert message.format(file=targets) in line
+    assert message.format(**names) in line
 
 
 def test_run_user_error_exits_1_with_the_users_traceback(targets: Path) -> None:

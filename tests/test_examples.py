@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import check_trace_format
 
 from dynapipeline import Pipeline
@@ -143,6 +145,20 @@ def test_sensor_monitoring_exposes_its_pipeline_without_running_it() -> None:
     spec.loader.exec_module(module)
     assert isinstance(module.pipeline, Pipeline) and not module.pipeline.running
     assert module.analysis.worker_pids() == []  # importing starts no worker
+
+
+@pytest.mark.parametrize("name", ["tracing.py", "sensor_monitoring.py"])
+def test_examples_without_a_path_write_their_trace_to_a_temporary_file(tmp_path: Path, name: str) -> None:
+    """Run from any folder (the examples' own, a clone's), they leave no file behind in it."""
+    here, temporary = tmp_path / "here", tmp_path / "tmp"
+    here.mkdir()
+    temporary.mkdir()
+    out = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, check=True,
+                         timeout=60, cwd=here, env={**os.environ, "TMPDIR": str(temporary)}).stdout
+    assert list(here.iterdir()) == []
+    [trace] = temporary.iterdir()
+    assert str(trace) in out
+    check_trace_format(json.loads(trace.read_text()))
 
 
 def test_tracing_example_writes_a_trace(tmp_path: Path) -> None:

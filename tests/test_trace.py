@@ -186,6 +186,121 @@ def test_bad_paths_are_rejected_naming_the_field(tmp_path: Path) -> None:
         Tracer(tmp_path / "missing" / "run.json")
 
 
+@pytest.mark.parametrize(("path", "message"), [
+    ("{tmp}", "Tracer: field 'path': '{tmp}' is a folder, not a file"),
+    ("", "Tracer: field 'path': the path is empty"),
+    ("/proc/dynapipeline-trace.json", "Tracer: field 'path': '/proc/dynapipeline-trace.json' cannot be written: "),
+])
+def test_paths_that_cannot_be_written_are_rejected_when_made(tmp_path: Path, path: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Tracer(path.format(tmp=tmp_path))
+    assert str(info.value).startswith(message.format(tmp=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_check_leaves_no_file_behind_and_an_existing_one_as_it_is(tmp_path: Path) -> None:
+    Tracer(tmp_path / "new.json")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old.json").write_text("kept")
+    Tracer(tmp_path / "old.json")
+    assert (tmp_path / "old.json").read_text() == "kept"
+
+
+async def test_a_failed_write_never_replaces_the_runs_own_error(caplog: pytest.LogCaptureFixture) -> None:
+    # /dev/full accepts the open and fails every write that reaches it (ENOSPC): a disk full during the run.
+    with pytest.raises(ValueError, match="the run's own") as info:
+        async with Tracer("/dev/full"):
+            await Echo(name="a").run()
+            raise ValueError("the run's own")
+    assert any("Tracer: the trace could not be written to '/dev/full'" in note for note in info.value.__notes__)
+    assert "the trace could not be written" in caplog.text
+    with pytest.raises(ValueError, match="the run's own") as info:
+        with Tracer("/dev/full"):
+            raise ValueError("the run's own")
+    assert not tracing()
+
+
+async def test_a_failed_write_after_a_good_run_raises_naming_the_file() -> None:
+    with pytest.raises(OSError, match="Tracer: the trace could not be written to '/dev/full'"):
+        async with Tracer("/dev/full"):
+            await Echo(name="a").run()
+    assert not tracing()
+
+
+@pytest.mark.parametrize("items", [-1, 1.5, True, "10"])
+def test_bad_item_samples_are_rejected_naming_the_field(items: Any) -> None:
+    with pytest.raises(ConfigurationError, match="Tracer: field 'items' must be a whole number >= 0 or None, got"):
+        Tracer(items=items)
+
+
+class Peek(Stage):
+    """Passes its item on; at item ``at`` notes the size of the trace file being written."""
+
+    path: Any = None
+    at: int = 0
+    sizes: Any = None
+
+    async def execute(self, item: int) -> int:
+        if item == self.at:
+            self.sizes.append(os.path.getsize(self.path))
+        return item
+
+
+async def test_a_long_stream_is_written_to_the_file_as_it_runs(tmp_path: Path) -> None:
+    path, sizes, n = tmp_path / "long.json", [], 30_000
+    stream = Stream(name="long", steps=[Step(Peek(name="peek", path=path, at=25_000, sizes=sizes)),
+                                        Step(Echo(name="last"))])
+    async with Tracer(path) as tracer:
+        assert len(await stream.run(range(n))) == n
+    # Some 50,000 runs had ended by the first step's item 25,000: most of them were in the file already.
+    assert sizes and sizes[0] > 1_000_000
+    events = check_trace_format(json.loads(path.read_text()))
+    assert events == tracer.events
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    for step in ("peek", "last"):
+        runs = slices(events, step)
+        assert sorted(r["args"]["item"] for r in runs) == list(range(n))
+        assert {names[(r["pid"], r["tid"])] for r in runs} == {f"{threading.current_thread().name}: {step}"}
+        [span] = slices(events, f"step {step}")
+        assert all(inside(r, span) for r in runs)
+
+
+async def test_overlapping_item_runs_of_one_stage_get_concurrent_tracks() -> None:
+    stream = Stream(name="wide", steps=[Step(Echo(name="slow", delay=0.01), ConcurrentExecutionStrategy())],
+                    source=range(20), maxsize=5)
+    with Tracer() as tracer:
+        await stream.run()
+    events = check_trace_format({"traceEvents": tracer.events})
+    runs = slices(events, "slow")
+    assert sorted(r["args"]["item"] for r in runs) == list(range(20))
+    names = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    tracks = {names[r["tid"]] for r in runs}
+    assert len(tracks) > 1 and any(name.endswith("slow (concurrent 1)") for name in tracks)
+
+
+async def test_items_records_the_first_item_runs_of_each_stage_and_every_other_run(tmp_path: Path) -> None:
+    path = tmp_path / "sampled.json"
+    stream = Stream(name="s", steps=[Step(Echo(name="first")), Step(Echo(name="second"))], source=range(100))
+    group = StageGroup(name="g", stages=[Echo(name="plain")], cycle_strategy=LoopCycleStrategy(20),
+                       execution_strategy=SequentialExecutionStrategy())
+    async with Tracer(path, items=5) as tracer:
+        for _ in range(2):
+            await group.run()
+            await stream.run()
+    document = json.loads(path.read_text())
+    events = check_trace_format(document)
+    for step in ("first", "second"):
+        assert sorted(r["args"]["item"] for r in slices(events, step)) == [0, 1, 2, 3, 4]
+        assert [s["args"]["stream"] for s in slices(events, f"step {step}")] == ["s", "s"]
+    assert len(slices(events, "plain")) == 40 and len(slices(events, "g")) == len(slices(events, "s")) == 2
+    assert tracer.left_out == 2 * 2 * 100 - 2 * 5  # the first 5 of each stage in the block: all in the first run
+    assert document["otherData"]["items per stage"] == 5
+    assert document["otherData"]["item runs left out"] == 390
+    with Tracer(items=0) as none:
+        await stream.run()
+    assert slices(none.events, "first") == [] and len(slices(none.events, "step first")) == 1
+
+
 async def test_a_tracer_is_not_entered_twice_at_once() -> None:
     tracer = Tracer()
     with tracer:

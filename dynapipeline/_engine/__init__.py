@@ -22,6 +22,7 @@ __all__ = [
     "Concurrent",
     "ConcurrentGather",
     "Forever",
+    "ItemTracks",
     "Loop",
     "Once",
     "RunControl",
@@ -76,6 +77,7 @@ Runner = _core.Runner
 Sequential = _core.Sequential
 Slots = _core.Slots
 TraceSink = _core.TraceSink
+ItemTracks = _core.ItemTracks  # the formatter of stream items' trace events
 current_control = _core.current_control
 current_item = _core.current_item
 current_trace = _core.current_trace

@@ -5,6 +5,7 @@
 cimport cython
 
 cdef object _clock
+cdef object _native_id
 cdef double _EPOCH_OFFSET
 cdef object _CancelledError
 cdef object _sleep
@@ -18,6 +19,34 @@ cdef class RunControl:
     cdef public bint draining
     cdef public bint stopped
     cdef public dict cleanups
+
+
+cdef class TraceSink:
+    cdef public list runs
+    cdef public Py_ssize_t items
+    cdef public dict item_runs
+    cdef public Py_ssize_t left_out
+    cdef public object on_full
+    cdef public Py_ssize_t full_at
+    cdef public list spans
+    cdef public list flows
+    cdef public list remote
+    cdef public dict threads
+
+    @cython.locals(kept=Py_ssize_t)
+    cpdef void add(self, Runner runner, double t0, double t1, bint failed)
+
+
+cdef class ItemTracks:
+    cdef public double started
+    cdef public object head_of
+    cdef public Py_ssize_t first_track
+    cdef public dict heads
+    cdef public list tracks
+
+    @cython.locals(started=double, heads=dict, lanes=dict, out=list, run=tuple, head=tuple, t0=double, t1=double,
+                   ts="long long", end="long long", mine=list, lane=list, track="long long")
+    cpdef list format(self, list runs)
 
 
 cdef class Runner:
@@ -61,6 +90,7 @@ cdef bint _inline(Runner runner)
 cdef object _call_execute(Runner runner, tuple args, dict kwargs)
 cdef void _record(Runner runner, double t0, double t1)
 cdef void _record_error(Runner runner, double t0, double t1, object error)
+@cython.locals(sink=TraceSink)
 cdef void _trace(Runner runner, double t0, double t1)
 cdef double _now()
 cdef bint _draining(RunControl control)

@@ -41,6 +41,7 @@ __all__ = [
     "Concurrent",
     "ConcurrentGather",
     "Forever",
+    "ItemTracks",
     "Loop",
     "Once",
     "RunControl",
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 _clock = time.perf_counter
+_native_id = threading.get_native_id
 # Epoch time of a clock reading, without a second system call per edge.
 _EPOCH_OFFSET = time.time() - time.perf_counter()
 EPOCH_OFFSET = _EPOCH_OFFSET
@@ -95,11 +97,21 @@ def tracing() -> bool:
 
 
 class TraceSink:
-    """What one tracer collects: plain tuples appended as runs end, formatted when the tracer exits."""
+    """What one tracer collects: plain tuples appended as runs end, handed to ``on_full`` in batches.
 
-    def __init__(self) -> None:
+    ``items`` >= 0 keeps only the first ``items`` runs per runner of those made for a
+    stream item (the others are counted in ``left_out``). Every ``full_at`` runs,
+    ``on_full(sink)`` (when set) takes what it can: the tracer formats them as it goes.
+    """
+
+    def __init__(self, items: int = -1, on_full: Any = None, full_at: int = 10_000) -> None:
         # (runner, t0, t1, native thread id, cycle, failed, item index); t0/t1 are perf_counter readings.
         self.runs: list[tuple[Any, ...]] = []
+        self.items = items
+        self.item_runs: dict[Any, int] = {}  # runner -> item runs kept (only when sampling)
+        self.left_out = 0  # item runs not kept by the sampling
+        self.on_full = on_full
+        self.full_at = full_at
         self.spans: list[tuple[Any, ...]] = []  # (name, category, t0, t1, native thread id, args)
         # Dispatches to threads and processes: (runner, sent at, dispatching thread id, worker pid or None
         # for a thread, the run's start, {"wait ms", "ship ms"}).
@@ -107,15 +119,82 @@ class TraceSink:
         self.remote: list[tuple[Any, ...]] = []  # runs in worker processes: (pid, thread names, runs)
         self.threads: dict[int, str] = {}  # native thread id -> thread name
 
-    def add(self, runner: Any, t0: float, t1: float, failed: bool) -> None:
-        self.runs.append((runner, t0, t1, self.thread(), runner.count, failed, current_item.get()))
+    def add(self, runner: Runner, t0: float, t1: float, failed: bool) -> None:
+        """Note a finished run (the hot path of tracing: C fields and calls when compiled)."""
+        item = current_item.get()
+        if item is not None and self.items >= 0:
+            kept = self.item_runs.get(runner, 0)
+            if kept >= self.items:
+                self.left_out += 1
+                return
+            self.item_runs[runner] = kept + 1
+        tid = _native_id()
+        if tid not in self.threads:
+            self.threads[tid] = threading.current_thread().name
+        runs = self.runs
+        runs.append((runner, t0, t1, tid, runner.count, failed, item))
+        if len(runs) >= self.full_at and self.on_full is not None:
+            self.on_full(self)
 
     def thread(self) -> int:
         """The native id of the current thread, its name noted once."""
-        tid = threading.get_native_id()
+        tid = _native_id()
         if tid not in self.threads:
             self.threads[tid] = threading.current_thread().name
         return tid
+
+
+class ItemTracks:
+    """Stream items' runs as trace-event JSON text, formatted as they come; each stage's on tracks of its own.
+
+    The bulk of a long stream's trace, so it is formatted here (in C when compiled).
+    A stage's runs for items nest in nothing else on their tracks, so a run goes on the
+    first track of its (thread, stage) whose last run ended by the time it started:
+    memory is one number per track, however many items pass. ``head_of(runner)``
+    gives the JSON of an event up to ``"tid":`` and of its args up to ``"cycle":``.
+    Times: whole µs since ``started``, rounded down from whole ns as every slice's.
+    """
+
+    def __init__(self, started: float, head_of: Any, first_track: int) -> None:
+        self.started = started
+        self.head_of = head_of
+        self.first_track = first_track
+        # runner -> (head_of(runner)..., {thread id: [[last end µs, track id] per lane]})
+        self.heads: dict[Any, tuple[Any, ...]] = {}
+        self.tracks: list[tuple[int, int, Any, int]] = []  # (track id, thread id, runner, lane)
+
+    def format(self, runs: list[tuple[Any, ...]]) -> list[str]:
+        """The ``X`` events of ``runs`` (``TraceSink.runs`` tuples), as JSON text each."""
+        started = self.started
+        heads = self.heads
+        out = []
+        for run in runs:
+            runner = run[0]
+            head = heads.get(runner)
+            if head is None:
+                head = heads[runner] = (*self.head_of(runner), {})
+            t0 = run[1]
+            t1 = run[2]
+            ts = round((t0 - started) * 1e9) // 1000
+            end = round((t1 - started) * 1e9) // 1000
+            lanes = head[2]
+            mine = lanes.get(run[3])
+            if mine is None:
+                mine = lanes[run[3]] = []
+            track = -1
+            for lane in mine:
+                if lane[0] <= ts:
+                    lane[0] = end
+                    track = lane[1]
+                    break
+            if track < 0:
+                track = self.first_track + len(self.tracks)
+                self.tracks.append((track, run[3], runner, len(mine)))
+                mine.append([end, track])
+            item = run[6]
+            tail = ',"error":true}}' if run[5] else "}}"
+            out.append(f'{head[0]}{track},"ts":{ts},"dur":{end - ts},{head[1]}{run[4]},"item":{item}{tail}')
+        return out
 
 
 class RunControl:

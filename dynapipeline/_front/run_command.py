@@ -17,7 +17,8 @@
 - The run's result is not printed (pipelines may return large lists);
   ``--report`` prints ``report()`` afterwards (also after a Ctrl-C) and
   ``--progress`` shows :class:`~dynapipeline.Progress` while it runs;
-  ``--trace FILE`` runs it inside :class:`~dynapipeline.Tracer` ``(FILE)``.
+  ``--trace FILE`` runs it inside :class:`~dynapipeline.Tracer` ``(FILE)``; a FILE that cannot
+  be written (a folder, an empty path, a missing folder) exits 2 before anything runs.
 
 Options that wrap the run are entries of ``WRAPPERS``: each takes the parsed
 arguments and the target and returns an async context manager (or ``None``).
@@ -44,7 +45,7 @@ from typing import Any
 from dynapipeline._front.loop import loop_name
 from dynapipeline._front.loop import run as run_on_loop
 from dynapipeline._front.progress import Progress
-from dynapipeline._front.tracer import Tracer
+from dynapipeline._front.tracer import Tracer, path_problem
 from dynapipeline._model import Component
 from dynapipeline.errors import ConfigurationError
 
@@ -60,7 +61,7 @@ class BadInput(Exception):
 
 
 def _trace(args: argparse.Namespace, target: Any) -> AbstractAsyncContextManager[Any] | None:
-    return Tracer(args.trace) if args.trace else None
+    return Tracer(args.trace) if args.trace is not None else None
 
 
 def _progress(args: argparse.Namespace, target: Any) -> AbstractAsyncContextManager[Any] | None:
@@ -96,8 +97,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         if args.loop is not None and args.loop not in LOOP_CHOICES:
             raise BadInput(f"option --loop must be one of {', '.join(LOOP_CHOICES)}, got {args.loop!r}")
-        if args.trace is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.trace))):
-            raise BadInput(f"option --trace: folder {os.path.dirname(os.path.abspath(args.trace))!r} does not exist")
+        if args.trace is not None and (problem := path_problem(args.trace)) is not None:
+            raise BadInput(f"option --trace: {problem}")
         loop = loop_name(args.loop)
         obj = load_target(args.target)
     except BadInput as error:

@@ -12,6 +12,11 @@
   in a worker thread or process.
 - Metadata (``"M"``) names each process (``dynapipeline`` and ``worker <pid>``)
   and track.
+- The runs a stream makes for its items (the bulk of a long stream's trace) are
+  formatted as they come (the engine's ``ItemTracks``), on tracks of their own: one per thread and
+  stage, named ``"<thread>: <stage>"``, with extra ``(concurrent k)`` tracks when
+  runs of one stage overlap (a step of width > 1). So they never wait for the runs
+  around them, and a tracer need not hold them until it exits.
 
 Times are ``time.perf_counter()`` readings of every process, on one time line:
 it is the system-wide monotonic clock on Linux (``CLOCK_MONOTONIC``) and macOS,
@@ -22,16 +27,19 @@ since the tracer started, whole (see ``_us``).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from dynapipeline._engine import ItemTracks
 from dynapipeline._model import role_of
 from dynapipeline._model.component import private_of
 
-__all__ = ["trace_events"]
+__all__ = ["item_metadata", "item_tracks", "trace_events"]
 
 _LANE_TID = 1_000_000_000  # tracks for overlapping runs get ids from here (real thread ids are below)
+_ITEM_TID = 1_500_000_000  # tracks of stream items' runs get ids from here (below 2**31, as some viewers need)
 
 
 @dataclass
@@ -50,8 +58,11 @@ class _Slice:
     parent: Any = None
 
 
-def trace_events(sink: Any, started: float) -> list[dict[str, Any]]:
-    """The trace events for what ``sink`` (a ``TraceSink``) collected since ``started`` (perf_counter)."""
+def trace_events(sink: Any, started: float, runs: list[tuple[Any, ...]] | None = None) -> list[dict[str, Any]]:
+    """The trace events for what ``sink`` (a ``TraceSink``) collected since ``started`` (perf_counter).
+
+    ``runs``: the local runs to format (default: ``sink.runs``).
+    """
     here = os.getpid()
 
     def ns(t: float) -> int:
@@ -59,7 +70,7 @@ def trace_events(sink: Any, started: float) -> list[dict[str, Any]]:
 
     slices: list[_Slice] = []
     threads: dict[tuple[int, int], str] = {(here, tid): name for tid, name in sink.threads.items()}
-    for runner, t0, t1, tid, cycle, failed, item in sink.runs:
+    for runner, t0, t1, tid, cycle, failed, item in sink.runs if runs is None else runs:
         slices.append(_run_slice(runner, here, tid, ns(t0), ns(t1), cycle, failed, item))
     for pid, names, runs in sink.remote:
         threads.update({(pid, tid): name for tid, name in names.items()})
@@ -216,3 +227,26 @@ def _us(ns: int) -> int:
     between edges, so slices that nest or touch still do.
     """
     return ns // 1000
+
+
+
+def item_tracks(started: float) -> ItemTracks:
+    """The engine's formatter of stream items' runs, for a tracer started at ``started`` (perf_counter)."""
+    pid = os.getpid()
+
+    def head_of(runner: Any) -> tuple[str, str]:
+        owner = runner.owner
+        return (f'{{"ph":"X","name":{json.dumps(runner.name)},"cat":{json.dumps(role_of(owner))},"pid":{pid},"tid":',
+                f'"args":{{"kind":{json.dumps(type(owner).__name__)},"cycle":')
+
+    return ItemTracks(started, head_of, _ITEM_TID)
+
+
+def item_metadata(tracks: ItemTracks, threads: dict[int, str]) -> list[dict[str, Any]]:
+    """The ``thread_name`` events of the items' tracks used, given the threads' names (by native id)."""
+    pid = os.getpid()
+    events = []
+    for track, tid, runner, lane in tracks.tracks:
+        name = f"{threads.get(tid, f'thread {tid}')}: {runner.name}" + (f" (concurrent {lane})" if lane else "")
+        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": track, "args": {"name": name}})
+    return events
