@@ -388,3 +388,74 @@ async def test_leaving_iterate_while_a_chunk_spins_kills_its_worker(procs: Multi
     assert any(gone(pid) for pid in before)
     me = asyncio.current_task()
     assert [t for t in asyncio.all_tasks() if t is not me and "stream" in repr(t.get_coro())] == []
+
+
+_NO_GUARD_SCRIPT = '''
+import asyncio
+from dynapipeline import Stage, Step, Stream
+from dynapipeline.execution import MultiprocessExecutionStrategy
+
+
+class Square(Stage):
+    def execute(self, item: int) -> int:
+        return item * item
+
+
+# No `if __name__ == "__main__":` guard: every worker re-runs this line while it starts, and dies.
+steps = [Step(Square(name="square"), MultiprocessExecutionStrategy(2))]
+print(asyncio.run(Stream(name="s", steps=steps, on_error=ON_ERROR).run(range(200))))
+'''
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_process_step_in_a_script_without_the_main_guard_fails_and_leaves_no_process(
+        tmp_path: Any, on_error: str) -> None:
+    import subprocess
+    import sys
+    import uuid
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(_NO_GUARD_SCRIPT.replace("ON_ERROR", repr(on_error)))
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "DYNAPIPELINE_TEST_MARKER": marker}
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path, env=env)
+    except subprocess.TimeoutExpired:  # the bug: the stream waited forever for a worker that never came
+        _kill_marked(marker)
+        raise
+    if on_error == "raise":
+        assert done.returncode != 0, done.stdout
+        assert "WorkerCrashedError" in done.stderr and "'square'" in done.stderr, done.stderr[-2000:]
+    else:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "[]"  # every item failed (skipped): none was lost silently
+    assert "bootstrapping phase" in done.stderr
+    deadline = time.monotonic() + 10
+    while _marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _marked(marker) == []
+
+
+def _marked(marker: str) -> list[int]:
+    """Pids of live processes started with ``marker`` in their environment (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as file:
+                    if marker.encode() in file.read():
+                        found.append(int(entry))
+            except OSError:  # gone meanwhile, or not ours
+                continue
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    import signal
+
+    for pid in _marked(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # already gone
+            continue

@@ -145,7 +145,10 @@ class ProcessItems(ItemRunner):
             elif isinstance(outcome, TimedOut):
                 results[batch[0]] = (False, StageTimeoutError(self.name, self.stage.timeout))
             elif isinstance(outcome, Crashed):
-                if outcome.position < 0 and len(batch) > 1:
+                if outcome.at_start:
+                    for i in pending:  # no worker can start: no item of this call could ever run
+                        results[i] = (False, self._crashed(outcome, 0))
+                elif outcome.position < 0 and len(batch) > 1:
                     one_by_one = True  # died before running any item: find the culprit alone
                 else:
                     culprit = batch[max(outcome.position, 0)]
@@ -170,7 +173,9 @@ class ProcessItems(ItemRunner):
 
     async def _run(self, items: bytes) -> Outcome:
         pool = self.pool
-        if pool is None or pool.closed:
+        if pool is not None and not pool.closed and pool.broken is not None:
+            return pool.broken  # its workers die on start-up: starting more would only die the same way
+        if pool is None or pool.closed or (not pool.workers and not pool.started and pool.starting is None):
             pool = self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         job = MapJob(loop.create_future(), self.stage_id, self.payload, self.cids, items, self.limit)
@@ -222,7 +227,10 @@ class ProcessItems(ItemRunner):
 
     def _crashed(self, outcome: Crashed, crashes: int) -> WorkerCrashedError:
         error = WorkerCrashedError(self.name, outcome.pid, outcome.exitcode)
-        if crashes >= MAX_CRASHES:
+        if outcome.at_start:
+            error.add_note("the pool's worker processes die on start-up: in a script, start the pipeline under "
+                           "`if __name__ == \"__main__\":` (worker processes import the main module)")
+        elif crashes >= MAX_CRASHES:
             error.add_note(f"this item crashed {crashes} workers: it is not retried again")
         return error
 

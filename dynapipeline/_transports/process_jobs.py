@@ -71,11 +71,16 @@ class TimedOut:
 
 @dataclass(frozen=True, slots=True)
 class Crashed:
-    """The worker died holding the job; ``position`` is the component it was running (or a state < 0)."""
+    """The worker died holding the job; ``position`` is the component it was running (or a state < 0).
+
+    ``at_start``: no worker got as far as taking a job (workers die on start-up, e.g. a script
+    without the ``__main__`` guard): retrying cannot help.
+    """
 
     position: int
     pid: int | None
     exitcode: int | None
+    at_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)

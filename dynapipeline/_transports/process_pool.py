@@ -71,6 +71,8 @@ class ProcessPool:
         self._start_done = threading.Event()
         self._start_done.set()
         self._failed_starts = 0
+        # Set when workers keep dying on start-up; jobs submitted then fail at once (cleared by a ready worker).
+        self.broken: Crashed | None = None
         self._counter = 0
         _LIVE_POOLS.add(self)
 
@@ -323,6 +325,7 @@ class ProcessPool:
         if not w.ready:
             w.ready = True
             self._failed_starts = 0
+            self.broken = None
             self._pump()
             return
         job = w.job
@@ -358,8 +361,9 @@ class ProcessPool:
             self._failed_starts += 1
             if self._failed_starts >= 3:
                 # Workers die on start-up: fail what is queued rather than respawning forever.
+                self.broken = Crashed(-1, w.pid, exitcode, at_start=True)
                 while self.queue:
-                    self.queue.popleft().finish(Crashed(-1, w.pid, exitcode))
+                    self.queue.popleft().finish(self.broken)
             else:
                 self.fill()
         self._pump()
