@@ -459,3 +459,46 @@ def _kill_marked(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:  # already gone
             continue
+
+
+class LogThenExitOn(Stage):
+    """Appends each item it runs to ``path`` (a side effect), then kills its worker on item ``bad``."""
+
+    bad: int = 0
+    path: str = ""
+
+    def execute(self, item: int) -> int:
+        with open(self.path, "a") as file:
+            file.write(f"{item}\n")
+        if item == self.bad:
+            os._exit(3)
+        return item
+
+
+async def test_a_crash_never_runs_again_the_items_of_its_chunk_that_had_finished(
+        procs: MultiprocessExecutionStrategy, tmp_path: Any) -> None:
+    log = tmp_path / "runs.txt"
+    s = stream(Step(LogThenExitOn(name="crash", bad=100, path=str(log)), procs), on_error="skip")
+    out = await asyncio.wait_for(s.run(range(1000)), 60)
+    assert out == [i for i in range(1000) if i != 100]
+    [failed] = s.errors
+    assert failed.index == 100 and type(failed.error) is WorkerCrashedError
+    runs = [int(line) for line in log.read_text().split()]
+    assert sorted(runs) == list(range(1000)), [i for i in set(runs) if runs.count(i) > 1][:20]
+
+
+class Big(Stage):
+    """Returns ``size`` bytes per item: a few fill a worker's item log."""
+
+    size: int = 0
+
+    def execute(self, item: int) -> bytes:
+        return bytes([item % 256]) * self.size
+
+
+async def test_results_bigger_than_the_item_log_all_arrive(procs: MultiprocessExecutionStrategy) -> None:
+    size = process_items.LOG_SIZE // 3 if hasattr(process_items, "LOG_SIZE") else 1 << 19
+    out = await asyncio.wait_for(stream(Step(Big(name="big", size=size), procs)).run(range(12)), 60)
+    assert [(len(b), b[0]) for b in out] == [(size, i) for i in range(12)]
+    huge = await asyncio.wait_for(stream(Step(Big(name="huge", size=3 << 20), procs)).run(range(3)), 60)
+    assert [(len(b), b[0]) for b in huge] == [(3 << 20, i) for i in range(3)]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dynapipeline._engine import current_control, current_item, current_trace, run_tasks, tracing
 from dynapipeline._model.component import Component, Flat, Stage, private_of
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, chunk_items
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["ItemError", "Step", "StepProgress", "Stream"]
@@ -619,6 +619,7 @@ class _StepRun:
         counts.received += len(todo)
         if tracing():
             current_item.set(entries[0][0])
+            chunk_items.set([index for index, value in entries if type(value) is not _Failed])
         if not todo:
             results: list[tuple[bool, Any]] = []
         elif self.item_runner is not None:

@@ -5,16 +5,20 @@ Shared by the thread pool and the worker processes; plain Python (no compiled co
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import math
 from typing import Any
 
+from dynapipeline._engine import RING
 from dynapipeline._model.component import Stage, collecting
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["check_max_workers", "drive", "needs_loop", "note_place", "plain_call", "run_component", "time_limit"]
+__all__ = ["add_runs", "check_max_workers", "drive", "needs_loop", "note_place", "plain_call", "run_component",
+           "time_limit"]
 
 _ASYNC_EXECUTE: dict[type, bool] = {}
+_SLOWEST = 5
 _MAX_PLACES = 8  # places kept per component (a long run replacing crashed workers meets many pids)
 MORE = "..."
 
@@ -100,3 +104,25 @@ def check_max_workers(strategy: str, max_workers: object) -> int | None:
                                     or max_workers < 1):
         raise ConfigurationError(f"{strategy}: field 'max_workers' must be an int >= 1 or None, got {max_workers!r}")
     return max_workers
+
+
+def add_runs(runner: Any, runs: list[tuple[float, float, bool]], place: str) -> None:
+    """Add runs made elsewhere (a worker process or Dask) to ``runner``'s stats, as if recorded here.
+
+    ``runs``: (start, end, failed) per run, epoch seconds, in the order they ran.
+    Counts, total, min/max, errors, the p50/p95 durations and the slowest runs
+    all add up, however many calls add runs concurrently (a stream step's chunks).
+    """
+    if not runs:
+        return
+    durations = [end - start for start, end, _ in runs]
+    count = runner.count
+    lo, hi = min(durations), max(durations)
+    if count:
+        lo, hi = min(lo, runner.min), max(hi, runner.max)
+    slowest = heapq.nlargest(_SLOWEST, ((elapsed, count + i + 1) for i, elapsed in enumerate(durations)))
+    errors = sum(1 for run in runs if run[2])
+    start, end, _ = runs[-1]
+    runner.adopt((start, end, count + len(runs), runner.total + math.fsum(durations), lo, hi,
+                  runner.errors + errors), durations[-RING:], slowest)
+    note_place(runner, place)

@@ -31,30 +31,42 @@ import itertools
 import logging
 import math
 import pickle
+import time
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from dynapipeline._engine import current_control
-from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
+from dynapipeline._model.component import private_of
+from dynapipeline._model.strategy import ItemRunner, chunk_items
+from dynapipeline._transports.calling import add_runs
 from dynapipeline._transports.pickling import dumps_batch
 from dynapipeline._transports.process_jobs import (
     Crashed,
     Outcome,
     Replied,
+    Split,
     TimedOut,
     deadline,
     remote_error,
     tag,
 )
-from dynapipeline._transports.process_messages import MAX_KEPT_STAGES, ItemResult, MapCall, MapReply
+from dynapipeline._transports.process_messages import (
+    LOG_HEAD,
+    LOG_RECORD,
+    LOG_SIZE,
+    MAX_KEPT_STAGES,
+    ItemResult,
+    MapCall,
+    MapReply,
+)
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from dynapipeline._transports.process_pool import ProcessPool, Worker
     from dynapipeline._transports.to_process import MultiprocessExecutionStrategy
 
-__all__ = ["MAX_CRASHES", "MapJob", "ProcessItems"]
+__all__ = ["LOG_SIZE", "MAX_CRASHES", "MapJob", "ProcessItems"]
 
 logger = logging.getLogger("dynapipeline")
 
@@ -68,7 +80,7 @@ class MapJob:
     """One chunk of items for one worker; its outcome completes ``future``."""
 
     __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control", "sent_at",
-                 "sink")
+                 "sink", "packed", "logged")
 
     def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: bytes, cids: set[int], items: bytes,
                  deadline: float | None) -> None:
@@ -82,7 +94,9 @@ class MapJob:
         self.done = False
         self.control = None  # a stream's drain is the stream's own: the feeder stops pulling
         self.sent_at = 0.0  # set by the pool when it hands the chunk to a worker
-        self.sink = None  # stream chunks are not traced per item in workers
+        self.sink = None  # the worker traces nothing: the parent traces the items from the item log
+        self.packed = (0.0, 0.0)  # perf_counter before and after the items were pickled
+        self.logged = b""  # the item log's records when the chunk ended (read before the worker goes on)
 
     def message(self, w: Worker) -> bytes:
         """The ``MapCall`` for worker ``w``: the stage only if it does not keep it already."""
@@ -90,6 +104,8 @@ class MapJob:
 
         blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
         w.known.update(cid for cid, _ in blobs)
+        if w.log is not None:
+            LOG_HEAD.pack_into(memoryview(w.log).cast("B"), 0, 0, 0)  # the records of a chunk before are gone
         stage = b""
         if self.stage_id not in w.stages:
             stage = self.stage
@@ -101,6 +117,12 @@ class MapJob:
     def finish(self, outcome: Outcome) -> None:
         if not self.done:
             self.done = True
+            w = self.worker
+            if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log is not None:
+                # Now: the pool hands this worker its next chunk as soon as this returns.
+                view = memoryview(w.log).cast("B")
+                _, used = LOG_HEAD.unpack_from(view, 0)
+                self.logged = bytes(view[LOG_HEAD.size:LOG_HEAD.size + used])
             if not self.future.done():
                 self.future.set_result(outcome)
 
@@ -119,6 +141,7 @@ class ProcessItems(ItemRunner):
         self.payload = b""
         self.cids: set[int] = set()
         self.pool: ProcessPool | None = None
+        self.runner = private_of(stage)["_runner"]
 
     async def open(self) -> None:
         # The stage is pickled (and checked) once, before any worker starts.
@@ -131,27 +154,40 @@ class ProcessItems(ItemRunner):
         crashes = [0] * len(values)
         pending = list(range(len(values)))
         one_by_one = False
+        sink = current_trace.get() if tracing() else None
+        indices = chunk_items.get() if sink is not None else None
         while pending:
             batch = pending[:1] if one_by_one else pending
+            packed_from = time.perf_counter()
             items = self._dump_items(values, batch, results)
             batch = [i for i in batch if results[i] is None]
             if not batch:
                 pending = [i for i in pending if results[i] is None]
                 continue
-            outcome = await self._run(items if items is not None else self._dumps([values[i] for i in batch]))
+            outcome, job = await self._run(items if items is not None else self._dumps([values[i] for i in batch]),
+                                           packed_from)
             if isinstance(outcome, Replied):
-                assert type(outcome.reply) is MapReply
-                self._take_reply(outcome.reply, outcome.pid, batch, results)
+                reply = outcome.reply
+                assert type(reply) is MapReply
+                if reply.unloadable is not None:
+                    for i in batch:
+                        results[i] = (False, self._error(reply.unloadable, outcome.pid))
+                else:
+                    self._take_items(job, outcome, batch, results, sink, indices)  # the rest, if any, go again
             elif isinstance(outcome, TimedOut):
                 results[batch[0]] = (False, StageTimeoutError(self.name, self.stage.timeout))
             elif isinstance(outcome, Crashed):
+                position = outcome.position
+                done = self._take_items(job, outcome, batch, results, sink, indices)  # they never run again
                 if outcome.at_start:
                     for i in pending:  # no worker can start: no item of this call could ever run
                         results[i] = (False, self._crashed(outcome, 0))
-                elif outcome.position < 0 and len(batch) > 1:
+                elif position < done or done == len(batch):
+                    pass  # it died after its item had finished: the others go again
+                elif position < 0 and len(batch) - done > 1:
                     one_by_one = True  # died before running any item: find the culprit alone
                 else:
-                    culprit = batch[max(outcome.position, 0)]
+                    culprit = batch[max(position, done)]
                     crashes[culprit] += 1
                     if crashes[culprit] >= MAX_CRASHES or crashes[culprit] > self.stage.retries:
                         results[culprit] = (False, self._crashed(outcome, crashes[culprit]))
@@ -159,7 +195,8 @@ class ProcessItems(ItemRunner):
                         await asyncio.sleep(self.stage.retry_delay * self.stage.retry_backoff ** (crashes[culprit] - 1))
             else:
                 for i in batch:
-                    results[i] = (False, WorkerCrashedError(self.name, outcome.pid, None))
+                    if results[i] is None:
+                        results[i] = (False, WorkerCrashedError(self.name, outcome.pid, None))
             pending = [i for i in pending if results[i] is None]
         return results  # type: ignore[return-value]  # every slot is filled when nothing is pending
 
@@ -171,17 +208,18 @@ class ProcessItems(ItemRunner):
             # As in _run: a stopped run leaves no worker behind, even when this step never sent a chunk.
             self.strategy.close()
 
-    async def _run(self, items: bytes) -> Outcome:
+    async def _run(self, items: bytes, packed_from: float) -> tuple[Outcome, MapJob | None]:
         pool = self.pool
         if pool is not None and not pool.closed and pool.broken is not None:
-            return pool.broken  # its workers die on start-up: starting more would only die the same way
+            return pool.broken, None  # its workers die on start-up: starting more would only die the same way
         if pool is None or pool.closed or (not pool.workers and not pool.started and pool.starting is None):
             pool = self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         job = MapJob(loop.create_future(), self.stage_id, self.payload, self.cids, items, self.limit)
+        job.packed = (packed_from, time.perf_counter())
         pool.submit([job])  # type: ignore[list-item]  # a MapJob is scheduled like a Job
         try:
-            return await job.future
+            return await job.future, job
         except asyncio.CancelledError:
             pool.withdraw([job], kill_running=True)  # type: ignore[list-item]
             run = current_control.get()
@@ -189,37 +227,65 @@ class ProcessItems(ItemRunner):
                 self.strategy.close()  # as a group's dispatch does: a stopped run leaves no worker behind
             raise
 
-    def _take_reply(self, reply: MapReply, pid: int, batch: list[int], results: list[Any]) -> None:
-        if reply.unloadable is not None:
-            for i in batch:
-                results[i] = (False, self._error(reply.unloadable, pid))
-            return
-        _add_timing(self.stage, reply.timing)
-        if reply.timing and reply.timing[2]:
-            per_item = reply.timing[3] / reply.timing[2]
-            self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
-        try:
-            values = pickle.loads(reply.values)
-        except Exception as unpickling:
-            # The chunk's results travel as one pickle: which of them cannot be rebuilt here is not known.
-            for i in batch:
-                failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
-                                        f"parent process ({type(unpickling).__name__}: {unpickling}); every item "
-                                        f"of its chunk of {len(batch)} fails with it")
-                failure.__cause__ = unpickling
-                tag(failure, self.name, pid)
-                results[i] = (False, failure)
-            return
-        failures = reply.failures
-        if not failures:
-            for i, value in zip(batch, values, strict=True):
-                results[i] = (True, value)
-            return
-        for position, (i, value) in enumerate(zip(batch, values, strict=True)):
-            failed = failures.get(position)
-            results[i] = (True, value) if failed is None else (False, self._error(failed, pid))
+    def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: list[int], results: list[Any],
+                    sink: Any, indices: list[int] | None) -> int:
+        """Fill the results of the items the worker ran (from its item log) and add their runs; how many ran.
 
-    def _error(self, item: ItemResult, pid: int) -> BaseException:
+        Each item's run is added to the stage's stats (p50/p95 included), its place
+        to the report's ``where``; after a reply, its wait and ship time too; while a
+        tracer records, a slice on the worker's track and an arrow from the dispatch.
+        """
+        if job is None:
+            return 0
+        records = _records(job.logged)
+        replied = outcome if isinstance(outcome, Replied) else None
+        reply = replied.reply if replied is not None else None
+        if type(reply) is MapReply and reply.last:
+            records += _records(reply.last)
+        pid = outcome.pid
+        records = records[:len(batch)]
+        split = None
+        if type(reply) is MapReply and replied is not None and reply.clock and job.sent_at:
+            split = Split(job.packed, job.sent_at, reply.clock[1], reply.clock[2], replied.loaded)
+        runner = self.runner
+        first_cycle = runner.count + 1
+        runs: list[tuple[float, float, bool]] = []
+        traced = []
+        thread = reply.thread if type(reply) is MapReply else (pid or 0)
+        for position, (started, ended, pickled, failed, data) in enumerate(records):
+            i = batch[position]
+            results[i] = self._outcome(data, failed, pid, len(batch))
+            runs.append((started + EPOCH_OFFSET, ended + EPOCH_OFFSET, failed or not results[i][0]))
+            if split is not None:
+                wait, ship = split.add(runner, started, ended, pickled)
+                if sink is not None:
+                    sink.flows.append((runner, job.sent_at, sink.thread(), pid, started,
+                                       {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+            if sink is not None:
+                item = indices[i] if indices is not None and i < len(indices) else None
+                traced.append((runner, started, ended, thread, first_cycle + position, runs[-1][2], item))
+        if sink is not None and traced and pid is not None:
+            sink.remote.append((pid, {thread: "MainThread"}, traced))
+        add_runs(runner, runs, f"process {pid}")
+        if runs:
+            per_item = sum(end - start for start, end, _ in runs) / len(runs)
+            self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
+        return len(records)
+
+    def _outcome(self, data: bytes, failed: bool, pid: int | None, size: int) -> tuple[bool, Any]:
+        try:
+            value = pickle.loads(data)
+        except Exception as unpickling:
+            failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
+                                    f"parent process ({type(unpickling).__name__}: {unpickling})")
+            failure.__cause__ = unpickling
+            tag(failure, self.name, pid)
+            return False, failure
+        if failed:
+            return False, self._error(value, pid)
+        return True, value
+
+    def _error(self, item: ItemResult, pid: int | None) -> BaseException:
         error, cause = remote_error(item.error, item.traceback, item.text, self.name)
         error.__cause__ = cause
         tag(error, self.name, pid)
@@ -260,16 +326,14 @@ class ProcessItems(ItemRunner):
             return data
 
 
-def _add_timing(stage: Any, timing: tuple[Any, ...]) -> None:
-    """Add one chunk's timing (measured in a worker) to the stage's stats (runs, total, min, max, errors).
-
-    The p50/p95 ring and the slowest runs of a stage run on processes by a stream
-    step stay the parent's own (empty): only these totals travel with a chunk.
-    """
-    if not timing or not timing[2]:
-        return
-    start, end, count, total, lo, hi, errors = timing
-    runner = stage.__pydantic_private__["_runner"]
-    mine = runner.count
-    runner.copy_timing(start, end, mine + count, runner.total + total, min(runner.min, lo) if mine else lo,
-                       max(runner.max, hi), runner.errors + errors)
+def _records(data: bytes) -> list[tuple[float, float, float, bool, bytes]]:
+    """The item log's records: (run start, run end, pickled, failed, pickle), in the order the items ran."""
+    out = []
+    at = 0
+    size = LOG_RECORD.size
+    while at < len(data):
+        started, ended, pickled, failed, length = LOG_RECORD.unpack_from(data, at)
+        at += size
+        out.append((started, ended, pickled, bool(failed), data[at:at + length]))
+        at += length
+    return out

@@ -34,6 +34,7 @@ __all__ = [
     "Job",
     "Outcome",
     "Replied",
+    "Split",
     "TimedOut",
     "collect_reply",
     "deadline",
@@ -259,19 +260,44 @@ def _split(job: Job, replied: Replied) -> None:
     """
     assert type(replied.reply) is Reply
     clock = replied.reply.clock
-    rebuilt, replying = clock[1], clock[2]
-    packed_from, packed_at = job.packed
-    shared_ship = (packed_at - packed_from) + (rebuilt - job.sent_at) + (replied.loaded - replying)
-    queued = job.sent_at - packed_at
+    split = Split(job.packed, job.sent_at, clock[1], clock[2], replied.loaded)
     for position, (started, ended, pickled) in enumerate(clock[3:]):
         runner = job.runners[position]
-        wait = queued + (started - rebuilt) + (replying - pickled)
-        ship = shared_ship + (pickled - ended)
-        runner.wait_total += wait if wait > 0.0 else 0.0
-        runner.ship_total += ship if ship > 0.0 else 0.0
+        wait, ship = split.add(runner, started, ended, pickled)
         if job.sink is not None:
             job.sink.flows.append((runner, job.sent_at, job.sink.thread(), replied.pid, started,
                                    {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+
+
+class Split:
+    """Splits the wall time of the runs of one message to a worker into waiting, shipping and work.
+
+    From perf_counter readings of both processes: ``packed`` (before and after the
+    parent pickled the message), ``sent_at`` (handed to the worker), ``rebuilt``
+    and ``replying`` (in the worker), ``loaded`` (the reply unpickled here). A run
+    waited in the queue and behind the message's other runs; its shipping is the
+    message's pickling, transfer and rebuilding and the reply's, plus its result's pickling.
+    """
+
+    __slots__ = ("queued", "shared_ship", "rebuilt", "replying")
+
+    def __init__(self, packed: tuple[float, float], sent_at: float, rebuilt: float, replying: float,
+                 loaded: float) -> None:
+        packed_from, packed_at = packed
+        self.shared_ship = (packed_at - packed_from) + (rebuilt - sent_at) + (loaded - replying)
+        self.queued = sent_at - packed_at
+        self.rebuilt = rebuilt
+        self.replying = replying
+
+    def add(self, runner: Any, started: float, ended: float, pickled: float) -> tuple[float, float]:
+        """Add one run's waiting and shipping to ``runner``; (wait, ship) in seconds."""
+        wait = self.queued + (started - self.rebuilt) + (self.replying - pickled)
+        ship = self.shared_ship + (pickled - ended)
+        wait = wait if wait > 0.0 else 0.0
+        ship = ship if ship > 0.0 else 0.0
+        runner.wait_total += wait
+        runner.ship_total += ship
+        return wait, ship
 
 
 def _keep_trace(job: Job, trace: tuple[Any, ...]) -> None:

@@ -12,15 +12,19 @@ Over each worker's pipe (``multiprocessing.connection``)::
 Besides the pipe, each worker shares two small values with the parent:
 ``current`` (where the worker is with its job: see ``IDLE``/``SENT``/``TAKEN``,
 or the position of the component it runs) and ``drain`` (set by the parent when
-the run of the groups it runs drains).
+the run of the groups it runs drains), and one buffer, its *item log*: a stream
+step's chunk writes each item's outcome there as soon as the item has run (see
+``LOG_HEAD``), so the parent still has the outcomes of the items that finished
+when a later item of the chunk kills the worker, and never runs them again.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any, NamedTuple
 
-__all__ = ["IDLE", "MAX_KEPT_STAGES", "READY", "SENT", "STOP", "TAKEN", "Call", "ItemResult", "MapCall", "MapReply",
-           "Reply"]
+__all__ = ["IDLE", "LOG_HEAD", "LOG_RECORD", "LOG_SIZE", "MAX_KEPT_STAGES", "READY", "SENT", "STOP", "TAKEN",
+           "Call", "ItemResult", "MapCall", "MapReply", "Reply"]
 
 READY = b"R"
 STOP = b""
@@ -29,6 +33,15 @@ STOP = b""
 # before sending a job and the worker TAKEN as soon as it has read it: a worker that
 # dies while the value is still SENT never held its job, which then goes elsewhere.
 IDLE, SENT, TAKEN = -1, -2, -3
+
+# The item log: LOG_HEAD (records committed, bytes used after the head), then one LOG_RECORD per item
+# followed by its pickle (the result, or an ``ItemResult`` when ``failed``). The worker writes a record
+# and its pickle first and then the head, so the head never counts a record that is not whole; the
+# parent resets the head before it sends a chunk. A result too big for the space left travels in the
+# ``MapReply`` instead, and ends its chunk (the parent sends the chunk's other items again).
+LOG_SIZE = 1 << 20
+LOG_HEAD = struct.Struct("<qq")
+LOG_RECORD = struct.Struct("<dddBI")  # perf_counter: run start, run end, pickled; failed; pickle length
 
 # Stream steps' stages a worker keeps (oldest dropped first). The parent mirrors the
 # worker's set in the same order, so both forget the same stage at the same time.
@@ -79,9 +92,10 @@ class ItemResult(NamedTuple):
 
 
 class MapReply(NamedTuple):
-    """Worker to parent: the outcome of one ``MapCall``."""
+    """Worker to parent: the end of one ``MapCall``; the items' outcomes are in the item log (``LOG_HEAD``)."""
 
-    values: bytes  # pickle of the list of results, one per item (None where the item failed)
-    failures: dict[int, ItemResult]  # position in the chunk -> why that item failed
-    timing: tuple[Any, ...]  # the stage's timing over this chunk's items only (the parent adds it up)
+    ran: int  # items run, from the chunk's first (fewer than sent when ``last`` ended the chunk early)
+    last: bytes  # LOG_RECORD and pickle of the last item run when the log had no room for it, else b""
+    clock: tuple[float, ...]  # perf_counter in the worker: (message received, chunk rebuilt, replying)
+    thread: int  # native id of the thread that ran the items (the tracer's track)
     unloadable: ItemResult | None = None  # the error rebuilding the stage or the items, if any

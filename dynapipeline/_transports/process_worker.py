@@ -30,6 +30,8 @@ from dynapipeline._model.group import Container
 from dynapipeline._transports.calling import needs_loop, plain_call, run_component
 from dynapipeline._transports.process_messages import (
     IDLE,
+    LOG_HEAD,
+    LOG_RECORD,
     MAX_KEPT_STAGES,
     READY,
     STOP,
@@ -47,11 +49,14 @@ _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 logger = logging.getLogger("dynapipeline")
 
 
-def main(conn: Any, current: Any, drain: Any = None) -> None:
-    """The worker's loop: signal ready, then run batches until told to stop or the parent goes away."""
+def main(conn: Any, current: Any, drain: Any = None, log: Any = None) -> None:
+    """The worker's loop: signal ready, then run batches until told to stop or the parent goes away.
+
+    ``log``: the shared item log that stream steps' chunks write to (``process_messages``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"log": log}
     conn.send_bytes(READY)
     while True:
         try:
@@ -154,7 +159,7 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
         for class_id, blob in call.class_blobs:
             register_class(class_id, blob, pickle.loads)
         if type(call) is MapCall:
-            return run_map(current, call, state)
+            return run_map(current, call, state, received)
         components, args, kwargs = pickle.loads(call.payload)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return reply_bytes([], [], error, traceback.format_exc(), 0, unloadable=True)
@@ -189,15 +194,14 @@ def run_components(current: Any, components: list[Any], args: tuple[Any, ...], k
     return _Batch(components, (now, now), False).run(current, args, kwargs, state)
 
 
-def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
+def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float = 0.0) -> bytes:
     """Run each item of a stream step's chunk through the step's stage; the pickled ``MapReply``.
 
-    The stage arrives once per worker (``call.stage`` is empty afterwards) and is kept
-    here. Its timing stats are reset before the chunk, so the reply carries this
-    chunk's share, which the parent adds to the stage's own stats. The results
-    travel as one pickled list; only when that fails are they pickled one by one,
-    to fail just the items whose result cannot be pickled.
+    The stage arrives once per worker (``call.stage`` is empty afterwards) and is
+    kept here. Each item's outcome (its result or error, and its clock readings)
+    goes to the item log as soon as it has run, before the next item starts.
     """
+    rebuilt_from = received or time.perf_counter()
     stages: dict[int, Any] = state.setdefault("stages", {})
     try:
         if call.stage:
@@ -208,60 +212,83 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
         items = pickle.loads(call.items)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         failure = _item_failure(error, traceback.format_exc())
-        return pickle.dumps(MapReply(b"", {}, (), failure), protocol=pickle.HIGHEST_PROTOCOL)
-    runner = stage.__pydantic_private__["_runner"]
-    runner.reset_stats()
-    values: list[Any] = []
-    failures: dict[int, ItemResult] = {}
+        return pickle.dumps(MapReply(0, b"", (), 0, failure), protocol=pickle.HIGHEST_PROTOCOL)
+    log = _ItemLog(state.get("log"), stage.name)
+    clock = time.perf_counter  # the engine's clock: Runner.record takes its readings
+    rebuilt = clock()
     plain = plain_call(stage)
-    if plain is not None:
-        clock = time.perf_counter  # the engine's clock: Runner.record takes its readings
-        record = runner.record
-        for position, item in enumerate(items):
-            current.value = position
+    loop = None
+    if plain is None and needs_loop(stage):
+        loop = state.get("loop")
+        if loop is None:
+            loop = state["loop"] = asyncio.new_event_loop()
+    runner = stage.__pydantic_private__["_runner"]
+    no_kwargs: dict[str, Any] = {}
+    ran = 0
+    for position, item in enumerate(items):
+        current.value = position
+        if plain is not None:
             t0 = clock()
             try:
-                values.append(plain(item))
+                value = plain(item)
             except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                runner.record_failed(t0, clock())
-                values.append(None)
-                failures[position] = _item_failure(error, traceback.format_exc())
-                continue
-            record(t0, clock())
-    else:
-        loop = None
-        if needs_loop(stage):
-            loop = state.get("loop")
-            if loop is None:
-                loop = state["loop"] = asyncio.new_event_loop()
-        no_kwargs: dict[str, Any] = {}
-        for position, item in enumerate(items):
-            current.value = position
+                t1 = clock()
+                log.failed(t0, t1, error, traceback.format_exc())
+            else:
+                t1 = clock()
+                log.value(t0, t1, value)
+        else:
             try:
-                values.append(run_component(stage, (item,), no_kwargs, loop))
+                value = run_component(stage, (item,), no_kwargs, loop)
             except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                values.append(None)
-                failures[position] = _item_failure(error, traceback.format_exc())
+                t0, t1 = runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET
+                log.failed(t0, t1, error, traceback.format_exc())
+            else:
+                log.value(runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, value)
+        ran = position + 1
+        if log.last:
+            break  # no room left in the log: the parent sends the rest again
     current.value = IDLE
-    try:
-        blob = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        blob = _dump_values_one_by_one(stage.name, values, failures)
-    return pickle.dumps(MapReply(blob, failures, runner.timing()), protocol=pickle.HIGHEST_PROTOCOL)
+    reply = MapReply(ran, log.last, (rebuilt_from, rebuilt, clock()), threading.get_native_id())
+    return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _dump_values_one_by_one(name: str, values: list[Any], failures: dict[int, ItemResult]) -> bytes:
-    """The results pickled with cloudpickle where pickle cannot; one that neither can becomes its item's failure."""
-    for position, value in enumerate(values):
+class _ItemLog:
+    """Writes a chunk's item outcomes to the worker's shared item log (``LOG_HEAD``), one record per item."""
+
+    def __init__(self, buffer: Any, name: str) -> None:
+        self.view = memoryview(buffer).cast("B") if buffer is not None else memoryview(bytearray(LOG_HEAD.size))
+        self.name = name
+        self.count = 0
+        self.used = 0
+        self.last = b""  # the record that did not fit: it travels in the reply and ends the chunk
+        LOG_HEAD.pack_into(self.view, 0, 0, 0)
+
+    def value(self, t0: float, t1: float, value: Any) -> None:
         try:
-            _dump_value(value)
+            data = _dump_value(value)
         except Exception as bad:
-            values[position] = None
-            unpicklable = TypeError(f"stage {name!r} returned a result that cannot be pickled "
+            unpicklable = TypeError(f"stage {self.name!r} returned a result that cannot be pickled "
                                     f"({type(value).__name__}: {bad})")
-            failures[position] = _item_failure(unpicklable, "")
-    data: bytes = cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-    return data
+            self._add(t0, t1, True, pickle.dumps(_item_failure(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
+            return
+        self._add(t0, t1, False, data)
+
+    def failed(self, t0: float, t1: float, error: BaseException, tb: str) -> None:
+        self._add(t0, t1, True, pickle.dumps(_item_failure(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _add(self, t0: float, t1: float, failed: bool, data: bytes) -> None:
+        pickled = time.perf_counter()
+        at = LOG_HEAD.size + self.used
+        end = at + LOG_RECORD.size + len(data)
+        if end > len(self.view):
+            self.last = LOG_RECORD.pack(t0, t1, pickled, failed, len(data)) + data
+            return
+        LOG_RECORD.pack_into(self.view, at, t0, t1, pickled, failed, len(data))
+        self.view[at + LOG_RECORD.size:end] = data
+        self.count += 1
+        self.used = end - LOG_HEAD.size
+        LOG_HEAD.pack_into(self.view, 0, self.count, self.used)  # commits the record
 
 
 def _item_failure(error: BaseException, tb: str) -> ItemResult:
