@@ -106,23 +106,22 @@ def check_max_workers(strategy: str, max_workers: object) -> int | None:
     return max_workers
 
 
-def add_runs(runner: Any, runs: list[tuple[float, float, bool]], place: str) -> None:
+def add_runs(runner: Any, durations: list[float], start: float, end: float, errors: int, place: str) -> None:
     """Add runs made elsewhere (a worker process or Dask) to ``runner``'s stats, as if recorded here.
 
-    ``runs``: (start, end, failed) per run, epoch seconds, in the order they ran.
-    Counts, total, min/max, errors, the p50/p95 durations and the slowest runs
-    all add up, however many calls add runs concurrently (a stream step's chunks).
+    ``durations``: of each run, in the order they ran; ``start`` and ``end``: epoch
+    seconds of the first run's start and the last one's end; ``errors``: how many
+    failed. Counts, total, min/max, errors, the p50/p95 durations and the slowest
+    runs all add up, however many calls add runs concurrently (a stream step's chunks).
     """
-    if not runs:
+    if not durations:
         return
-    durations = [end - start for start, end, _ in runs]
     count = runner.count
     lo, hi = min(durations), max(durations)
     if count:
         lo, hi = min(lo, runner.min), max(hi, runner.max)
-    slowest = heapq.nlargest(_SLOWEST, ((elapsed, count + i + 1) for i, elapsed in enumerate(durations)))
-    errors = sum(1 for run in runs if run[2])
-    start, end, _ = runs[-1]
-    runner.adopt((start, end, count + len(runs), runner.total + math.fsum(durations), lo, hi,
+    cut = heapq.nlargest(_SLOWEST, durations)[-1]
+    slowest = [(elapsed, count + i + 1) for i, elapsed in enumerate(durations) if elapsed >= cut][:_SLOWEST * 2]
+    runner.adopt((start, end, count + len(durations), runner.total + sum(durations), lo, hi,
                   runner.errors + errors), durations[-RING:], slowest)
     note_place(runner, place)

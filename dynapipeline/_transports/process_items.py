@@ -30,6 +30,7 @@ import asyncio
 import itertools
 import logging
 import math
+import operator
 import pickle
 import time
 from typing import TYPE_CHECKING, Any
@@ -52,9 +53,10 @@ from dynapipeline._transports.process_jobs import (
     tag,
 )
 from dynapipeline._transports.process_messages import (
+    LOG_DATA,
     LOG_HEAD,
-    LOG_RECORD,
     LOG_SIZE,
+    LOG_TABLE,
     MAX_KEPT_STAGES,
     ItemResult,
     MapCall,
@@ -96,7 +98,9 @@ class MapJob:
         self.sent_at = 0.0  # set by the pool when it hands the chunk to a worker
         self.sink = None  # the worker traces nothing: the parent traces the items from the item log
         self.packed = (0.0, 0.0)  # perf_counter before and after the items were pickled
-        self.logged = b""  # the item log's records when the chunk ended (read before the worker goes on)
+        # The item log when the chunk ended (read before the worker goes on): its rows (flat), its pickles,
+        # and how many of its items failed.
+        self.logged: tuple[list[float], bytes, int] = ([], b"", 0)
 
     def message(self, w: Worker) -> bytes:
         """The ``MapCall`` for worker ``w``: the stage only if it does not keep it already."""
@@ -105,7 +109,7 @@ class MapJob:
         blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
         w.known.update(cid for cid, _ in blobs)
         if w.log is not None:
-            LOG_HEAD.pack_into(memoryview(w.log).cast("B"), 0, 0, 0)  # the records of a chunk before are gone
+            LOG_HEAD.pack_into(memoryview(w.log).cast("B"), 0, 0, 0)  # the items of a chunk before are gone
         stage = b""
         if self.stage_id not in w.stages:
             stage = self.stage
@@ -121,8 +125,14 @@ class MapJob:
             if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log is not None:
                 # Now: the pool hands this worker its next chunk as soon as this returns.
                 view = memoryview(w.log).cast("B")
-                _, used = LOG_HEAD.unpack_from(view, 0)
-                self.logged = bytes(view[LOG_HEAD.size:LOG_HEAD.size + used])
+                count, failures = LOG_HEAD.unpack_from(view, 0)
+                if count:
+                    rows: list[float] = view[LOG_TABLE:LOG_TABLE + 32 * count].cast("d").tolist()  # type: ignore[assignment]
+                    data = b""
+                    if failures or not isinstance(outcome, Replied) or not getattr(outcome.reply, "values", b""):
+                        # The pickles are read only when the reply's values cannot serve (a crash, failed items).
+                        data = bytes(view[LOG_DATA:LOG_DATA + int(math.fsum(map(abs, rows[3::4])))])
+                    self.logged = (rows, data, failures)
             if not self.future.done():
                 self.future.set_result(outcome)
 
@@ -237,53 +247,86 @@ class ProcessItems(ItemRunner):
         """
         if job is None:
             return 0
-        records = _records(job.logged)
+        rows, data, failures = job.logged
         replied = outcome if isinstance(outcome, Replied) else None
         reply = replied.reply if replied is not None else None
-        if type(reply) is MapReply and reply.last:
-            records += _records(reply.last)
+        last = reply.last if type(reply) is MapReply else None
+        if last is not None:
+            rows = [*rows, last.started, last.ended, last.pickled, -len(last.data) if last.failed else len(last.data)]
+            data += last.data
+            failures += last.failed
         pid = outcome.pid
-        records = records[:len(batch)]
-        split = None
-        if type(reply) is MapReply and replied is not None and reply.clock and job.sent_at:
-            split = Split(job.packed, job.sent_at, reply.clock[1], reply.clock[2], replied.loaded)
+        count = min(len(rows) // 4, len(batch))
+        if not count:
+            return 0
+        size = 4 * count
+        starts, ends, pickled = rows[0:size:4], rows[1:size:4], rows[2:size:4]
         runner = self.runner
         first_cycle = runner.count + 1
-        runs: list[tuple[float, float, bool]] = []
-        traced = []
-        thread = reply.thread if type(reply) is MapReply else (pid or 0)
-        for position, (started, ended, pickled, failed, data) in enumerate(records):
-            i = batch[position]
-            results[i] = self._outcome(data, failed, pid, len(batch))
-            runs.append((started + EPOCH_OFFSET, ended + EPOCH_OFFSET, failed or not results[i][0]))
-            if split is not None:
-                wait, ship = split.add(runner, started, ended, pickled)
-                if sink is not None:
+        failed: list[int] = []
+        values: list[Any] | None = None
+        broken = None
+        if type(reply) is MapReply and reply.values:
+            try:
+                values = pickle.loads(reply.values)
+            except Exception as unpickling:
+                # The chunk's results travel as one pickle: which of them cannot be rebuilt here is not known.
+                broken = self._unloadable(unpickling, pid, count)
+        if broken is not None:
+            for i in batch[:count]:
+                results[i] = (False, broken)
+            failed = list(range(count))
+        elif values is not None and not failures:
+            for i, value in zip(batch, values, strict=False):
+                results[i] = (True, value)
+        else:
+            codes = rows[3:size:4]
+            offsets = list(itertools.accumulate(map(int, map(abs, codes)), initial=0))
+            view = memoryview(data)
+            for position, i in enumerate(batch[:count]):
+                if values is not None and codes[position] >= 0:
+                    results[i] = (True, values[position])
+                    continue
+                try:
+                    value = pickle.loads(view[offsets[position]:offsets[position + 1]])
+                except Exception as unpickling:
+                    results[i] = (False, self._unloadable(unpickling, pid, 1))
+                    failed.append(position)
+                    continue
+                if codes[position] < 0:
+                    results[i] = (False, self._error(value, pid))
+                    failed.append(position)
+                else:
+                    results[i] = (True, value)
+        durations = list(map(operator.sub, ends, starts))
+        add_runs(runner, durations, starts[0] + EPOCH_OFFSET, ends[-1] + EPOCH_OFFSET, len(failed), f"process {pid}")
+        if type(reply) is MapReply and replied is not None and reply.clock and job.sent_at:
+            split = Split(job.packed, job.sent_at, reply.clock[1], reply.clock[2], replied.loaded)
+            if sink is None:
+                split.add_all(runner, starts, ends, pickled)
+            else:
+                for started, ended, done in zip(starts, ends, pickled, strict=True):
+                    wait, ship = split.add(runner, started, ended, done)
                     sink.flows.append((runner, job.sent_at, sink.thread(), pid, started,
                                        {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
-            if sink is not None:
-                item = indices[i] if indices is not None and i < len(indices) else None
-                traced.append((runner, started, ended, thread, first_cycle + position, runs[-1][2], item))
-        if sink is not None and traced and pid is not None:
+        if sink is not None and pid is not None:
+            thread = reply.thread if type(reply) is MapReply else pid
+            errors = set(failed)
+            traced = [(runner, starts[k], ends[k], thread, first_cycle + k, k in errors,
+                       indices[i] if indices is not None and i < len(indices) else None)
+                      for k, i in enumerate(batch[:count])]
             sink.remote.append((pid, {thread: "MainThread"}, traced))
-        add_runs(runner, runs, f"process {pid}")
-        if runs:
-            per_item = sum(end - start for start, end, _ in runs) / len(runs)
-            self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
-        return len(records)
+        per_item = (ends[-1] - starts[0]) / count  # back to back: the time per item, the log's cost included
+        self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
+        return count
 
-    def _outcome(self, data: bytes, failed: bool, pid: int | None, size: int) -> tuple[bool, Any]:
-        try:
-            value = pickle.loads(data)
-        except Exception as unpickling:
-            failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
-                                    f"parent process ({type(unpickling).__name__}: {unpickling})")
-            failure.__cause__ = unpickling
-            tag(failure, self.name, pid)
-            return False, failure
-        if failed:
-            return False, self._error(value, pid)
-        return True, value
+    def _unloadable(self, unpickling: Exception, pid: int | None, chunk: int) -> PicklingError:
+        also = f"; every item of its chunk of {chunk} fails with it" if chunk > 1 else ""
+        failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
+                                f"parent process ({type(unpickling).__name__}: {unpickling}){also}")
+        failure.__cause__ = unpickling
+        tag(failure, self.name, pid)
+        return failure
 
     def _error(self, item: ItemResult, pid: int | None) -> BaseException:
         error, cause = remote_error(item.error, item.traceback, item.text, self.name)
@@ -324,16 +367,3 @@ class ProcessItems(ItemRunner):
         except Exception:
             data: bytes = cloudpickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
             return data
-
-
-def _records(data: bytes) -> list[tuple[float, float, float, bool, bytes]]:
-    """The item log's records: (run start, run end, pickled, failed, pickle), in the order the items ran."""
-    out = []
-    at = 0
-    size = LOG_RECORD.size
-    while at < len(data):
-        started, ended, pickled, failed, length = LOG_RECORD.unpack_from(data, at)
-        at += size
-        out.append((started, ended, pickled, bool(failed), data[at:at + length]))
-        at += length
-    return out

@@ -299,6 +299,15 @@ class Split:
         runner.ship_total += ship
         return wait, ship
 
+    def add_all(self, runner: Any, starts: list[float], ends: list[float], pickled: list[float]) -> None:
+        """``add`` for many runs of one runner at once (a stream step's chunk), summed."""
+        n = len(starts)
+        done = sum(pickled)
+        wait = n * (self.queued + self.replying - self.rebuilt) + sum(starts) - done
+        ship = n * self.shared_ship + done - sum(ends)
+        runner.wait_total += wait if wait > 0.0 else 0.0
+        runner.ship_total += ship if ship > 0.0 else 0.0
+
 
 def _keep_trace(job: Job, trace: tuple[Any, ...]) -> None:
     """Hand the runs a worker traced to the dispatching tracer, naming the parent's runners."""

@@ -23,8 +23,8 @@ from __future__ import annotations
 import struct
 from typing import Any, NamedTuple
 
-__all__ = ["IDLE", "LOG_HEAD", "LOG_RECORD", "LOG_SIZE", "MAX_KEPT_STAGES", "READY", "SENT", "STOP", "TAKEN",
-           "Call", "ItemResult", "MapCall", "MapReply", "Reply"]
+__all__ = ["IDLE", "LOG_DATA", "LOG_HEAD", "LOG_SIZE", "LOG_SLOTS", "LOG_TABLE", "MAX_KEPT_STAGES", "READY", "SENT",
+           "STOP", "TAKEN", "Call", "ItemResult", "LoggedItem", "MapCall", "MapReply", "Reply"]
 
 READY = b"R"
 STOP = b""
@@ -34,14 +34,19 @@ STOP = b""
 # dies while the value is still SENT never held its job, which then goes elsewhere.
 IDLE, SENT, TAKEN = -1, -2, -3
 
-# The item log: LOG_HEAD (records committed, bytes used after the head), then one LOG_RECORD per item
-# followed by its pickle (the result, or an ``ItemResult`` when ``failed``). The worker writes a record
-# and its pickle first and then the head, so the head never counts a record that is not whole; the
-# parent resets the head before it sends a chunk. A result too big for the space left travels in the
-# ``MapReply`` instead, and ends its chunk (the parent sends the chunk's other items again).
+# The item log, in one shared buffer of LOG_SIZE bytes per worker:
+# - LOG_HEAD: items committed, how many of them failed;
+# - at LOG_TABLE, LOG_SLOTS rows of 4 doubles per item: perf_counter readings of its run's start and end and
+#   of its pickle's end, then its pickle's length (negated when the item failed);
+# - at LOG_DATA, the items' pickles one after the other (the result, or an ``ItemResult`` when failed).
+# The worker writes a row and its pickle first and the head last, so the head never counts an item that
+# is not whole; the parent resets the head before it sends a chunk. An item whose pickle finds no room
+# (or no row) left travels in ``MapReply.last`` instead and ends its chunk (the parent sends the rest again).
 LOG_SIZE = 1 << 20
+LOG_SLOTS = 4096
 LOG_HEAD = struct.Struct("<qq")
-LOG_RECORD = struct.Struct("<dddBI")  # perf_counter: run start, run end, pickled; failed; pickle length
+LOG_TABLE = LOG_HEAD.size
+LOG_DATA = LOG_TABLE + LOG_SLOTS * 32
 
 # Stream steps' stages a worker keeps (oldest dropped first). The parent mirrors the
 # worker's set in the same order, so both forget the same stage at the same time.
@@ -91,11 +96,24 @@ class ItemResult(NamedTuple):
     text: str  # "Type: message" of the error, for when it cannot travel
 
 
+class LoggedItem(NamedTuple):
+    """One item's outcome, as in the item log (for the one that did not fit there)."""
+
+    started: float
+    ended: float
+    pickled: float
+    failed: bool
+    data: bytes
+
+
 class MapReply(NamedTuple):
-    """Worker to parent: the end of one ``MapCall``; the items' outcomes are in the item log (``LOG_HEAD``)."""
+    """Worker to parent: the end of one ``MapCall``; its items' timings and errors are in the item log."""
 
     ran: int  # items run, from the chunk's first (fewer than sent when ``last`` ended the chunk early)
-    last: bytes  # LOG_RECORD and pickle of the last item run when the log had no room for it, else b""
+    # pickle of the list of the results of the items run (None where one failed): one pickle is much cheaper
+    # to load than one per item. b"" when the list cannot be pickled at once: the item log's pickles serve then.
+    values: bytes
+    last: LoggedItem | None  # the last item run, when the item log had no room left for it
     clock: tuple[float, ...]  # perf_counter in the worker: (message received, chunk rebuilt, replying)
     thread: int  # native id of the thread that ran the items (the tracer's track)
     unloadable: ItemResult | None = None  # the error rebuilding the stage or the items, if any

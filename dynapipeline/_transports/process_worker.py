@@ -30,13 +30,16 @@ from dynapipeline._model.group import Container
 from dynapipeline._transports.calling import needs_loop, plain_call, run_component
 from dynapipeline._transports.process_messages import (
     IDLE,
-    LOG_HEAD,
-    LOG_RECORD,
+    LOG_DATA,
+    LOG_SIZE,
+    LOG_SLOTS,
+    LOG_TABLE,
     MAX_KEPT_STAGES,
     READY,
     STOP,
     TAKEN,
     ItemResult,
+    LoggedItem,
     MapCall,
     MapReply,
     Reply,
@@ -212,83 +215,154 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
         items = pickle.loads(call.items)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         failure = _item_failure(error, traceback.format_exc())
-        return pickle.dumps(MapReply(0, b"", (), 0, failure), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(MapReply(0, b"", None, (), 0, failure), protocol=pickle.HIGHEST_PROTOCOL)
     log = _ItemLog(state.get("log"), stage.name)
-    clock = time.perf_counter  # the engine's clock: Runner.record takes its readings
-    rebuilt = clock()
+    rebuilt = time.perf_counter()
     plain = plain_call(stage)
-    loop = None
-    if plain is None and needs_loop(stage):
-        loop = state.get("loop")
-        if loop is None:
-            loop = state["loop"] = asyncio.new_event_loop()
-    runner = stage.__pydantic_private__["_runner"]
-    no_kwargs: dict[str, Any] = {}
-    ran = 0
-    for position, item in enumerate(items):
-        current.value = position
-        if plain is not None:
-            t0 = clock()
-            try:
-                value = plain(item)
-            except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                t1 = clock()
-                log.failed(t0, t1, error, traceback.format_exc())
-            else:
-                t1 = clock()
-                log.value(t0, t1, value)
-        else:
-            try:
-                value = run_component(stage, (item,), no_kwargs, loop)
-            except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                t0, t1 = runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET
-                log.failed(t0, t1, error, traceback.format_exc())
-            else:
-                log.value(runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, value)
-        ran = position + 1
-        if log.last:
-            break  # no room left in the log: the parent sends the rest again
+    if plain is not None:
+        ran = log.run_plain(current, plain, items)
+    else:
+        ran = log.run_stage(current, stage, items, state)
     current.value = IDLE
-    reply = MapReply(ran, log.last, (rebuilt_from, rebuilt, clock()), threading.get_native_id())
+    try:
+        values = pickle.dumps(log.values, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a result only cloudpickle can pickle: the parent takes each from the item log
+        values = b""
+    reply = MapReply(ran, values, log.last, (rebuilt_from, rebuilt, time.perf_counter()), threading.get_native_id())
     return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _ItemLog:
-    """Writes a chunk's item outcomes to the worker's shared item log (``LOG_HEAD``), one record per item."""
+    """Runs a chunk's items, writing each one's outcome to the worker's shared item log (``process_messages``)."""
 
     def __init__(self, buffer: Any, name: str) -> None:
-        self.view = memoryview(buffer).cast("B") if buffer is not None else memoryview(bytearray(LOG_HEAD.size))
+        if buffer is None:  # not a pool's worker: a private log, the same layout
+            buffer = (ctypes.c_ubyte * LOG_SIZE)()
+        self.view = view = memoryview(buffer).cast("B")
+        self.table = view[LOG_TABLE:LOG_DATA].cast("d")
+        self.committed = ctypes.c_int64.from_buffer(buffer, 0)
+        self.failures = ctypes.c_int64.from_buffer(buffer, 8)
         self.name = name
         self.count = 0
         self.used = 0
-        self.last = b""  # the record that did not fit: it travels in the reply and ends the chunk
-        LOG_HEAD.pack_into(self.view, 0, 0, 0)
+        self.last: LoggedItem | None = None  # the item that did not fit: it travels in the reply, ends the chunk
+        self.values: list[Any] = []  # the results, None where an item failed (the reply's ``values``)
+        self.committed.value = 0
+        self.failures.value = 0
+
+    def run_plain(self, current: Any, plain: Any, items: list[Any]) -> int:
+        """Call ``plain`` on each item (a plain ``def`` stage: no runner needed); how many ran."""
+        clock = time.perf_counter  # the engine's clock
+        dumps = pickle.dumps
+        protocol = pickle.HIGHEST_PROTOCOL
+        table = self.table
+        view = self.view
+        committed = self.committed
+        room = LOG_SIZE - LOG_DATA
+        used = 0
+        count = 0
+        keep = self.values.append
+        for item in items:
+            current.value = count
+            t0 = clock()
+            try:
+                value = plain(item)
+            except BaseException as error:  # noqa: B902 - everything goes back to the parent
+                self.count, self.used = count, used
+                self.failed(t0, clock(), error, traceback.format_exc())
+                count, used = self.count, self.used
+                if self.last is not None:
+                    return count + 1
+                continue
+            t1 = clock()
+            keep(value)
+            try:
+                data = dumps(value, protocol)
+            except Exception:
+                self.count, self.used = count, used
+                self.values.pop()
+                self.value(t0, t1, value)  # cloudpickle, or the item fails
+                count, used = self.count, self.used
+                if self.last is not None:
+                    return count + 1
+                continue
+            size = len(data)
+            if count >= LOG_SLOTS or used + size > room:
+                self.last = LoggedItem(t0, t1, clock(), False, data)
+                return count + 1
+            row = count * 4
+            table[row] = t0
+            table[row + 1] = t1
+            table[row + 2] = clock()
+            table[row + 3] = size
+            at = LOG_DATA + used
+            view[at:at + size] = data
+            used += size
+            count += 1
+            committed.value = count  # last: the item is whole in the log from here on
+        self.count, self.used = count, used
+        return count
+
+    def run_stage(self, current: Any, stage: Any, items: list[Any], state: dict[str, Any]) -> int:
+        """Run each item through the stage's runner (handlers, timeout, retries); how many ran."""
+        loop = None
+        if needs_loop(stage):
+            loop = state.get("loop")
+            if loop is None:
+                loop = state["loop"] = asyncio.new_event_loop()
+        runner = stage.__pydantic_private__["_runner"]
+        no_kwargs: dict[str, Any] = {}
+        for position, item in enumerate(items):
+            current.value = position
+            try:
+                value = run_component(stage, (item,), no_kwargs, loop)
+            except BaseException as error:  # noqa: B902 - everything goes back to the parent
+                self.failed(runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, error,
+                            traceback.format_exc())
+            else:
+                self.value(runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, value)
+            if self.last is not None:
+                return position + 1  # no room left in the log: the parent sends the rest again
+        return len(items)
 
     def value(self, t0: float, t1: float, value: Any) -> None:
         try:
             data = _dump_value(value)
         except Exception as bad:
+            self.values.append(None)
             unpicklable = TypeError(f"stage {self.name!r} returned a result that cannot be pickled "
                                     f"({type(value).__name__}: {bad})")
-            self._add(t0, t1, True, pickle.dumps(_item_failure(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
+            self.add(t0, t1, True, pickle.dumps(_item_failure(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
             return
-        self._add(t0, t1, False, data)
+        self.values.append(value)
+        self.add(t0, t1, False, data)
 
     def failed(self, t0: float, t1: float, error: BaseException, tb: str) -> None:
-        self._add(t0, t1, True, pickle.dumps(_item_failure(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
+        self.values.append(None)
+        self.add(t0, t1, True, pickle.dumps(_item_failure(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
 
-    def _add(self, t0: float, t1: float, failed: bool, data: bytes) -> None:
+    def add(self, t0: float, t1: float, failed: bool, data: bytes) -> None:
+        """Log one item's outcome (its pickle, ``failed``: an ``ItemResult``) and commit it."""
         pickled = time.perf_counter()
-        at = LOG_HEAD.size + self.used
-        end = at + LOG_RECORD.size + len(data)
-        if end > len(self.view):
-            self.last = LOG_RECORD.pack(t0, t1, pickled, failed, len(data)) + data
+        count = self.count
+        size = len(data)
+        used = self.used
+        if count >= LOG_SLOTS or used + size > LOG_SIZE - LOG_DATA:
+            self.last = LoggedItem(t0, t1, pickled, failed, data)
             return
-        LOG_RECORD.pack_into(self.view, at, t0, t1, pickled, failed, len(data))
-        self.view[at + LOG_RECORD.size:end] = data
-        self.count += 1
-        self.used = end - LOG_HEAD.size
-        LOG_HEAD.pack_into(self.view, 0, self.count, self.used)  # commits the record
+        table = self.table
+        row = count * 4
+        table[row] = t0
+        table[row + 1] = t1
+        table[row + 2] = pickled
+        table[row + 3] = -size if failed else size
+        at = LOG_DATA + used
+        self.view[at:at + size] = data
+        self.used = used + size
+        self.count = count + 1
+        if failed:
+            self.failures.value += 1
+        self.committed.value = count + 1  # last: the item is whole in the log from here on
 
 
 def _item_failure(error: BaseException, tb: str) -> ItemResult:
