@@ -380,6 +380,25 @@ class Double(Stage):
         return 2 * x
 
 
+class Nap(Stage):
+    """Sleeps ``seconds`` per item (a plain ``def``)."""
+
+    seconds: float = 0.0
+
+    def execute(self, x: int) -> int:
+        time.sleep(self.seconds)
+        return x
+
+
+async def test_a_stream_step_on_dask_reports_the_items_own_percentiles(dask_strategy):
+    stream = Stream(name="s", steps=[Step(Nap(name="nap", seconds=0.002), dask_strategy)])
+    assert await stream.run(range(100)) == list(range(100))
+    line = stream.report()["nap"]
+    assert line.runs == 100 and line.errors == 0
+    assert 0.002 <= line.p50 <= line.p95 <= line.max  # every item's own time, none lost to a stale ring
+    assert line.work >= 100 * 0.002
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 async def test_a_stream_step_on_dask_keeps_every_item(dask_strategy, client, ordered):
     maxsize = 4

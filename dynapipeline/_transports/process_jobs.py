@@ -37,6 +37,7 @@ __all__ = [
     "Split",
     "TimedOut",
     "collect_reply",
+    "collect_values",
     "deadline",
     "plan_batches",
     "plan_singles",
@@ -192,6 +193,12 @@ def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int
     """
     for position, timings in enumerate(reply.timings):
         _apply_timings(runners[position], timings, place or f"process {pid}")
+    _take_values(runners, indices, reply, pid, results)
+
+
+def collect_values(runners: list[Any], indices: list[int], reply: Reply, pid: int | None,
+                   results: list[Any]) -> None:
+    """``collect_reply`` without the timing: for runs whose timing the caller adds itself (``add_runs``)."""
     _take_values(runners, indices, reply, pid, results)
 
 
