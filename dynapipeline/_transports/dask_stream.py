@@ -108,7 +108,7 @@ def _add_item_runs(runner: Any, replies: list[Any], pid: int) -> None:
     end, epoch seconds, are that item's run. Tasks of the step end in any order; each
     adds only its own runs.
     """
-    durations = []
+    durations: list[float] = []
     errors = 0
     start = end = 0.0
     for reply in replies:

@@ -39,6 +39,7 @@ import cloudpickle
 
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
 from dynapipeline._model.component import private_of
+from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, chunk_items
 from dynapipeline._transports.calling import add_runs
 from dynapipeline._transports.pickling import dumps_batch
@@ -316,6 +317,11 @@ class ProcessItems(ItemRunner):
                        indices[i] if indices is not None and i < len(indices) else None)
                       for k, i in enumerate(batch[:count])]
             sink.remote.append((pid, {thread: "MainThread"}, traced))
+        if reports_elsewhere(self.stage):
+            for k, i in enumerate(batch[:count]):
+                ok, value = results[i]
+                report_elsewhere(self.stage, starts[k] + EPOCH_OFFSET, ends[k] + EPOCH_OFFSET, None if ok else value,
+                                 {"dynapipeline.worker_pid": pid, "dynapipeline.run": first_cycle + k})
         per_item = (ends[-1] - starts[0]) / count  # back to back: the time per item, the log's cost included
         self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
         return count

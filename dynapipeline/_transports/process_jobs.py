@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._model.component import Stage
+from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._transports.calling import note_place, time_limit
 from dynapipeline._transports.pickling import REGISTRY
 from dynapipeline._transports.process_messages import Call, MapReply, Reply
@@ -42,6 +44,8 @@ __all__ = [
     "plan_batches",
     "plan_singles",
     "remote_error",
+    "report_jobs",
+    "report_reply",
     "tag",
 ]
 
@@ -99,7 +103,7 @@ class Job:
     """One batch of components for one worker, and where its outcome goes."""
 
     __slots__ = ("dispatch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control",
-                 "packed", "sent_at", "sink")
+                 "packed", "sent_at", "sink", "replied", "lost")
 
     def __init__(self, dispatch: Dispatch, indices: list[int], runners: list[Any], payload: bytes,
                  cids: set[int], deadline: float | None, control: Any = None) -> None:
@@ -115,6 +119,8 @@ class Job:
         self.packed = (0.0, 0.0)  # perf_counter before and after its components were pickled
         self.sent_at = 0.0  # perf_counter when it was handed to a worker
         self.sink: Any = None  # the TraceSink of the dispatching context, when it traces
+        self.replied: tuple[Reply, int] | None = None  # the worker's reply and pid, once in
+        self.lost: tuple[Any, float, float] | None = None  # (runner, start, end): a run killed or crashed
 
     def message(self, w: Worker) -> bytes:
         """The ``Call`` for worker ``w``, with the classes it has not received yet."""
@@ -205,6 +211,7 @@ def collect_values(runners: list[Any], indices: list[int], reply: Reply, pid: in
 def _collect_reply(job: Job, replied: Replied, results: list[Any]) -> None:
     reply, pid = replied.reply, replied.pid
     assert type(reply) is Reply
+    job.replied = (reply, pid)
     place = f"process {pid}"
     for position, timings in enumerate(reply.timings):
         _apply_timings(job.runners[position], timings, place)
@@ -242,7 +249,39 @@ def _take_values(runners: list[Any], indices: list[int], reply: Reply, pid: int 
 def _record_lost_run(job: Job, runner: Any) -> None:
     """Count a run whose worker was killed (deadline) or died as a failed run, timed as the parent saw it."""
     if job.sent_at:
-        runner.record_failed(job.sent_at, time.perf_counter())
+        now = time.perf_counter()
+        runner.record_failed(job.sent_at, now)
+        job.lost = (runner, job.sent_at + EPOCH_OFFSET, now + EPOCH_OFFSET)
+
+
+def report_jobs(jobs: list[Job], raised: BaseException | None) -> None:
+    """Hand the runs of a dispatch's jobs to the handlers that record runs made elsewhere (``ran_elsewhere``).
+
+    ``raised``: the dispatch's error, for a run its worker lost (a crash, a deadline).
+    """
+    for job in jobs:
+        if job.replied is not None:
+            reply, pid = job.replied
+            report_reply(job.runners, reply, {"dynapipeline.worker_pid": pid})
+        elif job.lost is not None:
+            runner, start, end = job.lost
+            if reports_elsewhere(runner.owner):
+                where = {"dynapipeline.worker_pid": job.worker.pid} if job.worker is not None else {}
+                report_elsewhere(runner.owner, start, end, raised, {**where, "dynapipeline.run": runner.count})
+
+
+def report_reply(runners: list[Any], reply: Reply, attributes: dict[str, Any]) -> None:
+    """Hand each run a reply carries (its start and end in the worker, its error) to ``ran_elsewhere``."""
+    for position, timings in enumerate(reply.timings):
+        runner = runners[position]
+        if not timings or not reports_elsewhere(runner.owner):
+            continue
+        timing = timings[0][0]  # the component's own (timing, durations, slowest), then its members'
+        error = None
+        if position == reply.failed_at and not reply.unloadable:
+            error, cause = remote_error(reply.error, reply.traceback, reply.text, runner.name)
+            error.__cause__ = cause
+        report_elsewhere(runner.owner, timing[0], timing[1], error, {**attributes, "dynapipeline.run": runner.count})
 
 
 def _apply_timings(runner: Any, timings: list[tuple[Any, ...]], place: str) -> None:
