@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
 from dynapipeline._transports.calling import add_runs
+from dynapipeline._transports.dask_observe import report_items
 from dynapipeline._transports.dask_worker import run_items_task
 from dynapipeline._transports.pickling import dumps_batch
 from dynapipeline._transports.process_jobs import collect_values, deadline
@@ -83,7 +84,9 @@ class DaskItems(ItemRunner):
                     attempt += 1
                     continue
                 return [(False, error)] * len(values)
-            return self._decode(replies, pid, len(values), sent)
+            out = self._decode(replies, pid, len(values), sent)
+            await report_items(client, stage, replies, out, pid, self.runner.count - len(out) + 1)
+            return out
 
     def _decode(self, replies: list[Any], pid: int, n: int, sent: tuple[Any, ...]) -> list[tuple[bool, Any]]:
         runner = self.runner
