@@ -10,18 +10,26 @@
   calls in flight, so IPC is not paid per item and backpressure still holds. A
   timed stage's items travel one per chunk, so a deadline concerns one item.
 - **The stage travels once per worker**: the first chunk a worker gets carries it,
-  later ones only the items. Its timing stats come back per chunk and are added
-  to the parent's stage.
+  later ones only the items.
+- **The item log**: the worker writes each item's outcome (its pickle, its clock
+  readings) to a buffer it shares with the parent as soon as the item has run
+  (``process_messages``); the results also come back as one list with the reply.
+  Each item's run is added to the stage's stats (p50/p95 from the items' own
+  durations, the wait/ship split, the worker pid as its place), and to the
+  tracer (a slice per item, an arrow from the dispatch) and the handlers that
+  record runs made elsewhere (OpenTelemetry spans).
 - **Per item**: each item's exception (or a result that cannot be pickled) is its
   own outcome; the other items of its chunk are unaffected. Retries and timeouts
   inside the worker are the stage's own (its runner applies ``retries`` there).
 - **Timeout**: a timed stage's item that outlives its whole time budget
   (``timeout`` × attempts + retry delays) is killed with its worker, which is
   replaced; the item fails with ``StageTimeoutError``.
-- **Crash**: when a worker dies, the item it was running is retried on a fresh
-  worker while the stage's ``retries`` last (with its delays), but never after it
-  crashed 3 workers; the chunk's other items are sent again. The item then fails
-  with ``WorkerCrashedError``.
+- **Crash**: when a worker dies, the items of its chunk that had finished keep the
+  outcomes the item log holds, and are never run again. The item it was running
+  is retried on a fresh worker while the stage's ``retries`` last (with its
+  delays), but never after it crashed 3 workers; the chunk's items not yet run
+  are sent again. The item then fails with ``WorkerCrashedError``. A pool whose
+  workers die on start-up fails the call's items at once.
 """
 
 from __future__ import annotations
