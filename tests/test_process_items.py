@@ -502,3 +502,17 @@ async def test_results_bigger_than_the_item_log_all_arrive(procs: MultiprocessEx
     assert [(len(b), b[0]) for b in out] == [(size, i) for i in range(12)]
     huge = await asyncio.wait_for(stream(Step(Big(name="huge", size=3 << 20), procs)).run(range(3)), 60)
     assert [(len(b), b[0]) for b in huge] == [(3 << 20, i) for i in range(3)]
+
+
+class KillsOnArrival:
+    """An item whose unpickling kills the worker: it dies before running any item of its chunk."""
+
+    def __reduce__(self) -> Any:
+        return (os._exit, (3,))
+
+
+async def test_an_item_that_kills_its_worker_on_arrival_fails_alone(procs: MultiprocessExecutionStrategy) -> None:
+    items: list[Any] = [0, 1, 2, KillsOnArrival(), 4, 5]
+    out = await asyncio.wait_for(stream(Step(Square(name="square"), procs), on_error="return").run(items), 60)
+    assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 4, 16, 25]
+    assert type(out[3]) is WorkerCrashedError

@@ -201,7 +201,7 @@ class ProcessItems(ItemRunner):
                 if outcome.at_start:
                     for i in pending:  # no worker can start: no item of this call could ever run
                         results[i] = (False, self._crashed(outcome, 0))
-                elif position < done or done == len(batch):
+                elif 0 <= position < done or done == len(batch):
                     pass  # it died after its item had finished: the others go again
                 elif position < 0 and len(batch) - done > 1:
                     one_by_one = True  # died before running any item: find the culprit alone
