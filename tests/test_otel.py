@@ -19,6 +19,7 @@ from opentelemetry.trace import StatusCode
 
 import dynapipeline
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
+from dynapipeline.errors import WorkerCrashedError
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
     MultiprocessExecutionStrategy,
@@ -249,6 +250,30 @@ def test_process_stages_get_spans_from_their_workers_times_under_their_group(spa
     assert b.status.status_code is StatusCode.ERROR and b.status.description == "ValueError: bad 0"
     [event] = b.events
     assert event.name == "exception" and (event.attributes or {})["exception.type"] == "ValueError"
+
+
+class Die(Stage):
+    def execute(self) -> None:
+        os._exit(3)
+
+
+def test_a_process_stage_whose_worker_died_gets_a_failed_span(spans: Any) -> None:
+    handler, exporter = spans
+
+    async def main() -> None:
+        async with MultiprocessExecutionStrategy(1) as processes:
+            group = StageGroup(name="g", stages=[Die(name="die")], cycle_strategy=OnceCycleStrategy(),
+                               execution_strategy=processes)
+            with pytest.raises(WorkerCrashedError):
+                await handler.instrument(group).run()
+
+    dynapipeline.run(main())
+    named = _by_name(exporter)
+    die = named["die"]
+    assert _parent_id(die) == _span_id(named["g"])
+    assert die.status.status_code is StatusCode.ERROR
+    assert (die.status.description or "").startswith("WorkerCrashedError: worker pid")
+    assert isinstance((die.attributes or {})["dynapipeline.worker_pid"], int)
 
 
 def test_process_stream_step_items_get_a_span_each_under_the_stream(spans: Any) -> None:
