@@ -14,6 +14,7 @@ from helpers import assert_no_workers, gone
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
+from dynapipeline._transports.process_messages import LOG_SIZE
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
 from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
@@ -497,7 +498,7 @@ class Big(Stage):
 
 
 async def test_results_bigger_than_the_item_log_all_arrive(procs: MultiprocessExecutionStrategy) -> None:
-    size = process_items.LOG_SIZE // 3 if hasattr(process_items, "LOG_SIZE") else 1 << 19
+    size = LOG_SIZE // 3
     out = await asyncio.wait_for(stream(Step(Big(name="big", size=size), procs)).run(range(12)), 60)
     assert [(len(b), b[0]) for b in out] == [(size, i) for i in range(12)]
     huge = await asyncio.wait_for(stream(Step(Big(name="huge", size=3 << 20), procs)).run(range(3)), 60)
@@ -516,3 +517,23 @@ async def test_an_item_that_kills_its_worker_on_arrival_fails_alone(procs: Multi
     out = await asyncio.wait_for(stream(Step(Square(name="square"), procs), on_error="return").run(items), 60)
     assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 4, 16, 25]
     assert type(out[3]) is WorkerCrashedError
+
+
+class BigOrBigError(Stage):
+    """Returns ``size`` bytes per item; on item ``bad`` raises an error whose message is that big."""
+
+    size: int = 0
+    bad: int = -1
+
+    def execute(self, item: int) -> bytes:
+        if item == self.bad:
+            raise ValueError("x" * self.size)
+        return bytes([item]) * self.size
+
+
+async def test_an_error_that_does_not_fit_the_item_log_arrives_whole(procs: MultiprocessExecutionStrategy) -> None:
+    size = LOG_SIZE * 2 // 5
+    s = stream(Step(BigOrBigError(name="big", size=size, bad=2), procs), on_error="return")
+    out = await asyncio.wait_for(s.run(range(6)), 60)
+    assert [(len(b), b[0]) for i, b in enumerate(out) if i != 2] == [(size, i) for i in (0, 1, 3, 4, 5)]
+    assert type(out[2]) is ValueError and str(out[2]) == "x" * size

@@ -64,7 +64,6 @@ from dynapipeline._transports.process_jobs import (
 from dynapipeline._transports.process_messages import (
     LOG_DATA,
     LOG_HEAD,
-    LOG_SIZE,
     LOG_TABLE,
     MAX_KEPT_STAGES,
     ItemResult,
@@ -77,7 +76,7 @@ if TYPE_CHECKING:
     from dynapipeline._transports.process_pool import ProcessPool, Worker
     from dynapipeline._transports.to_process import MultiprocessExecutionStrategy
 
-__all__ = ["LOG_SIZE", "MAX_CRASHES", "MapJob", "ProcessItems"]
+__all__ = ["MAX_CRASHES", "MapJob", "ProcessItems"]
 
 logger = logging.getLogger("dynapipeline")
 
@@ -138,7 +137,9 @@ class MapJob:
                 if count:
                     rows: list[float] = view[LOG_TABLE:LOG_TABLE + 32 * count].cast("d").tolist()  # type: ignore[assignment]
                     data = b""
-                    if failures or not isinstance(outcome, Replied) or not getattr(outcome.reply, "values", b""):
+                    reply = outcome.reply if isinstance(outcome, Replied) else None
+                    if failures or type(reply) is not MapReply or not reply.values or \
+                            (reply.last is not None and reply.last.failed):
                         # The pickles are read only when the reply's values cannot serve (a crash, failed items).
                         data = bytes(view[LOG_DATA:LOG_DATA + int(math.fsum(map(abs, rows[3::4])))])
                     self.logged = (rows, data, failures)
