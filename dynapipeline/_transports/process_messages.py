@@ -6,15 +6,15 @@ Over each worker's pipe (``multiprocessing.connection``)::
     parent -> worker   pickle(Call)                   one batch of components
     worker -> parent   pickle(Reply)                  its outcome
     parent -> worker   pickle(MapCall)                a chunk of a stream step's items for its stage
-    worker -> parent   pickle(MapReply)               one ItemResult per item
+    worker -> parent   pickle(MapReply)               the chunk's end: its results (each item's outcome is in the log)
     parent -> worker   STOP                           exit when idle
 
-Besides the pipe, each worker shares two small values with the parent:
+Besides the pipe, each worker shares with the parent two small values,
 ``current`` (where the worker is with its job: see ``IDLE``/``SENT``/``TAKEN``,
 or the position of the component it runs) and ``drain`` (set by the parent when
 the run of the groups it runs drains), and one buffer, its *item log*: a stream
 step's chunk writes each item's outcome there as soon as the item has run (see
-``LOG_HEAD``), so the parent still has the outcomes of the items that finished
+``LOG_SIZE``), so the parent still has the outcomes of the items that finished
 when a later item of the chunk kills the worker, and never runs them again.
 """
 
