@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import itertools
 import math
 from typing import Any
 
@@ -121,7 +122,8 @@ def add_runs(runner: Any, durations: list[float], start: float, end: float, erro
     if count:
         lo, hi = min(lo, runner.min), max(hi, runner.max)
     cut = heapq.nlargest(_SLOWEST, durations)[-1]
-    slowest = [(elapsed, count + i + 1) for i, elapsed in enumerate(durations) if elapsed >= cut][:_SLOWEST * 2]
+    slow = itertools.islice(itertools.compress(range(len(durations)), map(cut.__le__, durations)), _SLOWEST * 2)
+    slowest = [(durations[i], count + i + 1) for i in slow]
     runner.adopt((start, end, count + len(durations), runner.total + sum(durations), lo, hi,
                   runner.errors + errors), durations[-RING:], slowest)
     note_place(runner, place)

@@ -16,6 +16,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import struct
 import sys
 import threading
 import time
@@ -49,6 +50,7 @@ from dynapipeline._transports.rebuild import register_class, timings_of
 __all__ = ["error_bytes", "main", "reply_bytes", "run_batch", "run_components", "run_map"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+_ROW = struct.Struct("=4d")  # an item log row (process_messages); native doubles, as the parent reads them
 logger = logging.getLogger("dynapipeline")
 
 
@@ -238,8 +240,7 @@ class _ItemLog:
     def __init__(self, buffer: Any, name: str) -> None:
         if buffer is None:  # not a pool's worker: a private log, the same layout
             buffer = (ctypes.c_ubyte * LOG_SIZE)()
-        self.view = view = memoryview(buffer).cast("B")
-        self.table = view[LOG_TABLE:LOG_DATA].cast("d")
+        self.view = memoryview(buffer).cast("B")
         self.committed = ctypes.c_int64.from_buffer(buffer, 0)
         self.failures = ctypes.c_int64.from_buffer(buffer, 8)
         self.name = name
@@ -255,7 +256,7 @@ class _ItemLog:
         clock = time.perf_counter  # the engine's clock
         dumps = pickle.dumps
         protocol = pickle.HIGHEST_PROTOCOL
-        table = self.table
+        pack_row = _ROW.pack_into
         view = self.view
         committed = self.committed
         room = LOG_SIZE - LOG_DATA
@@ -290,11 +291,7 @@ class _ItemLog:
             if count >= LOG_SLOTS or used + size > room:
                 self.last = LoggedItem(t0, t1, clock(), False, data)
                 return count + 1
-            row = count * 4
-            table[row] = t0
-            table[row + 1] = t1
-            table[row + 2] = clock()
-            table[row + 3] = size
+            pack_row(view, LOG_TABLE + count * 32, t0, t1, clock(), size)
             at = LOG_DATA + used
             view[at:at + size] = data
             used += size
@@ -350,12 +347,7 @@ class _ItemLog:
         if count >= LOG_SLOTS or used + size > LOG_SIZE - LOG_DATA:
             self.last = LoggedItem(t0, t1, pickled, failed, data)
             return
-        table = self.table
-        row = count * 4
-        table[row] = t0
-        table[row + 1] = t1
-        table[row + 2] = pickled
-        table[row + 3] = -size if failed else size
+        _ROW.pack_into(self.view, LOG_TABLE + count * 32, t0, t1, pickled, -size if failed else size)
         at = LOG_DATA + used
         self.view[at:at + size] = data
         self.used = used + size
