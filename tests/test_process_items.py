@@ -125,7 +125,7 @@ async def test_a_spinning_item_is_killed_alone_with_skip(procs: MultiprocessExec
     await procs.start()
     before = set(procs.worker_pids())
     out = await asyncio.wait_for(s.run(range(1000)), 60)
-    assert out == [i for i in range(1000) if i != 500]
+    assert out == [i for i in range(1000) if i != 500], [(e.index, repr(e.error)) for e in s.errors]
     [failed] = s.errors
     assert failed.index == 500 and type(failed.error) is StageTimeoutError
     after = set(procs.worker_pids())
