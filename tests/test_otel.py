@@ -18,7 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import dynapipeline
-from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Stream
+from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
+from dynapipeline.errors import WorkerCrashedError
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
     MultiprocessExecutionStrategy,
@@ -202,22 +203,100 @@ async def test_thread_stages_are_children_of_their_group_and_name_their_thread(s
     assert "thread.name" not in (named["g"].attributes or {})
 
 
-def test_process_stages_run_without_spans_and_the_group_records_worker_pids(spans: Any) -> None:
+class Nap(Stage):
+    """Sleeps ``seconds`` (a plain def, so it runs as it is in a worker); fails on ``bad``."""
+
+    seconds: float = 0.0
+    bad: int = -1
+
+    def execute(self, x: int = 0) -> int:
+        import time
+
+        time.sleep(self.seconds)
+        if x == self.bad:
+            raise ValueError(f"bad {x}")
+        return x
+
+
+def test_process_stages_get_spans_from_their_workers_times_under_their_group(spans: Any) -> None:
     handler, exporter = spans
 
     async def main() -> Any:
         async with MultiprocessExecutionStrategy(1) as processes:
-            group = StageGroup(name="g", stages=[Blocking(name="a")], cycle_strategy=OnceCycleStrategy(),
-                               execution_strategy=processes)
-            result = await handler.instrument(_pipeline([group], PipeLineType.ADVANCED)).run()
-            return result, processes.worker_pids()
+            group = StageGroup(name="g", stages=[Nap(name="a", seconds=0.05), Nap(name="b", bad=0)],
+                               cycle_strategy=OnceCycleStrategy(), execution_strategy=processes)
+            with pytest.raises(ValueError, match="bad 0"):
+                await handler.instrument(_pipeline([group], PipeLineType.ADVANCED)).run()
+            return processes.worker_pids()
 
-    result, pids = dynapipeline.run(main())  # on this leg's loop
-    assert result == [["a"]]
+    pids = dynapipeline.run(main())  # on this leg's loop
     named = _by_name(exporter)
-    assert set(named) == {"p", "g"}
-    assert named["g"].attributes is not None
-    assert list(named["g"].attributes["dynapipeline.worker_pids"]) == pids and pids[0] != os.getpid()
+    assert set(named) == {"p", "g", "a", "b"}
+    g = named["g"]
+    assert g.attributes is not None and list(g.attributes["dynapipeline.worker_pids"]) == pids
+    for name in ("a", "b"):
+        span = named[name]
+        attributes = span.attributes or {}
+        assert _parent_id(span) == _span_id(g)
+        assert attributes["dynapipeline.worker_pid"] == pids[0] != os.getpid()
+        assert attributes["dynapipeline.component.kind"] == "stage"
+        assert attributes["dynapipeline.execution_strategy"] == "MultiprocessExecutionStrategy"
+        assert span.start_time is not None and span.end_time is not None and g.start_time is not None
+        assert g.start_time <= span.start_time <= span.end_time
+    a, b = named["a"], named["b"]
+    assert a.end_time is not None and a.start_time is not None and b.start_time is not None
+    assert a.end_time - a.start_time >= 0.05e9  # the run's own time in its worker
+    assert a.end_time <= b.start_time and a.status.status_code is StatusCode.UNSET
+    assert b.status.status_code is StatusCode.ERROR and b.status.description == "ValueError: bad 0"
+    [event] = b.events
+    assert event.name == "exception" and (event.attributes or {})["exception.type"] == "ValueError"
+
+
+class Die(Stage):
+    def execute(self) -> None:
+        os._exit(3)
+
+
+def test_a_process_stage_whose_worker_died_gets_a_failed_span(spans: Any) -> None:
+    handler, exporter = spans
+
+    async def main() -> None:
+        async with MultiprocessExecutionStrategy(1) as processes:
+            group = StageGroup(name="g", stages=[Die(name="die")], cycle_strategy=OnceCycleStrategy(),
+                               execution_strategy=processes)
+            with pytest.raises(WorkerCrashedError):
+                await handler.instrument(group).run()
+
+    dynapipeline.run(main())
+    named = _by_name(exporter)
+    die = named["die"]
+    assert _parent_id(die) == _span_id(named["g"])
+    assert die.status.status_code is StatusCode.ERROR
+    assert (die.status.description or "").startswith("WorkerCrashedError: worker pid")
+    assert isinstance((die.attributes or {})["dynapipeline.worker_pid"], int)
+
+
+def test_process_stream_step_items_get_a_span_each_under_the_stream(spans: Any) -> None:
+    handler, exporter = spans
+
+    async def main() -> Any:
+        async with MultiprocessExecutionStrategy(2) as processes:
+            await processes.start()
+            stream = handler.instrument(Stream(name="s", steps=[Step(Nap(name="nap", bad=7), processes)],
+                                               on_error="skip"))
+            out = await stream.run(range(20))
+            return out, processes.worker_pids()
+
+    out, pids = dynapipeline.run(main())
+    assert out == [x for x in range(20) if x != 7]
+    finished = exporter.get_finished_spans()
+    [outer] = [span for span in finished if span.name == "s"]
+    items = [span for span in finished if span.name == "nap"]
+    assert len(items) == 20 and all(_parent_id(span) == _span_id(outer) for span in items)
+    assert {(span.attributes or {})["dynapipeline.worker_pid"] for span in items} <= set(pids)
+    assert sorted((span.attributes or {})["dynapipeline.run"] for span in items) == list(range(1, 21))
+    failed = [span for span in items if span.status.status_code is StatusCode.ERROR]
+    assert len(failed) == 1 and failed[0].status.description == "ValueError: bad 7"
 
 
 async def test_stream_step_spans_are_children_of_the_stream(spans: Any) -> None:

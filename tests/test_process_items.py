@@ -14,6 +14,7 @@ from helpers import assert_no_workers, gone, stream_tasks
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
+from dynapipeline._transports.process_messages import LOG_SIZE
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
 from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
@@ -124,7 +125,7 @@ async def test_a_spinning_item_is_killed_alone_with_skip(procs: MultiprocessExec
     await procs.start()
     before = set(procs.worker_pids())
     out = await asyncio.wait_for(s.run(range(1000)), 60)
-    assert out == [i for i in range(1000) if i != 500]
+    assert out == [i for i in range(1000) if i != 500], [(e.index, repr(e.error)) for e in s.errors]
     [failed] = s.errors
     assert failed.index == 500 and type(failed.error) is StageTimeoutError
     after = set(procs.worker_pids())
@@ -413,3 +414,151 @@ async def test_leaving_iterate_while_a_chunk_spins_kills_its_worker(procs: Multi
     await asyncio.wait_for(outputs.aclose(), 10)  # what leaving ``async for`` does
     assert any(gone(pid) for pid in before)
     assert stream_tasks() == []
+
+
+_NO_GUARD_SCRIPT = '''
+import asyncio
+from dynapipeline import Stage, Step, Stream
+from dynapipeline.execution import MultiprocessExecutionStrategy
+
+
+class Square(Stage):
+    def execute(self, item: int) -> int:
+        return item * item
+
+
+# No `if __name__ == "__main__":` guard: every worker re-runs this line while it starts, and dies.
+steps = [Step(Square(name="square"), MultiprocessExecutionStrategy(2))]
+print(asyncio.run(Stream(name="s", steps=steps, on_error=ON_ERROR).run(range(200))))
+'''
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_process_step_in_a_script_without_the_main_guard_fails_and_leaves_no_process(
+        tmp_path: Any, on_error: str) -> None:
+    import subprocess
+    import sys
+    import uuid
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(_NO_GUARD_SCRIPT.replace("ON_ERROR", repr(on_error)))
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "DYNAPIPELINE_TEST_MARKER": marker}
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path, env=env)
+    except subprocess.TimeoutExpired:  # the bug: the stream waited forever for a worker that never came
+        _kill_marked(marker)
+        raise
+    if on_error == "raise":
+        assert done.returncode != 0, done.stdout
+        assert "WorkerCrashedError" in done.stderr and "'square'" in done.stderr, done.stderr[-2000:]
+    else:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "[]"  # every item failed (skipped): none was lost silently
+    assert "bootstrapping phase" in done.stderr
+    deadline = time.monotonic() + 10
+    while _marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _marked(marker) == []
+
+
+def _marked(marker: str) -> list[int]:
+    """Pids of live processes started with ``marker`` in their environment (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as file:
+                    if marker.encode() in file.read():
+                        found.append(int(entry))
+            except OSError:  # gone meanwhile, or not ours
+                continue
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    import signal
+
+    for pid in _marked(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # already gone
+            continue
+
+
+class LogThenExitOn(Stage):
+    """Appends each item it runs to ``path`` (a side effect), then kills its worker on item ``bad``."""
+
+    bad: int = 0
+    path: str = ""
+
+    def execute(self, item: int) -> int:
+        with open(self.path, "a") as file:
+            file.write(f"{item}\n")
+        if item == self.bad:
+            os._exit(3)
+        return item
+
+
+async def test_a_crash_never_runs_again_the_items_of_its_chunk_that_had_finished(
+        procs: MultiprocessExecutionStrategy, tmp_path: Any) -> None:
+    log = tmp_path / "runs.txt"
+    s = stream(Step(LogThenExitOn(name="crash", bad=100, path=str(log)), procs), on_error="skip")
+    out = await asyncio.wait_for(s.run(range(1000)), 60)
+    assert out == [i for i in range(1000) if i != 100]
+    [failed] = s.errors
+    assert failed.index == 100 and type(failed.error) is WorkerCrashedError
+    runs = [int(line) for line in log.read_text().split()]
+    assert sorted(runs) == list(range(1000)), [i for i in set(runs) if runs.count(i) > 1][:20]
+
+
+class Big(Stage):
+    """Returns ``size`` bytes per item: a few fill a worker's item log."""
+
+    size: int = 0
+
+    def execute(self, item: int) -> bytes:
+        return bytes([item % 256]) * self.size
+
+
+async def test_results_bigger_than_the_item_log_all_arrive(procs: MultiprocessExecutionStrategy) -> None:
+    size = LOG_SIZE // 3
+    out = await asyncio.wait_for(stream(Step(Big(name="big", size=size), procs)).run(range(12)), 60)
+    assert [(len(b), b[0]) for b in out] == [(size, i) for i in range(12)]
+    huge = await asyncio.wait_for(stream(Step(Big(name="huge", size=3 << 20), procs)).run(range(3)), 60)
+    assert [(len(b), b[0]) for b in huge] == [(3 << 20, i) for i in range(3)]
+
+
+class KillsOnArrival:
+    """An item whose unpickling kills the worker: it dies before running any item of its chunk."""
+
+    def __reduce__(self) -> Any:
+        return (os._exit, (3,))
+
+
+async def test_an_item_that_kills_its_worker_on_arrival_fails_alone(procs: MultiprocessExecutionStrategy) -> None:
+    items: list[Any] = [0, 1, 2, KillsOnArrival(), 4, 5]
+    out = await asyncio.wait_for(stream(Step(Square(name="square"), procs), on_error="return").run(items), 60)
+    assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 4, 16, 25]
+    assert type(out[3]) is WorkerCrashedError
+
+
+class BigOrBigError(Stage):
+    """Returns ``size`` bytes per item; on item ``bad`` raises an error whose message is that big."""
+
+    size: int = 0
+    bad: int = -1
+
+    def execute(self, item: int) -> bytes:
+        if item == self.bad:
+            raise ValueError("x" * self.size)
+        return bytes([item]) * self.size
+
+
+async def test_an_error_that_does_not_fit_the_item_log_arrives_whole(procs: MultiprocessExecutionStrategy) -> None:
+    size = LOG_SIZE * 2 // 5
+    s = stream(Step(BigOrBigError(name="big", size=size, bad=2), procs), on_error="return")
+    out = await asyncio.wait_for(s.run(range(6)), 60)
+    assert [(len(b), b[0]) for i, b in enumerate(out) if i != 2] == [(size, i) for i in (0, 1, 3, 4, 5)]
+    assert type(out[2]) is ValueError and str(out[2]) == "x" * size

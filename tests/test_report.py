@@ -237,3 +237,18 @@ async def test_hanging_process_stage_counts_as_a_failed_run_at_its_deadline() ->
     line = group.report()["hang"]
     assert (line.runs, line.errors) == (1, 1)
     assert 0.3 <= line.max < 5
+
+
+async def test_process_stream_step_reports_its_workers_percentiles_and_split() -> None:
+    strategy = MultiprocessExecutionStrategy(max_workers=2)
+    stream = Stream(name="s", steps=[Step(Nap(name="nap", seconds=0.002), strategy)])
+    async with strategy:
+        await strategy.start()
+        pids = set(strategy.worker_pids())
+        await stream.run(range(100))
+    line = stream.report()["nap"]
+    assert line.runs == 100 and line.errors == 0
+    assert line.pids and set(line.pids) <= pids and line.where == tuple(f"process {p}" for p in line.pids)
+    assert 0.002 <= line.p50 <= line.p95 <= line.max  # the items' own timings, not the parent's empty ring
+    assert line.work >= 100 * 0.002
+    assert line.wait > 0 and line.ship > 0

@@ -380,6 +380,67 @@ class Double(Stage):
         return 2 * x
 
 
+class Nap(Stage):
+    """Sleeps ``seconds`` per item (a plain ``def``), then fails on item ``bad``."""
+
+    seconds: float = 0.0
+    bad: int = -1
+
+    def execute(self, x: int) -> int:
+        time.sleep(self.seconds)
+        if x == self.bad:
+            raise ValueError(f"bad {x}")
+        return x
+
+
+async def test_a_stream_step_on_dask_reports_the_items_own_percentiles(dask_strategy):
+    stream = Stream(name="s", steps=[Step(Nap(name="nap", seconds=0.002), dask_strategy)])
+    assert await stream.run(range(100)) == list(range(100))
+    line = stream.report()["nap"]
+    assert line.runs == 100 and line.errors == 0
+    assert 0.002 <= line.p50 <= line.p95 <= line.max  # every item's own time, none lost to a stale ring
+    assert line.work >= 100 * 0.002
+
+
+async def test_runs_on_dask_get_spans_under_their_group_or_stream_with_the_worker(dask_strategy, client):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from dynapipeline.otel import OpenTelemetryHandler
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    handler = OpenTelemetryHandler(tracer_provider=provider)
+    workers = {address: pid for address, pid in (await client.run(os.getpid)).items()}
+    # "b" fails well after "a" has ended (a failure cancels the members still running).
+    group = StageGroup(name="g", stages=[Nap(name="a", seconds=0.05), Nap(name="b", seconds=0.5, bad=13)],
+                       cycle_strategy=OnceCycleStrategy(), execution_strategy=dask_strategy)
+    with pytest.raises(ValueError, match="bad 13"):
+        await handler.instrument(group).run(13)
+    stream = handler.instrument(Stream(name="s", steps=[Step(Double(name="d"), dask_strategy)], on_error="skip"))
+    assert len(await stream.run(range(20))) == 19
+    provider.shutdown()
+    finished = exporter.get_finished_spans()
+    [g] = [span for span in finished if span.name == "g"]
+    [s] = [span for span in finished if span.name == "s"]
+    inside = {name: [span for span in finished if span.name == name] for name in ("a", "b", "d")}
+    assert len(inside["a"]) == 1 and len(inside["b"]) == 1 and len(inside["d"]) == 20
+    for name, parent in (("a", g), ("b", g), ("d", s)):
+        for span in inside[name]:
+            attributes = span.attributes or {}
+            assert span.parent is not None and parent.context is not None
+            assert span.parent.span_id == parent.context.span_id
+            assert workers[attributes["dynapipeline.worker_address"]] == attributes["dynapipeline.worker_pid"]
+    [a], [b] = inside["a"], inside["b"]
+    assert a.end_time is not None and a.start_time is not None and a.end_time - a.start_time >= 0.05e9
+    assert b.status.status_code is StatusCode.ERROR and b.status.description == "ValueError: bad 13"
+    failed = [span for span in inside["d"] if span.status.status_code is StatusCode.ERROR]
+    assert len(failed) == 1 and [e.name for e in failed[0].events] == ["exception"]
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 async def test_a_stream_step_on_dask_keeps_every_item(dask_strategy, client, ordered):
     maxsize = 4

@@ -309,3 +309,24 @@ async def test_a_tracer_is_not_entered_twice_at_once() -> None:
         with pytest.raises(RuntimeError, match="still active"):
             _ = tracer.events
     assert not tracing()
+
+
+async def test_process_stream_step_items_are_traced_on_their_workers() -> None:
+    processes = MultiprocessExecutionStrategy(max_workers=2)
+    stream = Stream(name="s", steps=[Step(Nap(name="nap", seconds=0.001), processes)])
+    async with processes:
+        await processes.start()
+        pids = set(processes.worker_pids())
+        with Tracer() as tracer:
+            await stream.run(range(100))
+    events = check_trace_format({"traceEvents": tracer.events})
+    runs = slices(events, "nap")
+    assert sorted(r["args"]["item"] for r in runs) == list(range(100))
+    assert {r["pid"] for r in runs} <= pids
+    assert sorted(r["args"]["cycle"] for r in runs) == list(range(1, 101))
+    assert all({"wait ms", "ship ms"} <= set(r["args"]) for r in runs)
+    # An arrow from the dispatch in this process to each item's run in its worker.
+    finishes = {(e["pid"], e["tid"], e["ts"]) for e in events if e["ph"] == "f"}
+    assert finishes == {(r["pid"], r["tid"], r["ts"]) for r in runs}
+    starts = [e for e in events if e["ph"] == "s"]
+    assert len(starts) == 100 and all(e["pid"] == os.getpid() for e in starts)

@@ -11,11 +11,14 @@ pipeline it makes one span per pipeline run and none for the groups and
 stages. ``handler.instrument(pipeline)`` attaches it to the pipeline and to
 every component below it.
 
-Stages run by ``MultiprocessExecutionStrategy`` (or groups shipped to worker
-processes) get no span of their own: they run in another process, where no
-exporter is configured, so the copy of the handler sent there does nothing.
-Their time is in the span of the group (or pipeline) that sent them, which
-records the pool's worker pids as ``dynapipeline.worker_pids``.
+Components run in worker processes (``MultiprocessExecutionStrategy``, a
+process stream step) or on Dask run where no exporter is configured, so the
+copy of the handler sent there does nothing. Their spans are made here instead,
+once the run is back (``ran_elsewhere``): from the worker's own start and end
+times, as children of the group or stream that awaited them, with the same
+attributes plus ``dynapipeline.worker_pid`` (on Dask also
+``dynapipeline.worker_address``), and the error as for a run here. A group shipped
+to a worker gets one span; its members' runs inside that worker get none.
 """
 
 from __future__ import annotations
@@ -120,6 +123,19 @@ class OpenTelemetryHandler(Handler):
                     if callable(pids) and (found := pids()):
                         span.set_attribute("dynapipeline.worker_pids", list(found))
 
+    def ran_elsewhere(self, component: Any, start: float, end: float, error: BaseException | None,
+                      attributes: dict[str, Any]) -> None:
+        """The span of a run made in a worker process or on Dask, from its own start and end (epoch seconds)."""
+        tracer = self._tracer
+        if tracer is None:
+            return
+        span = tracer.start_span(component.name, attributes={**_attributes(component), **attributes},
+                                 start_time=_ns(start), record_exception=False, set_status_on_exception=False)
+        if error is not None:
+            span.record_exception(error, timestamp=_ns(end))
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end(end_time=_ns(end))
+
     def __getstate__(self) -> dict[Any, Any]:
         # Sent to a worker process: without its provider (whose exporters hold locks and sockets).
         state = dict(super().__getstate__())
@@ -154,3 +170,7 @@ def _attributes(component: Any) -> dict[str, Any]:
         attributes["thread.name"] = thread.name
         attributes["thread.id"] = threading.get_ident()
     return attributes
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Handler"]
+__all__ = ["Handler", "report_elsewhere", "reports_elsewhere"]
 
 _HOOKS = ("before", "around", "after", "on_error")
 
@@ -39,6 +39,19 @@ class Handler(BaseModel):
     def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> Any:
         return None
 
+    def ran_elsewhere(self, component: Any, start: float, end: float, error: BaseException | None,
+                      attributes: dict[str, Any]) -> None:
+        """Called in this process, after the fact, for a run of ``component`` made in a worker process or on Dask.
+
+        The four hooks above run where the component runs (a worker has its own copy
+        of the handler); this one lets a handler of the parent's copy record such a
+        run too. ``start``/``end``: epoch seconds measured in the worker; ``error``: what
+        the run raised, or None; ``attributes``: where it ran (``dynapipeline.worker_pid``,
+        ``dynapipeline.worker_address`` on Dask) and ``dynapipeline.run``. It is called from
+        the code that awaited the run (the context of its group or stream).
+        """
+        return None
+
     def hooks(self) -> tuple[Any, Any, Any, Any]:
         """Bound hooks this handler overrides, ``None`` for the rest (so the engine skips them)."""
         cls = type(self)
@@ -46,3 +59,16 @@ class Handler(BaseModel):
             getattr(self, name) if getattr(cls, name) is not getattr(Handler, name) else None
             for name in _HOOKS
         )
+
+
+def report_elsewhere(component: Any, start: float, end: float, error: BaseException | None,
+                     attributes: dict[str, Any]) -> None:
+    """Hand a run of ``component`` made in another process to its handlers' ``ran_elsewhere``."""
+    for handler in component.handlers:
+        if type(handler).ran_elsewhere is not Handler.ran_elsewhere:
+            handler.ran_elsewhere(component, start, end, error, attributes)
+
+
+def reports_elsewhere(component: Any) -> bool:
+    """Whether a handler of ``component`` records runs made elsewhere (``ran_elsewhere``)."""
+    return any(type(handler).ran_elsewhere is not Handler.ran_elsewhere for handler in component.handlers)

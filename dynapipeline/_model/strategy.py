@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, ClassVar
 
 from dynapipeline.errors import ConfigurationError, kind_of
 
-__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "check_flag", "rebuild_strategy", "runners_of"]
+__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "check_flag", "chunk_items", "rebuild_strategy",
+           "runners_of"]
+
+# While a tracer records: the stream indices of the values an ``ItemRunner.call`` gets (its trace names them).
+chunk_items: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("dynapipeline_chunk_items",
+                                                                                default=None)
 
 
 class ItemRunner:

@@ -47,7 +47,7 @@ from dynapipeline._engine import (
     wait_through_cancel,
 )
 from dynapipeline._model.component import Component, Flat, Stage, private_of
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, chunk_items
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["ItemError", "Step", "StepProgress", "Stream"]
@@ -739,6 +739,7 @@ class _StepRun:
         counts.received += len(todo)
         if tracing():
             current_item.set(entries[0][0])
+            chunk_items.set([index for index, value in entries if type(value) is not _Failed])
         try:
             if not todo:
                 results: list[tuple[bool, Any]] = []

@@ -5,16 +5,21 @@ Shared by the thread pool and the worker processes; plain Python (no compiled co
 
 from __future__ import annotations
 
+import heapq
 import inspect
+import itertools
 import math
 from typing import Any
 
+from dynapipeline._engine import RING
 from dynapipeline._model.component import Stage, collecting
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["check_max_workers", "drive", "needs_loop", "note_place", "plain_call", "run_component", "time_limit"]
+__all__ = ["add_runs", "check_max_workers", "drive", "needs_loop", "note_place", "plain_call", "run_component",
+           "time_limit"]
 
 _ASYNC_EXECUTE: dict[type, bool] = {}
+_SLOWEST = 5
 _MAX_PLACES = 8  # places kept per component (a long run replacing crashed workers meets many pids)
 MORE = "..."
 
@@ -100,3 +105,25 @@ def check_max_workers(strategy: str, max_workers: object) -> int | None:
                                     or max_workers < 1):
         raise ConfigurationError(f"{strategy}: field 'max_workers' must be an int >= 1 or None, got {max_workers!r}")
     return max_workers
+
+
+def add_runs(runner: Any, durations: list[float], start: float, end: float, errors: int, place: str) -> None:
+    """Add runs made elsewhere (a worker process or Dask) to ``runner``'s stats, as if recorded here.
+
+    ``durations``: of each run, in the order they ran; ``start`` and ``end``: epoch
+    seconds of the first run's start and the last one's end; ``errors``: how many
+    failed. Counts, total, min/max, errors, the p50/p95 durations and the slowest
+    runs all add up, however many calls add runs concurrently (a stream step's chunks).
+    """
+    if not durations:
+        return
+    count = runner.count
+    lo, hi = min(durations), max(durations)
+    if count:
+        lo, hi = min(lo, runner.min), max(hi, runner.max)
+    cut = heapq.nlargest(_SLOWEST, durations)[-1]
+    slow = itertools.islice(itertools.compress(range(len(durations)), map(cut.__le__, durations)), _SLOWEST * 2)
+    slowest = [(durations[i], count + i + 1) for i in slow]
+    runner.adopt((start, end, count + len(durations), runner.total + sum(durations), lo, hi,
+                  runner.errors + errors), durations[-RING:], slowest)
+    note_place(runner, place)

@@ -12,7 +12,8 @@
   with its worker is submitted again after the stage's ``retry_delay`` ×
   ``retry_backoff``\\ :sup:`k`, up to ``retries`` times, then its items fail
   with ``WorkerCrashedError``. One item's failure never fails the others.
-- The stage's timing and stats in the parent add up the items' runs.
+- The stage's timing and stats in the parent add up the items' runs, each with its own duration
+  (p50/p95), wherever and in whatever order the tasks end.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._transports.calling import add_runs
+from dynapipeline._transports.dask_observe import report_items
 from dynapipeline._transports.dask_worker import run_items_task
 from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_jobs import collect_reply, deadline
+from dynapipeline._transports.process_jobs import collect_values, deadline
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -81,37 +84,43 @@ class DaskItems(ItemRunner):
                     attempt += 1
                     continue
                 return [(False, error)] * len(values)
-            return self._decode(replies, pid, len(values), sent)
+            out = self._decode(replies, pid, len(values), sent)
+            await report_items(client, stage, replies, out, pid, self.runner.count - len(out) + 1)
+            return out
 
     def _decode(self, replies: list[Any], pid: int, n: int, sent: tuple[Any, ...]) -> list[tuple[bool, Any]]:
         runner = self.runner
-        before = runner.timing()
         out: list[tuple[bool, Any]] = []
         for position in range(n):
             reply = replies[0] if len(replies) == 1 and replies[0].unloadable else replies[position]
             slot: list[Any] = [None]
             try:
-                collect_reply([runner], [0], reply, pid, slot)
+                collect_values([runner], [0], reply, pid, slot)
             except Exception as error:
                 out.append((False, error))
             else:
                 out.append((True, slot[0]))
-        _merge_timing(runner, before, sent)
+        _add_item_runs(runner, replies, pid)
         return out
 
 
-def _merge_timing(runner: Any, before: tuple[Any, ...], sent: tuple[Any, ...]) -> None:
-    """Add the worker's runs of this task to the parent's stats, which other tasks update meanwhile.
+def _add_item_runs(runner: Any, replies: list[Any], pid: int) -> None:
+    """Add each item's run on the worker to the parent's stats: its own duration (p50/p95), its errors.
 
-    The worker's copy started from ``sent`` and the parent holds the worker's
-    timing now (``collect_reply`` copied it); ``before`` is the parent's own.
+    Each reply carries the worker's timing after its item (``timings_of``): its start and
+    end, epoch seconds, are that item's run. Tasks of the step end in any order; each
+    adds only its own runs.
     """
-    start, end, count, total, lo, hi, errors = runner.timing()
-    runs = count - sent[2]
-    if runs <= 0:
-        runner.copy_timing(*before)
-        return
-    if before[2]:
-        lo, hi = min(lo, before[4]), max(hi, before[5])
-    runner.copy_timing(start, end, before[2] + runs, before[3] + total - sent[3], lo, hi,
-                       before[6] + errors - sent[6])
+    durations: list[float] = []
+    errors = 0
+    start = end = 0.0
+    for reply in replies:
+        if reply.unloadable or not reply.timings:
+            continue  # nothing ran
+        timing = reply.timings[0][0][0]  # the stage's own (timing, durations, slowest): its timing
+        if not durations:
+            start = timing[0]
+        end = timing[1]
+        durations.append(timing[1] - timing[0])
+        errors += reply.failed_at >= 0
+    add_runs(runner, durations, start, end, errors, f"process {pid}")

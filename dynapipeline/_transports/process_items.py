@@ -10,18 +10,26 @@
   calls in flight, so IPC is not paid per item and backpressure still holds. A
   timed stage's items travel one per chunk, so a deadline concerns one item.
 - **The stage travels once per worker**: the first chunk a worker gets carries it,
-  later ones only the items. Its timing stats come back per chunk and are added
-  to the parent's stage.
+  later ones only the items.
+- **The item log**: the worker writes each item's outcome (its pickle, its clock
+  readings) to a buffer it shares with the parent as soon as the item has run
+  (``process_messages``); the results also come back as one list with the reply.
+  Each item's run is added to the stage's stats (p50/p95 from the items' own
+  durations, the wait/ship split, the worker pid as its place), and to the
+  tracer (a slice per item, an arrow from the dispatch) and the handlers that
+  record runs made elsewhere (OpenTelemetry spans).
 - **Per item**: each item's exception (or a result that cannot be pickled) is its
   own outcome; the other items of its chunk are unaffected. Retries and timeouts
   inside the worker are the stage's own (its runner applies ``retries`` there).
 - **Timeout**: a timed stage's item that outlives its whole time budget
   (``timeout`` × attempts + retry delays) is killed with its worker, which is
   replaced; the item fails with ``StageTimeoutError``.
-- **Crash**: when a worker dies, the item it was running is retried on a fresh
-  worker while the stage's ``retries`` last (with its delays), but never after it
-  crashed 3 workers; the chunk's other items are sent again. The item then fails
-  with ``WorkerCrashedError``.
+- **Crash**: when a worker dies, the items of its chunk that had finished keep the
+  outcomes the item log holds, and are never run again. The item it was running
+  is retried on a fresh worker while the stage's ``retries`` last (with its
+  delays), but never after it crashed 3 workers; the chunk's items not yet run
+  are sent again. The item then fails with ``WorkerCrashedError``. A pool whose
+  workers die on start-up fails the call's items at once.
 """
 
 from __future__ import annotations
@@ -30,24 +38,38 @@ import asyncio
 import itertools
 import logging
 import math
+import operator
 import pickle
+import time
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from dynapipeline._engine import current_control
-from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
+from dynapipeline._model.component import private_of
+from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
+from dynapipeline._model.strategy import ItemRunner, chunk_items
+from dynapipeline._transports.calling import add_runs
 from dynapipeline._transports.pickling import dumps_batch
 from dynapipeline._transports.process_jobs import (
     Crashed,
     Outcome,
     Replied,
+    Split,
     TimedOut,
     deadline,
     remote_error,
     tag,
 )
-from dynapipeline._transports.process_messages import MAX_KEPT_STAGES, ItemResult, MapCall, MapReply
+from dynapipeline._transports.process_messages import (
+    LOG_DATA,
+    LOG_HEAD,
+    LOG_TABLE,
+    MAX_KEPT_STAGES,
+    ItemResult,
+    MapCall,
+    MapReply,
+)
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -68,7 +90,7 @@ class MapJob:
     """One chunk of items for one worker; its outcome completes ``future``."""
 
     __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control", "sent_at",
-                 "sink")
+                 "sink", "packed", "logged")
 
     def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: bytes, cids: set[int], items: bytes,
                  deadline: float | None) -> None:
@@ -82,7 +104,11 @@ class MapJob:
         self.done = False
         self.control = None  # a stream's drain is the stream's own: the feeder stops pulling
         self.sent_at = 0.0  # set by the pool when it hands the chunk to a worker
-        self.sink = None  # stream chunks are not traced per item in workers
+        self.sink = None  # the worker traces nothing: the parent traces the items from the item log
+        self.packed = (0.0, 0.0)  # perf_counter before and after the items were pickled
+        # The item log when the chunk ended (read before the worker goes on): its rows (flat), its pickles,
+        # and how many of its items failed.
+        self.logged: tuple[list[float], bytes, int] = ([], b"", 0)
 
     def message(self, w: Worker) -> bytes:
         """The ``MapCall`` for worker ``w``: the stage only if it does not keep it already."""
@@ -90,6 +116,8 @@ class MapJob:
 
         blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
         w.known.update(cid for cid, _ in blobs)
+        if w.log is not None:
+            LOG_HEAD.pack_into(memoryview(w.log).cast("B"), 0, 0, 0)  # the items of a chunk before are gone
         stage = b""
         if self.stage_id not in w.stages:
             stage = self.stage
@@ -101,6 +129,20 @@ class MapJob:
     def finish(self, outcome: Outcome) -> None:
         if not self.done:
             self.done = True
+            w = self.worker
+            if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log is not None:
+                # Now: the pool hands this worker its next chunk as soon as this returns.
+                view = memoryview(w.log).cast("B")
+                count, failures = LOG_HEAD.unpack_from(view, 0)
+                if count:
+                    rows: list[float] = view[LOG_TABLE:LOG_TABLE + 32 * count].cast("d").tolist()  # type: ignore[assignment]
+                    data = b""
+                    reply = outcome.reply if isinstance(outcome, Replied) else None
+                    if failures or type(reply) is not MapReply or not reply.values or \
+                            (reply.last is not None and reply.last.failed):
+                        # The pickles are read only when the reply's values cannot serve (a crash, failed items).
+                        data = bytes(view[LOG_DATA:LOG_DATA + int(math.fsum(map(abs, rows[3::4])))])
+                    self.logged = (rows, data, failures)
             if not self.future.done():
                 self.future.set_result(outcome)
 
@@ -119,6 +161,7 @@ class ProcessItems(ItemRunner):
         self.payload = b""
         self.cids: set[int] = set()
         self.pool: ProcessPool | None = None
+        self.runner = private_of(stage)["_runner"]
 
     async def open(self) -> None:
         # The stage is pickled (and checked) once, before any worker starts.
@@ -131,24 +174,40 @@ class ProcessItems(ItemRunner):
         crashes = [0] * len(values)
         pending = list(range(len(values)))
         one_by_one = False
+        sink = current_trace.get() if tracing() else None
+        indices = chunk_items.get() if sink is not None else None
         while pending:
             batch = pending[:1] if one_by_one else pending
+            packed_from = time.perf_counter()
             items = self._dump_items(values, batch, results)
             batch = [i for i in batch if results[i] is None]
             if not batch:
                 pending = [i for i in pending if results[i] is None]
                 continue
-            outcome = await self._run(items if items is not None else self._dumps([values[i] for i in batch]))
+            outcome, job = await self._run(items if items is not None else self._dumps([values[i] for i in batch]),
+                                           packed_from)
             if isinstance(outcome, Replied):
-                assert type(outcome.reply) is MapReply
-                self._take_reply(outcome.reply, outcome.pid, batch, results)
+                reply = outcome.reply
+                assert type(reply) is MapReply
+                if reply.unloadable is not None:
+                    for i in batch:
+                        results[i] = (False, self._error(reply.unloadable, outcome.pid))
+                else:
+                    self._take_items(job, outcome, batch, results, sink, indices)  # the rest, if any, go again
             elif isinstance(outcome, TimedOut):
                 results[batch[0]] = (False, StageTimeoutError(self.name, self.stage.timeout))
             elif isinstance(outcome, Crashed):
-                if outcome.position < 0 and len(batch) > 1:
+                position = outcome.position
+                done = self._take_items(job, outcome, batch, results, sink, indices)  # they never run again
+                if outcome.at_start:
+                    for i in pending:  # no worker can start: no item of this call could ever run
+                        results[i] = (False, self._crashed(outcome, 0))
+                elif 0 <= position < done or done == len(batch):
+                    pass  # it died after its item had finished: the others go again
+                elif position < 0 and len(batch) - done > 1:
                     one_by_one = True  # died before running any item: find the culprit alone
                 else:
-                    culprit = batch[max(outcome.position, 0)]
+                    culprit = batch[max(position, done)]
                     crashes[culprit] += 1
                     if crashes[culprit] >= MAX_CRASHES or crashes[culprit] > self.stage.retries:
                         results[culprit] = (False, self._crashed(outcome, crashes[culprit]))
@@ -156,7 +215,8 @@ class ProcessItems(ItemRunner):
                         await asyncio.sleep(self.stage.retry_delay * self.stage.retry_backoff ** (crashes[culprit] - 1))
             else:
                 for i in batch:
-                    results[i] = (False, WorkerCrashedError(self.name, outcome.pid, None))
+                    if results[i] is None:
+                        results[i] = (False, WorkerCrashedError(self.name, outcome.pid, None))
             pending = [i for i in pending if results[i] is None]
         return results  # type: ignore[return-value]  # every slot is filled when nothing is pending
 
@@ -168,15 +228,18 @@ class ProcessItems(ItemRunner):
             # As in _run: a stopped run leaves no worker behind, even when this step never sent a chunk.
             self.strategy.close()
 
-    async def _run(self, items: bytes) -> Outcome:
+    async def _run(self, items: bytes, packed_from: float) -> tuple[Outcome, MapJob | None]:
         pool = self.pool
-        if pool is None or pool.closed:
+        if pool is not None and not pool.closed and pool.broken is not None:
+            return pool.broken, None  # its workers die on start-up: starting more would only die the same way
+        if pool is None or pool.closed or (not pool.workers and not pool.started and pool.starting is None):
             pool = self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         job = MapJob(loop.create_future(), self.stage_id, self.payload, self.cids, items, self.limit)
+        job.packed = (packed_from, time.perf_counter())
         pool.submit([job])  # type: ignore[list-item]  # a MapJob is scheduled like a Job
         try:
-            return await job.future
+            return await job.future, job
         except asyncio.CancelledError:
             pool.withdraw([job], kill_running=True)  # type: ignore[list-item]
             run = current_control.get()
@@ -184,37 +247,103 @@ class ProcessItems(ItemRunner):
                 self.strategy.close()  # as a group's dispatch does: a stopped run leaves no worker behind
             raise
 
-    def _take_reply(self, reply: MapReply, pid: int, batch: list[int], results: list[Any]) -> None:
-        if reply.unloadable is not None:
-            for i in batch:
-                results[i] = (False, self._error(reply.unloadable, pid))
-            return
-        _add_timing(self.stage, reply.timing)
-        if reply.timing and reply.timing[2]:
-            per_item = reply.timing[3] / reply.timing[2]
-            self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
-        try:
-            values = pickle.loads(reply.values)
-        except Exception as unpickling:
-            # The chunk's results travel as one pickle: which of them cannot be rebuilt here is not known.
-            for i in batch:
-                failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
-                                        f"parent process ({type(unpickling).__name__}: {unpickling}); every item "
-                                        f"of its chunk of {len(batch)} fails with it")
-                failure.__cause__ = unpickling
-                tag(failure, self.name, pid)
-                results[i] = (False, failure)
-            return
-        failures = reply.failures
-        if not failures:
-            for i, value in zip(batch, values, strict=True):
-                results[i] = (True, value)
-            return
-        for position, (i, value) in enumerate(zip(batch, values, strict=True)):
-            failed = failures.get(position)
-            results[i] = (True, value) if failed is None else (False, self._error(failed, pid))
+    def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: list[int], results: list[Any],
+                    sink: Any, indices: list[int] | None) -> int:
+        """Fill the results of the items the worker ran (from its item log) and add their runs; how many ran.
 
-    def _error(self, item: ItemResult, pid: int) -> BaseException:
+        Each item's run is added to the stage's stats (p50/p95 included), its place
+        to the report's ``where``; after a reply, its wait and ship time too; while a
+        tracer records, a slice on the worker's track and an arrow from the dispatch.
+        """
+        if job is None:
+            return 0
+        rows, data, failures = job.logged
+        replied = outcome if isinstance(outcome, Replied) else None
+        reply = replied.reply if replied is not None else None
+        last = reply.last if type(reply) is MapReply else None
+        if last is not None:
+            rows = [*rows, last.started, last.ended, last.pickled, -len(last.data) if last.failed else len(last.data)]
+            data += last.data
+            failures += last.failed
+        pid = outcome.pid
+        count = min(len(rows) // 4, len(batch))
+        if not count:
+            return 0
+        size = 4 * count
+        starts, ends, pickled = rows[0:size:4], rows[1:size:4], rows[2:size:4]
+        runner = self.runner
+        first_cycle = runner.count + 1
+        failed: list[int] = []
+        values: list[Any] | None = None
+        broken = None
+        if type(reply) is MapReply and reply.values:
+            try:
+                values = pickle.loads(reply.values)
+            except Exception as unpickling:
+                # The chunk's results travel as one pickle: which of them cannot be rebuilt here is not known.
+                broken = self._unloadable(unpickling, pid, count)
+        if broken is not None:
+            for i in batch[:count]:
+                results[i] = (False, broken)
+            failed = list(range(count))
+        elif values is not None and not failures:
+            for i, value in zip(batch, values, strict=False):
+                results[i] = (True, value)
+        else:
+            codes = rows[3:size:4]
+            offsets = list(itertools.accumulate(map(int, map(abs, codes)), initial=0))
+            view = memoryview(data)
+            for position, i in enumerate(batch[:count]):
+                if values is not None and codes[position] >= 0:
+                    results[i] = (True, values[position])
+                    continue
+                try:
+                    value = pickle.loads(view[offsets[position]:offsets[position + 1]])
+                except Exception as unpickling:
+                    results[i] = (False, self._unloadable(unpickling, pid, 1))
+                    failed.append(position)
+                    continue
+                if codes[position] < 0:
+                    results[i] = (False, self._error(value, pid))
+                    failed.append(position)
+                else:
+                    results[i] = (True, value)
+        durations = list(map(operator.sub, ends, starts))
+        add_runs(runner, durations, starts[0] + EPOCH_OFFSET, ends[-1] + EPOCH_OFFSET, len(failed), f"process {pid}")
+        if type(reply) is MapReply and replied is not None and reply.clock and job.sent_at:
+            split = Split(job.packed, job.sent_at, reply.clock[1], reply.clock[2], replied.loaded)
+            if sink is None:
+                split.add_all(runner, starts, ends, pickled)
+            else:
+                for started, ended, done in zip(starts, ends, pickled, strict=True):
+                    wait, ship = split.add(runner, started, ended, done)
+                    sink.flows.append((runner, job.sent_at, sink.thread(), pid, started,
+                                       {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+        if sink is not None and pid is not None:
+            thread = reply.thread if type(reply) is MapReply else pid
+            errors = set(failed)
+            traced = [(runner, starts[k], ends[k], thread, first_cycle + k, k in errors,
+                       indices[i] if indices is not None and i < len(indices) else None)
+                      for k, i in enumerate(batch[:count])]
+            sink.remote.append((pid, {thread: "MainThread"}, traced))
+        if reports_elsewhere(self.stage):
+            for k, i in enumerate(batch[:count]):
+                ok, value = results[i]
+                report_elsewhere(self.stage, starts[k] + EPOCH_OFFSET, ends[k] + EPOCH_OFFSET, None if ok else value,
+                                 {"dynapipeline.worker_pid": pid, "dynapipeline.run": first_cycle + k})
+        per_item = (ends[-1] - starts[0]) / count  # back to back: the time per item, the log's cost included
+        self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
+        return count
+
+    def _unloadable(self, unpickling: Exception, pid: int | None, chunk: int) -> PicklingError:
+        also = f"; every item of its chunk of {chunk} fails with it" if chunk > 1 else ""
+        failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
+                                f"parent process ({type(unpickling).__name__}: {unpickling}){also}")
+        failure.__cause__ = unpickling
+        tag(failure, self.name, pid)
+        return failure
+
+    def _error(self, item: ItemResult, pid: int | None) -> BaseException:
         error, cause = remote_error(item.error, item.traceback, item.text, self.name)
         error.__cause__ = cause
         tag(error, self.name, pid)
@@ -222,7 +351,10 @@ class ProcessItems(ItemRunner):
 
     def _crashed(self, outcome: Crashed, crashes: int) -> WorkerCrashedError:
         error = WorkerCrashedError(self.name, outcome.pid, outcome.exitcode)
-        if crashes >= MAX_CRASHES:
+        if outcome.at_start:
+            error.add_note("the pool's worker processes die on start-up: in a script, start the pipeline under "
+                           "`if __name__ == \"__main__\":` (worker processes import the main module)")
+        elif crashes >= MAX_CRASHES:
             error.add_note(f"this item crashed {crashes} workers: it is not retried again")
         return error
 
@@ -250,18 +382,3 @@ class ProcessItems(ItemRunner):
         except Exception:
             data: bytes = cloudpickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
             return data
-
-
-def _add_timing(stage: Any, timing: tuple[Any, ...]) -> None:
-    """Add one chunk's timing (measured in a worker) to the stage's stats (runs, total, min, max, errors).
-
-    The p50/p95 ring and the slowest runs of a stage run on processes by a stream
-    step stay the parent's own (empty): only these totals travel with a chunk.
-    """
-    if not timing or not timing[2]:
-        return
-    start, end, count, total, lo, hi, errors = timing
-    runner = stage.__pydantic_private__["_runner"]
-    mine = runner.count
-    runner.copy_timing(start, end, mine + count, runner.total + total, min(runner.min, lo) if mine else lo,
-                       max(runner.max, hi), runner.errors + errors)

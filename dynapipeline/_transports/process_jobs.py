@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._model.component import Stage
+from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._transports.calling import note_place, time_limit
 from dynapipeline._transports.pickling import REGISTRY
 from dynapipeline._transports.process_messages import Call, MapReply, Reply
@@ -34,12 +36,16 @@ __all__ = [
     "Job",
     "Outcome",
     "Replied",
+    "Split",
     "TimedOut",
     "collect_reply",
+    "collect_values",
     "deadline",
     "plan_batches",
     "plan_singles",
     "remote_error",
+    "report_jobs",
+    "report_reply",
     "tag",
 ]
 
@@ -71,11 +77,16 @@ class TimedOut:
 
 @dataclass(frozen=True, slots=True)
 class Crashed:
-    """The worker died holding the job; ``position`` is the component it was running (or a state < 0)."""
+    """The worker died holding the job; ``position`` is the component it was running (or a state < 0).
+
+    ``at_start``: no worker got as far as taking a job (workers die on start-up, e.g. a script
+    without the ``__main__`` guard): retrying cannot help.
+    """
 
     position: int
     pid: int | None
     exitcode: int | None
+    at_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +103,7 @@ class Job:
     """One batch of components for one worker, and where its outcome goes."""
 
     __slots__ = ("dispatch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control",
-                 "packed", "sent_at", "sink")
+                 "packed", "sent_at", "sink", "replied", "lost")
 
     def __init__(self, dispatch: Dispatch, indices: list[int], runners: list[Any], payload: bytes,
                  cids: set[int], deadline: float | None, control: Any = None) -> None:
@@ -108,6 +119,8 @@ class Job:
         self.packed = (0.0, 0.0)  # perf_counter before and after its components were pickled
         self.sent_at = 0.0  # perf_counter when it was handed to a worker
         self.sink: Any = None  # the TraceSink of the dispatching context, when it traces
+        self.replied: tuple[Reply, int] | None = None  # the worker's reply and pid, once in
+        self.lost: tuple[Any, float, float] | None = None  # (runner, start, end): a run killed or crashed
 
     def message(self, w: Worker) -> bytes:
         """The ``Call`` for worker ``w``, with the classes it has not received yet."""
@@ -189,9 +202,16 @@ def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int
     _take_values(runners, indices, reply, pid, results)
 
 
+def collect_values(runners: list[Any], indices: list[int], reply: Reply, pid: int | None,
+                   results: list[Any]) -> None:
+    """``collect_reply`` without the timing: for runs whose timing the caller adds itself (``add_runs``)."""
+    _take_values(runners, indices, reply, pid, results)
+
+
 def _collect_reply(job: Job, replied: Replied, results: list[Any]) -> None:
     reply, pid = replied.reply, replied.pid
     assert type(reply) is Reply
+    job.replied = (reply, pid)
     place = f"process {pid}"
     for position, timings in enumerate(reply.timings):
         _apply_timings(job.runners[position], timings, place)
@@ -229,7 +249,39 @@ def _take_values(runners: list[Any], indices: list[int], reply: Reply, pid: int 
 def _record_lost_run(job: Job, runner: Any) -> None:
     """Count a run whose worker was killed (deadline) or died as a failed run, timed as the parent saw it."""
     if job.sent_at:
-        runner.record_failed(job.sent_at, time.perf_counter())
+        now = time.perf_counter()
+        runner.record_failed(job.sent_at, now)
+        job.lost = (runner, job.sent_at + EPOCH_OFFSET, now + EPOCH_OFFSET)
+
+
+def report_jobs(jobs: list[Job], raised: BaseException | None) -> None:
+    """Hand the runs of a dispatch's jobs to the handlers that record runs made elsewhere (``ran_elsewhere``).
+
+    ``raised``: the dispatch's error, for a run its worker lost (a crash, a deadline).
+    """
+    for job in jobs:
+        if job.replied is not None:
+            reply, pid = job.replied
+            report_reply(job.runners, reply, {"dynapipeline.worker_pid": pid})
+        elif job.lost is not None:
+            runner, start, end = job.lost
+            if reports_elsewhere(runner.owner):
+                where = {"dynapipeline.worker_pid": job.worker.pid} if job.worker is not None else {}
+                report_elsewhere(runner.owner, start, end, raised, {**where, "dynapipeline.run": runner.count})
+
+
+def report_reply(runners: list[Any], reply: Reply, attributes: dict[str, Any]) -> None:
+    """Hand each run a reply carries (its start and end in the worker, its error) to ``ran_elsewhere``."""
+    for position, timings in enumerate(reply.timings):
+        runner = runners[position]
+        if not timings or not reports_elsewhere(runner.owner):
+            continue
+        timing = timings[0][0]  # the component's own (timing, durations, slowest), then its members'
+        error = None
+        if position == reply.failed_at and not reply.unloadable:
+            error, cause = remote_error(reply.error, reply.traceback, reply.text, runner.name)
+            error.__cause__ = cause
+        report_elsewhere(runner.owner, timing[0], timing[1], error, {**attributes, "dynapipeline.run": runner.count})
 
 
 def _apply_timings(runner: Any, timings: list[tuple[Any, ...]], place: str) -> None:
@@ -254,19 +306,53 @@ def _split(job: Job, replied: Replied) -> None:
     """
     assert type(replied.reply) is Reply
     clock = replied.reply.clock
-    rebuilt, replying = clock[1], clock[2]
-    packed_from, packed_at = job.packed
-    shared_ship = (packed_at - packed_from) + (rebuilt - job.sent_at) + (replied.loaded - replying)
-    queued = job.sent_at - packed_at
+    split = Split(job.packed, job.sent_at, clock[1], clock[2], replied.loaded)
     for position, (started, ended, pickled) in enumerate(clock[3:]):
         runner = job.runners[position]
-        wait = queued + (started - rebuilt) + (replying - pickled)
-        ship = shared_ship + (pickled - ended)
-        runner.wait_total += wait if wait > 0.0 else 0.0
-        runner.ship_total += ship if ship > 0.0 else 0.0
+        wait, ship = split.add(runner, started, ended, pickled)
         if job.sink is not None:
             job.sink.flows.append((runner, job.sent_at, job.sink.thread(), replied.pid, started,
                                    {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+
+
+class Split:
+    """Splits the wall time of the runs of one message to a worker into waiting, shipping and work.
+
+    From perf_counter readings of both processes: ``packed`` (before and after the
+    parent pickled the message), ``sent_at`` (handed to the worker), ``rebuilt``
+    and ``replying`` (in the worker), ``loaded`` (the reply unpickled here). A run
+    waited in the queue and behind the message's other runs; its shipping is the
+    message's pickling, transfer and rebuilding and the reply's, plus its result's pickling.
+    """
+
+    __slots__ = ("queued", "shared_ship", "rebuilt", "replying")
+
+    def __init__(self, packed: tuple[float, float], sent_at: float, rebuilt: float, replying: float,
+                 loaded: float) -> None:
+        packed_from, packed_at = packed
+        self.shared_ship = (packed_at - packed_from) + (rebuilt - sent_at) + (loaded - replying)
+        self.queued = sent_at - packed_at
+        self.rebuilt = rebuilt
+        self.replying = replying
+
+    def add(self, runner: Any, started: float, ended: float, pickled: float) -> tuple[float, float]:
+        """Add one run's waiting and shipping to ``runner``; (wait, ship) in seconds."""
+        wait = self.queued + (started - self.rebuilt) + (self.replying - pickled)
+        ship = self.shared_ship + (pickled - ended)
+        wait = wait if wait > 0.0 else 0.0
+        ship = ship if ship > 0.0 else 0.0
+        runner.wait_total += wait
+        runner.ship_total += ship
+        return wait, ship
+
+    def add_all(self, runner: Any, starts: list[float], ends: list[float], pickled: list[float]) -> None:
+        """``add`` for many runs of one runner at once (a stream step's chunk), summed."""
+        n = len(starts)
+        done = sum(pickled)
+        wait = n * (self.queued + self.replying - self.rebuilt) + sum(starts) - done
+        ship = n * self.shared_ship + done - sum(ends)
+        runner.wait_total += wait if wait > 0.0 else 0.0
+        runner.ship_total += ship if ship > 0.0 else 0.0
 
 
 def _keep_trace(job: Job, trace: tuple[Any, ...]) -> None:

@@ -6,21 +6,25 @@ Over each worker's pipe (``multiprocessing.connection``)::
     parent -> worker   pickle(Call)                   one batch of components
     worker -> parent   pickle(Reply)                  its outcome
     parent -> worker   pickle(MapCall)                a chunk of a stream step's items for its stage
-    worker -> parent   pickle(MapReply)               one ItemResult per item
+    worker -> parent   pickle(MapReply)               the chunk's end: its results (each item's outcome is in the log)
     parent -> worker   STOP                           exit when idle
 
-Besides the pipe, each worker shares two small values with the parent:
+Besides the pipe, each worker shares with the parent two small values,
 ``current`` (where the worker is with its job: see ``IDLE``/``SENT``/``TAKEN``,
 or the position of the component it runs) and ``drain`` (set by the parent when
-the run of the groups it runs drains).
+the run of the groups it runs drains), and one buffer, its *item log*: a stream
+step's chunk writes each item's outcome there as soon as the item has run (see
+``LOG_SIZE``), so the parent still has the outcomes of the items that finished
+when a later item of the chunk kills the worker, and never runs them again.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any, NamedTuple
 
-__all__ = ["IDLE", "MAX_KEPT_STAGES", "READY", "SENT", "STOP", "TAKEN", "Call", "ItemResult", "MapCall", "MapReply",
-           "Reply"]
+__all__ = ["IDLE", "LOG_DATA", "LOG_HEAD", "LOG_SIZE", "LOG_SLOTS", "LOG_TABLE", "MAX_KEPT_STAGES", "READY", "SENT",
+           "STOP", "TAKEN", "Call", "ItemResult", "LoggedItem", "MapCall", "MapReply", "Reply"]
 
 READY = b"R"
 STOP = b""
@@ -29,6 +33,20 @@ STOP = b""
 # before sending a job and the worker TAKEN as soon as it has read it: a worker that
 # dies while the value is still SENT never held its job, which then goes elsewhere.
 IDLE, SENT, TAKEN = -1, -2, -3
+
+# The item log, in one shared buffer of LOG_SIZE bytes per worker:
+# - LOG_HEAD: items committed, how many of them failed;
+# - at LOG_TABLE, LOG_SLOTS rows of 4 doubles per item: perf_counter readings of its run's start and end and
+#   of its pickle's end, then its pickle's length (negated when the item failed);
+# - at LOG_DATA, the items' pickles one after the other (the result, or an ``ItemResult`` when failed).
+# The worker writes a row and its pickle first and the head last, so the head never counts an item that
+# is not whole; the parent resets the head before it sends a chunk. An item whose pickle finds no room
+# (or no row) left travels in ``MapReply.last`` instead and ends its chunk (the parent sends the rest again).
+LOG_SIZE = 1 << 20
+LOG_SLOTS = 4096
+LOG_HEAD = struct.Struct("<qq")
+LOG_TABLE = LOG_HEAD.size
+LOG_DATA = LOG_TABLE + LOG_SLOTS * 32
 
 # Stream steps' stages a worker keeps (oldest dropped first). The parent mirrors the
 # worker's set in the same order, so both forget the same stage at the same time.
@@ -78,10 +96,24 @@ class ItemResult(NamedTuple):
     text: str  # "Type: message" of the error, for when it cannot travel
 
 
-class MapReply(NamedTuple):
-    """Worker to parent: the outcome of one ``MapCall``."""
+class LoggedItem(NamedTuple):
+    """One item's outcome, as in the item log (for the one that did not fit there)."""
 
-    values: bytes  # pickle of the list of results, one per item (None where the item failed)
-    failures: dict[int, ItemResult]  # position in the chunk -> why that item failed
-    timing: tuple[Any, ...]  # the stage's timing over this chunk's items only (the parent adds it up)
+    started: float
+    ended: float
+    pickled: float
+    failed: bool
+    data: bytes
+
+
+class MapReply(NamedTuple):
+    """Worker to parent: the end of one ``MapCall``; its items' timings and errors are in the item log."""
+
+    ran: int  # items run, from the chunk's first (fewer than sent when ``last`` ended the chunk early)
+    # pickle of the list of the results of the items run (None where one failed): one pickle is much cheaper
+    # to load than one per item. b"" when the list cannot be pickled at once: the item log's pickles serve then.
+    values: bytes
+    last: LoggedItem | None  # the last item run, when the item log had no room left for it
+    clock: tuple[float, ...]  # perf_counter in the worker: (message received, chunk rebuilt, replying)
+    thread: int  # native id of the thread that ran the items (the tracer's track)
     unloadable: ItemResult | None = None  # the error rebuilding the stage or the items, if any

@@ -22,7 +22,7 @@ from typing import Any
 from dynapipeline._transports import process_worker
 from dynapipeline._transports.pickling import dumps_batch
 from dynapipeline._transports.process_jobs import Closed, Crashed, Job, Replied, TimedOut, deadline
-from dynapipeline._transports.process_messages import SENT, STOP, Reply
+from dynapipeline._transports.process_messages import LOG_SIZE, SENT, STOP, Reply
 from dynapipeline._transports.processes import close_quietly, start_context, stop_process
 
 __all__ = ["ProcessPool", "Worker", "watch_drain"]
@@ -36,14 +36,16 @@ _LIVE_POOLS: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 class Worker:
     """One worker process, its pipe, and what it is doing."""
 
-    __slots__ = ("proc", "conn", "fd", "current", "drain", "pid", "ready", "job", "known", "stages", "timer", "loop")
+    __slots__ = ("proc", "conn", "fd", "current", "drain", "log", "pid", "ready", "job", "known", "stages", "timer",
+                 "loop")
 
-    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any) -> None:
+    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any, log: Any = None) -> None:
         self.proc = proc
         self.conn = conn
         self.fd: int = conn.fileno()
         self.current = current  # shared: where the worker is with its job (process_messages)
         self.drain = drain  # shared: set by the parent when the run of the job it runs drains
+        self.log = log  # shared: the item log a stream step's chunk writes (process_messages.LOG_HEAD)
         self.pid: int = proc.pid
         self.ready = False
         self.job: Job | None = None
@@ -71,6 +73,8 @@ class ProcessPool:
         self._start_done = threading.Event()
         self._start_done.set()
         self._failed_starts = 0
+        # Set when workers keep dying on start-up; jobs submitted then fail at once (cleared by a ready worker).
+        self.broken: Crashed | None = None
         self._counter = 0
         _LIVE_POOLS.add(self)
 
@@ -133,12 +137,13 @@ class ProcessPool:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         current = ctx.RawValue("l", -1)
         drain = ctx.RawValue("b", 0)
+        log = ctx.RawArray("B", LOG_SIZE)
         self._counter += 1
-        proc = ctx.Process(target=process_worker.main, args=(child_conn, current, drain), daemon=True,
+        proc = ctx.Process(target=process_worker.main, args=(child_conn, current, drain, log), daemon=True,
                            name=f"dynapipeline-worker-{self._counter}")
         proc.start()
         child_conn.close()
-        return Worker(proc, parent_conn, current, drain)
+        return Worker(proc, parent_conn, current, drain, log)
 
     def _adopt(self, w: Worker) -> None:
         self.workers.append(w)
@@ -323,6 +328,7 @@ class ProcessPool:
         if not w.ready:
             w.ready = True
             self._failed_starts = 0
+            self.broken = None
             self._pump()
             return
         job = w.job
@@ -358,8 +364,9 @@ class ProcessPool:
             self._failed_starts += 1
             if self._failed_starts >= 3:
                 # Workers die on start-up: fail what is queued rather than respawning forever.
+                self.broken = Crashed(-1, w.pid, exitcode, at_start=True)
                 while self.queue:
-                    self.queue.popleft().finish(Crashed(-1, w.pid, exitcode))
+                    self.queue.popleft().finish(self.broken)
             else:
                 self.fill()
         self._pump()

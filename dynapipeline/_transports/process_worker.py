@@ -16,6 +16,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import struct
 import sys
 import threading
 import time
@@ -30,11 +31,16 @@ from dynapipeline._model.group import Container
 from dynapipeline._transports.calling import needs_loop, plain_call, run_component
 from dynapipeline._transports.process_messages import (
     IDLE,
+    LOG_DATA,
+    LOG_SIZE,
+    LOG_SLOTS,
+    LOG_TABLE,
     MAX_KEPT_STAGES,
     READY,
     STOP,
     TAKEN,
     ItemResult,
+    LoggedItem,
     MapCall,
     MapReply,
     Reply,
@@ -44,14 +50,18 @@ from dynapipeline._transports.rebuild import register_class, timings_of
 __all__ = ["error_bytes", "main", "reply_bytes", "run_batch", "run_components", "run_map"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+_ROW = struct.Struct("=4d")  # an item log row (process_messages); native doubles, as the parent reads them
 logger = logging.getLogger("dynapipeline")
 
 
-def main(conn: Any, current: Any, drain: Any = None) -> None:
-    """The worker's loop: signal ready, then run batches until told to stop or the parent goes away."""
+def main(conn: Any, current: Any, drain: Any = None, log: Any = None) -> None:
+    """The worker's loop: signal ready, then run batches until told to stop or the parent goes away.
+
+    ``log``: the shared item log that stream steps' chunks write to (``process_messages``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"log": log}
     conn.send_bytes(READY)
     while True:
         try:
@@ -154,7 +164,7 @@ def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = 
         for class_id, blob in call.class_blobs:
             register_class(class_id, blob, pickle.loads)
         if type(call) is MapCall:
-            return run_map(current, call, state)
+            return run_map(current, call, state, received)
         components, args, kwargs = pickle.loads(call.payload)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return reply_bytes([], [], error, traceback.format_exc(), 0, unloadable=True)
@@ -189,15 +199,14 @@ def run_components(current: Any, components: list[Any], args: tuple[Any, ...], k
     return _Batch(components, (now, now), False).run(current, args, kwargs, state)
 
 
-def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
+def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float = 0.0) -> bytes:
     """Run each item of a stream step's chunk through the step's stage; the pickled ``MapReply``.
 
-    The stage arrives once per worker (``call.stage`` is empty afterwards) and is kept
-    here. Its timing stats are reset before the chunk, so the reply carries this
-    chunk's share, which the parent adds to the stage's own stats. The results
-    travel as one pickled list; only when that fails are they pickled one by one,
-    to fail just the items whose result cannot be pickled.
+    The stage arrives once per worker (``call.stage`` is empty afterwards) and is
+    kept here. Each item's outcome (its result or error, and its clock readings)
+    goes to the item log as soon as it has run, before the next item starts.
     """
+    rebuilt_from = received or time.perf_counter()
     stages: dict[int, Any] = state.setdefault("stages", {})
     try:
         if call.stage:
@@ -208,60 +217,144 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any]) -> bytes:
         items = pickle.loads(call.items)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         failure = _item_failure(error, traceback.format_exc())
-        return pickle.dumps(MapReply(b"", {}, (), failure), protocol=pickle.HIGHEST_PROTOCOL)
-    runner = stage.__pydantic_private__["_runner"]
-    runner.reset_stats()
-    values: list[Any] = []
-    failures: dict[int, ItemResult] = {}
+        return pickle.dumps(MapReply(0, b"", None, (), 0, failure), protocol=pickle.HIGHEST_PROTOCOL)
+    log = _ItemLog(state.get("log"), stage.name)
+    rebuilt = time.perf_counter()
     plain = plain_call(stage)
     if plain is not None:
-        clock = time.perf_counter  # the engine's clock: Runner.record takes its readings
-        record = runner.record
-        for position, item in enumerate(items):
-            current.value = position
+        ran = log.run_plain(current, plain, items)
+    else:
+        ran = log.run_stage(current, stage, items, state)
+    current.value = IDLE
+    try:
+        values = pickle.dumps(log.values, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a result only cloudpickle can pickle: the parent takes each from the item log
+        values = b""
+    reply = MapReply(ran, values, log.last, (rebuilt_from, rebuilt, time.perf_counter()), threading.get_native_id())
+    return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _ItemLog:
+    """Runs a chunk's items, writing each one's outcome to the worker's shared item log (``process_messages``)."""
+
+    def __init__(self, buffer: Any, name: str) -> None:
+        if buffer is None:  # not a pool's worker: a private log, the same layout
+            buffer = (ctypes.c_ubyte * LOG_SIZE)()
+        self.view = memoryview(buffer).cast("B")
+        self.committed = ctypes.c_int64.from_buffer(buffer, 0)
+        self.failures = ctypes.c_int64.from_buffer(buffer, 8)
+        self.name = name
+        self.count = 0
+        self.used = 0
+        self.last: LoggedItem | None = None  # the item that did not fit: it travels in the reply, ends the chunk
+        self.values: list[Any] = []  # the results, None where an item failed (the reply's ``values``)
+        self.committed.value = 0
+        self.failures.value = 0
+
+    def run_plain(self, current: Any, plain: Any, items: list[Any]) -> int:
+        """Call ``plain`` on each item (a plain ``def`` stage: no runner needed); how many ran."""
+        clock = time.perf_counter  # the engine's clock
+        dumps = pickle.dumps
+        protocol = pickle.HIGHEST_PROTOCOL
+        pack_row = _ROW.pack_into
+        view = self.view
+        committed = self.committed
+        room = LOG_SIZE - LOG_DATA
+        used = 0
+        count = 0
+        keep = self.values.append
+        for item in items:
+            current.value = count
             t0 = clock()
             try:
-                values.append(plain(item))
+                value = plain(item)
             except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                runner.record_failed(t0, clock())
-                values.append(None)
-                failures[position] = _item_failure(error, traceback.format_exc())
+                self.count, self.used = count, used
+                self.failed(t0, clock(), error, traceback.format_exc())
+                count, used = self.count, self.used
+                if self.last is not None:
+                    return count + 1
                 continue
-            record(t0, clock())
-    else:
+            t1 = clock()
+            keep(value)
+            try:
+                data = dumps(value, protocol)
+            except Exception:
+                self.count, self.used = count, used
+                self.values.pop()
+                self.value(t0, t1, value)  # cloudpickle, or the item fails
+                count, used = self.count, self.used
+                if self.last is not None:
+                    return count + 1
+                continue
+            size = len(data)
+            if count >= LOG_SLOTS or used + size > room:
+                self.last = LoggedItem(t0, t1, clock(), False, data)
+                return count + 1
+            pack_row(view, LOG_TABLE + count * 32, t0, t1, clock(), size)
+            at = LOG_DATA + used
+            view[at:at + size] = data
+            used += size
+            count += 1
+            committed.value = count  # last: the item is whole in the log from here on
+        self.count, self.used = count, used
+        return count
+
+    def run_stage(self, current: Any, stage: Any, items: list[Any], state: dict[str, Any]) -> int:
+        """Run each item through the stage's runner (handlers, timeout, retries); how many ran."""
         loop = None
         if needs_loop(stage):
             loop = state.get("loop")
             if loop is None:
                 loop = state["loop"] = asyncio.new_event_loop()
+        runner = stage.__pydantic_private__["_runner"]
         no_kwargs: dict[str, Any] = {}
         for position, item in enumerate(items):
             current.value = position
             try:
-                values.append(run_component(stage, (item,), no_kwargs, loop))
+                value = run_component(stage, (item,), no_kwargs, loop)
             except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                values.append(None)
-                failures[position] = _item_failure(error, traceback.format_exc())
-    current.value = IDLE
-    try:
-        blob = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        blob = _dump_values_one_by_one(stage.name, values, failures)
-    return pickle.dumps(MapReply(blob, failures, runner.timing()), protocol=pickle.HIGHEST_PROTOCOL)
+                self.failed(runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, error,
+                            traceback.format_exc())
+            else:
+                self.value(runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, value)
+            if self.last is not None:
+                return position + 1  # no room left in the log: the parent sends the rest again
+        return len(items)
 
-
-def _dump_values_one_by_one(name: str, values: list[Any], failures: dict[int, ItemResult]) -> bytes:
-    """The results pickled with cloudpickle where pickle cannot; one that neither can becomes its item's failure."""
-    for position, value in enumerate(values):
+    def value(self, t0: float, t1: float, value: Any) -> None:
         try:
-            _dump_value(value)
+            data = _dump_value(value)
         except Exception as bad:
-            values[position] = None
-            unpicklable = TypeError(f"stage {name!r} returned a result that cannot be pickled "
+            self.values.append(None)
+            unpicklable = TypeError(f"stage {self.name!r} returned a result that cannot be pickled "
                                     f"({type(value).__name__}: {bad})")
-            failures[position] = _item_failure(unpicklable, "")
-    data: bytes = cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-    return data
+            self.add(t0, t1, True, pickle.dumps(_item_failure(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
+            return
+        self.values.append(value)
+        self.add(t0, t1, False, data)
+
+    def failed(self, t0: float, t1: float, error: BaseException, tb: str) -> None:
+        self.values.append(None)
+        self.add(t0, t1, True, pickle.dumps(_item_failure(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def add(self, t0: float, t1: float, failed: bool, data: bytes) -> None:
+        """Log one item's outcome (its pickle, ``failed``: an ``ItemResult``) and commit it."""
+        pickled = time.perf_counter()
+        count = self.count
+        size = len(data)
+        used = self.used
+        if count >= LOG_SLOTS or used + size > LOG_SIZE - LOG_DATA:
+            self.last = LoggedItem(t0, t1, pickled, failed, data)
+            return
+        _ROW.pack_into(self.view, LOG_TABLE + count * 32, t0, t1, pickled, -size if failed else size)
+        at = LOG_DATA + used
+        self.view[at:at + size] = data
+        self.used = used + size
+        self.count = count + 1
+        if failed:
+            self.failures.value += 1
+        self.committed.value = count + 1  # last: the item is whole in the log from here on
 
 
 def _item_failure(error: BaseException, tb: str) -> ItemResult:

@@ -82,6 +82,7 @@ from typing import Any
 from dynapipeline._engine import current_control, run_tasks
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
 from dynapipeline._transports.dask_futures import wait_for_task
+from dynapipeline._transports.dask_observe import report_task
 from dynapipeline._transports.dask_stream import DaskItems
 from dynapipeline._transports.dask_worker import run_components_task
 from dynapipeline._transports.pickling import REGISTRY, dumps_batch
@@ -357,8 +358,10 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 collect_reply(runners, indices, reply, pid, results)
             except Exception as error:
                 if not self.return_exceptions:
+                    await report_task(client, runners, reply, pid)
                     raise
                 results[indices[0]] = error
+            await report_task(client, runners, reply, pid)
 
     def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
         """Up to ``maxsize`` tasks outstanding; items in chunks (one per task for a timed stage)."""

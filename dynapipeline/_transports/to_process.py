@@ -111,6 +111,7 @@ from dynapipeline._transports.process_jobs import (
     deadline,
     plan_batches,
     plan_singles,
+    report_jobs,
 )
 from dynapipeline._transports.process_pool import ProcessPool, watch_drain
 from dynapipeline._transports.processes import default_start_method
@@ -231,9 +232,11 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
                 # the next dispatch starts a new one.
                 self.close()
             raise
-        except BaseException:
+        except BaseException as error:
             pool.withdraw(jobs, kill_running=False)
+            report_jobs(jobs, error)
             raise
+        report_jobs(jobs, None)
         return dispatch.results
 
     def close(self) -> None:
