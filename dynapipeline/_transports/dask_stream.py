@@ -1,92 +1,165 @@
 """A stream step on Dask: ``DaskItems``, the ``ItemRunner`` of ``DaskExecutionStrategy``.
 
-- The stream runs up to ``maxsize`` calls at once, one Dask task each, so at
-  most ``maxsize`` tasks are outstanding (backpressure reaches the source).
-- A call takes up to ``CHUNK`` items (one for a timed stage, so that its
-  deadline is the item's): the stage travels once per task, then runs once per
-  item on the worker through its runner (handlers, ``timeout``, ``retries``).
+- **Tasks follow the items**: the step makes at most two calls per worker thread
+  of the cluster at once (never more than the stream's ``maxsize``), one Dask
+  task each, and only for items it has taken from its queue.
+- **Chunks**: a call's first task takes one item; then each takes as many as
+  fill about ``CHUNK_SECONDS`` of work (from the stage's measured time per
+  item), never more than ``maxsize`` split among the calls, so the items in
+  flight stay within ``maxsize`` and backpressure reaches the source. A timed
+  stage's items travel one per task, so that a deadline is the item's. The
+  stage travels once per task, then runs once per item on the worker through
+  its runner (handlers, ``timeout``, ``retries``).
 - Per item: a stage error comes back with its own type, ``stage_name`` set; a
   timed stage whose item is not back after ``timeout`` × attempts + retry
   delays + 0.1 s fails with ``StageTimeoutError`` (its task is cancelled; a
-  running plain ``def`` keeps its worker thread until it returns). A task lost
-  with its worker is submitted again after the stage's ``retry_delay`` ×
-  ``retry_backoff``\\ :sup:`k`, up to ``retries`` times, then its items fail
-  with ``WorkerCrashedError``. One item's failure never fails the others.
+  running plain ``def`` keeps its worker thread until it returns).
+- **A lost task** (its worker died) of several items charges nobody: its items
+  are sent again one per task. A one-item task is a *probe*: it tells the
+  scheduler when it starts (one more message per task), so a lost probe that
+  had started killed its worker: its item is charged the workers that died
+  (Dask may have run it ``allowed-failures`` more times) and is sent again after
+  the stage's ``retry_delay`` × ``retry_backoff``\\ :sup:`k` while its ``retries``
+  last and it crashed fewer than 3 workers, then fails with
+  ``WorkerCrashedError``. A lost probe that had not started (it was queued on
+  the dying worker) is sent again for free. On a worker with several threads an
+  item running beside the culprit dies with it and is charged as well.
+- A closed client fails each item with ``ClusterError`` naming the stage and
+  the client (so ``on_error="skip"``/``"return"`` apply per item).
 - The stage's timing and stats in the parent add up the items' runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING, Any
 
+from dynapipeline._engine import run_tasks
 from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._transports.dask_futures import Probe, deaths
 from dynapipeline._transports.dask_worker import run_items_task
 from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_jobs import collect_reply, deadline
-from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
+from dynapipeline._transports.process_items import MAX_CRASHES
+from dynapipeline._transports.process_jobs import collect_reply, deadline, tag
+from dynapipeline.errors import ClusterError, PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from dynapipeline._transports.to_dask import DaskExecutionStrategy
 
-__all__ = ["CHUNK", "DaskItems"]
+__all__ = ["CHUNK_SECONDS", "DaskItems"]
 
-CHUNK = 16  # items per task for an untimed stage: Dask's per-task cost (~1-3 ms) is shared by them
+CHUNK_SECONDS = 0.05  # the work one task aims at: Dask's per-task cost (~1-3 ms) stays a few percent of it
+_FREE_RESENDS = 5  # times a probe lost before it started is sent again without charging its item
+_Result = tuple[bool, Any]
 
 
 class DaskItems(ItemRunner):
     """Runs a stream step's stage on Dask, ``chunk`` items per task."""
 
-    def __init__(self, strategy: DaskExecutionStrategy, stage: Any) -> None:
+    def __init__(self, strategy: DaskExecutionStrategy, stage: Any, maxsize: int) -> None:
         self.strategy = strategy
         self.stage = stage
+        self.name: str = stage.name
         self.runner = private_of(stage)["_runner"]
         self.limit = deadline(stage)
-        self.chunk = 1 if self.limit is not None else CHUNK
+        self.maxsize = maxsize
+        self.cap = 1  # the most items per task, set by open() from the calls at once
+        self.chunk = 1
         self.client: Any = None
         self.held = False
+        self.broken: ClusterError | None = None  # the cluster cannot be used: every item fails with this
 
     async def open(self) -> None:
         self.strategy.hold()
         self.held = True
-        self.client = await self.strategy.client_for_run()
+        try:
+            self.client = await self.strategy.client_for_run()
+            threads = await self.strategy.nthreads(self.client)
+        except ClusterError as error:
+            tag(error, self.name, None, "a Dask task")
+            self.broken = error
+            self.width = 1
+            return
+        self.width = max(1, min(self.maxsize, 2 * threads))  # one task running and one queued per thread
+        self.cap = 1 if self.limit is not None else max(1, self.maxsize // self.width)
 
     async def aclose(self) -> None:
         if self.held:
             self.held = False
-            self.strategy.release()
+            await self.strategy.release()
 
     async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
-        stage = self.stage
+        if self.broken is not None:
+            return [(False, _copy(self.broken)) for _ in values]
+        results: list[_Result | None] = [None] * len(values)
+        crashes = [0] * len(values)
+        resends = [0] * len(values)
+        pending = list(range(len(values)))
+        alone = False  # after a lost task: one item per task, each a probe
+        while pending:
+            groups = [[i] for i in pending] if alone else [pending]
+            lost: list[tuple[int, WorkerCrashedError, bool]] = []
+            await run_tasks([asyncio.ensure_future(self._attempt(values, group, results, lost)) for group in groups])
+            delay = 0.0
+            for i, crashed, started in lost:
+                if not started:
+                    resends[i] += 1  # sent again without charging the item (it may only have been queued)
+                    if resends[i] <= _FREE_RESENDS:
+                        continue
+                crashes[i] += deaths(crashed)
+                if crashes[i] >= MAX_CRASHES or crashes[i] > self.stage.retries:
+                    if crashes[i] >= MAX_CRASHES:
+                        crashed.add_note(f"this item crashed {crashes[i]} workers: it is not retried again")
+                    results[i] = (False, crashed)
+                else:
+                    delay = max(delay, self.stage.retry_delay * self.stage.retry_backoff ** (crashes[i] - 1))
+            if lost:
+                alone = True
+            if delay:
+                await asyncio.sleep(delay)
+            pending = [i for i in pending if results[i] is None]
+        return results  # type: ignore[return-value]  # every slot is filled when nothing is pending
+
+    async def _attempt(self, values: list[Any], group: list[int], results: list[_Result | None],
+                       lost: list[tuple[int, WorkerCrashedError, bool]]) -> None:
+        """Run ``group``'s items in one task: fill their results, or report the task lost.
+
+        A one-item task is a probe: lost, it says whether its item had started
+        (and so killed its worker). A lost task of several items reports each
+        item as not started: which one killed the worker is not known.
+        """
         sent = self.runner.timing()  # what the payload carries: the worker's stats start from it
         try:
-            payload, cids = dumps_batch([stage], tuple(values), {})
+            payload, cids = dumps_batch([self.stage], tuple(values[i] for i in group), {})
         except PicklingError as error:
-            if len(values) == 1:
-                return [(False, error)]
-            return [out for value in values for out in await self.call([value])]  # find the item at fault
-        strategy = self.strategy
-        client = self.client
-        attempt = 0
-        while True:
-            try:
-                pid, replies = await strategy.run_task(client, run_items_task, cids, (payload,), self.limit,
-                                                       self.runner)
-            except StageTimeoutError as error:
-                return [(False, error)] * len(values)
-            except WorkerCrashedError as error:
-                if attempt < stage.retries:
-                    await asyncio.sleep(stage.retry_delay * stage.retry_backoff ** attempt)
-                    attempt += 1
-                    continue
-                return [(False, error)] * len(values)
-            return self._decode(replies, pid, len(values), sent)
+            if len(group) == 1:
+                results[group[0]] = (False, error)
+                return
+            for i in group:  # find the item at fault
+                await self._attempt(values, [i], results, lost)
+            return
+        probe = len(group) == 1
+        seen = Probe() if probe else None
+        try:
+            pid, replies = await self.strategy.run_task(self.client, run_items_task, cids, (payload, probe),
+                                                        self.limit, self.runner, seen)
+        except (StageTimeoutError, ClusterError) as error:
+            for i in group:
+                results[i] = (False, error if len(group) == 1 else _copy(error))
+            return
+        except WorkerCrashedError as crashed:
+            for i in group:
+                lost.append((i, crashed, seen is not None and seen.started))
+            return
+        for i, result in zip(group, self._decode(replies, pid, len(group), sent), strict=True):
+            results[i] = result
 
-    def _decode(self, replies: list[Any], pid: int, n: int, sent: tuple[Any, ...]) -> list[tuple[bool, Any]]:
+    def _decode(self, replies: list[Any], pid: int, n: int, sent: tuple[Any, ...]) -> list[_Result]:
         runner = self.runner
         before = runner.timing()
-        out: list[tuple[bool, Any]] = []
+        out: list[_Result] = []
         for position in range(n):
             reply = replies[0] if len(replies) == 1 and replies[0].unloadable else replies[position]
             slot: list[Any] = [None]
@@ -96,22 +169,42 @@ class DaskItems(ItemRunner):
                 out.append((False, error))
             else:
                 out.append((True, slot[0]))
-        _merge_timing(runner, before, sent)
+        runs, seconds = _merge_timing(runner, before, sent)
+        if runs and self.limit is None:
+            per_item = seconds / runs
+            self.chunk = max(1, min(self.cap, math.ceil(CHUNK_SECONDS / max(per_item, 1e-7))))
         return out
 
 
-def _merge_timing(runner: Any, before: tuple[Any, ...], sent: tuple[Any, ...]) -> None:
+def _copy(error: BaseException) -> BaseException:
+    """A fresh exception like ``error`` for another item (notes and cause kept), so items never share one."""
+    try:
+        twin = type(error)(*error.args)
+    except Exception:  # noqa: BLE001 - an exception type that cannot be rebuilt from its args is shared
+        return error
+    twin.__cause__ = error.__cause__
+    for note in getattr(error, "__notes__", ()):
+        twin.add_note(note)
+    for name in ("stage_name", "worker_pid"):
+        if hasattr(error, name):
+            setattr(twin, name, getattr(error, name))
+    return twin
+
+
+def _merge_timing(runner: Any, before: tuple[Any, ...], sent: tuple[Any, ...]) -> tuple[int, float]:
     """Add the worker's runs of this task to the parent's stats, which other tasks update meanwhile.
 
     The worker's copy started from ``sent`` and the parent holds the worker's
     timing now (``collect_reply`` copied it); ``before`` is the parent's own.
+    Returns the task's (runs, seconds).
     """
     start, end, count, total, lo, hi, errors = runner.timing()
     runs = count - sent[2]
     if runs <= 0:
         runner.copy_timing(*before)
-        return
+        return 0, 0.0
     if before[2]:
         lo, hi = min(lo, before[4]), max(hi, before[5])
     runner.copy_timing(start, end, before[2] + runs, before[3] + total - sent[3], lo, hi,
                        before[6] + errors - sent[6])
+    return runs, total - sent[3]

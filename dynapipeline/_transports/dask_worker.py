@@ -9,6 +9,7 @@ Each Dask worker thread keeps its own event loop for ``async def`` stages.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import threading
@@ -20,9 +21,11 @@ from dynapipeline._transports.process_messages import Call
 from dynapipeline._transports.process_worker import reply_bytes, run_batch, run_components
 from dynapipeline._transports.rebuild import register_class
 
-__all__ = ["run_components_task", "run_items_task"]
+__all__ = ["STARTED", "run_components_task", "run_items_task"]
 
+logger = logging.getLogger("dynapipeline")
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+STARTED = "dynapipeline-started"  # the task's metadata entry a probe sets on the scheduler before it runs its item
 _local = threading.local()
 
 
@@ -60,8 +63,16 @@ def run_components_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
     return os.getpid(), [run_components(current, [c], args, kwargs, state) for c in components]
 
 
-def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes) -> tuple[int, list[bytes]]:
-    """Run a stream step's stage once per item (its own retries and timeout apply); (this pid, a ``Reply`` per item)."""
+def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
+                   probe: bool = False) -> tuple[int, list[bytes]]:
+    """Run a stream step's stage once per item (its own retries and timeout apply); (this pid, a ``Reply`` per item).
+
+    A ``probe`` (one item, sent after a task was lost with its worker) first
+    tells the scheduler that it started, so that the parent can tell the item
+    that kills a worker from one that was only queued there.
+    """
+    if probe:
+        _mark_started()
     try:
         _register(class_blobs)
         (stage,), values, _ = pickle.loads(payload)  # made by dumps_batch([stage], values, {})
@@ -70,6 +81,17 @@ def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes) -> tupl
     current = SimpleNamespace(value=-1)
     state = _state()
     return os.getpid(), [run_components(current, [stage], (value,), {}, state) for value in values]
+
+
+def _mark_started() -> None:
+    import distributed
+
+    try:
+        key = distributed.get_worker().get_current_task()
+        # Kept in the task's own metadata on the scheduler, which forgets it with the task.
+        distributed.get_client().set_metadata([key, STARTED], True)  # type: ignore[no-untyped-call]
+    except Exception as error:  # noqa: BLE001 - unmarked, a lost probe is sent again: the item still runs
+        logger.debug("marking a probe task as started: %r", error)
 
 
 def _unloadable(error: BaseException) -> bytes:

@@ -81,12 +81,12 @@ from typing import Any
 
 from dynapipeline._engine import current_control, run_tasks
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
-from dynapipeline._transports.dask_futures import wait_for_task
+from dynapipeline._transports.dask_futures import Probe, wait_for_task
 from dynapipeline._transports.dask_stream import DaskItems
 from dynapipeline._transports.dask_worker import run_components_task
 from dynapipeline._transports.pickling import REGISTRY, dumps_batch
-from dynapipeline._transports.process_jobs import collect_reply, deadline, plan_batches
-from dynapipeline.errors import ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
+from dynapipeline._transports.process_jobs import collect_reply, deadline, plan_batches, tag
+from dynapipeline.errors import ClusterError, ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
 
 __all__ = ["DaskExecutionStrategy", "require_distributed"]
 
@@ -102,7 +102,9 @@ _REFUSED = {
     "actors": "stages are not actors",
 }
 _NTHREADS_TTL = 10.0  # seconds the worker-thread count of a cluster is trusted
-_RESUBMITS = 3  # times a task cancelled for a lost class pickle is sent again (each time with a fresh copy)
+_RESUBMITS = 3  # times a task Dask cancelled (a class pickle it needed was lost) is sent again, with fresh copies
+_DRAIN_POLL = 0.02  # seconds between looks at the run's drain flag while groups run on the cluster
+_DRAIN_WAIT = 0.1  # seconds a worker waits on the drain event between looks at whether its batch is over
 
 
 def require_distributed() -> Any:
@@ -140,7 +142,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
     offloads = True
 
     def __init__(self, client: Any = None, address: str | None = None, *, return_exceptions: bool = False,
-                 **submit_options: Any) -> None:
+                 connect_timeout: float = 10.0, **submit_options: Any) -> None:
         distributed = require_distributed()
         label = "DaskExecutionStrategy"
         if client is not None and address is not None:
@@ -150,9 +152,12 @@ class DaskExecutionStrategy(ExecutionStrategy):
         if client is not None and not client.asynchronous:
             raise ConfigurationError(f"{label}: field 'client' must be an asynchronous distributed.Client "
                                      "(await Client(..., asynchronous=True) on the loop that runs the pipeline)")
-        if address is not None and (not isinstance(address, str) or not address):
-            raise ConfigurationError(f"{label}: field 'address' must be a scheduler address such as "
-                                     f"'tcp://scheduler:8786', got {address!r}")
+        if address is not None:
+            _check_address(label, address)
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
+                or not 0 < connect_timeout < float("inf"):
+            raise ConfigurationError(f"{label}: field 'connect_timeout' must be a finite number of seconds > 0, "
+                                     f"got {connect_timeout!r}")
         if not isinstance(return_exceptions, bool):
             raise ConfigurationError(f"{label}: field 'return_exceptions' must be a bool, got {return_exceptions!r}")
         for name in submit_options:
@@ -164,6 +169,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
         self.client = client
         self.address = address
         self.return_exceptions = return_exceptions
+        self.connect_timeout = float(connect_timeout)
         self.submit_options = submit_options
         self._cluster: Any = None
         self._owned: Any = None  # the client this strategy connected itself
@@ -178,8 +184,13 @@ class DaskExecutionStrategy(ExecutionStrategy):
 
     # -- the client ---------------------------------------------------------------------------------
     async def client_for_run(self) -> Any:
-        """The client to submit to from the running loop (connecting, or starting a LocalCluster, if needed)."""
+        """The client to submit to from the running loop (connecting, or starting a LocalCluster, if needed).
+
+        ``ClusterError`` if the given client is closed or the scheduler cannot be
+        reached within ``connect_timeout``.
+        """
         if self.client is not None:
+            self.check_open(self.client)
             return self.client
         loop = asyncio.get_running_loop()
         owned = self._owned
@@ -207,16 +218,36 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 # Stopped at interpreter exit (or when the strategy is collected) if never closed.
                 self._finalizer = weakref.finalize(self, _close_cluster, self._cluster)
             address = self._cluster.scheduler_address
-        client = await distributed.Client(address, asynchronous=True, set_as_default=False)
+        try:
+            client = await distributed.Client(address, asynchronous=True, set_as_default=False,
+                                              timeout=self.connect_timeout)
+        except (OSError, TimeoutError) as error:
+            field = " (field 'address')" if self.address is not None else ""
+            raise ClusterError(f"DaskExecutionStrategy: cannot reach the Dask scheduler at {address!r}{field} "
+                               f"within connect_timeout={self.connect_timeout:g} s ({type(error).__name__}: "
+                               f"{error})") from error
         self._owned, self._owned_loop = client, loop
         return client
+
+    def check_open(self, client: Any) -> None:
+        """``ClusterError`` naming the client if it is closed (nothing can be submitted to it)."""
+        if client.status in ("closing", "closed") or client.scheduler is None:
+            field = " (field 'client')" if client is self.client else ""
+            raise ClusterError(f"DaskExecutionStrategy: the Dask client {client.id!r}{field} is closed")
 
     def hold(self) -> None:
         """A dispatch or stream step uses the client: the end of a run must not close it meanwhile."""
         self._active += 1
 
-    def release(self) -> None:
+    async def release(self) -> None:
+        """The end of a dispatch or stream step; outside a pipeline run and ``async with``, closes the client.
+
+        A bare ``execute`` or stream run has nobody to close the client it
+        connected later: left open, it would be torn down at exit with warnings.
+        """
         self._active -= 1
+        if self._active == 0 and self._depth == 0 and current_control.get() is None:
+            await self._close_owned()
 
     async def _end_run(self) -> None:
         """At the end of a pipeline run: close the client connected for it (unless still in use)."""
@@ -233,6 +264,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
         known, count, when = self._nthreads
         now = time.monotonic()
         if known is not client or now - when > _NTHREADS_TTL:
+            self.check_open(client)
             count = max(1, sum((await client.nthreads()).values()))
             self._nthreads = (client, count, now)
         return count
@@ -260,31 +292,69 @@ class DaskExecutionStrategy(ExecutionStrategy):
         return out
 
     async def run_task(self, client: Any, function: Any, cids: set[int], args: tuple[Any, ...],
-                       limit: float | None, runner: Any) -> tuple[int, list[Any]]:
+                       limit: float | None, runner: Any, probe: Probe | None = None) -> tuple[int, list[Any]]:
         """Submit one task and wait for its (pid, decoded replies); errors as ``wait_for_task`` says.
 
-        A task that Dask cancelled because a class pickle it needed was lost
-        (every worker holding it died or restarted) never ran: it is submitted
-        again with a fresh copy, up to ``_RESUBMITS`` times, without spending
-        the stage's retries. The task is cancelled if we stop waiting for it.
+        A task that Dask cancelled (a class pickle it needed was lost: every
+        worker holding it died or restarted) never ran to an outcome: it is
+        submitted again with fresh copies of its classes, up to ``_RESUBMITS``
+        times, without spending the stage's retries. A closed client raises
+        ``ClusterError`` naming the stage and the client. With ``probe``, a lost
+        task's probe records whether it had started. The task is cancelled if we
+        stop waiting for it.
         """
         resubmits = 0
         while True:
-            blobs = await self.class_blobs(client, cids)
-            future = client.submit(function, blobs, *args, pure=False, **self.submit_options)
+            try:
+                self.check_open(client)
+                blobs = await self.class_blobs(client, cids)
+                future = client.submit(function, blobs, *args, pure=False, **self.submit_options)
+            except ClusterError as error:
+                tag(error, runner.name, None, "a Dask task")
+                raise
+            except Exception as error:
+                closed = self._closed_or(client, runner, error)
+                if closed is error:
+                    raise
+                raise closed from error
             try:
                 return await wait_for_task(future, limit, runner)
-            except WorkerCrashedError:
-                lost = [cid for cid, blob in blobs if blob.status != "finished"]
-                if future.status == "cancelled" and lost and resubmits < _RESUBMITS:
-                    logger.debug("Dask lost the pickle of classes %s: sending it again for stage %r", lost,
-                                 runner.name)
+            except WorkerCrashedError as crashed:
+                closed = self._closed_or(client, runner, crashed)
+                if closed is not crashed:
+                    raise closed from crashed.__cause__
+                if future.status == "cancelled" and resubmits < _RESUBMITS:
+                    logger.debug("Dask cancelled a task of stage %r (%r): sending it again with its classes",
+                                 runner.name, crashed.__cause__)
+                    self._forget_scatters(client, blobs)
                     resubmits += 1
                     continue
+                if probe is not None:
+                    await probe.read(client, future)
                 raise
             except BaseException:
                 self.cancel_later(client, [future])
                 raise
+
+    def _closed_or(self, client: Any, runner: Any, error: BaseException) -> BaseException:
+        """A ``ClusterError`` for the stage if the client is closed now, else ``error`` itself."""
+        try:
+            self.check_open(client)
+        except ClusterError as closed:
+            tag(closed, runner.name, None, "a Dask task")
+            return closed
+        return error
+
+    def _forget_scatters(self, client: Any, blobs: list[tuple[int, Any]]) -> None:
+        """The next task that needs these classes scatters them again (Dask may have lost them)."""
+        known, scatters = self._scattered
+        if known is not client:
+            return
+        for cid, blob in blobs:
+            scatter = scatters.get(cid)
+            if scatter is not None and scatter.done() and not scatter.cancelled() \
+                    and scatter.exception() is None and scatter.result() is blob:
+                del scatters[cid]
 
     def cancel_later(self, client: Any, futures: list[Any]) -> None:
         """Cancel Dask futures without waiting (we may be cancelled ourselves); a failure is only logged."""
@@ -311,10 +381,19 @@ class DaskExecutionStrategy(ExecutionStrategy):
             return []
         self.hold()
         try:
-            client = await self.client_for_run()
+            try:
+                client = await self.client_for_run()
+                threads = await self.nthreads(client)
+            except ClusterError as error:
+                tag(error, runners[0].name, None, "a Dask task")
+                if len(runners) > 1:
+                    error.add_note("members not run: " + ", ".join(repr(r.name) for r in runners))
+                if not self.return_exceptions:
+                    raise
+                return [error] * n
             tasks = []
             # Everything is pickled (and checked) before anything is submitted.
-            for indices in plan_batches(runners, await self.nthreads(client)):
+            for indices in plan_batches(runners, threads):
                 members = [runners[i] for i in indices]
                 payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
                 limit = deadline(members[0].owner) if len(members) == 1 else None
@@ -325,7 +404,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
                              for task in tasks])
             return results
         finally:
-            self.release()
+            await self.release()
 
     async def _finish(self, client: Any, task: _Task, results: list[Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any]) -> None:
@@ -333,7 +412,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
         try:
             pid, replies = await self.run_task(client, run_components_task, task.cids,
                                                (task.payload, self.return_exceptions), task.limit, task.runners[0])
-        except (StageTimeoutError, WorkerCrashedError) as error:
+        except (StageTimeoutError, WorkerCrashedError, ClusterError) as error:
             if not self.return_exceptions:
                 raise
             for index in task.indices:
@@ -361,8 +440,8 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 results[indices[0]] = error
 
     def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
-        """Up to ``maxsize`` tasks outstanding; items in chunks (one per task for a timed stage)."""
-        return maxsize, DaskItems(self, stage)
+        """Two tasks per worker thread outstanding (at most ``maxsize``); chunks sized by time per item."""
+        return maxsize, DaskItems(self, stage, maxsize)
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def __aenter__(self) -> DaskExecutionStrategy:
@@ -408,6 +487,27 @@ class DaskExecutionStrategy(ExecutionStrategy):
         where = "client" if self.client is not None else (f"address={self.address!r}" if self.address
                                                           else "LocalCluster")
         return f"DaskExecutionStrategy({where}, return_exceptions={self.return_exceptions})"
+
+
+def _check_address(label: str, address: object) -> None:
+    """A scheduler address Dask can parse (a known scheme; host and port for tcp, tls, ws and wss)."""
+    from distributed.comm.addressing import get_address_host_port, parse_address
+
+    problem = None
+    if not isinstance(address, str) or not address or any(c.isspace() for c in address):
+        problem = "it is not a non-empty string without spaces"
+    else:
+        try:
+            scheme, _ = parse_address(address, strict=False)
+            if scheme in ("tcp", "tls", "ws", "wss"):
+                host, port = get_address_host_port(address, strict=False)
+                if not host or not 0 < port < 65536:
+                    problem = "its host is empty or its port is not in 1..65535"
+        except ValueError as error:
+            problem = str(error)
+    if problem is not None:
+        raise ConfigurationError(f"{label}: field 'address' must be a scheduler address such as "
+                                 f"'tcp://scheduler:8786', got {address!r} ({problem})")
 
 
 def _on_cluster(scatter: asyncio.Future[Any]) -> bool:
