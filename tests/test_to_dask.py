@@ -369,10 +369,90 @@ async def test_with_neither_a_local_cluster_is_started_and_closed_by_aclose():
     ({"retries": 2}, "field 'retries' cannot be set: use the Stage's own retries"),
     ({"key": "k"}, "field 'key' cannot be set"),
     ({"worker": "tcp://x:1"}, "field 'worker' is not a client.submit option"),
+    ({"address": "tcp://scheduler"}, "field 'address' must be a scheduler address .*missing port"),
+    ({"address": "tcp://scheduler:port"}, "field 'address' must be a scheduler address"),
+    ({"address": "tcp://:8786"}, "field 'address' must be a scheduler address .*host is empty"),
+    ({"address": "tcp://scheduler:99999"}, "field 'address' must be a scheduler address .*port"),
+    ({"address": "nope://scheduler:8786"}, "field 'address' must be a scheduler address .*unknown address scheme"),
+    ({"address": "tcp://sched uler:8786"}, "field 'address' must be a scheduler address .*without spaces"),
+    ({"connect_timeout": 0}, "field 'connect_timeout' must be a finite number of seconds > 0"),
+    ({"connect_timeout": "10"}, "field 'connect_timeout' must be a finite number of seconds > 0"),
 ])
 def test_bad_input_names_the_strategy_and_the_field(kwargs, message):
     with pytest.raises(ConfigurationError, match=f"DaskExecutionStrategy: {message}"):
         DaskExecutionStrategy(**kwargs)
+
+
+async def test_an_unreachable_scheduler_fails_within_connect_timeout_naming_the_address():
+    strategy = DaskExecutionStrategy(address="tcp://127.0.0.1:9", connect_timeout=1)
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:9' \(field "
+                                           r"'address'\) within connect_timeout=1 s") as info:
+        await strategy.execute([Pid(name="p")])
+    assert time.monotonic() - t0 < 20  # Dask's own connect timeout is 30 s
+    assert info.value.stage_name == "p"
+    out = await Stream(name="s", steps=[Step(Double(name="d"), strategy)], on_error="return").run(range(2))
+    assert [type(e) for e in out] == [ClusterError, ClusterError] and out[0] is not out[1]
+    assert all(e.stage_name == "d" for e in out)
+
+
+async def test_a_closed_client_fails_each_item_naming_the_stage_and_the_client(cluster):
+    closed = await Client(cluster.scheduler_address, asynchronous=True, set_as_default=False)
+    await closed.close()
+    strategy = DaskExecutionStrategy(client=closed)
+    with pytest.raises(ClusterError, match=f"the Dask client '{closed.id}' \\(field 'client'\\) is closed") as info:
+        await strategy.execute([Pid(name="p")])
+    assert info.value.stage_name == "p"
+    stream = Stream(name="s", steps=[Step(Double(name="d"), strategy)], on_error="skip")
+    assert await stream.run(range(3)) == []
+    assert [(e.index, type(e.error), e.error.stage_name) for e in stream.errors] == [
+        (i, ClusterError, "d") for i in range(3)]
+
+
+async def test_a_client_closed_mid_run_fails_the_remaining_items_one_by_one(cluster):
+    class Slow(Stage):
+        def execute(self, x: int) -> int:
+            time.sleep(0.05)
+            return x
+
+    mine = await Client(cluster.scheduler_address, asynchronous=True, set_as_default=False)
+    try:
+        stream = Stream(name="s", steps=[Step(Slow(name="slow"), DaskExecutionStrategy(client=mine))], maxsize=2,
+                        on_error="skip")
+        got = []
+        async for x in stream.iterate(range(30)):
+            got.append(x)
+            if len(got) == 3:
+                await mine.close()
+    finally:
+        await mine.close()
+    failed = [e.index for e in stream.errors]
+    assert sorted(got + failed) == list(range(30)) and len(failed) > 0
+    assert {type(e.error) for e in stream.errors} == {ClusterError}
+    assert all(e.error.stage_name == "slow" and mine.id in str(e.error) for e in stream.errors)
+
+
+def test_a_bare_run_on_a_strategy_that_owns_its_cluster_exits_without_warnings(tmp_path):
+    script = tmp_path / "bare.py"
+    script.write_text(
+        "import asyncio\n"
+        "from dynapipeline import Stage\n"
+        "from dynapipeline._model.stream import Step, Stream\n"
+        "from dynapipeline.execution import DaskExecutionStrategy\n\n\n"
+        "class Inc(Stage):\n"
+        "    def execute(self, x: int) -> int:\n"
+        "        return x + 1\n\n\n"
+        "async def main() -> None:\n"
+        "    strategy = DaskExecutionStrategy()\n"
+        "    print(await Stream(name='s', steps=[Step(Inc(name='inc'), strategy)]).run(range(3)))\n"
+        "    print(len(await strategy.execute([Inc(name='once')], 1)))\n\n\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n")
+    out = subprocess.run([sys.executable, "-W", "default", str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[1,", "2,", "3]", "1"]
+    assert "never awaited" not in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 async def test_client_and_address_together_are_rejected(client):

@@ -492,6 +492,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
 def _check_address(label: str, address: object) -> None:
     """A scheduler address Dask can parse (a known scheme; host and port for tcp, tls, ws and wss)."""
     from distributed.comm.addressing import get_address_host_port, parse_address
+    from distributed.comm.registry import backends
 
     problem = None
     if not isinstance(address, str) or not address or any(c.isspace() for c in address):
@@ -499,7 +500,9 @@ def _check_address(label: str, address: object) -> None:
     else:
         try:
             scheme, _ = parse_address(address, strict=False)
-            if scheme in ("tcp", "tls", "ws", "wss"):
+            if scheme not in backends and scheme != "inproc":
+                problem = f"unknown address scheme {scheme!r} (known: {', '.join(sorted({*backends, 'inproc'}))})"
+            elif scheme in ("tcp", "tls", "ws", "wss"):
                 host, port = get_address_host_port(address, strict=False)
                 if not host or not 0 < port < 65536:
                     problem = "its host is empty or its port is not in 1..65535"
