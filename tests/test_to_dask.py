@@ -628,3 +628,30 @@ async def test_a_slow_stream_step_on_dask_keeps_the_items_in_flight_near_maxsize
     assert got == list(range(60))
     # The step's queue, the items in its tasks and the output queue: each at most maxsize.
     assert max(ahead) <= 3 * maxsize + 1, ahead
+
+
+class Tick(Stage):
+    marker: str  # a file created once the stage has run on the worker
+
+    async def execute(self) -> None:
+        await asyncio.sleep(0.005)
+        Path(self.marker).touch()
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True])
+async def test_drain_reaches_groups_running_on_dask_workers(client, tmp_path, return_exceptions):
+    from dynapipeline.execution.cycle_strategies import LoopCycleStrategy
+
+    marker = tmp_path / "ticked"
+    # 4,000 cycles of ~5 ms: without the drain the group would run for 20 s or more.
+    group = StageGroup(name="cycling", stages=[Tick(name="t", marker=str(marker))],
+                       cycle_strategy=LoopCycleStrategy(4000), execution_strategy=SequentialExecutionStrategy())
+    strategy = DaskExecutionStrategy(client=client, return_exceptions=return_exceptions)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 strategy)
+    task = asyncio.ensure_future(pipeline.run())
+    while not marker.exists():  # the group cycles on the worker
+        await asyncio.sleep(0.01)
+    pipeline.stop(drain=True)
+    assert await asyncio.wait_for(task, 10) is None
+    assert 0 < group.stages[0].stats.count < 4000

@@ -75,11 +75,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from dynapipeline._engine import current_control, run_tasks
+from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
 from dynapipeline._transports.dask_futures import Probe, wait_for_task
 from dynapipeline._transports.dask_stream import DaskItems
@@ -104,7 +106,6 @@ _REFUSED = {
 _NTHREADS_TTL = 10.0  # seconds the worker-thread count of a cluster is trusted
 _RESUBMITS = 3  # times a task Dask cancelled (a class pickle it needed was lost) is sent again, with fresh copies
 _DRAIN_POLL = 0.02  # seconds between looks at the run's drain flag while groups run on the cluster
-_DRAIN_WAIT = 0.1  # seconds a worker waits on the drain event between looks at whether its batch is over
 
 
 def require_distributed() -> Any:
@@ -399,19 +400,29 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 limit = deadline(members[0].owner) if len(members) == 1 else None
                 tasks.append(_Task(indices, members, payload, cids, limit))
             results: list[Any] = [None] * n
-            # Each waiter cancels its own task if it is cancelled (the first error cancels the others).
-            await run_tasks([asyncio.ensure_future(self._finish(client, task, results, args, kwargs))
-                             for task in tasks])
+            control = current_control.get()
+            drain = None
+            if control is not None and any(isinstance(r.owner, Container) for r in runners):
+                drain = _Drain(client, control)  # only groups cycle, so only they care about a drain
+            try:
+                # Each waiter cancels its own task if it is cancelled (the first error cancels the others).
+                await run_tasks([asyncio.ensure_future(self._finish(client, task, results, args, kwargs,
+                                                                    drain.name if drain else None))
+                                 for task in tasks])
+            finally:
+                if drain is not None:
+                    await drain.close()
             return results
         finally:
             await self.release()
 
     async def _finish(self, client: Any, task: _Task, results: list[Any], args: tuple[Any, ...],
-                      kwargs: dict[str, Any]) -> None:
+                      kwargs: dict[str, Any], drain: str | None = None) -> None:
         """Run one task and put its results (or raise / place its errors)."""
         try:
             pid, replies = await self.run_task(client, run_components_task, task.cids,
-                                               (task.payload, self.return_exceptions), task.limit, task.runners[0])
+                                               (task.payload, self.return_exceptions, drain), task.limit,
+                                               task.runners[0])
         except (StageTimeoutError, WorkerCrashedError, ClusterError) as error:
             if not self.return_exceptions:
                 raise
@@ -424,7 +435,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
             for index, runner in zip(task.indices, task.runners, strict=True):
                 payload, cids = dumps_batch([runner.owner], args, kwargs)
                 singles.append(_Task([index], [runner], payload, cids, deadline(runner.owner)))
-            await run_tasks([asyncio.ensure_future(self._finish(client, s, results, args, kwargs))
+            await run_tasks([asyncio.ensure_future(self._finish(client, s, results, args, kwargs, drain))
                              for s in singles])
             return
         if len(replies) == 1:
@@ -487,6 +498,34 @@ class DaskExecutionStrategy(ExecutionStrategy):
         where = "client" if self.client is not None else (f"address={self.address!r}" if self.address
                                                           else "LocalCluster")
         return f"DaskExecutionStrategy({where}, return_exceptions={self.return_exceptions})"
+
+
+class _Drain:
+    """Passes a drain of the run on to the groups running on the cluster, through a Dask ``Event``."""
+
+    def __init__(self, client: Any, control: Any) -> None:
+        distributed = require_distributed()
+        self.name = f"dynapipeline-drain-{uuid.uuid4().hex}"
+        self.event = distributed.Event(self.name, client=client)
+        self.sent = False
+        self.watcher = asyncio.ensure_future(self._watch(control))
+
+    async def _watch(self, control: Any) -> None:
+        while not control.draining:
+            await asyncio.sleep(_DRAIN_POLL)
+        await self.event.set()
+        self.sent = True
+
+    async def close(self) -> None:
+        self.watcher.cancel()
+        await asyncio.wait((self.watcher,))
+        if not self.watcher.cancelled() and self.watcher.exception() is not None:
+            logger.debug("passing a drain on to Dask: %r", self.watcher.exception())
+        if self.sent:
+            try:
+                await self.event.clear()  # the scheduler forgets an event nobody waits for once it is clear
+            except Exception as error:  # noqa: BLE001 - the client closed meanwhile: the event went with it
+                logger.debug("clearing a Dask drain event: %r", error)
 
 
 def _check_address(label: str, address: object) -> None:
