@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from dynapipeline._transports.to_dask import DaskExecutionStrategy
 
 __all__ = ["CHUNK_SECONDS", "DaskItems"]
+
+logger = logging.getLogger("dynapipeline")
 
 CHUNK_SECONDS = 0.05  # the work one task aims at: Dask's per-task cost (~1-3 ms) stays a few percent of it
 _FREE_RESENDS = 5  # times a probe lost before it started is sent again without charging its item
@@ -104,6 +107,8 @@ class DaskItems(ItemRunner):
             await run_tasks([asyncio.ensure_future(self._attempt(values, group, results, lost)) for group in groups])
             delay = 0.0
             for i, crashed, started in lost:
+                logger.debug("stream step %r: a task of item %d was lost (%r); it killed its worker: %s", self.name,
+                             i, crashed.__cause__, started)
                 if not started:
                     resends[i] += 1  # sent again without charging the item (it may only have been queued)
                     if resends[i] <= _FREE_RESENDS:
@@ -150,8 +155,11 @@ class DaskItems(ItemRunner):
                 results[i] = (False, error if len(group) == 1 else _copy(error))
             return
         except WorkerCrashedError as crashed:
+            # Only a task that was running when its worker died is Dask's KilledWorker; a probe that had finished
+            # and whose result was lost with its worker had started, but killed nothing.
+            killed = seen is not None and seen.started and type(crashed.__cause__).__name__ == "KilledWorker"
             for i in group:
-                lost.append((i, crashed, seen is not None and seen.started))
+                lost.append((i, crashed, killed))
             return
         for i, result in zip(group, self._decode(replies, pid, len(group), sent), strict=True):
             results[i] = result

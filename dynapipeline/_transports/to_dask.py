@@ -21,8 +21,12 @@ How it works (the contract is the process strategy's; what differs is said here)
   it is for trying things out (no dashboard; pass your own cluster's client
   for one). A client the strategy connected itself lives until the end of the
   ``async with strategy:`` block, or else until the end of the pipeline run
-  that connected it (however the run ends), or else (a bare ``execute`` call)
-  until ``aclose()``; a dispatch on another event loop connects anew.
+  that connected it (however the run ends), or else (a bare ``execute`` call
+  or stream run) until that call ends; a dispatch on another event loop
+  connects anew. Connecting waits at most ``connect_timeout`` (10 s), then
+  raises ``ClusterError`` naming the address; a malformed address is rejected
+  at construction. A closed client raises ``ClusterError`` naming the stage
+  and the client (a stream step fails each item with it).
 - **Submissions**: every task is submitted with ``pure=False`` (a stage has side
   effects: Dask must never merge two runs into one). Components go in batches
   sized from their past run times (``plan_batches``, as on processes: tiny
@@ -64,10 +68,13 @@ How it works (the contract is the process strategy's; what differs is said here)
   with its client's connection).
 - **Stop**: ``pipeline.stop()`` cancels the dispatch's outstanding tasks: queued
   ones never run; running ones run to their end on the worker and their
-  results are dropped. ``stop(drain=True)`` does not reach groups running on
-  Dask workers: they run their cycles to the end.
-- **As a stream step**: up to the stream's ``maxsize`` tasks outstanding, items
-  in chunks (one item per task for a timed stage); see ``dask_stream``.
+  results are dropped. ``stop(drain=True)`` reaches groups running on Dask
+  workers: the parent sets a Dask ``Event`` (one per dispatch of groups) that a
+  thread on the worker waits on, and the groups end their cycle loops.
+- **As a stream step**: two tasks per worker thread outstanding (at most the
+  stream's ``maxsize``), items in chunks sized by time per item (one item per
+  task for a timed stage); a crash is charged to the item that caused it; see
+  ``dask_stream``.
 """
 
 from __future__ import annotations
@@ -133,8 +140,8 @@ class DaskExecutionStrategy(ExecutionStrategy):
     """Runs each component on a Dask cluster (``distributed``); results in component order.
 
     ``client``: an asynchronous ``distributed.Client`` to use (never closed here);
-    ``address``: a scheduler to connect to (``"tcp://scheduler:8786"``); neither:
-    a ``LocalCluster`` for trying it out. ``return_exceptions=True`` returns a
+    ``address``: a scheduler to connect to (``"tcp://scheduler:8786"``, within
+    ``connect_timeout`` seconds); neither: a ``LocalCluster`` for trying it out. ``return_exceptions=True`` returns a
     failed member's exception in its place. Other keywords go to
     ``client.submit``. See the module docstring for batching, errors, timeouts,
     lost workers and shutdown.
