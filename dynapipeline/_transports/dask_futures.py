@@ -17,7 +17,7 @@ logger = logging.getLogger("dynapipeline")
 
 
 class Probe:
-    """Whether a lost one-item task had started its item (``run_items_task(..., probe=True)`` says so)."""
+    """Whether a lost one-item task was running its item (``run_items_task(..., probe=True)`` says so)."""
 
     __slots__ = ("started",)
 

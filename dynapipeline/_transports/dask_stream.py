@@ -22,7 +22,8 @@
   the stage's ``retry_delay`` × ``retry_backoff``\\ :sup:`k` while its ``retries``
   last and it crashed fewer than 3 workers, then fails with
   ``WorkerCrashedError``. A lost probe that had not started (it was queued on
-  the dying worker) is sent again for free. On a worker with several threads an
+  the dying worker, or it finished and its result was lost) is sent again for
+  free. On a worker with several threads an
   item running beside the culprit dies with it and is charged as well.
 - A closed client fails each item with ``ClusterError`` naming the stage and
   the client (so ``on_error="skip"``/``"return"`` apply per item).
@@ -85,6 +86,9 @@ class DaskItems(ItemRunner):
             self.broken = error
             self.width = 1
             return
+        except BaseException:
+            await self.aclose()  # the step calls aclose() only once open() returned
+            raise
         self.width = max(1, min(self.maxsize, 2 * threads))  # one task running and one queued per thread
         self.cap = 1 if self.limit is not None else max(1, self.maxsize // self.width)
 
@@ -155,8 +159,8 @@ class DaskItems(ItemRunner):
                 results[i] = (False, error if len(group) == 1 else _copy(error))
             return
         except WorkerCrashedError as crashed:
-            # Only a task that was running when its worker died is Dask's KilledWorker; a probe that had finished
-            # and whose result was lost with its worker had started, but killed nothing.
+            # The probe was running its item when its worker died (Dask's KilledWorker): not queued behind the
+            # culprit, nor finished with its result lost (its mark is cleared before the task returns).
             killed = seen is not None and seen.started and type(crashed.__cause__).__name__ == "KilledWorker"
             for i in group:
                 lost.append((i, crashed, killed))

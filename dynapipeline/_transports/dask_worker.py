@@ -28,7 +28,7 @@ __all__ = ["STARTED", "run_components_task", "run_items_task"]
 logger = logging.getLogger("dynapipeline")
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _DRAIN_WAIT = 0.1  # seconds a worker waits on the run's drain event between looks at whether its batch is over
-STARTED = "dynapipeline-started"  # the task's metadata entry a probe sets on the scheduler before it runs its item
+STARTED = "dynapipeline-running"  # the task's metadata entry a probe sets while it runs its item
 _local = threading.local()
 
 
@@ -121,12 +121,20 @@ def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
                    probe: bool = False) -> tuple[int, list[bytes]]:
     """Run a stream step's stage once per item (its own retries and timeout apply); (this pid, a ``Reply`` per item).
 
-    A ``probe`` (one item, sent after a task was lost with its worker) first
-    tells the scheduler that it started, so that the parent can tell the item
-    that kills a worker from one that was only queued there.
+    A ``probe`` (a one-item task) tells the scheduler when it starts and ends
+    its item, so that the parent can tell the item that kills a worker from
+    one that was queued there or whose result was lost with it.
     """
-    if probe:
-        _mark_started()
+    if not probe:
+        return _run_items(class_blobs, payload)
+    _mark_running(True)
+    try:
+        return _run_items(class_blobs, payload)
+    finally:
+        _mark_running(False)
+
+
+def _run_items(class_blobs: list[tuple[int, bytes]], payload: bytes) -> tuple[int, list[bytes]]:
     try:
         _register(class_blobs)
         (stage,), values, _ = pickle.loads(payload)  # made by dumps_batch([stage], values, {})
@@ -137,15 +145,16 @@ def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
     return os.getpid(), [run_components(current, [stage], (value,), {}, state) for value in values]
 
 
-def _mark_started() -> None:
+def _mark_running(running: bool) -> None:
+    """Set the task's mark on the scheduler; a round trip, so it is there before the item runs or the task ends."""
     import distributed
 
     try:
         key = distributed.get_worker().get_current_task()
         # Kept in the task's own metadata on the scheduler, which forgets it with the task.
-        distributed.get_client().set_metadata([key, STARTED], True)  # type: ignore[no-untyped-call]
+        distributed.get_client().set_metadata([key, STARTED], running)  # type: ignore[no-untyped-call]
     except Exception as error:  # noqa: BLE001 - unmarked, a lost probe is sent again: the item still runs
-        logger.debug("marking a probe task as started: %r", error)
+        logger.debug("marking a probe task as running: %r", error)
 
 
 def _unloadable(error: BaseException) -> bytes:
