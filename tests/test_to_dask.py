@@ -573,7 +573,7 @@ async def test_a_stream_item_that_kills_its_worker_fails_alone(client, cluster, 
     stage = KillsOn(name="kills", folder=str(tmp_path), culprit=30, retries=retries, retry_delay=0.01)
     stream = Stream(name="s", steps=[Step(stage, DaskExecutionStrategy(client=client))], maxsize=40,
                     on_error="skip")
-    out = await asyncio.wait_for(stream.run(range(40)), 120)
+    out = await asyncio.wait_for(stream.run(range(40)), 90)  # fails before the suite timeout
     assert out == [x for x in range(40) if x != 30]
     assert [(e.index, type(e.error), e.error.stage_name) for e in stream.errors] == [(30, WorkerCrashedError,
                                                                                       "kills")]
@@ -655,3 +655,14 @@ async def test_drain_reaches_groups_running_on_dask_workers(client, tmp_path, re
     pipeline.stop(drain=True)
     assert await asyncio.wait_for(task, 10) is None
     assert 0 < group.stages[0].stats.count < 4000
+
+
+async def test_on_a_default_local_cluster_a_crashing_item_fails_alone_without_spending_the_others_retries(tmp_path):
+    # Dask's defaults here: allowed-failures=3 (the scheduler runs a lost task again itself) and the class pickle
+    # scattered to workers that all die, which cancels the tasks that need it.
+    stage = KillsOn(name="kills", folder=str(tmp_path), culprit=37, retries=2, retry_delay=0.01)
+    async with DaskExecutionStrategy() as strategy:
+        stream = Stream(name="s", steps=[Step(stage, strategy)], on_error="skip")
+        out = await asyncio.wait_for(stream.run(range(100)), 90)
+    assert out == [x for x in range(100) if x != 37]
+    assert [(e.index, type(e.error)) for e in stream.errors] == [(37, WorkerCrashedError)]

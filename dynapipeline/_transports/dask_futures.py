@@ -19,15 +19,16 @@ logger = logging.getLogger("dynapipeline")
 class Probe:
     """Whether a lost one-item task was running its item (``run_items_task(..., probe=True)`` says so)."""
 
-    __slots__ = ("started",)
+    __slots__ = ("started", "token")
 
-    def __init__(self) -> None:
+    def __init__(self, token: str) -> None:
+        self.token = token  # the stream step's: its marks live under it on the scheduler until the step ends
         self.started = False
 
     async def read(self, client: Any, future: Any) -> None:
-        """Read the task's mark from the scheduler (kept while we hold the future)."""
+        """Read the task's mark from the scheduler."""
         try:
-            self.started = bool(await client.get_metadata([future.key, STARTED], default=False))
+            self.started = bool(await client.get_metadata([STARTED, self.token, future.key], default=False))
         except Exception as error:  # noqa: BLE001 - unknown is taken as started: the item is charged
             logger.debug("reading whether a lost Dask task had started: %r", error)
             self.started = True

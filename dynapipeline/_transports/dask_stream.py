@@ -35,13 +35,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from dynapipeline._engine import run_tasks
 from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
 from dynapipeline._transports.dask_futures import Probe, deaths
-from dynapipeline._transports.dask_worker import run_items_task
+from dynapipeline._transports.dask_worker import STARTED, run_items_task
 from dynapipeline._transports.pickling import dumps_batch
 from dynapipeline._transports.process_items import MAX_CRASHES
 from dynapipeline._transports.process_jobs import collect_reply, deadline, tag
@@ -71,9 +72,11 @@ class DaskItems(ItemRunner):
         self.maxsize = maxsize
         self.cap = 1  # the most items per task, set by open() from the calls at once
         self.chunk = 1
+        self.probed = False
         self.client: Any = None
         self.held = False
         self.broken: ClusterError | None = None  # the cluster cannot be used: every item fails with this
+        self.token = f"{stage.name}-{uuid.uuid4().hex}"  # the probes' marks live under it on the scheduler
 
     async def open(self) -> None:
         self.strategy.hold()
@@ -95,6 +98,11 @@ class DaskItems(ItemRunner):
     async def aclose(self) -> None:
         if self.held:
             self.held = False
+            if self.probed and self.client is not None and self.client.status == "running":
+                try:
+                    await self.client.set_metadata([STARTED, self.token], None)  # the scheduler drops the marks
+                except Exception as error:  # noqa: BLE001 - the client closed meanwhile: its marks are small
+                    logger.debug("dropping the probe marks of stream step %r: %r", self.name, error)
             await self.strategy.release()
 
     async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
@@ -149,19 +157,23 @@ class DaskItems(ItemRunner):
             for i in group:  # find the item at fault
                 await self._attempt(values, [i], results, lost)
             return
-        probe = len(group) == 1
-        seen = Probe() if probe else None
+        seen = None
+        if len(group) == 1:
+            seen = Probe(self.token)
+            self.probed = True
         try:
-            pid, replies = await self.strategy.run_task(self.client, run_items_task, cids, (payload, probe),
-                                                        self.limit, self.runner, seen)
+            pid, replies = await self.strategy.run_task(self.client, run_items_task, cids,
+                                                        (payload, self.token if seen else None), self.limit,
+                                                        self.runner, seen, resubmit=False)
         except (StageTimeoutError, ClusterError) as error:
             for i in group:
                 results[i] = (False, error if len(group) == 1 else _copy(error))
             return
         except WorkerCrashedError as crashed:
-            # The probe was running its item when its worker died (Dask's KilledWorker): not queued behind the
-            # culprit, nor finished with its result lost (its mark is cleared before the task returns).
-            killed = seen is not None and seen.started and type(crashed.__cause__).__name__ == "KilledWorker"
+            # The probe was running its item when its worker died (KilledWorker, or cancelled as the class pickle
+            # it needed was lost with that worker): not queued behind the culprit, nor finished with its result
+            # lost (its mark is cleared before the task returns).
+            killed = seen is not None and seen.started
             for i in group:
                 lost.append((i, crashed, killed))
             return

@@ -118,20 +118,20 @@ class _DrainFlag:
 
 
 def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
-                   probe: bool = False) -> tuple[int, list[bytes]]:
+                   probe: str | None = None) -> tuple[int, list[bytes]]:
     """Run a stream step's stage once per item (its own retries and timeout apply); (this pid, a ``Reply`` per item).
 
-    A ``probe`` (a one-item task) tells the scheduler when it starts and ends
-    its item, so that the parent can tell the item that kills a worker from
-    one that was queued there or whose result was lost with it.
+    A ``probe`` (a one-item task; the stream step's token) tells the scheduler
+    when it starts and ends its item, so that the parent can tell the item that
+    kills a worker from one that was queued there or whose result was lost.
     """
-    if not probe:
+    if probe is None:
         return _run_items(class_blobs, payload)
-    _mark_running(True)
+    _mark_running(probe, True)
     try:
         return _run_items(class_blobs, payload)
     finally:
-        _mark_running(False)
+        _mark_running(probe, False)
 
 
 def _run_items(class_blobs: list[tuple[int, bytes]], payload: bytes) -> tuple[int, list[bytes]]:
@@ -145,14 +145,14 @@ def _run_items(class_blobs: list[tuple[int, bytes]], payload: bytes) -> tuple[in
     return os.getpid(), [run_components(current, [stage], (value,), {}, state) for value in values]
 
 
-def _mark_running(running: bool) -> None:
+def _mark_running(token: str, running: bool) -> None:
     """Set the task's mark on the scheduler; a round trip, so it is there before the item runs or the task ends."""
     import distributed
 
     try:
         key = distributed.get_worker().get_current_task()
-        # Kept in the task's own metadata on the scheduler, which forgets it with the task.
-        distributed.get_client().set_metadata([key, STARTED], running)  # type: ignore[no-untyped-call]
+        # Under the step's token, not the task's key: Dask forgets a cancelled task's own metadata.
+        distributed.get_client().set_metadata([STARTED, token, key], running)  # type: ignore[no-untyped-call]
     except Exception as error:  # noqa: BLE001 - unmarked, a lost probe is sent again: the item still runs
         logger.debug("marking a probe task as running: %r", error)
 

@@ -282,7 +282,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
 
         Each is scattered once per client, and again once the cluster has lost
         every copy (its workers died or restarted). Concurrent callers share one
-        scatter.
+        scatter. While no worker runs, a pickle goes as bytes inside the task.
         """
         if not cids:
             return []
@@ -296,17 +296,26 @@ class DaskExecutionStrategy(ExecutionStrategy):
             if scatter is None or (scatter.done() and not _on_cluster(scatter)):
                 scatter = scatters[cid] = asyncio.ensure_future(client.scatter(blob, broadcast=True, hash=False))
                 scatter.add_done_callback(_log_failed_scatter)
-            out.append((cid, await asyncio.shield(scatter)))  # one caller's cancellation is not the others'
+            try:
+                out.append((cid, await asyncio.shield(scatter)))  # one caller's cancellation is not the others'
+            except TimeoutError:
+                # No worker is running (all restarting) and Dask's scatter gives up after 2 s: the pickle travels
+                # inside the task, which waits for a worker as any task does; the next task scatters it again.
+                if scatters.get(cid) is scatter:
+                    del scatters[cid]
+                out.append((cid, blob))
         return out
 
     async def run_task(self, client: Any, function: Any, cids: set[int], args: tuple[Any, ...],
-                       limit: float | None, runner: Any, probe: Probe | None = None) -> tuple[int, list[Any]]:
+                       limit: float | None, runner: Any, probe: Probe | None = None,
+                       resubmit: bool = True) -> tuple[int, list[Any]]:
         """Submit one task and wait for its (pid, decoded replies); errors as ``wait_for_task`` says.
 
         A task that Dask cancelled (a class pickle it needed was lost: every
         worker holding it died or restarted) never ran to an outcome: it is
         submitted again with fresh copies of its classes, up to ``_RESUBMITS``
-        times, without spending the stage's retries. A closed client raises
+        times, without spending the stage's retries (unless ``resubmit`` is
+        false: a stream step finds out itself). A closed client raises
         ``ClusterError`` naming the stage and the client. With ``probe``, a lost
         task's probe records whether it had started. The task is cancelled if we
         stop waiting for it.
@@ -331,7 +340,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 closed = self._closed_or(client, runner, crashed)
                 if closed is not crashed:
                     raise closed from crashed.__cause__
-                if future.status == "cancelled" and resubmits < _RESUBMITS:
+                if resubmit and future.status == "cancelled" and resubmits < _RESUBMITS:
                     logger.debug("Dask cancelled a task of stage %r (%r): sending it again with its classes",
                                  runner.name, crashed.__cause__)
                     self._forget_scatters(client, blobs)
