@@ -141,9 +141,9 @@ class DaskExecutionStrategy(ExecutionStrategy):
 
     ``client``: an asynchronous ``distributed.Client`` to use (never closed here);
     ``address``: a scheduler to connect to (``"tcp://scheduler:8786"``, within
-    ``connect_timeout`` seconds); neither: a ``LocalCluster`` for trying it out. ``return_exceptions=True`` returns a
-    failed member's exception in its place. Other keywords go to
-    ``client.submit``. See the module docstring for batching, errors, timeouts,
+    ``connect_timeout`` seconds); neither: a ``LocalCluster`` for trying it
+    out. ``return_exceptions=True`` returns a failed member's exception in its
+    place. Other keywords go to ``client.submit``. See the module docstring for batching, errors, timeouts,
     lost workers and shutdown.
     """
 
