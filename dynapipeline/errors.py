@@ -7,6 +7,7 @@ included) may raise these errors without importing upward.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
     "ConfigurationError",
     "ContextLockedError",
     "DynaPipelineError",
@@ -74,6 +75,10 @@ class WorkerCrashedError(DynaPipelineError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int | None, int | None]]:
         return (type(self), (self.stage, self.pid, self.exitcode))
+
+
+class ClusterError(DynaPipelineError, ConnectionError):
+    """A Dask cluster cannot be used: its client is closed, or its scheduler cannot be reached in time."""
 
 
 class RemoteError(DynaPipelineError):

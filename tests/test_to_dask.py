@@ -16,11 +16,13 @@ import dask
 import psutil
 import pytest
 from distributed import Client, KilledWorker, LocalCluster
+from distributed.core import Status
 from helpers import RefusesWorkers
 
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline._model.stream import Step, Stream
 from dynapipeline.errors import (
+    ClusterError,
     ConfigurationError,
     ContextLockedError,
     PicklingError,
@@ -58,8 +60,30 @@ def _cmdline(proc: psutil.Process) -> list[str]:
 @pytest.fixture
 async def client(cluster: LocalCluster) -> Any:
     async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as c:
-        await c.wait_for_workers(2)
+        await healed(cluster, c)
         yield c
+
+
+async def healed(cluster: LocalCluster, client: Any) -> None:
+    """Wait until both workers are back and their nannies have finished restarting them (fail after 90 s).
+
+    The scheduler lists a restarted worker before its nanny has finished starting it, so
+    ``wait_for_workers(2)`` returns inside that window; a worker killed in it may never be started
+    again (the nanny loses it), and a later ``wait_for_workers(2)`` then waited forever.
+    """
+    end = time.monotonic() + 90
+    while True:
+        if len(cluster.workers) < 2:
+            # A nanny that failed to restart its worker closes, and the cluster forgets it: start another.
+            cluster.scale(2)
+        nannies = list(cluster.workers.values())
+        ready = [n for n in nannies if n.process is not None and n.process.status == Status.running]
+        workers = (await client.scheduler.identity(n_workers=-1))["workers"]
+        if len(ready) == 2 and len(workers) == 2 \
+                and {n.worker_address for n in ready} == set(workers):
+            return
+        assert time.monotonic() < end, f"Dask workers not back: {[(n.name, n.process) for n in nannies]}"
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -229,21 +253,21 @@ async def test_stop_cancels_the_outstanding_tasks(dask_strategy, client, tmp_pat
     assert await client.run_on_scheduler(ours) == []
 
 
-async def test_a_worker_killed_mid_task_raises_worker_crashed_and_the_cluster_heals(dask_strategy, client):
+async def test_a_worker_killed_mid_task_raises_worker_crashed_and_the_cluster_heals(dask_strategy, client, cluster):
     with pytest.raises(WorkerCrashedError) as info:
         await asyncio.wait_for(dask_strategy.execute([Die(name="die", timeout=None)]), 30)
     assert info.value.stage == "die" and info.value.stage_name == "die"
     assert isinstance(info.value.__cause__, KilledWorker)
-    await client.wait_for_workers(2)
+    await healed(cluster, client)
     assert [r[0] for r in await dask_strategy.execute([Pid(name="after")])] == ["after"]
 
 
-async def test_with_return_exceptions_a_task_lost_with_its_worker_is_returned_in_place(client):
+async def test_with_return_exceptions_a_task_lost_with_its_worker_is_returned_in_place(client, cluster):
     strategy = DaskExecutionStrategy(client=client, return_exceptions=True)
     (result,) = await asyncio.wait_for(strategy.execute([Die(name="die", timeout=None)]), 30)
     assert isinstance(result, WorkerCrashedError) and result.stage_name == "die"
     assert isinstance(result.__cause__, KilledWorker)
-    await client.wait_for_workers(2)
+    await healed(cluster, client)
 
 
 @pytest.mark.parametrize("return_exceptions", [False, True])
@@ -345,10 +369,90 @@ async def test_with_neither_a_local_cluster_is_started_and_closed_by_aclose():
     ({"retries": 2}, "field 'retries' cannot be set: use the Stage's own retries"),
     ({"key": "k"}, "field 'key' cannot be set"),
     ({"worker": "tcp://x:1"}, "field 'worker' is not a client.submit option"),
+    ({"address": "tcp://scheduler"}, "field 'address' must be a scheduler address .*missing port"),
+    ({"address": "tcp://scheduler:port"}, "field 'address' must be a scheduler address"),
+    ({"address": "tcp://:8786"}, "field 'address' must be a scheduler address .*host is empty"),
+    ({"address": "tcp://scheduler:99999"}, "field 'address' must be a scheduler address .*port"),
+    ({"address": "nope://scheduler:8786"}, "field 'address' must be a scheduler address .*unknown address scheme"),
+    ({"address": "tcp://sched uler:8786"}, "field 'address' must be a scheduler address .*without spaces"),
+    ({"connect_timeout": 0}, "field 'connect_timeout' must be a finite number of seconds > 0"),
+    ({"connect_timeout": "10"}, "field 'connect_timeout' must be a finite number of seconds > 0"),
 ])
 def test_bad_input_names_the_strategy_and_the_field(kwargs, message):
     with pytest.raises(ConfigurationError, match=f"DaskExecutionStrategy: {message}"):
         DaskExecutionStrategy(**kwargs)
+
+
+async def test_an_unreachable_scheduler_fails_within_connect_timeout_naming_the_address():
+    strategy = DaskExecutionStrategy(address="tcp://127.0.0.1:9", connect_timeout=1)
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:9' \(field "
+                                           r"'address'\) within connect_timeout=1 s") as info:
+        await strategy.execute([Pid(name="p")])
+    assert time.monotonic() - t0 < 20  # Dask's own connect timeout is 30 s
+    assert info.value.stage_name == "p"
+    out = await Stream(name="s", steps=[Step(Double(name="d"), strategy)], on_error="return").run(range(2))
+    assert [type(e) for e in out] == [ClusterError, ClusterError] and out[0] is not out[1]
+    assert all(e.stage_name == "d" for e in out)
+
+
+async def test_a_closed_client_fails_each_item_naming_the_stage_and_the_client(cluster):
+    closed = await Client(cluster.scheduler_address, asynchronous=True, set_as_default=False)
+    await closed.close()
+    strategy = DaskExecutionStrategy(client=closed)
+    with pytest.raises(ClusterError, match=f"the Dask client '{closed.id}' \\(field 'client'\\) is closed") as info:
+        await strategy.execute([Pid(name="p")])
+    assert info.value.stage_name == "p"
+    stream = Stream(name="s", steps=[Step(Double(name="d"), strategy)], on_error="skip")
+    assert await stream.run(range(3)) == []
+    assert [(e.index, type(e.error), e.error.stage_name) for e in stream.errors] == [
+        (i, ClusterError, "d") for i in range(3)]
+
+
+async def test_a_client_closed_mid_run_fails_the_remaining_items_one_by_one(cluster):
+    class Slow(Stage):
+        def execute(self, x: int) -> int:
+            time.sleep(0.05)
+            return x
+
+    mine = await Client(cluster.scheduler_address, asynchronous=True, set_as_default=False)
+    try:
+        stream = Stream(name="s", steps=[Step(Slow(name="slow"), DaskExecutionStrategy(client=mine))], maxsize=2,
+                        on_error="skip")
+        got = []
+        async for x in stream.iterate(range(30)):
+            got.append(x)
+            if len(got) == 3:
+                await mine.close()
+    finally:
+        await mine.close()
+    failed = [e.index for e in stream.errors]
+    assert sorted(got + failed) == list(range(30)) and len(failed) > 0
+    assert {type(e.error) for e in stream.errors} == {ClusterError}
+    assert all(e.error.stage_name == "slow" and mine.id in str(e.error) for e in stream.errors)
+
+
+def test_a_bare_run_on_a_strategy_that_owns_its_cluster_exits_without_warnings(tmp_path):
+    script = tmp_path / "bare.py"
+    script.write_text(
+        "import asyncio\n"
+        "from dynapipeline import Stage\n"
+        "from dynapipeline._model.stream import Step, Stream\n"
+        "from dynapipeline.execution import DaskExecutionStrategy\n\n\n"
+        "class Inc(Stage):\n"
+        "    def execute(self, x: int) -> int:\n"
+        "        return x + 1\n\n\n"
+        "async def main() -> None:\n"
+        "    strategy = DaskExecutionStrategy()\n"
+        "    print(await Stream(name='s', steps=[Step(Inc(name='inc'), strategy)]).run(range(3)))\n"
+        "    print(len(await strategy.execute([Inc(name='once')], 1)))\n\n\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n")
+    out = subprocess.run([sys.executable, "-W", "default", str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[1,", "2,", "3]", "1"]
+    assert "never awaited" not in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 async def test_client_and_address_together_are_rejected(client):
@@ -503,7 +607,7 @@ async def test_a_stream_step_times_out_per_item(dask_strategy):
     assert isinstance(out[1], StageTimeoutError) and out[1].stage_name == "slow"
 
 
-async def test_a_stream_step_retries_an_item_whose_worker_was_lost(dask_strategy, client, tmp_path):
+async def test_a_stream_step_retries_an_item_whose_worker_was_lost(dask_strategy, client, cluster, tmp_path):
     class DiesOnce(Stage):
         folder: str
 
@@ -519,9 +623,123 @@ async def test_a_stream_step_retries_an_item_whose_worker_was_lost(dask_strategy
     # them as processing there) and spend their own retry, which made a several-item version flaky.
     out = await Stream(name="s", steps=[Step(stage, dask_strategy)]).run([1])
     assert out == [1]
-    await client.wait_for_workers(2)
+    await healed(cluster, client)
     (tmp_path / "again").mkdir()
     never = DiesOnce(name="never", folder=str(tmp_path / "again"))  # no retries: the lost task fails its item
     out = await Stream(name="s", steps=[Step(never, dask_strategy)], on_error="return").run([1])
     assert isinstance(out[0], WorkerCrashedError) and out[0].stage_name == "never"
-    await client.wait_for_workers(2)
+    await healed(cluster, client)
+
+
+class KillsOn(Stage):
+    """Returns its item; on item ``culprit`` notes the run in ``folder`` and kills its worker."""
+
+    folder: str
+    culprit: int
+
+    def execute(self, x: int) -> int:
+        if x == self.culprit:
+            with Path(self.folder, "runs").open("a") as runs:
+                runs.write("run\n")
+            os._exit(3)
+        return x
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+async def test_a_stream_item_that_kills_its_worker_fails_alone(client, cluster, tmp_path, retries):
+    stage = KillsOn(name="kills", folder=str(tmp_path), culprit=30, retries=retries, retry_delay=0.01)
+    stream = Stream(name="s", steps=[Step(stage, DaskExecutionStrategy(client=client))], maxsize=40,
+                    on_error="skip")
+    out = await asyncio.wait_for(stream.run(range(40)), 90)  # fails before the suite timeout
+    assert out == [x for x in range(40) if x != 30]
+    assert [(e.index, type(e.error), e.error.stage_name) for e in stream.errors] == [(30, WorkerCrashedError,
+                                                                                      "kills")]
+    # Its chunk died with it (nobody charged), then it ran alone once, then once per retry.
+    assert (tmp_path / "runs").read_text().count("run") == retries + 2
+    await healed(cluster, client)
+
+
+async def test_a_stream_step_on_dask_starts_no_more_workers_than_the_cluster_can_use(dask_strategy):
+    maxsize = 20_000
+    seen = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(len(asyncio.all_tasks()))
+            await asyncio.sleep(0.005)
+
+    async def source() -> Any:
+        for x in range(10):
+            await asyncio.sleep(0.01)  # the step's workers wait for items meanwhile
+            yield x
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        out = await Stream(name="s", steps=[Step(Double(name="double"), dask_strategy)], maxsize=maxsize).run(source())
+    finally:
+        watcher.cancel()
+    assert out == [2 * x for x in range(10)]
+    assert max(seen) < 100  # 2 worker threads: a handful of calls, not one per slot of maxsize
+
+
+async def test_a_slow_stream_step_on_dask_keeps_the_items_in_flight_near_maxsize(dask_strategy):
+    maxsize = 4
+    pulled = 0
+
+    def source() -> Iterator[int]:
+        nonlocal pulled
+        for x in range(60):
+            pulled += 1
+            yield x
+
+    class Slow(Stage):
+        def execute(self, x: int) -> int:
+            time.sleep(0.01)
+            return x
+
+    got: list[int] = []
+    ahead = []
+    async for x in Stream(name="s", steps=[Step(Slow(name="slow"), dask_strategy)], maxsize=maxsize).iterate(source()):
+        got.append(x)
+        ahead.append(pulled - len(got))
+    assert got == list(range(60))
+    # The step's queue, the items in its tasks and the output queue: each at most maxsize.
+    assert max(ahead) <= 3 * maxsize + 1, ahead
+
+
+class Tick(Stage):
+    marker: str  # a file created once the stage has run on the worker
+
+    async def execute(self) -> None:
+        await asyncio.sleep(0.005)
+        Path(self.marker).touch()
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True])
+async def test_drain_reaches_groups_running_on_dask_workers(client, tmp_path, return_exceptions):
+    from dynapipeline.execution.cycle_strategies import LoopCycleStrategy
+
+    marker = tmp_path / "ticked"
+    # 4,000 cycles of ~5 ms: without the drain the group would run for 20 s or more.
+    group = StageGroup(name="cycling", stages=[Tick(name="t", marker=str(marker))],
+                       cycle_strategy=LoopCycleStrategy(4000), execution_strategy=SequentialExecutionStrategy())
+    strategy = DaskExecutionStrategy(client=client, return_exceptions=return_exceptions)
+    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
+                                                 strategy)
+    task = asyncio.ensure_future(pipeline.run())
+    while not marker.exists():  # the group cycles on the worker
+        await asyncio.sleep(0.01)
+    pipeline.stop(drain=True)
+    assert await asyncio.wait_for(task, 10) is None
+    assert 0 < group.stages[0].stats.count < 4000
+
+
+async def test_on_a_default_local_cluster_a_crashing_item_fails_alone_without_spending_the_others_retries(tmp_path):
+    # Dask's defaults here: allowed-failures=3 (the scheduler runs a lost task again itself) and the class pickle
+    # scattered to workers that all die, which cancels the tasks that need it.
+    stage = KillsOn(name="kills", folder=str(tmp_path), culprit=37, retries=2, retry_delay=0.01)
+    async with DaskExecutionStrategy() as strategy:
+        stream = Stream(name="s", steps=[Step(stage, strategy)], on_error="skip")
+        out = await asyncio.wait_for(stream.run(range(100)), 90)
+    assert out == [x for x in range(100) if x != 37]
+    assert [(e.index, type(e.error)) for e in stream.errors] == [(37, WorkerCrashedError)]

@@ -20,10 +20,13 @@ class ItemRunner:
 
     ``call(values)`` returns one ``(ok, result_or_exception)`` pair per value, in
     order; a failure of one item never fails the others. ``chunk`` is the most
-    items one call takes (processes batch items; threads take one).
+    items one call takes (processes batch items; threads take one). ``width``,
+    when ``open`` sets it, is the most calls worth making at once (it lowers the
+    step's count of workers, say to what a cluster can run).
     """
 
     chunk: int = 1
+    width: int | None = None
 
     async def open(self) -> None:
         """Acquire what the step's run needs (a pool)."""

@@ -568,6 +568,8 @@ class _StepRun:
         runner = self.item_runner
         if runner is not None:
             await runner.open()
+            if runner.width is not None:
+                self.width = max(1, min(self.width, runner.width))
         work = self.work_here if runner is None and self.step.batch is None else self.work
         try:
             if self.width == 1:

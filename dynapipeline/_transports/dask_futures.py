@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 from typing import Any
 
+from dynapipeline._transports.dask_worker import STARTED
 from dynapipeline._transports.process_jobs import tag
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
-__all__ = ["wait_for_task"]
+__all__ = ["Probe", "deaths", "wait_for_task"]
+
+logger = logging.getLogger("dynapipeline")
+
+
+class Probe:
+    """Whether a lost one-item task was running its item (``run_items_task(..., probe=True)`` says so)."""
+
+    __slots__ = ("started", "token")
+
+    def __init__(self, token: str) -> None:
+        self.token = token  # the stream step's: its marks live under it on the scheduler until the step ends
+        self.started = False
+
+    async def read(self, client: Any, future: Any) -> None:
+        """Read the task's mark from the scheduler."""
+        try:
+            self.started = bool(await client.get_metadata([STARTED, self.token, future.key], default=False))
+        except Exception as error:  # noqa: BLE001 - unknown is taken as started: the item is charged
+            logger.debug("reading whether a lost Dask task had started: %r", error)
+            self.started = True
+
+
+def deaths(crashed: WorkerCrashedError) -> int:
+    """How many workers died running a lost task: Dask ran it ``allowed_failures`` + 1 times (KilledWorker)."""
+    cause = crashed.__cause__
+    allowed = getattr(cause, "allowed_failures", None) if type(cause).__name__ == "KilledWorker" else None
+    return allowed + 1 if isinstance(allowed, int) and allowed >= 0 else 1
 
 
 async def wait_for_task(future: Any, limit: float | None, runner: Any) -> tuple[int, list[Any]]:

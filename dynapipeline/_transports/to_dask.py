@@ -21,8 +21,12 @@ How it works (the contract is the process strategy's; what differs is said here)
   it is for trying things out (no dashboard; pass your own cluster's client
   for one). A client the strategy connected itself lives until the end of the
   ``async with strategy:`` block, or else until the end of the pipeline run
-  that connected it (however the run ends), or else (a bare ``execute`` call)
-  until ``aclose()``; a dispatch on another event loop connects anew.
+  that connected it (however the run ends), or else (a bare ``execute`` call
+  or stream run) until that call ends; a dispatch on another event loop
+  connects anew. Connecting waits at most ``connect_timeout`` (10 s), then
+  raises ``ClusterError`` naming the address; a malformed address is rejected
+  at construction. A closed client raises ``ClusterError`` naming the stage
+  and the client (a stream step fails each item with it).
 - **Submissions**: every task is submitted with ``pure=False`` (a stage has side
   effects: Dask must never merge two runs into one). Components go in batches
   sized from their past run times (``plan_batches``, as on processes: tiny
@@ -64,10 +68,13 @@ How it works (the contract is the process strategy's; what differs is said here)
   with its client's connection).
 - **Stop**: ``pipeline.stop()`` cancels the dispatch's outstanding tasks: queued
   ones never run; running ones run to their end on the worker and their
-  results are dropped. ``stop(drain=True)`` does not reach groups running on
-  Dask workers: they run their cycles to the end.
-- **As a stream step**: up to the stream's ``maxsize`` tasks outstanding, items
-  in chunks (one item per task for a timed stage); see ``dask_stream``.
+  results are dropped. ``stop(drain=True)`` reaches groups running on Dask
+  workers: the parent sets a Dask ``Event`` (one per dispatch of groups) that a
+  thread on the worker waits on, and the groups end their cycle loops.
+- **As a stream step**: two tasks per worker thread outstanding (at most the
+  stream's ``maxsize``), items in chunks sized by time per item (one item per
+  task for a timed stage); a crash is charged to the item that caused it; see
+  ``dask_stream``.
 """
 
 from __future__ import annotations
@@ -75,19 +82,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from dynapipeline._engine import current_control, run_tasks
+from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
-from dynapipeline._transports.dask_futures import wait_for_task
+from dynapipeline._transports.dask_futures import Probe, wait_for_task
 from dynapipeline._transports.dask_observe import report_task
 from dynapipeline._transports.dask_stream import DaskItems
 from dynapipeline._transports.dask_worker import run_components_task
 from dynapipeline._transports.pickling import REGISTRY, dumps_batch
-from dynapipeline._transports.process_jobs import collect_reply, deadline, plan_batches
-from dynapipeline.errors import ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
+from dynapipeline._transports.process_jobs import collect_reply, deadline, plan_batches, tag
+from dynapipeline.errors import ClusterError, ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
 
 __all__ = ["DaskExecutionStrategy", "require_distributed"]
 
@@ -103,7 +112,8 @@ _REFUSED = {
     "actors": "stages are not actors",
 }
 _NTHREADS_TTL = 10.0  # seconds the worker-thread count of a cluster is trusted
-_RESUBMITS = 3  # times a task cancelled for a lost class pickle is sent again (each time with a fresh copy)
+_RESUBMITS = 3  # times a task Dask cancelled (a class pickle it needed was lost) is sent again, with fresh copies
+_DRAIN_POLL = 0.02  # seconds between looks at the run's drain flag while groups run on the cluster
 
 
 def require_distributed() -> Any:
@@ -131,17 +141,17 @@ class DaskExecutionStrategy(ExecutionStrategy):
     """Runs each component on a Dask cluster (``distributed``); results in component order.
 
     ``client``: an asynchronous ``distributed.Client`` to use (never closed here);
-    ``address``: a scheduler to connect to (``"tcp://scheduler:8786"``); neither:
-    a ``LocalCluster`` for trying it out. ``return_exceptions=True`` returns a
-    failed member's exception in its place. Other keywords go to
-    ``client.submit``. See the module docstring for batching, errors, timeouts,
+    ``address``: a scheduler to connect to (``"tcp://scheduler:8786"``, within
+    ``connect_timeout`` seconds); neither: a ``LocalCluster`` for trying it
+    out. ``return_exceptions=True`` returns a failed member's exception in its
+    place. Other keywords go to ``client.submit``. See the module docstring for batching, errors, timeouts,
     lost workers and shutdown.
     """
 
     offloads = True
 
     def __init__(self, client: Any = None, address: str | None = None, *, return_exceptions: bool = False,
-                 **submit_options: Any) -> None:
+                 connect_timeout: float = 10.0, **submit_options: Any) -> None:
         distributed = require_distributed()
         label = "DaskExecutionStrategy"
         if client is not None and address is not None:
@@ -151,9 +161,12 @@ class DaskExecutionStrategy(ExecutionStrategy):
         if client is not None and not client.asynchronous:
             raise ConfigurationError(f"{label}: field 'client' must be an asynchronous distributed.Client "
                                      "(await Client(..., asynchronous=True) on the loop that runs the pipeline)")
-        if address is not None and (not isinstance(address, str) or not address):
-            raise ConfigurationError(f"{label}: field 'address' must be a scheduler address such as "
-                                     f"'tcp://scheduler:8786', got {address!r}")
+        if address is not None:
+            _check_address(label, address)
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
+                or not 0 < connect_timeout < float("inf"):
+            raise ConfigurationError(f"{label}: field 'connect_timeout' must be a finite number of seconds > 0, "
+                                     f"got {connect_timeout!r}")
         if not isinstance(return_exceptions, bool):
             raise ConfigurationError(f"{label}: field 'return_exceptions' must be a bool, got {return_exceptions!r}")
         for name in submit_options:
@@ -165,6 +178,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
         self.client = client
         self.address = address
         self.return_exceptions = return_exceptions
+        self.connect_timeout = float(connect_timeout)
         self.submit_options = submit_options
         self._cluster: Any = None
         self._owned: Any = None  # the client this strategy connected itself
@@ -179,8 +193,13 @@ class DaskExecutionStrategy(ExecutionStrategy):
 
     # -- the client ---------------------------------------------------------------------------------
     async def client_for_run(self) -> Any:
-        """The client to submit to from the running loop (connecting, or starting a LocalCluster, if needed)."""
+        """The client to submit to from the running loop (connecting, or starting a LocalCluster, if needed).
+
+        ``ClusterError`` if the given client is closed or the scheduler cannot be
+        reached within ``connect_timeout``.
+        """
         if self.client is not None:
+            self.check_open(self.client)
             return self.client
         loop = asyncio.get_running_loop()
         owned = self._owned
@@ -208,16 +227,36 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 # Stopped at interpreter exit (or when the strategy is collected) if never closed.
                 self._finalizer = weakref.finalize(self, _close_cluster, self._cluster)
             address = self._cluster.scheduler_address
-        client = await distributed.Client(address, asynchronous=True, set_as_default=False)
+        try:
+            client = await distributed.Client(address, asynchronous=True, set_as_default=False,
+                                              timeout=self.connect_timeout)
+        except (OSError, TimeoutError) as error:
+            field = " (field 'address')" if self.address is not None else ""
+            raise ClusterError(f"DaskExecutionStrategy: cannot reach the Dask scheduler at {address!r}{field} "
+                               f"within connect_timeout={self.connect_timeout:g} s ({type(error).__name__}: "
+                               f"{error})") from error
         self._owned, self._owned_loop = client, loop
         return client
+
+    def check_open(self, client: Any) -> None:
+        """``ClusterError`` naming the client if it is closed (nothing can be submitted to it)."""
+        if client.status in ("closing", "closed") or client.scheduler is None:
+            field = " (field 'client')" if client is self.client else ""
+            raise ClusterError(f"DaskExecutionStrategy: the Dask client {client.id!r}{field} is closed")
 
     def hold(self) -> None:
         """A dispatch or stream step uses the client: the end of a run must not close it meanwhile."""
         self._active += 1
 
-    def release(self) -> None:
+    async def release(self) -> None:
+        """The end of a dispatch or stream step; outside a pipeline run and ``async with``, closes the client.
+
+        A bare ``execute`` or stream run has nobody to close the client it
+        connected later: left open, it would be torn down at exit with warnings.
+        """
         self._active -= 1
+        if self._active == 0 and self._depth == 0 and current_control.get() is None:
+            await self._close_owned()
 
     async def _end_run(self) -> None:
         """At the end of a pipeline run: close the client connected for it (unless still in use)."""
@@ -234,6 +273,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
         known, count, when = self._nthreads
         now = time.monotonic()
         if known is not client or now - when > _NTHREADS_TTL:
+            self.check_open(client)
             count = max(1, sum((await client.nthreads()).values()))
             self._nthreads = (client, count, now)
         return count
@@ -243,7 +283,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
 
         Each is scattered once per client, and again once the cluster has lost
         every copy (its workers died or restarted). Concurrent callers share one
-        scatter.
+        scatter. While no worker runs, a pickle goes as bytes inside the task.
         """
         if not cids:
             return []
@@ -257,35 +297,82 @@ class DaskExecutionStrategy(ExecutionStrategy):
             if scatter is None or (scatter.done() and not _on_cluster(scatter)):
                 scatter = scatters[cid] = asyncio.ensure_future(client.scatter(blob, broadcast=True, hash=False))
                 scatter.add_done_callback(_log_failed_scatter)
-            out.append((cid, await asyncio.shield(scatter)))  # one caller's cancellation is not the others'
+            try:
+                out.append((cid, await asyncio.shield(scatter)))  # one caller's cancellation is not the others'
+            except TimeoutError:
+                # No worker is running (all restarting) and Dask's scatter gives up after 2 s: the pickle travels
+                # inside the task, which waits for a worker as any task does; the next task scatters it again.
+                if scatters.get(cid) is scatter:
+                    del scatters[cid]
+                out.append((cid, blob))
         return out
 
     async def run_task(self, client: Any, function: Any, cids: set[int], args: tuple[Any, ...],
-                       limit: float | None, runner: Any) -> tuple[int, list[Any]]:
+                       limit: float | None, runner: Any, probe: Probe | None = None,
+                       resubmit: bool = True) -> tuple[int, list[Any]]:
         """Submit one task and wait for its (pid, decoded replies); errors as ``wait_for_task`` says.
 
-        A task that Dask cancelled because a class pickle it needed was lost
-        (every worker holding it died or restarted) never ran: it is submitted
-        again with a fresh copy, up to ``_RESUBMITS`` times, without spending
-        the stage's retries. The task is cancelled if we stop waiting for it.
+        A task that Dask cancelled (a class pickle it needed was lost: every
+        worker holding it died or restarted) never ran to an outcome: it is
+        submitted again with fresh copies of its classes, up to ``_RESUBMITS``
+        times, without spending the stage's retries (unless ``resubmit`` is
+        false: a stream step finds out itself). A closed client raises
+        ``ClusterError`` naming the stage and the client. With ``probe``, a lost
+        task's probe records whether it had started. The task is cancelled if we
+        stop waiting for it.
         """
         resubmits = 0
         while True:
-            blobs = await self.class_blobs(client, cids)
-            future = client.submit(function, blobs, *args, pure=False, **self.submit_options)
+            try:
+                self.check_open(client)
+                blobs = await self.class_blobs(client, cids)
+                future = client.submit(function, blobs, *args, pure=False, **self.submit_options)
+            except ClusterError as error:
+                tag(error, runner.name, None, "a Dask task")
+                raise
+            except Exception as error:
+                closed = self._closed_or(client, runner, error)
+                if closed is error:
+                    raise
+                raise closed from error
             try:
                 return await wait_for_task(future, limit, runner)
-            except WorkerCrashedError:
-                lost = [cid for cid, blob in blobs if blob.status != "finished"]
-                if future.status == "cancelled" and lost and resubmits < _RESUBMITS:
-                    logger.debug("Dask lost the pickle of classes %s: sending it again for stage %r", lost,
-                                 runner.name)
+            except WorkerCrashedError as crashed:
+                closed = self._closed_or(client, runner, crashed)
+                if closed is not crashed:
+                    raise closed from crashed.__cause__
+                if resubmit and future.status == "cancelled" and resubmits < _RESUBMITS:
+                    logger.debug("Dask cancelled a task of stage %r (%r): sending it again with its classes",
+                                 runner.name, crashed.__cause__)
+                    self._forget_scatters(client, blobs)
                     resubmits += 1
                     continue
+                if probe is not None:
+                    await probe.read(client, future)
                 raise
             except BaseException:
                 self.cancel_later(client, [future])
                 raise
+
+    def _closed_or(self, client: Any, runner: Any, error: BaseException) -> BaseException:
+        """A ``ClusterError`` for the stage if the client is closed now, else ``error`` itself."""
+        try:
+            self.check_open(client)
+        except ClusterError as closed:
+            tag(closed, runner.name, None, "a Dask task")
+            return closed
+        return error
+
+    def _forget_scatters(self, client: Any, blobs: list[tuple[int, Any]]) -> None:
+        """The next task that needs these classes scatters them again (Dask may have lost them)."""
+        known, scatters = self._scattered
+        if known is not client:
+            return
+        for cid, blob in blobs:
+            scatter = scatters.get(cid)
+            if scatter is not None and scatter.done() and not scatter.cancelled() \
+                    and scatter.exception() is None and scatter.result() is blob:
+                del scatters[cid]
 
     def cancel_later(self, client: Any, futures: list[Any]) -> None:
         """Cancel Dask futures without waiting (we may be cancelled ourselves); a failure is only logged."""
@@ -312,29 +399,48 @@ class DaskExecutionStrategy(ExecutionStrategy):
             return []
         self.hold()
         try:
-            client = await self.client_for_run()
+            try:
+                client = await self.client_for_run()
+                threads = await self.nthreads(client)
+            except ClusterError as error:
+                tag(error, runners[0].name, None, "a Dask task")
+                if len(runners) > 1:
+                    error.add_note("members not run: " + ", ".join(repr(r.name) for r in runners))
+                if not self.return_exceptions:
+                    raise
+                return [error] * n
             tasks = []
             # Everything is pickled (and checked) before anything is submitted.
-            for indices in plan_batches(runners, await self.nthreads(client)):
+            for indices in plan_batches(runners, threads):
                 members = [runners[i] for i in indices]
                 payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
                 limit = deadline(members[0].owner) if len(members) == 1 else None
                 tasks.append(_Task(indices, members, payload, cids, limit))
             results: list[Any] = [None] * n
-            # Each waiter cancels its own task if it is cancelled (the first error cancels the others).
-            await run_tasks([asyncio.ensure_future(self._finish(client, task, results, args, kwargs))
-                             for task in tasks])
+            control = current_control.get()
+            drain = None
+            if control is not None and any(isinstance(r.owner, Container) for r in runners):
+                drain = _Drain(client, control)  # only groups cycle, so only they care about a drain
+            try:
+                # Each waiter cancels its own task if it is cancelled (the first error cancels the others).
+                await run_tasks([asyncio.ensure_future(self._finish(client, task, results, args, kwargs,
+                                                                    drain.name if drain else None))
+                                 for task in tasks])
+            finally:
+                if drain is not None:
+                    await drain.close()
             return results
         finally:
-            self.release()
+            await self.release()
 
     async def _finish(self, client: Any, task: _Task, results: list[Any], args: tuple[Any, ...],
-                      kwargs: dict[str, Any]) -> None:
+                      kwargs: dict[str, Any], drain: str | None = None) -> None:
         """Run one task and put its results (or raise / place its errors)."""
         try:
             pid, replies = await self.run_task(client, run_components_task, task.cids,
-                                               (task.payload, self.return_exceptions), task.limit, task.runners[0])
-        except (StageTimeoutError, WorkerCrashedError) as error:
+                                               (task.payload, self.return_exceptions, drain), task.limit,
+                                               task.runners[0])
+        except (StageTimeoutError, WorkerCrashedError, ClusterError) as error:
             if not self.return_exceptions:
                 raise
             for index in task.indices:
@@ -346,7 +452,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
             for index, runner in zip(task.indices, task.runners, strict=True):
                 payload, cids = dumps_batch([runner.owner], args, kwargs)
                 singles.append(_Task([index], [runner], payload, cids, deadline(runner.owner)))
-            await run_tasks([asyncio.ensure_future(self._finish(client, s, results, args, kwargs))
+            await run_tasks([asyncio.ensure_future(self._finish(client, s, results, args, kwargs, drain))
                              for s in singles])
             return
         if len(replies) == 1:
@@ -364,8 +470,8 @@ class DaskExecutionStrategy(ExecutionStrategy):
             await report_task(client, runners, reply, pid)
 
     def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
-        """Up to ``maxsize`` tasks outstanding; items in chunks (one per task for a timed stage)."""
-        return maxsize, DaskItems(self, stage)
+        """Two tasks per worker thread outstanding (at most ``maxsize``); chunks sized by time per item."""
+        return maxsize, DaskItems(self, stage, maxsize)
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def __aenter__(self) -> DaskExecutionStrategy:
@@ -411,6 +517,58 @@ class DaskExecutionStrategy(ExecutionStrategy):
         where = "client" if self.client is not None else (f"address={self.address!r}" if self.address
                                                           else "LocalCluster")
         return f"DaskExecutionStrategy({where}, return_exceptions={self.return_exceptions})"
+
+
+class _Drain:
+    """Passes a drain of the run on to the groups running on the cluster, through a Dask ``Event``."""
+
+    def __init__(self, client: Any, control: Any) -> None:
+        distributed = require_distributed()
+        self.name = f"dynapipeline-drain-{uuid.uuid4().hex}"
+        self.event = distributed.Event(self.name, client=client)
+        self.sent = False
+        self.watcher = asyncio.ensure_future(self._watch(control))
+
+    async def _watch(self, control: Any) -> None:
+        while not control.draining:
+            await asyncio.sleep(_DRAIN_POLL)
+        await self.event.set()
+        self.sent = True
+
+    async def close(self) -> None:
+        self.watcher.cancel()
+        await asyncio.wait((self.watcher,))
+        if not self.watcher.cancelled() and self.watcher.exception() is not None:
+            logger.debug("passing a drain on to Dask: %r", self.watcher.exception())
+        if self.sent:
+            try:
+                await self.event.clear()  # the scheduler forgets an event nobody waits for once it is clear
+            except Exception as error:  # noqa: BLE001 - the client closed meanwhile: the event went with it
+                logger.debug("clearing a Dask drain event: %r", error)
+
+
+def _check_address(label: str, address: object) -> None:
+    """A scheduler address Dask can parse (a known scheme; host and port for tcp, tls, ws and wss)."""
+    from distributed.comm.addressing import get_address_host_port, parse_address
+    from distributed.comm.registry import backends
+
+    problem = None
+    if not isinstance(address, str) or not address or any(c.isspace() for c in address):
+        problem = "it is not a non-empty string without spaces"
+    else:
+        try:
+            scheme, _ = parse_address(address, strict=False)
+            if scheme not in backends and scheme != "inproc":
+                problem = f"unknown address scheme {scheme!r} (known: {', '.join(sorted({*backends, 'inproc'}))})"
+            elif scheme in ("tcp", "tls", "ws", "wss"):
+                host, port = get_address_host_port(address, strict=False)
+                if not host or not 0 < port < 65536:
+                    problem = "its host is empty or its port is not in 1..65535"
+        except ValueError as error:
+            problem = str(error)
+    if problem is not None:
+        raise ConfigurationError(f"{label}: field 'address' must be a scheduler address such as "
+                                 f"'tcp://scheduler:8786', got {address!r} ({problem})")
 
 
 def _on_cluster(scatter: asyncio.Future[Any]) -> bool:
