@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import assert_no_workers, gone
+from helpers import assert_gone, assert_no_workers, eventually, gone
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
@@ -129,7 +129,7 @@ async def test_a_spinning_item_is_killed_alone_with_skip(procs: MultiprocessExec
     assert failed.index == 500 and type(failed.error) is StageTimeoutError
     after = set(procs.worker_pids())
     assert len(after) == 2 and before - after  # the stuck worker was replaced
-    assert all(gone(pid) for pid in before - after)
+    assert_gone(*(before - after))
 
 
 async def test_a_spinning_item_with_raise_fails_the_stream_and_leaves_no_worker() -> None:
@@ -385,6 +385,6 @@ async def test_leaving_iterate_while_a_chunk_spins_kills_its_worker(procs: Multi
     assert [await outputs.__anext__() for _ in range(3)] == [0, 1, 2]
     await asyncio.sleep(0.5)  # item 5 is spinning in a worker by now
     await asyncio.wait_for(outputs.aclose(), 10)  # what leaving ``async for`` does
-    assert any(gone(pid) for pid in before)
+    assert eventually(lambda: any(gone(pid) for pid in before))
     me = asyncio.current_task()
     assert [t for t in asyncio.all_tasks() if t is not me and "stream" in repr(t.get_coro())] == []

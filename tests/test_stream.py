@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers import Echo
+from helpers import GRACE, Echo
 
 from dynapipeline import ItemError, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
@@ -591,7 +591,7 @@ def _dynapipeline_threads_alive() -> int:
     import threading
     import time
 
-    end = time.monotonic() + 2.0
+    end = time.monotonic() + GRACE
     while time.monotonic() < end:
         alive = [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread")]
         if not alive:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import GRACE
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
@@ -19,7 +20,7 @@ def worker_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread-") and t.is_alive()]
 
 
-def wait_no_threads(timeout: float = 5) -> None:
+def wait_no_threads(timeout: float = GRACE) -> None:
     deadline = time.monotonic() + timeout
     while worker_threads() and time.monotonic() < deadline:
         time.sleep(0.01)

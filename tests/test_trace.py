@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Echo, Nap, check_trace_format
+from helpers import Echo, Nap, check_trace_format, eventually
 
 import dynapipeline
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream, Tracer
@@ -176,7 +176,7 @@ async def test_worker_crash_and_hang_are_traced_and_leave_nothing_running(tmp_pa
     events = check_trace_format(json.loads(path.read_text()))
     assert slices(events, "crash")[0]["args"]["error"] and slices(events, "hang")[0]["args"]["error"]
     assert [s["args"].get("error") for s in slices(events, "nap")] == [True]
-    assert not [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread")]
+    assert eventually(lambda: not [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread")])
 
 
 def test_bad_paths_are_rejected_naming_the_field(tmp_path: Path) -> None:
