@@ -200,6 +200,30 @@ def test_group_rejects_non_stage():
         make_group([Echo(name="a"), "not a stage"])
 
 
+def test_group_given_one_stage_instead_of_a_list_says_to_wrap_it():
+    with pytest.raises(ConfigurationError, match=r"^StageGroup 'g': field 'stages' must be a list of stages, "
+                                                 r"got Echo 'x' \(wrap it in a list\)$"):
+        make_group(Echo(name="x"))
+
+
+@pytest.mark.parametrize(("stages", "kind"), [("ab", "str"), (3, "int"), ({"a": 1}, "dict")])
+def test_group_given_no_list_of_stages_names_the_field(stages, kind):
+    with pytest.raises(ConfigurationError, match=rf"^StageGroup 'g': field 'stages' must be a list of stages, "
+                                                 rf"got {kind}$"):
+        make_group(stages)
+
+
+def test_pipeline_given_one_group_instead_of_a_list_says_to_wrap_it():
+    with pytest.raises(ConfigurationError, match=r"^SimplePipeline 'p': field 'groups' must be a list of groups, "
+                                                 r"got StageGroup 'g' \(wrap it in a list\)$"):
+        make_pipeline(PipeLineType.SIMPLE, make_group([Echo(name="a")]))
+
+
+def test_group_takes_a_tuple_or_any_iterable_of_stages():
+    assert [s.name for s in make_group((Echo(name="a"), Echo(name="b"))).stages] == ["a", "b"]
+    assert [s.name for s in make_group(Echo(name=n) for n in "cd").stages] == ["c", "d"]
+
+
 def test_group_rejects_same_stage_twice():
     s = Echo(name="a")
     with pytest.raises(ConfigurationError, match=r"StageGroup 'g'.*stages\[1\].*'a'"):
