@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import assert_gone, assert_no_workers, eventually, gone
+from helpers import GRACE, assert_gone, assert_no_workers, eventually, gone
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
@@ -384,7 +384,7 @@ async def test_leaving_iterate_while_a_chunk_spins_kills_its_worker(procs: Multi
     outputs = s.iterate(range(100))
     assert [await outputs.__anext__() for _ in range(3)] == [0, 1, 2]
     await asyncio.sleep(0.5)  # item 5 is spinning in a worker by now
-    await asyncio.wait_for(outputs.aclose(), 10)  # what leaving ``async for`` does
+    await asyncio.wait_for(outputs.aclose(), GRACE)  # what leaving ``async for`` does
     assert eventually(lambda: any(gone(pid) for pid in before))
     me = asyncio.current_task()
     assert [t for t in asyncio.all_tasks() if t is not me and "stream" in repr(t.get_coro())] == []

@@ -223,7 +223,7 @@ async def test_timeout_kills_only_that_worker_and_pool_recovers(procs):
     start = time.monotonic()
     with pytest.raises(StageTimeoutError) as info:
         await procs.execute([Spin(name="spin", timeout=0.2)])
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 30  # the stage spins forever: ended by its deadline (generous bound)
     assert info.value.stage == "spin"
     after = set(procs.worker_pids())
     assert len(after) == 2 and len(before & after) == 1
@@ -285,7 +285,7 @@ async def test_stop_during_process_work_kills_workers():
     pids = strategy.worker_pids()
     await asyncio.sleep(0.3)
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert_no_workers(pids)
     # The strategy is still usable: a new pool starts on demand.
     try:
@@ -308,7 +308,7 @@ async def test_stop_leaves_no_idle_worker_behind_when_no_other_run_uses_the_pool
     assert len(pids) == 2  # one busy with the spinning stage, one idle
     await asyncio.sleep(0.1)
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert_no_workers(pids)
     assert strategy.pool is None
 
@@ -336,7 +336,7 @@ async def test_stop_during_a_cold_pool_start_leaves_no_workers(monkeypatch):
     pool = strategy.pool
     assert pool is not None and pool.starting is not None
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     strategy.close()
     await asyncio.sleep(0.8)  # a start still under way must not add workers to the closed pool
     assert pool.closed and pool.started == [] and pool.workers == []
@@ -364,7 +364,7 @@ async def test_drain_reaches_groups_running_in_workers(procs, tmp_path):
     while not marker.exists():  # the group cycles in the worker (a loaded machine may take a while to get there)
         await asyncio.sleep(0.01)
     pipeline.stop(drain=True)
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert set(procs.worker_pids()) == pids  # drained, not killed: the pool stays warm
     assert group.stages[0].stats.count > 0
 
@@ -375,22 +375,31 @@ class Nap(Stage):
         return self.name
 
 
+class LongNap(Stage):
+    def execute(self) -> str:
+        time.sleep(2.0)  # long enough to be seen running beside the spinner on a busy machine
+        return self.name
+
+
 async def test_stop_spares_another_pipeline_sharing_the_pool(procs):
     spinning = StageGroup(name="spin", stages=[Spin(name="s")], cycle_strategy=InfinitLoopStrategy(),
                           execution_strategy=SequentialExecutionStrategy())
-    napping = StageGroup(name="nap", stages=[Nap(name="n")], cycle_strategy=OnceCycleStrategy(),
+    napping = StageGroup(name="nap", stages=[LongNap(name="n")], cycle_strategy=OnceCycleStrategy(),
                          execution_strategy=SequentialExecutionStrategy())
     stopped = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "a", [spinning], OnceCycleStrategy(), procs)
     other = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "b", [napping], OnceCycleStrategy(), procs)
     await procs.start()
     task_a = asyncio.ensure_future(stopped.run())
     task_b = asyncio.ensure_future(other.run())
-    await asyncio.sleep(0.2)
-    busy = {w.pid: w.job.runners[0].name for w in procs.pool.workers if w.job is not None}
-    assert sorted(busy.values()) == ["nap", "spin"]
+
+    def running() -> dict[int, str]:
+        return {w.pid: w.job.runners[0].name for w in procs.pool.workers if w.job is not None}
+
+    assert await eventually_async(lambda: sorted(running().values()) == ["nap", "spin"]), running()
+    busy = running()
     stopped.stop()
-    assert await asyncio.wait_for(task_a, 5) is None
-    assert await asyncio.wait_for(task_b, 5) == [["n"]]
+    assert await asyncio.wait_for(task_a, GRACE) is None
+    assert await asyncio.wait_for(task_b, GRACE) == [["n"]]
     spinner = next(pid for pid, name in busy.items() if name == "spin")
     assert_gone(spinner)
     assert spinner not in procs.worker_pids()
@@ -402,7 +411,7 @@ async def test_racing_first_dispatches_do_not_grow_the_pool_past_max_workers(pro
     while not (procs.pool is not None and procs.pool.started):
         await asyncio.sleep(0.005)  # one worker is up, the off-loop start goes on with the next
     second = asyncio.ensure_future(procs.execute([Pid(name="b")]))
-    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    await asyncio.wait_for(asyncio.gather(first, second), GRACE)
     await asyncio.sleep(0.5)  # let any start still under way end
     assert len(procs.worker_pids()) + len(procs.pool.started) <= 2
     assert len(multiprocessing.active_children()) <= 2
@@ -431,7 +440,7 @@ async def test_close_from_another_thread_fails_the_running_dispatch():
     pids = strategy.worker_pids()
     await asyncio.to_thread(strategy.close)
     with pytest.raises(WorkerCrashedError):
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, GRACE)
     assert_no_workers(pids)
 
 
@@ -520,7 +529,7 @@ async def test_stop_before_the_workers_are_ready_leaves_no_worker(monkeypatch):
         await asyncio.sleep(0.001)
     pids = [w.pid for w in pool.workers]
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     await asyncio.sleep(0.5)  # let a start still under way finish into the closed pool
     assert strategy.pool is None
     assert_no_workers(pids)
@@ -583,8 +592,8 @@ async def test_stop_of_one_pipeline_refills_the_pool_for_another_waiting_on_it(p
         await asyncio.sleep(0.01)  # b's job waits for a worker
     spinners = procs.worker_pids()
     a.stop()
-    assert await asyncio.wait_for(task_a, 5) is None
-    result = await asyncio.wait_for(task_b, 10)
+    assert await asyncio.wait_for(task_a, GRACE) is None
+    result = await asyncio.wait_for(task_b, GRACE)
     assert [r[0] for r in result[0]] == ["w"]
     assert not set(spinners) & {r[1] for r in result[0]}  # ran on a fresh worker
     assert_gone(*spinners)
@@ -727,7 +736,7 @@ async def test_return_exceptions_keeps_a_timeout_in_place_and_the_other_results(
     begun = time.monotonic()
     results = await gathering.execute([MaybeFails(name="ok1"), MaybeFails(name="spin", how="spin", timeout=0.2),
                                        MaybeFails(name="ok2")])
-    assert time.monotonic() - begun < 5
+    assert time.monotonic() - begun < 30  # the stage spins forever: ended by its deadline (generous bound)
     assert isinstance(results[1], StageTimeoutError) and results[1].stage == "spin"
     assert results[0] == "ok1" and results[2] == "ok2"
     assert len(gathering.worker_pids()) == 2
