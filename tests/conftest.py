@@ -83,7 +83,8 @@ def _dump_tasks(item: pytest.Item) -> None:
     terminal = item.config.get_terminal_writer()
     terminal.sep("+", title=f"Timeout of {item.nodeid}: pending asyncio tasks")
     # From the objects, not asyncio.all_tasks(): that needs the loop, and the hung loop may be in any thread.
-    tasks = [task for task in gc.get_objects() if isinstance(task, asyncio.Task) and not task.done()]
+    tasks = [task for task in gc.get_objects()
+             if isinstance(task, asyncio.Task) and not task.done() and not task.get_loop().is_closed()]
     for task in tasks:
         terminal.sep("~", title=f"Pending task {task.get_name()}")
         terminal.write(f"{task!r}\n")
