@@ -16,7 +16,7 @@ import dask
 import psutil
 import pytest
 from distributed import Client, KilledWorker, LocalCluster
-from helpers import RefusesWorkers
+from helpers import GRACE, RefusesWorkers
 
 from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline._model.stream import Step, Stream
@@ -220,14 +220,17 @@ async def test_stop_cancels_the_outstanding_tasks(dask_strategy, client, tmp_pat
     pipeline.stop()
     assert await run is None
     assert time.monotonic() - t0 < 2.5  # stop() does not wait for the 3 s tasks (generous for a busy machine)
-    await asyncio.sleep(3.5)  # the two running tasks end; the queued ones must never start
-    started = sorted(p.name for p in tmp_path.iterdir())
-    assert len(started) == 2, started
 
     def ours(dask_scheduler: Any) -> list[str]:
         return [str(key) for key in dask_scheduler.tasks if "run_components_task" in str(key)]
 
+    # The two running tasks end; then the scheduler holds none of ours, so none can start any more.
+    deadline = time.monotonic() + GRACE
+    while await client.run_on_scheduler(ours) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     assert await client.run_on_scheduler(ours) == []
+    started = sorted(p.name for p in tmp_path.iterdir())
+    assert len(started) == 2, started  # the queued ones never started
 
 
 async def test_a_worker_killed_mid_task_raises_worker_crashed_and_the_cluster_heals(dask_strategy, client):
