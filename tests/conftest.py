@@ -3,22 +3,31 @@
 - ``DYNAPIPELINE_NO_EXTENSIONS=1`` selects the pure engine (``DYNAPIPELINE_TEST_MODE``
   says which mode the leg expects, so a silent fallback fails the compiled leg);
 - ``DYNAPIPELINE_LOOP=uvloop|asyncio`` selects the loop every async test runs on.
+
+A test that outlives the timeout (pyproject's ``timeout``, method ``thread``) ends
+the run: the stacks of every pending asyncio task, then of every thread, are
+printed, and the process exits with status 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+import pytest_timeout
 
 import dynapipeline
 from dynapipeline import loop_name
 from dynapipeline._loops import loop_factory
 
 LOOP = loop_name()
+_TIMER = pytest.StashKey[threading.Timer]()
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -35,6 +44,57 @@ def pytest_sessionstart(session: Any) -> None:
         raise pytest.UsageError(
             f"this leg expects the {expected} engine but dynapipeline.compiled is {dynapipeline.compiled}"
         )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's thread method, with the pending asyncio tasks' stacks printed first."""
+    if settings.method != "thread":
+        return None
+
+    def on_timeout() -> None:
+        _dump_tasks(item)
+        pytest_timeout.timeout_timer(item, settings)  # every thread's stack, then os._exit(1)
+
+    timer = threading.Timer(settings.timeout, on_timeout)
+    timer.name = "pytest-timeout"
+    timer.daemon = True
+    timer.start()
+    item.stash[_TIMER] = timer
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    timer = item.stash.get(_TIMER, None)
+    if timer is None:
+        return None
+    timer.cancel()
+    timer.join()
+    del item.stash[_TIMER]
+    return True
+
+
+def _dump_tasks(item: pytest.Item) -> None:
+    """Print where every pending asyncio task of any loop waits: a hang inside a loop shows only an idle loop."""
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture(in_=True)
+    terminal = item.config.get_terminal_writer()
+    terminal.sep("+", title=f"Timeout of {item.nodeid}: pending asyncio tasks")
+    # From the objects, not asyncio.all_tasks(): that needs the loop, and the hung loop may be in any thread.
+    tasks = [task for task in gc.get_objects()
+             if isinstance(task, asyncio.Task) and not task.done() and not task.get_loop().is_closed()]
+    for task in tasks:
+        terminal.sep("~", title=f"Pending task {task.get_name()}")
+        terminal.write(f"{task!r}\n")
+        stack = io.StringIO()
+        try:
+            task.print_stack(file=stack)
+        except Exception as error:  # a task's frames changing under us: say so, keep dumping the others
+            stack.write(f"(stack unavailable: {error!r})\n")
+        terminal.write(stack.getvalue())
+    terminal.flush()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import multiprocessing
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from dynapipeline import Handler, Stage
@@ -129,8 +129,32 @@ def run_on_test_loop(coro: Any) -> Any:
     return run(coro, loop=loop_name())
 
 
+GRACE = 30.0
+"""Seconds a "nothing left running" check waits: on a busy machine an exiting process or thread may take a while."""
+
+
+def eventually(check: Callable[[], Any], timeout: float | None = None) -> Any:
+    """``check()`` once truthy, polling until ``timeout`` (default ``GRACE``) seconds passed; else its last value."""
+    import time
+
+    deadline = time.monotonic() + (GRACE if timeout is None else timeout)
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+async def eventually_async(check: Callable[[], Any], timeout: float | None = None) -> Any:
+    """``eventually`` for async tests: polls with ``asyncio.sleep``, so the loop under test keeps running."""
+    import time
+
+    deadline = time.monotonic() + (GRACE if timeout is None else timeout)
+    while not (value := check()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return value
+
+
 def gone(pid: int) -> bool:
-    """The process has exited (or is a zombie waiting to be reaped)."""
+    """The process has exited (or is a zombie waiting to be reaped), now."""
     import psutil
 
     try:
@@ -139,16 +163,26 @@ def gone(pid: int) -> bool:
         return True
 
 
-def assert_no_workers(pids: list[int]) -> None:
-    """No child process of ours is alive and every pid given has exited (within 5 s)."""
-    import multiprocessing
-    import time
+def assert_gone(*pids: int) -> None:
+    """Every pid given has exited, within ``GRACE`` seconds."""
+    assert eventually(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
 
-    assert multiprocessing.active_children() == []
-    deadline = time.monotonic() + 5
-    while not all(gone(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
+
+def assert_no_workers(pids: list[int]) -> None:
+    """No child process of ours is alive and every pid given has exited (within ``GRACE`` seconds)."""
+    import multiprocessing
+
+    # active_children() also reaps the children that have exited.
+    assert eventually(lambda: not multiprocessing.active_children()), multiprocessing.active_children()
+    assert_gone(*pids)
+
+
+async def assert_no_workers_async(pids: list[int]) -> None:
+    """``assert_no_workers`` for async tests: the loop keeps running while it waits."""
+    import multiprocessing
+
+    assert await eventually_async(lambda: not multiprocessing.active_children()), multiprocessing.active_children()
+    assert await eventually_async(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
 
 
 def check_trace_format(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -198,7 +232,7 @@ async def closing_pool(strategy: Any) -> AsyncIterator[Any]:
     finally:
         pids = strategy.worker_pids()
         await strategy.aclose()
-    assert_no_workers(pids)
+    await assert_no_workers_async(pids)
 
 
 def stream_tasks() -> list[asyncio.Task[Any]]:

@@ -314,7 +314,7 @@ def test_run_ctrl_c_leaves_no_worker_process(targets: Path) -> None:
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
                                               for child in children):
         time.sleep(0.05)
@@ -329,6 +329,44 @@ def test_run_second_ctrl_c_cancels_a_run_that_ignores_stop(targets: Path) -> Non
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "stopped by SIGINT" in err
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.01, 0.05, 0.2])
+def test_run_two_quick_ctrl_c_exit_130(targets: Path, gap: float) -> None:
+    """Whenever the second Ctrl-C lands (during the stop, the loop's teardown or the exit), the status is 130."""
+    process = _start(f"{targets}:forever")
+    process.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "stopped by SIGINT" in err and "Traceback" not in err
+
+
+def test_run_ctrl_c_while_the_target_loads_exits_130(tmp_path: Path) -> None:
+    slow = tmp_path / "slow_import.py"
+    slow.write_text("import time\nprint('READY', flush=True)\ntime.sleep(60)\npipeline = None\n")
+    process = _start(f"{slow}:pipeline")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "stopped by SIGINT" in err and "Traceback" not in err
+
+
+def test_run_two_quick_ctrl_c_leave_no_worker_process(targets: Path) -> None:
+    process = _start(f"{targets}:with_workers")
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+                                              for child in children):
+        time.sleep(0.05)
+    assert all(not child.is_running() or child.status() == psutil.STATUS_ZOMBIE for child in children)
 
 
 def test_run_sensor_example_with_trace_and_report(tmp_path: Path) -> None:

@@ -283,3 +283,59 @@ def test_a_strategy_class_instead_of_an_instance_is_named():
     with pytest.raises(ConfigurationError, match=r"'execution_strategy'.*the class SequentialExecutionStrategy"):
         StageGroup(name="g", stages=[], cycle_strategy=OnceCycleStrategy(),
                    execution_strategy=SequentialExecutionStrategy)
+
+
+# -- unknown keywords -------------------------------------------------------------------------------
+
+def test_a_misspelled_keyword_names_the_field_and_the_closest_known_one():
+    with pytest.raises(ConfigurationError, match=r"^Stage 'a': unknown field 'retires' \(did you mean 'retries'\?\)"):
+        Stage(name="a", retires=2)
+
+
+def test_an_unknown_keyword_without_a_close_field_lists_the_known_ones():
+    with pytest.raises(ConfigurationError,
+                       match=r"Echo 'a': unknown field 'colour'; known fields: context, delay, handlers, log, name, "):
+        Echo(name="a", colour="red")
+
+
+def test_every_unknown_keyword_is_named():
+    with pytest.raises(ConfigurationError, match=r"unknown field 'retires'.*unknown field 'timout'"):
+        Echo(name="a", retires=2, timout=1)
+
+
+def test_a_group_and_a_pipeline_reject_unknown_keywords_too():
+    from dynapipeline import Pipeline
+
+    stage = Echo(name="a")
+    with pytest.raises(ConfigurationError, match=r"StageGroup 'g': unknown field 'stage' \(did you mean 'stages'\?\)"):
+        StageGroup(name="g", stage=[stage], cycle_strategy=OnceCycleStrategy(),
+                   execution_strategy=SequentialExecutionStrategy())
+    group = StageGroup(name="g", stages=[stage], cycle_strategy=OnceCycleStrategy(),
+                       execution_strategy=SequentialExecutionStrategy())
+    with pytest.raises(ConfigurationError, match=r"Pipeline 'p': unknown field 'group' \(did you mean 'groups'\?\)"):
+        Pipeline(name="p", group=[group], cycle_strategy=OnceCycleStrategy(),
+                 execution_strategy=SequentialExecutionStrategy())
+
+
+def test_a_handler_rejects_unknown_keywords():
+    with pytest.raises(ConfigurationError, match=r"Recorder: unknown field 'tags' \(did you mean 'tag'\?\)"):
+        Recorder(tags="x", calls=[])
+
+
+def test_declared_fields_of_subclasses_and_aliases_are_accepted():
+    class Aliased(Stage):
+        url: str = pydantic.Field(default="", alias="address")
+        retries_left: int = 0
+
+        async def execute(self):
+            return self.url
+
+    s = Aliased(name="a", address="http://x", retries_left=2, retries=1)
+    assert (s.url, s.retries_left, s.retries) == ("http://x", 2, 1)
+
+
+def test_a_subclass_that_allows_extra_fields_keeps_them():
+    class Loose(Echo):
+        model_config = pydantic.ConfigDict(extra="allow")
+
+    assert Loose(name="a", colour="red").colour == "red"  # type: ignore[attr-defined]

@@ -129,7 +129,7 @@ def test_sensor_monitoring_runs_by_itself_and_writes_its_trace(tmp_path: Path) -
     path = tmp_path / "sensors.json"
     started = time.monotonic()
     out = _run_example("sensor_monitoring.py", str(path))
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # generous: the machine may be busy
     assert "spectrum peaks per cycle: [[7, 7], [7, 7], [7, 7]]" in out
     rows = {line.split()[0]: line for line in out.splitlines()}
     assert re.search(r"process \d+", out) and rows["ping"].endswith("thread") and rows["threshold"].endswith("loop")
@@ -165,6 +165,6 @@ def test_tracing_example_writes_a_trace(tmp_path: Path) -> None:
     path = tmp_path / "trace.json"
     started = time.monotonic()
     out = _run_example("tracing.py", str(path))
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # generous: the machine may be busy
     assert f"11 slices written to {path}" in out
     check_trace_format(json.loads(path.read_text()))

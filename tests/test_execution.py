@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import Echo, Fail, Recorder, Tracked, Tracker, engine_tasks, run_on_test_loop
+from helpers import GRACE, Echo, Fail, Recorder, Tracked, Tracker, engine_tasks, run_on_test_loop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -241,7 +241,7 @@ def test_semaphore_shared_by_event_loops_in_several_threads_keeps_its_limit():
 
     def in_thread(tag: str, out: list) -> None:
         stages = [Hold(name=f"{tag}{i}") for i in range(5)]
-        out.append(asyncio.run(asyncio.wait_for(shared.execute(stages), 10)))
+        out.append(asyncio.run(asyncio.wait_for(shared.execute(stages), GRACE)))
 
     results: list = []
     threads = [threading.Thread(target=in_thread, args=(tag, results)) for tag in "ab"]
@@ -415,7 +415,7 @@ async def test_chain_on_an_infinite_loop_starts_again_every_cycle():
     group = StageGroup(name="g", stages=[Step(name="a", calls=calls), StopAfter(name="stop")],
                        cycle_strategy=InfiniteLoopStrategy(event=stop),
                        execution_strategy=SequentialExecutionStrategy(chain=True))
-    assert await asyncio.wait_for(group.run("x"), 10) is None
+    assert await asyncio.wait_for(group.run("x"), GRACE) is None
     assert [c[1] for c in calls] == [("x",)] * len(calls) and len(calls) >= 6
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from helpers import Echo, Fail, Recorder
 
@@ -103,3 +105,39 @@ async def test_hooks_are_resolved_when_attached_not_per_run():
     finally:
         Recorder.before = original  # type: ignore[method-assign]
     assert "replaced" not in calls and ("before", "a", "s") in calls
+
+
+class SeesItsRun(Handler):
+    """Notes, in ``after`` and ``on_error``, the timing its component shows; ``fail`` makes ``after`` raise."""
+
+    seen: Any  # Any: pydantic would copy a list
+    fail: bool = False
+
+    def after(self, component: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        self.seen.append(("after", component.execution_time, component.stats.count, component.end_time))
+        if self.fail:
+            raise LookupError("after failed")
+
+    def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> None:
+        self.seen.append(("on_error", component.execution_time, component.stats.count,
+                          component.report()[component.name].errors))
+
+
+async def test_after_sees_the_timing_of_the_run_that_just_finished():
+    seen: list[Any] = []
+    s = Echo(name="s", delay=0.001, handlers=[SeesItsRun(seen=seen)])
+    await s.run()
+    first = (s.execution_time, s.stats.count, s.end_time)
+    await s.run()
+    second = (s.execution_time, s.stats.count, s.end_time)
+    assert seen == [("after", *first), ("after", *second)]
+    assert first[0] is not None and first[0] > 0 and first[1] == 1
+
+
+async def test_an_after_that_raises_counts_the_run_as_failed_and_on_error_sees_it():
+    seen: list[Any] = []
+    s = Echo(name="s", handlers=[SeesItsRun(seen=seen, fail=True)])
+    with pytest.raises(LookupError, match="after failed"):
+        await s.run()
+    assert s.stats.count == 1 and s.report()["s"].errors == 1
+    assert seen == [("after", s.execution_time, 1, s.end_time), ("on_error", s.execution_time, 1, 1)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import Echo, Fail, Tracked, Tracker, engine_tasks
+from helpers import GRACE, Echo, Fail, Tracked, Tracker, engine_tasks
 
 from dynapipeline import AdvancedPipeline, Pipeline, PipelineFactory, PipeLineType, SimplePipeline, Stage, StageGroup
 from dynapipeline.contexts import AsyncLockableContext, ProtectedContext
@@ -111,7 +111,7 @@ async def test_stop_cancels_in_flight_stages_and_run_returns_none():
     await asyncio.sleep(0.05)
     assert p.running
     p.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert sorted(tracker.cancelled) == ["s0", "s1", "s2"]
     assert not p.running
     assert engine_tasks() == set()
@@ -122,7 +122,7 @@ async def test_stop_from_another_thread():
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.02)
     await asyncio.to_thread(p.stop)
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
 
 
 async def test_stop_when_idle_is_a_no_op_and_pipeline_runs_again_after_stop():
@@ -145,7 +145,7 @@ async def test_drain_finishes_the_current_cycle_then_returns_none():
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.03)  # inside the first cycle, at stage s1
     p.stop(drain=True)
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     # The cycle in flight ran to its end: every start has its end, and it ended on the last stage.
     assert log.count(("start", "s0")) == log.count(("end", "s2"))
     assert log[-1] == ("end", "s2")
@@ -157,7 +157,7 @@ async def test_drain_ends_a_loop_cycle_strategy_early():
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.02)
     p.stop(drain=True)
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert 0 < s.runs < 10_000
 
 
@@ -198,6 +198,30 @@ async def test_pipeline_timing_is_recorded():
 def test_group_rejects_non_stage():
     with pytest.raises(ConfigurationError, match=r"StageGroup 'g'.*stages\[1\].*Stage.*str"):
         make_group([Echo(name="a"), "not a stage"])
+
+
+def test_group_given_one_stage_instead_of_a_list_says_to_wrap_it():
+    with pytest.raises(ConfigurationError, match=r"^StageGroup 'g': field 'stages' must be a list of stages, "
+                                                 r"got Echo 'x' \(wrap it in a list\)$"):
+        make_group(Echo(name="x"))
+
+
+@pytest.mark.parametrize(("stages", "kind"), [("ab", "str"), (3, "int"), ({"a": 1}, "dict")])
+def test_group_given_no_list_of_stages_names_the_field(stages, kind):
+    with pytest.raises(ConfigurationError, match=rf"^StageGroup 'g': field 'stages' must be a list of stages, "
+                                                 rf"got {kind}$"):
+        make_group(stages)
+
+
+def test_pipeline_given_one_group_instead_of_a_list_says_to_wrap_it():
+    with pytest.raises(ConfigurationError, match=r"^SimplePipeline 'p': field 'groups' must be a list of groups, "
+                                                 r"got StageGroup 'g' \(wrap it in a list\)$"):
+        make_pipeline(PipeLineType.SIMPLE, make_group([Echo(name="a")]))
+
+
+def test_group_takes_a_tuple_or_any_iterable_of_stages():
+    assert [s.name for s in make_group((Echo(name="a"), Echo(name="b"))).stages] == ["a", "b"]
+    assert [s.name for s in make_group(Echo(name=n) for n in "cd").stages] == ["c", "d"]
 
 
 def test_group_rejects_same_stage_twice():

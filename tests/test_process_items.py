@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import assert_no_workers, gone, stream_tasks
+from helpers import GRACE, assert_gone, assert_no_workers, eventually, gone, stream_tasks
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
@@ -130,7 +130,7 @@ async def test_a_spinning_item_is_killed_alone_with_skip(procs: MultiprocessExec
     assert failed.index == 500 and type(failed.error) is StageTimeoutError
     after = set(procs.worker_pids())
     assert len(after) == 2 and before - after  # the stuck worker was replaced
-    assert all(gone(pid) for pid in before - after)
+    assert_gone(*(before - after))
 
 
 async def test_a_spinning_item_with_raise_fails_the_stream_and_leaves_no_worker() -> None:
@@ -411,8 +411,8 @@ async def test_leaving_iterate_while_a_chunk_spins_kills_its_worker(procs: Multi
     outputs = s.iterate(range(100))
     assert [await outputs.__anext__() for _ in range(3)] == [0, 1, 2]
     await asyncio.sleep(0.5)  # item 5 is spinning in a worker by now
-    await asyncio.wait_for(outputs.aclose(), 10)  # what leaving ``async for`` does
-    assert any(gone(pid) for pid in before)
+    await asyncio.wait_for(outputs.aclose(), GRACE)  # what leaving ``async for`` does
+    assert eventually(lambda: any(gone(pid) for pid in before))
     assert stream_tasks() == []
 
 

@@ -81,9 +81,10 @@ def test_signal_leaves_no_workers(tmp_path: Path, sig: int) -> None:
         assert set(pids) <= set(family)
         begun = time.monotonic()
         proc.send_signal(sig)
-        proc.wait(timeout=10)
-        assert time.monotonic() - begun < 5
-        end = time.monotonic() + 5
+        proc.wait(timeout=60)
+        # Well under the blocked threads' 60 s: the stop did not wait for them (generous for a busy machine).
+        assert time.monotonic() - begun < 30
+        end = time.monotonic() + 30
         while not all(_gone(p) for p in family) and time.monotonic() < end:
             time.sleep(0.05)
         assert [p for p in family if not _gone(p)] == []
@@ -133,7 +134,7 @@ def test_sigkilled_parent_takes_gil_holding_workers_fork_server_and_tracker_with
         assert len(family) >= 4  # two workers, the fork server, the resource tracker
         proc.kill()
         proc.wait(timeout=10)
-        end = time.monotonic() + 10
+        end = time.monotonic() + 30
         while not all(_gone(p) for p in family) and time.monotonic() < end:
             time.sleep(0.05)
         assert [p for p in family if not _gone(p)] == []

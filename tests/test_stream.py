@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers import Echo, stream_tasks
+from helpers import GRACE, Echo, stream_tasks
 
 from dynapipeline import ItemError, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
@@ -569,12 +569,12 @@ async def test_pipeline_stop_cancels_a_stream_and_drain_finishes_items_in_flight
     s = stream(Step(Sleepy(name="slow", delay=0.01), SemaphoreExecutionStrategy(4)), maxsize=8)
     p = pipeline(s)
     asyncio.get_running_loop().call_later(0.1, p.stop)
-    assert await asyncio.wait_for(p.run(endless()), 5) is None
+    assert await asyncio.wait_for(p.run(endless()), GRACE) is None
     assert stream_tasks() == []
 
     p.stop(drain=True)  # idle: no-op
     asyncio.get_running_loop().call_later(0.1, p.stop, True)
-    assert await asyncio.wait_for(p.run(endless()), 5) is None
+    assert await asyncio.wait_for(p.run(endless()), GRACE) is None
     progress = s.progress["slow"]
     assert progress.received == progress.done > 0 and progress.in_flight == 0  # nothing cut short
 
@@ -669,7 +669,7 @@ async def _broken_async_source() -> AsyncIterator[int]:
 async def test_a_source_error_fails_the_run_whatever_on_error_says(on_error: str, make_source: Any) -> None:
     s = stream(Step(Sleepy(name="slow"), SemaphoreExecutionStrategy(2)), on_error=on_error)
     with pytest.raises(RuntimeError, match="source broke") as info:
-        await asyncio.wait_for(s.run(make_source()), 5)
+        await asyncio.wait_for(s.run(make_source()), GRACE)
     assert "in stream 's', its source, after 2 items" in info.value.__notes__
     assert s.errors == []  # not an item's error
     assert stream_tasks() == []
@@ -689,7 +689,7 @@ async def test_drain_ends_a_run_whose_async_source_waits_for_its_next_item() -> 
     s = stream(Step(Collect(name="batch"), batch=10, batch_timeout=60))
     p = pipeline(s)
     asyncio.get_running_loop().call_later(0.1, p.stop, True)
-    assert await asyncio.wait_for(p.run(quiet()), 5) is None
+    assert await asyncio.wait_for(p.run(quiet()), GRACE) is None
     assert s.progress["batch"].done == 1  # the partial batch [0, 1] ran: nothing pulled was dropped
     assert stream_tasks() == []
 
@@ -712,7 +712,7 @@ async def test_drain_runs_every_item_the_source_yielded(kind: str) -> None:
     s = stream(Step(Sleepy(name="slow", delay=0.01), SemaphoreExecutionStrategy(2)), maxsize=2)
     p = pipeline(s)
     asyncio.get_running_loop().call_later(0.1, p.stop, True)
-    assert await asyncio.wait_for(p.run(endless() if kind == "sync" else endless_async()), 5) is None
+    assert await asyncio.wait_for(p.run(endless() if kind == "sync" else endless_async()), GRACE) is None
     progress = s.progress["slow"]
     assert progress.done == len(yielded) > 0  # none pulled and then dropped
 
@@ -761,7 +761,7 @@ def _dynapipeline_threads_alive() -> int:
     import threading
     import time
 
-    end = time.monotonic() + 2.0
+    end = time.monotonic() + GRACE
     while time.monotonic() < end:
         alive = [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread")]
         if not alive:

@@ -11,7 +11,16 @@ import time
 from typing import Any
 
 import pytest
-from helpers import RefusesWorkers, assert_no_workers, closing_pool, gone
+from helpers import (
+    GRACE,
+    RefusesWorkers,
+    assert_gone,
+    assert_no_workers,
+    closing_pool,
+    eventually,
+    eventually_async,
+    gone,
+)
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline._transports import process_pool
@@ -214,12 +223,12 @@ async def test_timeout_kills_only_that_worker_and_pool_recovers(procs):
     start = time.monotonic()
     with pytest.raises(StageTimeoutError) as info:
         await procs.execute([Spin(name="spin", timeout=0.2)])
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 30  # the stage spins forever: ended by its deadline (generous bound)
     assert info.value.stage == "spin"
     after = set(procs.worker_pids())
     assert len(after) == 2 and len(before & after) == 1
     (killed,) = before - after
-    assert gone(killed)
+    assert_gone(killed)
     assert [r[0] for r in await procs.execute([Pid(name="a"), Pid(name="b")])] == ["a", "b"]
 
 
@@ -247,7 +256,7 @@ async def test_crash_raises_worker_crashed_and_pool_heals(procs, how):
     assert not isinstance(error, StageTimeoutError)
     assert error.stage == "crash"
     assert error.exitcode == (3 if how == "exit" else -signal.SIGKILL)
-    assert gone(error.pid)
+    assert_gone(error.pid)
     assert len(await procs.execute([Pid(name="a"), Pid(name="b")])) == 2
     assert len(procs.worker_pids()) == 2
 
@@ -276,7 +285,7 @@ async def test_stop_during_process_work_kills_workers():
     pids = strategy.worker_pids()
     await asyncio.sleep(0.3)
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert_no_workers(pids)
     # The strategy is still usable: a new pool starts on demand.
     try:
@@ -299,7 +308,7 @@ async def test_stop_leaves_no_idle_worker_behind_when_no_other_run_uses_the_pool
     assert len(pids) == 2  # one busy with the spinning stage, one idle
     await asyncio.sleep(0.1)
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert_no_workers(pids)
     assert strategy.pool is None
 
@@ -327,7 +336,7 @@ async def test_stop_during_a_cold_pool_start_leaves_no_workers(monkeypatch):
     pool = strategy.pool
     assert pool is not None and pool.starting is not None
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     strategy.close()
     await asyncio.sleep(0.8)  # a start still under way must not add workers to the closed pool
     assert pool.closed and pool.started == [] and pool.workers == []
@@ -355,7 +364,7 @@ async def test_drain_reaches_groups_running_in_workers(procs, tmp_path):
     while not marker.exists():  # the group cycles in the worker (a loaded machine may take a while to get there)
         await asyncio.sleep(0.01)
     pipeline.stop(drain=True)
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert set(procs.worker_pids()) == pids  # drained, not killed: the pool stays warm
     assert group.stages[0].stats.count > 0
 
@@ -366,24 +375,34 @@ class Nap(Stage):
         return self.name
 
 
+class LongNap(Stage):
+    def execute(self) -> str:
+        time.sleep(2.0)  # long enough to be seen running beside the spinner on a busy machine
+        return self.name
+
+
 async def test_stop_spares_another_pipeline_sharing_the_pool(procs):
     spinning = StageGroup(name="spin", stages=[Spin(name="s")], cycle_strategy=InfinitLoopStrategy(),
                           execution_strategy=SequentialExecutionStrategy())
-    napping = StageGroup(name="nap", stages=[Nap(name="n")], cycle_strategy=OnceCycleStrategy(),
+    napping = StageGroup(name="nap", stages=[LongNap(name="n")], cycle_strategy=OnceCycleStrategy(),
                          execution_strategy=SequentialExecutionStrategy())
     stopped = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "a", [spinning], OnceCycleStrategy(), procs)
     other = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "b", [napping], OnceCycleStrategy(), procs)
     await procs.start()
     task_a = asyncio.ensure_future(stopped.run())
     task_b = asyncio.ensure_future(other.run())
-    await asyncio.sleep(0.2)
-    busy = {w.pid: w.job.runners[0].name for w in procs.pool.workers if w.job is not None}
-    assert sorted(busy.values()) == ["nap", "spin"]
+
+    def running() -> dict[int, str]:
+        return {w.pid: w.job.runners[0].name for w in procs.pool.workers if w.job is not None}
+
+    assert await eventually_async(lambda: sorted(running().values()) == ["nap", "spin"]), running()
+    busy = running()
     stopped.stop()
-    assert await asyncio.wait_for(task_a, 5) is None
-    assert await asyncio.wait_for(task_b, 5) == [["n"]]
+    assert await asyncio.wait_for(task_a, GRACE) is None
+    assert await asyncio.wait_for(task_b, GRACE) == [["n"]]
     spinner = next(pid for pid, name in busy.items() if name == "spin")
-    assert gone(spinner) and spinner not in procs.worker_pids()
+    assert_gone(spinner)
+    assert spinner not in procs.worker_pids()
 
 
 async def test_racing_first_dispatches_do_not_grow_the_pool_past_max_workers(procs, monkeypatch):
@@ -392,7 +411,7 @@ async def test_racing_first_dispatches_do_not_grow_the_pool_past_max_workers(pro
     while not (procs.pool is not None and procs.pool.started):
         await asyncio.sleep(0.005)  # one worker is up, the off-loop start goes on with the next
     second = asyncio.ensure_future(procs.execute([Pid(name="b")]))
-    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    await asyncio.wait_for(asyncio.gather(first, second), GRACE)
     await asyncio.sleep(0.5)  # let any start still under way end
     assert len(procs.worker_pids()) + len(procs.pool.started) <= 2
     assert len(multiprocessing.active_children()) <= 2
@@ -421,7 +440,7 @@ async def test_close_from_another_thread_fails_the_running_dispatch():
     pids = strategy.worker_pids()
     await asyncio.to_thread(strategy.close)
     with pytest.raises(WorkerCrashedError):
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, GRACE)
     assert_no_workers(pids)
 
 
@@ -491,7 +510,7 @@ def test_simple_pipeline_rejects_processes_and_advanced_allows_them():
         build(PipeLineType.SIMPLE, at_pipeline=True)
     assert build(PipeLineType.ADVANCED, at_pipeline=False) is not None
     assert build(PipeLineType.ADVANCED, at_pipeline=True) is not None
-    assert multiprocessing.active_children() == []  # building starts no pool
+    assert eventually(lambda: not multiprocessing.active_children())  # building starts no pool
 
 
 async def test_stop_before_the_workers_are_ready_leaves_no_worker(monkeypatch):
@@ -510,7 +529,7 @@ async def test_stop_before_the_workers_are_ready_leaves_no_worker(monkeypatch):
         await asyncio.sleep(0.001)
     pids = [w.pid for w in pool.workers]
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     await asyncio.sleep(0.5)  # let a start still under way finish into the closed pool
     assert strategy.pool is None
     assert_no_workers(pids)
@@ -573,11 +592,11 @@ async def test_stop_of_one_pipeline_refills_the_pool_for_another_waiting_on_it(p
         await asyncio.sleep(0.01)  # b's job waits for a worker
     spinners = procs.worker_pids()
     a.stop()
-    assert await asyncio.wait_for(task_a, 5) is None
-    result = await asyncio.wait_for(task_b, 10)
+    assert await asyncio.wait_for(task_a, GRACE) is None
+    result = await asyncio.wait_for(task_b, GRACE)
     assert [r[0] for r in result[0]] == ["w"]
     assert not set(spinners) & {r[1] for r in result[0]}  # ran on a fresh worker
-    assert all(gone(p) for p in spinners)
+    assert_gone(*spinners)
 
 
 async def test_a_stage_that_cannot_be_rebuilt_in_the_worker_raises_its_own_error_for_that_stage(procs):
@@ -651,7 +670,7 @@ async def test_a_job_sent_to_a_worker_that_died_idle_runs_on_another(procs):
     await procs.start()
     victim = procs.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + GRACE
     while not gone(victim) and time.monotonic() < deadline:
         time.sleep(0.01)  # blocking on purpose: the loop must not hear of the death before the dispatch
     stages = [Pid(name=f"s{i}") for i in range(8)]
@@ -707,7 +726,7 @@ async def test_return_exceptions_keeps_a_worker_crash_in_place_and_the_other_res
     results = await gathering.execute(stages)
     crash = results[6]
     assert isinstance(crash, WorkerCrashedError) and crash.stage == "m6" and crash.exitcode == 7
-    assert gone(crash.pid)
+    assert_gone(crash.pid)
     assert [r for i, r in enumerate(results) if i != 6] == [f"m{i}" for i in range(12) if i != 6]
     assert await gathering.execute([MaybeFails(name="again")]) == ["again"]  # the pool healed
     assert len(gathering.worker_pids()) == 2
@@ -717,7 +736,7 @@ async def test_return_exceptions_keeps_a_timeout_in_place_and_the_other_results(
     begun = time.monotonic()
     results = await gathering.execute([MaybeFails(name="ok1"), MaybeFails(name="spin", how="spin", timeout=0.2),
                                        MaybeFails(name="ok2")])
-    assert time.monotonic() - begun < 5
+    assert time.monotonic() - begun < 30  # the stage spins forever: ended by its deadline (generous bound)
     assert isinstance(results[1], StageTimeoutError) and results[1].stage == "spin"
     assert results[0] == "ok1" and results[2] == "ok2"
     assert len(gathering.worker_pids()) == 2
@@ -745,10 +764,7 @@ async def test_return_exceptions_cancel_kills_the_workers_of_the_dispatch(gather
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    deadline = time.monotonic() + 5
-    while not any(gone(p) for p in before) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert any(gone(p) for p in before)  # the spinning worker was killed
+    assert await eventually_async(lambda: any(gone(p) for p in before))  # the spinning worker was killed
 
 
 async def test_chained_and_gathering_groups_keep_their_settings_in_a_worker(procs):

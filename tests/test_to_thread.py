@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import GRACE
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
@@ -19,7 +20,7 @@ def worker_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread-") and t.is_alive()]
 
 
-def wait_no_threads(timeout: float = 5) -> None:
+def wait_no_threads(timeout: float = GRACE) -> None:
     deadline = time.monotonic() + timeout
     while worker_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -133,8 +134,8 @@ async def test_stop_cancels_coroutines_on_worker_loops():
         await asyncio.sleep(0.01)
     begun = time.monotonic()
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
-    assert time.monotonic() - begun < 3
+    assert await asyncio.wait_for(task, GRACE) is None
+    assert time.monotonic() - begun < 20  # well under the stages' 30 s sleep (generous for a busy machine)
     assert cancelled.is_set()
     wait_no_threads()
 
@@ -145,7 +146,7 @@ async def test_async_stage_timeout_is_cancelled_on_its_loop():
     class Slow(Stage):
         async def execute(self) -> None:
             try:
-                await asyncio.sleep(10)
+                await asyncio.sleep(30)
             except asyncio.CancelledError:
                 cancelled.set()
                 raise
@@ -153,36 +154,36 @@ async def test_async_stage_timeout_is_cancelled_on_its_loop():
     begun = time.monotonic()
     with pytest.raises(StageTimeoutError, match="slow"):
         await MultithreadExecutionStrategy(1).execute([Slow(name="slow", timeout=0.2)])
-    assert time.monotonic() - begun < 3
+    assert time.monotonic() - begun < 20  # well under the 30 s sleep (generous for a busy machine)
     assert cancelled.is_set()
 
 
 async def test_sync_stage_timeout_raises_at_the_deadline_and_discards_the_result():
     finished = threading.Event()
+    release = threading.Event()
 
     class Blocks(Stage):
         def execute(self) -> str:
-            time.sleep(1.5)
+            release.wait(GRACE)
             finished.set()
             return "late"
 
-    begun = time.monotonic()
     with pytest.raises(StageTimeoutError, match="blocks"):
         await MultithreadExecutionStrategy(1).execute([Blocks(name="blocks", timeout=0.2)])
-    assert time.monotonic() - begun < 1.2  # did not wait for the call to return
-    assert not finished.is_set()
-    assert finished.wait(5)  # the thread ran on; its result was dropped
+    assert not finished.is_set()  # raised while the call still blocked: did not wait for it to return
+    release.set()
+    assert finished.wait(GRACE)  # the thread ran on; its result was dropped
     wait_no_threads()
 
 
 async def test_blocking_stages_overlap_in_threads():
+    together = threading.Barrier(4, timeout=GRACE)  # broken (an error) unless all 4 block at once
+
     class Blocking(Stage):
         def execute(self) -> None:
-            time.sleep(0.3)
+            together.wait()
 
-    begun = time.monotonic()
     await MultithreadExecutionStrategy(4).execute([Blocking(name=f"b{i}") for i in range(4)])
-    assert time.monotonic() - begun < 1.0  # 4 × 0.3 s one after another would be 1.2 s
 
 
 async def test_max_workers_bounds_the_threads():
@@ -238,7 +239,7 @@ async def test_end_of_run_shutdown_does_not_block_the_callers_loop():
     while not started.is_set():
         await asyncio.sleep(0.01)
     pipeline.stop()
-    assert await asyncio.wait_for(task, 10) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     beat.cancel()
     assert max(gaps) < 0.5, max(gaps)
     wait_no_threads()
@@ -277,7 +278,7 @@ async def test_one_instance_for_a_pipeline_and_its_groups_does_not_deadlock():
                          cycle_strategy=OnceCycleStrategy(), execution_strategy=shared) for i in range(2)]
     pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", groups, OnceCycleStrategy(), shared)
     # Both pool threads hold a group waiting for its stages: the stages need threads of their own.
-    assert await asyncio.wait_for(pipeline.run(), 10) == [["s00", "s01"], ["s10", "s11"]]
+    assert await asyncio.wait_for(pipeline.run(), GRACE) == [["s00", "s01"], ["s10", "s11"]]
 
 
 # --- return_exceptions=True ------------------------------------------------------------------------
@@ -324,19 +325,21 @@ async def test_return_exceptions_keeps_each_failure_in_its_place_and_the_other_r
 
 
 async def test_return_exceptions_keeps_timeouts_in_place():
+    release = threading.Event()
+
     class Blocks(Stage):
         def execute(self) -> str:
-            time.sleep(1.0)
+            release.wait(GRACE)
             return "late"
 
     class Hangs(Stage):
         async def execute(self) -> None:
             await asyncio.sleep(30)
 
-    begun = time.monotonic()
     results = await MultithreadExecutionStrategy(3, return_exceptions=True).execute(
         [Blocks(name="blocks", timeout=0.1), Hangs(name="hangs", timeout=0.1), WhereSync(name="ok")])
-    assert time.monotonic() - begun < 0.9  # did not wait for the blocked call to return
+    assert not release.is_set()  # returned while the call still blocked: did not wait for it
+    release.set()
     assert isinstance(results[0], StageTimeoutError) and results[0].stage == "blocks"
     assert isinstance(results[1], StageTimeoutError) and results[1].stage == "hangs"
     assert results[2][0] == "ok"
@@ -366,7 +369,7 @@ async def test_return_exceptions_stop_still_cancels_and_leaves_no_thread():
     await asyncio.sleep(0.1)  # the failing sibling has failed by now: it did not end the dispatch
     assert not task.done()
     pipeline.stop()
-    assert await asyncio.wait_for(task, 5) is None
+    assert await asyncio.wait_for(task, GRACE) is None
     assert cancelled.is_set()
     wait_no_threads()
 

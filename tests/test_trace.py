@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Echo, Nap, check_trace_format
+from helpers import Echo, Nap, check_trace_format, eventually
 
 import dynapipeline
-from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream, Tracer
+from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream, Tracer
 from dynapipeline._engine import tracing
 from dynapipeline.errors import ConfigurationError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import (
@@ -176,7 +176,21 @@ async def test_worker_crash_and_hang_are_traced_and_leave_nothing_running(tmp_pa
     events = check_trace_format(json.loads(path.read_text()))
     assert slices(events, "crash")[0]["args"]["error"] and slices(events, "hang")[0]["args"]["error"]
     assert [s["args"].get("error") for s in slices(events, "nap")] == [True]
-    assert not [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread")]
+    assert eventually(lambda: not [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread")])
+
+
+async def test_a_run_whose_after_handler_raises_is_traced_as_failed() -> None:
+    class FailAfter(Handler):
+        def after(self, component: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+            raise LookupError("after")
+
+    with Tracer() as tracer:
+        await Echo(name="fine").run()
+        with pytest.raises(LookupError):
+            await Echo(name="failed after", handlers=[FailAfter()]).run()
+    [fine] = slices(tracer.events, "fine")
+    [failed] = slices(tracer.events, "failed after")
+    assert not fine.get("args", {}).get("error") and failed["args"]["error"] is True
 
 
 def test_bad_paths_are_rejected_naming_the_field(tmp_path: Path) -> None:

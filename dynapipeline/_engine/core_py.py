@@ -136,6 +136,15 @@ class TraceSink:
         if len(runs) >= self.full_at and self.on_full is not None:
             self.on_full(self)
 
+    def mark_failed(self, runner: Any) -> None:
+        """Mark the last run of ``runner`` added here as failed."""
+        runs = self.runs
+        for index in range(len(runs) - 1, -1, -1):
+            entry = runs[index]
+            if entry[0] is runner:
+                runs[index] = entry[:5] + (True,) + entry[6:]
+                return
+
     def thread(self) -> int:
         """The native id of the current thread, its name noted once."""
         tid = _native_id()
@@ -449,6 +458,8 @@ class Runner:
         return await self._run_full(args, kwargs)
 
     async def _run_full(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # The run is timed from the first `before` to the end of `execute` (and the `around`s) and
+        # recorded before the `after`s, so that they, like `on_error`, see the run that just finished.
         owner = self.owner
         t0 = _clock()
         try:
@@ -460,22 +471,35 @@ class Runner:
                 result = await self._around(0, args, kwargs)
             else:
                 result = await self._attempts(args, kwargs)
-            for hook in self._afters:
-                res = hook(owner, result, *args, **kwargs)
-                if _isawaitable(res):
-                    await res
         except _CancelledError:
             self.record(t0, _clock())
             raise
         except Exception as error:
             self.record_failed(t0, _clock())
-            for hook in self._on_errors:
-                res = hook(owner, error, *args, **kwargs)
-                if _isawaitable(res):
-                    await res
+            await self._on_error(error, args, kwargs)
             raise
         self.record(t0, _clock())
+        if self._afters:
+            try:
+                for hook in self._afters:
+                    res = hook(owner, result, *args, **kwargs)
+                    if _isawaitable(res):
+                        await res
+            except Exception as error:
+                # The run is recorded already: an `after` that raises turns it into a failed run.
+                self.errors += 1
+                if _tracing:
+                    _trace_failed(self)
+                await self._on_error(error, args, kwargs)
+                raise
         return result
+
+    async def _on_error(self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        owner = self.owner
+        for hook in self._on_errors:
+            res = hook(owner, error, *args, **kwargs)
+            if _isawaitable(res):
+                await res
 
     async def _around(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # The first attached handler is outermost; each gets a callable for the next layer.
@@ -578,6 +602,13 @@ def _trace(runner: Runner, t0: float, t1: float) -> None:
     sink = current_trace.get()
     if sink is not None:
         sink.add(runner, t0, t1, runner._failed)
+
+
+def _trace_failed(runner: Runner) -> None:
+    """Mark the run of ``runner`` last handed to this context's tracer as failed (its ``after`` raised)."""
+    sink = current_trace.get()
+    if sink is not None:
+        sink.mark_failed(runner)
 
 
 def _now() -> float:

@@ -35,6 +35,7 @@ import inspect
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -92,7 +93,38 @@ def add_parser(sub: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """The ``run`` subcommand; returns the exit status."""
+    """The ``run`` subcommand; returns the exit status.
+
+    SIGINT and SIGTERM are the command's from the start to the process's exit:
+    while the target loads or the loop shuts down one ends the command, while
+    the run goes on the first calls ``stop()`` and a second cancels, and once the
+    loop is closed after one, more are ignored while the process exits. So the
+    status is 130 (143) however many come and whenever, never death by the signal.
+    """
+    outcome = _Outcome()
+    previous = _hold_signals(outcome)
+    try:
+        status = _run_command(args, outcome)
+    except KeyboardInterrupt:
+        if outcome.signal is None:
+            raise  # not from a signal: user code raised it
+        status = 0
+    finally:
+        outcome.settled = True  # from here a signal only sets the status
+        if outcome.signal is None:
+            _restore_signals(previous)
+        elif previous:
+            # The process exits 130/143 now. Ignored rather than handled: the interpreter's shutdown puts
+            # the default action (death by the signal, status -2) back for any Python handler.
+            _restore_signals(dict.fromkeys(previous, signal.SIG_IGN))
+    if outcome.signal is not None:
+        print(f"dynapipeline run: stopped by {signal.Signals(outcome.signal).name}", file=sys.stderr)
+        return _EXIT_ON_SIGNAL[outcome.signal]
+    return status
+
+
+def _run_command(args: argparse.Namespace, outcome: _Outcome) -> int:
+    """The command's status when no signal came (``run_command`` turns a signal into 130 or 143)."""
     prog = "dynapipeline run"
     try:
         if args.loop is not None and args.loop not in LOOP_CHOICES:
@@ -111,25 +143,39 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as error:  # the user's module raised while loading
         _print_user_error(error)
         return 1
-    outcome = _Outcome()
     try:
         run_on_loop(_main(obj, args, outcome), loop=loop)
     except BadInput as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    except (asyncio.CancelledError, KeyboardInterrupt):
+    except asyncio.CancelledError:
         if outcome.signal is None:
             raise
     except Exception as error:
+        _print_user_error(error)
         if outcome.signal is None:
-            _print_user_error(error)
             return 1
         # An error while the run unwound after Ctrl-C: shown, but the exit says "interrupted".
-        _print_user_error(error)
-    if outcome.signal is not None:
-        print(f"{prog}: stopped by {signal.Signals(outcome.signal).name}", file=sys.stderr)
-        return _EXIT_ON_SIGNAL[outcome.signal]
     return 0
+
+
+def _hold_signals(outcome: _Outcome) -> dict[int, Any]:
+    """Take SIGINT and SIGTERM for the command (from the main thread only); the handlers they had before."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if outcome.signal is None:
+            outcome.signal = signum
+        if not outcome.settled:
+            raise KeyboardInterrupt  # ends the loading or the loop's shutdown; the status names the signal
+
+    return {signum: signal.signal(signum, on_signal) for signum in _EXIT_ON_SIGNAL}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def load_target(spec: str) -> Any:
@@ -154,9 +200,10 @@ def load_target(spec: str) -> Any:
 
 
 class _Outcome:
-    """What the signal handler saw: the first signal, if any."""
+    """What the signal handlers saw: the first signal, if any; ``settled`` once the loop is closed."""
 
     signal: int | None = None
+    settled = False
 
 
 async def _main(obj: Any, args: argparse.Namespace, outcome: _Outcome) -> None:
@@ -198,7 +245,8 @@ async def _main(obj: Any, args: argparse.Namespace, outcome: _Outcome) -> None:
                     _report(target)
     finally:
         for signum in _EXIT_ON_SIGNAL:
-            loop.remove_signal_handler(signum)
+            loop.remove_signal_handler(signum)  # which restores the default handlers: take them back
+        _hold_signals(outcome)
 
 
 def _report(target: Any) -> None:

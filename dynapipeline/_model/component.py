@@ -10,10 +10,11 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from dynapipeline._engine import Runner
 from dynapipeline._model.contexts import Context
+from dynapipeline._model.fields import reject_unknown_fields
 from dynapipeline._model.handlers import Handler
 from dynapipeline.errors import ConfigurationError, kind_of
 
@@ -69,6 +70,14 @@ class Component(BaseModel):
             raise NotImplementedError
 
     _runner: Any = PrivateAttr(default=None)  # the engine's Runner
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_fields(cls, data: Any) -> Any:
+        # pydantic would ignore a misspelled keyword (``retires=2``); a component never does.
+        name = data.get("name") if isinstance(data, dict) else None
+        reject_unknown_fields(cls, data, f"{cls.__name__} {name!r}")
+        return data
 
     def model_post_init(self, __context: Any) -> None:
         if not isinstance(self.name, str) or not self.name.strip():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import model_validator
 
 from dynapipeline._model.component import Component, Stage, private_of
 from dynapipeline._model.strategy import CycleStrategy, ExecutionStrategy
@@ -28,9 +30,28 @@ class Container(Component):
         execution_strategy: Any
 
     _members_field: ClassVar[str] = ""
+    _members_noun: ClassVar[str] = "members"  # what messages call a list of them: "a list of stages"
     _member_type: ClassVar[type[Component] | tuple[type[Component], ...]] = Component
     _members: tuple[Component, ...] = ()
     _plan: tuple[Any, Any, tuple[Any, ...]] = (None, None, ())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_members_is_a_list(cls, data: Any) -> Any:
+        # Before pydantic's list validation, which would iterate one component into its (field, value) pairs.
+        if not isinstance(data, dict) or cls._members_field not in data:
+            return data
+        members = data[cls._members_field]
+        if isinstance(members, (list, tuple)):
+            return data
+        if isinstance(members, Component):
+            got = f"{type(members).__name__} {members.__dict__.get('name')!r} (wrap it in a list)"
+        elif isinstance(members, (str, bytes, Mapping)) or not isinstance(members, Iterable):
+            got = kind_of(members)
+        else:
+            return data  # any other iterable (a generator) becomes a list
+        raise ConfigurationError(f"{cls.__name__} {data.get('name')!r}: field '{cls._members_field}' must be "
+                                 f"a list of {cls._members_noun}, got {got}")
 
     def _bind_runner(self) -> None:
         # Also on copies: a copy runs its own members (after model_copy's update).
@@ -119,4 +140,5 @@ class StageGroup(Container):
         stages: list[Any]
 
     _members_field: ClassVar[str] = "stages"
+    _members_noun: ClassVar[str] = "stages"
     _member_type: ClassVar[type[Component]] = Stage

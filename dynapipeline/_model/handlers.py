@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from dynapipeline._model.fields import reject_unknown_fields
 
 __all__ = ["Handler", "report_elsewhere", "reports_elsewhere"]
 
@@ -26,6 +28,13 @@ class Handler(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
     _hook_names: ClassVar[tuple[str, ...]] = _HOOKS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_fields(cls, data: Any) -> Any:
+        # pydantic would ignore a misspelled setting (``levle="DEBUG"``); a handler never does.
+        reject_unknown_fields(cls, data, cls.__name__)
+        return data
 
     def before(self, component: Any, *args: Any, **kwargs: Any) -> Any:
         return None

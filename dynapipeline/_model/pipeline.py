@@ -31,6 +31,7 @@ class Pipeline(Container):
         groups: list[Any]
 
     _members_field: ClassVar[str] = "groups"
+    _members_noun: ClassVar[str] = "groups"
     _member_type: ClassVar[type[Component] | tuple[type[Component], ...]] = (StageGroup, Stream)
     # While running: (the run's task, its RunControl, its loop, the thread it runs on).
     _active: tuple[asyncio.Task[Any] | None, Any, asyncio.AbstractEventLoop, int] | None = None
