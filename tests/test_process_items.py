@@ -562,3 +562,39 @@ async def test_an_error_that_does_not_fit_the_item_log_arrives_whole(procs: Mult
     out = await asyncio.wait_for(s.run(range(6)), 60)
     assert [(len(b), b[0]) for i, b in enumerate(out) if i != 2] == [(size, i) for i in (0, 1, 3, 4, 5)]
     assert type(out[2]) is ValueError and str(out[2]) == "x" * size
+
+
+def _refuse_to_rebuild() -> None:
+    raise LookupError("this result cannot be rebuilt in the parent")
+
+
+class _Unloadable:
+    """Pickles fine in the worker; rebuilding it in the parent raises."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_rebuild, ())
+
+
+class UnloadableOn(Stage):
+    """Returns a result the parent cannot rebuild on item ``bad``, the item itself otherwise."""
+
+    bad: int = 0
+
+    def execute(self, item: int) -> Any:
+        return _Unloadable() if item == self.bad else item
+
+
+async def test_each_item_of_a_chunk_whose_results_cannot_be_rebuilt_gets_its_own_error(
+        procs: MultiprocessExecutionStrategy) -> None:
+    s = stream(Step(UnloadableOn(name="unloadable", bad=3), procs), on_error="return")
+    out = await asyncio.wait_for(s.run(range(8)), GRACE)
+    failed = [x for x in out if isinstance(x, BaseException)]
+    assert 3 in [i for i, x in enumerate(out) if isinstance(x, PicklingError)]
+    assert len({id(x) for x in failed}) == len(failed)  # never one exception object shared by several items
+    for i, x in enumerate(out):
+        if isinstance(x, BaseException):
+            assert type(x) is PicklingError and "'unloadable'" in str(x)
+            stream_notes = [n for n in x.__notes__ if n.startswith("in stream")]
+            assert stream_notes == [f"in stream 's', step 'unloadable', item {i}"]
+        else:
+            assert x == i

@@ -281,10 +281,10 @@ class ProcessItems(ItemRunner):
                 values = pickle.loads(reply.values)
             except Exception as unpickling:
                 # The chunk's results travel as one pickle: which of them cannot be rebuilt here is not known.
-                broken = self._unloadable(unpickling, pid, count)
+                broken = unpickling
         if broken is not None:
-            for i in batch[:count]:
-                results[i] = (False, broken)
+            for i in batch[:count]:  # an error each: the stream adds each item's own note to it
+                results[i] = (False, self._unloadable(broken, pid, count))
             failed = list(range(count))
         elif values is not None and not failures:
             for i, value in zip(batch, values, strict=False):
