@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 
+import pytest
 from helpers import assert_gone, assert_no_workers, assert_no_workers_async
 
 
@@ -44,11 +45,8 @@ def test_assert_no_workers_fails_for_a_child_that_stays() -> None:
 
         grace, helpers.GRACE = helpers.GRACE, 0.5
         try:
-            assert_no_workers([])
-        except AssertionError:
-            pass
-        else:
-            raise AssertionError("assert_no_workers passed with a live child")
+            with pytest.raises(AssertionError):
+                assert_no_workers([])
         finally:
             helpers.GRACE = grace
     finally:

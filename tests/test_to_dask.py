@@ -233,7 +233,7 @@ async def test_a_timed_stage_is_cancelled_at_its_deadline(dask_strategy):
 
 
 async def test_stop_cancels_the_outstanding_tasks(dask_strategy, client, tmp_path):
-    stages = [Marker(name=f"m{i}", folder=str(tmp_path), seconds=3.0) for i in range(6)]
+    stages = [Marker(name=f"m{i}", folder=str(tmp_path), seconds=6.0) for i in range(6)]
     group = StageGroup(name="g", stages=stages, cycle_strategy=OnceCycleStrategy(), execution_strategy=dask_strategy)
     pipeline = advanced([group])
     run = asyncio.ensure_future(pipeline.run())
@@ -242,7 +242,7 @@ async def test_stop_cancels_the_outstanding_tasks(dask_strategy, client, tmp_pat
     t0 = time.monotonic()
     pipeline.stop()
     assert await run is None
-    assert time.monotonic() - t0 < 2.5  # stop() does not wait for the 3 s tasks (generous for a busy machine)
+    assert time.monotonic() - t0 < 5  # stop() does not wait for the 6 s tasks (generous for a busy machine)
 
     def ours(dask_scheduler: Any) -> list[str]:
         return [str(key) for key in dask_scheduler.tasks if "run_components_task" in str(key)]

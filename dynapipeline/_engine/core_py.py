@@ -427,18 +427,6 @@ class Runner:
         out = sorted(((elapsed, cycle) for cycle, elapsed in found.items()), reverse=True)
         return out[:_SLOWEST]
 
-    def reset_stats(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.min = 0.0
-        self.max = 0.0
-        self.errors = 0
-        self.wait_total = 0.0
-        self.ship_total = 0.0
-        self.base = 0
-        self._max_cycle = 0
-        self._adopted_slow = None
-
     async def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run the component once and return its result."""
         if self._fast:

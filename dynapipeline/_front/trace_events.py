@@ -229,7 +229,6 @@ def _us(ns: int) -> int:
     return ns // 1000
 
 
-
 def item_tracks(started: float) -> ItemTracks:
     """The engine's formatter of stream items' runs, for a tracer started at ``started`` (perf_counter)."""
     pid = os.getpid()

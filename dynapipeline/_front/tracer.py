@@ -15,7 +15,7 @@ from dynapipeline._engine import ItemTracks, TraceSink, current_trace, set_traci
 from dynapipeline._front.trace_events import item_metadata, item_tracks, trace_events
 from dynapipeline.errors import ConfigurationError, kind_of
 
-__all__ = ["Tracer"]
+__all__ = ["Tracer", "path_problem"]
 
 _log = logging.getLogger("dynapipeline")
 _lock = threading.Lock()

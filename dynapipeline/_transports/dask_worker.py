@@ -113,8 +113,9 @@ class _DrainFlag:
                 return
 
     def close(self) -> None:
+        # Not joined: the watcher ends by itself within one wait (_DRAIN_WAIT), and joining would add
+        # that wait to every group task.
         self._over.set()
-        self._thread.join()
 
 
 def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
