@@ -193,6 +193,19 @@ async def test_a_run_whose_after_handler_raises_is_traced_as_failed() -> None:
     assert not fine.get("args", {}).get("error") and failed["args"]["error"] is True
 
 
+async def test_an_after_that_raises_on_a_sampled_out_item_marks_no_other_run_failed() -> None:
+    class FailAfterItem3(Handler):
+        def after(self, component: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+            if args == (3,):
+                raise LookupError("after")
+
+    stream = Stream(name="s", steps=[Step(Echo(name="echo", handlers=[FailAfterItem3()]))], on_error="skip")
+    with Tracer(items=2) as tracer:  # items 0 and 1 kept; item 3's run is left out
+        assert len(await stream.run(range(5))) == 4 and len(stream.errors) == 1
+    kept = slices(tracer.events, "echo")
+    assert len(kept) == 2 and not any(s.get("args", {}).get("error") for s in kept)
+
+
 def test_bad_paths_are_rejected_naming_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="Tracer: field 'path' must be a file path or None, got"):
         Tracer(42)  # type: ignore[arg-type]

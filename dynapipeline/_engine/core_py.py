@@ -136,12 +136,15 @@ class TraceSink:
         if len(runs) >= self.full_at and self.on_full is not None:
             self.on_full(self)
 
-    def mark_failed(self, runner: Any) -> None:
-        """Mark the last run of ``runner`` added here as failed."""
+    def mark_failed(self, runner: Any, cycle: int) -> None:
+        """Mark run number ``cycle`` of ``runner`` as failed, if it is still held here.
+
+        Not held: left out by ``items=`` sampling, or already written to the file.
+        """
         runs = self.runs
         for index in range(len(runs) - 1, -1, -1):
             entry = runs[index]
-            if entry[0] is runner:
+            if entry[0] is runner and entry[4] == cycle:
                 runs[index] = entry[:5] + (True,) + entry[6:]
                 return
 
@@ -468,6 +471,7 @@ class Runner:
             raise
         self.record(t0, _clock())
         if self._afters:
+            cycle = self.count
             try:
                 for hook in self._afters:
                     res = hook(owner, result, *args, **kwargs)
@@ -477,7 +481,7 @@ class Runner:
                 # The run is recorded already: an `after` that raises turns it into a failed run.
                 self.errors += 1
                 if _tracing:
-                    _trace_failed(self)
+                    _trace_failed(self, cycle)
                 await self._on_error(error, args, kwargs)
                 raise
         return result
@@ -592,11 +596,11 @@ def _trace(runner: Runner, t0: float, t1: float) -> None:
         sink.add(runner, t0, t1, runner._failed)
 
 
-def _trace_failed(runner: Runner) -> None:
-    """Mark the run of ``runner`` last handed to this context's tracer as failed (its ``after`` raised)."""
+def _trace_failed(runner: Runner, cycle: int) -> None:
+    """Mark run number ``cycle`` of ``runner`` in this context's tracer as failed (its ``after`` raised)."""
     sink = current_trace.get()
     if sink is not None:
-        sink.mark_failed(runner)
+        sink.mark_failed(runner, cycle)
 
 
 def _now() -> float:
