@@ -243,3 +243,14 @@ def stream_tasks() -> list[asyncio.Task[Any]]:
     here = stream_module.__file__
     return [t for t in asyncio.all_tasks()
             if t is not me and getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", "") == here]
+
+
+def _refuse_to_rebuild() -> None:
+    raise LookupError("this result cannot be rebuilt in the parent")
+
+
+class Unloadable:
+    """Pickles fine in a worker; rebuilding it in the parent raises."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_rebuild, ())

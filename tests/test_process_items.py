@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import GRACE, assert_gone, assert_no_workers, eventually, gone, stream_tasks
+from helpers import GRACE, Unloadable, assert_gone, assert_no_workers, eventually, gone, stream_tasks
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports import process_items
@@ -564,24 +564,13 @@ async def test_an_error_that_does_not_fit_the_item_log_arrives_whole(procs: Mult
     assert type(out[2]) is ValueError and str(out[2]) == "x" * size
 
 
-def _refuse_to_rebuild() -> None:
-    raise LookupError("this result cannot be rebuilt in the parent")
-
-
-class _Unloadable:
-    """Pickles fine in the worker; rebuilding it in the parent raises."""
-
-    def __reduce__(self) -> Any:
-        return (_refuse_to_rebuild, ())
-
-
 class UnloadableOn(Stage):
     """Returns a result the parent cannot rebuild on item ``bad``, the item itself otherwise."""
 
     bad: int = 0
 
     def execute(self, item: int) -> Any:
-        return _Unloadable() if item == self.bad else item
+        return Unloadable() if item == self.bad else item
 
 
 async def test_each_item_of_a_chunk_whose_results_cannot_be_rebuilt_gets_its_own_error(

@@ -14,6 +14,7 @@ import pytest
 from helpers import (
     GRACE,
     RefusesWorkers,
+    Unloadable,
     assert_gone,
     assert_no_workers,
     closing_pool,
@@ -636,17 +637,6 @@ async def test_a_stage_class_from_a_module_the_worker_cannot_import_is_sent_by_v
         assert results[1] == 42 and results[0][0] == "before" and results[2][0] == "after"
     finally:
         del sys.modules["dp_loaded_by_path"]
-
-
-def _refuse_to_rebuild() -> None:
-    raise LookupError("this result cannot be rebuilt in the parent")
-
-
-class Unloadable:
-    """Pickles fine; rebuilding it raises."""
-
-    def __reduce__(self) -> Any:
-        return (_refuse_to_rebuild, ())
 
 
 class ReturnsUnloadable(Stage):
