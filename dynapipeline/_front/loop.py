@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -70,29 +70,46 @@ def _woken_by_signals(runner: asyncio.Runner) -> Iterator[None]:
         yield  # only the main thread runs Python signal handlers or may set the wakeup fd
         return
     loop = runner.get_loop()
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
-
-    def drain() -> None:
-        # Reading is enough: being awake, the main thread runs the pending handler.
-        try:
-            while reader.recv(4096):
-                pass
-        except OSError:
-            pass  # drained (BlockingIOError), or closed meanwhile: nothing left to read
-
     try:
-        loop.add_reader(reader.fileno(), drain)
-        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        remove = _watch_signals(loop)
     except BaseException:
-        reader.close()
-        writer.close()
         runner.close()  # get_loop() made the loop: the caller's `with runner` is never entered
         raise
     try:
         yield
     finally:
+        if remove is not None:
+            remove(loop)
+
+
+def _watch_signals(loop: asyncio.AbstractEventLoop) -> Callable[[asyncio.AbstractEventLoop], None] | None:
+    """Point the signal wakeup fd at a socket the loop reads; what undoes it (None: the loop cannot watch fds)."""
+    reader, writer = socket.socketpair()
+    try:
+        reader.setblocking(False)
+        writer.setblocking(False)  # the C signal handler must never block on it
+
+        def drain() -> None:
+            # Reading is enough: being awake, the main thread runs the pending Python handler.
+            try:
+                while reader.recv(4096):
+                    pass
+            except OSError:
+                pass  # drained (BlockingIOError), or closed meanwhile: nothing left to read
+
+        try:
+            loop.add_reader(reader.fileno(), drain)
+        except NotImplementedError:  # a loop that cannot watch fds (neither asyncio's nor uvloop's on POSIX)
+            reader.close()
+            writer.close()
+            return None
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except BaseException:
+        reader.close()
+        writer.close()
+        raise
+
+    def remove(loop: asyncio.AbstractEventLoop) -> None:
         try:
             ours = signal.set_wakeup_fd(previous)
         except (ValueError, OSError) as error:  # the previous fd was closed during the run
@@ -101,10 +118,12 @@ def _woken_by_signals(runner: asyncio.Runner) -> Iterator[None]:
         if ours != writer.fileno():
             # Someone replaced ours during the run (loop.add_signal_handler does): keep theirs.
             signal.set_wakeup_fd(ours)
-        if not loop.is_closed():
+        if not loop.is_closed():  # closed: its selector, our reader with it, is gone
             try:
                 loop.remove_reader(reader.fileno())
             except (RuntimeError, ValueError, OSError) as error:
                 logger.debug("dynapipeline.run: removing the signal wakeup reader: %r", error)
         reader.close()
         writer.close()
+
+    return remove
