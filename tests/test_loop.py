@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import threading
+from typing import Any
 
 import pytest
 
@@ -47,3 +51,36 @@ def test_run_leaves_the_global_policy_alone():
 
 async def test_this_leg_runs_on_the_loop_it_names(loop_kind):
     assert (await loop_module()).startswith(loop_kind)
+
+
+def _wakeup_fd() -> int:
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd
+
+
+async def wakeup_fd_inside() -> int:
+    return _wakeup_fd()
+
+
+def test_run_watches_signals_while_it_runs_and_gives_the_wakeup_fd_back():
+    # Subprocess tests in test_signals show what it is for: a Ctrl-C handled by a worker thread.
+    mine, other = socket.socketpair()
+    mine.setblocking(False)
+    before = signal.set_wakeup_fd(mine.fileno())
+    try:
+        inside = dynapipeline.run(wakeup_fd_inside())
+        assert inside not in (-1, mine.fileno())  # the loop is woken by any signal during the run
+        assert _wakeup_fd() == mine.fileno()
+    finally:
+        signal.set_wakeup_fd(before)
+        mine.close()
+        other.close()
+
+
+def test_run_off_the_main_thread_leaves_signals_alone():
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(dynapipeline.run(loop_module())))
+    thread.start()
+    thread.join(30)
+    assert len(results) == 1 and results[0] in ("asyncio.unix_events", "uvloop")

@@ -147,3 +147,57 @@ def test_sigkilled_parent_takes_gil_holding_workers_fork_server_and_tracker_with
                 os.kill(pid, signal.SIGKILL)  # never leave a spinning worker behind on failure
             except ProcessLookupError:
                 pass
+
+
+# Linux hands a process-directed signal to any thread that does not block it (e.g. while the main
+# thread is in pthread_create, which blocks all signals). Python then runs the handler in the main
+# thread only when it next runs bytecode: a loop asleep in select() with no timer must be woken.
+OTHER_THREAD_SCRIPT = textwrap.dedent('''
+    import asyncio, signal, sys, threading, time
+    import dynapipeline
+    from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup
+    from dynapipeline.execution import ConcurrentExecutionStrategy, MultithreadExecutionStrategy
+    from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, OnceCycleStrategy
+
+    class Block(Stage):
+        def execute(self):
+            time.sleep(0.5)  # the loop is idle in select() by now
+            if sys.argv[1] == "pool" and self.name == "b1":
+                signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+            time.sleep(60)
+
+    async def main():
+        if sys.argv[1] == "executor":
+            # A thread of the loop's default executor, idle by the time the signal comes.
+            ident = await asyncio.get_running_loop().run_in_executor(None, threading.get_ident)
+            threading.Timer(0.5, signal.pthread_kill, (ident, signal.SIGINT)).start()
+        blocking = StageGroup(name="blocking", stages=[Block(name="b1"), Block(name="b2")],
+                              cycle_strategy=InfinitLoopStrategy(), execution_strategy=MultithreadExecutionStrategy(2))
+        pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [blocking],
+                                                     OnceCycleStrategy(), ConcurrentExecutionStrategy())
+        await pipeline.run()
+
+    if __name__ == "__main__":
+        dynapipeline.run(main())
+''')
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+@pytest.mark.parametrize("receiver", ["pool", "executor"])
+def test_sigint_handled_by_another_thread_still_stops_the_run(tmp_path: Path, receiver: str) -> None:
+    script = tmp_path / "other_thread.py"
+    script.write_text(OTHER_THREAD_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), receiver], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        begun = time.monotonic()
+        proc.wait(timeout=45)
+        # Well under the threads' 60 s sleep: the signal did not wait for a thread to wake the loop.
+        assert time.monotonic() - begun < 30
+        err = proc.stderr.read()
+        assert proc.returncode == -signal.SIGINT, err
+        assert "KeyboardInterrupt" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
