@@ -15,6 +15,7 @@ import asyncio
 import gc
 import io
 import os
+import signal
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +40,10 @@ def pytest_report_header(config: Any) -> str:
 
 
 def pytest_sessionstart(session: Any) -> None:
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # A shell without job control starts a background command with SIGINT ignored, and every
+        # child inherits that: the scripts the signal tests start would ignore their Ctrl-C and hang.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     expected = os.environ.get("DYNAPIPELINE_TEST_MODE")
     if expected and (expected == "compiled") != dynapipeline.compiled:
         raise pytest.UsageError(
