@@ -233,6 +233,11 @@ async def test_a_timed_stage_is_cancelled_at_its_deadline(dask_strategy):
 
 
 async def test_stop_cancels_the_outstanding_tasks(dask_strategy, client, tmp_path):
+    def ours(dask_scheduler: Any) -> dict[str, str]:
+        return {str(key): task.state for key, task in dask_scheduler.tasks.items()
+                if "run_components_task" in str(key)}
+
+    before = set(await client.run_on_scheduler(ours))  # an earlier test's task is not this stop's to cancel
     stages = [Marker(name=f"m{i}", folder=str(tmp_path), seconds=6.0) for i in range(6)]
     group = StageGroup(name="g", stages=stages, cycle_strategy=OnceCycleStrategy(), execution_strategy=dask_strategy)
     pipeline = advanced([group])
@@ -244,14 +249,14 @@ async def test_stop_cancels_the_outstanding_tasks(dask_strategy, client, tmp_pat
     assert await run is None
     assert time.monotonic() - t0 < 5  # stop() does not wait for the 6 s tasks (generous for a busy machine)
 
-    def ours(dask_scheduler: Any) -> list[str]:
-        return [str(key) for key in dask_scheduler.tasks if "run_components_task" in str(key)]
+    async def left() -> dict[str, str]:
+        return {key: state for key, state in (await client.run_on_scheduler(ours)).items() if key not in before}
 
     # The two running tasks end; then the scheduler holds none of ours, so none can start any more.
     deadline = time.monotonic() + GRACE
-    while await client.run_on_scheduler(ours) and time.monotonic() < deadline:
+    while await left() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    assert await client.run_on_scheduler(ours) == []
+    assert await left() == {}
     started = sorted(p.name for p in tmp_path.iterdir())
     assert len(started) == 2, started  # the queued ones never started
 
