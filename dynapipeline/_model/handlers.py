@@ -74,10 +74,14 @@ def report_elsewhere(component: Any, start: float, end: float, error: BaseExcept
                      attributes: dict[str, Any]) -> None:
     """Hand a run of ``component`` made in another process to its handlers' ``ran_elsewhere``."""
     for handler in component.handlers:
-        if type(handler).ran_elsewhere is not Handler.ran_elsewhere:
+        if _records_elsewhere(handler):
             handler.ran_elsewhere(component, start, end, error, attributes)
 
 
 def reports_elsewhere(component: Any) -> bool:
     """Whether a handler of ``component`` records runs made elsewhere (``ran_elsewhere``)."""
-    return any(type(handler).ran_elsewhere is not Handler.ran_elsewhere for handler in component.handlers)
+    return any(map(_records_elsewhere, component.handlers))
+
+
+def _records_elsewhere(handler: Handler) -> bool:
+    return type(handler).ran_elsewhere is not Handler.ran_elsewhere
