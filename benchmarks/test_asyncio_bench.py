@@ -3,7 +3,7 @@
 One group per (strategy, stage, n, loop, engine mode), each with two benchmarks:
 ``engine`` (a StageGroup run by the strategy) and ``raw`` (the same stage objects
 driven by hand-written asyncio). The cases are those of ``python -m dynapipeline
-bench`` (``dynapipeline._front.bench.make_case``):
+bench`` (``dynapipeline._cli.bench.make_case``):
 
 - sequential: ``await`` in a ``for`` loop;
 - concurrent: ``asyncio.gather``;
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from bench_support import LOOPS, MODE, loop_runner
 
-from dynapipeline._front.bench import CASES, KINDS, SIZES, Case, make_case
+from dynapipeline._cli.bench import CASES, KINDS, SIZES, Case, make_case
 
 _cases: dict[tuple[str, str, int], Case] = {}
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from bench_support import MODE
 
-from dynapipeline._front.bench import SIZES, make_builder
+from dynapipeline._cli.bench import SIZES, make_builder
 
 
 @pytest.mark.parametrize("n", SIZES)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from dynapipeline import Stage, Step, Stream
-from dynapipeline._front.bench import make_case
+from dynapipeline._cli.bench import make_case
 from dynapipeline._transports.processes import default_start_method
 from dynapipeline.execution import MultiprocessExecutionStrategy
 

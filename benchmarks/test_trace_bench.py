@@ -31,7 +31,7 @@ import pytest
 
 import dynapipeline
 from dynapipeline import Tracer
-from dynapipeline._front.bench import make_case
+from dynapipeline._cli.bench import make_case
 
 ITEMS = 100_000
 
@@ -72,7 +72,7 @@ def _peak_rss(traced: bool, items: int) -> int:
     """Peak RSS (bytes) of a fresh process that runs the stream once, traced to a file or not."""
     code = ("import asyncio, resource, sys, tempfile, os\n"
             "from dynapipeline import Tracer\n"
-            "from dynapipeline._front.bench import make_case\n"
+            "from dynapipeline._cli.bench import make_case\n"
             f"case = make_case('stream', 'noop', {items})\n"
             "loop = asyncio.new_event_loop()\n"
             f"if {traced}:\n"

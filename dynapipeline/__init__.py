@@ -7,19 +7,16 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from dynapipeline._engine import COMPILED as compiled
-from dynapipeline._front import PipelineFactory, PipeLineType, loop_name, run
-from dynapipeline._front.progress import Progress
-from dynapipeline._front.tracer import Tracer
-from dynapipeline._model import (
-    AdvancedPipeline,
-    Handler,
-    Pipeline,
-    SimplePipeline,
-    Stage,
-    StageGroup,
-)
+from dynapipeline._loops import loop_name, run
+from dynapipeline._model.component import Stage
+from dynapipeline._model.factory import PipelineFactory, PipeLineType
+from dynapipeline._model.group import StageGroup
+from dynapipeline._model.handlers import Handler
+from dynapipeline._model.pipeline import AdvancedPipeline, Pipeline, SimplePipeline
 from dynapipeline._model.report import ComponentReport, Report, SlowRun
 from dynapipeline._model.stream import ItemError, Step, StepProgress, Stream
+from dynapipeline._observe.progress import Progress
+from dynapipeline._observe.tracer import Tracer
 
 try:
     # The version is written once, in pyproject.toml; the installed metadata carries it.

@@ -1,27 +1,18 @@
 """Command line: ``dynapipeline info | bench | run | --version`` (also ``python -m dynapipeline ...``).
 
-argparse, not click or typer: three subcommands with a handful of options do not
-justify a dependency of the core package, and argparse gives ``--help`` per command.
+Each subcommand is a module of ``dynapipeline/_cli/`` with an ``add_parser(sub)``;
+``main()`` assembles them. argparse, not click or typer: three subcommands with a
+handful of options do not justify a dependency of the core package, and argparse
+gives ``--help`` per command.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 
 __all__ = ["main"]
-
-
-def _info(_: argparse.Namespace) -> int:
-    import dynapipeline
-
-    print(f"dynapipeline {dynapipeline.__version__}")
-    print(f"engine: {'compiled' if dynapipeline.compiled else 'pure'}")
-    print(f"loop: {dynapipeline.loop_name()}")
-    print(f"python: {platform.python_version()} ({sys.implementation.name})")
-    return 0
 
 
 def _prog() -> str:
@@ -34,17 +25,13 @@ def _prog() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import dynapipeline
+    from dynapipeline._cli import bench, info, run
 
     parser = argparse.ArgumentParser(prog=_prog())
     parser.add_argument("--version", action="version", version=f"dynapipeline {dynapipeline.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="version, engine (compiled or pure), loop, Python").set_defaults(func=_info)
-    from dynapipeline._front.bench import add_parser as add_bench
-
-    add_bench(sub)
-    from dynapipeline._front.run_command import add_parser as add_run
-
-    add_run(sub)
+    for command in (info, bench, run):  # the order of --help
+        command.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -6,6 +6,8 @@ included) may raise these errors without importing upward.
 
 from __future__ import annotations
 
+from typing import Any as _Any
+
 __all__ = [
     "ClusterError",
     "ConfigurationError",
@@ -16,17 +18,7 @@ __all__ = [
     "RemoteError",
     "StageTimeoutError",
     "WorkerCrashedError",
-    "kind_of",
 ]
-
-
-def kind_of(value: object) -> str:
-    """How a message names a bad value's kind; a class passed where an instance belongs says so."""
-    if isinstance(value, type):
-        # Components take keyword fields; the rest (strategies, handlers) vary.
-        example = "name=..." if hasattr(value, "model_fields") and "name" in value.model_fields else "..."
-        return f"the class {value.__name__} (pass an instance: {value.__name__}({example}))"
-    return type(value).__name__
 
 
 class DynaPipelineError(Exception):
@@ -90,3 +82,13 @@ class RemoteError(DynaPipelineError):
 
     def __str__(self) -> str:
         return "\n" + self.traceback_text
+
+
+def __getattr__(name: str) -> _Any:
+    # kind_of is private (dynapipeline._model.checks), not an error. Transport modules that still import
+    # it from here get it lazily, so that this module imports nothing at import time; drop this once none does.
+    if name == "kind_of":
+        from dynapipeline._model.checks import kind_of
+
+        return kind_of
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

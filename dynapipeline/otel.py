@@ -5,6 +5,6 @@ pipeline a span per run, nested pipeline → group → stage. Importing this mod
 without OpenTelemetry installed raises an ImportError naming the ``otel`` extra.
 """
 
-from dynapipeline._front.otel import OpenTelemetryHandler
+from dynapipeline._observe.otel import OpenTelemetryHandler
 
 __all__ = ["OpenTelemetryHandler"]

@@ -18,7 +18,7 @@ import pytest
 
 import dynapipeline
 from dynapipeline.__main__ import main
-from dynapipeline._front.bench import BUILD, CASES, KINDS, format_table
+from dynapipeline._cli.bench import BUILD, CASES, KINDS, format_table
 
 MODE = "compiled" if dynapipeline.compiled else "pure"
 

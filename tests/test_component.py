@@ -339,3 +339,14 @@ def test_a_subclass_that_allows_extra_fields_keeps_them():
         model_config = pydantic.ConfigDict(extra="allow")
 
     assert Loose(name="a", colour="red").colour == "red"  # type: ignore[attr-defined]
+
+
+async def test_runner_of_is_the_runner_that_counts_the_components_runs():
+    from dynapipeline._model.component import private_of, runner_of
+
+    stage = Echo(name="a")
+    runner = runner_of(stage)
+    assert runner is private_of(stage)["_runner"]
+    await stage.run()
+    await stage.run()
+    assert runner.count == 2 == stage.stats.count

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 import dynapipeline
 
+PACKAGE = Path(dynapipeline.__file__).parent
 PUBLIC = (
     "dynapipeline",
     "dynapipeline.contexts",
@@ -53,3 +56,72 @@ def test_the_0_1_spelling_is_the_same_class() -> None:
 
     assert InfinitLoopStrategy is InfiniteLoopStrategy
     assert InfiniteLoopStrategy.__name__ == "InfiniteLoopStrategy"
+
+
+def test_errors_lists_only_errors() -> None:
+    import dynapipeline.errors as errors
+
+    for name in errors.__all__:
+        value = getattr(errors, name)
+        assert isinstance(value, type) and issubclass(value, Exception), f"dynapipeline.errors.{name} is not an error"
+
+
+def _private_packages() -> list[Path]:
+    return sorted(init for init in PACKAGE.rglob("__init__.py")
+                  if any(part.startswith("_") and part != "__init__.py" for part in init.relative_to(PACKAGE).parts))
+
+
+def test_private_packages_exist() -> None:
+    names = {init.parent.name for init in _private_packages()}
+    assert {"_engine", "_model", "_strategies", "_transports", "_cli", "_observe"} <= names
+
+
+@pytest.mark.parametrize("init", _private_packages(), ids=lambda init: str(init.parent.relative_to(PACKAGE)))
+def test_private_package_init_reexports_nothing(init: Path) -> None:
+    # Internal code imports each name from the one module that defines it. The engine's
+    # __init__ is the exception: it picks the compiled or the pure engine at import.
+    if init.parent.name == "_engine":
+        return
+    body = ast.parse(init.read_text()).body
+    assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+        and isinstance(body[0].value.value, str), f"{init.relative_to(PACKAGE)} holds more than its docstring"
+
+
+# Each room of the package and its rank; a module imports only from rooms of its rank or lower.
+# The command line is a user of the library like any other, so it ranks with the public modules.
+RANKS = {
+    "errors": 0,
+    "_engine": 1, "_loops": 1, "_table": 1,
+    "_model": 2,
+    "_strategies": 3,
+    "_transports": 4,
+    "_observe": 5,
+    "_cli": 6, "__init__": 6, "__main__": 6, "contexts": 6, "execution": 6, "otel": 6,
+}
+# errors.kind_of: a lazy forward to its private home for the transport modules that still import it from errors.
+ALLOWED_UPWARD = {("errors", "_model")}
+
+
+def _room(parts: tuple[str, ...]) -> str:
+    return parts[0].removesuffix(".py") if parts else "__init__"
+
+
+def test_nothing_imports_upward() -> None:
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        room = _room(path.relative_to(PACKAGE).parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] != "dynapipeline":
+                    continue
+                target = parts[1] if len(parts) > 1 else "__init__"
+                if RANKS[target] > RANKS[room] and (room, target) not in ALLOWED_UPWARD:
+                    upward.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {module}")
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)

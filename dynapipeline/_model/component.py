@@ -13,18 +13,25 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from dynapipeline._engine import Runner
+from dynapipeline._model.checks import as_float, is_int, kind_of
 from dynapipeline._model.contexts import Context
 from dynapipeline._model.fields import reject_unknown_fields
 from dynapipeline._model.handlers import Handler
-from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from dynapipeline._model.report import Report
 
-__all__ = ["Component", "ComponentStats", "Flat", "Stage", "collecting"]
+__all__ = ["Component", "ComponentStats", "Flat", "Stage", "collecting", "private_of", "runner_of"]
 
 private_of: Callable[[BaseModel], dict[str, Any]] = operator.attrgetter("__pydantic_private__")
 """A component's private attributes, read without pydantic's ``__getattr__`` (for hot paths)."""
+
+
+def runner_of(component: BaseModel) -> Runner:
+    """The engine runner that runs ``component`` and keeps its timing and stats (read as ``private_of`` does)."""
+    runner: Runner = private_of(component)["_runner"]
+    return runner
 
 
 class ComponentStats(BaseModel):
@@ -208,7 +215,7 @@ class Stage(Component):
     def _configure_runner(self) -> None:
         fields = self.__dict__
         timeout = fields["timeout"]
-        private_of(self)["_runner"].configure(
+        runner_of(self).configure(
             None if timeout is not None and math.isinf(timeout) else timeout,  # inf: no limit
             fields["retries"], fields["retry_delay"], fields["retry_backoff"])
 
@@ -228,16 +235,6 @@ class Stage(Component):
 _RUN_POLICY = frozenset({"timeout", "retries", "retry_delay", "retry_backoff"})
 
 
-def as_float(value: Any) -> float | None:
-    """``value`` as a float if it is an int or a float (bools are not) that fits one, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond the largest float
-        return None
-
-
 def _checked_policy(name: Any, field: str, value: Any) -> Any:
     """``value`` if it is valid for the run-policy ``field`` of Stage ``name``; else ConfigurationError."""
     number = as_float(value)
@@ -246,7 +243,7 @@ def _checked_policy(name: Any, field: str, value: Any) -> Any:
         rule = "a number of seconds (None, <= 0 or inf: no limit), not NaN"
     elif field == "retries":
         # The engine counts attempts in a C integer.
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= sys.maxsize
+        ok = is_int(value) and 0 <= value <= sys.maxsize
         rule = "an int >= 0"
     elif field == "retry_delay":
         ok = number is not None and math.isfinite(number) and number >= 0

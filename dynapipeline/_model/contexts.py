@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-from dynapipeline.errors import ConfigurationError, ContextLockedError, kind_of
+from dynapipeline._model.checks import kind_of
+from dynapipeline.errors import ConfigurationError, ContextLockedError
 
 __all__ = ["AsyncLockableContext", "Context", "ProtectedContext"]
 

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import model_validator
 
-from dynapipeline._model.component import Component, Stage, private_of
+from dynapipeline._model.checks import kind_of
+from dynapipeline._model.component import Component, Stage, private_of, runner_of
 from dynapipeline._model.strategy import CycleStrategy, ExecutionStrategy
 from dynapipeline._model.stream import Stream
-from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline.errors import ConfigurationError
 
 __all__ = ["Container", "StageGroup"]
 
@@ -88,7 +89,7 @@ class Container(Component):
                     f"{self._label()}: field '{field}[{index}]' must be a "
                     f"{' or '.join(kind.__name__ for kind in kinds)}, got {kind_of(member)}"
                 )
-            runners.append(private_of(member)["_runner"])
+            runners.append(runner_of(member))
         if len({id(member) for member in members}) != len(members):
             self._reject_repeat(field, members)
         private = private_of(self)

@@ -8,11 +8,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynapipeline._engine import RunControl, current_control, wait_through_cancel
+from dynapipeline._model.checks import kind_of
 from dynapipeline._model.component import Component, Stage, private_of
 from dynapipeline._model.contexts import AsyncLockableContext, Context, ProtectedContext
 from dynapipeline._model.group import Container, StageGroup
 from dynapipeline._model.stream import Stream
-from dynapipeline.errors import ConfigurationError, PipelineRunningError, kind_of
+from dynapipeline.errors import ConfigurationError, PipelineRunningError
 
 __all__ = ["AdvancedPipeline", "Pipeline", "SimplePipeline", "role_of"]
 

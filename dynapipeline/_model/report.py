@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dynapipeline._model.component import Component, Stage, private_of
+from dynapipeline._model.component import Component, Stage, runner_of
 from dynapipeline._table import format_table
 
 __all__ = ["ComponentReport", "Report", "SlowRun", "build_report"]
@@ -120,7 +120,7 @@ def build_report(root: Component) -> Report:
     for depth, component in root._walk(0):
         del path[depth:]
         path.append(component.name)
-        runner = private_of(component)["_runner"]
+        runner = runner_of(component)
         line = _line(component, runner, depth, tuple(path))
         components.append(line)
         if isinstance(component, Stage):

@@ -1,11 +1,13 @@
-"""The two strategy interfaces the components are built against (concrete ones live in strategies/)."""
+"""The two strategy interfaces the components are built against (concrete ones: _strategies/, _transports/)."""
 
 from __future__ import annotations
 
 import contextvars
 from typing import Any, ClassVar
 
-from dynapipeline.errors import ConfigurationError, kind_of
+# check_flag is defined in checks; the thread and process strategies still import it from here.
+from dynapipeline._model.checks import check_flag, kind_of
+from dynapipeline.errors import ConfigurationError
 
 __all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "check_flag", "chunk_items", "rebuild_strategy",
            "runners_of"]
@@ -119,13 +121,6 @@ def runners_of(components: Any, where: str) -> tuple[Any, ...]:
             )
         runners.append(runner)
     return tuple(runners)
-
-
-def check_flag(strategy: str, field: str, value: object) -> bool:
-    """A strategy's on/off option: exactly ``True`` or ``False`` (not 1, "yes" or None)."""
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{strategy}: field {field!r} must be a bool (True or False), got {value!r}")
-    return value
 
 
 def rebuild_strategy(cls: type[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

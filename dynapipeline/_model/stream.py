@@ -31,7 +31,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -46,6 +45,7 @@ from dynapipeline._engine import (
     tracing,
     wait_through_cancel,
 )
+from dynapipeline._model.checks import check_int, check_seconds
 from dynapipeline._model.component import Component, Flat, Stage, private_of
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, chunk_items
 from dynapipeline.errors import ConfigurationError
@@ -82,13 +82,9 @@ class Step:
         if strategy is not None and not isinstance(strategy, ExecutionStrategy):
             raise ConfigurationError(f"{label}: field 'strategy' must be an execution strategy or None, "
                                      f"got {type(strategy).__name__}")
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-            raise ConfigurationError(f"{label}: field 'batch' must be an int >= 1 or None, got {batch!r}")
+        check_int(label, "batch", batch, least=1, optional=True)
         if batch_timeout is not None:
-            if isinstance(batch_timeout, bool) or not isinstance(batch_timeout, (int, float)) \
-                    or not 0 < batch_timeout < math.inf:
-                raise ConfigurationError(f"{label}: field 'batch_timeout' must be a finite number of seconds > 0 "
-                                         f"or None, got {batch_timeout!r}")
+            check_seconds(label, "batch_timeout", batch_timeout, optional=True)
             if batch is None:
                 raise ConfigurationError(f"{label}: field 'batch_timeout' needs 'batch'")
         self.stage = stage
@@ -174,9 +170,7 @@ class Stream(Component):
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         label = f"Stream {self.name!r}"
-        maxsize = self.maxsize
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-            raise ConfigurationError(f"{label}: field 'maxsize' must be an int >= 1, got {maxsize!r}")
+        check_int(label, "maxsize", self.maxsize, least=1)
         if not isinstance(self.ordered, bool):
             raise ConfigurationError(f"{label}: field 'ordered' must be a bool, got {self.ordered!r}")
         if self.on_error not in ("raise", "skip", "return"):

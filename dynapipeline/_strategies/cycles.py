@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from dynapipeline._engine import Forever, Loop, Once
-from dynapipeline._model.component import as_float
+from dynapipeline._model.checks import as_float, check_int
 from dynapipeline._model.strategy import CycleStrategy
 from dynapipeline.errors import ConfigurationError
 
@@ -29,9 +29,7 @@ class LoopCycleStrategy(CycleStrategy):
 
     def __init__(self, cycles: int) -> None:
         # sys.maxsize: the engine counts cycles in a C integer.
-        if isinstance(cycles, bool) or not isinstance(cycles, int) or not 0 <= cycles <= sys.maxsize:
-            raise ConfigurationError(f"LoopCycleStrategy: field 'cycles' must be an int >= 0, got {cycles!r}")
-        self.cycles = cycles
+        self.cycles: int = check_int("LoopCycleStrategy", "cycles", cycles, least=0, most=sys.maxsize)
         self.run_cycles = Loop(cycles).run  # type: ignore[method-assign]
 
     def __reduce__(self) -> tuple[type, tuple[int]]:

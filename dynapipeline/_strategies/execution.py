@@ -10,8 +10,8 @@ import sys
 from typing import Any
 
 from dynapipeline._engine import Bounded, BoundedGather, Chained, Concurrent, ConcurrentGather, Sequential, Slots
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag, rebuild_strategy
-from dynapipeline.errors import ConfigurationError
+from dynapipeline._model.checks import check_flag, check_int
+from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, rebuild_strategy
 
 __all__ = ["ConcurrentExecutionStrategy", "SemaphoreExecutionStrategy", "SequentialExecutionStrategy"]
 
@@ -86,11 +86,7 @@ class SemaphoreExecutionStrategy(ExecutionStrategy):
 
     def __init__(self, max_concurrent: int, *, return_exceptions: bool = False) -> None:
         # sys.maxsize: the engine counts slots in a C integer.
-        if (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)
-                or not 1 <= max_concurrent <= sys.maxsize):
-            raise ConfigurationError(
-                f"SemaphoreExecutionStrategy: field 'max_concurrent' must be an int >= 1, got {max_concurrent!r}"
-            )
+        check_int("SemaphoreExecutionStrategy", "max_concurrent", max_concurrent, least=1, most=sys.maxsize)
         self.return_exceptions = check_flag("SemaphoreExecutionStrategy", "return_exceptions", return_exceptions)
         self.max_concurrent = max_concurrent
         self._slots = Slots(max_concurrent)

@@ -6,11 +6,9 @@ from dynapipeline._strategies.execution import (
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
-from dynapipeline._transports import (
-    DaskExecutionStrategy,
-    MultiprocessExecutionStrategy,
-    MultithreadExecutionStrategy,
-)
+from dynapipeline._transports.to_dask import DaskExecutionStrategy
+from dynapipeline._transports.to_process import MultiprocessExecutionStrategy
+from dynapipeline._transports.to_thread import MultithreadExecutionStrategy
 
 __all__ = [
     "ConcurrentExecutionStrategy",

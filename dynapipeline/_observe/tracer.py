@@ -12,8 +12,9 @@ import time
 from typing import IO, Any
 
 from dynapipeline._engine import ItemTracks, TraceSink, current_trace, set_tracing
-from dynapipeline._front.trace_events import item_metadata, item_tracks, trace_events
-from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline._model.checks import kind_of
+from dynapipeline._observe.trace_events import item_metadata, item_tracks, trace_events
+from dynapipeline.errors import ConfigurationError
 
 __all__ = ["Tracer", "path_problem"]
 

@@ -43,11 +43,11 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
-from dynapipeline._front.loop import loop_name
-from dynapipeline._front.loop import run as run_on_loop
-from dynapipeline._front.progress import Progress
-from dynapipeline._front.tracer import Tracer, path_problem
-from dynapipeline._model import Component
+from dynapipeline._loops import loop_name
+from dynapipeline._loops import run as run_on_loop
+from dynapipeline._model.component import Component
+from dynapipeline._observe.progress import Progress
+from dynapipeline._observe.tracer import Tracer, path_problem
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["FILE_MODULE", "LOOP_CHOICES", "WRAPPERS", "BadInput", "add_parser", "load_target", "run_command"]

@@ -6,18 +6,13 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from dynapipeline._model import (
-    AdvancedPipeline,
-    CycleStrategy,
-    ExecutionStrategy,
-    Pipeline,
-    ProtectedContext,
-    SimplePipeline,
-    StageGroup,
-)
-from dynapipeline._model.contexts import AsyncLockableContext, Context
+from dynapipeline._model.checks import kind_of
+from dynapipeline._model.contexts import AsyncLockableContext, Context, ProtectedContext
+from dynapipeline._model.group import StageGroup
+from dynapipeline._model.pipeline import AdvancedPipeline, Pipeline, SimplePipeline
+from dynapipeline._model.strategy import CycleStrategy, ExecutionStrategy
 from dynapipeline._model.stream import Stream
-from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline.errors import ConfigurationError
 
 __all__ = ["PipeLineType", "PipelineFactory"]
 

@@ -30,8 +30,10 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr
 
-from dynapipeline._model import Container, Handler, Stage, role_of
-from dynapipeline._model.component import private_of
+from dynapipeline._model.component import Stage, runner_of
+from dynapipeline._model.group import Container
+from dynapipeline._model.handlers import Handler
+from dynapipeline._model.pipeline import role_of
 
 try:
     from opentelemetry import trace
@@ -152,7 +154,7 @@ def _attributes(component: Any) -> dict[str, Any]:
         "dynapipeline.component.name": component.name,
         "dynapipeline.component.kind": role_of(component),
         "dynapipeline.component.class": type(component).__name__,
-        "dynapipeline.run": private_of(component)["_runner"].count + 1,
+        "dynapipeline.run": runner_of(component).count + 1,
     }
     if isinstance(component, Container):
         attributes["dynapipeline.execution_strategy"] = type(component.execution_strategy).__name__

@@ -51,15 +51,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dynapipeline._front.factory import PipelineFactory, PipeLineType
-from dynapipeline._front.tracer import Tracer
 from dynapipeline._loops import loop_factory, uvloop_available
-from dynapipeline._model import Pipeline, Stage, StageGroup
+from dynapipeline._model.component import Stage
+from dynapipeline._model.factory import PipelineFactory, PipeLineType
+from dynapipeline._model.group import StageGroup
+from dynapipeline._model.pipeline import Pipeline
 from dynapipeline._model.stream import Stream
-from dynapipeline._strategies import (
+from dynapipeline._observe.tracer import Tracer
+from dynapipeline._strategies.cycles import LoopCycleStrategy, OnceCycleStrategy
+from dynapipeline._strategies.execution import (
     ConcurrentExecutionStrategy,
-    LoopCycleStrategy,
-    OnceCycleStrategy,
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )

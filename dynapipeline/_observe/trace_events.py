@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynapipeline._engine import ItemTracks
-from dynapipeline._model import role_of
-from dynapipeline._model.component import private_of
+from dynapipeline._model.component import runner_of
+from dynapipeline._model.pipeline import role_of
 
 __all__ = ["item_metadata", "item_tracks", "trace_events"]
 
@@ -115,7 +115,7 @@ def _link_parents(slices: list[_Slice]) -> None:
             seen.add(id(s.runner))
             for depth, member in s.runner.owner._walk(0):
                 if depth == 1:
-                    container_of[id(private_of(member)["_runner"])] = s.runner
+                    container_of[id(runner_of(member))] = s.runner
     runs: dict[tuple[int, int, int], list[_Slice]] = {}
     for s in slices:
         if s.runner is not None:

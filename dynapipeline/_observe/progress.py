@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sys
 import time
 from typing import Any, TextIO
 
 from dynapipeline._engine import wait_through_cancel
-from dynapipeline._model import Component, Container
+from dynapipeline._model.checks import check_seconds, kind_of
+from dynapipeline._model.component import Component
+from dynapipeline._model.group import Container
 from dynapipeline._model.stream import Stream
 from dynapipeline._table import format_table
-from dynapipeline.errors import ConfigurationError, kind_of
+from dynapipeline.errors import ConfigurationError
 
 __all__ = ["Progress"]
 
@@ -66,10 +67,7 @@ class Progress:
         if not isinstance(target, Component):
             raise ConfigurationError(
                 f"Progress: field 'target' must be a Pipeline, StageGroup, Stream or Stage, got {kind_of(target)}")
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
-                or not (0 < interval < math.inf):
-            raise ConfigurationError(
-                f"Progress: field 'interval' must be a finite number of seconds > 0, got {interval!r}")
+        check_seconds("Progress", "interval", interval)
         if live is not None and not isinstance(live, bool):
             raise ConfigurationError(f"Progress: field 'live' must be True, False or None, got {live!r}")
         self.target = target

@@ -1,0 +1,26 @@
+"""``dynapipeline info``: the version, the engine (compiled or pure), the loop ``run()`` would use, the Python."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "info"]
+
+
+def info(_: argparse.Namespace) -> int:
+    """Print what this installation runs with; exit status 0."""
+    import dynapipeline
+
+    print(f"dynapipeline {dynapipeline.__version__}")
+    print(f"engine: {'compiled' if dynapipeline.compiled else 'pure'}")
+    print(f"loop: {dynapipeline.loop_name()}")
+    print(f"python: {platform.python_version()} ({sys.implementation.name})")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``info`` to the command line's subcommands."""
+    sub.add_parser("info", help="version, engine (compiled or pure), loop, Python").set_defaults(func=info)

@@ -1,0 +1,79 @@
+"""Checks of user input shared by components, streams, strategies and the front: one wording per rule.
+
+Each ``check_*`` returns the value when it is valid and otherwise raises a
+ConfigurationError ``"<owner>: field '<field>' must be <rule>, got <value>"``;
+``kind_of`` names a bad value's kind in such messages. A bool is never taken
+for a number (``True`` is not ``1`` worker), and a number of seconds is finite
+(``0 < x < inf``, so NaN is refused too). Imports nothing from the package but
+the errors, so every layer from the model up may use it.
+
+See docs/errors.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dynapipeline.errors import ConfigurationError
+
+__all__ = ["as_float", "check_flag", "check_int", "check_max_workers", "check_seconds", "is_int", "kind_of"]
+
+
+def kind_of(value: object) -> str:
+    """How a message names a bad value's kind; a class passed where an instance belongs says so."""
+    if isinstance(value, type):
+        # Components take keyword fields; the rest (strategies, handlers) vary.
+        example = "name=..." if hasattr(value, "model_fields") and "name" in value.model_fields else "..."
+        return f"the class {value.__name__} (pass an instance: {value.__name__}({example}))"
+    return type(value).__name__
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an int and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def as_float(value: Any) -> float | None:
+    """``value`` as a float if it is an int or a float (bools are not) that fits one, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the largest float
+        return None
+
+
+def check_flag(owner: str, field: str, value: object) -> bool:
+    """An on/off option: exactly ``True`` or ``False`` (not 1, "yes" or None)."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{owner}: field {field!r} must be a bool (True or False), got {value!r}")
+    return value
+
+
+def check_int(owner: str, field: str, value: Any, *, least: int, most: int | None = None,
+              optional: bool = False) -> Any:
+    """An int ``>= least`` (and ``<= most``, an unstated bound such as a C integer's), or None when ``optional``."""
+    if optional and value is None:
+        return value
+    if not is_int(value) or value < least or (most is not None and value > most):
+        alternative = " or None" if optional else ""
+        raise ConfigurationError(f"{owner}: field '{field}' must be an int >= {least}{alternative}, got {value!r}")
+    return value
+
+
+def check_max_workers(owner: str, max_workers: object) -> int | None:
+    """``max_workers`` of a pool strategy: an int >= 1, or None for the strategy's default."""
+    checked: int | None = check_int(owner, "max_workers", max_workers, least=1, optional=True)
+    return checked
+
+
+def check_seconds(owner: str, field: str, value: Any, *, optional: bool = False) -> Any:
+    """A finite number of seconds > 0 (not a bool, not NaN), or None when ``optional``."""
+    if optional and value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        alternative = " or None" if optional else ""
+        raise ConfigurationError(f"{owner}: field '{field}' must be a finite number of seconds > 0{alternative}, "
+                                 f"got {value!r}")
+    return value

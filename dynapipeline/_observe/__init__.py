@@ -1,0 +1,1 @@
+"""Observing a run: Tracer and its trace events, Progress, and the OpenTelemetry handler."""
