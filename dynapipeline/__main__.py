@@ -4,6 +4,8 @@ Each subcommand is a module of ``dynapipeline/_cli/`` with an ``add_parser(sub)`
 ``main()`` assembles them. argparse, not click or typer: three subcommands with a
 handful of options do not justify a dependency of the core package, and argparse
 gives ``--help`` per command.
+
+See docs/index.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``dynapipeline info``: the version, the engine (compiled or pure), the loop ``run()`` would use, the Python."""
+"""``dynapipeline info``: the version, the engine (compiled or pure), the loop ``run()`` would use, the Python.
+
+See docs/troubleshooting.md.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """``dynapipeline run PATH_OR_MODULE:ATTR``: load a pipeline or stream and run it.
 
+::
+
+    PATH_OR_MODULE:ATTR ─► load_target() ─► a component (or a function, called on the run's loop, returning one)
+        ─► WRAPPERS (--trace: Tracer, --progress: Progress) ─► component.run() on run()'s loop ─► exit status
+    1st Ctrl-C or SIGTERM ─► component.stop(): the run unwinds      2nd ─► the run is cancelled
+
 - ``PATH_OR_MODULE`` is a file (``examples/x.py``; its folder goes first on
   ``sys.path``, as with ``python examples/x.py``) or a dotted module name (found
   from the current folder too, as with ``python -m``). A file is loaded under the
@@ -22,6 +28,8 @@
 
 Options that wrap the run are entries of ``WRAPPERS``: each takes the parsed
 arguments and the target and returns an async context manager (or ``None``).
+
+See docs/index.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,16 @@
-"""PipelineFactory: builds SIMPLE, ADVANCED or CUSTOM pipelines with the upstream call."""
+"""PipelineFactory: builds SIMPLE, ADVANCED or CUSTOM pipelines with the call 0.1 had.
+
+::
+
+    create_pipeline(SIMPLE,   name, groups, cycles, execution, context_data) ─► SimplePipeline, AsyncLockableContext
+    create_pipeline(ADVANCED, name, groups, cycles, execution, context_data) ─► AdvancedPipeline, ProtectedContext
+    create_pipeline(CUSTOM,   name, groups, cycles, execution, context=...)  ─► Pipeline, the caller's Context
+
+It lives beside the pipelines it builds and uses nothing but the model; a bad
+``pipeline_type`` or ``context_data`` is a ConfigurationError naming the field.
+
+See docs/groups.md.
+"""
 
 from __future__ import annotations
 

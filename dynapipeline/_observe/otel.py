@@ -19,6 +19,16 @@ times, as children of the group or stream that awaited them, with the same
 attributes plus ``dynapipeline.worker_pid`` (on Dask also
 ``dynapipeline.worker_address``), and the error as for a run here. A group shipped
 to a worker gets one span; its members' runs inside that worker get none.
+
+::
+
+    a run here ─► handler.around() ─► span, current while the component runs ─► its members' spans nest under it
+    a run in a worker process or on Dask ─► back with its start and end ─► ran_elsewhere() ─► span made here
+
+Public as ``dynapipeline.otel``; without OpenTelemetry installed the import
+raises an ImportError naming the ``otel`` extra.
+
+See docs/observing.md.
 """
 
 from __future__ import annotations

@@ -5,9 +5,20 @@
     async with dynapipeline.Progress(pipeline, interval=0.5):
         await pipeline.run()
 
-A background task reads the counts every ``interval`` seconds; nothing is
-hooked into the engine, so a run without a display costs nothing, and a run
-with one costs one read of the counts per interval.
+::
+
+    a background task, every ``interval`` s:  the counts of the target and its members (a stream: of its steps)
+                                               ─► rows ─┬─ a terminal (live): rich's Live table, redrawn in place
+                                                        └─ otherwise: lines on the dynapipeline logger when it
+                                                           shows INFO, else on ``file``
+
+Invariants: nothing is hooked into the engine, so a run without a display
+costs nothing, and a run with one costs one read of the counts per interval;
+leaving the block (also on an error or a cancellation) cancels and awaits the
+task and restores the terminal; an error while drawing is logged once and stops
+the display, never the run.
+
+See docs/observing.md.
 """
 
 from __future__ import annotations

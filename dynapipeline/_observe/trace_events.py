@@ -1,5 +1,10 @@
 """Turning what a tracer collected into Chrome trace events (the JSON format Perfetto and chrome://tracing open).
 
+::
+
+    kept runs (pipelines, groups, streams, steps, stages) ─► trace_events() ─► "X" slices, "s"/"f" arrows, "M" names
+    stream items' runs ─► item_tracks() (the engine's ItemTracks) ─► "X" slices on "<thread>: <stage>" tracks
+
 - One complete (``"X"``) slice per run of a pipeline, group, stream or stage, on
   the process and thread it ran on; stream steps get a slice each too. Args:
   the component's kind, its ``cycle`` (which run of it this was), the stream
@@ -23,6 +28,8 @@ it is the system-wide monotonic clock on Linux (``CLOCK_MONOTONIC``) and macOS,
 so a worker's readings compare with the parent's without any conversion
 (``time.time()`` would follow wall-clock steps). ``ts``/``dur`` are microseconds
 since the tracer started, whole (see ``_us``).
+
+See docs/observing.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,19 @@
-"""``Tracer``: record every run inside a ``with`` block and write a trace Perfetto and chrome://tracing open."""
+"""``Tracer``: record every run inside a ``with`` block and write a trace Perfetto and chrome://tracing open.
+
+::
+
+    with Tracer(path):   current_trace = TraceSink ─► the engine, at the end of every run:
+                            ├─ a stream item's run ─► ItemTracks ─► written to ``path`` as the run goes
+                            └─ any other run ───────► kept ─► trace_events() when the block exits ─► ``path``
+    worker threads, processes, Dask tasks: their runs travel back with their results ─► the same sink
+
+Invariants: while no tracer is active anywhere, the engine's cost is one flag
+test per run; the innermost active tracer records; a path that cannot be
+written is refused when the tracer is made; a failure to write the trace never
+replaces the block's own error (it is added to it as a note).
+
+See docs/observing.md.
+"""
 
 from __future__ import annotations
 
