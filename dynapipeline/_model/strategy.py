@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 from typing import Any, ClassVar
 
-# check_flag is defined in checks; the thread and process strategies still import it from here.
+# check_flag is defined in checks; the thread and process strategies still import it from here (drop it then).
 from dynapipeline._model.checks import check_flag, kind_of
 from dynapipeline.errors import ConfigurationError
 
