@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 LEGS := compiled:asyncio compiled:uvloop pure:asyncio pure:uvloop
 
-.PHONY: install demo test lint bench bench-suite clean
+.PHONY: install demo docs test lint bench bench-suite clean
 
 install: $(STAMP)
 
@@ -20,10 +20,18 @@ $(STAMP): pyproject.toml setup.py dynapipeline/_engine/core_py.py dynapipeline/_
 demo: $(STAMP)
 	$(VPY) examples/readme_example.py
 
+# The documentation site into site/ (gitignored). --strict turns every warning (a broken link or anchor, a page
+# missing from the nav, a docstring mkdocstrings cannot read) into a failure; not with --quiet, which hides them
+# from the count. `mkdocs serve` shows the site while editing.
+DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(VPY) -m mkdocs build --strict --site-dir site
+docs: $(STAMP)
+	$(DOCS_BUILD)
+
 # Four legs (engine x loop); the first also builds the wheel and installs it in a fresh venv (tests/test_wheel.py).
 test: $(STAMP)
 	$(VPY) -m ruff check dynapipeline tests examples benchmarks
 	$(VPY) -m mypy --strict dynapipeline tests/typing
+	$(DOCS_BUILD)
 	@set -e; for leg in $(LEGS); do \
 		mode=$${leg%%:*}; loop=$${leg##*:}; \
 		echo "=== engine=$$mode loop=$$loop"; \
@@ -56,4 +64,4 @@ bench-suite: $(STAMP)
 	done
 
 clean:
-	rm -rf build dist *.egg-info dynapipeline/_engine/*.c dynapipeline/_engine/*.so .pytest_cache
+	rm -rf build dist site *.egg-info dynapipeline/_engine/*.c dynapipeline/_engine/*.so .pytest_cache

@@ -4,7 +4,7 @@ Group ``trace-stream`` (``pytest benchmarks/test_trace_bench.py --benchmark-only
 ``stream`` case of ``python -m dynapipeline bench`` run bare and inside ``Tracer(file)``
 (the file written, the time to write it at exit included).
 
-The figures of the README's Performance section come from running this file as a script::
+The tracing figures of docs/performance.md come from running this file as a script::
 
     .venv/bin/python benchmarks/test_trace_bench.py [--items N] [--repeat K]
 

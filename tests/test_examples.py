@@ -1,4 +1,4 @@
-"""The examples run as users would run them."""
+"""The examples run as users would run them (the code blocks of README.md and docs/: tests/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_readme_example_runs_unchanged_and_times_groups():
+    """The 0.1 README's example (docs/migrating.md), which README.md's group example follows."""
     out = subprocess.run([sys.executable, str(EXAMPLES / "readme_example.py")], capture_output=True,
                          text=True, check=True, timeout=60).stdout
     assert "final counter: 7" in out
