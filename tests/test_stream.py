@@ -271,6 +271,25 @@ async def test_iterate_raises_the_first_error() -> None:
             pass
 
 
+async def test_leaving_iterate_after_the_run_failed_raises_nothing_and_logs_nothing() -> None:
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        async with stream(FailOn(name="f", bad=1), maxsize=1).iterate(range(5)) as outputs:
+            async for value in outputs:
+                assert value == 0
+                for _ in range(10):
+                    await asyncio.sleep(0)  # meanwhile item 1 fails the run
+                assert stream_tasks() == []
+                break
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(handler)
+    assert reported == []  # e.g. no "Task exception was never retrieved"
+
+
 # -- strategies of a step -----------------------------------------------------------------------
 async def test_sequential_step_runs_one_item_at_a_time() -> None:
     counter = Counter()

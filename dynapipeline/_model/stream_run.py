@@ -61,6 +61,8 @@ async def outputs(stream: Stream, args: tuple[Any, ...]) -> AsyncGenerator[Any, 
             except asyncio.CancelledError:
                 if (task := asyncio.current_task()) is not None and task.cancelling():
                     raise
+        elif not supervisor.cancelled():
+            supervisor.exception()  # a failure the consumer left before learning of: retrieved, so not logged
 
 
 async def _supervise(run: Run, out: ClosableQueue[Any]) -> None:
