@@ -236,13 +236,13 @@ async def closing_pool(strategy: Any) -> AsyncIterator[Any]:
 
 
 def stream_tasks() -> list[asyncio.Task[Any]]:
-    """Tasks of a stream still alive (its feeder, step workers and supervisor run the stream module's coroutines)."""
-    from dynapipeline._model import stream as stream_module
+    """Tasks of a stream still alive (its feeder, step workers and supervisor run the run modules' coroutines)."""
+    from dynapipeline._model import stream_run, stream_step
 
     me = asyncio.current_task()
-    here = stream_module.__file__
+    here = {stream_run.__file__, stream_step.__file__}
     return [t for t in asyncio.all_tasks()
-            if t is not me and getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", "") == here]
+            if t is not me and getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", "") in here]
 
 
 def _refuse_to_rebuild() -> None:

@@ -215,14 +215,53 @@ async def test_iterate_yields_outputs_as_they_come_and_leaving_early_stops_the_s
 
     s = stream(Double(name="d"), maxsize=10)
     got = []
-    async for value in s.iterate(source()):
-        got.append(value)
-        if len(got) == 5:
-            break
+    async with s.iterate(source()) as outputs:
+        async for value in outputs:
+            got.append(value)
+            if len(got) == 5:
+                break
     assert got == [0, 2, 4, 6, 8]
-    await asyncio.sleep(0.05)
+    assert stream_tasks() == []  # stopped as the block ended
     assert len(pulled) < 100  # the rest of the source was never pulled
+
+
+async def test_iterate_without_async_with_runs_to_the_end() -> None:
+    got = [value async for value in stream(Double(name="d"), maxsize=2).iterate(range(10))]
+    assert got == [2 * i for i in range(10)]
     assert stream_tasks() == []
+
+
+@pytest.mark.parametrize("strategy", [SemaphoreExecutionStrategy(4), MultithreadExecutionStrategy(4)], ids=repr)
+async def test_leaving_async_with_iterate_early_stops_the_workers_and_the_source_at_once(strategy: Any) -> None:
+    hanging: list[int] = []  # items whose run started to hang
+    stopped: list[int] = []  # ... and was cut short
+
+    class HangAfterFirst(Stage):
+        async def execute(self, item: int) -> int:
+            if item:
+                hanging.append(item)
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    stopped.append(item)
+                    raise
+            return item
+
+    source = _Counted(1000)
+    s = stream(Step(HangAfterFirst(name="hang"), strategy), ordered=False, maxsize=10)
+    async with s.iterate(source) as outputs:
+        async for value in outputs:
+            assert value == 0
+            break
+        assert s.progress["hang"].in_flight > 0
+    # Nothing awaited since the block ended: its exit waited for the whole stream to stop.
+    pulled = source.pulled
+    assert stream_tasks() == []
+    assert hanging and sorted(stopped) == sorted(hanging)
+    assert s.progress["hang"].in_flight == 0
+    for _ in range(10):
+        await asyncio.sleep(0)  # turns of the loop in which a feeder left behind would pull again
+    assert source.pulled == pulled < 1000
 
 
 async def test_iterate_raises_the_first_error() -> None:
@@ -230,6 +269,25 @@ async def test_iterate_raises_the_first_error() -> None:
     with pytest.raises(ValueError, match="bad item 2"):
         async for _ in s.iterate(range(5)):
             pass
+
+
+async def test_leaving_iterate_after_the_run_failed_raises_nothing_and_logs_nothing() -> None:
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        async with stream(FailOn(name="f", bad=1), maxsize=1).iterate(range(5)) as outputs:
+            async for value in outputs:
+                assert value == 0
+                for _ in range(10):
+                    await asyncio.sleep(0)  # meanwhile item 1 fails the run
+                assert stream_tasks() == []
+                break
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(handler)
+    assert reported == []  # e.g. no "Task exception was never retrieved"
 
 
 # -- strategies of a step -----------------------------------------------------------------------
@@ -435,9 +493,9 @@ class _Counted:
             yield i
 
 
-@pytest.mark.parametrize("closing", [True, False], ids=["aclosing", "break"])
+@pytest.mark.parametrize("closing", ["async with", "aclosing"])
 @pytest.mark.parametrize("strategy", [SemaphoreExecutionStrategy(4), MultithreadExecutionStrategy(4)], ids=repr)
-async def test_progress_settles_after_leaving_iterate(strategy: Any, closing: bool) -> None:
+async def test_progress_settles_after_leaving_iterate(strategy: Any, closing: str) -> None:
     class StuckAfterFirst(Stage):
         async def execute(self, item: int) -> int:
             if item:
@@ -446,20 +504,11 @@ async def test_progress_settles_after_leaving_iterate(strategy: Any, closing: bo
 
     source = _Counted(100)
     s = stream(Step(StuckAfterFirst(name="slow"), strategy), Double(name="d"), ordered=False, maxsize=10)
-    if closing:
-        async with contextlib.aclosing(s.iterate(source)) as outputs:
-            async for _ in outputs:
-                break
-        # The stream stopped as the block ended.
-    else:
-        async for _ in s.iterate(source):
+    items = s.iterate(source)
+    async with items if closing == "async with" else contextlib.aclosing(items) as outputs:
+        async for _ in outputs:
             break
-        assert stream_tasks()  # still running: nothing has closed the generator yet
-        # The loop closes the abandoned generator on its next turns, and so stops the stream.
-        for _ in range(500):
-            if not stream_tasks():
-                break
-            await asyncio.sleep(0.01)
+    # The stream stopped as the block ended.
     slow = s.progress["slow"]
     assert (slow.done, slow.failed, slow.in_flight, slow.queued) == (1, 0, 0, 0)
     assert slow.cancelled > 0 and slow.done + slow.cancelled == source.pulled  # every item pulled is accounted for

@@ -1,6 +1,8 @@
 """Streams: items flowing through steps, one stage per step, with bounded queues between the steps.
 
-::
+This module is the model (``Stream``, ``Step``, what they accept, what a user
+reads back); a run's machinery is in ``stream_run`` (the feeder, the queues,
+``iterate()``) and ``stream_step`` (one step's workers). ::
 
     source ──► [queue ≤ maxsize] ──► step 0 workers ──► [queue ≤ maxsize] ──► step 1 workers ──► ... ──► output
 
@@ -17,6 +19,9 @@
   step starts with one worker and adds one whenever all of its workers are busy,
   up to that width: workers follow the items in flight, so 10 items cost the
   same whether the width is 10 or 1,000,000.
+- The end of the items is each queue closing: its one sender (the feeder, or
+  the step before once all its workers have ended) closes it; the workers behind
+  it take what is left, then end.
 - ``ordered=True`` emits each step's outputs in its input order (a worker that
   finishes early waits for its turn: head-of-line waiting is bounded by the
   step's workers); ``ordered=False`` emits in completion order.
@@ -26,36 +31,31 @@
   in the item's place, untouched by later steps. Whatever the policy, the error
   carries a note naming the stream, the step and the item's index in the source
   (``in stream 'etl', step 'parse', item 17``; a batch is named by its first item).
+- Whatever way a run ends, its counts add up (``StepProgress``) and no task of it
+  is left running; leaving ``async with stream.iterate(src)`` waits for that.
+
+See docs/streams.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from dynapipeline._engine import (
-    current_control,
-    current_item,
-    current_trace,
-    run_tasks,
-    tracing,
-    wait_through_cancel,
-)
 from dynapipeline._model.checks import check_int, check_seconds
-from dynapipeline._model.component import Component, Flat, Stage, private_of
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, chunk_items
+from dynapipeline._model.component import Component, Stage
+from dynapipeline._model.strategy import ExecutionStrategy
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["ItemError", "Step", "StepProgress", "Stream"]
+if TYPE_CHECKING:
+    from dynapipeline._model.queues import ClosableQueue
+    from dynapipeline._model.stream_step import Counts
+
+__all__ = ["ItemError", "Step", "StepProgress", "Stream", "StreamItems"]
 
 OnError = Literal["raise", "skip", "return"]
-_END: Any = object()  # end of the items, passed from step to step
-_NO_KWARGS: dict[str, Any] = {}
-_DRAIN_POLL = 0.02  # seconds between looks at a drain while an async source has no next item
 
 
 class Step:
@@ -143,8 +143,8 @@ class Stream(Component):
     the source gave before it. ``pipeline.stop(drain=True)`` stops pulling the
     source (at once, even while an async source waits for its next item) and
     lets every item already pulled run through all the steps.
-    ``async for item in stream.iterate(source)`` yields the outputs as they come
-    (handlers and timing apply to ``run()`` only).
+    ``async with stream.iterate(source) as items: async for item in items: ...``
+    yields the outputs as they come (handlers and timing apply to ``run()`` only).
     """
 
     if TYPE_CHECKING:
@@ -162,8 +162,8 @@ class Stream(Component):
         source: Any = None
 
     _steps: tuple[Step, ...] = ()
-    _counts: tuple[_Counts, ...] = ()
-    _queues: tuple[asyncio.Queue[Any], ...] = ()
+    _counts: tuple[Counts, ...] = ()
+    _queues: tuple[ClosableQueue[Any], ...] = ()
     _errors: list[ItemError] = []
     _used: _Used | None = None  # the one-shot iterators (sources) that runs have used
 
@@ -203,39 +203,28 @@ class Stream(Component):
         self._used = _Used()
 
     # -- running ---------------------------------------------------------------------------------
+    # The run modules import this one (they run Steps and record ItemErrors), so it imports them when a run starts.
     async def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
         """Run the stream over ``source`` (or the first argument) and return the last step's outputs."""
+        from dynapipeline._model.stream_run import Run
+
         out: list[Any] = []
-        run = _Run(self, self._source_from(args), out.append)
-        await run.go()
+        await Run(self, self._source_from(args), out.append).go()
         return out
 
-    async def iterate(self, source: Any = None) -> AsyncIterator[Any]:
-        """The last step's outputs as they come; leaving the loop early stops the stream.
+    def iterate(self, source: Any = None) -> StreamItems:
+        """The last step's outputs as they come: ``async with stream.iterate(src) as items: async for x in items``.
 
-        After a ``break`` the stream stops when the loop closes the abandoned
-        generator (on its next turns); ``contextlib.aclosing`` stops it as its block ends.
+        Leaving the ``async with`` block stops the stream at once: its workers,
+        threads and processes are stopped and the source is pulled no more before
+        the block is left. A plain ``async for x in stream.iterate(src)`` works too
+        and is enough when the loop runs to the end; after a ``break`` there, the
+        stream stops only when the event loop finalizes the abandoned generator
+        (a few turns of the loop later, or at garbage collection).
         """
-        out: asyncio.Queue[Any] = asyncio.Queue(self.maxsize)
-        run = _Run(self, self._source_from((source,) if source is not None else ()), None, out)
-        supervisor = asyncio.ensure_future(_supervise(run, out))
-        try:
-            while True:
-                item = await out.get()
-                if item is _END:
-                    break
-                if type(item) is _Abort:
-                    raise item.error
-                yield item
-            await supervisor
-        finally:
-            if not supervisor.done():
-                supervisor.cancel()
-                try:
-                    await supervisor
-                except asyncio.CancelledError:
-                    if (task := asyncio.current_task()) is not None and task.cancelling():
-                        raise
+        from dynapipeline._model.stream_run import outputs
+
+        return StreamItems(outputs(self, (source,) if source is not None else ()))
 
     def _source_from(self, args: tuple[Any, ...]) -> Any:
         source = self.source if self.source is not None else (args[0] if args else None)
@@ -257,7 +246,9 @@ class Stream(Component):
     @property
     def progress(self) -> dict[str, StepProgress]:
         """Counts per step, by the step's stage name (of the current or last run)."""
-        counts = self._counts or tuple(_Counts() for _ in self._steps)
+        counts = self._counts
+        if not counts:
+            return {step.stage.name: StepProgress() for step in self._steps}
         queues = self._queues
         result = {}
         for i, (step, c) in enumerate(zip(self._steps, counts, strict=True)):
@@ -323,543 +314,31 @@ def _check_source(label: str, source: Any) -> None:
                                  f"(not a str or bytes), got {type(source).__name__}")
 
 
-class _Counts:
-    """A step's live counts (in flight = received - done - failed - cut)."""
+class StreamItems(AsyncIterator[Any]):
+    """What ``Stream.iterate()`` returns: the outputs, and an async context manager that stops the run as it exits.
 
-    __slots__ = ("cut", "done", "failed", "left", "received")
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.done = 0
-        self.failed = 0
-        self.cut = 0  # received, then cancelled before they finished
-        self.left = 0  # never received: in the queue (or in the feeder's hand) when the run stopped
-
-
-class _Failed:
-    """An exception flowing in an item's place (``on_error="return"``); later steps pass it on untouched."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class _Abort:
-    """Put in ``iterate()``'s queue when the stream failed."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-async def _supervise(run: _Run, out: asyncio.Queue[Any]) -> None:
-    try:
-        await run.go()
-    except Exception as error:
-        while not out.empty():
-            out.get_nowait()  # the consumer only needs to learn of the failure now
-        out.put_nowait(_Abort(error))
-        return
-    await out.put(_END)
-
-
-class _Run:
-    """One run of a stream: its queues, counts and tasks."""
-
-    def __init__(self, stream: Stream, source: Any, sink: Any, out: asyncio.Queue[Any] | None = None) -> None:
-        self.stream = stream
-        self.source = source
-        self.awaiting_source = False  # the feeder waits for the source's next item (not for room in the queue)
-        steps = stream._steps
-        self.queues = tuple(asyncio.Queue[Any](stream.maxsize) for _ in steps)
-        self.counts = tuple(_Counts() for _ in steps)
-        stream._queues = self.queues
-        stream._counts = self.counts
-        self.errors: list[ItemError] = []
-        stream._errors = self.errors
-        self.steps: list[_StepRun] = []
-        for i, step in enumerate(steps):
-            emit: Callable[[int, Any], Awaitable[None]]
-            emit_end: Callable[[Any], Awaitable[None]]
-            if i + 1 < len(steps):
-                nxt = self.queues[i + 1]
-                emit = _putter(nxt)
-                emit_end = nxt.put
-            elif out is not None:
-                emit, emit_end = _putter(out, unwrap=True), _noop_end
-            else:
-                emit, emit_end = _appender(sink), _noop_end
-            outq = self.queues[i + 1] if i + 1 < len(steps) else None
-            self.steps.append(_StepRun(self, step, self.queues[i], self.counts[i], emit, emit_end, outq))
-
-    async def go(self) -> None:
-        """Run the feeder and the steps until the end; however it ends, settle the counts."""
-        try:
-            await run_tasks(self.tasks())
-        finally:
-            self.settle()
-
-    def settle(self) -> None:
-        """Count what a run that stopped early left in its queues as cancelled, and let go of it."""
-        for queue, counts in zip(self.queues, self.counts, strict=True):
-            while not queue.empty():
-                if queue.get_nowait() is not _END:
-                    counts.left += 1
-
-    def tasks(self) -> list[asyncio.Task[Any]]:
-        tasks = [asyncio.ensure_future(self.feed())]
-        for step in self.steps:
-            tasks.append(asyncio.ensure_future(step.run()))
-        return tasks
-
-    async def feed(self) -> None:
-        """Pull the source into the first queue; an error of the source fails the run, whatever ``on_error`` says."""
-        control = current_control.get()
-        if not hasattr(self.source, "__aiter__"):
-            await self.pull(control)
-        elif control is None:
-            await self.pull_async(None)
-        else:
-            await self.pull_async_until_drained(control)
-        await self.queues[0].put(_END)
-
-    async def pull(self, control: Any) -> None:
-        queue = self.queues[0]
-        index = 0
-        if control is not None and control.draining:
-            return
-        try:
-            for value in self.source:
-                try:
-                    queue.put_nowait((index, value))
-                except asyncio.QueueFull:
-                    await self.put_held(queue, (index, value))
-                index += 1
-                if control is not None and control.draining:
-                    break  # before pulling the next item: an item pulled is an item run
-        except Exception as error:
-            self.source_failed(error, index)
-            raise
-
-    async def pull_async(self, control: Any) -> None:
-        queue = self.queues[0]
-        index = 0
-        if control is not None and control.draining:
-            return
-        self.awaiting_source = True
-        try:
-            async for value in self.source:
-                self.awaiting_source = False
-                await self.put_held(queue, (index, value))
-                index += 1
-                if control is not None and control.draining:
-                    break
-                self.awaiting_source = True
-        except Exception as error:
-            self.source_failed(error, index)
-            raise
-        finally:
-            self.awaiting_source = False
-
-    async def pull_async_until_drained(self, control: Any) -> None:
-        """``pull_async``, also ended by a drain while the source has no next item yet (it may never have one)."""
-        puller = asyncio.ensure_future(self.pull_async(control))
-        try:
-            while not puller.done():
-                await asyncio.wait((puller,), timeout=_DRAIN_POLL)
-                if control.draining and self.awaiting_source and not puller.done():
-                    # Waiting for the source, not for room in the queue: every item pulled is queued.
-                    puller.cancel()
-                    await asyncio.wait((puller,))
-        finally:
-            if not puller.done():
-                puller.cancel()
-                await asyncio.wait((puller,))
-        if not puller.cancelled():
-            puller.result()
-
-    async def put_held(self, queue: asyncio.Queue[Any], entry: Any) -> None:
-        """Put an item pulled from the source, waiting for room; if the run stops meanwhile, it counts as cancelled."""
-        try:
-            await queue.put(entry)
-        except BaseException:
-            self.counts[0].left += 1
-            raise
-
-    def source_failed(self, error: Exception, pulled: int) -> None:
-        error.add_note(f"in stream {self.stream.name!r}, its source, after {pulled} items")
-
-
-def _putter(queue: asyncio.Queue[Any], unwrap: bool = False) -> Any:
-    async def emit(index: int, value: Any) -> None:
-        entry = (value.error if type(value) is _Failed else value) if unwrap else (index, value)
-        if queue.full():
-            await queue.put(entry)
-        else:
-            queue.put_nowait(entry)
-
-    return emit
-
-
-def _appender(sink: Any) -> Any:
-    async def emit(index: int, value: Any) -> None:
-        sink(value.error if type(value) is _Failed else value)
-
-    return emit
-
-
-async def _noop_end(_: Any) -> None:
-    return None
-
-
-class _StepRun:
-    """The workers of one step in one run."""
-
-    def __init__(self, run: _Run, step: Step, inq: asyncio.Queue[Any], counts: _Counts, emit: Any,
-                 emit_end: Any, outq: asyncio.Queue[Any] | None) -> None:
-        self.run_ = run
-        self.outq = outq  # the next step's queue (None for the last step): the hot path puts into it itself
-        self.step = step
-        self.inq = inq
-        self.counts = counts
-        self.emit = emit
-        self.emit_end = emit_end
-        stream = run.stream
-        strategy = step.strategy
-        width, runner = (1, None) if strategy is None else strategy.stream_runner(step.stage, stream.maxsize)
-        self.width = max(1, min(width, stream.maxsize))
-        self.item_runner: ItemRunner | None = runner
-        self.chunk = 1 if runner is None else max(1, runner.chunk)
-        self.ordered = stream.ordered and (self.width > 1 or self.chunk > 1)
-        self.on_error = stream.on_error
-        self.taken = 0  # sequence numbers given to what the workers take, in input order
-        self.next_out = 0  # the sequence number whose outputs go next (ordered)
-        self.turns: dict[int, asyncio.Future[None]] = {}
-        self.crew: _Crew | None = None  # the workers, when there may be more than one
-        self.batcher = asyncio.Lock()  # one worker at a time cuts a batch: batches are runs of consecutive items
-
-    async def run(self) -> None:
-        if tracing():
-            await self.traced(self.run_step)
-        else:
-            await self.run_step()
-
-    async def traced(self, run: Callable[[], Awaitable[None]]) -> None:
-        """``run()``, recorded as a slice of the step by the tracer active here (if any)."""
-        sink = current_trace.get()
-        started = time.perf_counter()
-        try:
-            await run()
-        finally:
-            if sink is not None:
-                index = self.run_.steps.index(self) if self in self.run_.steps else -1
-                sink.spans.append((f"step {self.step.stage.name}", "step", started, time.perf_counter(),
-                                   sink.thread(), {"stream": self.run_.stream.name, "step": index}))
-
-    async def run_step(self) -> None:
-        runner = self.item_runner
-        if runner is not None:
-            await runner.open()
-            if runner.width is not None:
-                self.width = max(1, min(self.width, runner.width))
-        work = self.work_here if runner is None and self.step.batch is None else self.work
-        try:
-            if self.width == 1:
-                await work()
-            else:
-                self.crew = _Crew(work, self.width)
-                await self.crew.run()
-        finally:
-            if runner is not None:
-                await runner.aclose()
-        while not self.inq.empty():
-            self.inq.get_nowait()  # the end marker the last worker put back
-        await self.emit_end(_END)
-
-    async def work_here(self) -> None:
-        """One worker of a step that runs one item at a time on the loop: the hot path, kept flat."""
-        inq = self.inq
-        counts = self.counts
-        emit = self.emit
-        run = private_of(self.step.stage)["_runner"].run
-        ordered = self.ordered
-        outq = self.outq
-        crew = self.crew
-        while True:
-            try:
-                entry = inq.get_nowait()
-            except asyncio.QueueEmpty:
-                entry = await inq.get()
-            if entry is _END:
-                inq.put_nowait(_END)  # for the step's other workers (there is room: it was the last item put)
-                return
-            if crew is not None:  # crew.took(), inlined on this hot path
-                crew.busy += 1
-                if crew.busy == crew.size < crew.width:
-                    crew.add()
-            seq = self.taken
-            self.taken = seq + 1
-            index, value = entry
-            if type(value) is _Failed:
-                result: Any = value
-            else:
-                counts.received += 1
-                if tracing():
-                    current_item.set(index)  # the tracer names the item each stage run was for
-                try:
-                    result = await run((value,), _NO_KWARGS)
-                except BaseException as error:
-                    if not isinstance(error, Exception):
-                        counts.cut += 1  # cancelled (or interrupted) before it finished
-                        raise
-                    counts.failed += 1
-                    outputs: list[tuple[int, Any]] = []
-                    self.on_failure(outputs, index, error)
-                    if ordered:
-                        await self.emit_in_turn(seq, 1, outputs)
-                    else:
-                        for out in outputs:
-                            await emit(*out)
-                    if crew is not None:
-                        crew.busy -= 1
-                    continue
-                counts.done += 1
-            if ordered:
-                await self.emit_in_turn(seq, 1, _outputs(index, result))
-            elif type(result) is Flat:
-                for out in result:
-                    await emit(index, out)
-            elif outq is not None:
-                try:
-                    outq.put_nowait((index, result))
-                except asyncio.QueueFull:
-                    await outq.put((index, result))
-            else:
-                await emit(index, result)
-            if crew is not None:
-                crew.busy -= 1
-
-    async def work(self) -> None:
-        """One worker of a step with batching or a runner off the loop."""
-        take = self.take_batch if self.step.batch is not None else self.take_chunk
-        crew = self.crew
-        while True:
-            entries = await take()
-            if not entries:
-                return
-            if crew is not None:
-                crew.took()
-            seq = self.taken
-            self.taken += len(entries)
-            outputs = await self.process(entries)
-            if self.ordered:
-                await self.emit_in_turn(seq, len(entries), outputs)
-            else:
-                for index, value in outputs:
-                    await self.emit(index, value)
-            if crew is not None:
-                crew.busy -= 1
-
-    # -- taking items ----------------------------------------------------------------------------
-    async def take_chunk(self) -> list[Any]:
-        inq = self.inq
-        entry = inq.get_nowait() if not inq.empty() else await inq.get()
-        if entry is _END:
-            inq.put_nowait(_END)
-            return []
-        entries = [entry]
-        chunk = self.item_runner.chunk if self.item_runner is not None else 1  # a runner may adapt it as it goes
-        while len(entries) < chunk and not inq.empty():
-            entry = inq.get_nowait()
-            if entry is _END:
-                inq.put_nowait(_END)
-                break
-            entries.append(entry)
-        return entries
-
-    async def take_batch(self) -> list[Any]:
-        """Up to ``batch`` consecutive items as one entry (fewer at the end or after ``batch_timeout``).
-
-        One worker cuts a batch at a time, the others waiting for their turn, so
-        each batch is a run of consecutive items, taken in source order (its caller
-        numbers it before any other worker can cut the next one).
-        """
-        async with self.batcher:
-            return await self.cut_batch()
-
-    async def cut_batch(self) -> list[Any]:
-        """``take_batch`` for the worker whose turn it is; failed items apart."""
-        inq = self.inq
-        first = inq.get_nowait() if not inq.empty() else await inq.get()
-        if first is _END:
-            inq.put_nowait(_END)
-            return []
-        entries = [first]
-        size = self.step.batch or 1
-        timeout = self.step.batch_timeout
-        loop = asyncio.get_running_loop()
-        end = None if timeout is None else loop.time() + timeout
-        while len(entries) < size:
-            if not inq.empty():
-                entry = inq.get_nowait()
-            elif end is None:
-                entry = await inq.get()
-            else:
-                left = end - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    entry = await asyncio.wait_for(inq.get(), left)
-                except TimeoutError:
-                    break
-            if entry is _END:
-                inq.put_nowait(_END)
-                break
-            entries.append(entry)
-        values = [e[1] for e in entries if type(e[1]) is not _Failed]
-        if len(values) == len(entries):
-            return [(entries[0][0], values)]  # one batch is one unit of work: its index is its first item's
-        if not values:
-            return entries
-        # Failed items keep their place: those that came before the batch's first item go before it.
-        first = next(i for i, e in enumerate(entries) if type(e[1]) is not _Failed)
-        return entries[:first] + [(entries[first][0], values)] + [e for e in entries[first:] if type(e[1]) is _Failed]
-
-    # -- running items ---------------------------------------------------------------------------
-    async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
-        """Run the stage on each entry (failed ones pass through); the (index, value) pairs to emit, in order."""
-        counts = self.counts
-        todo = [value for _, value in entries if type(value) is not _Failed]
-        counts.received += len(todo)
-        if tracing():
-            current_item.set(entries[0][0])
-            chunk_items.set([index for index, value in entries if type(value) is not _Failed])
-        try:
-            if not todo:
-                results: list[tuple[bool, Any]] = []
-            elif self.item_runner is not None:
-                results = await self.item_runner.call(todo)
-            else:
-                results = [await self.call_here(todo[0])]
-        except BaseException:
-            counts.cut += len(todo)  # cancelled before they finished
-            raise
-        for ok, _ in results:  # all counted before an error may be raised below
-            if ok:
-                counts.done += 1
-            else:
-                counts.failed += 1
-        outputs: list[tuple[int, Any]] = []
-        done = iter(results)
-        for index, value in entries:
-            if type(value) is _Failed:
-                outputs.append((index, value))
-                continue
-            ok, result = next(done)
-            if ok:
-                outputs.extend(_outputs(index, result))
-            else:
-                self.on_failure(outputs, index, result)
-        return outputs
-
-    async def call_here(self, value: Any) -> tuple[bool, Any]:
-        try:
-            return True, await private_of(self.step.stage)["_runner"].run((value,), _NO_KWARGS)
-        except Exception as error:
-            return False, error
-
-    def on_failure(self, outputs: list[tuple[int, Any]], index: int, error: BaseException) -> None:
-        """Apply ``on_error`` to an item's error, noted (PEP 678) with where it failed whatever the policy."""
-        name = self.step.stage.name
-        error.add_note(f"in stream {self.run_.stream.name!r}, step {name!r}, item {index}")
-        if self.on_error == "raise":
-            raise error
-        if self.on_error == "skip":
-            self.run_.errors.append(ItemError(index, name, error))
-            return
-        outputs.append((index, _Failed(error)))
-
-    # -- emitting in order -----------------------------------------------------------------------
-    async def emit_in_turn(self, seq: int, taken: int, outputs: list[tuple[int, Any]]) -> None:
-        if seq != self.next_out:
-            turn = self.turns[seq] = asyncio.get_running_loop().create_future()
-            try:
-                await turn
-            finally:
-                self.turns.pop(seq, None)
-        try:
-            for index, value in outputs:
-                await self.emit(index, value)
-        finally:
-            self.next_out = seq + taken
-            waiting = self.turns.get(self.next_out)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(None)
-
-
-class _Crew:
-    """The workers of a step: one to start with, and one more whenever all are busy, up to ``width``.
-
-    ``busy`` counts the workers holding something to run or emit; one just added
-    counts as free, so that workers that never suspend add no more. ``run()`` waits for
-    all of them, those added meanwhile included; the first to fail cancels the
-    others (and is re-raised once they are gone), as does our own cancellation.
+    ``async for`` over it iterates the underlying async generator directly (no
+    cost per item); ``aclose()`` (what ``__aexit__`` and ``contextlib.aclosing``
+    call) stops the run and returns once its teardown is done.
     """
 
-    __slots__ = ("busy", "failed", "finished", "future", "size", "tasks", "width", "work")
+    __slots__ = ("_outputs",)
 
-    def __init__(self, work: Callable[[], Awaitable[None]], width: int) -> None:
-        self.work = work
-        self.width = width
-        self.tasks: list[asyncio.Task[None]] = []
-        self.busy = 0
-        self.size = 0  # len(tasks)
-        self.finished = 0
-        self.failed: asyncio.Task[None] | None = None
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self, outputs: AsyncGenerator[Any, None]) -> None:
+        self._outputs = outputs
 
-    def took(self) -> None:
-        """A worker took something to run: add one when none is left to take the next."""
-        self.busy += 1
-        if self.busy == self.size < self.width:
-            self.add()
+    def __aiter__(self) -> AsyncGenerator[Any, None]:
+        return self._outputs
 
-    def add(self) -> None:
-        task = asyncio.ensure_future(self.work())
-        self.tasks.append(task)
-        self.size += 1
-        task.add_done_callback(self.on_done)
+    async def __anext__(self) -> Any:
+        return await self._outputs.__anext__()
 
-    def on_done(self, task: asyncio.Task[None]) -> None:
-        self.finished += 1
-        if self.future.done():
-            return
-        if task.cancelled() or task.exception() is not None:
-            self.failed = task
-            self.future.set_result(None)
-        elif self.finished == self.size:
-            self.future.set_result(None)
+    async def aclose(self) -> None:
+        """Stop the run (if it started) and wait until none of its tasks, threads or processes is left."""
+        await self._outputs.aclose()
 
-    async def run(self) -> None:
-        self.add()
-        try:
-            await self.future
-        finally:
-            pending = [t for t in self.tasks if not t.done()]
-            for task in pending:
-                task.cancel()
-            await wait_through_cancel(pending)
-            for task in self.tasks:
-                if not task.cancelled():
-                    task.exception()  # only the first error propagates: the others are retrieved here
-        if self.failed is not None:
-            self.failed.result()
+    async def __aenter__(self) -> StreamItems:
+        return self
 
-
-def _outputs(index: int, result: Any) -> list[tuple[int, Any]]:
-    """What one item's result puts downstream: each element of a ``Flat``, else the result itself."""
-    if type(result) is Flat:
-        return [(index, value) for value in result]
-    return [(index, result)]
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._outputs.aclose()

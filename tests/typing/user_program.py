@@ -159,6 +159,10 @@ async def main() -> None:
     assert counts.done == 4 and stream.errors == []
     async for _ in stream.iterate(range(2)):
         pass
+    async with stream.iterate(range(2)) as items:
+        async for item in items:
+            assert isinstance(item, list)
+            break
     in_pipeline = PipelineFactory().create_pipeline(
         PipeLineType.SIMPLE, "with a stream", [stream], OnceCycleStrategy(), SequentialExecutionStrategy())
     assert await in_pipeline.run(range(2)) == [[[0, 4, 0, 4]]]  # s3 doubles its batch: a list * 2

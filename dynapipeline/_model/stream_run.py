@@ -1,0 +1,225 @@
+"""One run of a stream: the feeder, a queue per step, the steps' workers, and what ``iterate()`` yields.
+
+::
+
+    source ──feed──► queue 0 ──► step 0 ──► queue 1 ──► step 1 ──► ... ──► sink (run) or out queue (iterate)
+      │                 │ each queue: ClosableQueue(maxsize); its one sender (the feeder, or the step before)
+      │                 └ closes it when done: the workers behind it drain it, then end
+      └ pulled lazily: a full queue 0 holds the source back; a drain stops the pulling
+
+Invariants:
+
+- ``go()`` runs the feeder and every step as tasks of one ``run_tasks``: the first
+  error (or a cancellation) cancels them all and is raised; however the run ends,
+  ``settle()`` counts what was left in the queues as cancelled and lets it go.
+- An error of the source fails the run whatever ``on_error`` says, noted with how
+  many items it gave.
+- ``iterate()``: a supervisor task runs the run and closes the out queue when it ends;
+  on an error it empties that queue first, so the consumer learns of the failure at
+  once. Closing the consumer's generator cancels the supervisor and waits for the
+  run's teardown (workers, threads, processes) before it returns.
+
+See docs/streams.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from dynapipeline._engine import current_control, run_tasks
+from dynapipeline._model.queues import ClosableQueue, QueueShutDown
+from dynapipeline._model.stream_step import Counts, Failed, StepRun
+
+if TYPE_CHECKING:
+    from dynapipeline._model.stream import ItemError, Stream
+
+__all__ = ["Run", "outputs"]
+
+_DRAIN_POLL = 0.02  # seconds between looks at a drain while an async source has no next item
+
+
+async def outputs(stream: Stream, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:
+    """The last step's outputs as they come (``Stream.iterate``); closing the generator stops the run."""
+    out: ClosableQueue[Any] = ClosableQueue(stream.maxsize)
+    run = Run(stream, stream._source_from(args), None, out)
+    supervisor = asyncio.ensure_future(_supervise(run, out))
+    try:
+        while True:
+            try:
+                item = await out.get()
+            except QueueShutDown:
+                break
+            yield item
+        await supervisor  # raises the run's error, if any
+    finally:
+        if not supervisor.done():
+            supervisor.cancel()
+            try:
+                await supervisor
+            except asyncio.CancelledError:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise
+        elif not supervisor.cancelled():
+            supervisor.exception()  # a failure the consumer left before learning of: retrieved, so not logged
+
+
+async def _supervise(run: Run, out: ClosableQueue[Any]) -> None:
+    try:
+        await run.go()
+    except Exception:
+        while not out.empty():
+            out.get_nowait()  # the consumer only needs to learn of the failure now
+        raise
+    finally:
+        out.shutdown()
+
+
+class Run:
+    """One run of a stream: its queues, counts and tasks."""
+
+    def __init__(self, stream: Stream, source: Any, sink: Any, out: ClosableQueue[Any] | None = None) -> None:
+        self.stream = stream
+        self.source = source
+        self.awaiting_source = False  # the feeder waits for the source's next item (not for room in the queue)
+        steps = stream._steps
+        self.queues: tuple[ClosableQueue[Any], ...] = tuple(ClosableQueue(stream.maxsize) for _ in steps)
+        self.counts = tuple(Counts() for _ in steps)
+        stream._queues = self.queues
+        stream._counts = self.counts
+        self.errors: list[ItemError] = []
+        stream._errors = self.errors
+        self.steps: list[StepRun] = []
+        for i, step in enumerate(steps):
+            emit: Callable[[int, Any], Awaitable[None]]
+            close: Callable[[], None]
+            if i + 1 < len(steps):
+                nxt = self.queues[i + 1]
+                emit = _putter(nxt)
+                close = nxt.shutdown
+            elif out is not None:
+                emit, close = _putter(out, unwrap=True), _nothing_to_close
+            else:
+                emit, close = _appender(sink), _nothing_to_close
+            outq = self.queues[i + 1] if i + 1 < len(steps) else None
+            self.steps.append(StepRun(self, step, self.queues[i], self.counts[i], emit, close, outq))
+
+    async def go(self) -> None:
+        """Run the feeder and the steps until the end; however it ends, settle the counts."""
+        try:
+            await run_tasks(self.tasks())
+        finally:
+            self.settle()
+
+    def settle(self) -> None:
+        """Count what a run that stopped early left in its queues as cancelled, and let go of it."""
+        for queue, counts in zip(self.queues, self.counts, strict=True):
+            counts.left += queue.qsize()
+            while not queue.empty():
+                queue.get_nowait()
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        tasks = [asyncio.ensure_future(self.feed())]
+        for step in self.steps:
+            tasks.append(asyncio.ensure_future(step.run()))
+        return tasks
+
+    async def feed(self) -> None:
+        """Pull the source into the first queue; an error of the source fails the run, whatever ``on_error`` says."""
+        control = current_control.get()
+        if not hasattr(self.source, "__aiter__"):
+            await self.pull(control)
+        elif control is None:
+            await self.pull_async(None)
+        else:
+            await self.pull_async_until_drained(control)
+        self.queues[0].shutdown()  # the feeder is the first queue's one sender
+
+    async def pull(self, control: Any) -> None:
+        queue = self.queues[0]
+        index = 0
+        if control is not None and control.draining:
+            return
+        try:
+            for value in self.source:
+                try:
+                    queue.put_nowait((index, value))
+                except asyncio.QueueFull:
+                    await self.put_held(queue, (index, value))
+                index += 1
+                if control is not None and control.draining:
+                    break  # before pulling the next item: an item pulled is an item run
+        except Exception as error:
+            self.source_failed(error, index)
+            raise
+
+    async def pull_async(self, control: Any) -> None:
+        queue = self.queues[0]
+        index = 0
+        if control is not None and control.draining:
+            return
+        self.awaiting_source = True
+        try:
+            async for value in self.source:
+                self.awaiting_source = False
+                await self.put_held(queue, (index, value))
+                index += 1
+                if control is not None and control.draining:
+                    break
+                self.awaiting_source = True
+        except Exception as error:
+            self.source_failed(error, index)
+            raise
+        finally:
+            self.awaiting_source = False
+
+    async def pull_async_until_drained(self, control: Any) -> None:
+        """``pull_async``, also ended by a drain while the source has no next item yet (it may never have one)."""
+        puller = asyncio.ensure_future(self.pull_async(control))
+        try:
+            while not puller.done():
+                await asyncio.wait((puller,), timeout=_DRAIN_POLL)
+                if control.draining and self.awaiting_source and not puller.done():
+                    # Waiting for the source, not for room in the queue: every item pulled is queued.
+                    puller.cancel()
+                    await asyncio.wait((puller,))
+        finally:
+            if not puller.done():
+                puller.cancel()
+                await asyncio.wait((puller,))
+        if not puller.cancelled():
+            puller.result()
+
+    async def put_held(self, queue: ClosableQueue[Any], entry: Any) -> None:
+        """Put an item pulled from the source, waiting for room; if the run stops meanwhile, it counts as cancelled."""
+        try:
+            await queue.put(entry)
+        except BaseException:
+            self.counts[0].left += 1
+            raise
+
+    def source_failed(self, error: Exception, pulled: int) -> None:
+        error.add_note(f"in stream {self.stream.name!r}, its source, after {pulled} items")
+
+
+def _putter(queue: ClosableQueue[Any], unwrap: bool = False) -> Any:
+    async def emit(index: int, value: Any) -> None:
+        entry = (value.error if type(value) is Failed else value) if unwrap else (index, value)
+        if queue.full():
+            await queue.put(entry)
+        else:
+            queue.put_nowait(entry)
+
+    return emit
+
+
+def _appender(sink: Any) -> Any:
+    async def emit(index: int, value: Any) -> None:
+        sink(value.error if type(value) is Failed else value)
+
+    return emit
+
+
+def _nothing_to_close() -> None:
+    """The last step's outputs go to the run's sink, or to ``iterate()``'s queue, which its supervisor closes."""

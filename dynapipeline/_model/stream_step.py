@@ -1,0 +1,403 @@
+"""One step of a stream's run: its workers take items from the step's queue, run the stage, emit downstream.
+
+::
+
+    inq (ClosableQueue) ──► Crew: 1 worker, +1 whenever all are busy (≤ width) ──► emit ──► next step's queue
+                              │  work_here: one item at a time on the loop (the hot path, kept flat)
+                              │  work: chunks for an ItemRunner (threads, processes, Dask) or batches
+                              └─ ordered: each worker's outputs wait for their turn (emit_in_turn)
+
+Invariants:
+
+- A worker ends when its queue is closed and drained (``QueueShutDown``); when all
+  of a step's workers have ended, the step closes the next queue (the last
+  sender closes, as with anyio's memory streams). A step that fails closes nothing:
+  the run is being cancelled.
+- Every item a step takes is counted once as ``done``, ``failed`` or ``cut``
+  (cancelled while it ran); the run counts what it left in the queues (``left``).
+- An item's error is noted with the stream, the step and the item's index, then
+  follows ``on_error``: raised, kept in the run's errors, or passed on as ``Failed``.
+- With ``ordered``, outputs leave in the order the items were taken (sequence numbers).
+
+See docs/streams.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from dynapipeline._engine import current_item, current_trace, tracing, wait_through_cancel
+from dynapipeline._model.component import Flat, private_of
+from dynapipeline._model.queues import ClosableQueue, QueueShutDown
+from dynapipeline._model.strategy import ItemRunner, chunk_items
+from dynapipeline._model.stream import ItemError, Step
+
+if TYPE_CHECKING:
+    from dynapipeline._model.stream_run import Run
+
+__all__ = ["Counts", "Crew", "Failed", "StepRun"]
+
+_NO_KWARGS: dict[str, Any] = {}
+
+
+class Counts:
+    """A step's live counts (in flight = received - done - failed - cut)."""
+
+    __slots__ = ("cut", "done", "failed", "left", "received")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.done = 0
+        self.failed = 0
+        self.cut = 0  # received, then cancelled before they finished
+        self.left = 0  # never received: in the queue (or in the feeder's hand) when the run stopped
+
+
+class Failed:
+    """An exception flowing in an item's place (``on_error="return"``); later steps pass it on untouched."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class StepRun:
+    """The workers of one step in one run."""
+
+    def __init__(self, run: Run, step: Step, inq: ClosableQueue[Any], counts: Counts, emit: Any,
+                 close: Callable[[], None], outq: ClosableQueue[Any] | None) -> None:
+        self.run_ = run
+        self.outq = outq  # the next step's queue (None for the last step): the hot path puts into it itself
+        self.step = step
+        self.inq = inq
+        self.counts = counts
+        self.emit = emit
+        self.close = close  # closes what the step emits into (the next step's queue): called once all workers ended
+        stream = run.stream
+        strategy = step.strategy
+        width, runner = (1, None) if strategy is None else strategy.stream_runner(step.stage, stream.maxsize)
+        self.width = max(1, min(width, stream.maxsize))
+        self.item_runner: ItemRunner | None = runner
+        self.chunk = 1 if runner is None else max(1, runner.chunk)
+        self.ordered = stream.ordered and (self.width > 1 or self.chunk > 1)
+        self.on_error = stream.on_error
+        self.taken = 0  # sequence numbers given to what the workers take, in input order
+        self.next_out = 0  # the sequence number whose outputs go next (ordered)
+        self.turns: dict[int, asyncio.Future[None]] = {}
+        self.crew: Crew | None = None  # the workers, when there may be more than one
+        self.batcher = asyncio.Lock()  # one worker at a time cuts a batch: batches are runs of consecutive items
+
+    async def run(self) -> None:
+        if tracing():
+            await self.traced(self.run_step)
+        else:
+            await self.run_step()
+
+    async def traced(self, run: Callable[[], Awaitable[None]]) -> None:
+        """``run()``, recorded as a slice of the step by the tracer active here (if any)."""
+        sink = current_trace.get()
+        started = time.perf_counter()
+        try:
+            await run()
+        finally:
+            if sink is not None:
+                index = self.run_.steps.index(self) if self in self.run_.steps else -1
+                sink.spans.append((f"step {self.step.stage.name}", "step", started, time.perf_counter(),
+                                   sink.thread(), {"stream": self.run_.stream.name, "step": index}))
+
+    async def run_step(self) -> None:
+        runner = self.item_runner
+        if runner is not None:
+            await runner.open()
+            if runner.width is not None:
+                self.width = max(1, min(self.width, runner.width))
+        work = self.work_here if runner is None and self.step.batch is None else self.work
+        try:
+            if self.width == 1:
+                await work()
+            else:
+                self.crew = Crew(work, self.width)
+                await self.crew.run()
+        finally:
+            if runner is not None:
+                await runner.aclose()
+        self.close()
+
+    async def work_here(self) -> None:
+        """One worker of a step that runs one item at a time on the loop: the hot path, kept flat."""
+        inq = self.inq
+        counts = self.counts
+        emit = self.emit
+        run = private_of(self.step.stage)["_runner"].run
+        ordered = self.ordered
+        outq = self.outq
+        crew = self.crew
+        while True:
+            try:
+                entry = inq.get_nowait()
+            except (asyncio.QueueEmpty, QueueShutDown):  # empty (and, on Python 3.13, maybe closed)
+                try:
+                    entry = await inq.get()
+                except QueueShutDown:
+                    return  # closed and drained: no item will come
+            if crew is not None:  # crew.took(), inlined on this hot path
+                crew.busy += 1
+                if crew.busy == crew.size < crew.width:
+                    crew.add()
+            seq = self.taken
+            self.taken = seq + 1
+            index, value = entry
+            if type(value) is Failed:
+                result: Any = value
+            else:
+                counts.received += 1
+                if tracing():
+                    current_item.set(index)  # the tracer names the item each stage run was for
+                try:
+                    result = await run((value,), _NO_KWARGS)
+                except BaseException as error:
+                    if not isinstance(error, Exception):
+                        counts.cut += 1  # cancelled (or interrupted) before it finished
+                        raise
+                    counts.failed += 1
+                    outputs: list[tuple[int, Any]] = []
+                    self.on_failure(outputs, index, error)
+                    if ordered:
+                        await self.emit_in_turn(seq, 1, outputs)
+                    else:
+                        for out in outputs:
+                            await emit(*out)
+                    if crew is not None:
+                        crew.busy -= 1
+                    continue
+                counts.done += 1
+            if ordered:
+                await self.emit_in_turn(seq, 1, outputs_of(index, result))
+            elif type(result) is Flat:
+                for out in result:
+                    await emit(index, out)
+            elif outq is not None:
+                try:
+                    outq.put_nowait((index, result))
+                except asyncio.QueueFull:
+                    await outq.put((index, result))
+            else:
+                await emit(index, result)
+            if crew is not None:
+                crew.busy -= 1
+
+    async def work(self) -> None:
+        """One worker of a step with batching or a runner off the loop."""
+        take = self.take_batch if self.step.batch is not None else self.take_chunk
+        crew = self.crew
+        while True:
+            entries = await take()
+            if not entries:
+                return
+            if crew is not None:
+                crew.took()
+            seq = self.taken
+            self.taken += len(entries)
+            outputs = await self.process(entries)
+            if self.ordered:
+                await self.emit_in_turn(seq, len(entries), outputs)
+            else:
+                for index, value in outputs:
+                    await self.emit(index, value)
+            if crew is not None:
+                crew.busy -= 1
+
+    # -- taking items ----------------------------------------------------------------------------
+    async def take_chunk(self) -> list[Any]:
+        inq = self.inq
+        try:
+            entries = [inq.get_nowait() if not inq.empty() else await inq.get()]
+        except QueueShutDown:
+            return []
+        chunk = self.item_runner.chunk if self.item_runner is not None else 1  # a runner may adapt it as it goes
+        while len(entries) < chunk and not inq.empty():
+            entries.append(inq.get_nowait())
+        return entries
+
+    async def take_batch(self) -> list[Any]:
+        """Up to ``batch`` consecutive items as one entry (fewer at the end or after ``batch_timeout``).
+
+        One worker cuts a batch at a time, the others waiting for their turn, so
+        each batch is a run of consecutive items, taken in source order (its caller
+        numbers it before any other worker can cut the next one).
+        """
+        async with self.batcher:
+            return await self.cut_batch()
+
+    async def cut_batch(self) -> list[Any]:
+        """``take_batch`` for the worker whose turn it is; failed items apart."""
+        inq = self.inq
+        try:
+            entries = [inq.get_nowait() if not inq.empty() else await inq.get()]
+        except QueueShutDown:
+            return []
+        size = self.step.batch or 1
+        timeout = self.step.batch_timeout
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while len(entries) < size:
+            if not inq.empty():
+                entries.append(inq.get_nowait())
+                continue
+            left = None if end is None else end - loop.time()
+            if left is not None and left <= 0:
+                break
+            try:
+                entries.append(await (inq.get() if left is None else asyncio.wait_for(inq.get(), left)))
+            except (TimeoutError, QueueShutDown):
+                break  # the batch is cut: its time is up, or no item will come
+        values = [e[1] for e in entries if type(e[1]) is not Failed]
+        if len(values) == len(entries):
+            return [(entries[0][0], values)]  # one batch is one unit of work: its index is its first item's
+        if not values:
+            return entries
+        # Failed items keep their place: those that came before the batch's first item go before it.
+        first = next(i for i, e in enumerate(entries) if type(e[1]) is not Failed)
+        return entries[:first] + [(entries[first][0], values)] + [e for e in entries[first:] if type(e[1]) is Failed]
+
+    # -- running items ---------------------------------------------------------------------------
+    async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
+        """Run the stage on each entry (failed ones pass through); the (index, value) pairs to emit, in order."""
+        counts = self.counts
+        todo = [value for _, value in entries if type(value) is not Failed]
+        counts.received += len(todo)
+        if tracing():
+            current_item.set(entries[0][0])
+            chunk_items.set([index for index, value in entries if type(value) is not Failed])
+        try:
+            if not todo:
+                results: list[tuple[bool, Any]] = []
+            elif self.item_runner is not None:
+                results = await self.item_runner.call(todo)
+            else:
+                results = [await self.call_here(todo[0])]
+        except BaseException:
+            counts.cut += len(todo)  # cancelled before they finished
+            raise
+        for ok, _ in results:  # all counted before an error may be raised below
+            if ok:
+                counts.done += 1
+            else:
+                counts.failed += 1
+        outputs: list[tuple[int, Any]] = []
+        done = iter(results)
+        for index, value in entries:
+            if type(value) is Failed:
+                outputs.append((index, value))
+                continue
+            ok, result = next(done)
+            if ok:
+                outputs.extend(outputs_of(index, result))
+            else:
+                self.on_failure(outputs, index, result)
+        return outputs
+
+    async def call_here(self, value: Any) -> tuple[bool, Any]:
+        try:
+            return True, await private_of(self.step.stage)["_runner"].run((value,), _NO_KWARGS)
+        except Exception as error:
+            return False, error
+
+    def on_failure(self, outputs: list[tuple[int, Any]], index: int, error: BaseException) -> None:
+        """Apply ``on_error`` to an item's error, noted (PEP 678) with where it failed whatever the policy."""
+        name = self.step.stage.name
+        error.add_note(f"in stream {self.run_.stream.name!r}, step {name!r}, item {index}")
+        if self.on_error == "raise":
+            raise error
+        if self.on_error == "skip":
+            self.run_.errors.append(ItemError(index, name, error))
+            return
+        outputs.append((index, Failed(error)))
+
+    # -- emitting in order -----------------------------------------------------------------------
+    async def emit_in_turn(self, seq: int, taken: int, outputs: list[tuple[int, Any]]) -> None:
+        if seq != self.next_out:
+            turn = self.turns[seq] = asyncio.get_running_loop().create_future()
+            try:
+                await turn
+            finally:
+                self.turns.pop(seq, None)
+        try:
+            for index, value in outputs:
+                await self.emit(index, value)
+        finally:
+            self.next_out = seq + taken
+            waiting = self.turns.get(self.next_out)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+
+
+
+class Crew:
+    """The workers of a step: one to start with, and one more whenever all are busy, up to ``width``.
+
+    ``busy`` counts the workers holding something to run or emit; one just added
+    counts as free, so that workers that never suspend add no more. ``run()`` waits for
+    all of them, those added meanwhile included; the first to fail cancels the
+    others (and is re-raised once they are gone), as does our own cancellation.
+    """
+
+    __slots__ = ("busy", "failed", "finished", "future", "size", "tasks", "width", "work")
+
+    def __init__(self, work: Callable[[], Awaitable[None]], width: int) -> None:
+        self.work = work
+        self.width = width
+        self.tasks: list[asyncio.Task[None]] = []
+        self.busy = 0
+        self.size = 0  # len(tasks)
+        self.finished = 0
+        self.failed: asyncio.Task[None] | None = None
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def took(self) -> None:
+        """A worker took something to run: add one when none is left to take the next."""
+        self.busy += 1
+        if self.busy == self.size < self.width:
+            self.add()
+
+    def add(self) -> None:
+        task = asyncio.ensure_future(self.work())
+        self.tasks.append(task)
+        self.size += 1
+        task.add_done_callback(self.on_done)
+
+    def on_done(self, task: asyncio.Task[None]) -> None:
+        self.finished += 1
+        if self.future.done():
+            return
+        if task.cancelled() or task.exception() is not None:
+            self.failed = task
+            self.future.set_result(None)
+        elif self.finished == self.size:
+            self.future.set_result(None)
+
+    async def run(self) -> None:
+        self.add()
+        try:
+            await self.future
+        finally:
+            pending = [t for t in self.tasks if not t.done()]
+            for task in pending:
+                task.cancel()
+            await wait_through_cancel(pending)
+            for task in self.tasks:
+                if not task.cancelled():
+                    task.exception()  # only the first error propagates: the others are retrieved here
+        if self.failed is not None:
+            self.failed.result()
+
+
+def outputs_of(index: int, result: Any) -> list[tuple[int, Any]]:
+    """What one item's result puts downstream: each element of a ``Flat``, else the result itself."""
+    if type(result) is Flat:
+        return [(index, value) for value in result]
+    return [(index, result)]
