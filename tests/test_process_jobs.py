@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dynapipeline._transports.process_jobs import plan_batches
+from dynapipeline._transports.process.jobs import plan_batches
 
 
 def test_batches_follow_past_costs():

@@ -19,9 +19,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from dynapipeline._engine import RunControl, current_control
-from dynapipeline._transports.process_messages import Call
-from dynapipeline._transports.process_worker import reply_bytes, run_batch, run_components
-from dynapipeline._transports.rebuild import register_class
+from dynapipeline._transports._remote.messages import Call
+from dynapipeline._transports._remote.rebuild import register_class
+from dynapipeline._transports.process.worker import reply_bytes, run_batch, run_components
 
 __all__ = ["STARTED", "run_components_task", "run_items_task"]
 

@@ -101,10 +101,11 @@ from typing import Any
 from dynapipeline._engine import current_control, current_trace, tracing
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag
+from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports.calling import check_max_workers
-from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_items import ProcessItems
-from dynapipeline._transports.process_jobs import (
+from dynapipeline._transports.process.children import default_start_method
+from dynapipeline._transports.process.items import ProcessItems
+from dynapipeline._transports.process.jobs import (
     Dispatch,
     GatherDispatch,
     Job,
@@ -113,8 +114,7 @@ from dynapipeline._transports.process_jobs import (
     plan_singles,
     report_jobs,
 )
-from dynapipeline._transports.process_pool import ProcessPool, watch_drain
-from dynapipeline._transports.processes import default_start_method
+from dynapipeline._transports.process.pool import ProcessPool, watch_drain
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["MultiprocessExecutionStrategy"]

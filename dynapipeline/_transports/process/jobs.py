@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._model.component import Stage
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
+from dynapipeline._transports._remote.messages import Call, MapReply, Reply
+from dynapipeline._transports._remote.pickling import REGISTRY
 from dynapipeline._transports.calling import note_place, time_limit
-from dynapipeline._transports.pickling import REGISTRY
-from dynapipeline._transports.process_messages import Call, MapReply, Reply
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
-    from dynapipeline._transports.process_pool import Worker
+    from dynapipeline._transports.process.pool import Worker
 
 __all__ = [
     "Closed",

@@ -7,8 +7,8 @@ import logging
 import pickle
 from typing import Any
 
-from dynapipeline._transports.dask_worker import STARTED
-from dynapipeline._transports.process_jobs import tag
+from dynapipeline._transports.dask.tasks import STARTED
+from dynapipeline._transports.process.jobs import tag
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
 __all__ = ["Probe", "deaths", "wait_for_task"]

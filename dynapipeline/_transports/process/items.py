@@ -49,9 +49,18 @@ from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, t
 from dynapipeline._model.component import private_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, chunk_items
+from dynapipeline._transports._remote.messages import (
+    LOG_DATA,
+    LOG_HEAD,
+    LOG_TABLE,
+    MAX_KEPT_STAGES,
+    ItemResult,
+    MapCall,
+    MapReply,
+)
+from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports.calling import add_runs
-from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_jobs import (
+from dynapipeline._transports.process.jobs import (
     Crashed,
     Outcome,
     Replied,
@@ -61,20 +70,11 @@ from dynapipeline._transports.process_jobs import (
     remote_error,
     tag,
 )
-from dynapipeline._transports.process_messages import (
-    LOG_DATA,
-    LOG_HEAD,
-    LOG_TABLE,
-    MAX_KEPT_STAGES,
-    ItemResult,
-    MapCall,
-    MapReply,
-)
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
-    from dynapipeline._transports.process_pool import ProcessPool, Worker
-    from dynapipeline._transports.to_process import MultiprocessExecutionStrategy
+    from dynapipeline._transports.process.pool import ProcessPool, Worker
+    from dynapipeline._transports.process.strategy import MultiprocessExecutionStrategy
 
 __all__ = ["MAX_CRASHES", "MapJob", "ProcessItems"]
 
@@ -112,7 +112,7 @@ class MapJob:
 
     def message(self, w: Worker) -> bytes:
         """The ``MapCall`` for worker ``w``: the stage only if it does not keep it already."""
-        from dynapipeline._transports.pickling import REGISTRY
+        from dynapipeline._transports._remote.pickling import REGISTRY
 
         blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
         w.known.update(cid for cid, _ in blobs)

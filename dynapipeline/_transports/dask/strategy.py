@@ -90,12 +90,12 @@ from typing import Any
 from dynapipeline._engine import current_control, run_tasks
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
-from dynapipeline._transports.dask_futures import Probe, wait_for_task
-from dynapipeline._transports.dask_observe import report_task
-from dynapipeline._transports.dask_stream import DaskItems
-from dynapipeline._transports.dask_worker import run_components_task
-from dynapipeline._transports.pickling import REGISTRY, dumps_batch
-from dynapipeline._transports.process_jobs import collect_reply, deadline, plan_batches, tag
+from dynapipeline._transports._remote.pickling import REGISTRY, dumps_batch
+from dynapipeline._transports.dask.futures import Probe, wait_for_task
+from dynapipeline._transports.dask.items import DaskItems
+from dynapipeline._transports.dask.observe import report_task
+from dynapipeline._transports.dask.tasks import run_components_task
+from dynapipeline._transports.process.jobs import collect_reply, deadline, plan_batches, tag
 from dynapipeline.errors import ClusterError, ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
 
 __all__ = ["DaskExecutionStrategy", "require_distributed"]

@@ -19,11 +19,11 @@ import weakref
 from collections import deque
 from typing import Any
 
-from dynapipeline._transports import process_worker
-from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_jobs import Closed, Crashed, Job, Replied, TimedOut, deadline
-from dynapipeline._transports.process_messages import LOG_SIZE, SENT, STOP, Reply
-from dynapipeline._transports.processes import close_quietly, start_context, stop_process
+from dynapipeline._transports._remote.messages import LOG_SIZE, SENT, STOP, Reply
+from dynapipeline._transports._remote.pickling import dumps_batch
+from dynapipeline._transports.process import worker as process_worker
+from dynapipeline._transports.process.children import close_quietly, start_context, stop_process
+from dynapipeline._transports.process.jobs import Closed, Crashed, Job, Replied, TimedOut, deadline
 
 __all__ = ["ProcessPool", "Worker", "watch_drain"]
 

@@ -28,8 +28,7 @@ import cloudpickle
 from dynapipeline._engine import EPOCH_OFFSET, RunControl, TraceSink, current_control, current_trace, set_tracing
 from dynapipeline._model.component import private_of
 from dynapipeline._model.group import Container
-from dynapipeline._transports.calling import needs_loop, plain_call, run_component
-from dynapipeline._transports.process_messages import (
+from dynapipeline._transports._remote.messages import (
     IDLE,
     LOG_DATA,
     LOG_SIZE,
@@ -45,7 +44,8 @@ from dynapipeline._transports.process_messages import (
     MapReply,
     Reply,
 )
-from dynapipeline._transports.rebuild import register_class, timings_of
+from dynapipeline._transports._remote.rebuild import register_class, timings_of
+from dynapipeline._transports.calling import needs_loop, plain_call, run_component
 
 __all__ = ["error_bytes", "main", "reply_bytes", "run_batch", "run_components", "run_map"]
 

@@ -6,7 +6,7 @@ import logging
 import multiprocessing
 from typing import Any
 
-from dynapipeline._transports import process_worker
+from dynapipeline._transports.process import worker as process_worker
 
 __all__ = ["close_quietly", "default_start_method", "start_context", "stop_process"]
 

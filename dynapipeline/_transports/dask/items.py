@@ -42,17 +42,17 @@ from typing import TYPE_CHECKING, Any
 from dynapipeline._engine import run_tasks
 from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports.calling import add_runs
-from dynapipeline._transports.dask_futures import Probe, deaths
-from dynapipeline._transports.dask_observe import report_items
-from dynapipeline._transports.dask_worker import STARTED, run_items_task
-from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_items import MAX_CRASHES
-from dynapipeline._transports.process_jobs import collect_values, deadline, tag
+from dynapipeline._transports.dask.futures import Probe, deaths
+from dynapipeline._transports.dask.observe import report_items
+from dynapipeline._transports.dask.tasks import STARTED, run_items_task
+from dynapipeline._transports.process.items import MAX_CRASHES
+from dynapipeline._transports.process.jobs import collect_values, deadline, tag
 from dynapipeline.errors import ClusterError, PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
-    from dynapipeline._transports.to_dask import DaskExecutionStrategy
+    from dynapipeline._transports.dask.strategy import DaskExecutionStrategy
 
 __all__ = ["CHUNK_SECONDS", "DaskItems"]
 
