@@ -89,8 +89,8 @@ async def test_items_travel_in_chunks_and_the_stage_once_per_worker(procs: Multi
     messages: list[bool] = []
     real = process_items.MapJob.message
 
-    def spy(self: process_items.MapJob, w: Any) -> bytes:
-        message = real(self, w)
+    def spy(self: process_items.MapJob, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+        message = real(self, blobs, stage)
         messages.append(pickle.loads(message).stage != b"")  # what was really sent
         return message
 

@@ -1,6 +1,8 @@
-"""What travels between the parent and a worker process, as named types (never positional tuples).
+"""What travels between the parent and another process, as named types (never positional tuples).
 
-Over each worker's pipe (``multiprocessing.connection``)::
+``Call`` and ``Reply`` are the batch runner's (``_remote.batch``) input and output,
+in a worker process and in a Dask task alike (Dask ships them itself). Over each
+worker process's pipe (``multiprocessing.connection``)::
 
     worker -> parent   READY                         once, when the worker can take jobs
     parent -> worker   pickle(Call)                   one batch of components
@@ -16,6 +18,8 @@ the run of the groups it runs drains), and one buffer, its *item log*: a stream
 step's chunk writes each item's outcome there as soon as the item has run (see
 ``LOG_SIZE``), so the parent still has the outcomes of the items that finished
 when a later item of the chunk kills the worker, and never runs them again.
+
+See docs/threads-and-processes.md.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import weakref
 from typing import Any
 
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
-from dynapipeline._transports.process.jobs import report_reply
+from dynapipeline._transports._remote.replies import report_reply
 
 __all__ = ["report_items", "report_task", "worker_attributes"]
 

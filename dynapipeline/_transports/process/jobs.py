@@ -1,102 +1,37 @@
-"""The parent's bookkeeping for work sent to processes: jobs, the dispatch they belong to, their outcomes.
+"""The parent's bookkeeping for a dispatch on processes: its jobs, and what each job's outcome becomes.
 
-A dispatch (one ``execute``/``dispatch`` call) becomes a ``Dispatch`` of one or
-more ``Job``s, each a contiguous batch of components for one worker
-(``plan_batches``). The pool ends each job with one ``Outcome``; ``collect``
-turns it into results and timing on the parent's objects, or into the error the
-contract says.
+::
+
+    dispatch ─► plan_batches ─► Job per batch ─► ProcessPool ─► Outcome ─► Dispatch.on_job
+                                                                   │
+                                  collect ◄────────────────────────┘
+                                     ├─ Replied: timings, wait/ship split, trace, values (``_remote.replies``)
+                                     └─ TimedOut / Crashed / Closed: the error the contract says, the lost run
+
+Invariants:
+
+- A dispatch's future completes once: when all its jobs are in, or at the first
+  error (``GatherDispatch``: a component's ``Exception`` is its result instead).
+- A run that a crash or a deadline cut short is counted as a failed run.
+
+See docs/threads-and-processes.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
 import pickle
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dynapipeline._engine import EPOCH_OFFSET
-from dynapipeline._model.component import Stage
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
-from dynapipeline._transports._remote.messages import Call, MapReply, Reply
-from dynapipeline._transports._remote.pickling import REGISTRY
-from dynapipeline._transports.calling import note_place, time_limit
-from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
+from dynapipeline._transports._remote.messages import Call, Reply
+from dynapipeline._transports._remote.replies import apply_timings, report_reply, take_values
+from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
+from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
-if TYPE_CHECKING:
-    from dynapipeline._transports.process.pool import Worker
-
-__all__ = [
-    "Closed",
-    "Crashed",
-    "Dispatch",
-    "GatherDispatch",
-    "Job",
-    "Outcome",
-    "Replied",
-    "Split",
-    "TimedOut",
-    "collect_reply",
-    "collect_values",
-    "deadline",
-    "plan_batches",
-    "plan_singles",
-    "remote_error",
-    "report_jobs",
-    "report_reply",
-    "tag",
-]
-
-logger = logging.getLogger("dynapipeline")
-
-_GRACE = 0.1              # seconds added to a timed stage's deadline in the parent
-_PER_STAGE_COST = 20e-6   # estimated IPC + rebuild cost of one component (seconds)
-_SMALL_BATCH = 1e-3       # estimated work below this goes to one worker in one message
-_CHUNKS_PER_WORKER = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Replied:
-    """The worker answered (a ``Reply`` to a ``Job``, a ``MapReply`` to a stream's ``MapJob``).
-
-    ``received`` and ``loaded``: perf_counter when its reply was read and unpickled.
-    """
-
-    reply: Reply | MapReply
-    pid: int
-    received: float = 0.0
-    loaded: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TimedOut:
-    """The parent's deadline for a timed stage passed; its worker was killed."""
-
-
-@dataclass(frozen=True, slots=True)
-class Crashed:
-    """The worker died holding the job; ``position`` is the component it was running (or a state < 0).
-
-    ``at_start``: no worker got as far as taking a job (workers die on start-up, e.g. a script
-    without the ``__main__`` guard): retrying cannot help.
-    """
-
-    position: int
-    pid: int | None
-    exitcode: int | None
-    at_start: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The pool was closed while the job was queued or running."""
-
-    pid: int | None
-
-
-Outcome = Replied | TimedOut | Crashed | Closed
+__all__ = ["Dispatch", "GatherDispatch", "Job", "Split", "collect", "report_jobs"]
 
 
 class Job:
@@ -122,10 +57,10 @@ class Job:
         self.replied: tuple[Reply, int] | None = None  # the worker's reply and pid, once in
         self.lost: tuple[Any, float, float] | None = None  # (runner, start, end): a run killed or crashed
 
-    def message(self, w: Worker) -> bytes:
-        """The ``Call`` for worker ``w``, with the classes it has not received yet."""
-        blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
-        w.known.update(cid for cid, _ in blobs)
+    stage_id = 0  # a batch keeps nothing on its worker (``PoolJob``)
+
+    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+        """The ``Call``, with ``blobs``: the classes its worker has not received yet."""
         return pickle.dumps(Call(blobs, self.payload, self.sink is not None), protocol=pickle.HIGHEST_PROTOCOL)
 
     def finish(self, outcome: Outcome) -> None:
@@ -191,59 +126,18 @@ def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
         raise WorkerCrashedError(job.runners[0].name, outcome.pid, None)
 
 
-def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int | None, results: list[Any],
-                  place: str = "") -> None:
-    """Store a worker's reply for ``runners`` (at ``indices`` of ``results``) and its timing; raise its error.
-
-    For transports without the pool's clock readings or trace (Dask): no wait/ship split.
-    """
-    for position, timings in enumerate(reply.timings):
-        _apply_timings(runners[position], timings, place or f"process {pid}")
-    _take_values(runners, indices, reply, pid, results)
-
-
-def collect_values(runners: list[Any], indices: list[int], reply: Reply, pid: int | None,
-                   results: list[Any]) -> None:
-    """``collect_reply`` without the timing: for runs whose timing the caller adds itself (``add_runs``)."""
-    _take_values(runners, indices, reply, pid, results)
-
-
 def _collect_reply(job: Job, replied: Replied, results: list[Any]) -> None:
     reply, pid = replied.reply, replied.pid
     assert type(reply) is Reply
     job.replied = (reply, pid)
     place = f"process {pid}"
     for position, timings in enumerate(reply.timings):
-        _apply_timings(job.runners[position], timings, place)
+        apply_timings(job.runners[position], timings, place)
     if reply.clock and job.packed[0] and job.sent_at:
         _split(job, replied)
     if job.sink is not None and reply.trace:
         _keep_trace(job, reply.trace)
-    _take_values(job.runners, job.indices, reply, pid, results)
-
-
-def _take_values(runners: list[Any], indices: list[int], reply: Reply, pid: int | None, results: list[Any]) -> None:
-    """Unpickle the results into ``results`` (counted as the stages' shipping time); raise the reply's error."""
-    for position, value in enumerate(reply.values):
-        unpickling_from = time.perf_counter()
-        try:
-            results[indices[position]] = pickle.loads(value)
-        except Exception as unpickling:
-            name = runners[position].name
-            failure = PicklingError(f"stage {name!r} returned a result that cannot be rebuilt in the parent "
-                                    f"process ({type(unpickling).__name__}: {unpickling})")
-            tag(failure, name, pid)
-            raise failure from unpickling
-        runners[position].ship_total += time.perf_counter() - unpickling_from
-    if reply.failed_at < 0:
-        return
-    name = runners[reply.failed_at].name
-    error, cause = remote_error(reply.error, reply.traceback, reply.text, name)
-    if reply.unloadable:
-        # Raised while the worker rebuilt the component: the innermost stage being rebuilt is named.
-        name = getattr(error, "stage_name", None) or name
-    tag(error, name, pid)
-    raise error from cause
+    take_values(job.runners, job.indices, reply, pid, results)
 
 
 def _record_lost_run(job: Job, runner: Any) -> None:
@@ -268,31 +162,6 @@ def report_jobs(jobs: list[Job], raised: BaseException | None) -> None:
             if reports_elsewhere(runner.owner):
                 where = {"dynapipeline.worker_pid": job.worker.pid} if job.worker is not None else {}
                 report_elsewhere(runner.owner, start, end, raised, {**where, "dynapipeline.run": runner.count})
-
-
-def report_reply(runners: list[Any], reply: Reply, attributes: dict[str, Any]) -> None:
-    """Hand each run a reply carries (its start and end in the worker, its error) to ``ran_elsewhere``."""
-    for position, timings in enumerate(reply.timings):
-        runner = runners[position]
-        if not timings or not reports_elsewhere(runner.owner):
-            continue
-        timing = timings[0][0]  # the component's own (timing, durations, slowest), then its members'
-        error = None
-        if position == reply.failed_at and not reply.unloadable:
-            error, cause = remote_error(reply.error, reply.traceback, reply.text, runner.name)
-            error.__cause__ = cause
-        report_elsewhere(runner.owner, timing[0], timing[1], error, {**attributes, "dynapipeline.run": runner.count})
-
-
-def _apply_timings(runner: Any, timings: list[tuple[Any, ...]], place: str) -> None:
-    if len(timings) == 1:
-        runner.adopt(*timings[0])
-        note_place(runner, place)
-        return
-    for component, timing in zip(runner.owner.iter_components(), timings, strict=False):
-        member = component.__pydantic_private__["_runner"]
-        member.adopt(*timing)
-        note_place(member, place)
 
 
 def _split(job: Job, replied: Replied) -> None:
@@ -370,86 +239,3 @@ def _keep_trace(job: Job, trace: tuple[Any, ...]) -> None:
             runner = below[index]
         named.append((runner, *rest))
     job.sink.remote.append((pid, threads, named))
-
-
-def remote_error(data: bytes, traceback: str, text: str, stage: str) -> tuple[BaseException, BaseException | None]:
-    """The exception a worker sent and the cause to raise it from (its traceback as a ``RemoteError``).
-
-    An exception that cannot be rebuilt here becomes a ``RemoteError`` with its text.
-    """
-    error: BaseException | None = None
-    if data:
-        try:
-            error = pickle.loads(data)
-        except Exception as unloadable:
-            logger.debug("the error of stage %r cannot be rebuilt here (%r): raising its text", stage, unloadable)
-    if error is None:
-        return RemoteError(traceback or text), None
-    return error, (RemoteError(traceback) if traceback else None)
-
-
-def tag(error: BaseException, stage: str, pid: int | None, where: str = "worker process") -> None:
-    """Name the stage (and worker pid) on an error raised for it elsewhere: attributes and a note."""
-    try:
-        error.stage_name = stage  # type: ignore[attr-defined]
-        error.worker_pid = pid  # type: ignore[attr-defined]
-    except AttributeError:  # an exception type with __slots__: the note below still names the stage
-        logger.debug("cannot set stage_name on %s", type(error).__name__)
-    error.add_note(f"raised in stage {stage!r}, in {where}" + ("" if pid is None else f" pid {pid}"))
-
-
-def deadline(owner: Any) -> float | None:
-    """Seconds the parent allows a timed stage shipped alone (all attempts, plus a grace), or None."""
-    if not isinstance(owner, Stage):
-        return None
-    limit = time_limit(owner)
-    return None if limit is None else limit + _GRACE
-
-
-def _cost(runner: Any) -> float | None:
-    count = runner.count
-    return runner.total / count if count else None
-
-
-def plan_singles(runners: tuple[Any, ...], workers: int) -> list[list[int]]:
-    """One component per batch: a crash or timeout then costs only that component's result."""
-    return [[index] for index in range(len(runners))]
-
-
-def plan_batches(runners: tuple[Any, ...], workers: int) -> list[list[int]]:
-    """Split components into contiguous batches: one per timed stage, the rest by estimated cost."""
-    batches: list[list[int]] = []
-    rest: list[int] = []
-    for index, runner in enumerate(runners):
-        if deadline(runner.owner) is not None:
-            batches.append([index])
-        else:
-            rest.append(index)
-    if not rest:
-        return batches
-    costs = [_cost(runners[i]) for i in rest]
-    if all(c is not None for c in costs):
-        weights = [c + _PER_STAGE_COST for c in costs if c is not None]
-        total = sum(weights)
-        if total < _SMALL_BATCH:
-            return batches + [rest]
-        count = min(len(rest), workers * _CHUNKS_PER_WORKER, max(1, math.ceil(total / (_SMALL_BATCH / 2))))
-    else:
-        weights = [1.0] * len(rest)
-        total = float(len(rest))
-        count = min(len(rest), workers * _CHUNKS_PER_WORKER)
-    target = total / count
-    current: list[int] = []
-    acc = 0.0
-    made = 0
-    for index, weight in zip(rest, weights, strict=True):
-        # Cut before this component when its midpoint falls past the next boundary.
-        if current and made < count - 1 and acc + weight / 2 > target * (made + 1):
-            batches.append(current)
-            current = []
-            made += 1
-        current.append(index)
-        acc += weight
-    if current:
-        batches.append(current)
-    return batches
