@@ -38,11 +38,11 @@ import cloudpickle
 from dynapipeline._engine import EPOCH_OFFSET, RunControl, TraceSink, current_control, current_trace, set_tracing
 from dynapipeline._model.component import private_of
 from dynapipeline._model.group import Container
-from dynapipeline._transports._remote.messages import IDLE, Call, Reply
+from dynapipeline._transports._remote.messages import IDLE, Call, Clock, Failure, Reply, Trace
 from dynapipeline._transports._remote.rebuild import register_class, timings_of
 from dynapipeline._transports.calling import needs_loop, run_component
 
-__all__ = ["dump_value", "error_bytes", "loop_of", "register_classes", "run_call", "run_components",
+__all__ = ["dump_value", "error_bytes", "failure_of", "loop_of", "register_classes", "run_call", "run_components",
            "unloadable_reply"]
 
 logger = logging.getLogger("dynapipeline")
@@ -82,9 +82,14 @@ def dump_value(value: Any) -> bytes:
         return data
 
 
+def failure_of(error: BaseException, tb: str) -> Failure:
+    """``error`` as it travels to the parent, with its formatted traceback ``tb``."""
+    return Failure(error=error_bytes(error), traceback=tb, text=f"{type(error).__qualname__}: {error}")
+
+
 def unloadable_reply(error: BaseException, tb: str) -> Reply:
     """The reply to a batch that could not be rebuilt here: nothing in it ran."""
-    return Reply([], [], error_bytes(error), tb, f"{type(error).__qualname__}: {error}", 0, True)
+    return Reply(values=[], timings=[], failure=failure_of(error, tb), failed_at=0, unloadable=True)
 
 
 def _mirror_drain(control: Any, drain: Any, over: threading.Event) -> None:
@@ -111,7 +116,7 @@ def run_call(call: Call, state: dict[str, Any], position: Any = None, drain: Any
         components, args, kwargs = pickle.loads(call.payload)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return unloadable_reply(error, traceback.format_exc())
-    batch = _Batch(components, (received, time.perf_counter()), call.trace)
+    batch = _Batch(components, received, time.perf_counter(), call.trace)
     if drain is None or not any(isinstance(c, Container) for c in components):
         return batch.run(position, args, kwargs, state)
     control = RunControl()
@@ -136,15 +141,17 @@ def run_components(components: list[Any], args: tuple[Any, ...], kwargs: dict[st
                    state: dict[str, Any]) -> Reply:
     """Run components already rebuilt, in order until one fails: their ``Reply``."""
     now = time.perf_counter()
-    return _Batch(components, (now, now), False).run(None, args, kwargs, state)
+    return _Batch(components, now, now, False).run(None, args, kwargs, state)
 
 
 class _Batch:
     """One batch's components, its clock readings, and the runs it traces (when the parent traces)."""
 
-    def __init__(self, components: list[Any], clock: tuple[float, float], trace: bool) -> None:
+    def __init__(self, components: list[Any], received: float, rebuilt: float, trace: bool) -> None:
         self.components = components
-        self.clock: list[Any] = list(clock)
+        self.received = received
+        self.rebuilt = rebuilt
+        self.runs: list[tuple[float, float, float]] = []  # Clock.runs
         self.sink = TraceSink() if trace else None
 
     def run(self, position: Any, args: tuple[Any, ...], kwargs: dict[str, Any], state: dict[str, Any]) -> Reply:
@@ -186,18 +193,18 @@ class _Batch:
 
     def _ran(self, component: Any) -> None:
         runner = private_of(component)["_runner"]
-        self.clock.append((runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, time.perf_counter()))
+        self.runs.append((runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, time.perf_counter()))
 
     def _reply(self, values: list[bytes], timings: list[Any], error: BaseException | None, tb: str,
                failed_at: int) -> Reply:
-        self.clock.insert(2, time.perf_counter())
-        trace = () if self.sink is None else self._trace()
+        clock = Clock(received=self.received, rebuilt=self.rebuilt, replying=time.perf_counter(), runs=self.runs)
+        trace = None if self.sink is None else self._trace()
         if error is None:
-            return Reply(values, timings, b"", "", "", -1, False, tuple(self.clock), trace)
-        return Reply(values, timings, error_bytes(error), tb, f"{type(error).__qualname__}: {error}",
-                     failed_at, False, tuple(self.clock), trace)
+            return Reply(values=values, timings=timings, clock=clock, trace=trace)
+        return Reply(values=values, timings=timings, failure=failure_of(error, tb), failed_at=failed_at,
+                     clock=clock, trace=trace)
 
-    def _trace(self) -> tuple[Any, ...]:
+    def _trace(self) -> Trace:
         """The traced runs, each naming its component by (position in the batch, index below it)."""
         sink = self.sink
         assert sink is not None
@@ -207,4 +214,4 @@ class _Batch:
             for index, member in enumerate(members):
                 where[id(private_of(member)["_runner"])] = (position, index)
         runs = [(*where[id(run[0])], *run[1:]) for run in sink.runs if id(run[0]) in where]
-        return (os.getpid(), dict(sink.threads), runs)
+        return Trace(pid=os.getpid(), threads=dict(sink.threads), runs=runs)

@@ -15,6 +15,7 @@ from pydantic_core import PydanticUndefined
 from dynapipeline._model.component import Component, private_of
 from dynapipeline._model.contexts import ProtectedContext
 from dynapipeline._model.group import Container
+from dynapipeline._transports._remote.messages import Timing
 
 __all__ = [
     "INTERNAL_PRIVATE",
@@ -120,8 +121,8 @@ def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: se
     return obj
 
 
-def timings_of(component: Component) -> list[tuple[Any, ...]]:
-    """(timing, durations, slowest) of a component and, for a group, of everything below it (depth first).
+def timings_of(component: Component) -> list[Timing]:
+    """The ``Timing`` of a component and, for a group, of everything below it (depth first).
 
     Durations and slowest cover the runs made here (since the parent's timing was adopted): the
     parent folds them into its own copy (``Runner.adopt``).
@@ -130,5 +131,6 @@ def timings_of(component: Component) -> list[tuple[Any, ...]]:
     out = []
     for c in components:
         runner = private_of(c)["_runner"]
-        out.append((runner.timing(), *runner.runs_since_base()))
+        durations, slowest = runner.runs_since_base()
+        out.append(Timing(runner.timing(), durations, slowest))
     return out

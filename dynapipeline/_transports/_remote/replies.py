@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
-from dynapipeline._transports._remote.messages import Reply
+from dynapipeline._transports._remote.messages import Failure, Reply, RunStats, Timing
 from dynapipeline._transports.calling import note_place
 from dynapipeline.errors import PicklingError, RemoteError
 
@@ -57,10 +57,10 @@ def take_values(runners: list[Any], indices: list[int], reply: Reply, pid: int |
             tag(failure, name, pid)
             raise failure from unpickling
         runners[position].ship_total += time.perf_counter() - unpickling_from
-    if reply.failed_at < 0:
+    if reply.failure is None:
         return
     name = runners[reply.failed_at].name
-    error, cause = remote_error(reply.error, reply.traceback, reply.text, name)
+    error, cause = remote_error(reply.failure, name)
     if reply.unloadable:
         # Raised while the worker rebuilt the component: the innermost stage being rebuilt is named.
         name = getattr(error, "stage_name", None) or name
@@ -74,40 +74,42 @@ def report_reply(runners: list[Any], reply: Reply, attributes: dict[str, Any]) -
         runner = runners[position]
         if not timings or not reports_elsewhere(runner.owner):
             continue
-        timing = timings[0][0]  # the component's own (timing, durations, slowest), then its members'
+        own = RunStats._make(timings[0].stats)  # the component's own Timing comes first, then its members'
         error = None
-        if position == reply.failed_at and not reply.unloadable:
-            error, cause = remote_error(reply.error, reply.traceback, reply.text, runner.name)
+        if position == reply.failed_at and reply.failure is not None and not reply.unloadable:
+            error, cause = remote_error(reply.failure, runner.name)
             error.__cause__ = cause
-        report_elsewhere(runner.owner, timing[0], timing[1], error, {**attributes, "dynapipeline.run": runner.count})
+        report_elsewhere(runner.owner, own.start_time, own.end_time, error,
+                         {**attributes, "dynapipeline.run": runner.count})
 
 
-def apply_timings(runner: Any, timings: list[tuple[Any, ...]], place: str) -> None:
+def apply_timings(runner: Any, timings: list[Timing], place: str) -> None:
     """Fold a worker's timings of one component (and of its members, for a group) into the parent's runners."""
     if len(timings) == 1:
-        runner.adopt(*timings[0])
+        own = timings[0]
+        runner.adopt(own.stats, own.durations, own.slowest)
         note_place(runner, place)
         return
     for component, timing in zip(runner.owner.iter_components(), timings, strict=False):
         member = component.__pydantic_private__["_runner"]
-        member.adopt(*timing)
+        member.adopt(timing.stats, timing.durations, timing.slowest)
         note_place(member, place)
 
 
-def remote_error(data: bytes, traceback: str, text: str, stage: str) -> tuple[BaseException, BaseException | None]:
+def remote_error(failure: Failure, stage: str) -> tuple[BaseException, BaseException | None]:
     """The exception a worker sent and the cause to raise it from (its traceback as a ``RemoteError``).
 
     An exception that cannot be rebuilt here becomes a ``RemoteError`` with its text.
     """
     error: BaseException | None = None
-    if data:
+    if failure.error:
         try:
-            error = pickle.loads(data)
+            error = pickle.loads(failure.error)
         except Exception as unloadable:
             logger.debug("the error of stage %r cannot be rebuilt here (%r): raising its text", stage, unloadable)
     if error is None:
-        return RemoteError(traceback or text), None
-    return error, (RemoteError(traceback) if traceback else None)
+        return RemoteError(failure.traceback or failure.text), None
+    return error, (RemoteError(failure.traceback) if failure.traceback else None)
 
 
 def tag(error: BaseException, stage: str, pid: int | None, where: str = "worker process") -> None:

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from dynapipeline._engine import run_tasks
 from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._transports._remote.messages import RunStats
 from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports._remote.planning import MAX_CRASHES, deadline
 from dynapipeline._transports._remote.replies import tag, take_values
@@ -251,11 +252,11 @@ def _add_item_runs(runner: Any, replies: list[Any], pid: int) -> tuple[int, floa
     for reply in replies:
         if reply.unloadable or not reply.timings:
             continue  # nothing ran
-        timing = reply.timings[0][0][0]  # the stage's own (timing, durations, slowest): its timing
+        own = RunStats._make(reply.timings[0][0].stats)  # the stage's (the task's only component's) own timing
         if not durations:
-            start = timing[0]
-        end = timing[1]
-        durations.append(timing[1] - timing[0])
+            start = own.start_time
+        end = own.end_time
+        durations.append(own.end_time - own.start_time)
         errors += reply.failed_at >= 0
     add_runs(runner, durations, start, end, errors, f"process {pid}")
     return len(durations), sum(durations)

@@ -51,7 +51,7 @@ from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, t
 from dynapipeline._model.component import private_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, chunk_items
-from dynapipeline._transports._remote.messages import LOG_DATA, LOG_HEAD, LOG_TABLE, ItemResult, MapCall, MapReply
+from dynapipeline._transports._remote.messages import LOG_DATA, LOG_HEAD, LOG_TABLE, Failure, MapCall, MapReply
 from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports._remote.planning import MAX_CRASHES, deadline
 from dynapipeline._transports._remote.replies import remote_error, tag
@@ -294,8 +294,8 @@ class ProcessItems(ItemRunner):
                     results[i] = (True, value)
         durations = list(map(operator.sub, ends, starts))
         add_runs(runner, durations, starts[0] + EPOCH_OFFSET, ends[-1] + EPOCH_OFFSET, len(failed), f"process {pid}")
-        if type(reply) is MapReply and replied is not None and reply.clock and job.sent_at:
-            split = Split(job.packed, job.sent_at, reply.clock[1], reply.clock[2], replied.loaded)
+        if type(reply) is MapReply and replied is not None and reply.clock is not None and job.sent_at:
+            split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, replied.loaded)
             if sink is None:
                 split.add_all(runner, starts, ends, pickled)
             else:
@@ -327,8 +327,8 @@ class ProcessItems(ItemRunner):
         tag(failure, self.name, pid)
         return failure
 
-    def _error(self, item: ItemResult, pid: int | None) -> BaseException:
-        error, cause = remote_error(item.error, item.traceback, item.text, self.name)
+    def _error(self, failure: Failure, pid: int | None) -> BaseException:
+        error, cause = remote_error(failure, self.name)
         error.__cause__ = cause
         tag(error, self.name, pid)
         return error

@@ -26,7 +26,7 @@ from typing import Any
 
 from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
-from dynapipeline._transports._remote.messages import Call, Reply
+from dynapipeline._transports._remote.messages import Call, Clock, Reply, Trace
 from dynapipeline._transports._remote.replies import apply_timings, report_reply, take_values
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
@@ -133,9 +133,9 @@ def _collect_reply(job: Job, replied: Replied, results: list[Any]) -> None:
     place = f"process {pid}"
     for position, timings in enumerate(reply.timings):
         apply_timings(job.runners[position], timings, place)
-    if reply.clock and job.packed[0] and job.sent_at:
-        _split(job, replied)
-    if job.sink is not None and reply.trace:
+    if reply.clock is not None and job.packed[0] and job.sent_at:
+        _split(job, replied, reply.clock)
+    if job.sink is not None and reply.trace is not None:
         _keep_trace(job, reply.trace)
     take_values(job.runners, job.indices, reply, pid, results)
 
@@ -164,7 +164,7 @@ def report_jobs(jobs: list[Job], raised: BaseException | None) -> None:
                 report_elsewhere(runner.owner, start, end, raised, {**where, "dynapipeline.run": runner.count})
 
 
-def _split(job: Job, replied: Replied) -> None:
+def _split(job: Job, replied: Replied, clock: Clock) -> None:
     """Add each component's waiting and shipping time to its runner (its work is its own timing).
 
     A batch travels as one message, so each of its components waited for the batch's
@@ -173,10 +173,8 @@ def _split(job: Job, replied: Replied) -> None:
     other components in the worker (before its run, and after it until the reply left).
     The clock readings come from both processes (``Reply.clock``).
     """
-    assert type(replied.reply) is Reply
-    clock = replied.reply.clock
-    split = Split(job.packed, job.sent_at, clock[1], clock[2], replied.loaded)
-    for position, (started, ended, pickled) in enumerate(clock[3:]):
+    split = Split(job.packed, job.sent_at, clock.rebuilt, clock.replying, replied.loaded)
+    for position, (started, ended, pickled) in enumerate(clock.runs):
         runner = job.runners[position]
         wait, ship = split.add(runner, started, ended, pickled)
         if job.sink is not None:
@@ -224,12 +222,11 @@ class Split:
         runner.ship_total += ship if ship > 0.0 else 0.0
 
 
-def _keep_trace(job: Job, trace: tuple[Any, ...]) -> None:
+def _keep_trace(job: Job, trace: Trace) -> None:
     """Hand the runs a worker traced to the dispatching tracer, naming the parent's runners."""
-    pid, threads, runs = trace
     members: dict[int, list[Any]] = {}
     named = []
-    for position, index, *rest in runs:
+    for position, index, *rest in trace.runs:
         runner = job.runners[position]
         if index:
             below = members.get(position)
@@ -238,4 +235,4 @@ def _keep_trace(job: Job, trace: tuple[Any, ...]) -> None:
                                              for c in runner.owner.iter_components()]
             runner = below[index]
         named.append((runner, *rest))
-    job.sink.remote.append((pid, threads, named))
+    job.sink.remote.append((trace.pid, trace.threads, named))

@@ -38,7 +38,7 @@ from typing import Any
 from dynapipeline._transports._remote.messages import LOG_HEAD, LOG_SIZE, MAX_KEPT_STAGES, SENT, STOP, Reply
 from dynapipeline._transports._remote.pickling import REGISTRY, dumps_batch
 from dynapipeline._transports._remote.planning import deadline
-from dynapipeline._transports.process import worker as process_worker
+from dynapipeline._transports.process import worker
 from dynapipeline._transports.process.children import close_quietly, start_context, stop_process
 from dynapipeline._transports.process.handle import Closed, Crashed, PoolJob, Replied, TimedOut, Worker
 from dynapipeline._transports.process.jobs import Job
@@ -135,7 +135,7 @@ class ProcessPool:
         drain = ctx.RawValue("b", 0)
         log = ctx.RawArray("B", LOG_SIZE)
         self._counter += 1
-        proc = ctx.Process(target=process_worker.main, args=(child_conn, current, drain, log), daemon=True,
+        proc = ctx.Process(target=worker.main, args=(child_conn, current, drain, log), daemon=True,
                            name=f"dynapipeline-worker-{self._counter}")
         proc.start()
         child_conn.close()

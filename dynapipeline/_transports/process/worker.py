@@ -40,7 +40,7 @@ from typing import Any
 from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._transports._remote.batch import (
     dump_value,
-    error_bytes,
+    failure_of,
     loop_of,
     register_classes,
     run_call,
@@ -56,7 +56,7 @@ from dynapipeline._transports._remote.messages import (
     READY,
     STOP,
     TAKEN,
-    ItemResult,
+    Clock,
     LoggedItem,
     MapCall,
     MapReply,
@@ -180,7 +180,8 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
         stage = stages[call.stage_id]
         items = pickle.loads(call.items)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
-        return MapReply(0, b"", None, (), 0, _item_failure(error, traceback.format_exc()))
+        return MapReply(ran=0, values=b"", last=None, clock=None, thread=0,
+                        unloadable=failure_of(error, traceback.format_exc()))
     log = _ItemLog(state.get("log"), stage.name)
     rebuilt = time.perf_counter()
     plain = plain_call(stage)
@@ -193,7 +194,8 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
         values = pickle.dumps(log.values, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # a result only cloudpickle can pickle: the parent takes each from the item log
         values = b""
-    return MapReply(ran, values, log.last, (rebuilt_from, rebuilt, time.perf_counter()), threading.get_native_id())
+    clock = Clock(received=rebuilt_from, rebuilt=rebuilt, replying=time.perf_counter())
+    return MapReply(ran=ran, values=values, last=log.last, clock=clock, thread=threading.get_native_id())
 
 
 class _ItemLog:
@@ -287,17 +289,17 @@ class _ItemLog:
             self.values.append(None)
             unpicklable = TypeError(f"stage {self.name!r} returned a result that cannot be pickled "
                                     f"({type(value).__name__}: {bad})")
-            self.add(t0, t1, True, pickle.dumps(_item_failure(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
+            self.add(t0, t1, True, pickle.dumps(failure_of(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
             return
         self.values.append(value)
         self.add(t0, t1, False, data)
 
     def failed(self, t0: float, t1: float, error: BaseException, tb: str) -> None:
         self.values.append(None)
-        self.add(t0, t1, True, pickle.dumps(_item_failure(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
+        self.add(t0, t1, True, pickle.dumps(failure_of(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
 
     def add(self, t0: float, t1: float, failed: bool, data: bytes) -> None:
-        """Log one item's outcome (its pickle, ``failed``: an ``ItemResult``) and commit it."""
+        """Log one item's outcome (its pickle, ``failed``: a ``Failure``) and commit it."""
         pickled = time.perf_counter()
         count = self.count
         size = len(data)
@@ -314,6 +316,3 @@ class _ItemLog:
             self.failures.value += 1
         self.committed.value = count + 1  # last: the item is whole in the log from here on
 
-
-def _item_failure(error: BaseException, tb: str) -> ItemResult:
-    return ItemResult(error_bytes(error), tb, f"{type(error).__qualname__}: {error}")
