@@ -3,6 +3,9 @@
 The parent's pickler (``pickling``) reduces a component to one of these functions
 and its pydantic state; the worker's unpickler calls it. Both sides import this
 module, so it stays plain Python (never the compiled engine) and importable by name.
+The timings a worker sends back (``timings_of``) are ``messages.Timing`` records.
+
+See docs/threads-and-processes.md.
 """
 
 from __future__ import annotations
