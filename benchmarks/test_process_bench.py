@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import pytest
 
 from dynapipeline import Stage, StageGroup
-from dynapipeline._transports.processes import default_start_method
+from dynapipeline._transports.process.children import default_start_method
 from dynapipeline.execution import (
     MultiprocessExecutionStrategy,
     MultithreadExecutionStrategy,

@@ -26,7 +26,7 @@ import pytest
 
 from dynapipeline import Stage, Step, Stream
 from dynapipeline._cli.bench import make_case
-from dynapipeline._transports.processes import default_start_method
+from dynapipeline._transports.process.children import default_start_method
 from dynapipeline.execution import MultiprocessExecutionStrategy
 
 ITEMS = 100_000

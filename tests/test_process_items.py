@@ -13,8 +13,8 @@ import pytest
 from helpers import GRACE, Unloadable, assert_gone, assert_no_workers, eventually, gone, stream_tasks
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
-from dynapipeline._transports import process_items
-from dynapipeline._transports.process_messages import LOG_SIZE
+from dynapipeline._transports._remote.messages import LOG_SIZE
+from dynapipeline._transports.process import items as process_items
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
 from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
@@ -89,8 +89,8 @@ async def test_items_travel_in_chunks_and_the_stage_once_per_worker(procs: Multi
     messages: list[bool] = []
     real = process_items.MapJob.message
 
-    def spy(self: process_items.MapJob, w: Any) -> bytes:
-        message = real(self, w)
+    def spy(self: process_items.MapJob, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+        message = real(self, blobs, stage)
         messages.append(pickle.loads(message).stage != b"")  # what was really sent
         return message
 

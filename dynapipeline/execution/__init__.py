@@ -6,9 +6,9 @@ from dynapipeline._strategies.execution import (
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
-from dynapipeline._transports.to_dask import DaskExecutionStrategy
-from dynapipeline._transports.to_process import MultiprocessExecutionStrategy
-from dynapipeline._transports.to_thread import MultithreadExecutionStrategy
+from dynapipeline._transports.dask.strategy import DaskExecutionStrategy
+from dynapipeline._transports.process.strategy import MultiprocessExecutionStrategy
+from dynapipeline._transports.threads import MultithreadExecutionStrategy
 
 __all__ = [
     "ConcurrentExecutionStrategy",

@@ -6,13 +6,13 @@ import logging
 import multiprocessing
 from typing import Any
 
-from dynapipeline._transports import process_worker
+from dynapipeline._transports.process import worker
 
 __all__ = ["close_quietly", "default_start_method", "start_context", "stop_process"]
 
 logger = logging.getLogger("dynapipeline")
 
-_WORKER_MODULE = process_worker.__name__
+_WORKER_MODULE = worker.__name__
 
 
 def default_start_method() -> str:

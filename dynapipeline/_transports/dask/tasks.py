@@ -1,92 +1,97 @@
 """The Dask worker's side: the functions a Dask task runs, importable by name on every worker.
 
-Plain Python (never the compiled engine), like ``process_worker``, whose batch
-runner it reuses: a task gets the class pickles it needs (``register_class``
-ignores the ones this worker already has) and one payload made by
-``pickling.dumps_batch``, and returns plain bytes the parent decodes (``Reply``).
-Each Dask worker thread keeps its own event loop for ``async def`` stages.
+::
+
+    parent: client.submit(run_components_task, class blobs, payload, ...)
+        ─► Dask worker thread: Call ─► _remote.batch.run_call / run_components ─► Reply(s)
+        ─► (pid, [Reply, ...]) returned to Dask, which ships it back to the parent
+
+Invariants:
+
+- Plain Python (never the compiled engine), running the same batch runner as a
+  worker process (``_remote.batch``): a task gets the class pickles it needs
+  (``register_class`` ignores the ones this worker already has) and one payload
+  made by ``pickling.dumps_batch``, and returns ``Reply`` objects; Dask does the
+  pickling of the task's result.
+- A task never raises for what a stage does: errors travel in the replies, so an
+  exception from a task is Dask's own (a lost worker, a cancelled task).
+- Each Dask worker thread keeps its own event loop for ``async def`` stages.
+
+See docs/dask.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import pickle
 import threading
 import traceback
-from types import SimpleNamespace
 from typing import Any
 
 from dynapipeline._engine import RunControl, current_control
-from dynapipeline._transports.process_messages import Call
-from dynapipeline._transports.process_worker import reply_bytes, run_batch, run_components
-from dynapipeline._transports.rebuild import register_class
+from dynapipeline._transports._remote.batch import (
+    loop_of,
+    register_classes,
+    run_call,
+    run_components,
+    unloadable_reply,
+)
+from dynapipeline._transports._remote.messages import Call, Reply
 
 __all__ = ["STARTED", "run_components_task", "run_items_task"]
 
 logger = logging.getLogger("dynapipeline")
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _DRAIN_WAIT = 0.1  # seconds a worker waits on the run's drain event between looks at whether its batch is over
 STARTED = "dynapipeline-running"  # the task's metadata entry a probe sets while it runs its item
 _local = threading.local()
 
 
 def _state() -> dict[str, Any]:
-    """This worker thread's state for ``process_worker`` (its event loop, created on first need)."""
+    """This worker thread's state for the batch runner (its event loop, created on first need)."""
     state: dict[str, Any] | None = getattr(_local, "state", None)
     if state is None:
         state = _local.state = {}
     return state
 
 
-def _register(class_blobs: list[tuple[int, bytes]]) -> None:
-    for class_id, blob in class_blobs:
-        register_class(class_id, blob, pickle.loads)
-
-
 def run_components_task(class_blobs: list[tuple[int, bytes]], payload: bytes, keep_going: bool,
-                        drain: str | None = None) -> tuple[int, list[bytes]]:
-    """Run one batch of components; (this pid, pickled ``Reply``s).
+                        drain: str | None = None) -> tuple[int, list[Reply]]:
+    """Run one batch of components; (this pid, its ``Reply``s).
 
     One reply for the batch, ending at the first error (as in a worker process);
     with ``keep_going`` one reply per component, so every member runs whatever
     its siblings do. ``drain`` names the Dask ``Event`` the parent sets when
     the run drains: groups then end their cycle loops.
     """
-    current = SimpleNamespace(value=-1)
     flag = None if drain is None else _DrainFlag(drain)
     try:
         if not keep_going:
-            message = pickle.dumps(Call(class_blobs, payload), protocol=_PROTOCOL)
-            return os.getpid(), [run_batch(current, message, _state(), flag)]
+            return os.getpid(), [run_call(Call(class_blobs, payload), _state(), drain=flag)]
         try:
-            _register(class_blobs)
+            register_classes(class_blobs)
             components, args, kwargs = pickle.loads(payload)
         except BaseException as error:  # noqa: B902 - the parent splits the batch to find the culprit
             return os.getpid(), [_unloadable(error)]
         state = _state()
         if flag is None:
-            return os.getpid(), [run_components(current, [c], args, kwargs, state) for c in components]
+            return os.getpid(), [run_components([c], args, kwargs, state) for c in components]
         control = flag.control = RunControl()
         control.draining = bool(flag.value)
         token = current_control.set(control)
         try:
-            return os.getpid(), [run_components(current, [c], args, kwargs, state) for c in components]
+            return os.getpid(), [run_components([c], args, kwargs, state) for c in components]
         finally:
             current_control.reset(token)
             if control.cleanups:  # what lives for "the run" (a thread strategy's pool) ends with the batch
-                loop = state.get("loop")
-                if loop is None:
-                    loop = state["loop"] = asyncio.new_event_loop()
-                loop.run_until_complete(control.finish())
+                loop_of(state).run_until_complete(control.finish())
     finally:
         if flag is not None:
             flag.close()
 
 
 class _DrainFlag:
-    """The parent's drain as ``run_batch`` reads it (``value``): a thread waits on the run's Dask ``Event``."""
+    """The parent's drain as ``run_call`` reads it (``value``): a thread waits on the run's Dask ``Event``."""
 
     def __init__(self, name: str) -> None:
         import distributed
@@ -119,7 +124,7 @@ class _DrainFlag:
 
 
 def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
-                   probe: str | None = None) -> tuple[int, list[bytes]]:
+                   probe: str | None = None) -> tuple[int, list[Reply]]:
     """Run a stream step's stage once per item (its own retries and timeout apply); (this pid, a ``Reply`` per item).
 
     A ``probe`` (a one-item task; the stream step's token) tells the scheduler
@@ -135,15 +140,14 @@ def run_items_task(class_blobs: list[tuple[int, bytes]], payload: bytes,
         _mark_running(probe, False)
 
 
-def _run_items(class_blobs: list[tuple[int, bytes]], payload: bytes) -> tuple[int, list[bytes]]:
+def _run_items(class_blobs: list[tuple[int, bytes]], payload: bytes) -> tuple[int, list[Reply]]:
     try:
-        _register(class_blobs)
+        register_classes(class_blobs)
         (stage,), values, _ = pickle.loads(payload)  # made by dumps_batch([stage], values, {})
     except BaseException as error:  # noqa: B902 - every item fails with the stage's own error
         return os.getpid(), [_unloadable(error)]
-    current = SimpleNamespace(value=-1)
     state = _state()
-    return os.getpid(), [run_components(current, [stage], (value,), {}, state) for value in values]
+    return os.getpid(), [run_components([stage], (value,), {}, state) for value in values]
 
 
 def _mark_running(token: str, running: bool) -> None:
@@ -158,5 +162,5 @@ def _mark_running(token: str, running: bool) -> None:
         logger.debug("marking a probe task as running: %r", error)
 
 
-def _unloadable(error: BaseException) -> bytes:
-    return reply_bytes([], [], error, traceback.format_exc(), 0, unloadable=True)
+def _unloadable(error: BaseException) -> Reply:
+    return unloadable_reply(error, traceback.format_exc())

@@ -13,7 +13,8 @@ import weakref
 from typing import Any
 
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
-from dynapipeline._transports.process_jobs import report_reply
+from dynapipeline._transports._remote.messages import RunStats
+from dynapipeline._transports._remote.replies import report_reply
 
 __all__ = ["report_items", "report_task", "worker_attributes"]
 
@@ -53,6 +54,7 @@ async def report_items(client: Any, stage: Any, replies: list[Any], out: list[tu
     for reply, (ok, value) in zip(replies, out, strict=False):
         if reply.unloadable or not reply.timings:
             continue  # nothing ran
-        timing = reply.timings[0][0][0]
-        report_elsewhere(stage, timing[0], timing[1], None if ok else value, {**attributes, "dynapipeline.run": run})
+        own = RunStats._make(reply.timings[0][0].stats)  # the stage's (the task's only component's) own timing
+        report_elsewhere(stage, own.start_time, own.end_time, None if ok else value,
+                         {**attributes, "dynapipeline.run": run})
         run += 1

@@ -1,9 +1,24 @@
 """``ProcessPool``: warm worker processes served by one event loop, and the queue of jobs they take.
 
-Each worker has its own pipe, watched by the event loop (``add_reader``), so the
-pool always knows which worker holds which job. Workers are started lazily (the
-first start runs in a thread, since a cold fork server takes ~0.5 s), replaced
-when they die or are killed, and stopped by ``close()``.
+::
+
+    submit(jobs) ─► queue ─► _pump ─► _send: message ══ pipe ══► worker process
+                                               ▲
+    _on_readable (add_reader) ◄══ pipe: reply ═╝ ─► job.finish(Replied)
+    _on_death / _on_deadline / close ─► job.finish(Crashed / TimedOut / Closed)
+
+Invariants:
+
+- Each worker has its own pipe, watched by the event loop (``add_reader``), so
+  the pool always knows which worker holds which job; a worker holds one job at
+  a time.
+- The pool records what each worker has received (classes, stream stages, the
+  item log's reset): a job only builds its message from it.
+- Workers are started lazily (the first start runs in a thread, since a cold
+  fork server takes ~0.5 s), replaced when they die or are killed, and stopped
+  by ``close()``, which fails every job left with ``Closed``.
+
+See docs/threads-and-processes.md.
 """
 
 from __future__ import annotations
@@ -17,42 +32,23 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
-from dynapipeline._transports import process_worker
-from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_jobs import Closed, Crashed, Job, Replied, TimedOut, deadline
-from dynapipeline._transports.process_messages import LOG_SIZE, SENT, STOP, Reply
-from dynapipeline._transports.processes import close_quietly, start_context, stop_process
+from dynapipeline._transports._remote.messages import LOG_HEAD, LOG_SIZE, MAX_KEPT_STAGES, SENT, STOP, Reply
+from dynapipeline._transports._remote.pickling import REGISTRY, dumps_batch
+from dynapipeline._transports._remote.planning import deadline
+from dynapipeline._transports.process import worker
+from dynapipeline._transports.process.children import close_quietly, start_context, stop_process
+from dynapipeline._transports.process.handle import Closed, Crashed, PoolJob, Replied, TimedOut, Worker
+from dynapipeline._transports.process.jobs import Job
 
-__all__ = ["ProcessPool", "Worker", "watch_drain"]
+__all__ = ["ProcessPool", "watch_drain"]
 
 logger = logging.getLogger("dynapipeline")
 
 _DRAIN_POLL = 0.02  # seconds between checks for a drain while groups run in workers
 _LIVE_POOLS: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
-
-
-class Worker:
-    """One worker process, its pipe, and what it is doing."""
-
-    __slots__ = ("proc", "conn", "fd", "current", "drain", "log", "pid", "ready", "job", "known", "stages", "timer",
-                 "loop")
-
-    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any, log: Any = None) -> None:
-        self.proc = proc
-        self.conn = conn
-        self.fd: int = conn.fileno()
-        self.current = current  # shared: where the worker is with its job (process_messages)
-        self.drain = drain  # shared: set by the parent when the run of the job it runs drains
-        self.log = log  # shared: the item log a stream step's chunk writes (process_messages.LOG_HEAD)
-        self.pid: int = proc.pid
-        self.ready = False
-        self.job: Job | None = None
-        self.known: set[int] = set()  # ids of the classes this worker has received
-        self.stages: dict[int, None] = {}  # ids of the stream steps' stages it keeps, oldest first
-        self.timer: asyncio.TimerHandle | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
 
 
 class ProcessPool:
@@ -63,7 +59,7 @@ class ProcessPool:
         self.start_method = start_method
         self._ctx = start_context(start_method)
         self.workers: list[Worker] = []
-        self.queue: deque[Job] = deque()
+        self.queue: deque[PoolJob] = deque()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         self.started: list[Worker] = []  # started off the loop, not adopted yet
@@ -139,7 +135,7 @@ class ProcessPool:
         drain = ctx.RawValue("b", 0)
         log = ctx.RawArray("B", LOG_SIZE)
         self._counter += 1
-        proc = ctx.Process(target=process_worker.main, args=(child_conn, current, drain, log), daemon=True,
+        proc = ctx.Process(target=worker.main, args=(child_conn, current, drain, log), daemon=True,
                            name=f"dynapipeline-worker-{self._counter}")
         proc.start()
         child_conn.close()
@@ -231,7 +227,7 @@ class ProcessPool:
         # A start in progress stops what it starts from now on; wait until it is over.
         self._start_done.wait(5.0)
 
-    def _after_close(self, workers: list[Worker], jobs: list[Job], queued: list[Job]) -> None:
+    def _after_close(self, workers: list[Worker], jobs: list[PoolJob], queued: list[PoolJob]) -> None:
         """The loop side of ``close()``: stop watching the pipes, close them, fail the jobs left."""
         for w in workers:
             self._unwatch(w)
@@ -243,7 +239,7 @@ class ProcessPool:
             job.finish(Closed(None))
 
     # -- scheduling -----------------------------------------------------------------------------
-    def submit(self, jobs: list[Job]) -> None:
+    def submit(self, jobs: Iterable[PoolJob]) -> None:
         self.queue.extend(jobs)
         self._pump()
 
@@ -259,10 +255,10 @@ class ProcessPool:
                     return
                 self._send(w, queue.popleft())
 
-    def _send(self, w: Worker, job: Job) -> None:
+    def _send(self, w: Worker, job: PoolJob) -> None:
         assert self.loop is not None
         job.sent_at = time.perf_counter()
-        message = job.message(w)
+        message = job.message(*self._news_for(w, job))
         w.job = job
         job.worker = w
         control = job.control
@@ -277,12 +273,29 @@ class ProcessPool:
         if job.deadline is not None:
             w.timer = self.loop.call_later(job.deadline, self._on_deadline, w, job)
 
+    @staticmethod
+    def _news_for(w: Worker, job: PoolJob) -> tuple[list[tuple[int, bytes]], bool]:
+        """The classes ``w`` lacks for ``job`` and whether it lacks its stage; recorded as sent from here on."""
+        blobs = REGISTRY.blobs_for(job.cids, w.known) if job.cids else []
+        w.known.update(cid for cid, _ in blobs)
+        stage_id = job.stage_id
+        if not stage_id:
+            return blobs, False
+        if w.log is not None:
+            LOG_HEAD.pack_into(memoryview(w.log).cast("B"), 0, 0, 0)  # the items of a chunk before are gone
+        if stage_id in w.stages:
+            return blobs, False
+        w.stages[stage_id] = None
+        if len(w.stages) > MAX_KEPT_STAGES:
+            del w.stages[next(iter(w.stages))]  # the worker drops the same one
+        return blobs, True
+
     @property
     def idle(self) -> bool:
         """No job queued or running (for any dispatch)."""
         return not self.queue and all(w.job is None for w in self.workers)
 
-    def withdraw(self, jobs: list[Job], kill_running: bool) -> None:
+    def withdraw(self, jobs: Iterable[PoolJob], kill_running: bool) -> None:
         """Forget these jobs: queued ones are not sent; running ones are killed if asked."""
         for job in jobs:
             if job.done:
@@ -338,7 +351,7 @@ class ProcessPool:
             w.timer = None
         if job is not None and not job.done:
             reply = pickle.loads(data)  # plain bytes and names: results and errors are decoded per stage
-            if type(reply) is Reply and reply.unloadable and len(job.indices) > 1:
+            if type(reply) is Reply and reply.unloadable and isinstance(job, Job) and len(job.indices) > 1:
                 self.split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
             else:
                 job.finish(Replied(reply, w.pid, received, time.perf_counter()))
@@ -371,7 +384,7 @@ class ProcessPool:
                 self.fill()
         self._pump()
 
-    def _on_deadline(self, w: Worker, job: Job) -> None:
+    def _on_deadline(self, w: Worker, job: PoolJob) -> None:
         w.timer = None
         if w.job is not job:
             return
@@ -382,7 +395,8 @@ class ProcessPool:
         self._pump()
 
 
-def watch_drain(loop: asyncio.AbstractEventLoop, control: Any, jobs: list[Job], future: asyncio.Future[None]) -> None:
+def watch_drain(loop: asyncio.AbstractEventLoop, control: Any, jobs: list[Job],
+                future: asyncio.Future[None]) -> None:
     """While ``future`` is pending, pass a drain of the run on to the workers running its groups."""
 
     def poll() -> None:

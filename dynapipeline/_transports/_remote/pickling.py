@@ -27,7 +27,7 @@ import cloudpickle
 
 from dynapipeline._model.component import Component, Stage
 from dynapipeline._model.contexts import Context
-from dynapipeline._transports.rebuild import (
+from dynapipeline._transports._remote.rebuild import (
     INTERNAL_PRIVATE,
     cached_class,
     cached_stage,

@@ -24,7 +24,7 @@ from helpers import (
 )
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
-from dynapipeline._transports import process_pool
+from dynapipeline._transports.process import pool as process_pool
 from dynapipeline.errors import (
     ContextLockedError,
     PicklingError,

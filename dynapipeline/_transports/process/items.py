@@ -13,7 +13,7 @@
   later ones only the items.
 - **The item log**: the worker writes each item's outcome (its pickle, its clock
   readings) to a buffer it shares with the parent as soon as the item has run
-  (``process_messages``); the results also come back as one list with the reply.
+  (``_remote.messages``); the results also come back as one list with the reply.
   Each item's run is added to the stage's stats (p50/p95 from the items' own
   durations, the wait/ship split, the worker pid as its place), and to the
   tracer (a slice per item, an arrow from the dispatch) and the handlers that
@@ -30,6 +30,8 @@
   delays), but never after it crashed 3 workers; the chunk's items not yet run
   are sent again. The item then fails with ``WorkerCrashedError``. A pool whose
   workers die on start-up fails the call's items at once.
+
+See docs/streams.md and docs/threads-and-processes.md.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import math
 import operator
 import pickle
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
@@ -49,38 +51,21 @@ from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, t
 from dynapipeline._model.component import private_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, chunk_items
+from dynapipeline._transports._remote.messages import LOG_DATA, LOG_HEAD, LOG_TABLE, Failure, MapCall, MapReply
+from dynapipeline._transports._remote.pickling import dumps_batch
+from dynapipeline._transports._remote.planning import MAX_CRASHES, deadline
+from dynapipeline._transports._remote.replies import remote_error, tag
 from dynapipeline._transports.calling import add_runs
-from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_jobs import (
-    Crashed,
-    Outcome,
-    Replied,
-    Split,
-    TimedOut,
-    deadline,
-    remote_error,
-    tag,
-)
-from dynapipeline._transports.process_messages import (
-    LOG_DATA,
-    LOG_HEAD,
-    LOG_TABLE,
-    MAX_KEPT_STAGES,
-    ItemResult,
-    MapCall,
-    MapReply,
-)
+from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
+from dynapipeline._transports.process.jobs import Split
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
-    from dynapipeline._transports.process_pool import ProcessPool, Worker
-    from dynapipeline._transports.to_process import MultiprocessExecutionStrategy
+    from dynapipeline._transports.process.pool import ProcessPool
 
-__all__ = ["MAX_CRASHES", "MapJob", "ProcessItems"]
+__all__ = ["MapJob", "PoolOwner", "ProcessItems"]
 
 logger = logging.getLogger("dynapipeline")
-
-MAX_CRASHES = 3  # an item that crashed this many workers is not retried again (as Dask does)
 _CHUNK_SECONDS = 2e-3  # the work one chunk aims at
 _FIRST_CHUNK = 16
 _ids = itertools.count(1)
@@ -110,21 +95,10 @@ class MapJob:
         # and how many of its items failed.
         self.logged: tuple[list[float], bytes, int] = ([], b"", 0)
 
-    def message(self, w: Worker) -> bytes:
-        """The ``MapCall`` for worker ``w``: the stage only if it does not keep it already."""
-        from dynapipeline._transports.pickling import REGISTRY
-
-        blobs = REGISTRY.blobs_for(self.cids, w.known) if self.cids else []
-        w.known.update(cid for cid, _ in blobs)
-        if w.log is not None:
-            LOG_HEAD.pack_into(memoryview(w.log).cast("B"), 0, 0, 0)  # the items of a chunk before are gone
-        stage = b""
-        if self.stage_id not in w.stages:
-            stage = self.stage
-            w.stages[self.stage_id] = None
-            if len(w.stages) > MAX_KEPT_STAGES:
-                del w.stages[next(iter(w.stages))]  # the worker drops the same one
-        return pickle.dumps(MapCall(blobs, self.stage_id, stage, self.items), protocol=pickle.HIGHEST_PROTOCOL)
+    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+        """The ``MapCall``, with ``blobs`` (the classes its worker lacks), and the stage if it lacks it too."""
+        return pickle.dumps(MapCall(blobs, self.stage_id, self.stage if stage else b"", self.items),
+                            protocol=pickle.HIGHEST_PROTOCOL)
 
     def finish(self, outcome: Outcome) -> None:
         if not self.done:
@@ -147,10 +121,20 @@ class MapJob:
                 self.future.set_result(outcome)
 
 
+class PoolOwner(Protocol):
+    """What ``ProcessItems`` needs of its strategy: the pool for this loop, and closing it."""
+
+    async def ensure_pool(self, loop: asyncio.AbstractEventLoop) -> ProcessPool:
+        """The strategy's pool, started and bound to ``loop``."""
+
+    def close(self) -> None:
+        """Close the pool (its workers stop)."""
+
+
 class ProcessItems(ItemRunner):
     """Runs a stream step's stage on a ``MultiprocessExecutionStrategy``'s pool, chunk by chunk."""
 
-    def __init__(self, strategy: MultiprocessExecutionStrategy, stage: Any, maxsize: int, width: int) -> None:
+    def __init__(self, strategy: PoolOwner, stage: Any, maxsize: int, width: int) -> None:
         self.strategy = strategy
         self.stage = stage
         self.name: str = stage.name
@@ -237,11 +221,11 @@ class ProcessItems(ItemRunner):
         loop = asyncio.get_running_loop()
         job = MapJob(loop.create_future(), self.stage_id, self.payload, self.cids, items, self.limit)
         job.packed = (packed_from, time.perf_counter())
-        pool.submit([job])  # type: ignore[list-item]  # a MapJob is scheduled like a Job
+        pool.submit([job])
         try:
             return await job.future, job
         except asyncio.CancelledError:
-            pool.withdraw([job], kill_running=True)  # type: ignore[list-item]
+            pool.withdraw([job], kill_running=True)
             run = current_control.get()
             if run is not None and run.stopped and pool.idle:
                 self.strategy.close()  # as a group's dispatch does: a stopped run leaves no worker behind
@@ -310,8 +294,8 @@ class ProcessItems(ItemRunner):
                     results[i] = (True, value)
         durations = list(map(operator.sub, ends, starts))
         add_runs(runner, durations, starts[0] + EPOCH_OFFSET, ends[-1] + EPOCH_OFFSET, len(failed), f"process {pid}")
-        if type(reply) is MapReply and replied is not None and reply.clock and job.sent_at:
-            split = Split(job.packed, job.sent_at, reply.clock[1], reply.clock[2], replied.loaded)
+        if type(reply) is MapReply and replied is not None and reply.clock is not None and job.sent_at:
+            split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, replied.loaded)
             if sink is None:
                 split.add_all(runner, starts, ends, pickled)
             else:
@@ -343,8 +327,8 @@ class ProcessItems(ItemRunner):
         tag(failure, self.name, pid)
         return failure
 
-    def _error(self, item: ItemResult, pid: int | None) -> BaseException:
-        error, cause = remote_error(item.error, item.traceback, item.text, self.name)
+    def _error(self, failure: Failure, pid: int | None) -> BaseException:
+        error, cause = remote_error(failure, self.name)
         error.__cause__ = cause
         tag(error, self.name, pid)
         return error

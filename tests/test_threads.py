@@ -246,17 +246,17 @@ async def test_end_of_run_shutdown_does_not_block_the_callers_loop():
 
 
 async def test_nested_thread_strategies_share_one_pool_per_run(monkeypatch):
-    from dynapipeline._transports import to_thread
+    from dynapipeline._transports import threads
 
     created: list[Any] = []
 
-    class SlowPool(to_thread.ThreadPool):
+    class SlowPool(threads.ThreadPool):
         def __init__(self, *args: Any) -> None:
             time.sleep(0.05)  # widens the window in which two threads could both create a pool
             super().__init__(*args)
             created.append(self)
 
-    monkeypatch.setattr(to_thread, "ThreadPool", SlowPool)
+    monkeypatch.setattr(threads, "ThreadPool", SlowPool)
     inner = MultithreadExecutionStrategy(2)
     groups = [StageGroup(name=f"g{i}", stages=[WhereSync(name=f"s{i}")], cycle_strategy=OnceCycleStrategy(),
                          execution_strategy=inner) for i in range(2)]

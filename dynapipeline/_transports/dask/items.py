@@ -29,6 +29,8 @@
   the client (so ``on_error="skip"``/``"return"`` apply per item).
 - The stage's timing and stats in the parent add up the items' runs, each with its own duration
   (p50/p95), wherever and in whatever order the tasks end.
+
+See docs/dask.md.
 """
 
 from __future__ import annotations
@@ -37,24 +39,22 @@ import asyncio
 import logging
 import math
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dynapipeline._engine import run_tasks
 from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._transports._remote.messages import RunStats
+from dynapipeline._transports._remote.pickling import dumps_batch
+from dynapipeline._transports._remote.planning import MAX_CRASHES, deadline
+from dynapipeline._transports._remote.replies import tag, take_values
 from dynapipeline._transports.calling import add_runs
-from dynapipeline._transports.dask_futures import Probe, deaths
-from dynapipeline._transports.dask_observe import report_items
-from dynapipeline._transports.dask_worker import STARTED, run_items_task
-from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_items import MAX_CRASHES
-from dynapipeline._transports.process_jobs import collect_values, deadline, tag
+from dynapipeline._transports.dask.futures import Probe, deaths
+from dynapipeline._transports.dask.observe import report_items
+from dynapipeline._transports.dask.tasks import STARTED, run_items_task
 from dynapipeline.errors import ClusterError, PicklingError, StageTimeoutError, WorkerCrashedError
 
-if TYPE_CHECKING:
-    from dynapipeline._transports.to_dask import DaskExecutionStrategy
-
-__all__ = ["CHUNK_SECONDS", "DaskItems"]
+__all__ = ["CHUNK_SECONDS", "ClientOwner", "DaskItems"]
 
 logger = logging.getLogger("dynapipeline")
 
@@ -63,10 +63,31 @@ _FREE_RESENDS = 5  # times a probe lost before it started is sent again without 
 _Result = tuple[bool, Any]
 
 
+class ClientOwner(Protocol):
+    """What ``DaskItems`` needs of its strategy (``DaskExecutionStrategy``): the client, held while in use."""
+
+    def hold(self) -> None:
+        """The step uses the client: the end of a run must not close it meanwhile."""
+
+    async def release(self) -> None:
+        """The step is over with the client."""
+
+    async def client_for_run(self) -> Any:
+        """The client to submit to from the running loop."""
+
+    async def nthreads(self, client: Any) -> int:
+        """Worker threads in the cluster."""
+
+    async def run_task(self, client: Any, function: Any, cids: set[int], args: tuple[Any, ...],
+                       limit: float | None, runner: Any, probe: Probe | None = None,
+                       resubmit: bool = True) -> tuple[int, list[Any]]:
+        """Submit one task and wait for its (pid, replies)."""
+
+
 class DaskItems(ItemRunner):
     """Runs a stream step's stage on Dask, ``chunk`` items per task."""
 
-    def __init__(self, strategy: DaskExecutionStrategy, stage: Any, maxsize: int) -> None:
+    def __init__(self, strategy: ClientOwner, stage: Any, maxsize: int) -> None:
         self.strategy = strategy
         self.stage = stage
         self.name: str = stage.name
@@ -191,7 +212,7 @@ class DaskItems(ItemRunner):
             reply = replies[0] if len(replies) == 1 and replies[0].unloadable else replies[position]
             slot: list[Any] = [None]
             try:
-                collect_values([runner], [0], reply, pid, slot)
+                take_values([runner], [0], reply, pid, slot)
             except Exception as error:
                 out.append((False, error))
             else:
@@ -231,11 +252,11 @@ def _add_item_runs(runner: Any, replies: list[Any], pid: int) -> tuple[int, floa
     for reply in replies:
         if reply.unloadable or not reply.timings:
             continue  # nothing ran
-        timing = reply.timings[0][0][0]  # the stage's own (timing, durations, slowest): its timing
+        own = RunStats._make(reply.timings[0][0].stats)  # the stage's (the task's only component's) own timing
         if not durations:
-            start = timing[0]
-        end = timing[1]
-        durations.append(timing[1] - timing[0])
+            start = own.start_time
+        end = own.end_time
+        durations.append(own.end_time - own.start_time)
         errors += reply.failed_at >= 0
     add_runs(runner, durations, start, end, errors, f"process {pid}")
     return len(durations), sum(durations)

@@ -1,20 +1,20 @@
 """Work that goes to other processes: ``MultiprocessExecutionStrategy``.
 
-Where things live::
+Where things live (``process/`` unless named; ``_remote/`` is shared with Dask)::
 
-    to_process.MultiprocessExecutionStrategy.dispatch
-        │ plan_batches ─► Job per batch ─► pickling.dumps_batch (checked before anything is sent)
+    strategy.MultiprocessExecutionStrategy.dispatch
+        │ _remote.planning.plan_batches ─► jobs.Job per batch ─► _remote.pickling.dumps_batch (checked first)
         ▼
-    process_pool.ProcessPool ── queue ──► Worker ══ pipe: Call ══► process_worker.main (child)
-        ▲                                        ◄═ pipe: Reply ══     │ rebuild.* rebuilds the components
-        │ Outcome (Replied / TimedOut / Crashed / Closed)              │ calling.run_component runs them
-    process_jobs.collect ─► results, timing, or the stage's error
+    pool.ProcessPool ── queue ──► handle.Worker ══ pipe: Call ══► worker.main (child)
+        ▲                                      ◄═ pipe: Reply ══    │ _remote.batch.run_call rebuilds and runs
+        │ handle.Outcome (Replied / TimedOut / Crashed / Closed)    │ the components (_remote.rebuild, calling)
+    jobs.collect ─► results, timing, or the stage's error (_remote.replies)
 
 How it works:
 
 - **Start method**: ``forkserver`` where available (Linux, macOS), else ``spawn``.
   ``fork`` is never used: it copies the parent's threads' locks mid-state. The
-  fork server preloads ``dynapipeline._transports.worker`` (pydantic, cloudpickle
+  fork server preloads ``dynapipeline._transports.process.worker`` (pydantic, cloudpickle
   and the model are imported once, in the server), so a worker starts in tens
   of ms instead of the ~0.3 s of a fresh ``spawn`` interpreter. Pass
   ``start_method="spawn"`` to choose spawn. As with any ``multiprocessing`` pool,
@@ -30,7 +30,7 @@ How it works:
   so the parent always knows which worker runs which stage. Components go in
   batches (sized from their past run times: tiny stages travel together, heavy
   ones one per worker) pickled with cloudpickle; classes defined in ``__main__``
-  or locally are pickled once and sent once per worker (see ``pickling``).
+  or locally are pickled once and sent once per worker (see ``_remote.pickling``).
 - **Results and timing** come back in component order; ``start_time``,
   ``end_time``, ``execution_time`` and stats are copied onto the parent's
   objects. Other attribute changes a stage makes in the worker are *not*
@@ -87,6 +87,8 @@ How it works:
 Components may be Stages or StageGroups (a pipeline whose execution strategy is
 processes ships whole groups, with their asyncio strategies). Workers are
 daemonic processes, so a stage cannot start processes of its own.
+
+See docs/threads-and-processes.md.
 """
 
 from __future__ import annotations
@@ -101,20 +103,13 @@ from typing import Any
 from dynapipeline._engine import current_control, current_trace, tracing
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag
+from dynapipeline._transports._remote.pickling import dumps_batch
+from dynapipeline._transports._remote.planning import deadline, plan_batches, plan_singles
 from dynapipeline._transports.calling import check_max_workers
-from dynapipeline._transports.pickling import dumps_batch
-from dynapipeline._transports.process_items import ProcessItems
-from dynapipeline._transports.process_jobs import (
-    Dispatch,
-    GatherDispatch,
-    Job,
-    deadline,
-    plan_batches,
-    plan_singles,
-    report_jobs,
-)
-from dynapipeline._transports.process_pool import ProcessPool, watch_drain
-from dynapipeline._transports.processes import default_start_method
+from dynapipeline._transports.process.children import default_start_method
+from dynapipeline._transports.process.items import ProcessItems
+from dynapipeline._transports.process.jobs import Dispatch, GatherDispatch, Job, report_jobs
+from dynapipeline._transports.process.pool import ProcessPool, watch_drain
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["MultiprocessExecutionStrategy"]

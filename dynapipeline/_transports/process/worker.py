@@ -1,14 +1,28 @@
-"""The worker process's side: read a ``Call``, run its components, send a ``Reply``, until told to stop.
+"""The worker process's side: read a message from the pipe, run it, send the reply back, until told to stop.
 
-A plain Python module on purpose (never the compiled engine), preloaded by the
-fork server so that a worker starts with pydantic, cloudpickle and the model
-already imported. The messages are in ``process_messages``; the functions that
-rebuild shipped objects in ``rebuild``.
+::
+
+    parent ══ pipe: pickle(Call) ══► main ─► _remote.batch.run_call ─► Reply ══ pipe ══► parent
+    parent ══ pipe: pickle(MapCall) ═► main ─► run_map ─► item log (shared) + MapReply ══► parent
+
+Invariants:
+
+- One message at a time; the shared ``current`` says where the worker is
+  (``TAKEN`` once it has read a message, then the position it runs), so the
+  parent knows what a dead worker held.
+- Nothing a stage does ends the loop: errors travel in the reply. Only ``STOP``,
+  a closed pipe or the parent's death do (``_die_with_parent``).
+- Each item of a chunk is in the item log (``_remote.messages``) as soon as it
+  has run, before the next one starts.
+- A plain Python module on purpose (never the compiled engine), preloaded by the
+  fork server so that a worker starts with pydantic, cloudpickle and the model
+  already imported.
+
+See docs/threads-and-processes.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import multiprocessing
@@ -23,13 +37,16 @@ import time
 import traceback
 from typing import Any
 
-import cloudpickle
-
-from dynapipeline._engine import EPOCH_OFFSET, RunControl, TraceSink, current_control, current_trace, set_tracing
-from dynapipeline._model.component import private_of
-from dynapipeline._model.group import Container
-from dynapipeline._transports.calling import needs_loop, plain_call, run_component
-from dynapipeline._transports.process_messages import (
+from dynapipeline._engine import EPOCH_OFFSET
+from dynapipeline._transports._remote.batch import (
+    dump_value,
+    failure_of,
+    loop_of,
+    register_classes,
+    run_call,
+    unloadable_reply,
+)
+from dynapipeline._transports._remote.messages import (
     IDLE,
     LOG_DATA,
     LOG_SIZE,
@@ -39,25 +56,25 @@ from dynapipeline._transports.process_messages import (
     READY,
     STOP,
     TAKEN,
-    ItemResult,
+    Clock,
     LoggedItem,
     MapCall,
     MapReply,
     Reply,
 )
-from dynapipeline._transports.rebuild import register_class, timings_of
+from dynapipeline._transports.calling import needs_loop, plain_call, run_component
 
-__all__ = ["error_bytes", "main", "reply_bytes", "run_batch", "run_components", "run_map"]
+__all__ = ["main", "run_map", "run_message"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-_ROW = struct.Struct("=4d")  # an item log row (process_messages); native doubles, as the parent reads them
+_ROW = struct.Struct("=4d")  # an item log row (_remote.messages); native doubles, as the parent reads them
 logger = logging.getLogger("dynapipeline")
 
 
 def main(conn: Any, current: Any, drain: Any = None, log: Any = None) -> None:
-    """The worker's loop: signal ready, then run batches until told to stop or the parent goes away.
+    """The worker's loop: signal ready, then run messages until told to stop or the parent goes away.
 
-    ``log``: the shared item log that stream steps' chunks write to (``process_messages``).
+    ``log``: the shared item log that stream steps' chunks write to (``_remote.messages``).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
@@ -71,7 +88,7 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None) -> None:
         if message == STOP:
             break
         current.value = TAKEN
-        conn.send_bytes(run_batch(current, message, state, drain))
+        conn.send_bytes(pickle.dumps(run_message(message, current, state, drain), protocol=pickle.HIGHEST_PROTOCOL))
     loop = state.get("loop")
     if loop is not None:
         loop.close()
@@ -133,73 +150,20 @@ def _close_inherited_fork_server_pipe() -> None:
     server._forkserver_alive_fd = None
 
 
-def error_bytes(error: BaseException) -> bytes:
-    try:
-        data: bytes = cloudpickle.dumps(error)
-        pickle.loads(data)  # an exception that cannot be rebuilt falls back to its text
-        return data
-    except Exception as error_of_error:  # the parent raises a RemoteError with the text instead
-        logger.debug("an error of type %s cannot travel to the parent: %r", type(error).__name__, error_of_error)
-        return b""
-
-
-def _mirror_drain(control: Any, drain: Any, over: threading.Event) -> None:
-    """Until ``over`` is set: once the parent sets the shared ``drain`` flag, drain ``control``."""
-    while not over.wait(0.005):
-        if drain.value:
-            control.draining = True
-            return
-
-
-def run_batch(current: Any, message: bytes, state: dict[str, Any], drain: Any = None) -> bytes:
-    """Run one batch and return the reply bytes.
-
-    Groups run under a run control of their own whose ``draining`` mirrors the
-    parent's ``drain`` flag, so ``stop(drain=True)`` ends their cycle loops. When
-    the parent traces, the runs made here travel back in ``Reply.trace``.
-    """
+def run_message(message: bytes, current: Any, state: dict[str, Any], drain: Any = None) -> Reply | MapReply:
+    """The reply to one message from the parent: a ``Call`` (a batch) or a ``MapCall`` (a chunk of items)."""
     received = time.perf_counter()
     try:
         call = pickle.loads(message)
-        for class_id, blob in call.class_blobs:
-            register_class(class_id, blob, pickle.loads)
-        if type(call) is MapCall:
-            return run_map(current, call, state, received)
-        components, args, kwargs = pickle.loads(call.payload)
+        register_classes(call.class_blobs)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
-        return reply_bytes([], [], error, traceback.format_exc(), 0, unloadable=True)
-    batch = _Batch(components, (received, time.perf_counter()), call.trace)
-    if drain is None or not any(isinstance(c, Container) for c in components):
-        return batch.run(current, args, kwargs, state)
-    control = RunControl()
-    control.draining = bool(drain.value)
-    over = threading.Event()
-    watcher = threading.Thread(target=_mirror_drain, args=(control, drain, over), daemon=True,
-                               name="dynapipeline-drain-watch")
-    watcher.start()
-    token = current_control.set(control)
-    try:
-        return batch.run(current, args, kwargs, state)
-    finally:
-        current_control.reset(token)
-        over.set()
-        watcher.join()
-        if control.cleanups:
-            # Resources that live for "the run" (a thread strategy's pool) end with the batch.
-            loop = state.get("loop")
-            if loop is None:
-                loop = state["loop"] = asyncio.new_event_loop()
-            loop.run_until_complete(control.finish())
+        return unloadable_reply(error, traceback.format_exc())
+    if type(call) is MapCall:
+        return run_map(current, call, state, received)
+    return run_call(call, state, current, drain, received)
 
 
-def run_components(current: Any, components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                   state: dict[str, Any]) -> bytes:
-    """Run components in order until one fails; the pickled ``Reply`` (results, timings, the error if any)."""
-    now = time.perf_counter()
-    return _Batch(components, (now, now), False).run(current, args, kwargs, state)
-
-
-def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float = 0.0) -> bytes:
+def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float = 0.0) -> MapReply:
     """Run each item of a stream step's chunk through the step's stage; the pickled ``MapReply``.
 
     The stage arrives once per worker (``call.stage`` is empty afterwards) and is
@@ -216,8 +180,8 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
         stage = stages[call.stage_id]
         items = pickle.loads(call.items)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
-        failure = _item_failure(error, traceback.format_exc())
-        return pickle.dumps(MapReply(0, b"", None, (), 0, failure), protocol=pickle.HIGHEST_PROTOCOL)
+        return MapReply(ran=0, values=b"", last=None, clock=None, thread=0,
+                        unloadable=failure_of(error, traceback.format_exc()))
     log = _ItemLog(state.get("log"), stage.name)
     rebuilt = time.perf_counter()
     plain = plain_call(stage)
@@ -230,12 +194,12 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
         values = pickle.dumps(log.values, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # a result only cloudpickle can pickle: the parent takes each from the item log
         values = b""
-    reply = MapReply(ran, values, log.last, (rebuilt_from, rebuilt, time.perf_counter()), threading.get_native_id())
-    return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+    clock = Clock(received=rebuilt_from, rebuilt=rebuilt, replying=time.perf_counter())
+    return MapReply(ran=ran, values=values, last=log.last, clock=clock, thread=threading.get_native_id())
 
 
 class _ItemLog:
-    """Runs a chunk's items, writing each one's outcome to the worker's shared item log (``process_messages``)."""
+    """Runs a chunk's items, writing each one's outcome to the worker's shared item log (``_remote.messages``)."""
 
     def __init__(self, buffer: Any, name: str) -> None:
         if buffer is None:  # not a pool's worker: a private log, the same layout
@@ -302,11 +266,7 @@ class _ItemLog:
 
     def run_stage(self, current: Any, stage: Any, items: list[Any], state: dict[str, Any]) -> int:
         """Run each item through the stage's runner (handlers, timeout, retries); how many ran."""
-        loop = None
-        if needs_loop(stage):
-            loop = state.get("loop")
-            if loop is None:
-                loop = state["loop"] = asyncio.new_event_loop()
+        loop = loop_of(state) if needs_loop(stage) else None
         runner = stage.__pydantic_private__["_runner"]
         no_kwargs: dict[str, Any] = {}
         for position, item in enumerate(items):
@@ -324,22 +284,22 @@ class _ItemLog:
 
     def value(self, t0: float, t1: float, value: Any) -> None:
         try:
-            data = _dump_value(value)
+            data = dump_value(value)
         except Exception as bad:
             self.values.append(None)
             unpicklable = TypeError(f"stage {self.name!r} returned a result that cannot be pickled "
                                     f"({type(value).__name__}: {bad})")
-            self.add(t0, t1, True, pickle.dumps(_item_failure(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
+            self.add(t0, t1, True, pickle.dumps(failure_of(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
             return
         self.values.append(value)
         self.add(t0, t1, False, data)
 
     def failed(self, t0: float, t1: float, error: BaseException, tb: str) -> None:
         self.values.append(None)
-        self.add(t0, t1, True, pickle.dumps(_item_failure(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
+        self.add(t0, t1, True, pickle.dumps(failure_of(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
 
     def add(self, t0: float, t1: float, failed: bool, data: bytes) -> None:
-        """Log one item's outcome (its pickle, ``failed``: an ``ItemResult``) and commit it."""
+        """Log one item's outcome (its pickle, ``failed``: a ``Failure``) and commit it."""
         pickled = time.perf_counter()
         count = self.count
         size = len(data)
@@ -356,97 +316,3 @@ class _ItemLog:
             self.failures.value += 1
         self.committed.value = count + 1  # last: the item is whole in the log from here on
 
-
-def _item_failure(error: BaseException, tb: str) -> ItemResult:
-    return ItemResult(error_bytes(error), tb, f"{type(error).__qualname__}: {error}")
-
-
-class _Batch:
-    """One batch's components, its clock readings, and the runs it traces (when the parent traces)."""
-
-    def __init__(self, components: list[Any], clock: tuple[float, float], trace: bool) -> None:
-        self.components = components
-        self.clock: list[Any] = list(clock)
-        self.sink = TraceSink() if trace else None
-
-    def run(self, current: Any, args: tuple[Any, ...], kwargs: dict[str, Any], state: dict[str, Any]) -> bytes:
-        if self.sink is None:
-            return self._run(current, args, kwargs, state)
-        set_tracing(True)  # one batch at a time in a worker: on for exactly this batch
-        token = current_trace.set(self.sink)
-        try:
-            return self._run(current, args, kwargs, state)
-        finally:
-            current_trace.reset(token)
-            set_tracing(False)
-
-    def _run(self, current: Any, args: tuple[Any, ...], kwargs: dict[str, Any], state: dict[str, Any]) -> bytes:
-        results: list[Any] = []
-        timings: list[Any] = []
-        for position, component in enumerate(self.components):
-            current.value = position
-            loop = None
-            if needs_loop(component):
-                loop = state.get("loop")
-                if loop is None:
-                    loop = state["loop"] = asyncio.new_event_loop()
-            try:
-                result = run_component(component, args, kwargs, loop)
-            except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                timings.append(timings_of(component))
-                self._ran(component)
-                return self._reply(results, timings, error, traceback.format_exc(), position)
-            timings.append(timings_of(component))
-            try:
-                results.append(_dump_value(result))
-            except Exception as bad:
-                unpicklable = TypeError(f"stage {component.name!r} returned a result that cannot be "
-                                        f"pickled ({type(result).__name__}: {bad})")
-                self._ran(component)
-                return self._reply(results, timings, unpicklable, "", position)
-            self._ran(component)
-        current.value = IDLE
-        return self._reply(results, timings, None, "", -1)
-
-    def _ran(self, component: Any) -> None:
-        runner = private_of(component)["_runner"]
-        self.clock.append((runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, time.perf_counter()))
-
-    def _reply(self, values: list[bytes], timings: list[Any], error: BaseException | None, tb: str,
-               failed_at: int) -> bytes:
-        self.clock.insert(2, time.perf_counter())
-        trace = () if self.sink is None else self._trace()
-        if error is None:
-            reply = Reply(values, timings, b"", "", "", -1, False, tuple(self.clock), trace)
-        else:
-            reply = Reply(values, timings, error_bytes(error), tb, f"{type(error).__qualname__}: {error}",
-                          failed_at, False, tuple(self.clock), trace)
-        return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def _trace(self) -> tuple[Any, ...]:
-        """The traced runs, each naming its component by (position in the batch, index below it)."""
-        sink = self.sink
-        assert sink is not None
-        where: dict[int, tuple[int, int]] = {}
-        for position, component in enumerate(self.components):
-            members = component.iter_components() if isinstance(component, Container) else (component,)
-            for index, member in enumerate(members):
-                where[id(private_of(member)["_runner"])] = (position, index)
-        runs = [(*where[id(run[0])], *run[1:]) for run in sink.runs if id(run[0]) in where]
-        return (os.getpid(), dict(sink.threads), runs)
-
-
-def _dump_value(value: Any) -> bytes:
-    """Pickle one result: the standard pickler when it can (several times faster), else cloudpickle."""
-    try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # lambdas, local classes, ...: cloudpickle sends them by value
-        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        return data
-
-
-def reply_bytes(values: list[bytes], timings: list[Any], error: BaseException, tb: str, failed_at: int,
-           unloadable: bool = False) -> bytes:
-    reply = Reply(values, timings, error_bytes(error), tb, f"{type(error).__qualname__}: {error}", failed_at,
-                  unloadable)
-    return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,8 +1,8 @@
-"""Batch planning for the process transport: contiguous batches sized from past run times."""
+"""Batch planning for remote work (processes and Dask): contiguous batches sized from past run times."""
 
 from __future__ import annotations
 
-from dynapipeline._transports.process_jobs import plan_batches
+from dynapipeline._transports._remote.planning import plan_batches
 
 
 def test_batches_follow_past_costs():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 from typing import Any
 
-from dynapipeline._transports.dask_worker import STARTED
-from dynapipeline._transports.process_jobs import tag
+from dynapipeline._transports._remote.replies import tag
+from dynapipeline._transports.dask.tasks import STARTED
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
 __all__ = ["Probe", "deaths", "wait_for_task"]
@@ -42,7 +41,7 @@ def deaths(crashed: WorkerCrashedError) -> int:
 
 
 async def wait_for_task(future: Any, limit: float | None, runner: Any) -> tuple[int, list[Any]]:
-    """A task's (pid, decoded replies); StageTimeoutError past ``limit``, WorkerCrashedError if Dask lost it."""
+    """A task's (pid, replies); StageTimeoutError past ``limit``, WorkerCrashedError if Dask lost it."""
     deadline_ = asyncio.timeout(limit)
     try:
         async with deadline_:
@@ -58,7 +57,7 @@ async def wait_for_task(future: Any, limit: float | None, runner: Any) -> tuple[
     except Exception as error:
         # The task function returns every stage error as data: an exception here is Dask's own.
         raise _lost(runner, error) from error
-    return pid, [pickle.loads(reply) for reply in replies]
+    return pid, replies
 
 
 def _lost(runner: Any, error: BaseException) -> WorkerCrashedError:

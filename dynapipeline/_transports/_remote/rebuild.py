@@ -3,6 +3,9 @@
 The parent's pickler (``pickling``) reduces a component to one of these functions
 and its pydantic state; the worker's unpickler calls it. Both sides import this
 module, so it stays plain Python (never the compiled engine) and importable by name.
+The timings a worker sends back (``timings_of``) are ``messages.Timing`` records.
+
+See docs/threads-and-processes.md.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pydantic_core import PydanticUndefined
 from dynapipeline._model.component import Component, private_of
 from dynapipeline._model.contexts import ProtectedContext
 from dynapipeline._model.group import Container
+from dynapipeline._transports._remote.messages import Timing
 
 __all__ = [
     "INTERNAL_PRIVATE",
@@ -120,8 +124,8 @@ def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: se
     return obj
 
 
-def timings_of(component: Component) -> list[tuple[Any, ...]]:
-    """(timing, durations, slowest) of a component and, for a group, of everything below it (depth first).
+def timings_of(component: Component) -> list[Timing]:
+    """The ``Timing`` of a component and, for a group, of everything below it (depth first).
 
     Durations and slowest cover the runs made here (since the parent's timing was adopted): the
     parent folds them into its own copy (``Runner.adopt``).
@@ -130,5 +134,6 @@ def timings_of(component: Component) -> list[tuple[Any, ...]]:
     out = []
     for c in components:
         runner = private_of(c)["_runner"]
-        out.append((runner.timing(), *runner.runs_since_base()))
+        durations, slowest = runner.runs_since_base()
+        out.append(Timing(runner.timing(), durations, slowest))
     return out

@@ -1,6 +1,8 @@
-"""What travels between the parent and a worker process, as named types (never positional tuples).
+"""What travels between the parent and another process, as named types (never positional tuples).
 
-Over each worker's pipe (``multiprocessing.connection``)::
+``Call`` and ``Reply`` are the batch runner's (``_remote.batch``) input and output,
+in a worker process and in a Dask task alike (Dask ships them itself). Over each
+worker process's pipe (``multiprocessing.connection``)::
 
     worker -> parent   READY                         once, when the worker can take jobs
     parent -> worker   pickle(Call)                   one batch of components
@@ -16,15 +18,19 @@ the run of the groups it runs drains), and one buffer, its *item log*: a stream
 step's chunk writes each item's outcome there as soon as the item has run (see
 ``LOG_SIZE``), so the parent still has the outcomes of the items that finished
 when a later item of the chunk kills the worker, and never runs them again.
+
+See docs/threads-and-processes.md.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 __all__ = ["IDLE", "LOG_DATA", "LOG_HEAD", "LOG_SIZE", "LOG_SLOTS", "LOG_TABLE", "MAX_KEPT_STAGES", "READY", "SENT",
-           "STOP", "TAKEN", "Call", "ItemResult", "LoggedItem", "MapCall", "MapReply", "Reply"]
+           "STOP", "TAKEN", "Call", "Clock", "Failure", "LoggedItem", "MapCall", "MapReply", "Reply", "RunStats",
+           "Timing", "Trace"]
 
 READY = b"R"
 STOP = b""
@@ -38,7 +44,7 @@ IDLE, SENT, TAKEN = -1, -2, -3
 # - LOG_HEAD: items committed, how many of them failed;
 # - at LOG_TABLE, LOG_SLOTS rows of 4 doubles per item: perf_counter readings of its run's start and end and
 #   of its pickle's end, then its pickle's length (negated when the item failed);
-# - at LOG_DATA, the items' pickles one after the other (the result, or an ``ItemResult`` when failed).
+# - at LOG_DATA, the items' pickles one after the other (the result, or a ``Failure`` when failed).
 # The worker writes a row and its pickle first and the head last, so the head never counts an item that
 # is not whole; the parent resets the head before it sends a chunk. An item whose pickle finds no room
 # (or no row) left travels in ``MapReply.last`` instead and ends its chunk (the parent sends the rest again).
@@ -61,22 +67,70 @@ class Call(NamedTuple):
     trace: bool = False  # a tracer is active in the dispatching context: send the runs back (``Reply.trace``)
 
 
+class Failure(NamedTuple):
+    """An exception raised in a worker, as it travels; the parent rebuilds it (``replies.remote_error``)."""
+
+    error: bytes  # the pickled exception; b"" if it cannot be rebuilt in the parent (then see ``text``)
+    traceback: str  # the worker's formatted traceback ("" when there is none, e.g. a result that cannot be pickled)
+    text: str  # "Type: message" of the error, for when ``error`` cannot travel
+
+
+class RunStats(NamedTuple):
+    """The fields of ``Timing.stats`` (``Runner.timing()``): ``RunStats._make(timing.stats).end_time``.
+
+    A name to read them by, off the hot path: ``Timing.stats`` travels as the
+    engine's plain tuple, one less object to pickle per component.
+    """
+
+    start_time: float  # epoch seconds, as the parent's
+    end_time: float
+    runs: int  # how many runs (``Runner.count``; ``count`` is a tuple method)
+    total: float
+    min: float
+    max: float
+    errors: int
+
+
+class Timing(NamedTuple):
+    """A component's timing in the worker, and the runs made there, for ``Runner.adopt`` in the parent."""
+
+    stats: tuple[float, float, int, float, float, float, int]  # the engine's record: see ``RunStats``
+    durations: list[float]  # the runs made in the worker (up to the ring's size, oldest first)
+    slowest: list[tuple[float, int]]  # (elapsed, cycle) of the slowest of them
+
+
+class Clock(NamedTuple):
+    """time.perf_counter() readings in the worker, which the parent splits each run's wall time with.
+
+    A system-wide monotonic clock on Linux and macOS, so they compare with the
+    parent's: waiting, shipping and work (``jobs.Split``).
+    """
+
+    received: float  # the message arrived
+    rebuilt: float  # its components (or items) were rebuilt
+    replying: float  # the reply was about to be pickled
+    runs: Sequence[tuple[float, float, float]] = ()  # per component: (run start, run end, result pickled)
+
+
+class Trace(NamedTuple):
+    """The runs a worker traced for the parent's tracer (when ``Call.trace``)."""
+
+    pid: int
+    threads: dict[int, str]  # native thread id: name
+    runs: list[tuple[Any, ...]]  # (position in the batch, index below it, then the engine's trace record)
+
+
 class Reply(NamedTuple):
     """Worker to parent: the outcome of one ``Call``."""
 
     values: list[bytes]  # each result pickled on its own, so one that cannot be rebuilt names its stage
-    # Per component run: (timing, durations, slowest) of it and, for a group, of its members (``rebuild.timings_of``).
-    timings: list[list[tuple[Any, ...]]]
-    error: bytes  # the pickled exception; b"" if none or if it cannot be rebuilt (then see ``text``)
-    traceback: str
-    text: str  # "Type: message" of the error, for when ``error`` cannot travel
-    failed_at: int  # position of the component that failed, -1 if none
+    # Per component run: its Timing and, for a group, its members' (``rebuild.timings_of``).
+    timings: list[list[Timing]]
+    failure: Failure | None = None  # the error that ended the batch, if any
+    failed_at: int = -1  # position of the component that failed, -1 if none
     unloadable: bool = False  # the batch could not be rebuilt in the worker, so nothing in it ran
-    # time.perf_counter() readings in the worker (a system-wide monotonic clock on Linux and macOS, so they
-    # compare with the parent's): (received, rebuilt, replying), then per component (run start, run end,
-    # result pickled). The parent splits each run's wall time into waiting, shipping and work with them.
-    clock: tuple[Any, ...] = ()
-    trace: tuple[Any, ...] = ()  # when Call.trace: (pid, {thread id: name}, [(position, member, t0, t1, tid, ...)])
+    clock: Clock | None = None  # None when nothing ran
+    trace: Trace | None = None
 
 
 class MapCall(NamedTuple):
@@ -88,14 +142,6 @@ class MapCall(NamedTuple):
     items: bytes  # pickle of the list of items
 
 
-class ItemResult(NamedTuple):
-    """The outcome of one item that failed in a ``MapCall``."""
-
-    error: bytes  # the pickled exception (b"" if it cannot travel)
-    traceback: str
-    text: str  # "Type: message" of the error, for when it cannot travel
-
-
 class LoggedItem(NamedTuple):
     """One item's outcome, as in the item log (for the one that did not fit there)."""
 
@@ -103,7 +149,7 @@ class LoggedItem(NamedTuple):
     ended: float
     pickled: float
     failed: bool
-    data: bytes
+    data: bytes  # the pickled result, or the pickled ``Failure`` when ``failed``
 
 
 class MapReply(NamedTuple):
@@ -114,6 +160,6 @@ class MapReply(NamedTuple):
     # to load than one per item. b"" when the list cannot be pickled at once: the item log's pickles serve then.
     values: bytes
     last: LoggedItem | None  # the last item run, when the item log had no room left for it
-    clock: tuple[float, ...]  # perf_counter in the worker: (message received, chunk rebuilt, replying)
+    clock: Clock | None  # None when the chunk could not be rebuilt (``unloadable``)
     thread: int  # native id of the thread that ran the items (the tracer's track)
-    unloadable: ItemResult | None = None  # the error rebuilding the stage or the items, if any
+    unloadable: Failure | None = None  # the error rebuilding the stage or the items, if any

@@ -1,14 +1,17 @@
 """Work that goes to a Dask cluster: ``DaskExecutionStrategy``.
 
-Where things live::
+Long: the client's life (connect, own, close per run) and the dispatch share this class's state.
 
-    to_dask.DaskExecutionStrategy.dispatch
-        │ plan_batches ─► one Dask task per batch ─► pickling.dumps_batch (checked before anything is sent)
+Where things live (``dask/`` unless named; ``_remote/`` is shared with processes)::
+
+    strategy.DaskExecutionStrategy.dispatch
+        │ _remote.planning.plan_batches ─► one Dask task per batch ─► _remote.pickling.dumps_batch (checked first)
         ▼
-    distributed.Client.submit(dask_worker.run_components_task, class pickles, payload, pure=False)
-        │                                             │ on a Dask worker thread: process_worker.run_components
-        ▼                                             ▼ (the same rebuild and run as in a worker process)
-    process_jobs.collect_reply ◄── (pid, Reply bytes) ┘  results, timing, or the stage's error
+    distributed.Client.submit(tasks.run_components_task, class pickles, payload, pure=False)
+        │                                       │ on a Dask worker thread: _remote.batch.run_call
+        ▼                                       ▼ (the same rebuild and run as in a worker process)
+    _remote.replies.collect_reply ◄── (pid, [Reply]) ┘  results, timing, or the stage's error
+    (futures.wait_for_task: the deadline, a lost task; observe: runs handed to ``ran_elsewhere``)
 
 How it works (the contract is the process strategy's; what differs is said here):
 
@@ -74,7 +77,9 @@ How it works (the contract is the process strategy's; what differs is said here)
 - **As a stream step**: two tasks per worker thread outstanding (at most the
   stream's ``maxsize``), items in chunks sized by time per item (one item per
   task for a timed stage); a crash is charged to the item that caused it; see
-  ``dask_stream``.
+  ``dask.items``.
+
+See docs/dask.md.
 """
 
 from __future__ import annotations
@@ -90,12 +95,13 @@ from typing import Any
 from dynapipeline._engine import current_control, run_tasks
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
-from dynapipeline._transports.dask_futures import Probe, wait_for_task
-from dynapipeline._transports.dask_observe import report_task
-from dynapipeline._transports.dask_stream import DaskItems
-from dynapipeline._transports.dask_worker import run_components_task
-from dynapipeline._transports.pickling import REGISTRY, dumps_batch
-from dynapipeline._transports.process_jobs import collect_reply, deadline, plan_batches, tag
+from dynapipeline._transports._remote.pickling import REGISTRY, dumps_batch
+from dynapipeline._transports._remote.planning import deadline, plan_batches
+from dynapipeline._transports._remote.replies import collect_reply, tag
+from dynapipeline._transports.dask.futures import Probe, wait_for_task
+from dynapipeline._transports.dask.items import DaskItems
+from dynapipeline._transports.dask.observe import report_task
+from dynapipeline._transports.dask.tasks import run_components_task
 from dynapipeline.errors import ClusterError, ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
 
 __all__ = ["DaskExecutionStrategy", "require_distributed"]

@@ -1,0 +1,1 @@
+"""The process backend: a warm pool of worker processes fed through pipes."""

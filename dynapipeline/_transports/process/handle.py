@@ -1,0 +1,119 @@
+"""The parent's handle on a worker process (``Worker``), what a pool sends it (``PoolJob``), how that ends.
+
+::
+
+    ProcessPool ── PoolJob (a Job or a stream's MapJob) ──► Worker ══ pipe ══► the worker process
+        ◄── Outcome: Replied / TimedOut / Crashed / Closed ──┘
+
+Invariants:
+
+- A job ends with exactly one ``Outcome`` (``PoolJob.finish`` ignores any later one).
+- What a worker has received (its classes, its stream steps' stages) is the
+  pool's to record, on the ``Worker``: a job only builds its message from it.
+
+See docs/threads-and-processes.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dynapipeline._transports._remote.messages import MapReply, Reply
+
+__all__ = ["Closed", "Crashed", "Outcome", "PoolJob", "Replied", "TimedOut", "Worker"]
+
+
+@dataclass(frozen=True, slots=True)
+class Replied:
+    """The worker answered (a ``Reply`` to a ``Job``, a ``MapReply`` to a stream's ``MapJob``).
+
+    ``received`` and ``loaded``: perf_counter when its reply was read and unpickled.
+    """
+
+    reply: Reply | MapReply
+    pid: int
+    received: float = 0.0
+    loaded: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """The parent's deadline for a timed stage passed; its worker was killed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """The worker died holding the job; ``position`` is the component it was running (or a state < 0).
+
+    ``at_start``: no worker got as far as taking a job (workers die on start-up, e.g. a script
+    without the ``__main__`` guard): retrying cannot help.
+    """
+
+    position: int
+    pid: int | None
+    exitcode: int | None
+    at_start: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The pool was closed while the job was queued or running."""
+
+    pid: int | None
+
+
+Outcome = Replied | TimedOut | Crashed | Closed
+
+
+class PoolJob(Protocol):
+    """What the pool schedules: a batch of components (``Job``) or a chunk of a stream step's items (``MapJob``)."""
+
+    done: bool
+    worker: Worker | None
+    sent_at: float
+
+    @property
+    def cids(self) -> set[int]:
+        """The ids of the classes its message needs."""
+
+    @property
+    def stage_id(self) -> int:
+        """The stream step's stage it runs, kept by the worker across chunks; 0 for a batch."""
+
+    @property
+    def deadline(self) -> float | None:
+        """Seconds the parent allows it once sent, or None."""
+
+    @property
+    def control(self) -> Any:
+        """The run's ``RunControl`` when a drain must reach the worker, else None."""
+
+    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+        """The message to send: ``blobs`` are the classes the worker lacks; ``stage``: it lacks the stage too."""
+
+    def finish(self, outcome: Outcome) -> None:
+        """Take its outcome (the first one only)."""
+
+
+class Worker:
+    """One worker process, its pipe, and what it is doing."""
+
+    __slots__ = ("proc", "conn", "fd", "current", "drain", "log", "pid", "ready", "job", "known", "stages", "timer",
+                 "loop")
+
+    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any, log: Any = None) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.fd: int = conn.fileno()
+        self.current = current  # shared: where the worker is with its job (_remote.messages)
+        self.drain = drain  # shared: set by the parent when the run of the job it runs drains
+        self.log = log  # shared: the item log a stream step's chunk writes (_remote.messages.LOG_HEAD)
+        self.pid: int = proc.pid
+        self.ready = False
+        self.job: PoolJob | None = None
+        self.known: set[int] = set()  # ids of the classes this worker has received
+        self.stages: dict[int, None] = {}  # ids of the stream steps' stages it keeps, oldest first
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None

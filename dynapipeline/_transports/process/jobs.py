@@ -1,0 +1,238 @@
+"""The parent's bookkeeping for a dispatch on processes: its jobs, and what each job's outcome becomes.
+
+::
+
+    dispatch ─► plan_batches ─► Job per batch ─► ProcessPool ─► Outcome ─► Dispatch.on_job
+                                                                   │
+                                  collect ◄────────────────────────┘
+                                     ├─ Replied: timings, wait/ship split, trace, values (``_remote.replies``)
+                                     └─ TimedOut / Crashed / Closed: the error the contract says, the lost run
+
+Invariants:
+
+- A dispatch's future completes once: when all its jobs are in, or at the first
+  error (``GatherDispatch``: a component's ``Exception`` is its result instead).
+- A run that a crash or a deadline cut short is counted as a failed run.
+
+See docs/threads-and-processes.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from typing import Any
+
+from dynapipeline._engine import EPOCH_OFFSET
+from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
+from dynapipeline._transports._remote.messages import Call, Clock, Reply, Trace
+from dynapipeline._transports._remote.replies import apply_timings, report_reply, take_values
+from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
+from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
+
+__all__ = ["Dispatch", "GatherDispatch", "Job", "Split", "collect", "report_jobs"]
+
+
+class Job:
+    """One batch of components for one worker, and where its outcome goes."""
+
+    __slots__ = ("dispatch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control",
+                 "packed", "sent_at", "sink", "replied", "lost")
+
+    def __init__(self, dispatch: Dispatch, indices: list[int], runners: list[Any], payload: bytes,
+                 cids: set[int], deadline: float | None, control: Any = None) -> None:
+        self.dispatch = dispatch
+        self.indices = indices
+        self.runners = runners
+        self.payload = payload
+        self.cids = cids
+        self.deadline = deadline
+        self.worker: Worker | None = None
+        self.done = False
+        self.control = control  # the run's RunControl, when the job ships groups (drain reaches them)
+        self.packed = (0.0, 0.0)  # perf_counter before and after its components were pickled
+        self.sent_at = 0.0  # perf_counter when it was handed to a worker
+        self.sink: Any = None  # the TraceSink of the dispatching context, when it traces
+        self.replied: tuple[Reply, int] | None = None  # the worker's reply and pid, once in
+        self.lost: tuple[Any, float, float] | None = None  # (runner, start, end): a run killed or crashed
+
+    stage_id = 0  # a batch keeps nothing on its worker (``PoolJob``)
+
+    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+        """The ``Call``, with ``blobs``: the classes its worker has not received yet."""
+        return pickle.dumps(Call(blobs, self.payload, self.sink is not None), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.done:
+            self.done = True
+            self.dispatch.on_job(self, outcome)
+
+
+class Dispatch:
+    """The jobs of one dispatch: fills the results, completes its future when all are in or one failed."""
+
+    keeps_errors = False  # True: a component's ``Exception`` is its result (``GatherDispatch``)
+
+    def __init__(self, future: asyncio.Future[None], n: int, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        self.future = future
+        self.results: list[Any] = [None] * n
+        self.pending = 0
+        self.args = args  # kept to re-send a job's components one by one (ProcessPool.split)
+        self.kwargs = kwargs
+
+    def on_job(self, job: Job, outcome: Outcome) -> None:
+        self.pending -= 1
+        if self.future.done():
+            return
+        try:
+            collect(job, outcome, self.results)
+        except BaseException as error:  # noqa: B902 - handed to the waiting dispatch
+            if not (self.keeps_errors and isinstance(error, Exception)):
+                self.future.set_exception(error)
+                return
+            self.results[job.indices[0]] = error
+        if self.pending == 0:
+            self.future.set_result(None)
+
+
+class GatherDispatch(Dispatch):
+    """A ``Dispatch`` whose jobs hold one component each, where a component's ``Exception`` is its result.
+
+    Its timeout (``StageTimeoutError``), its worker's crash (``WorkerCrashedError``)
+    and an error rebuilding its result (``PicklingError``) are ``Exception``s too:
+    each takes only its own place. Any other ``BaseException`` fails the dispatch.
+    """
+
+    keeps_errors = True
+
+
+def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
+    """Store a job's results and timing; raise its error, if any, the way the contract says."""
+    if isinstance(outcome, Replied):
+        _collect_reply(job, outcome, results)
+    elif isinstance(outcome, TimedOut):
+        runner = job.runners[0]
+        _record_lost_run(job, runner)
+        raise StageTimeoutError(runner.name, runner.owner.timeout)
+    elif isinstance(outcome, Crashed):
+        position = outcome.position
+        runner = job.runners[position if 0 <= position < len(job.runners) else 0]
+        if 0 <= position < len(job.runners):
+            _record_lost_run(job, runner)
+        raise WorkerCrashedError(runner.name, outcome.pid, outcome.exitcode)
+    else:
+        raise WorkerCrashedError(job.runners[0].name, outcome.pid, None)
+
+
+def _collect_reply(job: Job, replied: Replied, results: list[Any]) -> None:
+    reply, pid = replied.reply, replied.pid
+    assert type(reply) is Reply
+    job.replied = (reply, pid)
+    place = f"process {pid}"
+    for position, timings in enumerate(reply.timings):
+        apply_timings(job.runners[position], timings, place)
+    if reply.clock is not None and job.packed[0] and job.sent_at:
+        _split(job, replied, reply.clock)
+    if job.sink is not None and reply.trace is not None:
+        _keep_trace(job, reply.trace)
+    take_values(job.runners, job.indices, reply, pid, results)
+
+
+def _record_lost_run(job: Job, runner: Any) -> None:
+    """Count a run whose worker was killed (deadline) or died as a failed run, timed as the parent saw it."""
+    if job.sent_at:
+        now = time.perf_counter()
+        runner.record_failed(job.sent_at, now)
+        job.lost = (runner, job.sent_at + EPOCH_OFFSET, now + EPOCH_OFFSET)
+
+
+def report_jobs(jobs: list[Job], raised: BaseException | None) -> None:
+    """Hand the runs of a dispatch's jobs to the handlers that record runs made elsewhere (``ran_elsewhere``).
+
+    ``raised``: the dispatch's error, for a run its worker lost (a crash, a deadline).
+    """
+    for job in jobs:
+        if job.replied is not None:
+            reply, pid = job.replied
+            report_reply(job.runners, reply, {"dynapipeline.worker_pid": pid})
+        elif job.lost is not None:
+            runner, start, end = job.lost
+            if reports_elsewhere(runner.owner):
+                where = {"dynapipeline.worker_pid": job.worker.pid} if job.worker is not None else {}
+                report_elsewhere(runner.owner, start, end, raised, {**where, "dynapipeline.run": runner.count})
+
+
+def _split(job: Job, replied: Replied, clock: Clock) -> None:
+    """Add each component's waiting and shipping time to its runner (its work is its own timing).
+
+    A batch travels as one message, so each of its components waited for the batch's
+    pickling, transfer and rebuilding, and for the reply: those count as its shipping,
+    in full. Waiting is the time in the pool's queue, plus the time behind the batch's
+    other components in the worker (before its run, and after it until the reply left).
+    The clock readings come from both processes (``Reply.clock``).
+    """
+    split = Split(job.packed, job.sent_at, clock.rebuilt, clock.replying, replied.loaded)
+    for position, (started, ended, pickled) in enumerate(clock.runs):
+        runner = job.runners[position]
+        wait, ship = split.add(runner, started, ended, pickled)
+        if job.sink is not None:
+            job.sink.flows.append((runner, job.sent_at, job.sink.thread(), replied.pid, started,
+                                   {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+
+
+class Split:
+    """Splits the wall time of the runs of one message to a worker into waiting, shipping and work.
+
+    From perf_counter readings of both processes: ``packed`` (before and after the
+    parent pickled the message), ``sent_at`` (handed to the worker), ``rebuilt``
+    and ``replying`` (in the worker), ``loaded`` (the reply unpickled here). A run
+    waited in the queue and behind the message's other runs; its shipping is the
+    message's pickling, transfer and rebuilding and the reply's, plus its result's pickling.
+    """
+
+    __slots__ = ("queued", "shared_ship", "rebuilt", "replying")
+
+    def __init__(self, packed: tuple[float, float], sent_at: float, rebuilt: float, replying: float,
+                 loaded: float) -> None:
+        packed_from, packed_at = packed
+        self.shared_ship = (packed_at - packed_from) + (rebuilt - sent_at) + (loaded - replying)
+        self.queued = sent_at - packed_at
+        self.rebuilt = rebuilt
+        self.replying = replying
+
+    def add(self, runner: Any, started: float, ended: float, pickled: float) -> tuple[float, float]:
+        """Add one run's waiting and shipping to ``runner``; (wait, ship) in seconds."""
+        wait = self.queued + (started - self.rebuilt) + (self.replying - pickled)
+        ship = self.shared_ship + (pickled - ended)
+        wait = wait if wait > 0.0 else 0.0
+        ship = ship if ship > 0.0 else 0.0
+        runner.wait_total += wait
+        runner.ship_total += ship
+        return wait, ship
+
+    def add_all(self, runner: Any, starts: list[float], ends: list[float], pickled: list[float]) -> None:
+        """``add`` for many runs of one runner at once (a stream step's chunk), summed."""
+        n = len(starts)
+        done = sum(pickled)
+        wait = n * (self.queued + self.replying - self.rebuilt) + sum(starts) - done
+        ship = n * self.shared_ship + done - sum(ends)
+        runner.wait_total += wait if wait > 0.0 else 0.0
+        runner.ship_total += ship if ship > 0.0 else 0.0
+
+
+def _keep_trace(job: Job, trace: Trace) -> None:
+    """Hand the runs a worker traced to the dispatching tracer, naming the parent's runners."""
+    members: dict[int, list[Any]] = {}
+    named = []
+    for position, index, *rest in trace.runs:
+        runner = job.runners[position]
+        if index:
+            below = members.get(position)
+            if below is None:
+                below = members[position] = [c.__pydantic_private__["_runner"]
+                                             for c in runner.owner.iter_components()]
+            runner = below[index]
+        named.append((runner, *rest))
+    job.sink.remote.append((trace.pid, trace.threads, named))
