@@ -47,7 +47,7 @@ from dynapipeline._transports.calling import add_runs
 from dynapipeline._transports.dask.futures import Probe, deaths
 from dynapipeline._transports.dask.observe import report_items
 from dynapipeline._transports.dask.tasks import STARTED, run_items_task
-from dynapipeline._transports.process.items import MAX_CRASHES
+from dynapipeline._transports.offloop import crash_retry, note_crashes
 from dynapipeline._transports.process.jobs import collect_values, deadline, tag
 from dynapipeline.errors import ClusterError, PicklingError, StageTimeoutError, WorkerCrashedError
 
@@ -129,12 +129,12 @@ class DaskItems(ItemRunner):
                     if resends[i] <= _FREE_RESENDS:
                         continue
                 crashes[i] += deaths(crashed)
-                if crashes[i] >= MAX_CRASHES or crashes[i] > self.stage.retries:
-                    if crashes[i] >= MAX_CRASHES:
-                        crashed.add_note(f"this item crashed {crashes[i]} workers: it is not retried again")
+                retry = crash_retry(self.stage, crashes[i])
+                if retry is None:
+                    note_crashes(crashed, crashes[i])
                     results[i] = (False, crashed)
                 else:
-                    delay = max(delay, self.stage.retry_delay * self.stage.retry_backoff ** (crashes[i] - 1))
+                    delay = max(delay, retry)
             if lost:
                 alone = True
             if delay:

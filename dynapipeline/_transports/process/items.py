@@ -60,6 +60,7 @@ from dynapipeline._transports._remote.messages import (
 )
 from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports.calling import add_runs
+from dynapipeline._transports.offloop import crash_retry, merge_wait_ship, note_crashes
 from dynapipeline._transports.process.jobs import (
     Crashed,
     Outcome,
@@ -76,11 +77,10 @@ if TYPE_CHECKING:
     from dynapipeline._transports.process.pool import ProcessPool, Worker
     from dynapipeline._transports.process.strategy import MultiprocessExecutionStrategy
 
-__all__ = ["MAX_CRASHES", "MapJob", "ProcessItems"]
+__all__ = ["MapJob", "ProcessItems"]
 
 logger = logging.getLogger("dynapipeline")
 
-MAX_CRASHES = 3  # an item that crashed this many workers is not retried again (as Dask does)
 _CHUNK_SECONDS = 2e-3  # the work one chunk aims at
 _FIRST_CHUNK = 16
 _ids = itertools.count(1)
@@ -209,10 +209,11 @@ class ProcessItems(ItemRunner):
                 else:
                     culprit = batch[max(position, done)]
                     crashes[culprit] += 1
-                    if crashes[culprit] >= MAX_CRASHES or crashes[culprit] > self.stage.retries:
+                    delay = crash_retry(self.stage, crashes[culprit])
+                    if delay is None:
                         results[culprit] = (False, self._crashed(outcome, crashes[culprit]))
                     else:
-                        await asyncio.sleep(self.stage.retry_delay * self.stage.retry_backoff ** (crashes[culprit] - 1))
+                        await asyncio.sleep(delay)
             else:
                 for i in batch:
                     if results[i] is None:
@@ -223,10 +224,9 @@ class ProcessItems(ItemRunner):
     async def aclose(self) -> None:
         run = current_control.get()
         pool = self.pool
-        if run is not None and run.stopped and not run.draining and pool is not None and not pool.closed \
-                and pool.idle:
+        if pool is not None and not pool.closed and (run is None or not run.draining):
             # As in _run: a stopped run leaves no worker behind, even when this step never sent a chunk.
-            self.strategy.close()
+            self.strategy.close_if_stopped(in_use=not pool.idle)
 
     async def _run(self, items: bytes, packed_from: float) -> tuple[Outcome, MapJob | None]:
         pool = self.pool
@@ -242,9 +242,7 @@ class ProcessItems(ItemRunner):
             return await job.future, job
         except asyncio.CancelledError:
             pool.withdraw([job], kill_running=True)  # type: ignore[list-item]
-            run = current_control.get()
-            if run is not None and run.stopped and pool.idle:
-                self.strategy.close()  # as a group's dispatch does: a stopped run leaves no worker behind
+            self.strategy.close_if_stopped(in_use=not pool.idle)  # as a group's dispatch does
             raise
 
     def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: list[int], results: list[Any],
@@ -316,9 +314,8 @@ class ProcessItems(ItemRunner):
                 split.add_all(runner, starts, ends, pickled)
             else:
                 for started, ended, done in zip(starts, ends, pickled, strict=True):
-                    wait, ship = split.add(runner, started, ended, done)
-                    sink.flows.append((runner, job.sent_at, sink.thread(), pid, started,
-                                       {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+                    wait, ship = split.times(started, ended, done)
+                    merge_wait_ship(runner, wait, ship, sink, job.sent_at, pid, started)
         if sink is not None and pid is not None:
             thread = reply.thread if type(reply) is MapReply else pid
             errors = set(failed)
@@ -354,8 +351,7 @@ class ProcessItems(ItemRunner):
         if outcome.at_start:
             error.add_note("the pool's worker processes die on start-up: in a script, start the pipeline under "
                            "`if __name__ == \"__main__\":` (worker processes import the main module)")
-        elif crashes >= MAX_CRASHES:
-            error.add_note(f"this item crashed {crashes} workers: it is not retried again")
+        note_crashes(error, crashes)
         return error
 
     def _dump_items(self, values: list[Any], batch: list[int], results: list[Any]) -> bytes | None:
