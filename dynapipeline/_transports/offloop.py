@@ -132,7 +132,7 @@ class OffLoopStrategy(ExecutionStrategy):
         """What the outermost ``async with`` exit releases (the backend's pool, client or cluster)."""
 
     def close(self) -> None:
-        """Stop this strategy's workers now."""
+        """Stop this strategy's workers now (nothing to do where they end with each call or run, as threads do)."""
 
     def end_with_run(self, cleanup: Any) -> bool:
         """Outside ``async with``, in a pipeline run: ``cleanup`` runs at the run's end (once); whether it will."""
