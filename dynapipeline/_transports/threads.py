@@ -40,8 +40,9 @@ from typing import Any
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
 from dynapipeline._loops import loop_factory, loop_kind_of
 from dynapipeline._model.component import Stage, private_of
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag, rebuild_strategy
+from dynapipeline._model.strategy import ItemRunner, rebuild_strategy
 from dynapipeline._transports.calling import check_max_workers, drive, needs_loop, note_place, time_limit
+from dynapipeline._transports.offloop import OffLoopStrategy, Results, merge_wait_ship
 from dynapipeline.errors import StageTimeoutError
 
 __all__ = ["MultithreadExecutionStrategy", "ThreadPool"]
@@ -104,16 +105,14 @@ class _Job:
             pass  # the caller's loop is gone: the result is discarded
 
 
-class _Batch:
+class _Batch(Results):
     """The jobs of one dispatch: results in order; completes when all are in or one failed."""
 
-    keeps_errors = False  # True: a member's ``Exception`` is its result (``return_exceptions``)
+    __slots__ = ("loop", "timers", "sink")
 
-    def __init__(self, loop: Any, n: int) -> None:
+    def __init__(self, loop: Any, n: int, keeps_errors: bool, done: asyncio.Future[None]) -> None:
+        super().__init__(done, n, keeps_errors)
         self.loop = loop
-        self.future = loop.create_future()
-        self.results: list[Any] = [None] * n
-        self.pending = n
         self.timers: list[Any] = []
         self.sink: Any = None  # the TraceSink of the dispatching context, when it traces
 
@@ -123,28 +122,19 @@ class _Batch:
         job.done = True
         if job.ended:
             self.split(job)
-        if self.future.done():
+        if self.future is None or self.future.done():
             return
-        if ok or (self.keeps_errors and isinstance(value, Exception)):
-            self.results[job.index] = value
-            self.pending -= 1
-            if self.pending == 0:
-                self.future.set_result(None)
-        else:
-            self.future.set_exception(value)
+        if ok:
+            self.put(job.index, value)
+        elif not self.fail(job.index, value):
+            self.part_done()
 
     def split(self, job: _Job) -> None:
         """Add the job's waiting (for a thread) and shipping (its result back to this loop) to its runner."""
         runner = job.runner
-        wait = job.started - job.submitted
-        ship = time.perf_counter() - job.ended
-        runner.wait_total += wait
-        runner.ship_total += ship
+        merge_wait_ship(runner, job.started - job.submitted, time.perf_counter() - job.ended, self.sink,
+                        job.submitted, None, runner.start_time - EPOCH_OFFSET)
         note_place(runner, "thread")
-        if self.sink is not None:
-            self.sink.flows.append((runner, job.submitted, self.sink.thread(), None,
-                                    runner.start_time - EPOCH_OFFSET,
-                                    {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
 
     def arm(self, job: _Job, seconds: float) -> None:
         """Start a plain-def timed stage's deadline (called when its thread starts it)."""
@@ -158,12 +148,6 @@ class _Batch:
     def cancel_timers(self) -> None:
         for timer in self.timers:
             timer.cancel()
-
-
-class _GatherBatch(_Batch):
-    """A ``_Batch`` where a member's ``Exception`` is its result; other errors (cancellation) still end it."""
-
-    keeps_errors = True
 
 
 # Which pool the current thread serves: a dispatch from inside one of a pool's own
@@ -311,7 +295,7 @@ class _ThreadItems(ItemRunner):
         await self.strategy.aclose()
 
 
-class MultithreadExecutionStrategy(ExecutionStrategy):
+class MultithreadExecutionStrategy(OffLoopStrategy):
     """Runs each component in a worker thread (``async def`` on the thread's own reused loop).
 
     ``max_workers``: threads in the pool (default ``min(32, cpu_count + 4)``).
@@ -321,14 +305,10 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
     See the module docstring for pool lifetime, cancellation and timeouts.
     """
 
-    offloads = True
-
     def __init__(self, max_workers: int | None = None, *, return_exceptions: bool = False) -> None:
         self.max_workers = check_max_workers("MultithreadExecutionStrategy", max_workers)
-        self.return_exceptions = check_flag("MultithreadExecutionStrategy", "return_exceptions", return_exceptions)
-        self._batch_type = _GatherBatch if return_exceptions else _Batch
+        super().__init__(return_exceptions=return_exceptions)
         self._held: ThreadPool | None = None  # inside `async with`
-        self._depth = 0
         self._run_pools: dict[int, tuple[Any, ThreadPool]] = {}
         # Nested thread strategies dispatch from several worker threads at once: one pool per run.
         self._lock = threading.Lock()
@@ -347,7 +327,7 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
             # Nested use of this same instance from one of its pool's threads: that pool may be
             # full of dispatches waiting for this one, so the nested dispatch gets its own pool.
             return ThreadPool(self.workers, _loop_factory(loop)), True
-        if self._depth:
+        if self.held:
             with self._lock:
                 if self._held is None or self._held.closed:
                     self._held = ThreadPool(self.workers, _loop_factory(loop))
@@ -360,7 +340,7 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
                 if entry is None or entry[1].closed:
                     pool = ThreadPool(self.workers, _loop_factory(loop))
                     self._run_pools[key] = (control, pool)
-                    control.add_cleanup(("dynapipeline.threads", id(self)), lambda: self._end_run(key))
+                    self.end_with_run(lambda: self._end_run(key))
                     return pool, False
                 return entry[1], False
         return ThreadPool(self.workers, _loop_factory(loop)), True
@@ -377,7 +357,8 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
             return []
         loop = asyncio.get_running_loop()
         pool, owned = self._pool_for(loop)
-        batch = self._batch_type(loop, n)
+        done: asyncio.Future[None] = loop.create_future()
+        batch = _Batch(loop, n, self.return_exceptions, done)
         if tracing():
             batch.sink = current_trace.get()
         context = contextvars.copy_context()
@@ -386,7 +367,7 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
             for job in jobs:
                 job.submitted = time.perf_counter()
                 pool.submit(job)
-            await batch.future
+            await done
         except BaseException:
             for job in jobs:
                 job.cancel()
@@ -399,20 +380,15 @@ class MultithreadExecutionStrategy(ExecutionStrategy):
             batch.cancel_timers()
             if owned:
                 await pool.ashutdown()
-        return batch.results
+        return batch.values
 
     def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
         """As a stream step: one item per call, as many calls at once as the pool has threads."""
         return self.workers, _ThreadItems(self, stage)
 
-    async def __aenter__(self) -> MultithreadExecutionStrategy:
-        self._depth += 1
-        return self
-
-    async def aclose(self) -> None:
-        """Shut down the pool held by ``async with`` (and any pools of runs still open)."""
-        self._depth = max(0, self._depth - 1)
-        if self._depth == 0 and self._held is not None:
+    async def release_held(self) -> None:
+        """Shut down the pool held by ``async with``."""
+        if self._held is not None:
             held, self._held = self._held, None
             await held.ashutdown()
 

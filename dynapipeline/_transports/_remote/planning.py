@@ -17,9 +17,8 @@ from typing import Any
 from dynapipeline._model.component import Stage
 from dynapipeline._transports.calling import time_limit
 
-__all__ = ["MAX_CRASHES", "deadline", "plan_batches", "plan_singles"]
+__all__ = ["deadline", "plan_batches", "plan_singles"]
 
-MAX_CRASHES = 3  # an item that crashed this many workers is not retried again (as Dask does)
 _GRACE = 0.1              # seconds added to a timed stage's deadline in the parent
 _PER_STAGE_COST = 20e-6   # estimated IPC + rebuild cost of one component (seconds)
 _SMALL_BATCH = 1e-3       # estimated work below this goes to one worker in one message

@@ -46,12 +46,13 @@ from dynapipeline._model.component import private_of
 from dynapipeline._model.strategy import ItemRunner
 from dynapipeline._transports._remote.messages import RunStats
 from dynapipeline._transports._remote.pickling import dumps_batch
-from dynapipeline._transports._remote.planning import MAX_CRASHES, deadline
+from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports._remote.replies import tag, take_values
 from dynapipeline._transports.calling import add_runs
 from dynapipeline._transports.dask.futures import Probe, deaths
 from dynapipeline._transports.dask.observe import report_items
 from dynapipeline._transports.dask.tasks import STARTED, run_items_task
+from dynapipeline._transports.offloop import crash_retry, note_crashes
 from dynapipeline.errors import ClusterError, PicklingError, StageTimeoutError, WorkerCrashedError
 
 __all__ = ["CHUNK_SECONDS", "ClientOwner", "DaskItems"]
@@ -150,12 +151,12 @@ class DaskItems(ItemRunner):
                     if resends[i] <= _FREE_RESENDS:
                         continue
                 crashes[i] += deaths(crashed)
-                if crashes[i] >= MAX_CRASHES or crashes[i] > self.stage.retries:
-                    if crashes[i] >= MAX_CRASHES:
-                        crashed.add_note(f"this item crashed {crashes[i]} workers: it is not retried again")
+                retry = crash_retry(self.stage, crashes[i])
+                if retry is None:
+                    note_crashes(crashed, crashes[i])
                     results[i] = (False, crashed)
                 else:
-                    delay = max(delay, self.stage.retry_delay * self.stage.retry_backoff ** (crashes[i] - 1))
+                    delay = max(delay, retry)
             if lost:
                 alone = True
             if delay:

@@ -94,7 +94,7 @@ from typing import Any
 
 from dynapipeline._engine import current_control, run_tasks
 from dynapipeline._model.group import Container
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner
+from dynapipeline._model.strategy import ItemRunner
 from dynapipeline._transports._remote.pickling import REGISTRY, dumps_batch
 from dynapipeline._transports._remote.planning import deadline, plan_batches
 from dynapipeline._transports._remote.replies import collect_reply, tag
@@ -102,6 +102,7 @@ from dynapipeline._transports.dask.futures import Probe, wait_for_task
 from dynapipeline._transports.dask.items import DaskItems
 from dynapipeline._transports.dask.observe import report_task
 from dynapipeline._transports.dask.tasks import run_components_task
+from dynapipeline._transports.offloop import OffLoopStrategy, Results
 from dynapipeline.errors import ClusterError, ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
 
 __all__ = ["DaskExecutionStrategy", "require_distributed"]
@@ -143,7 +144,7 @@ class _Task:
     limit: float | None
 
 
-class DaskExecutionStrategy(ExecutionStrategy):
+class DaskExecutionStrategy(OffLoopStrategy):
     """Runs each component on a Dask cluster (``distributed``); results in component order.
 
     ``client``: an asynchronous ``distributed.Client`` to use (never closed here);
@@ -153,8 +154,6 @@ class DaskExecutionStrategy(ExecutionStrategy):
     place. Other keywords go to ``client.submit``. See the module docstring for batching, errors, timeouts,
     lost workers and shutdown.
     """
-
-    offloads = True
 
     def __init__(self, client: Any = None, address: str | None = None, *, return_exceptions: bool = False,
                  connect_timeout: float = 10.0, **submit_options: Any) -> None:
@@ -173,8 +172,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 or not 0 < connect_timeout < float("inf"):
             raise ConfigurationError(f"{label}: field 'connect_timeout' must be a finite number of seconds > 0, "
                                      f"got {connect_timeout!r}")
-        if not isinstance(return_exceptions, bool):
-            raise ConfigurationError(f"{label}: field 'return_exceptions' must be a bool, got {return_exceptions!r}")
+        super().__init__(return_exceptions=return_exceptions)
         for name in submit_options:
             if name in _REFUSED:
                 raise ConfigurationError(f"{label}: field {name!r} cannot be set: {_REFUSED[name]}")
@@ -183,14 +181,12 @@ class DaskExecutionStrategy(ExecutionStrategy):
                                          f"passes on (allowed: {', '.join(sorted(_SUBMIT_OPTIONS))})")
         self.client = client
         self.address = address
-        self.return_exceptions = return_exceptions
         self.connect_timeout = float(connect_timeout)
         self.submit_options = submit_options
         self._cluster: Any = None
         self._owned: Any = None  # the client this strategy connected itself
         self._owned_loop: Any = None
         self._connecting: asyncio.Task[Any] | None = None
-        self._depth = 0  # nesting of `async with strategy:`
         self._active = 0  # dispatches and stream steps using the owned client now
         self._scattered: tuple[Any, dict[int, Any]] = (None, {})
         self._nthreads: tuple[Any, int, float] = (None, 1, 0.0)
@@ -215,9 +211,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 connecting = self._connecting = loop.create_task(self._connect(loop))
                 connecting.add_done_callback(self._connected)
             owned = await asyncio.shield(connecting)
-        control = current_control.get()
-        if control is not None and self._depth == 0:
-            control.add_cleanup(("dynapipeline.dask", id(self)), self._end_run)
+        self.end_with_run(self._end_run)
         return owned
 
     def _connected(self, task: asyncio.Task[Any]) -> None:
@@ -261,12 +255,12 @@ class DaskExecutionStrategy(ExecutionStrategy):
         connected later: left open, it would be torn down at exit with warnings.
         """
         self._active -= 1
-        if self._active == 0 and self._depth == 0 and current_control.get() is None:
+        if self._active == 0 and not self.held and current_control.get() is None:
             await self._close_owned()
 
     async def _end_run(self) -> None:
         """At the end of a pipeline run: close the client connected for it (unless still in use)."""
-        if self._depth == 0 and self._active == 0:
+        if not self.held and self._active == 0:
             await self._close_owned()
 
     async def _close_owned(self) -> None:
@@ -422,7 +416,7 @@ class DaskExecutionStrategy(ExecutionStrategy):
                 payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
                 limit = deadline(members[0].owner) if len(members) == 1 else None
                 tasks.append(_Task(indices, members, payload, cids, limit))
-            results: list[Any] = [None] * n
+            results = Results(None, n, self.return_exceptions)
             control = current_control.get()
             drain = None
             if control is not None and any(isinstance(r.owner, Container) for r in runners):
@@ -435,11 +429,11 @@ class DaskExecutionStrategy(ExecutionStrategy):
             finally:
                 if drain is not None:
                     await drain.close()
-            return results
+            return results.values
         finally:
             await self.release()
 
-    async def _finish(self, client: Any, task: _Task, results: list[Any], args: tuple[Any, ...],
+    async def _finish(self, client: Any, task: _Task, results: Results, args: tuple[Any, ...],
                       kwargs: dict[str, Any], drain: str | None = None) -> None:
         """Run one task and put its results (or raise / place its errors)."""
         try:
@@ -447,10 +441,10 @@ class DaskExecutionStrategy(ExecutionStrategy):
                                                (task.payload, self.return_exceptions, drain), task.limit,
                                                task.runners[0])
         except (StageTimeoutError, WorkerCrashedError, ClusterError) as error:
-            if not self.return_exceptions:
+            if not results.keeps(error):
                 raise
             for index in task.indices:
-                results[index] = error
+                results.values[index] = error
             return
         if len(replies) == 1 and replies[0].unloadable and len(task.indices) > 1:
             # Nothing ran: one component cannot be rebuilt on the worker; run each alone to find it.
@@ -467,12 +461,12 @@ class DaskExecutionStrategy(ExecutionStrategy):
             segments = [([r], [i]) for r, i in zip(task.runners, task.indices, strict=True)]
         for (runners, indices), reply in zip(segments, replies, strict=True):
             try:
-                collect_reply(runners, indices, reply, pid, results)
+                collect_reply(runners, indices, reply, pid, results.values)
             except Exception as error:
-                if not self.return_exceptions:
+                if not results.keeps(error):
                     await report_task(client, runners, reply, pid)
                     raise
-                results[indices[0]] = error
+                results.values[indices[0]] = error
             await report_task(client, runners, reply, pid)
 
     def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
@@ -480,15 +474,8 @@ class DaskExecutionStrategy(ExecutionStrategy):
         return maxsize, DaskItems(self, stage, maxsize)
 
     # -- life cycle ----------------------------------------------------------------------------------
-    async def __aenter__(self) -> DaskExecutionStrategy:
-        self._depth += 1
-        return self
-
-    async def aclose(self) -> None:
+    async def release_held(self) -> None:
         """Close what this strategy started (its client, its LocalCluster) once the outermost ``async with`` ends."""
-        self._depth = max(0, self._depth - 1)
-        if self._depth:
-            return
         await self._close_owned()
         cluster = self._take_cluster()
         if cluster is not None:

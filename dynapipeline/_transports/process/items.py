@@ -53,9 +53,10 @@ from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, chunk_items
 from dynapipeline._transports._remote.messages import LOG_DATA, LOG_HEAD, LOG_TABLE, Failure, MapCall, MapReply
 from dynapipeline._transports._remote.pickling import dumps_batch
-from dynapipeline._transports._remote.planning import MAX_CRASHES, deadline
+from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports._remote.replies import remote_error, tag
 from dynapipeline._transports.calling import add_runs
+from dynapipeline._transports.offloop import crash_retry, merge_wait_ship, note_crashes
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
 from dynapipeline._transports.process.jobs import Split
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
@@ -130,6 +131,9 @@ class PoolOwner(Protocol):
     def close(self) -> None:
         """Close the pool (its workers stop)."""
 
+    def close_if_stopped(self, *, in_use: bool) -> None:
+        """Close the pool if the current run was stopped and nothing else uses it."""
+
 
 class ProcessItems(ItemRunner):
     """Runs a stream step's stage on a ``MultiprocessExecutionStrategy``'s pool, chunk by chunk."""
@@ -193,10 +197,11 @@ class ProcessItems(ItemRunner):
                 else:
                     culprit = batch[max(position, done)]
                     crashes[culprit] += 1
-                    if crashes[culprit] >= MAX_CRASHES or crashes[culprit] > self.stage.retries:
+                    delay = crash_retry(self.stage, crashes[culprit])
+                    if delay is None:
                         results[culprit] = (False, self._crashed(outcome, crashes[culprit]))
                     else:
-                        await asyncio.sleep(self.stage.retry_delay * self.stage.retry_backoff ** (crashes[culprit] - 1))
+                        await asyncio.sleep(delay)
             else:
                 for i in batch:
                     if results[i] is None:
@@ -207,10 +212,9 @@ class ProcessItems(ItemRunner):
     async def aclose(self) -> None:
         run = current_control.get()
         pool = self.pool
-        if run is not None and run.stopped and not run.draining and pool is not None and not pool.closed \
-                and pool.idle:
+        if pool is not None and not pool.closed and (run is None or not run.draining):
             # As in _run: a stopped run leaves no worker behind, even when this step never sent a chunk.
-            self.strategy.close()
+            self.strategy.close_if_stopped(in_use=not pool.idle)
 
     async def _run(self, items: bytes, packed_from: float) -> tuple[Outcome, MapJob | None]:
         pool = self.pool
@@ -226,9 +230,7 @@ class ProcessItems(ItemRunner):
             return await job.future, job
         except asyncio.CancelledError:
             pool.withdraw([job], kill_running=True)
-            run = current_control.get()
-            if run is not None and run.stopped and pool.idle:
-                self.strategy.close()  # as a group's dispatch does: a stopped run leaves no worker behind
+            self.strategy.close_if_stopped(in_use=not pool.idle)  # as a group's dispatch does
             raise
 
     def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: list[int], results: list[Any],
@@ -300,9 +302,8 @@ class ProcessItems(ItemRunner):
                 split.add_all(runner, starts, ends, pickled)
             else:
                 for started, ended, done in zip(starts, ends, pickled, strict=True):
-                    wait, ship = split.add(runner, started, ended, done)
-                    sink.flows.append((runner, job.sent_at, sink.thread(), pid, started,
-                                       {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+                    wait, ship = split.times(started, ended, done)
+                    merge_wait_ship(runner, wait, ship, sink, job.sent_at, pid, started)
         if sink is not None and pid is not None:
             thread = reply.thread if type(reply) is MapReply else pid
             errors = set(failed)
@@ -338,8 +339,7 @@ class ProcessItems(ItemRunner):
         if outcome.at_start:
             error.add_note("the pool's worker processes die on start-up: in a script, start the pipeline under "
                            "`if __name__ == \"__main__\":` (worker processes import the main module)")
-        elif crashes >= MAX_CRASHES:
-            error.add_note(f"this item crashed {crashes} workers: it is not retried again")
+        note_crashes(error, crashes)
         return error
 
     def _dump_items(self, values: list[Any], batch: list[int], results: list[Any]) -> bytes | None:

@@ -28,10 +28,11 @@ from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._transports._remote.messages import Call, Clock, Reply, Trace
 from dynapipeline._transports._remote.replies import apply_timings, report_reply, take_values
+from dynapipeline._transports.offloop import Results, merge_wait_ship
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
-__all__ = ["Dispatch", "GatherDispatch", "Job", "Split", "collect", "report_jobs"]
+__all__ = ["Dispatch", "Job", "Split", "collect", "report_jobs"]
 
 
 class Job:
@@ -69,43 +70,36 @@ class Job:
             self.dispatch.on_job(self, outcome)
 
 
-class Dispatch:
-    """The jobs of one dispatch: fills the results, completes its future when all are in or one failed."""
+class Dispatch(Results):
+    """The jobs of one dispatch: fills the results, completes its future when all jobs are in or one failed.
 
-    keeps_errors = False  # True: a component's ``Exception`` is its result (``GatherDispatch``)
+    ``pending`` counts jobs. With ``keeps_errors`` (``return_exceptions``) each job
+    holds one component, so a component's ``Exception`` - its own, its timeout
+    (``StageTimeoutError``), its worker's crash (``WorkerCrashedError``), an error
+    rebuilding its result (``PicklingError``) - takes only its own place. Any other
+    ``BaseException`` fails the dispatch.
+    """
+
+    __slots__ = ("args", "kwargs")
 
     def __init__(self, future: asyncio.Future[None], n: int, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> None:
-        self.future = future
-        self.results: list[Any] = [None] * n
-        self.pending = 0
+                 kwargs: dict[str, Any], keeps_errors: bool = False) -> None:
+        super().__init__(future, n, keeps_errors)
+        self.pending = 0  # the jobs out, set once they are planned
         self.args = args  # kept to re-send a job's components one by one (ProcessPool.split)
         self.kwargs = kwargs
 
     def on_job(self, job: Job, outcome: Outcome) -> None:
-        self.pending -= 1
-        if self.future.done():
+        if self.future is None or self.future.done():
+            self.pending -= 1
             return
         try:
-            collect(job, outcome, self.results)
+            collect(job, outcome, self.values)
         except BaseException as error:  # noqa: B902 - handed to the waiting dispatch
-            if not (self.keeps_errors and isinstance(error, Exception)):
-                self.future.set_exception(error)
+            if self.fail(job.indices[0], error):
+                self.pending -= 1
                 return
-            self.results[job.indices[0]] = error
-        if self.pending == 0:
-            self.future.set_result(None)
-
-
-class GatherDispatch(Dispatch):
-    """A ``Dispatch`` whose jobs hold one component each, where a component's ``Exception`` is its result.
-
-    Its timeout (``StageTimeoutError``), its worker's crash (``WorkerCrashedError``)
-    and an error rebuilding its result (``PicklingError``) are ``Exception``s too:
-    each takes only its own place. Any other ``BaseException`` fails the dispatch.
-    """
-
-    keeps_errors = True
+        self.part_done()
 
 
 def collect(job: Job, outcome: Outcome, results: list[Any]) -> None:
@@ -175,11 +169,8 @@ def _split(job: Job, replied: Replied, clock: Clock) -> None:
     """
     split = Split(job.packed, job.sent_at, clock.rebuilt, clock.replying, replied.loaded)
     for position, (started, ended, pickled) in enumerate(clock.runs):
-        runner = job.runners[position]
-        wait, ship = split.add(runner, started, ended, pickled)
-        if job.sink is not None:
-            job.sink.flows.append((runner, job.sent_at, job.sink.thread(), replied.pid, started,
-                                   {"wait ms": round(wait * 1e3, 3), "ship ms": round(ship * 1e3, 3)}))
+        wait, ship = split.times(started, ended, pickled)
+        merge_wait_ship(job.runners[position], wait, ship, job.sink, job.sent_at, replied.pid, started)
 
 
 class Split:
@@ -202,18 +193,14 @@ class Split:
         self.rebuilt = rebuilt
         self.replying = replying
 
-    def add(self, runner: Any, started: float, ended: float, pickled: float) -> tuple[float, float]:
-        """Add one run's waiting and shipping to ``runner``; (wait, ship) in seconds."""
+    def times(self, started: float, ended: float, pickled: float) -> tuple[float, float]:
+        """One run's (wait, ship) in seconds, for ``merge_wait_ship``."""
         wait = self.queued + (started - self.rebuilt) + (self.replying - pickled)
         ship = self.shared_ship + (pickled - ended)
-        wait = wait if wait > 0.0 else 0.0
-        ship = ship if ship > 0.0 else 0.0
-        runner.wait_total += wait
-        runner.ship_total += ship
-        return wait, ship
+        return (wait if wait > 0.0 else 0.0), (ship if ship > 0.0 else 0.0)
 
     def add_all(self, runner: Any, starts: list[float], ends: list[float], pickled: list[float]) -> None:
-        """``add`` for many runs of one runner at once (a stream step's chunk), summed."""
+        """Add many runs' waiting and shipping to one runner at once (a stream step's chunk), summed."""
         n = len(starts)
         done = sum(pickled)
         wait = n * (self.queued + self.replying - self.rebuilt) + sum(starts) - done

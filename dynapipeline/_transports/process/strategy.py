@@ -102,13 +102,14 @@ from typing import Any
 
 from dynapipeline._engine import current_control, current_trace, tracing
 from dynapipeline._model.group import Container
-from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, check_flag
+from dynapipeline._model.strategy import ItemRunner
 from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports._remote.planning import deadline, plan_batches, plan_singles
 from dynapipeline._transports.calling import check_max_workers
+from dynapipeline._transports.offloop import OffLoopStrategy
 from dynapipeline._transports.process.children import default_start_method
 from dynapipeline._transports.process.items import ProcessItems
-from dynapipeline._transports.process.jobs import Dispatch, GatherDispatch, Job, report_jobs
+from dynapipeline._transports.process.jobs import Dispatch, Job, report_jobs
 from dynapipeline._transports.process.pool import ProcessPool, watch_drain
 from dynapipeline.errors import ConfigurationError
 
@@ -117,7 +118,7 @@ __all__ = ["MultiprocessExecutionStrategy"]
 logger = logging.getLogger("dynapipeline")
 
 
-class MultiprocessExecutionStrategy(ExecutionStrategy):
+class MultiprocessExecutionStrategy(OffLoopStrategy):
     """Runs each component in a warm pool of worker processes; results in component order.
 
     ``max_workers``: pool size (default ``os.cpu_count()``). ``start_method``:
@@ -128,14 +129,12 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
     docstring for batching, errors, timeouts, crashes and shutdown.
     """
 
-    offloads = True
     ships_members = True
 
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None,
                  return_exceptions: bool = False) -> None:
         self.max_workers = check_max_workers("MultiprocessExecutionStrategy", max_workers)
-        self.return_exceptions = check_flag("MultiprocessExecutionStrategy", "return_exceptions", return_exceptions)
-        self._dispatch_type = GatherDispatch if return_exceptions else Dispatch
+        super().__init__(return_exceptions=return_exceptions)
         self._plan = plan_singles if return_exceptions else plan_batches
         method = start_method or default_start_method()
         if method not in ("forkserver", "spawn") or method not in multiprocessing.get_all_start_methods():
@@ -188,7 +187,8 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
         if n == 0:
             return []
         loop = asyncio.get_running_loop()
-        dispatch = self._dispatch_type(loop.create_future(), n, args, kwargs)
+        done: asyncio.Future[None] = loop.create_future()
+        dispatch = Dispatch(done, n, args, kwargs, self.return_exceptions)
         jobs = []
         control = current_control.get()
         if control is not None and not any(isinstance(r.owner, Container) for r in runners):
@@ -215,24 +215,21 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
             dispatch.pending = len(jobs)
             pool.submit(jobs)
             if control is not None:
-                watch_drain(loop, control, jobs, dispatch.future)
-            await dispatch.future
+                watch_drain(loop, control, jobs, done)
+            await done
         except asyncio.CancelledError:
             # stop() or cancellation: only the workers running *this* dispatch's jobs are killed (the
-            # pool may serve other runs meanwhile); they are replaced lazily.
+            # pool may serve other runs meanwhile); they are replaced lazily. After pipeline.stop() the
+            # pool closes unless another run still uses it; the next dispatch starts a new one.
             pool.withdraw(jobs, kill_running=True)
-            run = current_control.get()
-            if run is not None and run.stopped and pool.idle:
-                # pipeline.stop() leaves no worker behind unless another run still uses the pool;
-                # the next dispatch starts a new one.
-                self.close()
+            self.close_if_stopped(in_use=not pool.idle)
             raise
         except BaseException as error:
             pool.withdraw(jobs, kill_running=False)
             report_jobs(jobs, error)
             raise
         report_jobs(jobs, None)
-        return dispatch.results
+        return dispatch.values
 
     def close(self) -> None:
         """Stop the pool's workers (idle ones exit, busy ones are terminated)."""
@@ -241,6 +238,8 @@ class MultiprocessExecutionStrategy(ExecutionStrategy):
             pool.close()
 
     async def aclose(self) -> None:
+        """Close the pool at every ``async with`` exit, nested or not (the next dispatch starts a new one)."""
+        await super().aclose()
         self.close()
 
     def __reduce__(self) -> Any:
