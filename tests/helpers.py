@@ -191,6 +191,20 @@ class Nap(Stage):
         return os.getpid()
 
 
+class ItemNap(Stage):
+    """Sleeps ``seconds`` per item (a plain ``def``, so it runs as it is in a worker) and returns the item;
+    raises ValueError("bad <item>") on item ``bad``."""
+
+    seconds: float = 0.0
+    bad: int = -1
+
+    def execute(self, x: int = 0) -> int:
+        time.sleep(self.seconds)
+        if x == self.bad:
+            raise ValueError(f"bad {x}")
+        return x
+
+
 class Fail(Stage):
     """Raises ValueError(name) after ``delay`` seconds."""
 
