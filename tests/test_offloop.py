@@ -138,7 +138,12 @@ class Backend:
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     """Each backend in turn; afterwards its strategies are closed and no worker of theirs is left."""
     if request.param == "threads":
-        yield Backend("threads", lambda **kw: MultithreadExecutionStrategy(2, **kw))
+        threads = Backend("threads", lambda **kw: MultithreadExecutionStrategy(2, **kw))
+        try:
+            yield threads
+        finally:
+            for strategy in threads.made:
+                await strategy.aclose()
         await wait_no_threads_async()
     elif request.param == "processes":
         made = Backend("processes", lambda **kw: MultiprocessExecutionStrategy(2, **kw))
