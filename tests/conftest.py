@@ -117,3 +117,44 @@ async def procs() -> Any:
 
     async with closing_pool(MultiprocessExecutionStrategy(2)) as strategy:
         yield strategy
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    """A LocalCluster of 2 worker processes (1 thread each) for a test module; none of its processes outlives it."""
+    import dask
+    import psutil
+    from distributed import LocalCluster
+
+    # allowed-failures=0: a task whose worker dies fails at once (KilledWorker) instead of running again.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    me = psutil.Process()
+    try:
+        yield local
+    finally:
+        children = me.children(recursive=True)
+        started = [c for c in children if "distributed" in " ".join(_cmdline(c))]
+        local.close()
+        _, alive = psutil.wait_procs(started, timeout=10)
+        assert alive == [], f"Dask processes left running: {alive}"
+
+
+def _cmdline(proc: Any) -> list[str]:
+    import psutil
+
+    try:
+        return list(proc.cmdline())
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture
+async def client(cluster: Any) -> Any:
+    """An asynchronous client of the module's cluster, once both its workers are up."""
+    from distributed import Client
+    from helpers import healed
+
+    async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as c:
+        await healed(cluster, c)
+        yield c

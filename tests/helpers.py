@@ -1,15 +1,165 @@
-"""Stage and handler classes shared by the tests, and the trace-file check."""
+"""Builders, stage and handler classes shared by the tests, waiting helpers, and the trace-file check.
+
+Workers rebuild the stage classes defined here by reference (``helpers`` is importable in a worker
+process: it inherits the test run's ``sys.path``), so a class a test ships to a process or a Dask
+worker belongs here rather than in a test body.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import multiprocessing
+import os
+import threading
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
-from dynapipeline import Handler, Stage
+from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline.execution import SequentialExecutionStrategy
+from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
+
+
+def group(stages: list[Any], execution: Any = None, cycle: Any = None, name: str = "g") -> StageGroup:
+    """A StageGroup of ``stages``: sequential and run once unless told otherwise."""
+    return StageGroup(name=name, stages=stages, cycle_strategy=cycle or OnceCycleStrategy(),
+                      execution_strategy=execution or SequentialExecutionStrategy())
+
+
+def pipeline(groups: list[StageGroup], execution: Any = None, cycle: Any = None,
+             kind: PipeLineType = PipeLineType.ADVANCED, name: str = "p", context: Any = None) -> Any:
+    """A pipeline of ``groups`` from the factory: ADVANCED, sequential and run once unless told otherwise."""
+    return PipelineFactory().create_pipeline(kind, name, groups, cycle or OnceCycleStrategy(),
+                                             execution or SequentialExecutionStrategy(), context_data=context)
+
+
+class Pid(Stage):
+    """Returns (name, pid of the process it ran in, args, kwargs)."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.name, os.getpid(), args, kwargs)
+
+
+class Where(Stage):
+    """Returns (name, pid, thread ident, args, kwargs): the process and thread it ran in (a plain ``def``)."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.name, os.getpid(), threading.get_ident(), args, kwargs)
+
+
+class WhereAsync(Stage):
+    """``Where`` as an ``async def`` that yields to its loop once."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+        return (self.name, os.getpid(), threading.get_ident(), args, kwargs)
+
+
+class Double(Stage):
+    """Returns twice its item (a plain ``def``); raises ValueError("bad <item>") on item ``bad``."""
+
+    bad: int = -1
+
+    def execute(self, x: int) -> int:
+        if x == self.bad:
+            raise ValueError(f"bad {x}")
+        return 2 * x
+
+
+class Die(Stage):
+    """Ends the process it runs in at once (``os._exit(3)``): a worker crash."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        os._exit(3)
+
+
+class Spin(Stage):
+    """Spins forever (a plain ``def``): only killing its worker stops it."""
+
+    def execute(self) -> None:
+        while True:
+            pass
+
+
+class Sleepy(Stage):
+    """Sleeps ``seconds`` (a plain ``def``, cannot be interrupted in a thread) and returns its name."""
+
+    seconds: float = 0.0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self.seconds)
+        return self.name
+
+
+class Hangs(Stage):
+    """Awaits ``seconds`` (an ``async def``: its loop can cancel it) and returns its name."""
+
+    seconds: float = 30.0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(self.seconds)
+        return self.name
+
+
+class Marker(Stage):
+    """Writes a file named after itself into ``folder`` when it starts, then sleeps ``seconds``."""
+
+    folder: str
+    seconds: float
+
+    def execute(self) -> None:
+        Path(self.folder, self.name).write_text("started")
+        time.sleep(self.seconds)
+
+
+class Tick(Stage):
+    """Yields for 5 ms, then touches the file ``marker`` (if any): a cycle that shows it ran."""
+
+    marker: str | None = None
+
+    async def execute(self, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.005)
+        if self.marker is not None:
+            Path(self.marker).touch()
+
+
+class Blank(Stage):
+    """Returns as many zero bytes as its argument is long."""
+
+    def execute(self, data: bytes) -> bytes:
+        return bytes(len(data))
+
+
+class Batch(Stage):
+    """Returns its batch (a list) as a list."""
+
+    def execute(self, batch: list[int]) -> list[int]:
+        return list(batch)
+
+
+class KeyErrorStage(Stage):
+    """Raises ``KeyError(name)`` (a plain ``def``)."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError(self.name)
+
+
+class ValueErrorStage(Stage):
+    """Raises ``ValueError(name)`` after yielding once (an ``async def``)."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0)
+        raise ValueError(self.name)
+
+
+class MarksError(Handler):
+    """on_error notes on the error the pid and thread it ran in (the note travels back with a remote error)."""
+
+    def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> None:
+        error.handled_in = (os.getpid(), threading.get_ident())  # type: ignore[attr-defined]
 
 
 class Echo(Stage):
@@ -39,6 +189,20 @@ class Nap(Stage):
 
         time.sleep(self.seconds)
         return os.getpid()
+
+
+class ItemNap(Stage):
+    """Sleeps ``seconds`` per item (a plain ``def``, so it runs as it is in a worker) and returns the item;
+    raises ValueError("bad <item>") on item ``bad``."""
+
+    seconds: float = 0.0
+    bad: int = -1
+
+    def execute(self, x: int = 0) -> int:
+        time.sleep(self.seconds)
+        if x == self.bad:
+            raise ValueError(f"bad {x}")
+        return x
 
 
 class Fail(Stage):
@@ -153,6 +317,21 @@ async def eventually_async(check: Callable[[], Any], timeout: float | None = Non
     return value
 
 
+def worker_threads() -> list[threading.Thread]:
+    """The thread strategies' worker threads still alive."""
+    return [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread-") and t.is_alive()]
+
+
+def wait_no_threads(timeout: float | None = None) -> None:
+    """No worker thread of a thread strategy is left, within ``timeout`` (default ``GRACE``) seconds."""
+    assert eventually(lambda: not worker_threads(), timeout), worker_threads()
+
+
+async def wait_no_threads_async(timeout: float | None = None) -> None:
+    """``wait_no_threads`` for async tests: the loop keeps running while it waits."""
+    assert await eventually_async(lambda: not worker_threads(), timeout), worker_threads()
+
+
 def gone(pid: int) -> bool:
     """The process has exited (or is a zombie waiting to be reaped), now."""
     import psutil
@@ -168,20 +347,21 @@ def assert_gone(*pids: int) -> None:
     assert eventually(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
 
 
-def assert_no_workers(pids: list[int]) -> None:
-    """No child process of ours is alive and every pid given has exited (within ``GRACE`` seconds)."""
-    import multiprocessing
-
+def pool_children() -> list[Any]:
+    """Our live ``multiprocessing`` children, but a Dask LocalCluster's worker processes (its fixture checks those)."""
     # active_children() also reaps the children that have exited.
-    assert eventually(lambda: not multiprocessing.active_children()), multiprocessing.active_children()
+    return [c for c in multiprocessing.active_children() if not c.name.startswith("Dask ")]
+
+
+def assert_no_workers(pids: list[int]) -> None:
+    """No process pool's child of ours is alive and every pid given has exited (within ``GRACE`` seconds)."""
+    assert eventually(lambda: not pool_children()), pool_children()
     assert_gone(*pids)
 
 
 async def assert_no_workers_async(pids: list[int]) -> None:
     """``assert_no_workers`` for async tests: the loop keeps running while it waits."""
-    import multiprocessing
-
-    assert await eventually_async(lambda: not multiprocessing.active_children()), multiprocessing.active_children()
+    assert await eventually_async(lambda: not pool_children()), pool_children()
     assert await eventually_async(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
 
 
@@ -254,3 +434,27 @@ class Unloadable:
 
     def __reduce__(self) -> Any:
         return (_refuse_to_rebuild, ())
+
+
+async def healed(cluster: Any, client: Any) -> None:
+    """Wait until both workers of a 2-worker LocalCluster are back and their nannies have finished restarting them.
+
+    The scheduler lists a restarted worker before its nanny has finished starting it, so
+    ``wait_for_workers(2)`` returns inside that window; a worker killed in it may never be started
+    again (the nanny loses it), and a later ``wait_for_workers(2)`` then waited forever. Fails after 90 s.
+    """
+    from distributed.core import Status
+
+    end = time.monotonic() + 90
+    while True:
+        if len(cluster.workers) < 2:
+            # A nanny that failed to restart its worker closes, and the cluster forgets it: start another.
+            cluster.scale(2)
+        nannies = list(cluster.workers.values())
+        ready = [n for n in nannies if n.process is not None and n.process.status == Status.running]
+        workers = (await client.scheduler.identity(n_workers=-1))["workers"]
+        if len(ready) == 2 and len(workers) == 2 \
+                and {n.worker_address for n in ready} == set(workers):
+            return
+        assert time.monotonic() < end, f"Dask workers not back: {[(n.name, n.process) for n in nannies]}"
+        await asyncio.sleep(0.05)

@@ -8,9 +8,9 @@ import threading
 import tracemalloc
 
 import pytest
-from helpers import Echo
+from helpers import Echo, group
 
-from dynapipeline import Stage, StageGroup
+from dynapipeline import Stage
 from dynapipeline.errors import ConfigurationError
 from dynapipeline.execution import SequentialExecutionStrategy
 from dynapipeline.execution.cycle_strategies import (
@@ -35,31 +35,26 @@ class Counter(Stage):
         return self.runs
 
 
-def group(stages, cycle):
-    return StageGroup(name="g", stages=stages, cycle_strategy=cycle,
-                      execution_strategy=SequentialExecutionStrategy())
-
-
 async def test_once_returns_one_cycle_result():
-    assert await group([Echo(name="a"), Echo(name="b")], OnceCycleStrategy()).run() == ["a", "b"]
+    assert await group([Echo(name="a"), Echo(name="b")], cycle=OnceCycleStrategy()).run() == ["a", "b"]
 
 
 async def test_loop_returns_per_cycle_results():
     c = Counter(name="c")
-    assert await group([c], LoopCycleStrategy(3)).run() == [[1], [2], [3]]
+    assert await group([c], cycle=LoopCycleStrategy(3)).run() == [[1], [2], [3]]
 
 
 async def test_loop_zero_cycles_runs_nothing():
     c = Counter(name="c")
-    assert await group([c], LoopCycleStrategy(0)).run() == []
+    assert await group([c], cycle=LoopCycleStrategy(0)).run() == []
     assert c.runs == 0
 
 
 async def test_cycle_strategy_is_reusable_without_leaking_state():
     cycle = LoopCycleStrategy(2)
     a, b = Counter(name="a"), Counter(name="b")
-    assert await group([a], cycle).run() == [[1], [2]]
-    assert await group([b], cycle).run() == [[1], [2]]
+    assert await group([a], cycle=cycle).run() == [[1], [2]]
+    assert await group([b], cycle=cycle).run() == [[1], [2]]
     assert await cycle.run(SequentialExecutionStrategy(), [a]) == [[3], [4]]
 
 
@@ -72,14 +67,14 @@ def test_loop_rejects_bad_cycles(bad):
 async def test_infinite_loop_stops_when_asyncio_event_is_set():
     event = asyncio.Event()
     c = Counter(name="c", stop_at=25, event=event)
-    assert await group([c], InfinitLoopStrategy(event=event)).run() is None
+    assert await group([c], cycle=InfinitLoopStrategy(event=event)).run() is None
     assert c.runs == 25
 
 
 async def test_infinite_loop_accepts_threading_event_and_alias():
     event = threading.Event()
     c = Counter(name="c", stop_at=3, event=event)
-    await group([c], InfiniteLoopStrategy(event=event, interval=0.001)).run()
+    await group([c], cycle=InfiniteLoopStrategy(event=event, interval=0.001)).run()
     assert c.runs == 3
     assert InfiniteLoopStrategy is InfinitLoopStrategy
 
@@ -94,7 +89,7 @@ async def test_infinite_loop_yields_to_other_tasks_each_cycle():
         event.set()
 
     setter_task = asyncio.ensure_future(setter())
-    await asyncio.wait_for(group([c], InfinitLoopStrategy(event=event)).run(), timeout=10)
+    await asyncio.wait_for(group([c], cycle=InfinitLoopStrategy(event=event)).run(), timeout=10)
     await setter_task
     assert c.runs >= 1
 
@@ -106,7 +101,7 @@ async def test_infinite_loop_keeps_memory_flat():
 
     event = asyncio.Event()
     c = Counter(name="c", stop_at=20_000, event=event)
-    g = group([Payload(name="p"), c], InfinitLoopStrategy(event=event))
+    g = group([Payload(name="p"), c], cycle=InfinitLoopStrategy(event=event))
     gc.collect()
     tracemalloc.start()
     try:

@@ -18,22 +18,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import dynapipeline
-from dynapipeline import PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
+from dynapipeline import PipeLineType, Stage, Step, Stream
 from dynapipeline.errors import WorkerCrashedError
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
     MultiprocessExecutionStrategy,
     MultithreadExecutionStrategy,
-    SequentialExecutionStrategy,
 )
-from dynapipeline.execution.cycle_strategies import InfiniteLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
+from dynapipeline.execution.cycle_strategies import InfiniteLoopStrategy, LoopCycleStrategy
 from dynapipeline.otel import OpenTelemetryHandler
-from tests.helpers import Echo, Fail
-
-
-class Double(Stage):
-    async def execute(self, x: int) -> int:
-        return 2 * x
+from tests.helpers import Die, Double, Echo, Fail, ItemNap, group, pipeline
 
 
 class Blocking(Stage):
@@ -57,12 +51,6 @@ def _by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
     return named
 
 
-def _pipeline(groups: list[StageGroup], kind: PipeLineType = PipeLineType.SIMPLE,
-              execution: Any = None) -> Any:
-    return PipelineFactory().create_pipeline(kind, "p", groups, OnceCycleStrategy(),
-                                             execution or SequentialExecutionStrategy())
-
-
 def _parent_id(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
@@ -74,10 +62,9 @@ def _span_id(span: ReadableSpan) -> int:
 
 async def test_spans_nest_pipeline_group_stage_with_attributes(spans: Any) -> None:
     handler, exporter = spans
-    group = StageGroup(name="g", stages=[Echo(name="a", retries=2, timeout=5.0)],
-                       cycle_strategy=OnceCycleStrategy(), execution_strategy=SequentialExecutionStrategy())
-    pipeline = handler.instrument(_pipeline([group]))
-    assert await pipeline.run() == [["a"]]
+    instrumented = handler.instrument(pipeline([group([Echo(name="a", retries=2, timeout=5.0)])],
+                                               kind=PipeLineType.SIMPLE))
+    assert await instrumented.run() == [["a"]]
     named = _by_name(exporter)
     assert set(named) == {"p", "g", "a"}
     p, g, a = named["p"], named["g"], named["a"]
@@ -108,30 +95,27 @@ async def test_spans_nest_pipeline_group_stage_with_attributes(spans: Any) -> No
 
 async def test_a_handler_on_the_pipeline_alone_makes_only_the_pipeline_span(spans: Any) -> None:
     handler, exporter = spans
-    group = StageGroup(name="g", stages=[Echo(name="a")], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=SequentialExecutionStrategy())
-    pipeline = _pipeline([group])
-    pipeline.add_handler(handler)
-    await pipeline.run()
+    g = group([Echo(name="a")])
+    p = pipeline([g], kind=PipeLineType.SIMPLE)
+    p.add_handler(handler)
+    await p.run()
     assert [span.name for span in exporter.get_finished_spans()] == ["p"]
 
 
 async def test_instrument_twice_attaches_once(spans: Any) -> None:
     handler, exporter = spans
-    group = StageGroup(name="g", stages=[Echo(name="a")], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=SequentialExecutionStrategy())
-    handler.instrument(group)
-    handler.instrument(group)
-    await group.run()
+    g = group([Echo(name="a")])
+    handler.instrument(g)
+    handler.instrument(g)
+    await g.run()
     assert sorted(span.name for span in exporter.get_finished_spans()) == ["a", "g"]
 
 
 async def test_concurrent_siblings_are_both_children_of_the_group(spans: Any) -> None:
     handler, exporter = spans
     log: list[Any] = []
-    group = StageGroup(name="g", stages=[Echo(name="a", delay=0.05, log=log), Echo(name="b", delay=0.05, log=log)],
-                       cycle_strategy=OnceCycleStrategy(), execution_strategy=ConcurrentExecutionStrategy())
-    await handler.instrument(_pipeline([group])).run()
+    g = group([Echo(name="a", delay=0.05, log=log), Echo(name="b", delay=0.05, log=log)], ConcurrentExecutionStrategy())
+    await handler.instrument(pipeline([g], kind=PipeLineType.SIMPLE)).run()
     assert [e for e, _ in log[:2]] == ["start", "start"], "the siblings overlapped"
     named = _by_name(exporter)
     assert _parent_id(named["a"]) == _parent_id(named["b"]) == _span_id(named["g"])
@@ -141,10 +125,9 @@ async def test_concurrent_siblings_are_both_children_of_the_group(spans: Any) ->
 
 async def test_stage_error_is_recorded_with_status_error_up_the_tree(spans: Any) -> None:
     handler, exporter = spans
-    group = StageGroup(name="g", stages=[Echo(name="ok"), Fail(name="bad")], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=SequentialExecutionStrategy())
+    g = group([Echo(name="ok"), Fail(name="bad")])
     with pytest.raises(ValueError, match="bad"):
-        await handler.instrument(_pipeline([group])).run()
+        await handler.instrument(pipeline([g], kind=PipeLineType.SIMPLE)).run()
     named = _by_name(exporter)
     assert named["ok"].status.status_code is StatusCode.UNSET
     for name in ("bad", "g", "p"):
@@ -157,10 +140,9 @@ async def test_stage_error_is_recorded_with_status_error_up_the_tree(spans: Any)
 
 async def test_cancelled_sibling_is_marked_cancelled_not_failed(spans: Any) -> None:
     handler, exporter = spans
-    group = StageGroup(name="g", stages=[Echo(name="slow", delay=5), Fail(name="bad", delay=0.01)],
-                       cycle_strategy=OnceCycleStrategy(), execution_strategy=ConcurrentExecutionStrategy())
+    g = group([Echo(name="slow", delay=5), Fail(name="bad", delay=0.01)], ConcurrentExecutionStrategy())
     with pytest.raises(ValueError):
-        await handler.instrument(group).run()
+        await handler.instrument(g).run()
     named = _by_name(exporter)
     assert named["slow"].attributes is not None and named["slow"].attributes["dynapipeline.cancelled"] is True
     assert named["slow"].status.status_code is StatusCode.UNSET
@@ -169,9 +151,8 @@ async def test_cancelled_sibling_is_marked_cancelled_not_failed(spans: Any) -> N
 
 async def test_run_number_counts_cycles(spans: Any) -> None:
     handler, exporter = spans
-    group = StageGroup(name="g", stages=[Echo(name="a")], cycle_strategy=LoopCycleStrategy(3),
-                       execution_strategy=SequentialExecutionStrategy())
-    await handler.instrument(group).run()
+    g = group([Echo(name="a")], cycle=LoopCycleStrategy(3))
+    await handler.instrument(g).run()
     runs = [span.attributes["dynapipeline.run"] for span in exporter.get_finished_spans()
             if span.name == "a" and span.attributes]
     assert runs == [1, 2, 3]
@@ -179,12 +160,11 @@ async def test_run_number_counts_cycles(spans: Any) -> None:
 
 async def test_stop_of_an_infinite_loop_ends_every_span(spans: Any) -> None:
     handler, exporter = spans
-    group = StageGroup(name="g", stages=[Echo(name="a", delay=0.01)], cycle_strategy=InfiniteLoopStrategy(),
-                       execution_strategy=SequentialExecutionStrategy())
-    pipeline = handler.instrument(_pipeline([group]))
-    task = asyncio.ensure_future(pipeline.run())
+    g = group([Echo(name="a", delay=0.01)], cycle=InfiniteLoopStrategy())
+    p = handler.instrument(pipeline([g], kind=PipeLineType.SIMPLE))
+    task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.1)
-    pipeline.stop()
+    p.stop()
     assert await asyncio.wait_for(task, 10) is None
     names = [span.name for span in exporter.get_finished_spans()]
     assert names.count("p") == 1 and names.count("g") == 1 and names.count("a") >= 2
@@ -192,9 +172,8 @@ async def test_stop_of_an_infinite_loop_ends_every_span(spans: Any) -> None:
 
 async def test_thread_stages_are_children_of_their_group_and_name_their_thread(spans: Any) -> None:
     handler, exporter = spans
-    group = StageGroup(name="g", stages=[Blocking(name="a"), Blocking(name="b")], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=MultithreadExecutionStrategy(2))
-    assert await handler.instrument(_pipeline([group], PipeLineType.ADVANCED)).run() == [["a", "b"]]
+    g = group([Blocking(name="a"), Blocking(name="b")], MultithreadExecutionStrategy(2))
+    assert await handler.instrument(pipeline([g])).run() == [["a", "b"]]
     named = _by_name(exporter)
     for name in ("a", "b"):
         attributes = named[name].attributes or {}
@@ -203,30 +182,14 @@ async def test_thread_stages_are_children_of_their_group_and_name_their_thread(s
     assert "thread.name" not in (named["g"].attributes or {})
 
 
-class Nap(Stage):
-    """Sleeps ``seconds`` (a plain def, so it runs as it is in a worker); fails on ``bad``."""
-
-    seconds: float = 0.0
-    bad: int = -1
-
-    def execute(self, x: int = 0) -> int:
-        import time
-
-        time.sleep(self.seconds)
-        if x == self.bad:
-            raise ValueError(f"bad {x}")
-        return x
-
-
 def test_process_stages_get_spans_from_their_workers_times_under_their_group(spans: Any) -> None:
     handler, exporter = spans
 
     async def main() -> Any:
         async with MultiprocessExecutionStrategy(1) as processes:
-            group = StageGroup(name="g", stages=[Nap(name="a", seconds=0.05), Nap(name="b", bad=0)],
-                               cycle_strategy=OnceCycleStrategy(), execution_strategy=processes)
+            napping = group([ItemNap(name="a", seconds=0.05), ItemNap(name="b", bad=0)], processes)
             with pytest.raises(ValueError, match="bad 0"):
-                await handler.instrument(_pipeline([group], PipeLineType.ADVANCED)).run()
+                await handler.instrument(pipeline([napping])).run()
             return processes.worker_pids()
 
     pids = dynapipeline.run(main())  # on this leg's loop
@@ -252,20 +215,14 @@ def test_process_stages_get_spans_from_their_workers_times_under_their_group(spa
     assert event.name == "exception" and (event.attributes or {})["exception.type"] == "ValueError"
 
 
-class Die(Stage):
-    def execute(self) -> None:
-        os._exit(3)
-
-
 def test_a_process_stage_whose_worker_died_gets_a_failed_span(spans: Any) -> None:
     handler, exporter = spans
 
     async def main() -> None:
         async with MultiprocessExecutionStrategy(1) as processes:
-            group = StageGroup(name="g", stages=[Die(name="die")], cycle_strategy=OnceCycleStrategy(),
-                               execution_strategy=processes)
+            g = group([Die(name="die")], processes)
             with pytest.raises(WorkerCrashedError):
-                await handler.instrument(group).run()
+                await handler.instrument(g).run()
 
     dynapipeline.run(main())
     named = _by_name(exporter)
@@ -282,7 +239,7 @@ def test_process_stream_step_items_get_a_span_each_under_the_stream(spans: Any) 
     async def main() -> Any:
         async with MultiprocessExecutionStrategy(2) as processes:
             await processes.start()
-            stream = handler.instrument(Stream(name="s", steps=[Step(Nap(name="nap", bad=7), processes)],
+            stream = handler.instrument(Stream(name="s", steps=[Step(ItemNap(name="nap", bad=7), processes)],
                                                on_error="skip"))
             out = await stream.run(range(20))
             return out, processes.worker_pids()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import GRACE, Echo, Fail, Tracked, Tracker, engine_tasks
+from helpers import GRACE, Echo, Fail, Tracked, Tracker, engine_tasks, group, pipeline
 
 from dynapipeline import AdvancedPipeline, Pipeline, PipelineFactory, PipeLineType, SimplePipeline, Stage, StageGroup
 from dynapipeline.contexts import AsyncLockableContext, ProtectedContext
@@ -39,21 +39,10 @@ class Spin(Stage):
         return self.runs
 
 
-def make_group(stages, execution=None, cycle=None, name="g"):
-    return StageGroup(name=name, stages=stages, cycle_strategy=cycle or OnceCycleStrategy(),
-                      execution_strategy=execution or SequentialExecutionStrategy())
-
-
-def make_pipeline(kind, groups, context_data=None, cycle=None):
-    return PipelineFactory().create_pipeline(
-        pipeline_type=kind, name="p", groups=groups, cycle_strategy=cycle or OnceCycleStrategy(),
-        execution_strategy=SequentialExecutionStrategy(), context_data=context_data)
-
-
 async def test_one_context_is_shared_by_pipeline_groups_and_stages():
     stages = [Bump(name=f"b{i}") for i in range(4)]
-    groups = [make_group(stages[:2]), make_group(stages[2:], ConcurrentExecutionStrategy())]
-    p = make_pipeline(PipeLineType.SIMPLE, groups, {"n": 0})
+    groups = [group(stages[:2]), group(stages[2:], ConcurrentExecutionStrategy())]
+    p = pipeline(groups, kind=PipeLineType.SIMPLE, context={"n": 0})
     await p.run()
     assert p.context["n"] == 4
     assert all(s.context is p.context for s in stages)
@@ -68,7 +57,7 @@ async def test_advanced_locks_context_during_run_and_unlocks_after():
             seen.append(self.context.locked)
             return self.context["k"]
 
-    p = make_pipeline(PipeLineType.ADVANCED, [make_group([Peek(name="peek")])], {"k": "v"})
+    p = pipeline([group([Peek(name="peek")])], context={"k": "v"})
     assert isinstance(p, AdvancedPipeline) and isinstance(p.context, ProtectedContext)
     assert await p.run() == [["v"]]
     assert seen == [True]
@@ -77,7 +66,7 @@ async def test_advanced_locks_context_during_run_and_unlocks_after():
 
 
 async def test_advanced_context_write_during_run_raises():
-    p = make_pipeline(PipeLineType.ADVANCED, [make_group([Bump(name="writer")])], {"n": 0})
+    p = pipeline([group([Bump(name="writer")])], context={"n": 0})
     with pytest.raises(ContextLockedError, match="'n'.*pipeline 'p'"):
         await p.run()
     assert not p.context.locked  # unlocked after a failed run too
@@ -85,7 +74,7 @@ async def test_advanced_context_write_during_run_raises():
 
 
 async def test_advanced_context_unlocked_after_stop():
-    p = make_pipeline(PipeLineType.ADVANCED, [make_group([Spin(name="s")], cycle=InfinitLoopStrategy())])
+    p = pipeline([group([Spin(name="s")], cycle=InfinitLoopStrategy())])
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.02)
     assert p.context.locked
@@ -96,7 +85,7 @@ async def test_advanced_context_unlocked_after_stop():
 
 async def test_custom_pipeline_takes_the_callers_context():
     ctx = AsyncLockableContext({"n": 10})
-    p = PipelineFactory().create_pipeline(PipeLineType.CUSTOM, "p", [make_group([Bump(name="b")])],
+    p = PipelineFactory().create_pipeline(PipeLineType.CUSTOM, "p", [group([Bump(name="b")])],
                                           OnceCycleStrategy(), SequentialExecutionStrategy(), context=ctx)
     await p.run()
     assert p.context is ctx and ctx["n"] == 11
@@ -106,7 +95,7 @@ async def test_custom_pipeline_takes_the_callers_context():
 async def test_stop_cancels_in_flight_stages_and_run_returns_none():
     tracker = Tracker()
     stages = [Tracked(name=f"s{i}", tracker=tracker, delay=10) for i in range(3)]
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group(stages, ConcurrentExecutionStrategy())])
+    p = pipeline([group(stages, ConcurrentExecutionStrategy())], kind=PipeLineType.SIMPLE)
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.05)
     assert p.running
@@ -118,7 +107,7 @@ async def test_stop_cancels_in_flight_stages_and_run_returns_none():
 
 
 async def test_stop_from_another_thread():
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group([Spin(name="s")], cycle=InfinitLoopStrategy())])
+    p = pipeline([group([Spin(name="s")], cycle=InfinitLoopStrategy())], kind=PipeLineType.SIMPLE)
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.02)
     await asyncio.to_thread(p.stop)
@@ -127,10 +116,10 @@ async def test_stop_from_another_thread():
 
 async def test_stop_when_idle_is_a_no_op_and_pipeline_runs_again_after_stop():
     s = Spin(name="s")
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group([s])])
+    p = pipeline([group([s])], kind=PipeLineType.SIMPLE)
     p.stop()
     assert await p.run() == [[1]]
-    forever = make_pipeline(PipeLineType.SIMPLE, [make_group([Spin(name="x")], cycle=InfinitLoopStrategy())])
+    forever = pipeline([group([Spin(name="x")], cycle=InfinitLoopStrategy())], kind=PipeLineType.SIMPLE)
     task = asyncio.ensure_future(forever.run())
     await asyncio.sleep(0.01)
     task.cancel()
@@ -141,7 +130,7 @@ async def test_stop_when_idle_is_a_no_op_and_pipeline_runs_again_after_stop():
 async def test_drain_finishes_the_current_cycle_then_returns_none():
     log: list = []
     stages = [Echo(name=f"s{i}", delay=0.02, log=log) for i in range(3)]
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group(stages, cycle=InfinitLoopStrategy())])
+    p = pipeline([group(stages, cycle=InfinitLoopStrategy())], kind=PipeLineType.SIMPLE)
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.03)  # inside the first cycle, at stage s1
     p.stop(drain=True)
@@ -153,7 +142,7 @@ async def test_drain_finishes_the_current_cycle_then_returns_none():
 
 async def test_drain_ends_a_loop_cycle_strategy_early():
     s = Spin(name="s")
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group([s], cycle=LoopCycleStrategy(10_000))])
+    p = pipeline([group([s], cycle=LoopCycleStrategy(10_000))], kind=PipeLineType.SIMPLE)
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.02)
     p.stop(drain=True)
@@ -162,7 +151,7 @@ async def test_drain_ends_a_loop_cycle_strategy_early():
 
 
 async def test_second_concurrent_run_raises():
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group([Spin(name="s")], cycle=InfinitLoopStrategy())])
+    p = pipeline([group([Spin(name="s")], cycle=InfinitLoopStrategy())], kind=PipeLineType.SIMPLE)
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.01)
     with pytest.raises(PipelineRunningError, match="'p'.*already running"):
@@ -175,19 +164,20 @@ async def test_second_concurrent_run_raises():
                                        lambda: SemaphoreExecutionStrategy(2)])
 async def test_no_engine_task_left_after_success_or_failure(execution):
     stages = [Echo(name=f"s{i}", delay=0.001) for i in range(5)]
-    ok = make_pipeline(PipeLineType.SIMPLE, [make_group(stages, execution())])
+    ok = pipeline([group(stages, execution())], kind=PipeLineType.SIMPLE)
     await ok.run()
     assert engine_tasks() == set()
-    bad = make_pipeline(PipeLineType.SIMPLE, [make_group(
-        [Echo(name="a", delay=1), Fail(name="f", delay=0.01), Echo(name="b", delay=1)], execution())])
+    bad = pipeline([group(
+        [Echo(name="a", delay=1), Fail(name="f", delay=0.01), Echo(name="b", delay=1)], execution())],
+        kind=PipeLineType.SIMPLE)
     with pytest.raises(ValueError):
         await bad.run()
     assert engine_tasks() == set()
 
 
 async def test_pipeline_timing_is_recorded():
-    g = make_group([Echo(name="a", delay=0.01)])
-    p = make_pipeline(PipeLineType.SIMPLE, [g])
+    g = group([Echo(name="a", delay=0.01)])
+    p = pipeline([g], kind=PipeLineType.SIMPLE)
     await p.run()
     assert p.execution_time >= g.execution_time > 0
     assert p.stats.count == 1
@@ -197,37 +187,37 @@ async def test_pipeline_timing_is_recorded():
 
 def test_group_rejects_non_stage():
     with pytest.raises(ConfigurationError, match=r"StageGroup 'g'.*stages\[1\].*Stage.*str"):
-        make_group([Echo(name="a"), "not a stage"])
+        group([Echo(name="a"), "not a stage"])
 
 
 def test_group_given_one_stage_instead_of_a_list_says_to_wrap_it():
     with pytest.raises(ConfigurationError, match=r"^StageGroup 'g': field 'stages' must be a list of stages, "
                                                  r"got Echo 'x' \(wrap it in a list\)$"):
-        make_group(Echo(name="x"))
+        group(Echo(name="x"))
 
 
 @pytest.mark.parametrize(("stages", "kind"), [("ab", "str"), (3, "int"), ({"a": 1}, "dict")])
 def test_group_given_no_list_of_stages_names_the_field(stages, kind):
     with pytest.raises(ConfigurationError, match=rf"^StageGroup 'g': field 'stages' must be a list of stages, "
                                                  rf"got {kind}$"):
-        make_group(stages)
+        group(stages)
 
 
 def test_pipeline_given_one_group_instead_of_a_list_says_to_wrap_it():
     with pytest.raises(ConfigurationError, match=r"^SimplePipeline 'p': field 'groups' must be a list of groups, "
                                                  r"got StageGroup 'g' \(wrap it in a list\)$"):
-        make_pipeline(PipeLineType.SIMPLE, make_group([Echo(name="a")]))
+        pipeline(group([Echo(name="a")]), kind=PipeLineType.SIMPLE)
 
 
 def test_group_takes_a_tuple_or_any_iterable_of_stages():
-    assert [s.name for s in make_group((Echo(name="a"), Echo(name="b"))).stages] == ["a", "b"]
-    assert [s.name for s in make_group(Echo(name=n) for n in "cd").stages] == ["c", "d"]
+    assert [s.name for s in group((Echo(name="a"), Echo(name="b"))).stages] == ["a", "b"]
+    assert [s.name for s in group(Echo(name=n) for n in "cd").stages] == ["c", "d"]
 
 
 def test_group_rejects_same_stage_twice():
     s = Echo(name="a")
     with pytest.raises(ConfigurationError, match=r"StageGroup 'g'.*stages\[1\].*'a'"):
-        make_group([s, s])
+        group([s, s])
 
 
 def test_group_rejects_bad_strategies():
@@ -240,10 +230,10 @@ def test_group_rejects_bad_strategies():
 
 def test_pipeline_rejects_non_group_and_duplicates():
     with pytest.raises(ConfigurationError, match=r"SimplePipeline 'p'.*groups\[0\].*StageGroup.*Echo"):
-        make_pipeline(PipeLineType.SIMPLE, [Echo(name="a")])
-    g = make_group([Echo(name="a")])
+        pipeline([Echo(name="a")], kind=PipeLineType.SIMPLE)
+    g = group([Echo(name="a")])
     with pytest.raises(ConfigurationError, match=r"groups\[1\]"):
-        make_pipeline(PipeLineType.SIMPLE, [g, g])
+        pipeline([g, g], kind=PipeLineType.SIMPLE)
 
 
 def test_pipeline_rejects_bad_strategy():
@@ -260,15 +250,15 @@ def test_simple_pipeline_rejects_strategies_that_leave_the_loop():
     class OffLoop(ExecutionStrategy):
         offloads = True
 
-    group = make_group([Echo(name="a")], OffLoop(), name="heavy")
+    g = group([Echo(name="a")], OffLoop(), name="heavy")
     with pytest.raises(ConfigurationError, match="StageGroup 'heavy'.*OffLoop"):
-        make_pipeline(PipeLineType.SIMPLE, [group])
-    assert isinstance(make_pipeline(PipeLineType.ADVANCED, [group]), AdvancedPipeline)
+        pipeline([g], kind=PipeLineType.SIMPLE)
+    assert isinstance(pipeline([g]), AdvancedPipeline)
 
 
 async def test_report_lists_every_component_with_its_runs():
-    g = make_group([Echo(name="alpha", delay=0.001), Echo(name="beta")], cycle=LoopCycleStrategy(3), name="grp")
-    p = make_pipeline(PipeLineType.SIMPLE, [g])
+    g = group([Echo(name="alpha", delay=0.001), Echo(name="beta")], cycle=LoopCycleStrategy(3), name="grp")
+    p = pipeline([g], kind=PipeLineType.SIMPLE)
     await p.run()
     lines = str(p.report()).splitlines()
     assert lines[0].split()[:3] == ["component", "kind", "runs"]
@@ -285,7 +275,7 @@ async def test_back_to_back_runs_each_see_a_locked_context():
             await asyncio.sleep(0.02)  # the next run is trying to start meanwhile
             return self.context.locked
 
-    p = make_pipeline(PipeLineType.ADVANCED, [make_group([Locked(name="s")])])
+    p = pipeline([group([Locked(name="s")])])
 
     async def retry_until_free():
         while True:
@@ -315,7 +305,7 @@ async def test_repeated_stop_still_awaits_every_sibling():
                 raise
 
     stages = [SlowToUnwind(name=f"s{i}") for i in range(3)]
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group(stages, ConcurrentExecutionStrategy())])
+    p = pipeline([group(stages, ConcurrentExecutionStrategy())], kind=PipeLineType.SIMPLE)
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.02)
     p.stop()
@@ -327,7 +317,7 @@ async def test_repeated_stop_still_awaits_every_sibling():
 
 
 def test_stop_after_the_loop_closed_is_a_no_op():
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group([Echo(name="a")])])
+    p = pipeline([group([Echo(name="a")])], kind=PipeLineType.SIMPLE)
     loop = asyncio.new_event_loop()
     loop.close()
     # A stop() racing the end of a run from another thread finds a closed loop.
@@ -342,13 +332,13 @@ async def test_copies_of_groups_and_pipelines_run_their_own_members():
     import copy
 
     a, b = Echo(name="a"), Echo(name="b")
-    g = make_group([a])
+    g = group([a])
     assert await g.model_copy(update={"stages": [b]}).run() == ["b"]
     deep = copy.deepcopy(g)
     assert await deep.run() == ["a"]
     assert deep.stages[0] is not a and deep.stages[0].stats.count == 1 and a.stats.count == 0
     assert deep.execution_strategy is g.execution_strategy  # strategies are shared, not copied
-    p = make_pipeline(PipeLineType.SIMPLE, [make_group([Spin(name="s")], cycle=InfinitLoopStrategy())])
+    p = pipeline([group([Spin(name="s")], cycle=InfinitLoopStrategy())], kind=PipeLineType.SIMPLE)
     task = asyncio.ensure_future(p.run())
     await asyncio.sleep(0.01)
     clone = p.model_copy()
@@ -361,7 +351,7 @@ async def test_copies_of_groups_and_pipelines_run_their_own_members():
 @pytest.mark.parametrize("data", ["abc", 5, [1, 2], "", 0])
 def test_factory_rejects_context_data_that_is_not_a_mapping(kind, data):
     with pytest.raises(ConfigurationError, match="pipeline 'p'.*'context_data'.*mapping"):
-        make_pipeline(kind, [], context_data=data)
+        pipeline([], kind=kind, context=data)
 
 
 def test_pipeline_rejects_a_context_that_is_not_a_context_or_mapping():
@@ -382,4 +372,4 @@ def test_simple_pipeline_names_itself_once_when_its_own_strategy_leaves_the_loop
 
 def test_pipeline_names_a_group_class_passed_instead_of_an_instance():
     with pytest.raises(ConfigurationError, match=r"groups\[0\].*the class StageGroup \(pass an instance"):
-        make_pipeline(PipeLineType.SIMPLE, [StageGroup])
+        pipeline([StageGroup], kind=PipeLineType.SIMPLE)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import GRACE, Unloadable, assert_gone, assert_no_workers, eventually, gone, stream_tasks
+from helpers import GRACE, Batch, Blank, Pid, Unloadable, assert_gone, assert_no_workers, eventually, gone, stream_tasks
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports._remote.messages import LOG_SIZE
@@ -23,11 +23,6 @@ from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
 class Square(Stage):
     def execute(self, item: int) -> int:
         return item * item
-
-
-class Pid(Stage):
-    def execute(self, item: int) -> tuple[int, int]:
-        return item, os.getpid()
 
 
 class SpinOn(Stage):
@@ -80,8 +75,8 @@ def stream(step: Step, **fields: Any) -> Stream:
 
 async def test_items_run_in_worker_processes_in_order(procs: MultiprocessExecutionStrategy) -> None:
     out = await stream(Step(Pid(name="pid"), procs)).run(range(500))
-    assert [item for item, _ in out] == list(range(500))
-    assert os.getpid() not in {pid for _, pid in out}
+    assert [args for _, _, args, _ in out] == [(item,) for item in range(500)]
+    assert os.getpid() not in {pid for _, pid, _, _ in out}
 
 
 async def test_items_travel_in_chunks_and_the_stage_once_per_worker(procs: MultiprocessExecutionStrategy,
@@ -344,13 +339,6 @@ async def test_an_exception_flowing_on_passes_a_process_step_untouched(procs: Mu
     assert s.progress["square"].received == 4 and square.stats.count == 4
 
 
-class Batch(Stage):
-    """Returns its batch (a list) as a list."""
-
-    def execute(self, batch: list[int]) -> list[int]:
-        return list(batch)
-
-
 async def _slow_source(n: int) -> Any:
     for i in range(n):
         await asyncio.sleep(0.01)
@@ -368,13 +356,6 @@ async def test_batches_off_the_loop_are_cut_from_consecutive_items(procs: Multip
     s = stream(Step(Batch(name="batch"), strategy, batch=3, batch_timeout=60), ordered=ordered)
     out = await asyncio.wait_for(s.run(_slow_source(8)), 60)
     assert (out if ordered else sorted(out)) == [[0, 1, 2], [3, 4, 5], [6, 7]]
-
-
-class Blank(Stage):
-    """Returns as many zero bytes as its item is long."""
-
-    def execute(self, item: bytes) -> bytes:
-        return bytes(len(item))
 
 
 async def test_huge_items_through_a_process_step_hold_the_source_back(procs: MultiprocessExecutionStrategy) -> None:

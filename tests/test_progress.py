@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from dynapipeline import PipelineFactory, PipeLineType, Progress, Stage, StageGroup, Stream
+from dynapipeline import PipeLineType, Progress, Stage, Stream
 from dynapipeline.errors import ConfigurationError
-from dynapipeline.execution import SequentialExecutionStrategy
 from dynapipeline.execution.cycle_strategies import InfiniteLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
-from tests.helpers import Echo, Fail
+from tests.helpers import Echo, Fail, group, pipeline
 
 
 class Slow(Stage):
@@ -28,10 +27,8 @@ class Slow(Stage):
 
 
 def _pipeline(stages: list[Stage], cycles: Any) -> Any:
-    group = StageGroup(name="g", stages=stages, cycle_strategy=cycles,
-                       execution_strategy=SequentialExecutionStrategy())
-    return PipelineFactory().create_pipeline(PipeLineType.SIMPLE, "p", [group], OnceCycleStrategy(),
-                                             SequentialExecutionStrategy())
+    """A SIMPLE pipeline of one group of ``stages`` run with ``cycles``."""
+    return pipeline([group(stages, cycle=cycles)], kind=PipeLineType.SIMPLE)
 
 
 def _progress_tasks() -> list[asyncio.Task[Any]]:
@@ -44,10 +41,10 @@ def _fields(line: str) -> dict[str, str]:
 
 async def test_log_lines_carry_the_counts_and_the_last_one_the_totals() -> None:
     out = io.StringIO()
-    pipeline = _pipeline([Echo(name="a"), Echo(name="b")], LoopCycleStrategy(5))
-    async with Progress(pipeline, interval=0.01, file=out) as progress:
+    p = _pipeline([Echo(name="a"), Echo(name="b")], LoopCycleStrategy(5))
+    async with Progress(p, interval=0.01, file=out) as progress:
         assert progress.live is False  # a StringIO is not a terminal
-        await pipeline.run()
+        await p.run()
     final = [line for line in out.getvalue().splitlines() if line.startswith("done 'p'")]
     by_name = {line.split()[3]: _fields(line) for line in final}
     assert by_name["'p'"] == {"kind": "SimplePipeline", "cycles": "1", "runs": "1", "runs/s": by_name["'p'"]["runs/s"]}
@@ -58,12 +55,12 @@ async def test_log_lines_carry_the_counts_and_the_last_one_the_totals() -> None:
 
 async def test_lines_come_periodically_during_a_long_run() -> None:
     out = io.StringIO()
-    pipeline = _pipeline([Echo(name="a", delay=0.002)], InfiniteLoopStrategy())
-    async with Progress(pipeline, interval=0.01, file=out):
-        task = asyncio.ensure_future(pipeline.run())
+    p = _pipeline([Echo(name="a", delay=0.002)], InfiniteLoopStrategy())
+    async with Progress(p, interval=0.01, file=out):
+        task = asyncio.ensure_future(p.run())
         while out.getvalue().count("progress 'p'") < 6:  # one line per component per interval
             await asyncio.sleep(0.01)
-        pipeline.stop()
+        p.stop()
         await task
     runs = [int(_fields(line)["runs"]) for line in out.getvalue().splitlines()
             if line.startswith("progress 'p'") and " 'a' " in line]
@@ -71,11 +68,11 @@ async def test_lines_come_periodically_during_a_long_run() -> None:
 
 
 async def test_counts_start_when_the_display_starts() -> None:
-    pipeline = _pipeline([Echo(name="a")], LoopCycleStrategy(3))
-    await pipeline.run()
+    p = _pipeline([Echo(name="a")], LoopCycleStrategy(3))
+    await p.run()
     out = io.StringIO()
-    async with Progress(pipeline, interval=10, file=out):
-        await pipeline.run()
+    async with Progress(p, interval=10, file=out):
+        await p.run()
     [a] = [line for line in out.getvalue().splitlines() if " 'a' " in line]
     assert _fields(a)["runs"] == "3"
 
@@ -99,20 +96,20 @@ async def test_stream_rows_are_the_steps_counts() -> None:
 
 async def test_a_failing_run_still_stops_the_display() -> None:
     out = io.StringIO()
-    pipeline = _pipeline([Echo(name="a", delay=0.01), Fail(name="bad", delay=0.03)], OnceCycleStrategy())
+    p = _pipeline([Echo(name="a", delay=0.01), Fail(name="bad", delay=0.03)], OnceCycleStrategy())
     with pytest.raises(ValueError, match="bad"):
-        async with Progress(pipeline, interval=0.01, file=out):
-            await pipeline.run()
+        async with Progress(p, interval=0.01, file=out):
+            await p.run()
     assert not _progress_tasks()
     assert "done 'p'" in out.getvalue()
 
 
 async def test_cancelling_the_block_stops_the_display() -> None:
-    pipeline = _pipeline([Echo(name="a", delay=0.01)], InfiniteLoopStrategy())
+    p = _pipeline([Echo(name="a", delay=0.01)], InfiniteLoopStrategy())
 
     async def watched() -> None:
-        async with Progress(pipeline, interval=0.01, file=io.StringIO()):
-            await pipeline.run()
+        async with Progress(p, interval=0.01, file=io.StringIO()):
+            await p.run()
 
     task = asyncio.ensure_future(watched())
     await asyncio.sleep(0.05)
@@ -120,15 +117,15 @@ async def test_cancelling_the_block_stops_the_display() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not _progress_tasks() and not pipeline.running
+    assert not _progress_tasks() and not p.running
 
 
 async def test_lines_go_to_the_logger_when_logging_shows_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dynapipeline")
     out = io.StringIO()
-    pipeline = _pipeline([Echo(name="a")], LoopCycleStrategy(2))
-    async with Progress(pipeline, interval=10, file=out):
-        await pipeline.run()
+    p = _pipeline([Echo(name="a")], LoopCycleStrategy(2))
+    async with Progress(p, interval=10, file=out):
+        await p.run()
     assert out.getvalue() == ""
     lines = [r.getMessage() for r in caplog.records if r.name == "dynapipeline"]
     assert any(" 'a' " in line and "runs=2" in line for line in lines)
@@ -139,9 +136,9 @@ async def test_a_broken_output_stops_the_display_not_the_run(caplog: pytest.LogC
         def write(self, text: str) -> int:
             raise OSError("disk full")
 
-    pipeline = _pipeline([Echo(name="a", delay=0.005)], LoopCycleStrategy(6))
-    async with Progress(pipeline, interval=0.005, file=Broken()):
-        assert len((await pipeline.run())[0]) == 6
+    p = _pipeline([Echo(name="a", delay=0.005)], LoopCycleStrategy(6))
+    async with Progress(p, interval=0.005, file=Broken()):
+        assert len((await p.run())[0]) == 6
     [warning] = [r.getMessage() for r in caplog.records if "progress display of 'p'" in r.getMessage()]
     assert "disk full" in warning
     assert not _progress_tasks()
@@ -150,10 +147,10 @@ async def test_a_broken_output_stops_the_display_not_the_run(caplog: pytest.LogC
 async def test_live_table_is_drawn_with_rich_and_starts_no_thread() -> None:
     out = io.StringIO()
     threads = threading.active_count()
-    pipeline = _pipeline([Echo(name="a", delay=0.005)], LoopCycleStrategy(4))
-    async with Progress(pipeline, interval=0.005, live=True, file=out):
+    p = _pipeline([Echo(name="a", delay=0.005)], LoopCycleStrategy(4))
+    async with Progress(p, interval=0.005, live=True, file=out):
         assert threading.active_count() == threads
-        await pipeline.run()
+        await p.run()
     text = out.getvalue()
     assert "component" in text and "runs/s" in text
     last_a = [line for line in text.splitlines() if " a " in line][-1]

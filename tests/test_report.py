@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 import pytest
-from helpers import Echo, Fail, Nap
+from helpers import Die, Echo, Fail, Nap, group, pipeline
 
-from dynapipeline import PipelineFactory, PipeLineType, Report, Stage, StageGroup, Step, Stream
+from dynapipeline import PipeLineType, Report, Stage, Step, Stream
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
@@ -19,7 +18,7 @@ from dynapipeline.execution import (
     SemaphoreExecutionStrategy,
     SequentialExecutionStrategy,
 )
-from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
+from dynapipeline.execution.cycle_strategies import LoopCycleStrategy
 
 
 class Cycles(Stage):
@@ -34,22 +33,6 @@ class Cycles(Stage):
         await asyncio.sleep(delay)
 
 
-class Die(Stage):
-    """Kills its worker process."""
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        os._exit(3)
-
-
-def make_group(stages: list[Any], execution: Any = None, cycle: Any = None, name: str = "g") -> StageGroup:
-    return StageGroup(name=name, stages=stages, cycle_strategy=cycle or OnceCycleStrategy(),
-                      execution_strategy=execution or SequentialExecutionStrategy())
-
-
-def make_pipeline(kind: PipeLineType, groups: list[StageGroup]) -> Any:
-    return PipelineFactory().create_pipeline(kind, "p", groups, OnceCycleStrategy(), SequentialExecutionStrategy())
-
-
 def _split_sum(line: Any) -> float:
     return float(line.wait + line.ship + line.work)
 
@@ -57,14 +40,13 @@ def _split_sum(line: Any) -> float:
 async def test_process_stage_split_adds_up_to_its_wall_time() -> None:
     # A cold pool: starting the worker is waiting for a worker, so it counts as wait.
     strategy = MultiprocessExecutionStrategy(max_workers=1)
-    group = StageGroup(name="procs", stages=[Nap(name="nap", seconds=0.3)], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=strategy)
+    g = group([Nap(name="nap", seconds=0.3)], strategy, name="procs")
     try:
-        await group.run()
+        await g.run()
     finally:
         strategy.close()
-    line = group.report()["nap"]
-    wall = group.execution_time
+    line = g.report()["nap"]
+    wall = g.execution_time
     assert wall is not None
     assert line.work == pytest.approx(0.3, abs=0.1)
     assert line.wait > 0 and line.ship > 0
@@ -77,53 +59,52 @@ async def test_queued_process_stages_wait_for_the_worker() -> None:
     # split spans the whole dispatch.
     strategy = MultiprocessExecutionStrategy(max_workers=1)
     stages = [Nap(name=f"n{i}", seconds=0.1) for i in range(3)]
-    group = StageGroup(name="procs", stages=stages, cycle_strategy=OnceCycleStrategy(), execution_strategy=strategy)
+    g = group(stages, strategy, name="procs")
     async with strategy:
         await strategy.start()
-        await group.run()
-    wall = group.execution_time
+        await g.run()
+    wall = g.execution_time
     assert wall is not None
-    report = group.report()
+    report = g.report()
     waits = [report[s.name].wait for s in stages]
     assert waits[1] - waits[0] >= 0.08 and waits[2] - waits[1] >= 0.08  # each waits ~0.1 s more
     assert abs(_split_sum(report["n2"]) - wall) <= 0.1 * wall, (report["n2"], wall)
 
 
 async def test_thread_stage_records_wait_ship_and_where() -> None:
-    group = StageGroup(name="threads", stages=[Nap(name="t", seconds=0.05)], cycle_strategy=LoopCycleStrategy(2),
-                       execution_strategy=MultithreadExecutionStrategy(max_workers=1))
-    await group.run()
-    line = group.report()["t"]
+    g = group([Nap(name="t", seconds=0.05)], MultithreadExecutionStrategy(max_workers=1), LoopCycleStrategy(2),
+              name="threads")
+    await g.run()
+    line = g.report()["t"]
     assert line.where == ("thread",) and line.pids == ()
     assert line.runs == 2 and line.wait >= 0 and line.ship > 0
-    wall = group.stats.total
+    wall = g.stats.total
     assert abs(_split_sum(line) - wall) <= 0.1 * wall + 0.01
 
 
 async def test_thread_stages_with_return_exceptions_record_wait_ship_and_where() -> None:
-    group = StageGroup(name="threads", stages=[Nap(name="a", seconds=0.05), Nap(name="b", seconds=0.05)],
-                       cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=MultithreadExecutionStrategy(max_workers=1, return_exceptions=True))
-    await group.run()
-    b = group.report()["b"]
+    g = group([Nap(name="a", seconds=0.05), Nap(name="b", seconds=0.05)],
+              MultithreadExecutionStrategy(max_workers=1, return_exceptions=True), name="threads")
+    await g.run()
+    b = g.report()["b"]
     assert b.where == ("thread",) and b.ship > 0
     assert b.wait >= 0.02  # one thread: "b" waited for "a"
 
 
 async def test_loop_stages_never_wait_or_ship() -> None:
-    pipeline = make_pipeline(PipeLineType.SIMPLE, [make_group([Echo(name="a", delay=0.001), Echo(name="b")],
+    p = pipeline(kind=PipeLineType.SIMPLE, groups=[group([Echo(name="a", delay=0.001), Echo(name="b")],
                                                               ConcurrentExecutionStrategy())])
-    await pipeline.run()
-    for line in pipeline.report().components:
+    await p.run()
+    for line in p.report().components:
         assert (line.wait, line.ship, line.where) == (0.0, 0.0, ("loop",))
 
 
 async def test_slowest_five_name_the_stage_and_cycle_across_stages() -> None:
     slow = Cycles(name="slow", delays=[0.001, 0.09, 0.001, 0.07, 0.001, 0.02])  # the 5th slowest: 20 ms vs 1 ms
     steady = Cycles(name="steady", delays=[0.05, 0.001, 0.001, 0.001, 0.001, 0.03])
-    group = make_group([slow, steady], SequentialExecutionStrategy(), cycle=LoopCycleStrategy(6), name="g")
-    await group.run()
-    report = group.report()
+    g = group([slow, steady], SequentialExecutionStrategy(), cycle=LoopCycleStrategy(6), name="g")
+    await g.run()
+    report = g.report()
     assert [(s.name, s.cycle) for s in report.slowest] == [
         ("slow", 2), ("slow", 4), ("steady", 1), ("steady", 6), ("slow", 6)]
     assert report.slowest[0].path == ("g", "slow")
@@ -156,10 +137,10 @@ async def test_errors_count_failed_runs_not_retried_attempts() -> None:
 
     flaky = Flaky(name="flaky", retries=1)
     bad = Fail(name="bad")
-    group = make_group([flaky, bad], SequentialExecutionStrategy(), name="g")
+    g = group([flaky, bad], SequentialExecutionStrategy(), name="g")
     with pytest.raises(ValueError, match="bad"):
-        await group.run()
-    report = group.report()
+        await g.run()
+    report = g.report()
     assert (report["flaky"].runs, report["flaky"].errors) == (1, 0)
     assert (report["bad"].runs, report["bad"].errors) == (1, 1)
     assert report["g"].errors == 1
@@ -170,35 +151,35 @@ async def test_errors_count_failed_runs_not_retried_attempts() -> None:
                          ids=["chain", "semaphore-gather"])
 async def test_errors_count_under_chain_and_return_exceptions(strategy: Any) -> None:
     bad = Fail(name="bad")
-    group = make_group([Echo(name="ok"), bad], strategy, name="g")
+    g = group([Echo(name="ok"), bad], strategy, name="g")
     try:
-        await group.run()
+        await g.run()
     except ValueError:
         pass  # the chain propagates the error; the gather returns it in place
-    report = group.report()
+    report = g.report()
     assert (report["bad"].runs, report["bad"].errors) == (1, 1)
     assert (report["ok"].runs, report["ok"].errors) == (1, 0)
 
 
 async def test_to_dict_is_plain_json_with_every_field() -> None:
-    pipeline = make_pipeline(PipeLineType.SIMPLE, [make_group([Echo(name="a"), Fail(name="f")])])
+    p = pipeline(kind=PipeLineType.SIMPLE, groups=[group([Echo(name="a"), Fail(name="f")])])
     with pytest.raises(ValueError):
-        await pipeline.run()
-    data = json.loads(json.dumps(pipeline.report().to_dict()))
+        await p.run()
+    data = json.loads(json.dumps(p.report().to_dict()))
     rows = {row["name"]: row for row in data["components"]}
     assert set(rows) == {"p", "g", "a", "f"}
     assert set(rows["a"]) == {"name", "kind", "depth", "path", "where", "pids", "runs", "errors", "total", "mean",
                               "p50", "p95", "max", "wait", "ship", "work"}
     assert rows["f"]["errors"] == 1 and rows["a"]["errors"] == 0 and rows["a"]["runs"] == 1
     assert rows["a"]["path"] == ["p", "g", "a"] and rows["a"]["depth"] == 2
-    assert rows["a"]["total"] == rows["a"]["work"] == pipeline.groups[0].stages[0].stats.total
+    assert rows["a"]["total"] == rows["a"]["work"] == p.groups[0].stages[0].stats.total
     assert [s["name"] for s in data["slowest"]] and all(s["cycle"] == 1 for s in data["slowest"])
 
 
 async def test_str_is_the_aligned_table() -> None:
-    group = make_group([Echo(name="alpha")], name="grp")
-    await group.run()
-    report = group.report()
+    g = group([Echo(name="alpha")], name="grp")
+    await g.run()
+    report = g.report()
     assert isinstance(report, Report)
     head, *rows = str(report).splitlines()
     assert head.split()[:4] == ["component", "kind", "runs", "total"]
@@ -216,25 +197,23 @@ async def test_a_stream_reports_like_a_group() -> None:
 
 async def test_crashed_worker_counts_as_a_failed_run() -> None:
     strategy = MultiprocessExecutionStrategy(max_workers=1)
-    group = StageGroup(name="g", stages=[Die(name="die")], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=strategy)
+    g = group([Die(name="die")], strategy)
     async with strategy:
         with pytest.raises(WorkerCrashedError):
-            await group.run()
-    line = group.report()["die"]
+            await g.run()
+    line = g.report()["die"]
     assert (line.runs, line.errors) == (1, 1)
-    assert group.report()["g"].errors == 1
+    assert g.report()["g"].errors == 1
 
 
 async def test_hanging_process_stage_counts_as_a_failed_run_at_its_deadline() -> None:
     strategy = MultiprocessExecutionStrategy(max_workers=1)
-    group = StageGroup(name="g", stages=[Nap(name="hang", seconds=60, timeout=0.3)],
-                       cycle_strategy=OnceCycleStrategy(), execution_strategy=strategy)
+    g = group([Nap(name="hang", seconds=60, timeout=0.3)], strategy)
     async with strategy:
         await strategy.start()
         with pytest.raises(StageTimeoutError):
-            await group.run()
-    line = group.report()["hang"]
+            await g.run()
+    line = g.report()["hang"]
     assert (line.runs, line.errors) == (1, 1)
     assert 0.3 <= line.max < 5
 

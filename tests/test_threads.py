@@ -1,4 +1,9 @@
-"""MultithreadExecutionStrategy: worker threads, per-thread loops, pool lifetime, cancellation, timeouts."""
+"""MultithreadExecutionStrategy: what only threads do.
+
+Per-thread loops, pool lifetime, cancelling coroutines on worker loops, abandoned plain-def calls,
+nested pools. The off-loop contract it shares with processes and Dask (results, errors, timeouts,
+stop, return_exceptions, drain) is tested once in test_offloop.py.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,12 @@ import time
 from typing import Any
 
 import pytest
-from helpers import GRACE
+from helpers import GRACE, group, pipeline, wait_no_threads
 
-from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline import Stage
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
-from dynapipeline.execution import MultithreadExecutionStrategy, SequentialExecutionStrategy
-from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, LoopCycleStrategy, OnceCycleStrategy
-
-
-def worker_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread-") and t.is_alive()]
-
-
-def wait_no_threads(timeout: float = GRACE) -> None:
-    deadline = time.monotonic() + timeout
-    while worker_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert worker_threads() == []
+from dynapipeline.execution import MultithreadExecutionStrategy
+from dynapipeline.execution.cycle_strategies import InfinitLoopStrategy, LoopCycleStrategy
 
 
 class WhereAsync(Stage):
@@ -41,15 +35,6 @@ class WhereSync(Stage):
         except RuntimeError:
             has_loop = False
         return (self.name, threading.get_ident(), has_loop, args)
-
-
-async def test_each_component_runs_in_a_worker_thread_in_order():
-    stages = [WhereAsync(name=f"a{i}") if i % 2 else WhereSync(name=f"s{i}") for i in range(8)]
-    results = await MultithreadExecutionStrategy(4).execute(stages, 3)
-    assert [r[0] for r in results] == [s.name for s in stages]
-    assert all(r[1] != threading.get_ident() for r in results)
-    assert all(r[3] == (3,) for r in results)
-    wait_no_threads()  # no run, no `async with`: the pool lived for that dispatch
 
 
 async def test_plain_def_is_called_directly_without_a_loop():
@@ -71,11 +56,9 @@ async def test_async_stages_reuse_the_thread_loop_across_calls():
 
 async def test_pool_lives_for_the_run_and_is_shut_down_after():
     strategy = MultithreadExecutionStrategy(2)
-    group = StageGroup(name="g", stages=[WhereAsync(name="a"), WhereSync(name="b")],
-                       cycle_strategy=LoopCycleStrategy(4), execution_strategy=strategy)
-    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
-                                                 SequentialExecutionStrategy())
-    (cycles,) = await pipeline.run()
+    g = group([WhereAsync(name="a"), WhereSync(name="b")], strategy, LoopCycleStrategy(4))
+    p = pipeline([g])
+    (cycles,) = await p.run()
     assert len(cycles) == 4
     assert len({r[1] for cycle in cycles for r in cycle}) <= 2  # the same threads every cycle
     loops_by_thread: dict[int, set[int]] = {}
@@ -85,7 +68,7 @@ async def test_pool_lives_for_the_run_and_is_shut_down_after():
                 loops_by_thread.setdefault(r[1], set()).add(r[2])
     assert all(len(loops) == 1 for loops in loops_by_thread.values())  # one loop per thread, reused
     wait_no_threads()
-    (again,) = await pipeline.run()  # a second run gets a fresh pool
+    (again,) = await p.run()  # a second run gets a fresh pool
     assert len(again) == 4
     wait_no_threads()
 
@@ -125,15 +108,13 @@ async def test_stop_cancels_coroutines_on_worker_loops():
                 cancelled.set()
                 raise
 
-    group = StageGroup(name="g", stages=[Waits(name="w1"), Waits(name="w2")], cycle_strategy=InfinitLoopStrategy(),
-                       execution_strategy=MultithreadExecutionStrategy(2))
-    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
-                                                 SequentialExecutionStrategy())
-    task = asyncio.ensure_future(pipeline.run())
+    g = group([Waits(name="w1"), Waits(name="w2")], MultithreadExecutionStrategy(2), InfinitLoopStrategy())
+    p = pipeline([g])
+    task = asyncio.ensure_future(p.run())
     while not started.is_set():
         await asyncio.sleep(0.01)
     begun = time.monotonic()
-    pipeline.stop()
+    p.stop()
     assert await asyncio.wait_for(task, GRACE) is None
     assert time.monotonic() - begun < 20  # well under the stages' 30 s sleep (generous for a busy machine)
     assert cancelled.is_set()
@@ -196,22 +177,6 @@ def test_bad_max_workers():
         MultithreadExecutionStrategy(0)
 
 
-def test_simple_pipeline_rejects_threads_and_advanced_allows_them():
-    def build(kind: PipeLineType, at_pipeline: bool) -> Any:
-        threads = MultithreadExecutionStrategy()
-        group = StageGroup(name="workers", stages=[WhereSync(name="s")], cycle_strategy=OnceCycleStrategy(),
-                           execution_strategy=SequentialExecutionStrategy() if at_pipeline else threads)
-        return PipelineFactory().create_pipeline(kind, "p", [group], OnceCycleStrategy(),
-                                                 threads if at_pipeline else SequentialExecutionStrategy())
-
-    with pytest.raises(ConfigurationError, match=r"StageGroup 'workers'.*MultithreadExecutionStrategy"):
-        build(PipeLineType.SIMPLE, at_pipeline=False)
-    with pytest.raises(ConfigurationError, match=r"MultithreadExecutionStrategy"):
-        build(PipeLineType.SIMPLE, at_pipeline=True)
-    assert build(PipeLineType.ADVANCED, at_pipeline=False) is not None
-    assert build(PipeLineType.ADVANCED, at_pipeline=True) is not None
-
-
 async def test_end_of_run_shutdown_does_not_block_the_callers_loop():
     started = threading.Event()
 
@@ -220,10 +185,8 @@ async def test_end_of_run_shutdown_does_not_block_the_callers_loop():
             started.set()
             time.sleep(2.0)  # ignores cancellation: the thread is abandoned, the loop must stay free
 
-    group = StageGroup(name="g", stages=[Blocks(name="b")], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=MultithreadExecutionStrategy(1))
-    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
-                                                 SequentialExecutionStrategy())
+    g = group([Blocks(name="b")], MultithreadExecutionStrategy(1))
+    p = pipeline([g])
     gaps: list[float] = []
 
     async def heartbeat() -> None:
@@ -235,10 +198,10 @@ async def test_end_of_run_shutdown_does_not_block_the_callers_loop():
             last = now
 
     beat = asyncio.ensure_future(heartbeat())
-    task = asyncio.ensure_future(pipeline.run())
+    task = asyncio.ensure_future(p.run())
     while not started.is_set():
         await asyncio.sleep(0.01)
-    pipeline.stop()
+    p.stop()
     assert await asyncio.wait_for(task, GRACE) is None
     beat.cancel()
     assert max(gaps) < 0.5, max(gaps)
@@ -258,11 +221,9 @@ async def test_nested_thread_strategies_share_one_pool_per_run(monkeypatch):
 
     monkeypatch.setattr(threads, "ThreadPool", SlowPool)
     inner = MultithreadExecutionStrategy(2)
-    groups = [StageGroup(name=f"g{i}", stages=[WhereSync(name=f"s{i}")], cycle_strategy=OnceCycleStrategy(),
-                         execution_strategy=inner) for i in range(2)]
-    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", groups, OnceCycleStrategy(),
-                                                 MultithreadExecutionStrategy(2))
-    results = await pipeline.run()
+    groups = [group([WhereSync(name=f"s{i}")], inner, name=f"g{i}") for i in range(2)]
+    p = pipeline(groups, MultithreadExecutionStrategy(2))
+    results = await p.run()
     assert [r[0][0] for r in results] == ["s0", "s1"]
     assert len(created) == 2  # the outer pool and one inner pool for the run, not two inner ones
     wait_no_threads()
@@ -274,54 +235,19 @@ async def test_one_instance_for_a_pipeline_and_its_groups_does_not_deadlock():
             return self.name
 
     shared = MultithreadExecutionStrategy(max_workers=2)
-    groups = [StageGroup(name=f"g{i}", stages=[Name(name=f"s{i}{j}") for j in range(2)],
-                         cycle_strategy=OnceCycleStrategy(), execution_strategy=shared) for i in range(2)]
-    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", groups, OnceCycleStrategy(), shared)
+    groups = [group([Name(name=f"s{i}{j}") for j in range(2)], shared, name=f"g{i}") for i in range(2)]
+    p = pipeline(groups, shared)
     # Both pool threads hold a group waiting for its stages: the stages need threads of their own.
-    assert await asyncio.wait_for(pipeline.run(), GRACE) == [["s00", "s01"], ["s10", "s11"]]
+    assert await asyncio.wait_for(p.run(), GRACE) == [["s00", "s01"], ["s10", "s11"]]
 
 
 # --- return_exceptions=True ------------------------------------------------------------------------
-
-
-class MarksError(Handler):
-    """on_error marks the error with the thread it ran on, so a test sees the handler ran for that member."""
-
-    def on_error(self, component: Any, error: BaseException, *args: Any, **kwargs: Any) -> None:
-        error.handled_on = threading.get_ident()  # type: ignore[attr-defined]
 
 
 class FailsSync(Stage):
     def execute(self) -> None:
         time.sleep(0.02)
         raise KeyError(self.name)
-
-
-class FailsAsync(Stage):
-    async def execute(self) -> None:
-        await asyncio.sleep(0.02)
-        raise ValueError(self.name)
-
-
-async def test_return_exceptions_keeps_each_failure_in_its_place_and_the_other_results():
-    finished = threading.Event()
-
-    class SlowOk(Stage):
-        async def execute(self) -> str:
-            await asyncio.sleep(0.2)
-            finished.set()
-            return self.name
-
-    stages = [WhereSync(name="s"), FailsSync(name="fs", handlers=[MarksError()]), SlowOk(name="slow"),
-              FailsAsync(name="fa", handlers=[MarksError()]), WhereAsync(name="a")]
-    results = await MultithreadExecutionStrategy(3, return_exceptions=True).execute(stages)
-    assert results[0][0] == "s" and results[2] == "slow" and results[4][0] == "a"
-    assert finished.is_set()  # the failures did not cancel the slow sibling
-    assert isinstance(results[1], KeyError) and results[1].args == ("fs",)
-    assert isinstance(results[3], ValueError) and results[3].args == ("fa",)
-    # on_error ran for each failed member, in a worker thread.
-    assert results[1].handled_on != threading.get_ident() and results[3].handled_on != threading.get_ident()
-    wait_no_threads()
 
 
 async def test_return_exceptions_keeps_timeouts_in_place():
@@ -359,25 +285,21 @@ async def test_return_exceptions_stop_still_cancels_and_leaves_no_thread():
                 cancelled.set()
                 raise
 
-    group = StageGroup(name="g", stages=[Waits(name="w"), FailsSync(name="f")], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=MultithreadExecutionStrategy(2, return_exceptions=True))
-    pipeline = PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "p", [group], OnceCycleStrategy(),
-                                                 SequentialExecutionStrategy())
-    task = asyncio.ensure_future(pipeline.run())
+    g = group([Waits(name="w"), FailsSync(name="f")], MultithreadExecutionStrategy(2, return_exceptions=True))
+    p = pipeline([g])
+    task = asyncio.ensure_future(p.run())
     while not started.is_set():
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)  # the failing sibling has failed by now: it did not end the dispatch
     assert not task.done()
-    pipeline.stop()
+    p.stop()
     assert await asyncio.wait_for(task, GRACE) is None
     assert cancelled.is_set()
     wait_no_threads()
 
 
-def test_return_exceptions_must_be_a_bool_and_survives_pickling():
+def test_return_exceptions_survives_pickling():
     import cloudpickle
 
-    with pytest.raises(ConfigurationError, match="MultithreadExecutionStrategy: field 'return_exceptions'"):
-        MultithreadExecutionStrategy(return_exceptions="yes")  # type: ignore[arg-type]
     copy = cloudpickle.loads(cloudpickle.dumps(MultithreadExecutionStrategy(3, return_exceptions=True)))
     assert copy.return_exceptions is True and copy.max_workers == 3

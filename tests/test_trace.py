@@ -18,24 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Echo, Nap, check_trace_format, eventually
+from helpers import Die, Echo, Nap, check_trace_format, eventually, group, pipeline
 
 import dynapipeline
-from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream, Tracer
+from dynapipeline import Handler, Stage, Step, Stream, Tracer
 from dynapipeline._engine import tracing
 from dynapipeline.errors import ConfigurationError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
     MultiprocessExecutionStrategy,
     MultithreadExecutionStrategy,
-    SequentialExecutionStrategy,
 )
-from dynapipeline.execution.cycle_strategies import LoopCycleStrategy, OnceCycleStrategy
-
-
-class Die(Stage):
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        os._exit(3)
+from dynapipeline.execution.cycle_strategies import LoopCycleStrategy
 
 
 def slices(events: list[dict[str, Any]], name: str | None = None) -> list[dict[str, Any]]:
@@ -49,23 +43,20 @@ def inside(inner: dict[str, Any], outer: dict[str, Any]) -> bool:
 
 
 def mixed_pipeline(processes: MultiprocessExecutionStrategy) -> Any:
-    concurrent = StageGroup(name="concurrent", stages=[Echo(name=f"c{i}", delay=0.05) for i in range(3)],
-                            cycle_strategy=LoopCycleStrategy(2), execution_strategy=ConcurrentExecutionStrategy())
-    threads = StageGroup(name="threads", stages=[Nap(name="t", seconds=0.03)], cycle_strategy=OnceCycleStrategy(),
-                         execution_strategy=MultithreadExecutionStrategy(max_workers=1))
-    procs = StageGroup(name="processes", stages=[Nap(name="p", seconds=0.05)], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=processes)
-    return PipelineFactory().create_pipeline(PipeLineType.ADVANCED, "mixed", [concurrent, threads, procs],
-                                             OnceCycleStrategy(), SequentialExecutionStrategy())
+    concurrent = group([Echo(name=f"c{i}", delay=0.05) for i in range(3)], ConcurrentExecutionStrategy(),
+                       LoopCycleStrategy(2), name="concurrent")
+    threads = group([Nap(name="t", seconds=0.03)], MultithreadExecutionStrategy(max_workers=1), name="threads")
+    procs = group([Nap(name="p", seconds=0.05)], processes, name="processes")
+    return pipeline([concurrent, threads, procs], name="mixed")
 
 
 async def test_mixed_pipeline_trace(tmp_path: Path) -> None:
     path = tmp_path / "run.json"
     processes = MultiprocessExecutionStrategy(max_workers=1)
-    pipeline = mixed_pipeline(processes)
+    whole = mixed_pipeline(processes)
     async with processes:
         async with Tracer(path):
-            await pipeline.run()
+            await whole.run()
     events = check_trace_format(json.loads(path.read_text()))
     here = os.getpid()
     # Every run has a slice, with its cycle.
@@ -78,7 +69,7 @@ async def test_mixed_pipeline_trace(tmp_path: Path) -> None:
     assert len({s["tid"] for s in first}) == 3 and all(s["pid"] == here for s in first)
     # The process stage carries its worker's pid, named by metadata; the thread stage its thread.
     [p] = slices(events, "p")
-    assert p["pid"] != here and p["pid"] == pipeline.report()["p"].pids[0]
+    assert p["pid"] != here and p["pid"] == whole.report()["p"].pids[0]
     names = {(e["pid"], e["args"]["name"]) for e in events if e["name"] == "process_name"}
     assert (p["pid"], f"worker {p['pid']}") in names and (here, "dynapipeline") in names
     [t] = slices(events, "t")
@@ -87,8 +78,8 @@ async def test_mixed_pipeline_trace(tmp_path: Path) -> None:
     assert {"wait ms", "ship ms"} <= set(p["args"]) and {"wait ms", "ship ms"} <= set(t["args"])
     # Every stage slice lies inside its group's slice, every group inside the pipeline's.
     [mixed] = slices(events, "mixed")
-    for group, members in [("concurrent", ["c0", "c1", "c2"]), ("threads", ["t"]), ("processes", ["p"])]:
-        [g] = slices(events, group)
+    for name, members in [("concurrent", ["c0", "c1", "c2"]), ("threads", ["t"]), ("processes", ["p"])]:
+        [g] = slices(events, name)
         assert inside(g, mixed)
         for member in members:
             assert all(inside(s, g) for s in slices(events, member)), member
@@ -100,10 +91,9 @@ async def test_mixed_pipeline_trace(tmp_path: Path) -> None:
 
 def test_plain_with_around_a_loop_records_and_writes(tmp_path: Path) -> None:
     path = tmp_path / "sync.json"
-    group = StageGroup(name="g", stages=[Echo(name="a"), Echo(name="b")], cycle_strategy=LoopCycleStrategy(3),
-                       execution_strategy=SequentialExecutionStrategy())
+    g = group([Echo(name="a"), Echo(name="b")], cycle=LoopCycleStrategy(3))
     with Tracer(str(path)) as tracer:
-        dynapipeline.run(group.run())
+        dynapipeline.run(g.run())
     assert not tracing()
     events = check_trace_format(json.loads(path.read_text()))
     assert events == json.loads(json.dumps(tracer.events))
@@ -162,10 +152,8 @@ async def test_file_is_written_when_the_block_fails(tmp_path: Path) -> None:
 async def test_worker_crash_and_hang_are_traced_and_leave_nothing_running(tmp_path: Path) -> None:
     path = tmp_path / "faults.json"
     processes = MultiprocessExecutionStrategy(max_workers=1)
-    crash = StageGroup(name="crash", stages=[Die(name="die")], cycle_strategy=OnceCycleStrategy(),
-                       execution_strategy=processes)
-    hang = StageGroup(name="hang", stages=[Nap(name="nap", seconds=60, timeout=0.3)],
-                      cycle_strategy=OnceCycleStrategy(), execution_strategy=processes)
+    crash = group([Die(name="die")], processes, name="crash")
+    hang = group([Nap(name="nap", seconds=60, timeout=0.3)], processes, name="hang")
     async with processes:
         async with Tracer(path):
             with pytest.raises(WorkerCrashedError):
@@ -308,11 +296,10 @@ async def test_overlapping_item_runs_of_one_stage_get_concurrent_tracks() -> Non
 async def test_items_records_the_first_item_runs_of_each_stage_and_every_other_run(tmp_path: Path) -> None:
     path = tmp_path / "sampled.json"
     stream = Stream(name="s", steps=[Step(Echo(name="first")), Step(Echo(name="second"))], source=range(100))
-    group = StageGroup(name="g", stages=[Echo(name="plain")], cycle_strategy=LoopCycleStrategy(20),
-                       execution_strategy=SequentialExecutionStrategy())
+    g = group([Echo(name="plain")], cycle=LoopCycleStrategy(20))
     async with Tracer(path, items=5) as tracer:
         for _ in range(2):
-            await group.run()
+            await g.run()
             await stream.run()
     document = json.loads(path.read_text())
     events = check_trace_format(document)
