@@ -5,8 +5,18 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 LEGS := compiled:asyncio compiled:uvloop pure:asyncio pure:uvloop
+# The other Pythons `make test` runs one leg on (compiled engine, asyncio loop), each in its own .venv-X.Y.
+EXTRA_PYTHONS := 3.12 3.13
+# Their interpreters: PYTHON312=/path/to/python3.12 overrides. Found otherwise as python3.12 on PATH when it runs
+# (a pyenv shim for a version that is not selected exists but fails), else the newest $(PYENV_ROOT)/versions/3.12.*.
+PYENV_ROOT ?= $(HOME)/.pyenv
+find_python = $(firstword $(foreach c,$(shell command -v python$(1)) \
+	$(shell ls -d $(PYENV_ROOT)/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -n 1), \
+	$(if $(shell $(c) -c 'print(1)' 2>/dev/null),$(c))))
+PYTHON312 ?= $(call find_python,3.12)
+PYTHON313 ?= $(call find_python,3.13)
 
-.PHONY: install demo docs test lint bench bench-suite clean
+.PHONY: install demo docs test test-pythons lint bench bench-suite clean
 
 install: $(STAMP)
 
@@ -16,6 +26,19 @@ $(STAMP): pyproject.toml setup.py dynapipeline/_engine/core_py.py dynapipeline/_
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+# Same rebuild rule as .venv; a missing interpreter fails here with what to set, it is never skipped.
+.venv-%/.installed: pyproject.toml setup.py dynapipeline/_engine/core_py.py dynapipeline/_engine/core_c.pxd
+	@py='$(PYTHON$(subst .,,$*))'; \
+	if [ -z "$$py" ]; then \
+		echo "make: no Python $* found (python$* on PATH, $(PYENV_ROOT)/versions/$*.*);" \
+			"install it or set PYTHON$(subst .,,$*)=/path/to/python$*" >&2; exit 1; fi; \
+	if ! "$$py" -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$*".split("."))))'; then \
+		echo "make: PYTHON$(subst .,,$*)=$$py is not Python $*" >&2; exit 1; fi
+	test -x .venv-$*/bin/python || $(PYTHON$(subst .,,$*)) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q -e ".[dev]"
+	touch $@
 
 demo: $(STAMP)
 	$(VPY) examples/readme_example.py
@@ -28,7 +51,7 @@ docs: $(STAMP)
 	$(DOCS_BUILD)
 
 # Four legs (engine x loop); the first also builds the wheel and installs it in a fresh venv (tests/test_wheel.py).
-test: $(STAMP)
+test: $(STAMP) $(EXTRA_PYTHONS:%=.venv-%/.installed)
 	$(VPY) -m ruff check dynapipeline tests examples benchmarks
 	$(VPY) -m mypy --strict dynapipeline tests/typing
 	$(DOCS_BUILD)
@@ -41,6 +64,15 @@ test: $(STAMP)
 			DYNAPIPELINE_TEST_WHEEL=$$wheel $(VPY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
 	done
 	$(VPY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-disable
+	$(MAKE) --no-print-directory test-pythons
+
+# One leg (compiled engine, asyncio loop) of the suite on each of EXTRA_PYTHONS.
+test-pythons: $(EXTRA_PYTHONS:%=.venv-%/.installed)
+	@set -e; for version in $(EXTRA_PYTHONS); do \
+		echo "=== python=$$version engine=compiled loop=asyncio"; \
+		DYNAPIPELINE_TEST_MODE=compiled DYNAPIPELINE_NO_EXTENSIONS= DYNAPIPELINE_LOOP=asyncio DYNAPIPELINE_TEST_WHEEL= \
+			.venv-$$version/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests; \
+	done
 
 lint: $(STAMP)
 	$(VPY) -m ruff check dynapipeline tests examples benchmarks

@@ -1,13 +1,18 @@
-"""The engine picker and the command line's ``info``."""
+"""The engine picker, the command line's ``info``, and the Pythons the package says it supports."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import dynapipeline
 from dynapipeline import _engine as engine
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _python(code: str, **env: str) -> str:
@@ -60,3 +65,20 @@ def test_compiled_engine_has_the_c_types_of_core_c_pxd():
         assert type(slots).__dictoffset__ == 0  # a cdef class: no instance __dict__
     else:
         assert hasattr(slots, "_waiters")
+
+
+def test_classifiers_and_requires_python_name_exactly_the_pythons_make_test_runs():
+    # `make test` runs the four legs on the oldest supported Python and one leg on each of EXTRA_PYTHONS.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    makefile = (ROOT / "Makefile").read_text()
+    extra = re.search(r"^EXTRA_PYTHONS := (.+)$", makefile, re.MULTILINE)
+    assert extra, "the Makefile names no EXTRA_PYTHONS for `make test`"
+    oldest = re.fullmatch(r">=(3\.\d+)", pyproject["project"]["requires-python"])
+    assert oldest, pyproject["project"]["requires-python"]
+    tested = [oldest.group(1), *extra.group(1).split()]
+    classified = [c.rsplit(" :: ", 1)[1] for c in pyproject["project"]["classifiers"]
+                  if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)]
+    assert sorted(classified) == sorted(tested)
+    # Linted and type-checked for the oldest, so nothing newer slips into the code.
+    assert pyproject["tool"]["mypy"]["python_version"] == oldest.group(1)
+    assert pyproject["tool"]["ruff"]["target-version"] == "py" + oldest.group(1).replace(".", "")

@@ -116,7 +116,9 @@ async def test_an_error_keeps_its_type_and_remote_traceback_and_names_the_step(
 
 
 async def test_a_spinning_item_is_killed_alone_with_skip(procs: MultiprocessExecutionStrategy) -> None:
-    s = stream(Step(SpinOn(name="spin", bad=500, timeout=0.5), procs), on_error="skip")
+    # Every item has the deadline (counted from its sending): a fresh worker's first item includes importing this
+    # module (and pytest), which on a loaded machine took over 0.6 s; 5 s is a generous bound for the good items.
+    s = stream(Step(SpinOn(name="spin", bad=500, timeout=5), procs), on_error="skip")
     await procs.start()
     before = set(procs.worker_pids())
     out = await asyncio.wait_for(s.run(range(1000)), 60)
