@@ -6,8 +6,6 @@ included) may raise these errors without importing upward.
 
 from __future__ import annotations
 
-from typing import Any as _Any
-
 __all__ = [
     "ClusterError",
     "ConfigurationError",
@@ -83,12 +81,3 @@ class RemoteError(DynaPipelineError):
     def __str__(self) -> str:
         return "\n" + self.traceback_text
 
-
-def __getattr__(name: str) -> _Any:
-    # kind_of is private (dynapipeline._model.checks), not an error. Transport modules that still import
-    # it from here get it lazily, so that this module imports nothing at import time; drop this once none does.
-    if name == "kind_of":
-        from dynapipeline._model.checks import kind_of
-
-        return kind_of
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -98,8 +98,7 @@ RANKS = {
     "_observe": 5,
     "_cli": 6, "__init__": 6, "__main__": 6, "contexts": 6, "execution": 6, "otel": 6,
 }
-# errors.kind_of: a lazy forward to its private home for the transport modules that still import it from errors.
-ALLOWED_UPWARD = {("errors", "_model")}
+ALLOWED_UPWARD: set[tuple[str, str]] = set()  # none: every layer imports only downward
 
 
 def _room(parts: tuple[str, ...]) -> str:

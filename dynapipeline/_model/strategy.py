@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextvars
 from typing import Any, ClassVar
 
-# check_flag is defined in checks; the thread and process strategies still import it from here (drop it then).
-from dynapipeline._model.checks import check_flag, kind_of
+from dynapipeline._model.checks import kind_of
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "check_flag", "chunk_items", "rebuild_strategy",
+__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "chunk_items", "rebuild_strategy",
            "runners_of"]
 
 # While a tracer records: the stream indices of the values an ``ItemRunner.call`` gets (its trace names them).

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dynapipeline._engine import current_item, current_trace, tracing, wait_through_cancel
-from dynapipeline._model.component import Flat, private_of
+from dynapipeline._model.component import Flat, private_of, runner_of
 from dynapipeline._model.queues import ClosableQueue, QueueShutDown
 from dynapipeline._model.strategy import ItemRunner, chunk_items
 from dynapipeline._model.stream import ItemError, Step
@@ -132,7 +132,7 @@ class StepRun:
         inq = self.inq
         counts = self.counts
         emit = self.emit
-        run = private_of(self.step.stage)["_runner"].run
+        run = runner_of(self.step.stage).run
         ordered = self.ordered
         outq = self.outq
         crew = self.crew

@@ -13,9 +13,8 @@ from typing import Any
 
 from dynapipeline._engine import RING
 from dynapipeline._model.component import Stage, collecting
-from dynapipeline.errors import ConfigurationError
 
-__all__ = ["add_runs", "check_max_workers", "drive", "needs_loop", "note_place", "plain_call", "run_component",
+__all__ = ["add_runs", "drive", "needs_loop", "note_place", "plain_call", "run_component",
            "time_limit"]
 
 _ASYNC_EXECUTE: dict[type, bool] = {}
@@ -98,13 +97,6 @@ def time_limit(stage: Stage) -> float | None:
     delays = sum(stage.retry_delay * stage.retry_backoff ** k for k in range(stage.retries))
     return timeout * (stage.retries + 1) + delays
 
-
-def check_max_workers(strategy: str, max_workers: object) -> int | None:
-    """``max_workers`` of a pool strategy: an int >= 1, or None for the strategy's default."""
-    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)
-                                    or max_workers < 1):
-        raise ConfigurationError(f"{strategy}: field 'max_workers' must be an int >= 1 or None, got {max_workers!r}")
-    return max_workers
 
 
 def add_runs(runner: Any, durations: list[float], start: float, end: float, errors: int, place: str) -> None:

@@ -58,7 +58,8 @@ import asyncio
 from typing import Any, Self
 
 from dynapipeline._engine import current_control
-from dynapipeline._model.strategy import ExecutionStrategy, check_flag
+from dynapipeline._model.checks import check_flag
+from dynapipeline._model.strategy import ExecutionStrategy
 
 __all__ = ["MAX_CRASHES", "OffLoopStrategy", "Results", "crash_retry", "merge_wait_ship", "note_crashes"]
 

@@ -39,9 +39,10 @@ from typing import Any
 
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
 from dynapipeline._loops import loop_factory, loop_kind_of
-from dynapipeline._model.component import Stage, private_of
+from dynapipeline._model.checks import check_max_workers
+from dynapipeline._model.component import Stage, runner_of
 from dynapipeline._model.strategy import ItemRunner, rebuild_strategy
-from dynapipeline._transports.calling import check_max_workers, drive, needs_loop, note_place, time_limit
+from dynapipeline._transports.calling import drive, needs_loop, note_place, time_limit
 from dynapipeline._transports.offloop import OffLoopStrategy, Results, merge_wait_ship
 from dynapipeline.errors import StageTimeoutError
 
@@ -280,7 +281,7 @@ class _ThreadItems(ItemRunner):
 
     def __init__(self, strategy: MultithreadExecutionStrategy, stage: Stage) -> None:
         self.strategy = strategy
-        self.runners = (private_of(stage)["_runner"],)
+        self.runners = (runner_of(stage),)
 
     async def open(self) -> None:
         await self.strategy.__aenter__()

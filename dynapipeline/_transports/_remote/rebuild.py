@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic_core import PydanticUndefined
 
-from dynapipeline._model.component import Component, private_of
+from dynapipeline._model.component import Component, runner_of
 from dynapipeline._model.contexts import ProtectedContext
 from dynapipeline._model.group import Container
 from dynapipeline._transports._remote.messages import Timing
@@ -133,7 +133,7 @@ def timings_of(component: Component) -> list[Timing]:
     components = component.iter_components() if isinstance(component, Container) else (component,)
     out = []
     for c in components:
-        runner = private_of(c)["_runner"]
+        runner = runner_of(c)
         durations, slowest = runner.runs_since_base()
         out.append(Timing(runner.timing(), durations, slowest))
     return out

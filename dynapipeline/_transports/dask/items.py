@@ -42,7 +42,7 @@ import uuid
 from typing import Any, Protocol
 
 from dynapipeline._engine import run_tasks
-from dynapipeline._model.component import private_of
+from dynapipeline._model.component import runner_of
 from dynapipeline._model.strategy import ItemRunner
 from dynapipeline._transports._remote.messages import RunStats
 from dynapipeline._transports._remote.pickling import dumps_batch
@@ -92,7 +92,7 @@ class DaskItems(ItemRunner):
         self.strategy = strategy
         self.stage = stage
         self.name: str = stage.name
-        self.runner = private_of(stage)["_runner"]
+        self.runner = runner_of(stage)
         self.limit = deadline(stage)
         self.maxsize = maxsize
         self.cap = 1  # the most items per task, set by open() from the calls at once

@@ -93,6 +93,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynapipeline._engine import current_control, run_tasks
+from dynapipeline._model.checks import check_seconds, kind_of
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ItemRunner
 from dynapipeline._transports._remote.pickling import REGISTRY, dumps_batch
@@ -103,7 +104,7 @@ from dynapipeline._transports.dask.items import DaskItems
 from dynapipeline._transports.dask.observe import report_task
 from dynapipeline._transports.dask.tasks import run_components_task
 from dynapipeline._transports.offloop import OffLoopStrategy, Results
-from dynapipeline.errors import ClusterError, ConfigurationError, StageTimeoutError, WorkerCrashedError, kind_of
+from dynapipeline.errors import ClusterError, ConfigurationError, StageTimeoutError, WorkerCrashedError
 
 __all__ = ["DaskExecutionStrategy", "require_distributed"]
 
@@ -168,10 +169,7 @@ class DaskExecutionStrategy(OffLoopStrategy):
                                      "(await Client(..., asynchronous=True) on the loop that runs the pipeline)")
         if address is not None:
             _check_address(label, address)
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
-                or not 0 < connect_timeout < float("inf"):
-            raise ConfigurationError(f"{label}: field 'connect_timeout' must be a finite number of seconds > 0, "
-                                     f"got {connect_timeout!r}")
+        check_seconds(label, "connect_timeout", connect_timeout)
         super().__init__(return_exceptions=return_exceptions)
         for name in submit_options:
             if name in _REFUSED:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import cloudpickle
 
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
-from dynapipeline._model.component import private_of
+from dynapipeline._model.component import runner_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, chunk_items
 from dynapipeline._transports._remote.messages import LOG_DATA, LOG_HEAD, LOG_TABLE, Failure, MapCall, MapReply
@@ -149,7 +149,7 @@ class ProcessItems(ItemRunner):
         self.payload = b""
         self.cids: set[int] = set()
         self.pool: ProcessPool | None = None
-        self.runner = private_of(stage)["_runner"]
+        self.runner = runner_of(stage)
 
     async def open(self) -> None:
         # The stage is pickled (and checked) once, before any worker starts.

@@ -101,11 +101,11 @@ import time
 from typing import Any
 
 from dynapipeline._engine import current_control, current_trace, tracing
+from dynapipeline._model.checks import check_max_workers
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ItemRunner
 from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports._remote.planning import deadline, plan_batches, plan_singles
-from dynapipeline._transports.calling import check_max_workers
 from dynapipeline._transports.offloop import OffLoopStrategy
 from dynapipeline._transports.process.children import default_start_method
 from dynapipeline._transports.process.items import ProcessItems
