@@ -1,6 +1,6 @@
 """``python -m dynapipeline bench``: the engine's cost per stage against raw asyncio.
 
-About 480 lines: the cases, the timing loop, the subprocess for the other mode
+Long: about 480 lines; the cases, the timing loop, the subprocess for the other mode
 and the command's arguments read best side by side, and nothing else uses them.
 
 ::

@@ -1,5 +1,7 @@
 """The engine: running one component, the dispatchers and the cycle loops.
 
+Long: one file is one compiled module, so every hot path the compiler types lives here.
+
 This file is plain Python and correct on its own. The build compiles the very
 same source a second time under the module name ``core_c`` (setup.py), with the C
 types declared in ``core_c.pxd``; ``dynapipeline._engine`` picks one at import.
