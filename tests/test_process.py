@@ -292,17 +292,26 @@ def test_bad_settings_are_rejected():
 
 
 async def test_stop_before_the_workers_are_ready_leaves_no_worker(monkeypatch):
-    slow_starts(monkeypatch, 0.05)
+    # Hold every worker in "started, not ready": its hello stays unread, so the window this test needs is
+    # certain (polling for it could miss it on a busy machine and stop a run that had already ended).
+    held: list[Any] = []
+    original = process_pool.ProcessPool._on_readable
+
+    def hold_hello(self: Any, w: Any) -> None:
+        if w.ready:
+            original(self, w)
+        else:
+            self._remove_reader(w)
+            held.append(w)
+
+    monkeypatch.setattr(process_pool.ProcessPool, "_on_readable", hold_hello)
     strategy = MultiprocessExecutionStrategy(2)
     g = group([Nap(name=f"n{i}") for i in range(4)], strategy)
     p = pipeline([g])
     task = asyncio.ensure_future(p.run())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pool = strategy.pool
-        if pool is not None and pool.queue and pool.workers and not all(w.ready for w in pool.workers):
-            break  # jobs queued, a worker started but not ready yet
-        await asyncio.sleep(0.001)
+    assert await eventually_async(lambda: held and strategy.pool is not None and strategy.pool.queue)
+    pool = strategy.pool
+    assert not any(w.ready for w in pool.workers)  # jobs queued, workers started, none ready
     pids = [w.pid for w in pool.workers]
     p.stop()
     assert await asyncio.wait_for(task, GRACE) is None
