@@ -13,7 +13,7 @@ Threads (``MultithreadExecutionStrategy``), processes (``MultiprocessExecutionSt
 
 Where a backend cannot do a case, the case's parametrization leaves it out and ``NOT_FOR`` says why
 (``test_each_case_runs_on_every_backend_or_says_why`` holds the module to it). Backend-only
-behaviour stays in test_to_thread.py, test_to_process.py and test_to_dask.py.
+behaviour stays in test_threads.py, test_process.py and test_dask.py.
 """
 
 from __future__ import annotations
