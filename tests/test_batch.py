@@ -14,7 +14,7 @@ import pytest
 from helpers import Fail, Nap, Unloadable
 
 from dynapipeline._transports._remote.batch import run_call, run_components
-from dynapipeline._transports._remote.messages import IDLE, TAKEN, Call, Clock, Failure, RunStats, Timing
+from dynapipeline._transports._remote.messages import IDLE, TAKEN, Call, Clock, Failure, RunStats
 from dynapipeline._transports._remote.pickling import dumps_batch
 from dynapipeline._transports._remote.replies import remote_error
 from dynapipeline.errors import RemoteError
@@ -33,9 +33,9 @@ def test_a_batch_comes_back_as_named_values_timings_and_clock(state: dict[str, A
     assert reply.failure is None and reply.failed_at == -1 and not reply.unloadable
     assert [pickle.loads(value) for value in reply.values] == [os.getpid()]
     ((own,),) = reply.timings
-    assert isinstance(own, Timing)
-    stats = RunStats._make(own.stats)
-    assert (stats.runs, stats.errors, len(own.durations)) == (1, 0, 1)
+    own_stats, durations, _slowest = own
+    stats = RunStats._make(own_stats)
+    assert (stats.runs, stats.errors, len(durations)) == (1, 0, 1)
     assert stats.end_time >= stats.start_time
     clock = reply.clock
     assert isinstance(clock, Clock) and clock.received <= clock.rebuilt <= clock.replying
@@ -46,7 +46,8 @@ def test_a_batch_comes_back_as_named_values_timings_and_clock(state: dict[str, A
 def test_a_failure_travels_as_a_failure_and_is_rebuilt_with_its_traceback(state: dict[str, Any]) -> None:
     reply = run_components([Nap(name="ok"), Fail(name="bad"), Nap(name="never")], (), {}, state)
     assert reply.failed_at == 1 and len(reply.values) == 1 and len(reply.timings) == 2
-    assert RunStats._make(reply.timings[1][0].stats).errors == 1
+    failed_stats, _durations, _slowest = reply.timings[1][0]
+    assert RunStats._make(failed_stats).errors == 1
     failure = reply.failure
     assert isinstance(failure, Failure)
     assert failure.text == "ValueError: bad" and "ValueError: bad" in failure.traceback

@@ -135,5 +135,6 @@ def timings_of(component: Component) -> list[Timing]:
     for c in components:
         runner = runner_of(c)
         durations, slowest = runner.runs_since_base()
-        out.append(Timing(runner.timing(), durations, slowest))
+        timing: Timing = (runner.timing(), durations, slowest)
+        out.append(timing)
     return out

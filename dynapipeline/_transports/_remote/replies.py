@@ -74,7 +74,8 @@ def report_reply(runners: list[Any], reply: Reply, attributes: dict[str, Any]) -
         runner = runners[position]
         if not timings or not reports_elsewhere(runner.owner):
             continue
-        own = RunStats._make(timings[0].stats)  # the component's own Timing comes first, then its members'
+        stats, _durations, _slowest = timings[0]  # the component's own Timing comes first, then its members'
+        own = RunStats._make(stats)
         error = None
         if position == reply.failed_at and reply.failure is not None and not reply.unloadable:
             error, cause = remote_error(reply.failure, runner.name)
@@ -86,13 +87,14 @@ def report_reply(runners: list[Any], reply: Reply, attributes: dict[str, Any]) -
 def apply_timings(runner: Any, timings: list[Timing], place: str) -> None:
     """Fold a worker's timings of one component (and of its members, for a group) into the parent's runners."""
     if len(timings) == 1:
-        own = timings[0]
-        runner.adopt(own.stats, own.durations, own.slowest)
+        stats, durations, slowest = timings[0]
+        runner.adopt(stats, durations, slowest)
         note_place(runner, place)
         return
     for component, timing in zip(runner.owner.iter_components(), timings, strict=False):
         member = component.__pydantic_private__["_runner"]
-        member.adopt(timing.stats, timing.durations, timing.slowest)
+        stats, durations, slowest = timing
+        member.adopt(stats, durations, slowest)
         note_place(member, place)
 
 

@@ -253,7 +253,8 @@ def _add_item_runs(runner: Any, replies: list[Any], pid: int) -> tuple[int, floa
     for reply in replies:
         if reply.unloadable or not reply.timings:
             continue  # nothing ran
-        own = RunStats._make(reply.timings[0][0].stats)  # the stage's (the task's only component's) own timing
+        stats, _durations, _slowest = reply.timings[0][0]  # the stage's (the task's only component's) own timing
+        own = RunStats._make(stats)
         if not durations:
             start = own.start_time
         end = own.end_time

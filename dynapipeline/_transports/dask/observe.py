@@ -54,7 +54,8 @@ async def report_items(client: Any, stage: Any, replies: list[Any], out: list[tu
     for reply, (ok, value) in zip(replies, out, strict=False):
         if reply.unloadable or not reply.timings:
             continue  # nothing ran
-        own = RunStats._make(reply.timings[0][0].stats)  # the stage's (the task's only component's) own timing
+        stats, _durations, _slowest = reply.timings[0][0]  # the stage's (the task's only component's) own timing
+        own = RunStats._make(stats)
         report_elsewhere(stage, own.start_time, own.end_time, None if ok else value,
                          {**attributes, "dynapipeline.run": run})
         run += 1
