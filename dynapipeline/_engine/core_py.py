@@ -5,7 +5,7 @@ Long: one file is one compiled module, so every hot path the compiler types live
 This file is plain Python and correct on its own. The build compiles the very
 same source a second time under the module name ``core_c`` (setup.py), with the C
 types declared in ``core_c.pxd``; ``dynapipeline._engine`` picks one at import.
-It is one module of ~800 lines on purpose: compiled, the hot paths call each other
+It is one module on purpose: compiled, the hot paths call each other
 (runner, dispatchers, cycle loops) as C functions only within one extension module.
 
 Hot-path rules: whatever can be resolved once (the bound ``execute``, the
