@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import threading
 import time
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from helpers import GRACE, Batch, Blank, Pid, Unloadable, assert_gone, assert_no_workers, eventually, gone, stream_tasks
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
-from dynapipeline._transports._remote.messages import LOG_SIZE
+from dynapipeline._transports._remote.messages import LOG_SIZE, MapCall
 from dynapipeline._transports.process import items as process_items
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
@@ -84,9 +83,9 @@ async def test_items_travel_in_chunks_and_the_stage_once_per_worker(procs: Multi
     messages: list[bool] = []
     real = process_items.MapJob.message
 
-    def spy(self: process_items.MapJob, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+    def spy(self: process_items.MapJob, blobs: list[tuple[int, bytes]], stage: bool) -> MapCall:
         message = real(self, blobs, stage)
-        messages.append(pickle.loads(message).stage != b"")  # what was really sent
+        messages.append(message.stage != b"")  # what was really sent
         return message
 
     monkeypatch.setattr(process_items.MapJob, "message", spy)

@@ -38,6 +38,7 @@ import cloudpickle
 from dynapipeline._engine import EPOCH_OFFSET, RunControl, TraceSink, current_control, current_trace, set_tracing
 from dynapipeline._model.component import private_of
 from dynapipeline._model.group import Container
+from dynapipeline._transports._remote.buffers import pack, unpack
 from dynapipeline._transports._remote.messages import IDLE, Call, Clock, Failure, Reply, Trace
 from dynapipeline._transports._remote.rebuild import register_class, timings_of
 from dynapipeline._transports.calling import needs_loop, run_component
@@ -73,8 +74,13 @@ def error_bytes(error: BaseException) -> bytes:
         return b""
 
 
-def dump_value(value: Any) -> bytes:
-    """Pickle one result: the standard pickler when it can (several times faster), else cloudpickle."""
+def dump_value(value: Any, state: dict[str, Any] | None = None) -> bytes:
+    """Pickle one result: the standard pickler when it can (several times faster), else cloudpickle.
+
+    In a pool's worker (``state`` has its ``arena`` and ``threshold``), large buffers go to shared memory.
+    """
+    if state is not None and state.get("threshold") is not None:
+        return pack(value, state["threshold"], state["arena"]).data
     try:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # lambdas, local classes, ...: cloudpickle sends them by value
@@ -113,7 +119,7 @@ def run_call(call: Call, state: dict[str, Any], position: Any = None, drain: Any
     received = received or time.perf_counter()
     try:
         register_classes(call.class_blobs)
-        components, args, kwargs = pickle.loads(call.payload)
+        components, args, kwargs = unpack(call.payload, state.get("attach"))
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return unloadable_reply(error, traceback.format_exc())
     batch = _Batch(components, received, time.perf_counter(), call.trace)
@@ -180,7 +186,7 @@ class _Batch:
                 return self._reply(results, timings, error, traceback.format_exc(), index)
             timings.append(timings_of(component))
             try:
-                results.append(dump_value(result))
+                results.append(dump_value(result, state))
             except Exception as bad:
                 unpicklable = TypeError(f"stage {component.name!r} returned a result that cannot be "
                                         f"pickled ({type(result).__name__}: {bad})")

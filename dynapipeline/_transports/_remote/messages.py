@@ -10,6 +10,14 @@ worker process's pipe (``multiprocessing.connection``)::
     parent -> worker   pickle(MapCall)                a chunk of a stream step's items for its stage
     worker -> parent   pickle(MapReply)               the chunk's end: its results (each item's outcome is in the log)
     parent -> worker   STOP                           exit when idle
+    either way         SEGMENTS + pickle(Segments),   the sender's new shared-memory segments, then their fds
+                       then the fds (SCM_RIGHTS)      (before the first message whose blocks are in them)
+
+Large buffers (numpy arrays, bytes, ...) of any pickle above are not in it: they are
+written once into the sender's shared memory, and the pickle names their blocks
+(``_remote.buffers``, ``process.shm``). Each message says which of the receiver's
+blocks its sender has released since the last one (``released``): the receiver
+reuses them.
 
 Besides the pipe, each worker shares with the parent two small values,
 ``current`` (where the worker is with its job: see ``IDLE``/``SENT``/``TAKEN``,
@@ -28,12 +36,15 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["IDLE", "LOG_DATA", "LOG_HEAD", "LOG_SIZE", "LOG_SLOTS", "LOG_TABLE", "MAX_KEPT_STAGES", "READY", "SENT",
-           "STOP", "TAKEN", "Call", "Clock", "Failure", "LoggedItem", "MapCall", "MapReply", "Reply", "RunStats",
-           "Timing", "Trace"]
+from dynapipeline._transports._remote.buffers import Block
+
+__all__ = ["IDLE", "LOG_DATA", "LOG_HEAD", "LOG_SIZE", "LOG_SLOTS", "LOG_TABLE", "MAX_KEPT_STAGES", "READY",
+           "SEGMENTS", "SENT", "STOP", "TAKEN", "Call", "Clock", "Failure", "LoggedItem", "MapCall", "MapReply",
+           "Reply", "RunStats", "Segments", "Timing", "Trace"]
 
 READY = b"R"
 STOP = b""
+SEGMENTS = b"G"  # first byte of a Segments message (a pickled message starts with b"\x80")
 
 # Values of the shared ``current`` besides a component's position. The parent sets SENT
 # before sending a job and the worker TAKEN as soon as it has read it: a worker that
@@ -63,8 +74,9 @@ class Call(NamedTuple):
     """Parent to worker: one batch of components to run."""
 
     class_blobs: list[tuple[int, bytes]]  # (class id, pickle) of the classes this worker has not received yet
-    payload: bytes  # cloudpickle of (components, args, kwargs)
+    payload: bytes  # cloudpickle of (components, args, kwargs) (``buffers.pack``: large buffers in shared memory)
     trace: bool = False  # a tracer is active in the dispatching context: send the runs back (``Reply.trace``)
+    released: tuple[Block, ...] = ()  # the worker's blocks the parent is done with
 
 
 class Failure(NamedTuple):
@@ -133,6 +145,7 @@ class Reply(NamedTuple):
     unloadable: bool = False  # the batch could not be rebuilt in the worker, so nothing in it ran
     clock: Clock | None = None  # None when nothing ran
     trace: Trace | None = None
+    released: tuple[Block, ...] = ()  # the parent's blocks this worker is done with
 
 
 class MapCall(NamedTuple):
@@ -141,7 +154,8 @@ class MapCall(NamedTuple):
     class_blobs: list[tuple[int, bytes]]
     stage_id: int  # the parent's id for the stage: the worker keeps the stage under it
     stage: bytes  # the stage (``dumps_batch`` of it); b"" when this worker has received it before
-    items: bytes  # pickle of the list of items
+    items: bytes  # the list of items (``buffers.pack``)
+    released: tuple[Block, ...] = ()  # as in ``Call``
 
 
 class LoggedItem(NamedTuple):
@@ -165,3 +179,11 @@ class MapReply(NamedTuple):
     clock: Clock | None  # None when the chunk could not be rebuilt (``unloadable``)
     thread: int  # native id of the thread that ran the items (the tracer's track)
     unloadable: Failure | None = None  # the error rebuilding the stage or the items, if any
+    released: tuple[Block, ...] = ()  # as in ``Reply``
+
+
+class Segments(NamedTuple):
+    """Either way: the sender's shared-memory segments whose fds follow on the pipe's socket, in this order."""
+
+    owner: int  # the sender's pid (``Block.owner``)
+    serials: list[int]

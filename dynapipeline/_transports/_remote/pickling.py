@@ -27,6 +27,7 @@ import cloudpickle
 
 from dynapipeline._model.component import Component, Stage
 from dynapipeline._model.contexts import Context
+from dynapipeline._transports._remote.buffers import Arena, Packed, pack_with
 from dynapipeline._transports._remote.rebuild import (
     INTERNAL_PRIVATE,
     cached_class,
@@ -36,7 +37,8 @@ from dynapipeline._transports._remote.rebuild import (
 )
 from dynapipeline.errors import PicklingError
 
-__all__ = ["ClassRegistry", "Pickler", "REGISTRY", "describe_unpicklable", "dumps_batch", "importable_by_name"]
+__all__ = ["ClassRegistry", "Pickler", "REGISTRY", "describe_unpicklable", "dumps_batch", "importable_by_name",
+           "pack_batch"]
 
 logger = logging.getLogger("dynapipeline")
 
@@ -212,11 +214,12 @@ def reduce_component(component: Any) -> tuple[Any, tuple[Any, ...]]:
 class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no type information
     """cloudpickle, plus: classes by id (``REGISTRY``), components by state, contexts as snapshots."""
 
-    def __init__(self, file: Any, registry: ClassRegistry, top: type | None = None) -> None:
-        super().__init__(file, protocol=PROTOCOL)
+    def __init__(self, file: Any, registry: ClassRegistry, top: type | None = None, protocol: int = PROTOCOL,
+                 buffer_callback: Any = None, used: set[int] | None = None) -> None:
+        super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
         self.registry = registry
         self.top = top
-        self.used: set[int] = set()
+        self.used: set[int] = set() if used is None else used  # the ids of the classes pickled by id
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type):
@@ -239,13 +242,22 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships n
 def dumps_batch(components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 registry: ClassRegistry = REGISTRY) -> tuple[bytes, set[int]]:
     """Pickle one batch; an unpicklable part raises PicklingError naming the component and attribute path."""
-    buffer = io.BytesIO()
-    pickler = Pickler(buffer, registry)
+    packed, used = pack_batch(components, args, kwargs, None, None, registry)
+    return packed.data, used
+
+
+def pack_batch(components: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any], threshold: int | None,
+               arena: Arena | None, registry: ClassRegistry = REGISTRY) -> tuple[Packed, set[int]]:
+    """``dumps_batch``, with its buffers of ``threshold`` bytes or more in ``arena``'s shared memory."""
+    used: set[int] = set()
     try:
-        pickler.dump((components, args, kwargs))
+        if threshold is None or arena is None:
+            buffer = io.BytesIO()
+            Pickler(buffer, registry, used=used).dump((components, args, kwargs))
+            return Packed(buffer.getvalue(), ()), used
+        return pack_with((components, args, kwargs), threshold, arena, Pickler, registry=registry, used=used), used
     except Exception as error:
         raise PicklingError(describe_unpicklable(components, args, kwargs, error, registry)) from error
-    return buffer.getvalue(), pickler.used
 
 
 # --- finding what cannot be pickled -------------------------------------------------------------

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
+from dynapipeline._transports._remote.buffers import Attach, unpack
 from dynapipeline._transports._remote.messages import Failure, Reply, RunStats, Timing
 from dynapipeline._transports.calling import note_place
 from dynapipeline.errors import PicklingError, RemoteError
@@ -44,12 +45,16 @@ def collect_reply(runners: list[Any], indices: list[int], reply: Reply, pid: int
     take_values(runners, indices, reply, pid, results)
 
 
-def take_values(runners: list[Any], indices: list[int], reply: Reply, pid: int | None, results: list[Any]) -> None:
-    """Unpickle the results into ``results`` (counted as the stages' shipping time); raise the reply's error."""
+def take_values(runners: list[Any], indices: list[int], reply: Reply, pid: int | None, results: list[Any],
+                attach: Attach | None = None) -> None:
+    """Unpickle the results into ``results`` (counted as the stages' shipping time); raise the reply's error.
+
+    ``attach``: where results whose buffers are in the worker's shared memory are rebuilt (a process pool's).
+    """
     for position, value in enumerate(reply.values):
         unpickling_from = time.perf_counter()
         try:
-            results[indices[position]] = pickle.loads(value)
+            results[indices[position]] = unpack(value, attach)
         except Exception as unpickling:
             name = runners[position].name
             failure = PicklingError(f"stage {name!r} returned a result that cannot be rebuilt in the parent "

@@ -17,10 +17,13 @@ See docs/threads-and-processes.md.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dynapipeline._transports._remote.messages import MapReply, Reply
+from dynapipeline._transports._remote.buffers import Block
+from dynapipeline._transports._remote.messages import Call, MapCall, MapReply, Reply
 
 __all__ = ["Closed", "Crashed", "Outcome", "PoolJob", "Replied", "TimedOut", "Worker"]
 
@@ -90,7 +93,11 @@ class PoolJob(Protocol):
     def control(self) -> Any:
         """The run's ``RunControl`` when a drain must reach the worker, else None."""
 
-    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+    @property
+    def blocks(self) -> list[Block]:
+        """The shared-memory blocks its message holds (the worker releases them, or they are freed if it dies)."""
+
+    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> Call | MapCall:
         """The message to send: ``blobs`` are the classes the worker lacks; ``stage``: it lacks the stage too."""
 
     def finish(self, outcome: Outcome) -> None:
@@ -101,7 +108,7 @@ class Worker:
     """One worker process, its pipe, and what it is doing."""
 
     __slots__ = ("proc", "conn", "fd", "current", "drain", "log", "pid", "ready", "job", "known", "stages", "timer",
-                 "loop")
+                 "loop", "segments", "holding", "_sock")
 
     def __init__(self, proc: Any, conn: Any, current: Any, drain: Any, log: Any = None) -> None:
         self.proc = proc
@@ -117,3 +124,18 @@ class Worker:
         self.stages: dict[int, None] = {}  # ids of the stream steps' stages it keeps, oldest first
         self.timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.segments: set[int] = set()  # the pool's shared-memory segments this worker has (their fds were sent)
+        self.holding: set[Block] = set()  # the pool's blocks sent to it and not released yet
+        self._sock: socket.socket | None = None
+
+    @property
+    def sock(self) -> socket.socket:
+        """The pipe's Unix socket, to pass shared-memory segments' fds (made on first need)."""
+        if self._sock is None:
+            self._sock = socket.socket(fileno=os.dup(self.fd))
+        return self._sock
+
+    def close_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -41,24 +41,24 @@ import itertools
 import logging
 import math
 import operator
-import pickle
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
-
-import cloudpickle
 
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
 from dynapipeline._model.component import runner_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, chunk_items
+from dynapipeline._transports._remote.buffers import Block, Packed, pack, unpack
 from dynapipeline._transports._remote.messages import LOG_DATA, LOG_HEAD, LOG_TABLE, Failure, MapCall, MapReply
-from dynapipeline._transports._remote.pickling import dumps_batch
+from dynapipeline._transports._remote.pickling import pack_batch
 from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports._remote.replies import remote_error, tag
 from dynapipeline._transports.calling import add_runs
 from dynapipeline._transports.offloop import crash_retry, merge_wait_ship, note_crashes
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
 from dynapipeline._transports.process.jobs import Split
+from dynapipeline._transports.process.shm import MAPPED
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -76,15 +76,16 @@ class MapJob:
     """One chunk of items for one worker; its outcome completes ``future``."""
 
     __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control", "sent_at",
-                 "sink", "packed", "logged")
+                 "sink", "packed", "logged", "blocks")
 
-    def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: bytes, cids: set[int], items: bytes,
-                 deadline: float | None) -> None:
+    def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: Callable[[], Packed], cids: set[int],
+                 items: Packed, deadline: float | None) -> None:
         self.future = future
         self.stage_id = stage_id
-        self.stage = stage
+        self.stage = stage  # packs the stage for a worker that lacks it
         self.cids = cids
-        self.items = items
+        self.items = items.data
+        self.blocks: list[Block] = list(items.blocks)  # the shared-memory blocks of its items (and of its stage)
         self.deadline = deadline
         self.worker: Worker | None = None
         self.done = False
@@ -96,10 +97,14 @@ class MapJob:
         # and how many of its items failed.
         self.logged: tuple[list[float], bytes, int] = ([], b"", 0)
 
-    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> MapCall:
         """The ``MapCall``, with ``blobs`` (the classes its worker lacks), and the stage if it lacks it too."""
-        return pickle.dumps(MapCall(blobs, self.stage_id, self.stage if stage else b"", self.items),
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        payload = b""
+        if stage:
+            packed = self.stage()
+            payload = packed.data
+            self.blocks += packed.blocks
+        return MapCall(class_blobs=blobs, stage_id=self.stage_id, stage=payload, items=self.items)
 
     def finish(self, outcome: Outcome) -> None:
         if not self.done:
@@ -146,18 +151,32 @@ class ProcessItems(ItemRunner):
         self.cap = 1 if self.limit is not None else max(1, maxsize // width)
         self.chunk = min(self.cap, _FIRST_CHUNK)
         self.stage_id = 0
-        self.payload = b""
+        self.payload = Packed(b"", ())
         self.cids: set[int] = set()
         self.pool: ProcessPool | None = None
         self.runner = runner_of(stage)
 
     async def open(self) -> None:
         # The stage is pickled (and checked) once, before any worker starts.
-        self.payload, self.cids = dumps_batch([self.stage], (), {})
+        self.payload, self.cids = pack_batch([self.stage], (), {}, None, None)
         self.stage_id = next(_ids)
         self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
 
+    def _pack_stage(self) -> Packed:
+        """The stage for one worker: a stage with large buffers is packed again, into that send's own blocks."""
+        pool = self.pool
+        threshold = pool.threshold if pool is not None else None
+        if pool is None or threshold is None or len(self.payload.data) < threshold:
+            return self.payload
+        return pack_batch([self.stage], (), {}, threshold, pool.arena)[0]
+
     async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
+        if len(values) > 1 and self._large(values[0]):
+            # Large items travel one per chunk (their copy dominates, and a chunk goes to one worker): the
+            # first chunk, sized before any item was timed, is split across the workers now.
+            self.chunk = 1
+            parts = await asyncio.gather(*(self.call([value]) for value in values))
+            return [part[0] for part in parts]
         results: list[tuple[bool, Any] | None] = [None] * len(values)
         crashes = [0] * len(values)
         pending = list(range(len(values)))
@@ -166,6 +185,7 @@ class ProcessItems(ItemRunner):
         indices = chunk_items.get() if sink is not None else None
         while pending:
             batch = pending[:1] if one_by_one else pending
+            await self._live_pool()
             packed_from = time.perf_counter()
             items = self._dump_items(values, batch, results)
             batch = [i for i in batch if results[i] is None]
@@ -216,14 +236,30 @@ class ProcessItems(ItemRunner):
             # As in _run: a stopped run leaves no worker behind, even when this step never sent a chunk.
             self.strategy.close_if_stopped(in_use=not pool.idle)
 
-    async def _run(self, items: bytes, packed_from: float) -> tuple[Outcome, MapJob | None]:
+    def _large(self, value: Any) -> bool:
+        """An item at least as large as the shared-memory threshold (bytes-like or with ``nbytes``)."""
+        threshold = self.pool.threshold if self.pool is not None else None
+        if threshold is None:
+            return False
+        size = len(value) if type(value) in (bytes, bytearray) else getattr(value, "nbytes", 0)
+        return isinstance(size, int) and size >= threshold
+
+    async def _live_pool(self) -> None:
+        """The strategy's pool, started again if a stop closed it or killed its workers."""
         pool = self.pool
         if pool is not None and not pool.closed and pool.broken is not None:
-            return pool.broken, None  # its workers die on start-up: starting more would only die the same way
+            return  # its workers die on start-up: _run fails the items without starting more
         if pool is None or pool.closed or (not pool.workers and not pool.started and pool.starting is None):
-            pool = self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
+            self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
+
+    async def _run(self, items: Packed, packed_from: float) -> tuple[Outcome, MapJob | None]:
+        pool = self.pool
+        assert pool is not None  # _live_pool made it, before the items were packed into its shared memory
+        if pool.broken is not None:
+            pool.arena.free(list(items.blocks))
+            return pool.broken, None  # its workers die on start-up: starting more would only die the same way
         loop = asyncio.get_running_loop()
-        job = MapJob(loop.create_future(), self.stage_id, self.payload, self.cids, items, self.limit)
+        job = MapJob(loop.create_future(), self.stage_id, self._pack_stage, self.cids, items, self.limit)
         job.packed = (packed_from, time.perf_counter())
         pool.submit([job])
         try:
@@ -264,7 +300,7 @@ class ProcessItems(ItemRunner):
         broken = None
         if type(reply) is MapReply and reply.values:
             try:
-                values = pickle.loads(reply.values)
+                values = unpack(reply.values, MAPPED.attach)
             except Exception as unpickling:
                 # The chunk's results travel as one pickle: which of them cannot be rebuilt here is not known.
                 broken = unpickling
@@ -284,7 +320,7 @@ class ProcessItems(ItemRunner):
                     results[i] = (True, values[position])
                     continue
                 try:
-                    value = pickle.loads(view[offsets[position]:offsets[position + 1]])
+                    value = unpack(view[offsets[position]:offsets[position + 1]], MAPPED.attach)
                 except Exception as unpickling:
                     results[i] = (False, self._unloadable(unpickling, pid, 1))
                     failed.append(position)
@@ -342,7 +378,7 @@ class ProcessItems(ItemRunner):
         note_crashes(error, crashes)
         return error
 
-    def _dump_items(self, values: list[Any], batch: list[int], results: list[Any]) -> bytes | None:
+    def _dump_items(self, values: list[Any], batch: list[int], results: list[Any]) -> Packed | None:
         """The pickled items of ``batch``; an item that cannot be pickled fails alone (None: pickle the rest)."""
         try:
             return self._dumps([values[i] for i in batch])
@@ -350,7 +386,7 @@ class ProcessItems(ItemRunner):
             logger.debug("stream step %r: a chunk cannot be pickled; finding the item", self.name)
         for i in batch:
             try:
-                self._dumps([values[i]])
+                pack([values[i]], None, None)  # in the pipe: finding the culprit needs no shared memory
             except Exception as error:
                 failure = PicklingError(f"stream step {self.name!r}: an item of type {type(values[i]).__name__} "
                                         f"cannot be pickled to a worker process ({type(error).__name__}: {error})")
@@ -358,11 +394,9 @@ class ProcessItems(ItemRunner):
                 results[i] = (False, failure)
         return None
 
-    @staticmethod
-    def _dumps(items: list[Any]) -> bytes:
-        """The standard pickler when it can (several times faster), else cloudpickle (lambdas, local classes)."""
-        try:
-            return pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            data: bytes = cloudpickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-            return data
+    def _dumps(self, items: list[Any]) -> Packed:
+        """The items pickled (the standard pickler when it can, else cloudpickle), large buffers in shared memory."""
+        pool = self.pool
+        if pool is None:
+            return pack(items, None, None)
+        return pack(items, pool.threshold, pool.arena)

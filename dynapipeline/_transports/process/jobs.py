@@ -20,26 +20,29 @@ See docs/threads-and-processes.md.
 from __future__ import annotations
 
 import asyncio
-import pickle
 import time
 from typing import Any
 
 from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
+from dynapipeline._transports._remote.buffers import Block
 from dynapipeline._transports._remote.messages import Call, Clock, Reply, Trace
 from dynapipeline._transports._remote.replies import apply_timings, report_reply, take_values
 from dynapipeline._transports.offloop import Results, merge_wait_ship
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
+from dynapipeline._transports.process.shm import MAPPED
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
-__all__ = ["Dispatch", "Job", "Split", "collect", "report_jobs"]
+__all__ = ["Dispatch", "Job", "Split", "collect", "report_jobs", "watch_drain"]
+
+_DRAIN_POLL = 0.02  # seconds between checks for a drain while groups run in workers
 
 
 class Job:
     """One batch of components for one worker, and where its outcome goes."""
 
     __slots__ = ("dispatch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control",
-                 "packed", "sent_at", "sink", "replied", "lost")
+                 "packed", "sent_at", "sink", "replied", "lost", "blocks")
 
     def __init__(self, dispatch: Dispatch, indices: list[int], runners: list[Any], payload: bytes,
                  cids: set[int], deadline: float | None, control: Any = None) -> None:
@@ -57,12 +60,13 @@ class Job:
         self.sink: Any = None  # the TraceSink of the dispatching context, when it traces
         self.replied: tuple[Reply, int] | None = None  # the worker's reply and pid, once in
         self.lost: tuple[Any, float, float] | None = None  # (runner, start, end): a run killed or crashed
+        self.blocks: list[Block] = []  # the shared-memory blocks its payload's large buffers are in
 
     stage_id = 0  # a batch keeps nothing on its worker (``PoolJob``)
 
-    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> bytes:
+    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> Call:
         """The ``Call``, with ``blobs``: the classes its worker has not received yet."""
-        return pickle.dumps(Call(blobs, self.payload, self.sink is not None), protocol=pickle.HIGHEST_PROTOCOL)
+        return Call(class_blobs=blobs, payload=self.payload, trace=self.sink is not None)
 
     def finish(self, outcome: Outcome) -> None:
         if not self.done:
@@ -131,7 +135,7 @@ def _collect_reply(job: Job, replied: Replied, results: list[Any]) -> None:
         _split(job, replied, reply.clock)
     if job.sink is not None and reply.trace is not None:
         _keep_trace(job, reply.trace)
-    take_values(job.runners, job.indices, reply, pid, results)
+    take_values(job.runners, job.indices, reply, pid, results, MAPPED.attach)
 
 
 def _record_lost_run(job: Job, runner: Any) -> None:
@@ -223,3 +227,21 @@ def _keep_trace(job: Job, trace: Trace) -> None:
             runner = below[index]
         named.append((runner, *rest))
     job.sink.remote.append((trace.pid, trace.threads, named))
+
+
+def watch_drain(loop: asyncio.AbstractEventLoop, control: Any, jobs: list[Job],
+                future: asyncio.Future[None]) -> None:
+    """While ``future`` is pending, pass a drain of the run on to the workers running its groups."""
+
+    def poll() -> None:
+        if future.done():
+            return
+        if control.draining:
+            for job in jobs:
+                w = job.worker
+                if w is not None and w.job is job:
+                    w.drain.value = 1
+            return  # jobs sent from now on carry the drain (_send)
+        loop.call_later(_DRAIN_POLL, poll)
+
+    loop.call_later(_DRAIN_POLL, poll)

@@ -35,28 +35,38 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from dynapipeline._transports._remote.messages import LOG_HEAD, LOG_SIZE, MAX_KEPT_STAGES, SENT, STOP, Reply
-from dynapipeline._transports._remote.pickling import REGISTRY, dumps_batch
+from dynapipeline._transports._remote.messages import (
+    LOG_HEAD,
+    LOG_SIZE,
+    MAX_KEPT_STAGES,
+    SEGMENTS,
+    SENT,
+    STOP,
+    Reply,
+)
+from dynapipeline._transports._remote.pickling import REGISTRY, pack_batch
 from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports.process import worker
 from dynapipeline._transports.process.children import close_quietly, start_context, stop_process
 from dynapipeline._transports.process.handle import Closed, Crashed, PoolJob, Replied, TimedOut, Worker
 from dynapipeline._transports.process.jobs import Job
+from dynapipeline._transports.process.shm import MAPPED, LocalArena, segment_fds, send_segments, take_segments
 
-__all__ = ["ProcessPool", "watch_drain"]
+__all__ = ["ProcessPool"]
 
 logger = logging.getLogger("dynapipeline")
 
-_DRAIN_POLL = 0.02  # seconds between checks for a drain while groups run in workers
 _LIVE_POOLS: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
 
 class ProcessPool:
     """A warm pool of worker processes served by one event loop at a time."""
 
-    def __init__(self, max_workers: int, start_method: str) -> None:
+    def __init__(self, max_workers: int, start_method: str, threshold: int | None = None) -> None:
         self.max_workers = max_workers
         self.start_method = start_method
+        self.threshold = threshold  # buffers of this many bytes or more travel in shared memory (None: never)
+        self.arena = LocalArena()  # what this pool sends to its workers (no segment until a large buffer)
         self._ctx = start_context(start_method)
         self.workers: list[Worker] = []
         self.queue: deque[PoolJob] = deque()
@@ -135,7 +145,7 @@ class ProcessPool:
         drain = ctx.RawValue("b", 0)
         log = ctx.RawArray("B", LOG_SIZE)
         self._counter += 1
-        proc = ctx.Process(target=worker.main, args=(child_conn, current, drain, log), daemon=True,
+        proc = ctx.Process(target=worker.main, args=(child_conn, current, drain, log, self.threshold), daemon=True,
                            name=f"dynapipeline-worker-{self._counter}")
         proc.start()
         child_conn.close()
@@ -180,7 +190,15 @@ class ProcessPool:
             self.workers.remove(w)
         code = stop_process(w.proc, grace=0.0 if kill else 1.0)
         close_quietly(w.conn)
+        self._forget_memory(w)
         return code
+
+    def _forget_memory(self, w: Worker) -> None:
+        """A worker is gone: the blocks it held are free; its segments are unmapped here once unused."""
+        self.arena.free(list(w.holding))
+        w.holding.clear()
+        MAPPED.forget(w.pid)
+        w.close_sock()
 
     def close(self) -> None:
         """Stop every worker: idle ones are asked to exit, busy ones are terminated; fail queued jobs.
@@ -226,12 +244,16 @@ class ProcessPool:
                     close_quietly(w.conn)
         # A start in progress stops what it starts from now on; wait until it is over.
         self._start_done.wait(5.0)
+        for w in workers:
+            MAPPED.forget(w.pid)
+        self.arena.close()
 
     def _after_close(self, workers: list[Worker], jobs: list[PoolJob], queued: list[PoolJob]) -> None:
         """The loop side of ``close()``: stop watching the pipes, close them, fail the jobs left."""
         for w in workers:
             self._unwatch(w)
             close_quietly(w.conn)
+            w.close_sock()
             w.job = None
         for job in jobs:
             job.finish(Closed(job.worker.pid if job.worker is not None else None))
@@ -259,13 +281,23 @@ class ProcessPool:
         assert self.loop is not None
         job.sent_at = time.perf_counter()
         message = job.message(*self._news_for(w, job))
+        released = MAPPED.released(w.pid)
+        if released:
+            message = message._replace(released=tuple(released))
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         w.job = job
         job.worker = w
         control = job.control
         w.drain.value = 1 if control is not None and control.draining else 0
         w.current.value = SENT  # the worker marks TAKEN once it has read the job
+        blocks = job.blocks
         try:
-            w.conn.send_bytes(message)
+            if blocks:
+                w.holding.update(blocks)
+                fds = segment_fds(self.arena, blocks, w.segments)
+                if fds:
+                    send_segments(w.conn, w.sock, self.arena.pid, fds)
+            w.conn.send_bytes(data)
         except OSError as error:
             # The worker is dead: its reader sees the closed pipe and sends the job elsewhere.
             logger.debug("worker pid %s: sending a job failed (%r)", w.pid, error)
@@ -303,6 +335,7 @@ class ProcessPool:
             w = job.worker
             job.done = True
             if w is None:
+                self.arena.free(job.blocks)  # never sent: nobody else holds them
                 continue
             if kill_running and w.job is job:
                 w.job = None
@@ -322,8 +355,9 @@ class ProcessPool:
         singles = []
         for index, runner in zip(job.indices, job.runners, strict=True):
             packed_from = time.perf_counter()
-            payload, cids = dumps_batch([runner.owner], dispatch.args, dispatch.kwargs)
-            single = Job(dispatch, [index], [runner], payload, cids, deadline(runner.owner), job.control)
+            packed, cids = pack_batch([runner.owner], dispatch.args, dispatch.kwargs, self.threshold, self.arena)
+            single = Job(dispatch, [index], [runner], packed.data, cids, deadline(runner.owner), job.control)
+            single.blocks = list(packed.blocks)
             single.packed = (packed_from, time.perf_counter())
             single.sink = job.sink
             singles.append(single)
@@ -334,6 +368,9 @@ class ProcessPool:
     def _on_readable(self, w: Worker) -> None:
         try:
             data = w.conn.recv_bytes()
+            if data[:1] == SEGMENTS:
+                take_segments(w.sock, data)
+                data = w.conn.recv_bytes()  # the reply that uses them, sent right after
         except (EOFError, OSError):
             self._on_death(w)
             return
@@ -349,8 +386,11 @@ class ProcessPool:
         if w.timer is not None:
             w.timer.cancel()
             w.timer = None
+        reply = pickle.loads(data)  # plain bytes and names: results and errors are decoded per stage
+        if reply.released:
+            self.arena.free(reply.released)
+            w.holding.difference_update(reply.released)
         if job is not None and not job.done:
-            reply = pickle.loads(data)  # plain bytes and names: results and errors are decoded per stage
             if type(reply) is Reply and reply.unloadable and isinstance(job, Job) and len(job.indices) > 1:
                 self.split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
             else:
@@ -362,6 +402,8 @@ class ProcessPool:
         was_ready = w.ready
         position = w.current.value
         w.job = None
+        if job is not None and position == SENT and not job.done:
+            w.holding.difference_update(job.blocks)  # still the job's: it is sent again (below)
         exitcode = self._drop(w, kill=False)
         if job is not None and position == SENT and not job.done:
             # The worker died before it read the job (killed while idle): the job never ran, send it elsewhere.
@@ -393,24 +435,6 @@ class ProcessPool:
         job.finish(TimedOut())
         self.fill()
         self._pump()
-
-
-def watch_drain(loop: asyncio.AbstractEventLoop, control: Any, jobs: list[Job],
-                future: asyncio.Future[None]) -> None:
-    """While ``future`` is pending, pass a drain of the run on to the workers running its groups."""
-
-    def poll() -> None:
-        if future.done():
-            return
-        if control.draining:
-            for job in jobs:
-                w = job.worker
-                if w is not None and w.job is job:
-                    w.drain.value = 1
-            return  # jobs sent from now on carry the drain (_send)
-        loop.call_later(_DRAIN_POLL, poll)
-
-    loop.call_later(_DRAIN_POLL, poll)
 
 
 def _close_all() -> None:

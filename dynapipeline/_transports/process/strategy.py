@@ -101,16 +101,16 @@ import time
 from typing import Any
 
 from dynapipeline._engine import current_control, current_trace, tracing
-from dynapipeline._model.checks import check_max_workers
+from dynapipeline._model.checks import check_int, check_max_workers
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ItemRunner
-from dynapipeline._transports._remote.pickling import dumps_batch
+from dynapipeline._transports._remote.pickling import pack_batch
 from dynapipeline._transports._remote.planning import deadline, plan_batches, plan_singles
 from dynapipeline._transports.offloop import OffLoopStrategy
 from dynapipeline._transports.process.children import default_start_method
 from dynapipeline._transports.process.items import ProcessItems
-from dynapipeline._transports.process.jobs import Dispatch, Job, report_jobs
-from dynapipeline._transports.process.pool import ProcessPool, watch_drain
+from dynapipeline._transports.process.jobs import Dispatch, Job, report_jobs, watch_drain
+from dynapipeline._transports.process.pool import ProcessPool
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["MultiprocessExecutionStrategy"]
@@ -118,11 +118,18 @@ __all__ = ["MultiprocessExecutionStrategy"]
 logger = logging.getLogger("dynapipeline")
 
 
+SHARED_MEMORY_THRESHOLD = 1 << 20  # joblib's max_nbytes is 1 MB too: below it, the pipe is as fast
+
+
 class MultiprocessExecutionStrategy(OffLoopStrategy):
     """Runs each component in a warm pool of worker processes; results in component order.
 
     ``max_workers``: pool size (default ``os.cpu_count()``). ``start_method``:
     ``"forkserver"`` (default where available) or ``"spawn"``.
+    ``shared_memory_threshold``: buffers of this many bytes or more (numpy arrays,
+    bytes, bytearray, memoryview) in what travels to and from the workers are
+    written once into shared memory instead of the pipe (default 1 MiB; ``None``:
+    never). See docs/threads-and-processes.md for what the receiving side gets.
     ``return_exceptions=True``: a member's ``Exception`` (its ``StageTimeoutError``
     or ``WorkerCrashedError`` included) is returned in its place and the others
     run to completion; members then travel one per message. See the module
@@ -132,8 +139,12 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
     ships_members = True
 
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None,
-                 return_exceptions: bool = False) -> None:
+                 return_exceptions: bool = False,
+                 shared_memory_threshold: int | None = SHARED_MEMORY_THRESHOLD) -> None:
         self.max_workers = check_max_workers("MultiprocessExecutionStrategy", max_workers)
+        self.shared_memory_threshold: int | None = check_int(
+            "MultiprocessExecutionStrategy", "shared_memory_threshold", shared_memory_threshold, least=1,
+            optional=True)
         super().__init__(return_exceptions=return_exceptions)
         self._plan = plan_singles if return_exceptions else plan_batches
         method = start_method or default_start_method()
@@ -161,7 +172,7 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
     async def ensure_pool(self, loop: Any) -> ProcessPool:
         pool = self._pool
         if pool is None or pool.closed:
-            pool = self._pool = ProcessPool(self.workers, self.start_method)
+            pool = self._pool = self._new_pool()
         if not pool.workers and not pool.started and pool.starting is None:
             # A cold start can take ~0.5 s (fork server, imports): keep the event loop free meanwhile.
             pool.begin_start(loop)
@@ -194,19 +205,24 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
         if control is not None and not any(isinstance(r.owner, Container) for r in runners):
             control = None  # only groups cycle, so only they care about a drain
         sink = current_trace.get() if tracing() else None
-        # Everything is pickled (and checked) before a worker is started or anything is sent.
-        for indices in self._plan(runners, self.workers):
-            members = [runners[i] for i in indices]
-            packed_from = time.perf_counter()
-            payload, cids = dumps_batch([r.owner for r in members], args, kwargs)
-            limit = deadline(members[0].owner) if len(members) == 1 else None
-            job = Job(dispatch, indices, members, payload, cids, limit, control)
-            job.packed = (packed_from, time.perf_counter())
-            job.sink = sink
-            jobs.append(job)
         pool = self._pool
         if pool is None or pool.closed:
-            pool = self._pool = ProcessPool(self.workers, self.start_method)
+            pool = self._pool = self._new_pool()  # not started yet: its shared memory takes the large buffers
+        # Everything is pickled (and checked) before a worker is started or anything is sent.
+        try:
+            for indices in self._plan(runners, self.workers):
+                members = [runners[i] for i in indices]
+                packed_from = time.perf_counter()
+                packed, cids = pack_batch([r.owner for r in members], args, kwargs, pool.threshold, pool.arena)
+                limit = deadline(members[0].owner) if len(members) == 1 else None
+                job = Job(dispatch, indices, members, packed.data, cids, limit, control)
+                job.blocks = list(packed.blocks)
+                job.packed = (packed_from, time.perf_counter())
+                job.sink = sink
+                jobs.append(job)
+        except BaseException:
+            pool.arena.free([block for job in jobs for block in job.blocks])
+            raise
         try:
             if pool.loop is not loop or not pool.workers:
                 pool = await self.ensure_pool(loop)
@@ -230,6 +246,9 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
             raise
         report_jobs(jobs, None)
         return dispatch.values
+
+    def _new_pool(self) -> ProcessPool:
+        return ProcessPool(self.workers, self.start_method, self.shared_memory_threshold)
 
     def close(self) -> None:
         """Stop the pool's workers (idle ones exit, busy ones are terminated)."""
@@ -256,5 +275,7 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
 
     def __repr__(self) -> str:
         extra = ", return_exceptions=True" if self.return_exceptions else ""
+        if self.shared_memory_threshold != SHARED_MEMORY_THRESHOLD:
+            extra += f", shared_memory_threshold={self.shared_memory_threshold}"
         return (f"MultiprocessExecutionStrategy(max_workers={self.max_workers}, "
                 f"start_method={self.start_method!r}{extra})")

@@ -30,6 +30,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -46,6 +47,7 @@ from dynapipeline._transports._remote.batch import (
     run_call,
     unloadable_reply,
 )
+from dynapipeline._transports._remote.buffers import SHARED, pack, unpack
 from dynapipeline._transports._remote.messages import (
     IDLE,
     LOG_DATA,
@@ -54,6 +56,7 @@ from dynapipeline._transports._remote.messages import (
     LOG_TABLE,
     MAX_KEPT_STAGES,
     READY,
+    SEGMENTS,
     STOP,
     TAKEN,
     Clock,
@@ -63,6 +66,7 @@ from dynapipeline._transports._remote.messages import (
     Reply,
 )
 from dynapipeline._transports.calling import needs_loop, plain_call, run_component
+from dynapipeline._transports.process.shm import MAPPED, LocalArena, send_segments, take_segments
 
 __all__ = ["main", "run_map", "run_message"]
 
@@ -71,24 +75,43 @@ _ROW = struct.Struct("=4d")  # an item log row (_remote.messages); native double
 logger = logging.getLogger("dynapipeline")
 
 
-def main(conn: Any, current: Any, drain: Any = None, log: Any = None) -> None:
+def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold: int | None = None) -> None:
     """The worker's loop: signal ready, then run messages until told to stop or the parent goes away.
 
     ``log``: the shared item log that stream steps' chunks write to (``_remote.messages``).
+    ``threshold``: results' buffers of this many bytes or more go to this worker's shared memory.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
-    state: dict[str, Any] = {"log": log}
+    parent_process = multiprocessing.parent_process()
+    parent: int = (parent_process.pid if parent_process is not None else None) or os.getppid()  # the pool's
+    arena = LocalArena() if threshold is not None else None
+    state: dict[str, Any] = {"log": log, "threshold": threshold, "arena": arena, "attach": MAPPED.attach}
+    announced: set[int] = set()  # this worker's segments the parent has
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
     conn.send_bytes(READY)
     while True:
         try:
             message = conn.recv_bytes()
+            if message[:1] == SEGMENTS:
+                take_segments(sock, message)
+                continue
         except (EOFError, OSError):
             break
         if message == STOP:
             break
         current.value = TAKEN
-        conn.send_bytes(pickle.dumps(run_message(message, current, state, drain), protocol=pickle.HIGHEST_PROTOCOL))
+        reply = run_message(message, current, state, drain)
+        del message  # its items' blocks are released with the reply (below) unless a stage keeps them
+        released = MAPPED.released(parent)
+        if released:
+            reply = reply._replace(released=tuple(released))
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        if arena is not None and len(arena.segments) > len(announced):
+            fds = [(serial, segment.fd) for serial, segment in arena.segments.items() if serial not in announced]
+            announced.update(serial for serial, _ in fds)
+            send_segments(conn, sock, arena.pid, fds)
+        conn.send_bytes(data)
     loop = state.get("loop")
     if loop is not None:
         loop.close()
@@ -155,6 +178,8 @@ def run_message(message: bytes, current: Any, state: dict[str, Any], drain: Any 
     received = time.perf_counter()
     try:
         call = pickle.loads(message)
+        if call.released and state.get("arena") is not None:
+            state["arena"].free(call.released)
         register_classes(call.class_blobs)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return unloadable_reply(error, traceback.format_exc())
@@ -173,16 +198,17 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
     rebuilt_from = received or time.perf_counter()
     stages: dict[int, Any] = state.setdefault("stages", {})
     try:
+        attach = state.get("attach")
         if call.stage:
-            stages[call.stage_id] = pickle.loads(call.stage)[0][0]
+            stages[call.stage_id] = unpack(call.stage, attach)[0][0]
             if len(stages) > MAX_KEPT_STAGES:
                 del stages[next(iter(stages))]  # the oldest; the parent forgets it too (Worker.stages)
         stage = stages[call.stage_id]
-        items = pickle.loads(call.items)
+        items = unpack(call.items, attach)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return MapReply(ran=0, values=b"", last=None, clock=None, thread=0,
                         unloadable=failure_of(error, traceback.format_exc()))
-    log = _ItemLog(state.get("log"), stage.name)
+    log = _ItemLog(state.get("log"), stage.name, state)
     rebuilt = time.perf_counter()
     plain = plain_call(stage)
     if plain is not None:
@@ -190,10 +216,14 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
     else:
         ran = log.run_stage(current, stage, items, state)
     current.value = IDLE
-    try:
-        values = pickle.dumps(log.values, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # a result only cloudpickle can pickle: the parent takes each from the item log
-        values = b""
+    del items
+    values = b""  # when results are in shared memory, or need cloudpickle: the item log's pickles serve
+    if not log.shared:
+        try:
+            values = pickle.dumps(log.values, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - a result only cloudpickle can pickle: the parent reads the item log
+            logger.debug("stage %r: results pickled one by one (cloudpickle)", stage.name)
+    log.values = []
     clock = Clock(received=rebuilt_from, rebuilt=rebuilt, replying=time.perf_counter())
     return MapReply(ran=ran, values=values, last=log.last, clock=clock, thread=threading.get_native_id())
 
@@ -201,7 +231,10 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
 class _ItemLog:
     """Runs a chunk's items, writing each one's outcome to the worker's shared item log (``_remote.messages``)."""
 
-    def __init__(self, buffer: Any, name: str) -> None:
+    def __init__(self, buffer: Any, name: str, state: dict[str, Any] | None = None) -> None:
+        self.state = state
+        self.threshold: int | None = state.get("threshold") if state is not None else None
+        self.shared = False  # a result has buffers in shared memory: the reply's ``values`` are left empty
         if buffer is None:  # not a pool's worker: a private log, the same layout
             buffer = (ctypes.c_ubyte * LOG_SIZE)()
         self.view = memoryview(buffer).cast("B")
@@ -227,6 +260,8 @@ class _ItemLog:
         used = 0
         count = 0
         keep = self.values.append
+        threshold = self.threshold
+        arena = self.state["arena"] if self.state is not None else None
         for item in items:
             current.value = count
             t0 = clock()
@@ -242,7 +277,12 @@ class _ItemLog:
             t1 = clock()
             keep(value)
             try:
-                data = dumps(value, protocol)
+                if threshold is None:
+                    data = dumps(value, protocol)
+                else:
+                    data = pack(value, threshold, arena).data
+                    if data[:1] == SHARED:
+                        self.shared = True
             except Exception:
                 self.count, self.used = count, used
                 self.values.pop()
@@ -284,7 +324,9 @@ class _ItemLog:
 
     def value(self, t0: float, t1: float, value: Any) -> None:
         try:
-            data = dump_value(value)
+            data = dump_value(value, self.state)
+            if data[:1] == SHARED:
+                self.shared = True
         except Exception as bad:
             self.values.append(None)
             unpicklable = TypeError(f"stage {self.name!r} returned a result that cannot be pickled "

@@ -1,0 +1,308 @@
+"""Pickles whose large buffers travel out of band: written once into shared memory, only their place in the pipe.
+
+::
+
+    pack(obj) ─► pickle protocol 5 ─┬─ small buffers, small bytes: in band, as usual
+                                    └─ a buffer ≥ threshold ─► alloc(n): a Block of the sender's shared memory
+                                                              (copied there once) ─► Shared(data, buffers, pinned)
+    unpack(bytes) ─► plain pickle: pickle.loads
+                 └─ Shared: attach(Block) per buffer ─► objects rebuilt on the shared memory (numpy: a view, no copy)
+
+What goes out of band (each at or above the threshold):
+
+- anything pickle protocol 5 hands a ``PickleBuffer`` for: contiguous numpy
+  arrays (any dtype but ``object``; non-contiguous ones are made contiguous
+  first, as a copy), ``pickle.PickleBuffer`` itself;
+- ``memoryview`` (which the standard pickler refuses), through ``reducer_override``;
+- ``bytes`` and ``bytearray``, which the C pickler pickles before it asks
+  ``reducer_override``: through ``persistent_id``. That hook costs a Python call
+  per pickled object, so it is only used on a second pass, when the first pickle
+  came out large (or when the object is itself large bytes): tiny items pay nothing.
+
+On the receiving side, numpy arrays and memoryviews are *views* on the block:
+writable, the receiver's own, alive as long as the receiver holds them (the
+block is reused only after they are gone: ``attach``'s exporters tell when).
+``bytes`` and ``bytearray`` must own their memory: they are copied out of the
+block once, and the block is released at once.
+
+Plain Python on purpose: it runs in worker processes, and numpy is never
+imported here (its arrays come through the protocol's own buffers).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import cloudpickle
+
+__all__ = ["SHARED", "Arena", "Block", "Packed", "Shared", "SharedHooks", "pack", "pack_with", "rebuild_view", "unpack"]
+
+PROTOCOL = 5
+SHARED = b"S"  # first byte of a packed message with out-of-band blocks (a plain pickle starts with b"\x80")
+
+
+class Block(NamedTuple):
+    """A range of one process's shared memory, as it travels."""
+
+    owner: int  # pid of the process whose arena holds it (it reuses the block once released)
+    segment: int  # the owner's segment number
+    offset: int
+    size: int
+
+
+class Shared(NamedTuple):
+    """A pickle and the blocks its large buffers were written to."""
+
+    data: bytes  # pickle protocol 5
+    buffers: list[Block]  # out-of-band buffers, in the order the pickle takes them (``pickle.loads(buffers=)``)
+    pinned: list[Block]  # large ``bytes`` and ``bytearray``, by their index here (the pickle's persistent ids)
+
+
+class Packed(NamedTuple):
+    """What ``pack`` made: the bytes to send, and the blocks they hold (until the receiver releases them)."""
+
+    data: bytes
+    blocks: tuple[Block, ...]
+
+
+class Arena(Protocol):
+    """Where a sender's large buffers go: this process's shared memory."""
+
+    def alloc(self, size: int) -> tuple[Block, memoryview]:
+        """A free block of ``size`` bytes and a writable view of exactly its memory."""
+
+    def free(self, blocks: list[Block]) -> None:
+        """Blocks to reuse."""
+
+
+# (Block) -> an object exporting the block's memory; the block stays the receiver's as long as that object lives.
+Attach = Callable[[Block], Any]
+
+
+def pack(obj: Any, threshold: int | None, arena: Arena | None, use_cloudpickle: bool = False) -> Packed:
+    """``obj`` pickled, its buffers of ``threshold`` bytes or more in blocks of ``arena``.
+
+    Without a threshold (or an arena) it is a plain pickle. ``use_cloudpickle``:
+    cloudpickle (lambdas, local classes) instead of the standard pickler, which is
+    otherwise tried first and is several times faster. A small object costs one
+    ``pickle.dumps``: its buffers are only looked at (``_Probe``).
+    """
+    if threshold is None or arena is None:
+        return Packed(_plain(obj, use_cloudpickle), ())
+    if not use_cloudpickle and not _large_bytes(obj, threshold):
+        try:
+            data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=_probe(threshold))
+        except Exception:  # noqa: BLE001 - a large buffer (_Large), a lambda, a memoryview: pack_with tells
+            pass
+        else:
+            if len(data) < threshold:
+                return Packed(data, ())
+    return pack_with(obj, threshold, arena, cloudpickle.Pickler if use_cloudpickle else pickle.Pickler)
+
+
+def pack_with(obj: Any, threshold: int, arena: Arena, base: type, **options: Any) -> Packed:
+    """``pack`` with a pickler class of the caller's (``options`` go to its constructor).
+
+    A first pass pickles at the C pickler's speed, with only protocol 5's buffers
+    out of band; if what stayed in band is large (bytes, bytearray, a memoryview),
+    or that pass failed, a second pass adds ``SharedHooks``. Then, for the standard
+    pickler, cloudpickle.
+    """
+    packer = _Packer(threshold, arena)
+    bases = [base] if base is not pickle.Pickler else [pickle.Pickler, cloudpickle.Pickler]
+    if not _large_bytes(obj, threshold):
+        try:
+            data = packer.dump(base, obj, options)
+        except Exception:  # noqa: BLE001 - a memoryview, say: the passes below tell, or raise the real error
+            packer.discard()
+        else:
+            if len(data) < threshold:
+                return packer.result(data)
+            packer.discard()
+    error: Exception | None = None
+    for cls in bases:
+        try:
+            return packer.result(packer.dump(_with_hooks(cls), obj, options))
+        except Exception as failed:  # noqa: BLE001 - the next pickler may do it (cloudpickle: lambdas)
+            packer.discard()
+            error = failed
+    assert error is not None
+    raise error
+
+
+def unpack(data: bytes | memoryview, attach: Attach | None) -> Any:
+    """What ``pack`` made: a plain pickle, or one whose buffers are in shared blocks (``attach`` maps them)."""
+    if data[:1] != SHARED:
+        return pickle.loads(data)
+    if attach is None:
+        raise pickle.UnpicklingError("a pickle with shared-memory buffers, and no shared memory to read them from")
+    shared: Shared = pickle.loads(data[1:])
+    buffers = [attach(block) for block in shared.buffers]
+    if not shared.pinned:
+        return pickle.loads(shared.data, buffers=buffers)
+    unpickler = pickle.Unpickler(io.BytesIO(shared.data), buffers=buffers)
+    pinned = shared.pinned
+
+    def persistent_load(pid: tuple[bool, int]) -> bytes | bytearray:
+        # bytes and bytearray own their memory: one copy, and the block is free again at once.
+        is_bytearray, index = pid
+        return (bytearray if is_bytearray else bytes)(attach(pinned[index]))
+
+    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+    return unpickler.load()
+
+
+def rebuild_view(buffer: Any, fmt: str, shape: tuple[int, ...], readonly: bool) -> memoryview:
+    """A ``memoryview`` as it was sent (format, shape, read-only), on the received buffer."""
+    view: Any = memoryview(buffer).cast("B")  # Any: typeshed types cast() by literal formats only
+    if fmt != "B" or len(shape) != 1:
+        view = view.cast(fmt, shape) if shape else view.cast(fmt)
+    result: memoryview = view.toreadonly() if readonly else view
+    return result
+
+
+class SharedHooks:
+    """Pickler hooks for what protocol 5 keeps in band: large bytes, bytearray, memoryview, non-contiguous arrays.
+
+    Mixed into a pickler class before it (``_with_hooks``); ``packer`` is set per pickle.
+    """
+
+    packer: _Packer
+
+    def persistent_id(self, obj: Any) -> tuple[bool, int] | None:
+        # The only hook the C pickler calls for bytes and bytearray (it pickles builtin types before
+        # ``reducer_override``); a Python call per object, hence the second pass only.
+        kind = type(obj)
+        if (kind is bytes or kind is bytearray) and len(obj) >= self.packer.threshold:
+            pinned = self.packer.pinned
+            pinned.append(self.packer.copy(memoryview(obj)))
+            return kind is bytearray, len(pinned) - 1
+        return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is memoryview:
+            view: Any = obj  # Any: typeshed types cast() by literal formats only
+            if not obj.contiguous:
+                view = memoryview(view.tobytes()).cast(view.format, view.shape)
+            return rebuild_view, (pickle.PickleBuffer(view), view.format, tuple(view.shape or ()), obj.readonly)
+        if _is_strided_array(obj, self.packer.threshold):
+            return obj.copy().__reduce_ex__(PROTOCOL)  # contiguous now: out of band instead of in band
+        parent = getattr(super(), "reducer_override", None)
+        return parent(obj) if parent is not None else NotImplemented
+
+
+class _Large(Exception):
+    """Raised by a ``_Probe``: the object has a large buffer, the fast pass is abandoned."""
+
+
+class _Probe:
+    """A ``buffer_callback`` that keeps small buffers in band and stops the pickle at a large one."""
+
+    __slots__ = ("threshold",)
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            size = buffer.raw().nbytes
+        except BufferError:  # not contiguous: in band
+            return True
+        if size >= self.threshold:
+            raise _Large
+        return True
+
+
+_PROBES: dict[int, _Probe] = {}
+
+
+def _probe(threshold: int) -> _Probe:
+    probe = _PROBES.get(threshold)
+    if probe is None:
+        probe = _PROBES[threshold] = _Probe(threshold)
+    return probe
+
+
+def _plain(obj: Any, use_cloudpickle: bool) -> bytes:
+    if not use_cloudpickle:
+        try:
+            return pickle.dumps(obj, protocol=PROTOCOL)
+        except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle sends them by value
+            pass
+    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return data
+
+
+def _large_bytes(obj: Any, threshold: int) -> bool:
+    """Large bytes on top (an item, or a chunk's first item): the first pass would only copy them in band."""
+    if type(obj) is list and obj:
+        obj = obj[0]
+    return type(obj) in (bytes, bytearray) and len(obj) >= threshold
+
+
+def _is_strided_array(obj: Any, threshold: int) -> bool:
+    """A large numpy array that is not contiguous (numpy pickles those in band), by duck typing: no numpy import."""
+    flags = getattr(obj, "flags", None)
+    return (type(obj).__name__ == "ndarray" and type(obj).__module__ == "numpy" and flags is not None
+            and not flags.c_contiguous and not flags.f_contiguous and obj.nbytes >= threshold
+            and not obj.dtype.hasobject)
+
+
+class _Packer:
+    """One ``pack``: the blocks its pickle's large buffers went to."""
+
+    def __init__(self, threshold: int, arena: Arena) -> None:
+        self.threshold = threshold
+        self.arena = arena
+        self.buffers: list[Block] = []
+        self.pinned: list[Block] = []
+
+    def dump(self, cls: type, obj: Any, options: dict[str, Any]) -> bytes:
+        out = io.BytesIO()
+        pickler = cls(out, protocol=PROTOCOL, buffer_callback=self.out_of_band, **options)
+        pickler.packer = self  # read by SharedHooks
+        pickler.dump(obj)
+        return out.getvalue()
+
+    def out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
+        """``buffer_callback``: a large contiguous buffer goes to a block (False: not in band)."""
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: in band, as pickle would without us
+            return True
+        if raw.nbytes < self.threshold:
+            return True
+        self.buffers.append(self.copy(raw))
+        return False
+
+    def copy(self, raw: memoryview) -> Block:
+        block, view = self.arena.alloc(raw.nbytes)
+        with view:
+            view[:] = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
+        return block
+
+    def discard(self) -> None:
+        """Free this pass's blocks: the next pass makes its own."""
+        if self.buffers or self.pinned:
+            self.arena.free(self.buffers + self.pinned)
+        self.buffers, self.pinned = [], []
+
+    def result(self, data: bytes) -> Packed:
+        if not self.buffers and not self.pinned:
+            return Packed(data, ())
+        shared = Shared(data=data, buffers=self.buffers, pinned=self.pinned)
+        return Packed(SHARED + pickle.dumps(shared, protocol=PROTOCOL), (*self.buffers, *self.pinned))
+
+
+_WITH_HOOKS: dict[type, type] = {}
+
+
+def _with_hooks(base: type) -> type:
+    """``base`` with ``SharedHooks`` first in its MRO (made once per pickler class)."""
+    made = _WITH_HOOKS.get(base)
+    if made is None:
+        made = _WITH_HOOKS[base] = type(f"Shared{base.__name__}", (SharedHooks, base), {})
+    return made
