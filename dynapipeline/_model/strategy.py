@@ -23,11 +23,15 @@ class ItemRunner:
     order; a failure of one item never fails the others. ``chunk`` is the most
     items one call takes (processes batch items; threads take one). ``width``,
     when ``open`` sets it, is the most calls worth making at once (it lowers the
-    step's count of workers, say to what a cluster can run).
+    step's count of workers, say to what a cluster can run); lowered later, the
+    step adds no more workers beyond it. ``releases``: a call of one item may
+    replace it in ``values`` by None once shipped (a large item in shared memory),
+    and the step drops its own reference too, so that no other copy stays.
     """
 
     chunk: int = 1
     width: int | None = None
+    releases: bool = False
 
     async def open(self) -> None:
         """Acquire what the step's run needs (a pool)."""

@@ -120,7 +120,7 @@ class StepRun:
             if self.width == 1:
                 await work()
             else:
-                self.crew = Crew(work, self.width)
+                self.crew = Crew(work, self.width, runner)
                 await self.crew.run()
         finally:
             if runner is not None:
@@ -270,6 +270,9 @@ class StepRun:
         counts = self.counts
         todo = [value for _, value in entries if type(value) is not Failed]
         counts.received += len(todo)
+        if len(todo) == 1 and self.item_runner is not None and self.item_runner.releases:
+            # A large item travels alone: the runner drops its reference once it is shipped, so must we.
+            entries[:] = [entry if type(entry[1]) is Failed else (entry[0], None) for entry in entries]
         if tracing():
             current_item.set(entries[0][0])
             chunk_items.set([index for index, value in entries if type(value) is not Failed])
@@ -346,11 +349,12 @@ class Crew:
     others (and is re-raised once they are gone), as does our own cancellation.
     """
 
-    __slots__ = ("busy", "failed", "finished", "future", "size", "tasks", "width", "work")
+    __slots__ = ("busy", "failed", "finished", "future", "runner", "size", "tasks", "width", "work")
 
-    def __init__(self, work: Callable[[], Awaitable[None]], width: int) -> None:
+    def __init__(self, work: Callable[[], Awaitable[None]], width: int, runner: ItemRunner | None = None) -> None:
         self.work = work
         self.width = width
+        self.runner = runner  # its ``width`` may shrink as it goes (large items): no worker is added beyond it
         self.tasks: list[asyncio.Task[None]] = []
         self.busy = 0
         self.size = 0  # len(tasks)
@@ -362,7 +366,9 @@ class Crew:
         """A worker took something to run: add one when none is left to take the next."""
         self.busy += 1
         if self.busy == self.size < self.width:
-            self.add()
+            runner = self.runner
+            if runner is None or runner.width is None or self.size < runner.width:
+                self.add()
 
     def add(self) -> None:
         task = asyncio.ensure_future(self.work())

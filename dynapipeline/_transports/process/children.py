@@ -1,18 +1,28 @@
-"""Starting and stopping worker processes: the start method and the one way a process is stopped."""
+"""Starting and stopping worker processes: the start method, the one way a process is stopped, and the
+pools still open at interpreter exit (their workers are stopped then)."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
-from typing import Any
+import weakref
+from typing import Any, Protocol
 
 from dynapipeline._transports.process import worker
 
-__all__ = ["close_quietly", "default_start_method", "start_context", "stop_process"]
+__all__ = ["LIVE_POOLS", "close_quietly", "default_start_method", "start_context", "stop_process"]
 
 logger = logging.getLogger("dynapipeline")
 
 _WORKER_MODULE = worker.__name__
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+LIVE_POOLS: weakref.WeakSet[_Closable] = weakref.WeakSet()  # the pools still open: closed at interpreter exit
 
 
 def default_start_method() -> str:
@@ -64,3 +74,15 @@ def close_quietly(conn: Any) -> None:
         conn.close()
     except OSError as error:
         logger.debug("closing a worker pipe: %r", error)
+
+
+def _close_all() -> None:
+    """At interpreter exit: stop the workers of every pool still open."""
+    for pool in list(LIVE_POOLS):
+        try:
+            pool.close()
+        except Exception as error:  # noqa: BLE001 - one pool's failure must not keep the others' workers alive
+            logger.debug("closing a process pool at exit: %r", error)
+
+
+atexit.register(_close_all)

@@ -97,6 +97,10 @@ class PoolJob(Protocol):
     def blocks(self) -> list[Block]:
         """The shared-memory blocks its message holds (the worker releases them, or they are freed if it dies)."""
 
+    @property
+    def kept(self) -> tuple[Block, ...]:
+        """Those of its blocks the pool never frees: the job's caller does (it may send them again)."""
+
     def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> Call | MapCall:
         """The message to send: ``blobs`` are the classes the worker lacks; ``stage``: it lacks the stage too."""
 

@@ -42,89 +42,33 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
 from dynapipeline._model.component import runner_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, chunk_items
-from dynapipeline._transports._remote.buffers import Block, Packed, pack, unpack
-from dynapipeline._transports._remote.messages import LOG_DATA, LOG_HEAD, LOG_TABLE, Failure, MapCall, MapReply
+from dynapipeline._transports._remote.buffers import Packed, pack, unpack
+from dynapipeline._transports._remote.messages import Failure, MapReply
 from dynapipeline._transports._remote.pickling import pack_batch
 from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports._remote.replies import remote_error, tag
 from dynapipeline._transports.calling import add_runs
 from dynapipeline._transports.offloop import crash_retry, merge_wait_ship, note_crashes
-from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
-from dynapipeline._transports.process.jobs import Split
+from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut
+from dynapipeline._transports.process.jobs import MapJob, Split
 from dynapipeline._transports.process.shm import MAPPED
 from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from dynapipeline._transports.process.pool import ProcessPool
 
-__all__ = ["MapJob", "PoolOwner", "ProcessItems"]
+__all__ = ["PoolOwner", "ProcessItems"]
 
 logger = logging.getLogger("dynapipeline")
 _CHUNK_SECONDS = 2e-3  # the work one chunk aims at
 _FIRST_CHUNK = 16
 _ids = itertools.count(1)
-
-
-class MapJob:
-    """One chunk of items for one worker; its outcome completes ``future``."""
-
-    __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control", "sent_at",
-                 "sink", "packed", "logged", "blocks")
-
-    def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: Callable[[], Packed], cids: set[int],
-                 items: Packed, deadline: float | None) -> None:
-        self.future = future
-        self.stage_id = stage_id
-        self.stage = stage  # packs the stage for a worker that lacks it
-        self.cids = cids
-        self.items = items.data
-        self.blocks: list[Block] = list(items.blocks)  # the shared-memory blocks of its items (and of its stage)
-        self.deadline = deadline
-        self.worker: Worker | None = None
-        self.done = False
-        self.control = None  # a stream's drain is the stream's own: the feeder stops pulling
-        self.sent_at = 0.0  # set by the pool when it hands the chunk to a worker
-        self.sink = None  # the worker traces nothing: the parent traces the items from the item log
-        self.packed = (0.0, 0.0)  # perf_counter before and after the items were pickled
-        # The item log when the chunk ended (read before the worker goes on): its rows (flat), its pickles,
-        # and how many of its items failed.
-        self.logged: tuple[list[float], bytes, int] = ([], b"", 0)
-
-    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> MapCall:
-        """The ``MapCall``, with ``blobs`` (the classes its worker lacks), and the stage if it lacks it too."""
-        payload = b""
-        if stage:
-            packed = self.stage()
-            payload = packed.data
-            self.blocks += packed.blocks
-        return MapCall(class_blobs=blobs, stage_id=self.stage_id, stage=payload, items=self.items)
-
-    def finish(self, outcome: Outcome) -> None:
-        if not self.done:
-            self.done = True
-            w = self.worker
-            if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log is not None:
-                # Now: the pool hands this worker its next chunk as soon as this returns.
-                view = memoryview(w.log).cast("B")
-                count, failures = LOG_HEAD.unpack_from(view, 0)
-                if count:
-                    rows: list[float] = view[LOG_TABLE:LOG_TABLE + 32 * count].cast("d").tolist()  # type: ignore[assignment]
-                    data = b""
-                    reply = outcome.reply if isinstance(outcome, Replied) else None
-                    if failures or type(reply) is not MapReply or not reply.values or \
-                            (reply.last is not None and reply.last.failed):
-                        # The pickles are read only when the reply's values cannot serve (a crash, failed items).
-                        data = bytes(view[LOG_DATA:LOG_DATA + int(math.fsum(map(abs, rows[3::4])))])
-                    self.logged = (rows, data, failures)
-            if not self.future.done():
-                self.future.set_result(outcome)
 
 
 class PoolOwner(Protocol):
@@ -138,6 +82,10 @@ class PoolOwner(Protocol):
 
     def close_if_stopped(self, *, in_use: bool) -> None:
         """Close the pool if the current run was stopped and nothing else uses it."""
+
+    @property
+    def workers(self) -> int:
+        """The pool's size."""
 
 
 class ProcessItems(ItemRunner):
@@ -155,6 +103,7 @@ class ProcessItems(ItemRunner):
         self.cids: set[int] = set()
         self.pool: ProcessPool | None = None
         self.runner = runner_of(stage)
+        self.releases = True  # _call_large drops a large item once it is in shared memory
 
     async def open(self) -> None:
         # The stage is pickled (and checked) once, before any worker starts.
@@ -171,12 +120,15 @@ class ProcessItems(ItemRunner):
         return pack_batch([self.stage], (), {}, threshold, pool.arena)[0]
 
     async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
-        if len(values) > 1 and self._large(values[0]):
-            # Large items travel one per chunk (their copy dominates, and a chunk goes to one worker): the
-            # first chunk, sized before any item was timed, is split across the workers now.
-            self.chunk = 1
-            parts = await asyncio.gather(*(self.call([value]) for value in values))
-            return [part[0] for part in parts]
+        if self.pool is not None and self._large(values[0]):
+            self.width = self.strategy.workers  # a large item waiting for a worker would be one more copy here
+            if len(values) > 1:
+                # Large items travel one per chunk (their copy dominates, and a chunk goes to one worker): a
+                # first chunk, sized before any item was seen, is split across the workers now.
+                self.chunk = 1
+                parts = await asyncio.gather(*(self.call([value]) for value in values))
+                return [part[0] for part in parts]
+            return [await self._call_large(values)]
         results: list[tuple[bool, Any] | None] = [None] * len(values)
         crashes = [0] * len(values)
         pending = list(range(len(values)))
@@ -236,6 +188,53 @@ class ProcessItems(ItemRunner):
             # As in _run: a stopped run leaves no worker behind, even when this step never sent a chunk.
             self.strategy.close_if_stopped(in_use=not pool.idle)
 
+    async def _call_large(self, values: list[Any]) -> tuple[bool, Any]:
+        """One large item: written to shared memory once, then this step holds no other copy of it.
+
+        Its blocks are this call's (``MapJob.kept``): a crashed worker's retry sends them again; they
+        are freed here when no worker will read them, or by the worker that did.
+        """
+        await self._live_pool()
+        packed_from = time.perf_counter()
+        results: list[Any] = [None]
+        items = self._dump_items(values, [0], results)
+        if items is None:
+            return results[0]  # type: ignore[no-any-return]  # it cannot be pickled: its error
+        values[0] = None  # the caller's reference goes too (``ItemRunner.call``)
+        sink = current_trace.get() if tracing() else None
+        indices = chunk_items.get() if sink is not None else None
+        crashes = 0
+        sent = False  # a worker holds the blocks (and releases them)
+        try:
+            while True:
+                outcome, job = await self._run(items, packed_from, keep=True)
+                sent = job is not None and job.worker is not None
+                if isinstance(outcome, Replied):
+                    reply = outcome.reply
+                    assert type(reply) is MapReply
+                    if reply.unloadable is not None:
+                        return False, self._error(reply.unloadable, outcome.pid)
+                    self._take_items(job, outcome, [0], results, sink, indices)
+                    if results[0] is not None:
+                        return results[0]  # type: ignore[no-any-return]
+                    continue  # no room in the item log for its outcome: impossible for one item, but go again
+                sent = False  # its worker is dead: nobody else holds the blocks
+                if isinstance(outcome, TimedOut):
+                    return False, StageTimeoutError(self.name, self.stage.timeout)
+                if not isinstance(outcome, Crashed):
+                    return False, WorkerCrashedError(self.name, outcome.pid, None)
+                if self._take_items(job, outcome, [0], results, sink, indices):
+                    return results[0]  # type: ignore[no-any-return]  # it had finished: its outcome stands
+                crashes += 1
+                delay = None if outcome.at_start else crash_retry(self.stage, crashes)
+                if delay is None:
+                    return False, self._crashed(outcome, crashes if not outcome.at_start else 0)
+                await asyncio.sleep(delay)
+                packed_from = time.perf_counter()
+        finally:
+            if not sent and self.pool is not None:
+                self.pool.arena.free(list(items.blocks))
+
     def _large(self, value: Any) -> bool:
         """An item at least as large as the shared-memory threshold (bytes-like or with ``nbytes``)."""
         threshold = self.pool.threshold if self.pool is not None else None
@@ -252,14 +251,18 @@ class ProcessItems(ItemRunner):
         if pool is None or pool.closed or (not pool.workers and not pool.started and pool.starting is None):
             self.pool = await self.strategy.ensure_pool(asyncio.get_running_loop())
 
-    async def _run(self, items: Packed, packed_from: float) -> tuple[Outcome, MapJob | None]:
+    async def _run(self, items: Packed, packed_from: float, keep: bool = False) -> tuple[Outcome, MapJob | None]:
+        """Send the items as one chunk; its outcome. ``keep``: the caller frees its items' blocks."""
         pool = self.pool
         assert pool is not None  # _live_pool made it, before the items were packed into its shared memory
         if pool.broken is not None:
-            pool.arena.free(list(items.blocks))
+            if not keep:
+                pool.arena.free(list(items.blocks))
             return pool.broken, None  # its workers die on start-up: starting more would only die the same way
         loop = asyncio.get_running_loop()
         job = MapJob(loop.create_future(), self.stage_id, self._pack_stage, self.cids, items, self.limit)
+        if keep:
+            job.kept = items.blocks
         job.packed = (packed_from, time.perf_counter())
         pool.submit([job])
         try:

@@ -1,4 +1,5 @@
-"""The parent's bookkeeping for a dispatch on processes: its jobs, and what each job's outcome becomes.
+"""What a process pool sends: a group dispatch's ``Job`` per batch and a stream step's ``MapJob`` per chunk,
+and what a dispatch's job outcomes become.
 
 ::
 
@@ -13,6 +14,8 @@ Invariants:
 - A dispatch's future completes once: when all its jobs are in, or at the first
   error (``GatherDispatch``: a component's ``Exception`` is its result instead).
 - A run that a crash or a deadline cut short is counted as a failed run.
+- A job's shared-memory blocks (``blocks``) are its worker's once sent (it releases
+  them); a ``MapJob``'s ``kept`` ones are its caller's to free (it may resend them).
 
 See docs/threads-and-processes.md.
 """
@@ -20,20 +23,32 @@ See docs/threads-and-processes.md.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
-from dynapipeline._transports._remote.buffers import Block
-from dynapipeline._transports._remote.messages import Call, Clock, Reply, Trace
+from dynapipeline._transports._remote.buffers import Block, Packed
+from dynapipeline._transports._remote.messages import (
+    LOG_DATA,
+    LOG_HEAD,
+    LOG_TABLE,
+    Call,
+    Clock,
+    MapCall,
+    MapReply,
+    Reply,
+    Trace,
+)
 from dynapipeline._transports._remote.replies import apply_timings, report_reply, take_values
 from dynapipeline._transports.offloop import Results, merge_wait_ship
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
 from dynapipeline._transports.process.shm import MAPPED
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
-__all__ = ["Dispatch", "Job", "Split", "collect", "report_jobs", "watch_drain"]
+__all__ = ["Dispatch", "Job", "MapJob", "Split", "collect", "report_jobs", "watch_drain"]
 
 _DRAIN_POLL = 0.02  # seconds between checks for a drain while groups run in workers
 
@@ -63,6 +78,7 @@ class Job:
         self.blocks: list[Block] = []  # the shared-memory blocks its payload's large buffers are in
 
     stage_id = 0  # a batch keeps nothing on its worker (``PoolJob``)
+    kept: tuple[Block, ...] = ()  # the pool frees all its blocks
 
     def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> Call:
         """The ``Call``, with ``blobs``: the classes its worker has not received yet."""
@@ -72,6 +88,62 @@ class Job:
         if not self.done:
             self.done = True
             self.dispatch.on_job(self, outcome)
+
+
+class MapJob:
+    """One chunk of items for one worker; its outcome completes ``future``."""
+
+    __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control", "sent_at",
+                 "sink", "packed", "logged", "blocks", "kept")
+
+    def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: Callable[[], Packed], cids: set[int],
+                 items: Packed, deadline: float | None) -> None:
+        self.future = future
+        self.stage_id = stage_id
+        self.stage = stage  # packs the stage for a worker that lacks it
+        self.cids = cids
+        self.items = items.data
+        self.blocks: list[Block] = list(items.blocks)  # the shared-memory blocks of its items (and of its stage)
+        self.kept: tuple[Block, ...] = ()  # those its caller frees, the pool never (``_call_large``)
+        self.deadline = deadline
+        self.worker: Worker | None = None
+        self.done = False
+        self.control = None  # a stream's drain is the stream's own: the feeder stops pulling
+        self.sent_at = 0.0  # set by the pool when it hands the chunk to a worker
+        self.sink = None  # the worker traces nothing: the parent traces the items from the item log
+        self.packed = (0.0, 0.0)  # perf_counter before and after the items were pickled
+        # The item log when the chunk ended (read before the worker goes on): its rows (flat), its pickles,
+        # and how many of its items failed.
+        self.logged: tuple[list[float], bytes, int] = ([], b"", 0)
+
+    def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> MapCall:
+        """The ``MapCall``, with ``blobs`` (the classes its worker lacks), and the stage if it lacks it too."""
+        payload = b""
+        if stage:
+            packed = self.stage()
+            payload = packed.data
+            self.blocks += packed.blocks
+        return MapCall(class_blobs=blobs, stage_id=self.stage_id, stage=payload, items=self.items)
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.done:
+            self.done = True
+            w = self.worker
+            if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log is not None:
+                # Now: the pool hands this worker its next chunk as soon as this returns.
+                view = memoryview(w.log).cast("B")
+                count, failures = LOG_HEAD.unpack_from(view, 0)
+                if count:
+                    rows: list[float] = view[LOG_TABLE:LOG_TABLE + 32 * count].cast("d").tolist()  # type: ignore[assignment]
+                    data = b""
+                    reply = outcome.reply if isinstance(outcome, Replied) else None
+                    if failures or type(reply) is not MapReply or not reply.values or \
+                            (reply.last is not None and reply.last.failed):
+                        # The pickles are read only when the reply's values cannot serve (a crash, failed items).
+                        data = bytes(view[LOG_DATA:LOG_DATA + int(math.fsum(map(abs, rows[3::4])))])
+                    self.logged = (rows, data, failures)
+            if not self.future.done():
+                self.future.set_result(outcome)
 
 
 class Dispatch(Results):

@@ -24,13 +24,11 @@ See docs/threads-and-processes.md.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import os
 import pickle
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -47,7 +45,7 @@ from dynapipeline._transports._remote.messages import (
 from dynapipeline._transports._remote.pickling import REGISTRY, pack_batch
 from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports.process import worker
-from dynapipeline._transports.process.children import close_quietly, start_context, stop_process
+from dynapipeline._transports.process.children import LIVE_POOLS, close_quietly, start_context, stop_process
 from dynapipeline._transports.process.handle import Closed, Crashed, PoolJob, Replied, TimedOut, Worker
 from dynapipeline._transports.process.jobs import Job
 from dynapipeline._transports.process.shm import MAPPED, LocalArena, segment_fds, send_segments, take_segments
@@ -56,7 +54,6 @@ __all__ = ["ProcessPool"]
 
 logger = logging.getLogger("dynapipeline")
 
-_LIVE_POOLS: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
 
 
 class ProcessPool:
@@ -82,7 +79,7 @@ class ProcessPool:
         # Set when workers keep dying on start-up; jobs submitted then fail at once (cleared by a ready worker).
         self.broken: Crashed | None = None
         self._counter = 0
-        _LIVE_POOLS.add(self)
+        LIVE_POOLS.add(self)
 
     # -- life cycle ---------------------------------------------------------------------------
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -183,18 +180,25 @@ class ProcessPool:
         except (RuntimeError, ValueError, OSError) as error:  # that loop is closed, or the pipe is
             logger.debug("worker pid %s: removing its reader: %r", w.pid, error)
 
-    def _drop(self, w: Worker, kill: bool) -> int | None:
-        """Remove a worker from the pool (killing it if asked); its exit code."""
+    def _drop(self, w: Worker, kill: bool, job: PoolJob | None = None) -> int | None:
+        """Remove a worker from the pool (killing it if asked); its exit code. ``job``: the one it held."""
         self._unwatch(w)
         if w in self.workers:
             self.workers.remove(w)
         code = stop_process(w.proc, grace=0.0 if kill else 1.0)
         close_quietly(w.conn)
-        self._forget_memory(w)
+        self._forget_memory(w, job)
         return code
 
-    def _forget_memory(self, w: Worker) -> None:
+    def _free_unsent(self, job: PoolJob) -> None:
+        """A job that will not be sent: nobody holds its blocks (but those its caller keeps)."""
+        kept = set(job.kept)
+        self.arena.free([block for block in job.blocks if block not in kept])
+
+    def _forget_memory(self, w: Worker, job: PoolJob | None) -> None:
         """A worker is gone: the blocks it held are free; its segments are unmapped here once unused."""
+        if job is not None:
+            w.holding.difference_update(job.kept)  # its caller frees them, or sends them again
         self.arena.free(list(w.holding))
         w.holding.clear()
         MAPPED.forget(w.pid)
@@ -214,7 +218,7 @@ class ProcessPool:
                 return
             self.closed = True
             started, self.started = self.started, []
-        _LIVE_POOLS.discard(self)
+        LIVE_POOLS.discard(self)
         workers = list(self.workers) + started
         self.workers.clear()
         jobs = [w.job for w in workers if w.job is not None]
@@ -335,11 +339,11 @@ class ProcessPool:
             w = job.worker
             job.done = True
             if w is None:
-                self.arena.free(job.blocks)  # never sent: nobody else holds them
+                self._free_unsent(job)
                 continue
             if kill_running and w.job is job:
                 w.job = None
-                self._drop(w, kill=True)
+                self._drop(w, kill=True, job=job)
         if any(job.done for job in self.queue):
             # Withdrawn jobs leave the queue now, not when a worker next asks for work,
             # so that `idle` is true as soon as nothing real is left.
@@ -404,7 +408,7 @@ class ProcessPool:
         w.job = None
         if job is not None and position == SENT and not job.done:
             w.holding.difference_update(job.blocks)  # still the job's: it is sent again (below)
-        exitcode = self._drop(w, kill=False)
+        exitcode = self._drop(w, kill=False, job=job)
         if job is not None and position == SENT and not job.done:
             # The worker died before it read the job (killed while idle): the job never ran, send it elsewhere.
             job.worker = None
@@ -421,7 +425,9 @@ class ProcessPool:
                 # Workers die on start-up: fail what is queued rather than respawning forever.
                 self.broken = Crashed(-1, w.pid, exitcode, at_start=True)
                 while self.queue:
-                    self.queue.popleft().finish(self.broken)
+                    queued = self.queue.popleft()
+                    self._free_unsent(queued)
+                    queued.finish(self.broken)
             else:
                 self.fill()
         self._pump()
@@ -431,19 +437,7 @@ class ProcessPool:
         if w.job is not job:
             return
         w.job = None
-        self._drop(w, kill=True)
+        self._drop(w, kill=True, job=job)
         job.finish(TimedOut())
         self.fill()
         self._pump()
-
-
-def _close_all() -> None:
-    """At interpreter exit: stop the workers of every pool still open."""
-    for pool in list(_LIVE_POOLS):
-        try:
-            pool.close()
-        except Exception as error:  # noqa: BLE001 - one pool's failure must not keep the others' workers alive
-            logger.debug("closing a process pool at exit: %r", error)
-
-
-atexit.register(_close_all)
