@@ -47,7 +47,7 @@ from dynapipeline._transports._remote.batch import (
     run_call,
     unloadable_reply,
 )
-from dynapipeline._transports._remote.buffers import SHARED, pack, unpack
+from dynapipeline._transports._remote.buffers import SHARED, pack, small, unpack
 from dynapipeline._transports._remote.messages import (
     IDLE,
     LOG_DATA,
@@ -280,9 +280,12 @@ class _ItemLog:
                 if threshold is None:
                     data = dumps(value, protocol)
                 else:
-                    data = pack(value, threshold, arena).data
-                    if data[:1] == SHARED:
-                        self.shared = True
+                    quick = small(value, threshold)
+                    if quick is not None:
+                        data = quick
+                    else:
+                        data = pack(value, threshold, arena).data
+                        self.shared = self.shared or data[:1] == SHARED
             except Exception:
                 self.count, self.used = count, used
                 self.values.pop()
