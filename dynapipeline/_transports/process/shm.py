@@ -32,6 +32,7 @@ import pickle
 import socket
 import threading
 import weakref
+from collections import deque
 from typing import Any
 
 from dynapipeline._transports._remote.buffers import Block
@@ -173,9 +174,10 @@ class Mapped:
 
     def __init__(self) -> None:
         self.maps: dict[tuple[int, int], mmap.mmap] = {}
-        self._released: dict[int, list[Block]] = {}
+        # Per owner, the blocks released since last asked. A deque: the weakref callbacks append from
+        # whatever thread drops the last view, while the loop's thread takes them (both thread-safe).
+        self._released: dict[int, deque[Block]] = {}
         self._refs: dict[int, weakref.ref[Any]] = {}
-        self._lock = threading.Lock()
 
     def add(self, owner: int, serial: int, fd: int) -> None:
         """Map a segment whose fd arrived from ``owner`` (the fd is closed: the mapping keeps the memory)."""
@@ -183,6 +185,7 @@ class Mapped:
             self.maps[(owner, serial)] = mmap.mmap(fd, 0)
         finally:
             os.close(fd)
+        self._released.setdefault(owner, deque())
 
     def attach(self, block: Block) -> Any:
         mm = self.maps[(block.owner, block.segment)]
@@ -193,24 +196,26 @@ class Mapped:
 
         def gone(_: Any, block: Block = block, key: int = key) -> None:
             refs.pop(key, None)
-            released.setdefault(block.owner, []).append(block)
+            queue = released.get(block.owner)
+            if queue is not None:  # else its owner is gone: nobody to tell
+                queue.append(block)
 
         refs[key] = weakref.ref(exporter, gone)
         return exporter
 
     def released(self, owner: int) -> list[Block]:
         """The blocks of ``owner`` released since last asked (they go back with the next message to it)."""
-        return self._released.pop(owner, None) or []
+        queue = self._released.get(owner)
+        out: list[Block] = []
+        while queue:
+            out.append(queue.popleft())
+        return out
 
     def forget(self, owner: int) -> None:
         """``owner`` is gone: drop its mappings (views still alive here keep theirs) and what was to be told to it."""
         self._released.pop(owner, None)
         for key in [k for k in self.maps if k[0] == owner]:
             del self.maps[key]
-
-    def clear(self) -> None:
-        self._released.clear()
-        self.maps.clear()
 
 
 MAPPED = Mapped()  # this process's mappings of other processes' segments (keyed by owner pid: one is enough)
