@@ -38,7 +38,7 @@ import cloudpickle
 from dynapipeline._engine import EPOCH_OFFSET, RunControl, TraceSink, current_control, current_trace, set_tracing
 from dynapipeline._model.component import private_of
 from dynapipeline._model.group import Container
-from dynapipeline._transports._remote.buffers import pack, unpack
+from dynapipeline._transports._remote.buffers import pack, small, unpack
 from dynapipeline._transports._remote.messages import IDLE, Call, Clock, Failure, Reply, Trace
 from dynapipeline._transports._remote.rebuild import register_class, timings_of
 from dynapipeline._transports.calling import needs_loop, run_component
@@ -79,8 +79,10 @@ def dump_value(value: Any, state: dict[str, Any] | None = None) -> bytes:
 
     In a pool's worker (``state`` has its ``arena`` and ``threshold``), large buffers go to shared memory.
     """
-    if state is not None and state.get("threshold") is not None:
-        return pack(value, state["threshold"], state["arena"]).data
+    threshold = state.get("threshold") if state is not None else None
+    if threshold is not None:
+        assert state is not None
+        return small(value, threshold) or pack(value, threshold, state["arena"]).data
     try:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # lambdas, local classes, ...: cloudpickle sends them by value
