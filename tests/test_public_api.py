@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -124,3 +126,28 @@ def test_nothing_imports_upward() -> None:
                 if RANKS[target] > RANKS[room] and (room, target) not in ALLOWED_UPWARD:
                     upward.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {module}")
     assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_numpy_is_never_imported_by_the_package() -> None:
+    """numpy is a test dependency: shared-memory transfer finds arrays by protocol 5's buffers, not by importing it."""
+    script = """
+import asyncio, sys
+from dynapipeline import Stage, Step, Stream
+from dynapipeline.execution import MultiprocessExecutionStrategy
+
+class Length(Stage):
+    def execute(self, item):
+        return len(item)
+
+async def main():
+    async with MultiprocessExecutionStrategy(1) as processes:
+        out = await Stream(name="s", steps=[Step(Length(name="length"), processes)]).run([b"x" * (2 << 20)])
+    assert out == [2 << 20], out
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    assert "numpy" not in sys.modules, "the package imported numpy"
+    print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
