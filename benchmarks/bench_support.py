@@ -13,7 +13,7 @@ from typing import Any
 import dynapipeline
 from dynapipeline._loops import loop_factory, uvloop_available
 
-__all__ = ["LOOPS", "MODE", "LoopRunner", "close_loops", "loop_runner"]
+__all__ = ["LOOPS", "MODE", "LoopRunner", "close_loops", "loop_runner", "rate_table", "record_rate"]
 
 MODE = "compiled" if dynapipeline.compiled else "pure"
 
@@ -50,3 +50,26 @@ def close_loops() -> None:
     for runner in _runners.values():
         runner.close()
     _runners.clear()
+
+
+# MB/s per group and side, as the data benchmarks record them; printed as one table at the end of the run.
+_rates: dict[str, dict[str, float]] = {}
+OURS = "dynapipeline"
+BASE = "one process"
+
+
+def record_rate(group: str, side: str, mb_per_s: float) -> None:
+    _rates.setdefault(group, {})[side] = mb_per_s
+
+
+def rate_table() -> list[str]:
+    """Per group, each side's MB/s, its ratio to one process and ours ÷ it (empty when nothing was recorded)."""
+    lines = []
+    for group, rates in _rates.items():
+        lines.append(f"{group}: MB/s (median round), ÷ one process, ours ÷ side")
+        base, ours = rates.get(BASE), rates.get(OURS)
+        for side, rate in rates.items():
+            vs_one = f"{rate / base:6.2f}×" if base else ""
+            ours_vs = f"{ours / rate:6.2f}×" if ours and side != OURS else ""
+            lines.append(f"  {side:<14}{rate:>9,.0f}  {vs_one:>8}  {ours_vs:>8}")
+    return lines

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from bench_support import LOOPS, MODE, close_loops
+from bench_support import LOOPS, MODE, close_loops, rate_table
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,3 +19,12 @@ def _close_loops() -> Iterator[None]:
 
 def pytest_report_header(config: Any) -> str:
     return f"dynapipeline benchmarks: engine {MODE}, loops {', '.join(LOOPS)}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The data benchmarks' rates and ratios, so that they read directly."""
+    lines = rate_table()
+    if lines:
+        terminalreporter.section("MB/s and ratios")
+        for line in lines:
+            terminalreporter.write_line(line)

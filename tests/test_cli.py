@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -38,7 +39,7 @@ def test_info_names_version_engine_loop_and_python() -> None:
 
 def test_bench_json_rows_for_every_case(capsys: pytest.CaptureFixture[str], loop_kind: str) -> None:
     assert main(["bench", "--mode", MODE, "--loops", loop_kind, "--sizes", "20", "--repeats", "1",
-                 "--runs", "2", "--json", "-"]) == 0
+                 "--runs", "2", "--large-items", "0", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = [r for r in report["rows"] if r["case"] != BUILD]
     assert {(r["case"], r["stage"]) for r in rows} == {(c, k) for c in CASES for k in KINDS}
@@ -53,7 +54,7 @@ def test_bench_json_rows_for_every_case(capsys: pytest.CaptureFixture[str], loop
 
 
 def test_bench_table_measures_the_other_mode_in_a_subprocess() -> None:
-    out = _cli("bench", "--quick", "--loops", "asyncio", "--sizes", "10", "--repeats", "1").stdout
+    out = _cli("bench", "--quick", "--loops", "asyncio", "--sizes", "10", "--repeats", "1", "--large-items", "0").stdout
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("strategy"))
     for column in ("strategy", "loop", "mode", "µs/stage", "raw µs/stage", "ratio"):
@@ -62,6 +63,42 @@ def test_bench_table_measures_the_other_mode_in_a_subprocess() -> None:
     # The pure engine always exists; the compiled one when the extension was built.
     assert "pure" in modes
     assert MODE in modes
+
+
+def test_bench_large_item_table_has_every_side_for_bytes_and_arrays(capsys: pytest.CaptureFixture[str],
+                                                                    loop_kind: str) -> None:
+    pytest.importorskip("numpy")
+    assert main(["bench", "--mode", MODE, "--loops", loop_kind, "--sizes", "10", "--repeats", "1",
+                 "--large-mb", "0.01", "--large-items", "3"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("Large items: 3 × 0.01 MB per run, 2 worker processes"):].splitlines()
+    header = next(line for line in table if line.startswith("items"))
+    for column in ("work", "side", "MB/s", "÷ one process", "ours ÷ side"):
+        assert column in header
+    sides = ["one process (a for loop)", "Stream step on MultiprocessExecutionStrategy(2)",
+             "multiprocessing.Pool(2).imap", "memory copy limit (one copy per item)"]
+    if importlib.util.find_spec("mpire") is not None:
+        sides.append("mpire.WorkerPool(2).imap")
+    for data in ("bytes", "array"):
+        rows = [line for line in table if line.split()[:1] == [data]]
+        assert len(rows) == len(sides)
+        for side in sides:
+            [row] = [line for line in rows if side in line]
+            assert row.rstrip().endswith("×")
+
+
+def test_bench_large_item_json_gives_mb_per_second_and_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--mode", MODE, "--loops", "asyncio", "--sizes", "10", "--repeats", "1",
+                 "--large-mb", "0.01", "--large-items", "2", "--json", "-"]) == 0
+    large = json.loads(capsys.readouterr().out)["large"]
+    assert (large["size"], large["count"], large["workers"]) == (10_000, 2, 2)
+    by_side = {r["side"]: r for r in large["rows"] if r["data"] == "bytes"}
+    assert {"one process", "dynapipeline", "Pool.imap", "copy"} <= set(by_side)
+    ours = by_side["dynapipeline"]["mb_s"]
+    for r in by_side.values():
+        assert r["mb_s"] > 0
+        assert math.isclose(r["vs_one"], r["mb_s"] / by_side["one process"]["mb_s"])
+        assert math.isclose(r["ours_vs"], ours / r["mb_s"])
 
 
 def test_format_table_aligns_columns() -> None:

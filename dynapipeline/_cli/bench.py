@@ -1,6 +1,6 @@
 """``python -m dynapipeline bench``: the engine's cost per stage against raw asyncio.
 
-Long: about 480 lines; the cases, the timing loop, the subprocess for the other mode
+Long: about 500 lines; the cases, the timing loop, the subprocess for the other mode
 and the command's arguments read best side by side, and nothing else uses them.
 
 ::
@@ -41,6 +41,10 @@ mode is fixed at import, so the other mode is measured in a subprocess
 Invariant: a ratio compares two sides timed in the same process, on the same
 loop, over the same objects; only the ratios are steady on a shared machine.
 
+After that table, a second one: MB/s of large items (20 MB ``bytes``, and numpy
+arrays when numpy is installed) through a stream step on 2 processes beside one
+process, ``multiprocessing.Pool``, mpire and a memory copy (``bench_data``).
+
 See docs/performance.md.
 """
 
@@ -62,6 +66,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dynapipeline._cli.bench_data import DEFAULT_COUNT, DEFAULT_SIZE, QUICK_COUNT, format_large, measure_large
 from dynapipeline._loops import loop_factory, uvloop_available
 from dynapipeline._model.component import Stage
 from dynapipeline._model.factory import PipelineFactory, PipeLineType
@@ -315,8 +320,9 @@ def _other_mode(mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         env["DYNAPIPELINE_NO_EXTENSIONS"] = "1"
     else:
         env.pop("DYNAPIPELINE_NO_EXTENSIONS", None)
+    # The large-item table measures the transfer, not the engine: once, in this process.
     cmd = [sys.executable, "-m", "dynapipeline", "bench", "--mode", mode, "--json", "-",
-           "--loops", ",".join(args.loops)]
+           "--loops", ",".join(args.loops), "--large-items", "0"]
     if args.quick:
         cmd.append("--quick")
     if args.sizes:
@@ -415,8 +421,13 @@ def run_bench(args: argparse.Namespace) -> int:
     notes: list[str] = []
     passes = [_measure_all(args, here, notes) for _ in range(args.runs)]
     rows = _median_rows(passes)
+    large = None
+    count = args.large_items if args.large_items is not None else (QUICK_COUNT if args.quick else DEFAULT_COUNT)
+    if count > 0 and args.large_mb > 0:
+        large = measure_large(max(1, round(args.large_mb * 1e6)), count, args.runs, args.loops[0])
     elapsed = time.perf_counter() - started
-    report = {"machine": machine(), "quick": args.quick, "runs": args.runs, "seconds": elapsed, "rows": rows}
+    report = {"machine": machine(), "quick": args.quick, "runs": args.runs, "seconds": elapsed, "rows": rows,
+              "large": large}
     if args.json == "-":
         json.dump(report, sys.stdout)
         return 0
@@ -429,6 +440,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_table(rows))
     for note in notes:
         print(f"note: {note}")
+    if large is not None:
+        print("\n" + format_large(large))
     print(f"\n{elapsed:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
@@ -450,6 +463,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per side and loop (default 6; --quick: 4)")
     p.add_argument("--runs", type=int, default=1,
                    help="repeat the whole measurement and report per-row medians (default 1)")
+    p.add_argument("--large-mb", type=float, default=DEFAULT_SIZE / 1e6, metavar="MB",
+                   help=f"size of each item of the large-item table (default {DEFAULT_SIZE / 1e6:g} MB)")
+    p.add_argument("--large-items", type=int, default=None, metavar="N",
+                   help=f"items per run of the large-item table (default {DEFAULT_COUNT}; --quick: {QUICK_COUNT}; "
+                        "0: no such table)")
     p.set_defaults(func=run_bench)
 
 

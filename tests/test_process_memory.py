@@ -1,0 +1,84 @@
+"""The parent's memory when large items go through a stream step on processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ITEM_BYTES = 50 << 20
+ITEMS = 12
+MAXSIZE = 4
+
+# Run in a fresh interpreter each time, so that the peak RSS it reads belongs to this one run only.
+# The items are filled (b"\x01" * n, not bytes(n), whose calloc'd pages stay untouched and so out of RSS),
+# so that an item held by the parent counts the same whichever way the step runs.
+RUN = f'''
+import json, resource, sys
+import dynapipeline
+from dynapipeline import Stage, Step, Stream
+from dynapipeline.execution import MultiprocessExecutionStrategy
+
+
+class Length(Stage):
+    def execute(self, item):
+        return len(item)
+
+
+def peak_bytes():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def items():
+    for _ in range({ITEMS}):
+        yield b"\\x01" * {ITEM_BYTES}
+
+
+async def main(where):
+    strategy = MultiprocessExecutionStrategy(2) if where == "process" else None
+    stream = Stream(name="memory", steps=[Step(Length(name="length"), strategy)], maxsize={MAXSIZE})
+    # Warm: the pool started, the stage shipped, the run's machinery imported, before the baseline.
+    await stream.run([b"warm"] * 8)
+    before = peak_bytes()
+    out = await stream.run(items())
+    grown = peak_bytes() - before
+    if strategy is not None:
+        strategy.close()
+    assert out == [{ITEM_BYTES}] * {ITEMS}, out
+    print(json.dumps({{"grown": grown}}))
+
+
+if __name__ == "__main__":
+    dynapipeline.run(main(sys.argv[1]))
+'''
+
+
+def _peak_growth(where: str) -> int:
+    """Bytes the parent's peak RSS grew by over the run, in a fresh interpreter (``where``: loop or process)."""
+    done = subprocess.run([sys.executable, "-c", RUN, where], capture_output=True, text=True, env=dict(os.environ),
+                          timeout=100)
+    assert done.returncode == 0, done.stderr
+    return int(json.loads(done.stdout.splitlines()[-1])["grown"])
+
+
+@pytest.mark.xfail(strict=True, reason="the parent copies each item into a pickle for the pipe, and holds the "
+                                       "copies of the items in flight beside the items themselves")
+def test_a_process_step_holds_at_most_one_item_more_than_the_same_step_on_the_loop() -> None:
+    """A stream of 12 items of 50 MB (``maxsize=4``, a step returning ``len(item)``) run twice, each in a fresh
+    interpreter: the step on the event loop, then on ``MultiprocessExecutionStrategy(2)``; each time the parent's
+    peak RSS growth over the run (``ru_maxrss``, the VmHWM of ``/proc/self/status``) is measured.
+
+    The loop run's growth is what the stream itself holds (the queue's items, the one in the step, the one the
+    source is making). Sending the items to the workers may add at most one item's worth on top of that (plus
+    15 % for the allocator): a transport that copies each item in flight into a pickle for the pipe holds
+    every item in flight twice, and fails.
+    """
+    loop = _peak_growth("loop")
+    process = _peak_growth("process")
+    limit = 1.15 * loop + ITEM_BYTES
+    assert process <= limit, (f"process run grew the parent's peak RSS by {process / 2**20:.0f} MiB, the loop run "
+                              f"by {loop / 2**20:.0f} MiB: limit {limit / 2**20:.0f} MiB")
