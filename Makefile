@@ -78,7 +78,8 @@ lint: $(STAMP)
 	$(VPY) -m ruff check dynapipeline tests examples benchmarks
 	$(VPY) -m mypy --strict dynapipeline tests/typing
 
-# The engine's cost per stage against raw asyncio, as one table (< 60 s; BENCH_ARGS=--quick: < 15 s).
+# The engine's cost per stage against raw asyncio, as one table, then MB/s of large items on 2 processes beside
+# one process and the peers (< 60 s; BENCH_ARGS=--quick: < 15 s).
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(VPY) -m dynapipeline bench $(BENCH_ARGS)

@@ -451,7 +451,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="engine µs per stage against raw asyncio, per strategy, loop and mode")
+    p = sub.add_parser("bench", help="engine µs per stage against raw asyncio, per strategy, loop and mode; "
+                                     "then MB/s of large items on 2 processes beside the peers")
     p.add_argument("--quick", action="store_true", help="10,000 no-op stages only, fewer repeats (< 15 s)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': JSON to stdout only)")
     p.add_argument("--mode", choices=("both", "compiled", "pure"), default="both",
