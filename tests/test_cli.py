@@ -20,6 +20,7 @@ import pytest
 import dynapipeline
 from dynapipeline.__main__ import main
 from dynapipeline._cli.bench import BUILD, CASES, KINDS, format_table
+from dynapipeline._cli.bench_data import transport_note
 
 MODE = "compiled" if dynapipeline.compiled else "pure"
 
@@ -99,6 +100,24 @@ def test_bench_large_item_json_gives_mb_per_second_and_ratios(capsys: pytest.Cap
         assert r["mb_s"] > 0
         assert math.isclose(r["vs_one"], r["mb_s"] / by_side["one process"]["mb_s"])
         assert math.isclose(r["ours_vs"], ours / r["mb_s"])
+
+
+def test_large_item_table_says_how_the_process_transport_sends_buffers() -> None:
+    class Pickled:
+        pass
+
+    class Attribute:
+        shared_memory_threshold: int | None = 1 << 20
+
+    class Default:
+        def __init__(self, max_workers: int | None = None, *, shared_memory_threshold: int | None = 4096) -> None:
+            pass
+
+    assert "no shared-memory option" in transport_note(Pickled())
+    assert transport_note(Attribute()) == "shared memory for buffers of 1,048,576 bytes or more"
+    Attribute.shared_memory_threshold = None
+    assert transport_note(Attribute()).startswith("shared memory off")
+    assert transport_note(Default()) == "shared memory for buffers of 4,096 bytes or more"
 
 
 def test_format_table_aligns_columns() -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import inspect
 import multiprocessing
 import os
 import statistics
@@ -105,10 +106,14 @@ def make_items(data: str, size: int, count: int) -> list[Any]:
 
 
 def transport_note(strategy: Any) -> str:
-    """How the process transport sends large buffers, as this version's strategy says."""
+    """How the process transport sends large buffers, as this version's strategy says (its attribute, else its
+    constructor's default): the same table runs on versions with and without the shared-memory option."""
     threshold = getattr(strategy, "shared_memory_threshold", ...)
     if threshold is ...:
-        return "items pickled through the workers' pipes (no shared-memory option in this version)"
+        parameter = inspect.signature(type(strategy)).parameters.get("shared_memory_threshold")
+        if parameter is None:
+            return "items pickled through the workers' pipes (no shared-memory option in this version)"
+        threshold = parameter.default
     if threshold is None:
         return "shared memory off (shared_memory_threshold=None)"
     return f"shared memory for buffers of {threshold:,} bytes or more"
