@@ -4,7 +4,7 @@
 
     for each kind of item (bytes; float64 numpy arrays when numpy imports):
         the items: ``count`` references to a few distinct items of ``size`` bytes
-        each side: one untimed item (warm), then ``passes`` timed runs over all the items, sides taking turns
+        each side: an untimed run over 4 items (warm), then ``passes`` timed runs over all the items, sides taking turns
         ─► MB/s (median run) ─► ÷ one process, ours ÷ side
 
 =================  =========================================================================
@@ -193,7 +193,9 @@ def measure_large(size: int = DEFAULT_SIZE, count: int = DEFAULT_COUNT, passes: 
             nbytes = sum(memoryview(item).nbytes for item in items)
             sides = pools.functions(data)
             for fn in sides.values():
-                fn(items[:1])  # warm: the stage shipped, the function loaded, the first allocation made
+                # Warm, over as many items as a process side has in flight (2 per worker): the stage shipped, the
+                # function loaded, the buffers a transport keeps for its items in flight made.
+                fn(items[:2 * WORKERS])
             times: dict[str, list[float]] = {side: [] for side in sides}
             for _ in range(passes):
                 for side, fn in sides.items():
