@@ -94,8 +94,8 @@ def _peak_growth(where: str) -> int:
     return int(json.loads(done.stdout.splitlines()[-1])["grown"])
 
 
-@pytest.mark.xfail(strict=True, reason="the parent copies each item into a pickle for the pipe, and holds the "
-                                       "copies of the items in flight beside the items themselves")
+@pytest.mark.xfail(strict=True, reason="the parent copies each item in flight for the workers (into its "
+                                       "shared-memory arena) and holds the copy beside the item itself")
 def test_a_process_step_holds_at_most_one_item_more_than_the_same_step_on_the_loop() -> None:
     """A stream of 12 items of 50 MB (``maxsize=4``, a step returning ``len(item)``) run twice, each in a fresh
     interpreter, measuring the parent's peak RSS growth over the run (``ru_maxrss``: ``VmHWM`` on Linux).
@@ -105,7 +105,8 @@ def test_a_process_step_holds_at_most_one_item_more_than_the_same_step_on_the_lo
     until the source has made all the stream lets it make: the loop run's growth is then the most the stream
     itself holds (4 items in the step, 4 queued, the one the source made next). Sending the items to the
     workers may add one item's worth on top of that (plus 15 % for the allocator); a transport whose parent
-    copies each item in flight (a pickle for the pipe) holds them twice, and fails.
+    keeps a copy of each item in flight (a pickle for the pipe, a block of shared memory it has mapped)
+    beside the item holds them twice, and fails.
     """
     loop = _peak_growth("loop")
     process = _peak_growth("process")
