@@ -193,8 +193,8 @@ def measure_large(size: int = DEFAULT_SIZE, count: int = DEFAULT_COUNT, passes: 
             nbytes = sum(memoryview(item).nbytes for item in items)
             sides = pools.functions(data)
             for fn in sides.values():
-                # Warm, over as many items as a process side has in flight (2 per worker): the stage shipped, the
-                # function loaded, the buffers a transport keeps for its items in flight made.
+                # Warm, over at least as many items as a process side has in flight (2 per worker at most): the
+                # stage shipped, the function loaded, the buffers a transport keeps for its items in flight made.
                 fn(items[:2 * WORKERS])
             times: dict[str, list[float]] = {side: [] for side in sides}
             for _ in range(passes):
