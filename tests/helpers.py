@@ -365,6 +365,45 @@ async def assert_no_workers_async(pids: list[int]) -> None:
     assert await eventually_async(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
 
 
+def memfds() -> list[str]:
+    """This process's open fds on dynapipeline's shared-memory segments (Linux ``/proc``).
+
+    A live mapping holds one too (``mmap`` keeps a duplicate of the fd it maps), so compare
+    counts taken before and after, once every received view is gone.
+    """
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own fd, closed by now
+            continue
+        if target.startswith("/memfd:dynapipeline"):
+            found.append(target)
+    return found
+
+
+def dev_shm() -> set[str]:
+    """The names in ``/dev/shm`` now (shared memory must never add one)."""
+    return set(os.listdir("/dev/shm"))
+
+
+def in_shared_memory(obj: Any) -> bool:
+    """A numpy array or memoryview received through shared memory: a view whose base chain ends on a block.
+
+    The bottom of the chain is ``Mapped.attach``'s exporter (a ctypes array on the mapping); a copy ends
+    on its own memory instead. Importable in a worker, so a stage can tell what it received.
+    """
+    import ctypes
+
+    for _ in range(20):
+        if isinstance(obj, ctypes.Array):
+            return True
+        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+        if obj is None:
+            return False
+    return False
+
+
 def check_trace_format(document: dict[str, Any]) -> list[dict[str, Any]]:
     """Assert the trace-event format's required fields per phase, and X slices nesting per track."""
     events = document["traceEvents"]

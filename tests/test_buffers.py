@@ -9,7 +9,6 @@ small objects stay plain pickles.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import pickle
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import in_shared_memory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -71,15 +71,6 @@ def link() -> Iterator[Link]:
         pair.close()
 
 
-def exporter_of(obj: Any) -> Any:
-    """The ctypes array at the bottom of a received view's base chain (``Mapped.attach``'s exporter), or None."""
-    seen = 0
-    while obj is not None and not isinstance(obj, ctypes.Array) and seen < 20:
-        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
-        seen += 1
-    return obj if isinstance(obj, ctypes.Array) else None
-
-
 def same(a: Any, b: Any) -> bool:
     """Deep equality, numpy arrays compared bit for bit (NaNs included) with their dtype and shape."""
     if isinstance(a, np.ndarray):
@@ -106,7 +97,7 @@ def test_an_array_arrives_equal_as_a_writable_view_on_the_senders_block(link: Li
     assert packed.data[:1] == SHARED and block.size == sent.nbytes
     assert same(sent, got) and got.flags.writeable
     assert got.flags.f_contiguous == (order == "F") and got.flags.c_contiguous == (order == "C")
-    assert exporter_of(got) is not None  # its memory is the mapping's, not a copy
+    assert in_shared_memory(got)  # its memory is the mapping's, not a copy
     # Written by the receiver, seen by the sender's mapping (transposed: F order's bytes as a flat C array).
     (got if order == "C" else got.T).view(np.uint8).reshape(-1)[:] = 0xAB
     assert link.sender_bytes(block) == b"\xab" * sent.nbytes
@@ -119,7 +110,7 @@ def test_a_non_contiguous_array_arrives_contiguous_with_its_values(link: Link) -
         assert len(packed.blocks) == 1 and packed.blocks[0].size == sent.nbytes
         assert same(np.ascontiguousarray(sent), np.ascontiguousarray(got))
         assert (got.flags.c_contiguous or got.flags.f_contiguous) and got.flags.writeable
-        assert exporter_of(got) is not None
+        assert in_shared_memory(got)
 
 
 def test_zero_dimensional_arrays_small_in_band_large_in_a_block(link: Link) -> None:
@@ -128,7 +119,7 @@ def test_zero_dimensional_arrays_small_in_band_large_in_a_block(link: Link) -> N
     sent = np.array(b"x" * 5000)  # dtype S5000: one 5000-byte element
     packed, got = link.round_trip(sent)
     assert len(packed.blocks) == 1 and got.shape == () and got.dtype == sent.dtype and got == sent
-    assert exporter_of(got) is not None
+    assert in_shared_memory(got)
 
 
 def test_object_arrays_fall_back_to_in_band(link: Link) -> None:
@@ -164,7 +155,7 @@ def test_memoryviews_keep_their_format_shape_and_read_only_flag(link: Link) -> N
         assert len(packed.blocks) == 1
         assert type(got) is memoryview and got.format == sent.format and got.shape == sent.shape
         assert got.readonly == sent.readonly and got.tobytes() == sent.tobytes()
-        assert exporter_of(got) is not None
+        assert in_shared_memory(got)
 
 
 @pytest.mark.parametrize("readonly", [False, True])
@@ -185,7 +176,7 @@ def test_a_pickle_buffer_arrives_as_the_block_itself(link: Link) -> None:
         assert len(packed.blocks) == 1
         view = memoryview(got)
         assert view.nbytes == 5000 and bytes(view) == bytes(sent.raw()) and view.readonly == readonly
-        assert exporter_of(got) is not None
+        assert in_shared_memory(got)
 
 
 # -- containers -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from helpers import memfds
 
 from dynapipeline._transports._remote.buffers import Block
 from dynapipeline._transports.process.shm import (
@@ -25,23 +26,6 @@ from dynapipeline._transports.process.shm import (
 )
 
 SEGMENT = 1 << 20
-
-
-def memfds() -> list[str]:
-    """This process's open fds that are dynapipeline's memfd segments.
-
-    A mapping holds one too (``mmap`` keeps a duplicate of the fd it maps), so only counts
-    taken before and after are compared.
-    """
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the listing's own fd, closed by now
-            continue
-        if target.startswith("/memfd:dynapipeline"):
-            found.append(target)
-    return found
 
 
 @pytest.fixture
