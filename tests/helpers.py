@@ -404,6 +404,54 @@ def in_shared_memory(obj: Any) -> bool:
     return False
 
 
+MIB = 1 << 20
+"""The default shared-memory threshold: buffers this large or larger travel in shared memory."""
+
+
+def large_items() -> list[Any]:
+    """Items of every kind that goes out of band, each at least 1 MiB, and a few that stay in band."""
+    import numpy as np
+
+    grid = np.arange(2 * MIB // 8, dtype=np.float64).reshape(512, -1)
+    record = np.dtype([("id", "<i8"), ("xyz", "<f4", (3,))])
+    return [
+        np.arange(MIB // 8, dtype=np.int64),
+        np.ones(MIB, dtype=np.bool_),
+        (np.arange(MIB, dtype=np.int8) % 100).astype(np.int8),
+        np.arange(MIB // 16, dtype=np.complex128) * (1 + 2j),
+        np.zeros(MIB // 20 + 1, dtype=record),
+        np.asfortranarray(grid),
+        grid[:, ::2],  # non-contiguous: arrives contiguous
+        np.array(b"x" * MIB),  # 0-d, 1 MiB
+        np.array(3.5),  # 0-d, small
+        np.array([{"i": i} for i in range(1000)], dtype=object),  # in band
+        bytes(range(256)) * (MIB // 256),
+        bytearray(b"\x07" * (MIB + 3)),
+        memoryview(np.arange(MIB // 4, dtype=np.int32).reshape(256, -1)),
+        memoryview(np.arange(10, dtype=np.int16)),  # small: in band, still a memoryview
+        {"nested": [np.full(MIB // 8, 7.0), (b"\x01" * MIB, {"deep": np.arange(10)})], "small": b"tiny"},
+    ]
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Deep equality; numpy arrays compared with their dtype and shape, memoryviews by format, shape and bytes."""
+    import numpy as np
+
+    if isinstance(a, np.ndarray):
+        return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+                and bool((a == b).all()) if a.dtype.hasobject
+                else isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+                and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
+    if isinstance(a, memoryview):
+        return (type(b) is memoryview and a.format == b.format and a.shape == b.shape
+                and a.tobytes() == b.tobytes())
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return type(b) is dict and a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return type(a) is type(b) and bool(a == b)
+
+
 def check_trace_format(document: dict[str, Any]) -> list[dict[str, Any]]:
     """Assert the trace-event format's required fields per phase, and X slices nesting per track."""
     events = document["traceEvents"]

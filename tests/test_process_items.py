@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from helpers import (
     GRACE,
+    MIB,
     Batch,
     Blank,
     Pid,
@@ -22,7 +23,9 @@ from helpers import (
     eventually,
     gone,
     in_shared_memory,
+    large_items,
     memfds,
+    same_value,
     stream_tasks,
 )
 
@@ -589,7 +592,6 @@ async def test_each_item_of_a_chunk_whose_results_cannot_be_rebuilt_gets_its_own
 # -- shared memory ------------------------------------------------------------------------------
 # Buffers of 1 MiB or more (the default threshold) travel in the sender's shared memory: numpy arrays
 # and memoryviews arrive as writable views on it, bytes and bytearray are copied out once.
-MIB = 1 << 20
 
 
 class Same(Stage):
@@ -635,50 +637,6 @@ class AddField(Stage):
 
     def execute(self, item: Any) -> Any:
         return self.arr + item
-
-
-def large_items() -> list[Any]:
-    """Items of every kind that goes out of band, each at least 1 MiB, and a few that stay in band."""
-    import numpy as np
-
-    grid = np.arange(2 * MIB // 8, dtype=np.float64).reshape(512, -1)
-    record = np.dtype([("id", "<i8"), ("xyz", "<f4", (3,))])
-    return [
-        np.arange(MIB // 8, dtype=np.int64),
-        np.ones(MIB, dtype=np.bool_),
-        (np.arange(MIB, dtype=np.int8) % 100).astype(np.int8),
-        np.arange(MIB // 16, dtype=np.complex128) * (1 + 2j),
-        np.zeros(MIB // 20 + 1, dtype=record),
-        np.asfortranarray(grid),
-        grid[:, ::2],  # non-contiguous: arrives contiguous
-        np.array(b"x" * MIB),  # 0-d, 1 MiB
-        np.array(3.5),  # 0-d, small
-        np.array([{"i": i} for i in range(1000)], dtype=object),  # in band
-        bytes(range(256)) * (MIB // 256),
-        bytearray(b"\x07" * (MIB + 3)),
-        memoryview(np.arange(MIB // 4, dtype=np.int32).reshape(256, -1)),
-        memoryview(np.arange(10, dtype=np.int16)),  # small: in band, still a memoryview
-        {"nested": [np.full(MIB // 8, 7.0), (b"\x01" * MIB, {"deep": np.arange(10)})], "small": b"tiny"},
-    ]
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Deep equality; numpy arrays compared with their dtype and shape, memoryviews by format, shape and bytes."""
-    import numpy as np
-
-    if isinstance(a, np.ndarray):
-        return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
-                and bool((a == b).all()) if a.dtype.hasobject
-                else isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
-                and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
-    if isinstance(a, memoryview):
-        return (type(b) is memoryview and a.format == b.format and a.shape == b.shape
-                and a.tobytes() == b.tobytes())
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return type(b) is dict and a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
-    return type(a) is type(b) and bool(a == b)
 
 
 async def test_large_items_and_results_of_every_kind_round_trip_through_a_process_step(
@@ -767,6 +725,7 @@ async def test_a_step_stage_with_a_large_array_field(procs: MultiprocessExecutio
 async def test_results_kept_after_the_pool_closed_stay_readable_and_right() -> None:
     import numpy as np
 
+    gc.collect()  # views of earlier tests in reference cycles hold mappings (and their fds) until collected
     fds = len(memfds())
     strategy = MultiprocessExecutionStrategy(2)
     async with closing_pool(strategy):  # checks that no worker is left
