@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import os
 import threading
@@ -500,6 +501,33 @@ async def closing_pool(strategy: Any) -> AsyncIterator[Any]:
         pids = strategy.worker_pids()
         await strategy.aclose()
     await assert_no_workers_async(pids)
+
+
+@contextlib.asynccontextmanager
+async def leaves_nothing(strategy: Any) -> AsyncIterator[list[int]]:
+    """Around work on a process strategy of the test's own: afterwards the strategy is closed, and no worker
+    (the pids it yields, plus the last ones), no memfd fd in this process and no new name in ``/dev/shm`` is left.
+
+    Results still held by the test keep their mappings (and fds): drop them inside the block.
+    """
+    gc.collect()  # views of earlier tests in reference cycles hold mappings until collected
+    names, fds = dev_shm(), len(memfds())
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        pids += strategy.worker_pids()
+        await strategy.aclose()
+    await assert_no_workers_async(pids)
+
+    def unmapped() -> bool:
+        gc.collect()  # a view in a cycle (a finished task's traceback, say) goes only with its cycle
+        return len(memfds()) == fds
+
+    # Eventually: a cancelled run's last items are held by the loop's pending callbacks for a few turns.
+    assert await eventually_async(unmapped), memfds()
+    # Eventually: multiprocessing's heap (RawValue, RawArray) makes a file there and unlinks it at once.
+    assert await eventually_async(lambda: not dev_shm() - names), dev_shm() - names
 
 
 def stream_tasks() -> list[asyncio.Task[Any]]:
