@@ -33,6 +33,7 @@ from helpers import (
     group,
     in_shared_memory,
     large_items,
+    leaves_nothing,
     memfds,
     pipeline,
     same_value,
@@ -624,3 +625,67 @@ async def test_group_results_kept_after_the_pool_closed_stay_readable_and_right(
     del results
     gc.collect()
     assert len(memfds()) == fds
+
+
+# -- shared memory: faults ----------------------------------------------------------------------
+class KillsWith(Stage):
+    """SIGKILLs its own worker while it holds its large argument."""
+
+    def execute(self, item: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SpinsWith(Stage):
+    """Spins forever holding its large argument (only killing its worker stops it)."""
+
+    def execute(self, item: Any) -> Any:
+        while True:
+            pass
+
+
+class HoldsWith(Stage):
+    """Holds its large argument for a minute (a plain ``def``: only killing its worker stops it)."""
+
+    def execute(self, item: Any) -> Any:
+        time.sleep(60)
+
+
+@pytest.mark.parametrize("fault", ["killed", "timed out"])
+async def test_a_worker_lost_with_a_large_argument_fails_its_stage_gives_the_blocks_back_and_leaks_nothing(fault):
+    import numpy as np
+
+    strategy = MultiprocessExecutionStrategy(2, return_exceptions=True)  # the other stages' results too
+    async with leaves_nothing(strategy) as pids:
+        await strategy.start()
+        pids += strategy.worker_pids()
+        argument = np.arange(MIB // 8 + 1, dtype=np.int64)
+        failing = KillsWith(name="bad") if fault == "killed" else SpinsWith(name="bad", timeout=5)
+        results = await asyncio.wait_for(strategy.execute([Returns(name="a"), failing, Returns(name="b")],
+                                                          argument), 60)
+        assert type(results[1]) is (WorkerCrashedError if fault == "killed" else StageTimeoutError)
+        assert all(bool((got == argument).all()) for got in (results[0], results[2]))
+        assert strategy.pool.arena.used == 0  # the lost worker's blocks too
+        pids += strategy.worker_pids()
+        del results
+
+
+async def test_cancelling_a_dispatch_with_a_large_argument_gives_the_blocks_back_and_leaks_nothing():
+    import numpy as np
+
+    strategy = MultiprocessExecutionStrategy(2, return_exceptions=True)  # one stage per job: both workers busy
+    async with leaves_nothing(strategy) as pids:
+        task = asyncio.ensure_future(strategy.execute([HoldsWith(name="a"), HoldsWith(name="b")],
+                                                      np.zeros(MIB // 8 + 1)))
+
+        def busy() -> bool:
+            pool = strategy.pool
+            return pool is not None and len(pool.workers) == 2 and all(w.job is not None for w in pool.workers)
+
+        assert await eventually_async(busy)
+        pool = strategy.pool
+        assert pool.arena.used > 0
+        pids += strategy.worker_pids()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await eventually_async(lambda: pool.arena.used == 0), pool.arena.used
