@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import os
 import threading
@@ -365,6 +366,93 @@ async def assert_no_workers_async(pids: list[int]) -> None:
     assert await eventually_async(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
 
 
+def memfds() -> list[str]:
+    """This process's open fds on dynapipeline's shared-memory segments (Linux ``/proc``).
+
+    A live mapping holds one too (``mmap`` keeps a duplicate of the fd it maps), so compare
+    counts taken before and after, once every received view is gone.
+    """
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own fd, closed by now
+            continue
+        if target.startswith("/memfd:dynapipeline"):
+            found.append(target)
+    return found
+
+
+def dev_shm() -> set[str]:
+    """The names in ``/dev/shm`` now (shared memory must never add one)."""
+    return set(os.listdir("/dev/shm"))
+
+
+def in_shared_memory(obj: Any) -> bool:
+    """A numpy array or memoryview received through shared memory: a view whose base chain ends on a block.
+
+    The bottom of the chain is ``Mapped.attach``'s exporter (a ctypes array on the mapping); a copy ends
+    on its own memory instead. Importable in a worker, so a stage can tell what it received.
+    """
+    import ctypes
+
+    for _ in range(20):
+        if isinstance(obj, ctypes.Array):
+            return True
+        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+        if obj is None:
+            return False
+    return False
+
+
+MIB = 1 << 20
+"""The default shared-memory threshold: buffers this large or larger travel in shared memory."""
+
+
+def large_items() -> list[Any]:
+    """Items of every kind that goes out of band, each at least 1 MiB, and a few that stay in band."""
+    import numpy as np
+
+    grid = np.arange(2 * MIB // 8, dtype=np.float64).reshape(512, -1)
+    record = np.dtype([("id", "<i8"), ("xyz", "<f4", (3,))])
+    return [
+        np.arange(MIB // 8, dtype=np.int64),
+        np.ones(MIB, dtype=np.bool_),
+        (np.arange(MIB, dtype=np.int8) % 100).astype(np.int8),
+        np.arange(MIB // 16, dtype=np.complex128) * (1 + 2j),
+        np.zeros(MIB // 20 + 1, dtype=record),
+        np.asfortranarray(grid),
+        grid[:, ::2],  # non-contiguous: arrives contiguous
+        np.array(b"x" * MIB),  # 0-d, 1 MiB
+        np.array(3.5),  # 0-d, small
+        np.array([{"i": i} for i in range(1000)], dtype=object),  # in band
+        bytes(range(256)) * (MIB // 256),
+        bytearray(b"\x07" * (MIB + 3)),
+        memoryview(np.arange(MIB // 4, dtype=np.int32).reshape(256, -1)),
+        memoryview(np.arange(10, dtype=np.int16)),  # small: in band, still a memoryview
+        {"nested": [np.full(MIB // 8, 7.0), (b"\x01" * MIB, {"deep": np.arange(10)})], "small": b"tiny"},
+    ]
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Deep equality; numpy arrays compared with their dtype and shape, memoryviews by format, shape and bytes."""
+    import numpy as np
+
+    if isinstance(a, np.ndarray):
+        return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+                and bool((a == b).all()) if a.dtype.hasobject
+                else isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+                and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
+    if isinstance(a, memoryview):
+        return (type(b) is memoryview and a.format == b.format and a.shape == b.shape
+                and a.tobytes() == b.tobytes())
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return type(b) is dict and a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return type(a) is type(b) and bool(a == b)
+
+
 def check_trace_format(document: dict[str, Any]) -> list[dict[str, Any]]:
     """Assert the trace-event format's required fields per phase, and X slices nesting per track."""
     events = document["traceEvents"]
@@ -413,6 +501,33 @@ async def closing_pool(strategy: Any) -> AsyncIterator[Any]:
         pids = strategy.worker_pids()
         await strategy.aclose()
     await assert_no_workers_async(pids)
+
+
+@contextlib.asynccontextmanager
+async def leaves_nothing(strategy: Any) -> AsyncIterator[list[int]]:
+    """Around work on a process strategy of the test's own: afterwards the strategy is closed, and no worker
+    (the pids it yields, plus the last ones), no memfd fd in this process and no new name in ``/dev/shm`` is left.
+
+    Results still held by the test keep their mappings (and fds): drop them inside the block.
+    """
+    gc.collect()  # views of earlier tests in reference cycles hold mappings until collected
+    names, fds = dev_shm(), len(memfds())
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        pids += strategy.worker_pids()
+        await strategy.aclose()
+    await assert_no_workers_async(pids)
+
+    def unmapped() -> bool:
+        gc.collect()  # a view in a cycle (a finished task's traceback, say) goes only with its cycle
+        return len(memfds()) == fds
+
+    # Eventually: a cancelled run's last items are held by the loop's pending callbacks for a few turns.
+    assert await eventually_async(unmapped), memfds()
+    # Eventually: multiprocessing's heap (RawValue, RawArray) makes a file there and unlinks it at once.
+    assert await eventually_async(lambda: not dev_shm() - names), dev_shm() - names
 
 
 def stream_tasks() -> list[asyncio.Task[Any]]:

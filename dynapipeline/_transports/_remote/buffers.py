@@ -198,7 +198,9 @@ class SharedHooks:
         if type(obj) is memoryview:
             view: Any = obj  # Any: typeshed types cast() by literal formats only
             if not obj.contiguous:
-                view = memoryview(view.tobytes()).cast(view.format, view.shape)
+                # A contiguous copy; a bytearray for a writable view (bytes would make it arrive read-only).
+                data = view.tobytes()
+                view = memoryview(data if obj.readonly else bytearray(data)).cast(view.format, view.shape)
             return rebuild_view, (pickle.PickleBuffer(view), view.format, tuple(view.shape or ()), obj.readonly)
         if _is_strided_array(obj, self.packer.threshold):
             return obj.copy().__reduce_ex__(PROTOCOL)  # contiguous now: out of band instead of in band
