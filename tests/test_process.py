@@ -574,9 +574,6 @@ async def test_a_stage_with_a_large_array_field_and_a_large_run_argument(procs, 
     assert bool((field == np.arange(MIB // 8)).all()) and bool((argument == 0.5).all())
 
 
-@pytest.mark.xfail(strict=True, reason="a worker caches every stage it rebuilt (rebuild.cached_stage, up to 100,000), "
-                                        "with the state it last received: a large field's block in the parent's "
-                                        "shared memory is held until that same stage object is shipped again")
 async def test_stages_with_large_fields_shipped_once_do_not_pile_up_in_the_parents_shared_memory(procs):
     import numpy as np
 

@@ -40,7 +40,7 @@ from dynapipeline._model.component import private_of
 from dynapipeline._model.group import Container
 from dynapipeline._transports._remote.buffers import pack, small, unpack
 from dynapipeline._transports._remote.messages import IDLE, Call, Clock, Failure, Reply, Trace
-from dynapipeline._transports._remote.rebuild import register_class, timings_of
+from dynapipeline._transports._remote.rebuild import record_cached, register_class, slim_cached, timings_of
 from dynapipeline._transports.calling import needs_loop, run_component
 
 __all__ = ["dump_value", "error_bytes", "failure_of", "loop_of", "register_classes", "run_call", "run_components",
@@ -83,11 +83,7 @@ def dump_value(value: Any, state: dict[str, Any] | None = None) -> bytes:
     if threshold is not None:
         assert state is not None
         return small(value, threshold) or pack(value, threshold, state["arena"]).data
-    try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # lambdas, local classes, ...: cloudpickle sends them by value
-        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        return data
+    return pack(value, None, None).data
 
 
 def failure_of(error: BaseException, tb: str) -> Failure:
@@ -118,6 +114,15 @@ def run_call(call: Call, state: dict[str, Any], position: Any = None, drain: Any
     When the parent traces, the runs made here travel back in ``Reply.trace``.
     ``received``: perf_counter when the message arrived (now if not given).
     """
+    record_cached()
+    try:
+        return _run_call(call, state, position, drain, received)
+    finally:
+        # The stages this worker keeps between batches keep no field (say, a view on the parent's memory).
+        slim_cached({id(stage) for stage in state.get("stages", {}).values()})
+
+
+def _run_call(call: Call, state: dict[str, Any], position: Any, drain: Any, received: float) -> Reply:
     received = received or time.perf_counter()
     try:
         register_classes(call.class_blobs)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -241,13 +242,21 @@ def _probe(threshold: int) -> _Probe:
 
 
 def _plain(obj: Any, use_cloudpickle: bool) -> bytes:
+    """A pickle with every buffer in band: the standard pickler, else cloudpickle with ``SharedHooks``.
+
+    The hooks make a ``memoryview`` arrive as one (cloudpickle alone sends its bytes), so
+    that turning shared memory off changes no result's type.
+    """
     if not use_cloudpickle:
         try:
             return pickle.dumps(obj, protocol=PROTOCOL)
-        except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle sends them by value
+        except Exception:  # noqa: BLE001 - lambdas, local classes, memoryviews: the hooks and cloudpickle
             pass
-    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
-    return data
+    out = io.BytesIO()
+    pickler: Any = _with_hooks(cloudpickle.Pickler)(out, protocol=PROTOCOL)
+    pickler.packer = _Packer(sys.maxsize, None)  # no threshold is ever reached: nothing leaves the pickle
+    pickler.dump(obj)
+    return out.getvalue()
 
 
 def _large_bytes(obj: Any, threshold: int) -> bool:
@@ -268,9 +277,9 @@ def _is_strided_array(obj: Any, threshold: int) -> bool:
 class _Packer:
     """One ``pack``: the blocks its pickle's large buffers went to."""
 
-    def __init__(self, threshold: int, arena: Arena) -> None:
+    def __init__(self, threshold: int, arena: Arena | None) -> None:
         self.threshold = threshold
-        self.arena = arena
+        self.arena = arena  # None: in band only (``_plain``)
         self.buffers: list[Block] = []
         self.pinned: list[Block] = []
 
@@ -293,6 +302,7 @@ class _Packer:
         return False
 
     def copy(self, raw: memoryview) -> Block:
+        assert self.arena is not None  # no threshold is reached without one
         block, view = self.arena.alloc(raw.nbytes)
         with view:
             view[:] = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
@@ -300,7 +310,7 @@ class _Packer:
 
     def discard(self) -> None:
         """Free this pass's blocks: the next pass makes its own."""
-        if self.buffers or self.pinned:
+        if (self.buffers or self.pinned) and self.arena is not None:
             self.arena.free(self.buffers + self.pinned)
         self.buffers, self.pinned = [], []
 

@@ -217,6 +217,11 @@ class Mapped:
         for key in [k for k in self.maps if k[0] == owner]:
             del self.maps[key]
 
+    def clear(self) -> None:
+        """Forget every owner (``forget`` each)."""
+        self._released.clear()
+        self.maps.clear()
+
 
 MAPPED = Mapped()  # this process's mappings of other processes' segments (keyed by owner pid: one is enough)
 
