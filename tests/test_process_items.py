@@ -677,6 +677,17 @@ async def test_without_a_threshold_the_same_items_give_the_same_results_as_copie
         assert strategy.pool is not None and strategy.pool.arena.segments == {}
 
 
+async def test_shared_memory_serves_spawned_workers_too() -> None:
+    """Segments travel as fds over the pipe's socket, which spawn's workers have as forkserver's do."""
+    strategy = MultiprocessExecutionStrategy(2, start_method="spawn")
+    async with leaves_nothing(strategy):
+        items = large_items()
+        out = await asyncio.wait_for(stream(Step(Same(name="same"), strategy)).run(items), 120)
+        assert [same_value(sent, got) for sent, got in zip(items, out, strict=True)] == [True] * len(items)
+        assert any(in_shared_memory(got) for got in out)
+        del out
+
+
 async def test_a_memoryview_item_arrives_as_a_memoryview_without_shared_memory_too() -> None:
     import numpy as np
 
