@@ -156,16 +156,7 @@ def unpack(data: bytes | memoryview, attach: Attach | None) -> Any:
     buffers = [attach(block) for block in shared.buffers]
     if not shared.pinned:
         return pickle.loads(shared.data, buffers=buffers)
-    unpickler = pickle.Unpickler(io.BytesIO(shared.data), buffers=buffers)
-    pinned = shared.pinned
-
-    def persistent_load(pid: tuple[bool, int]) -> bytes | bytearray:
-        # bytes and bytearray own their memory: one copy, and the block is free again at once.
-        is_bytearray, index = pid
-        return (bytearray if is_bytearray else bytes)(attach(pinned[index]))
-
-    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
-    return unpickler.load()
+    return _PinnedUnpickler(shared.data, buffers, shared.pinned, attach).load()
 
 
 def rebuild_view(buffer: Any, fmt: str, shape: tuple[int, ...], readonly: bool) -> memoryview:
@@ -175,6 +166,21 @@ def rebuild_view(buffer: Any, fmt: str, shape: tuple[int, ...], readonly: bool) 
         view = view.cast(fmt, shape) if shape else view.cast(fmt)
     result: memoryview = view.toreadonly() if readonly else view
     return result
+
+
+class _PinnedUnpickler(pickle.Unpickler):
+    """Rebuilds the large ``bytes`` and ``bytearray`` a pickle names by persistent id (a method: on 3.13 the
+    C unpickler's ``persistent_load`` attribute is read-only)."""
+
+    def __init__(self, data: bytes, buffers: list[Any], pinned: list[Block], attach: Attach) -> None:
+        super().__init__(io.BytesIO(data), buffers=buffers)
+        self.pinned = pinned
+        self.attach = attach
+
+    def persistent_load(self, pid: tuple[bool, int]) -> bytes | bytearray:
+        # bytes and bytearray own their memory: one copy, and the block is free again at once.
+        is_bytearray, index = pid
+        return (bytearray if is_bytearray else bytes)(self.attach(self.pinned[index]))
 
 
 class SharedHooks:
