@@ -50,7 +50,7 @@ from dynapipeline._model.strategy import ExecutionStrategy
 from dynapipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from dynapipeline._model.queues import ClosableQueue
+    from dynapipeline._model.queues import ChunkQueue
     from dynapipeline._model.stream_step import Counts
 
 __all__ = ["ItemError", "Step", "StepProgress", "Stream", "StreamItems"]
@@ -163,7 +163,7 @@ class Stream(Component):
 
     _steps: tuple[Step, ...] = ()
     _counts: tuple[Counts, ...] = ()
-    _queues: tuple[ClosableQueue[Any], ...] = ()
+    _queues: tuple[ChunkQueue, ...] = ()
     _errors: list[ItemError] = []
     _used: _Used | None = None  # the one-shot iterators (sources) that runs have used
 

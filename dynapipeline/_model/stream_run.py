@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dynapipeline._engine import current_control, run_tasks
-from dynapipeline._model.queues import ClosableQueue, QueueShutDown
+from dynapipeline._model.queues import CHUNK, ChunkQueue, QueueShutDown
 from dynapipeline._model.stream_step import Counts, Failed, StepRun
 
 if TYPE_CHECKING:
@@ -42,16 +42,19 @@ _DRAIN_POLL = 0.02  # seconds between looks at a drain while an async source has
 
 async def outputs(stream: Stream, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:
     """The last step's outputs as they come (``Stream.iterate``); closing the generator stops the run."""
-    out: ClosableQueue[Any] = ClosableQueue(stream.maxsize)
+    out = ChunkQueue(stream.maxsize)
     run = Run(stream, stream._source_from(args), None, out)
     supervisor = asyncio.ensure_future(_supervise(run, out))
     try:
         while True:
             try:
-                item = await out.get()
+                chunk = out.get_nowait(CHUNK) if out.count else await out.get(CHUNK)
             except QueueShutDown:
                 break
-            yield item
+            for item in chunk:
+                if supervisor.done() and not supervisor.cancelled() and supervisor.exception() is not None:
+                    break  # the run failed: the consumer learns of it now, not after the rest of the chunk
+                yield item
         await supervisor  # raises the run's error, if any
     finally:
         if not supervisor.done():
@@ -65,12 +68,11 @@ async def outputs(stream: Stream, args: tuple[Any, ...]) -> AsyncGenerator[Any, 
             supervisor.exception()  # a failure the consumer left before learning of: retrieved, so not logged
 
 
-async def _supervise(run: Run, out: ClosableQueue[Any]) -> None:
+async def _supervise(run: Run, out: ChunkQueue) -> None:
     try:
         await run.go()
     except Exception:
-        while not out.empty():
-            out.get_nowait()  # the consumer only needs to learn of the failure now
+        out.clear()  # the consumer only needs to learn of the failure now
         raise
     finally:
         out.shutdown()
@@ -79,12 +81,12 @@ async def _supervise(run: Run, out: ClosableQueue[Any]) -> None:
 class Run:
     """One run of a stream: its queues, counts and tasks."""
 
-    def __init__(self, stream: Stream, source: Any, sink: Any, out: ClosableQueue[Any] | None = None) -> None:
+    def __init__(self, stream: Stream, source: Any, sink: Any, out: ChunkQueue | None = None) -> None:
         self.stream = stream
         self.source = source
         self.awaiting_source = False  # the feeder waits for the source's next item (not for room in the queue)
         steps = stream._steps
-        self.queues: tuple[ClosableQueue[Any], ...] = tuple(ClosableQueue(stream.maxsize) for _ in steps)
+        self.queues = tuple(ChunkQueue(stream.maxsize) for _ in steps)
         self.counts = tuple(Counts() for _ in steps)
         stream._queues = self.queues
         stream._counts = self.counts
@@ -115,9 +117,7 @@ class Run:
     def settle(self) -> None:
         """Count what a run that stopped early left in its queues as cancelled, and let go of it."""
         for queue, counts in zip(self.queues, self.counts, strict=True):
-            counts.left += queue.qsize()
-            while not queue.empty():
-                queue.get_nowait()
+            counts.left += queue.clear()
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         tasks = [asyncio.ensure_future(self.feed())]
@@ -191,7 +191,7 @@ class Run:
         if not puller.cancelled():
             puller.result()
 
-    async def put_held(self, queue: ClosableQueue[Any], entry: Any) -> None:
+    async def put_held(self, queue: ChunkQueue, entry: Any) -> None:
         """Put an item pulled from the source, waiting for room; if the run stops meanwhile, it counts as cancelled."""
         try:
             await queue.put(entry)
@@ -203,7 +203,7 @@ class Run:
         error.add_note(f"in stream {self.stream.name!r}, its source, after {pulled} items")
 
 
-def _putter(queue: ClosableQueue[Any], unwrap: bool = False) -> Any:
+def _putter(queue: ChunkQueue, unwrap: bool = False) -> Any:
     async def emit(index: int, value: Any) -> None:
         entry = (value.error if type(value) is Failed else value) if unwrap else (index, value)
         if queue.full():

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from dynapipeline._engine import current_item, current_trace, tracing, wait_through_cancel
 from dynapipeline._model.component import Flat, private_of, runner_of
-from dynapipeline._model.queues import ClosableQueue, QueueShutDown
+from dynapipeline._model.queues import ChunkQueue, QueueShutDown
 from dynapipeline._model.strategy import ItemRunner, chunk_items
 from dynapipeline._model.stream import ItemError, Step
 
@@ -68,8 +68,8 @@ class Failed:
 class StepRun:
     """The workers of one step in one run."""
 
-    def __init__(self, run: Run, step: Step, inq: ClosableQueue[Any], counts: Counts, emit: Any,
-                 close: Callable[[], None], outq: ClosableQueue[Any] | None) -> None:
+    def __init__(self, run: Run, step: Step, inq: ChunkQueue, counts: Counts, emit: Any,
+                 close: Callable[[], None], outq: ChunkQueue | None) -> None:
         self.run_ = run
         self.outq = outq  # the next step's queue (None for the last step): the hot path puts into it itself
         self.step = step
@@ -84,6 +84,7 @@ class StepRun:
         self.item_runner: ItemRunner | None = runner
         self.chunk = 1 if runner is None else max(1, runner.chunk)
         self.ordered = stream.ordered and (self.width > 1 or self.chunk > 1)
+        self.take = inq.cap  # the most items a worker of work_here takes at once (1 once the step has a crew)
         self.on_error = stream.on_error
         self.taken = 0  # sequence numbers given to what the workers take, in input order
         self.next_out = 0  # the sequence number whose outputs go next (ordered)
@@ -120,6 +121,7 @@ class StepRun:
             if self.width == 1:
                 await work()
             else:
+                self.take = 1
                 self.crew = Crew(work, self.width, runner)
                 await self.crew.run()
         finally:
@@ -128,7 +130,7 @@ class StepRun:
         self.close()
 
     async def work_here(self) -> None:
-        """One worker of a step that runs one item at a time on the loop: the hot path, kept flat."""
+        """One worker of a step that runs its items on the loop, a chunk taken at a time: the hot path, kept flat."""
         inq = self.inq
         counts = self.counts
         emit = self.emit
@@ -136,57 +138,62 @@ class StepRun:
         ordered = self.ordered
         outq = self.outq
         crew = self.crew
+        limit = self.take  # a crew's workers take one item each, so that the items spread over them
         while True:
-            try:
-                entry = inq.get_nowait()
-            except (asyncio.QueueEmpty, QueueShutDown):  # empty (and, on Python 3.13, maybe closed)
+            if inq.count:
+                chunk = inq.get_nowait(limit)
+            else:
                 try:
-                    entry = await inq.get()
+                    chunk = await inq.get(limit)
                 except QueueShutDown:
                     return  # closed and drained: no item will come
             if crew is not None:  # crew.took(), inlined on this hot path
                 crew.busy += 1
                 if crew.busy == crew.size < crew.width:
                     crew.add()
-            seq = self.taken
-            self.taken = seq + 1
-            index, value = entry
-            if type(value) is Failed:
-                result: Any = value
-            else:
-                counts.received += 1
-                if tracing():
-                    current_item.set(index)  # the tracer names the item each stage run was for
-                try:
-                    result = await run((value,), _NO_KWARGS)
-                except BaseException as error:
-                    if not isinstance(error, Exception):
-                        counts.cut += 1  # cancelled (or interrupted) before it finished
-                        raise
-                    counts.failed += 1
-                    outputs: list[tuple[int, Any]] = []
-                    self.on_failure(outputs, index, error)
-                    if ordered:
-                        await self.emit_in_turn(seq, 1, outputs)
+            held = len(chunk)  # taken, not started yet
+            try:
+                for index, value in chunk:
+                    held -= 1
+                    seq = self.taken
+                    self.taken = seq + 1
+                    if type(value) is Failed:
+                        result: Any = value
                     else:
-                        for out in outputs:
-                            await emit(*out)
-                    if crew is not None:
-                        crew.busy -= 1
-                    continue
-                counts.done += 1
-            if ordered:
-                await self.emit_in_turn(seq, 1, outputs_of(index, result))
-            elif type(result) is Flat:
-                for out in result:
-                    await emit(index, out)
-            elif outq is not None:
-                try:
-                    outq.put_nowait((index, result))
-                except asyncio.QueueFull:
-                    await outq.put((index, result))
-            else:
-                await emit(index, result)
+                        counts.received += 1
+                        if tracing():
+                            current_item.set(index)  # the tracer names the item each stage run was for
+                        try:
+                            result = await run((value,), _NO_KWARGS)
+                        except BaseException as error:
+                            if not isinstance(error, Exception):
+                                counts.cut += 1  # cancelled (or interrupted) before it finished
+                                raise
+                            counts.failed += 1
+                            outputs: list[tuple[int, Any]] = []
+                            self.on_failure(outputs, index, error)
+                            if ordered:
+                                await self.emit_in_turn(seq, 1, outputs)
+                            else:
+                                for out in outputs:
+                                    await emit(*out)
+                            continue
+                        counts.done += 1
+                    if ordered:
+                        await self.emit_in_turn(seq, 1, outputs_of(index, result))
+                    elif type(result) is Flat:
+                        for out in result:
+                            await emit(index, out)
+                    elif outq is not None:
+                        try:
+                            outq.put_nowait((index, result))
+                        except asyncio.QueueFull:
+                            await outq.put((index, result))
+                    else:
+                        await emit(index, result)
+            except BaseException:
+                counts.left += held  # the rest of the chunk never started: as if left in the queue
+                raise
             if crew is not None:
                 crew.busy -= 1
 
@@ -213,15 +220,13 @@ class StepRun:
 
     # -- taking items ----------------------------------------------------------------------------
     async def take_chunk(self) -> list[Any]:
+        """What the queue holds now, up to the runner's chunk (which it may adapt as it goes); waits only for one."""
         inq = self.inq
+        limit = self.item_runner.chunk if self.item_runner is not None else 1
         try:
-            entries = [inq.get_nowait() if not inq.empty() else await inq.get()]
+            return inq.get_nowait(limit) if inq.count else await inq.get(limit)
         except QueueShutDown:
             return []
-        chunk = self.item_runner.chunk if self.item_runner is not None else 1  # a runner may adapt it as it goes
-        while len(entries) < chunk and not inq.empty():
-            entries.append(inq.get_nowait())
-        return entries
 
     async def take_batch(self) -> list[Any]:
         """Up to ``batch`` consecutive items as one entry (fewer at the end or after ``batch_timeout``).
@@ -236,23 +241,24 @@ class StepRun:
     async def cut_batch(self) -> list[Any]:
         """``take_batch`` for the worker whose turn it is; failed items apart."""
         inq = self.inq
+        size = self.step.batch or 1
         try:
-            entries = [inq.get_nowait() if not inq.empty() else await inq.get()]
+            entries = inq.get_nowait(size) if inq.count else await inq.get(size)
         except QueueShutDown:
             return []
-        size = self.step.batch or 1
         timeout = self.step.batch_timeout
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         while len(entries) < size:
-            if not inq.empty():
-                entries.append(inq.get_nowait())
+            if inq.count:
+                entries += inq.get_nowait(size - len(entries))
                 continue
             left = None if end is None else end - loop.time()
             if left is not None and left <= 0:
                 break
+            more = inq.get(size - len(entries))
             try:
-                entries.append(await (inq.get() if left is None else asyncio.wait_for(inq.get(), left)))
+                entries += await (more if left is None else asyncio.wait_for(more, left))
             except (TimeoutError, QueueShutDown):
                 break  # the batch is cut: its time is up, or no item will come
         values = [e[1] for e in entries if type(e[1]) is not Failed]
