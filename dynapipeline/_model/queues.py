@@ -76,6 +76,37 @@ class ChunkQueue:
 
     async def put(self, entry: Any) -> None:
         """``put_nowait``, waiting for room first."""
+        if self.count >= self.maxsize:
+            await self.wait_room()
+        self.put_nowait(entry)
+
+    def add(self, entries: list[Any]) -> None:
+        """Add ``entries`` (the queue owns the list from now on) as chunks of their own; the caller saw room."""
+        cap = self.cap
+        self.count += len(entries)
+        if len(entries) <= cap:
+            self.chunks.append(entries)
+        else:
+            self.chunks.extend([entries[at:at + cap] for at in range(0, len(entries), cap)])
+        getters = self.getters
+        if getters:
+            for _ in range(min(len(entries), len(getters))):
+                _wake(getters)
+
+    async def put_many(self, entries: list[Any]) -> None:
+        """``add`` as room allows: what fits goes in at once, the rest as room is made (never over ``maxsize``)."""
+        at = 0
+        while at < len(entries):
+            room = self.maxsize - self.count
+            if room <= 0:
+                await self.wait_room()
+                continue
+            part = entries if not at and len(entries) <= room else entries[at:at + room]
+            self.add(part)
+            at += len(part)
+
+    async def wait_room(self) -> None:
+        """Wait until the queue holds fewer than ``maxsize`` items."""
         while self.count >= self.maxsize:
             putter = asyncio.get_running_loop().create_future()
             self.putters.append(putter)
@@ -87,7 +118,6 @@ class ChunkQueue:
                 if self.count < self.maxsize and not putter.cancelled():
                     _wake(self.putters)  # woken for room we will not use: pass the turn on
                 raise
-        self.put_nowait(entry)
 
     def get_nowait(self, limit: int) -> list[Any]:
         """Up to ``limit`` items, in order (at least one); ``QueueEmpty`` when there is none, closed or not."""

@@ -209,7 +209,7 @@ class Stream(Component):
         from dynapipeline._model.stream_run import Run
 
         out: list[Any] = []
-        await Run(self, self._source_from(args), out.append).go()
+        await Run(self, self._source_from(args), out).go()
         return out
 
     def iterate(self, source: Any = None) -> StreamItems:

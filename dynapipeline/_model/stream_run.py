@@ -25,8 +25,9 @@ See docs/streams.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dynapipeline._engine import current_control, run_tasks
 from dynapipeline._model.queues import CHUNK, ChunkQueue, QueueShutDown
@@ -35,7 +36,7 @@ from dynapipeline._model.stream_step import Counts, Failed, StepRun
 if TYPE_CHECKING:
     from dynapipeline._model.stream import ItemError, Stream
 
-__all__ = ["Run", "outputs"]
+__all__ = ["Emit", "Run", "outputs"]
 
 _DRAIN_POLL = 0.02  # seconds between looks at a drain while an async source has no next item
 
@@ -95,17 +96,16 @@ class Run:
         self.steps: list[StepRun] = []
         for i, step in enumerate(steps):
             emit: Callable[[int, Any], Awaitable[None]]
+            emit_all: Callable[[list[tuple[int, Any]]], Awaitable[None]]
             close: Callable[[], None]
-            if i + 1 < len(steps):
-                nxt = self.queues[i + 1]
-                emit = _putter(nxt)
-                close = nxt.shutdown
-            elif out is not None:
-                emit, close = _putter(out, unwrap=True), _nothing_to_close
-            else:
-                emit, close = _appender(sink), _nothing_to_close
             outq = self.queues[i + 1] if i + 1 < len(steps) else None
-            self.steps.append(StepRun(self, step, self.queues[i], self.counts[i], emit, close, outq))
+            if outq is not None:
+                emit, emit_all, close = _putter(outq), outq.put_many, outq.shutdown
+            elif out is not None:
+                emit, emit_all, close = _putter(out, unwrap=True), _unwrapping(out), _nothing_to_close
+            else:
+                emit, emit_all, close = _appender(sink), _extender(sink), _nothing_to_close
+            self.steps.append(StepRun(self, step, self.queues[i], self.counts[i], Emit(emit, emit_all, close), outq))
 
     async def go(self) -> None:
         """Run the feeder and the steps until the end; however it ends, settle the counts."""
@@ -137,21 +137,33 @@ class Run:
         self.queues[0].shutdown()  # the feeder is the first queue's one sender
 
     async def pull(self, control: Any) -> None:
+        """Pull a sync source a chunk at a time, no more than there is room for: the feeder never holds an item."""
         queue = self.queues[0]
+        cap = queue.cap
         index = 0
+        counter = itertools.count()
         if control is not None and control.draining:
             return
         try:
-            for value in self.source:
-                try:
-                    queue.put_nowait((index, value))
-                except asyncio.QueueFull:
-                    await self.put_held(queue, (index, value))
-                index += 1
-                if control is not None and control.draining:
-                    break  # before pulling the next item: an item pulled is an item run
+            source = iter(self.source)
+            while True:
+                room = queue.maxsize - queue.count
+                if room <= 0:
+                    await queue.wait_room()
+                    if control is not None and control.draining:
+                        break  # nothing pulled is dropped: the source is pulled no more
+                    continue
+                counter = itertools.count(index)
+                entries = list(zip(counter, itertools.islice(source, min(room, cap)), strict=False))
+                if not entries:
+                    break
+                queue.add(entries)
+                index += len(entries)
+                if len(entries) < min(room, cap) or (control is not None and control.draining):
+                    break  # the source is used up (a sync pull cannot see a drain mid-chunk: it does not yield)
         except Exception as error:
-            self.source_failed(error, index)
+            # zip took the next number before the source failed to give its item.
+            self.source_failed(error, max(index, next(counter) - 1))
             raise
 
     async def pull_async(self, control: Any) -> None:
@@ -203,6 +215,14 @@ class Run:
         error.add_note(f"in stream {self.stream.name!r}, its source, after {pulled} items")
 
 
+class Emit(NamedTuple):
+    """Where a step's outputs go: one ``(index, value)`` at a time, a list of them in order, and closing it."""
+
+    one: Callable[[int, Any], Awaitable[None]]
+    all: Callable[[list[tuple[int, Any]]], Awaitable[None]]
+    close: Callable[[], None]  # called once all of the step's workers have ended
+
+
 def _putter(queue: ChunkQueue, unwrap: bool = False) -> Any:
     async def emit(index: int, value: Any) -> None:
         entry = (value.error if type(value) is Failed else value) if unwrap else (index, value)
@@ -214,11 +234,25 @@ def _putter(queue: ChunkQueue, unwrap: bool = False) -> Any:
     return emit
 
 
-def _appender(sink: Any) -> Any:
+def _unwrapping(queue: ChunkQueue) -> Any:
+    async def emit_all(outputs: list[tuple[int, Any]]) -> None:
+        await queue.put_many([value.error if type(value) is Failed else value for _, value in outputs])
+
+    return emit_all
+
+
+def _appender(sink: list[Any]) -> Any:
     async def emit(index: int, value: Any) -> None:
-        sink(value.error if type(value) is Failed else value)
+        sink.append(value.error if type(value) is Failed else value)
 
     return emit
+
+
+def _extender(sink: list[Any]) -> Any:
+    async def emit_all(outputs: list[tuple[int, Any]]) -> None:
+        sink.extend([value.error if type(value) is Failed else value for _, value in outputs])
+
+    return emit_all
 
 
 def _nothing_to_close() -> None:

@@ -25,6 +25,7 @@ See docs/streams.md.
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -36,11 +37,13 @@ from dynapipeline._model.strategy import ItemRunner, chunk_items
 from dynapipeline._model.stream import ItemError, Step
 
 if TYPE_CHECKING:
-    from dynapipeline._model.stream_run import Run
+    from dynapipeline._model.stream_run import Emit, Run
 
 __all__ = ["Counts", "Crew", "Failed", "StepRun"]
 
 _NO_KWARGS: dict[str, Any] = {}
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 class Counts:
@@ -68,15 +71,16 @@ class Failed:
 class StepRun:
     """The workers of one step in one run."""
 
-    def __init__(self, run: Run, step: Step, inq: ChunkQueue, counts: Counts, emit: Any,
-                 close: Callable[[], None], outq: ChunkQueue | None) -> None:
+    def __init__(self, run: Run, step: Step, inq: ChunkQueue, counts: Counts, emit: Emit,
+                 outq: ChunkQueue | None) -> None:
         self.run_ = run
         self.outq = outq  # the next step's queue (None for the last step): the hot path puts into it itself
         self.step = step
         self.inq = inq
         self.counts = counts
-        self.emit = emit
-        self.close = close  # closes what the step emits into (the next step's queue): called once all workers ended
+        self.emit = emit.one
+        self.emit_all = emit.all
+        self.close = emit.close  # closes what the step emits into (the next step's queue): once all workers ended
         stream = run.stream
         strategy = step.strategy
         width, runner = (1, None) if strategy is None else strategy.stream_runner(step.stage, stream.maxsize)
@@ -174,9 +178,8 @@ class StepRun:
                             self.on_failure(outputs, index, error)
                             if ordered:
                                 await self.emit_in_turn(seq, 1, outputs)
-                            else:
-                                for out in outputs:
-                                    await emit(*out)
+                            elif outputs:
+                                await self.emit_all(outputs)
                             continue
                         counts.done += 1
                     if ordered:
@@ -212,9 +215,8 @@ class StepRun:
             outputs = await self.process(entries)
             if self.ordered:
                 await self.emit_in_turn(seq, len(entries), outputs)
-            else:
-                for index, value in outputs:
-                    await self.emit(index, value)
+            elif outputs:
+                await self.emit_all(outputs)
             if crew is not None:
                 crew.busy -= 1
 
@@ -274,7 +276,9 @@ class StepRun:
     async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
         """Run the stage on each entry (failed ones pass through); the (index, value) pairs to emit, in order."""
         counts = self.counts
-        todo = [value for _, value in entries if type(value) is not Failed]
+        values = list(map(_second, entries))
+        passing = Failed in set(map(type, values))  # items that failed upstream pass through untouched
+        todo = [value for value in values if type(value) is not Failed] if passing else values
         counts.received += len(todo)
         if len(todo) == 1 and self.item_runner is not None and self.item_runner.releases:
             # A large item travels alone: the runner drops its reference once it is shipped, so must we.
@@ -292,18 +296,20 @@ class StepRun:
         except BaseException:
             counts.cut += len(todo)  # cancelled before they finished
             raise
-        for ok, _ in results:  # all counted before an error may be raised below
-            if ok:
-                counts.done += 1
-            else:
-                counts.failed += 1
+        done = sum(map(_first, results))  # all counted before an error may be raised below
+        counts.done += done
+        counts.failed += len(results) - done
+        if not passing and done == len(results):
+            outs = list(map(_second, results))
+            if Flat not in set(map(type, outs)):
+                return list(zip(map(_first, entries), outs, strict=True))  # the common case: one output per item
         outputs: list[tuple[int, Any]] = []
-        done = iter(results)
+        it = iter(results)
         for index, value in entries:
             if type(value) is Failed:
                 outputs.append((index, value))
                 continue
-            ok, result = next(done)
+            ok, result = next(it)
             if ok:
                 outputs.extend(outputs_of(index, result))
             else:
@@ -336,8 +342,8 @@ class StepRun:
             finally:
                 self.turns.pop(seq, None)
         try:
-            for index, value in outputs:
-                await self.emit(index, value)
+            if outputs:
+                await self.emit_all(outputs)
         finally:
             self.next_out = seq + taken
             waiting = self.turns.get(self.next_out)
