@@ -4,7 +4,8 @@ This module is the model (``Stream``, ``Step``, what they accept, what a user
 reads back); a run's machinery is in ``stream_run`` (the feeder, the queues,
 ``iterate()``) and ``stream_step`` (one step's workers). ::
 
-    source ──► [queue ≤ maxsize] ──► step 0 workers ──► [queue ≤ maxsize] ──► step 1 workers ──► ... ──► output
+    source ──► [queue ≤ maxsize items] ──► step 0 workers ──► [queue ≤ maxsize items] ──► step 1 ──► ... ──► output
+                  └ chunks of up to 64 items: a put joins the last chunk, a worker takes what is there
 
 - The source (any iterable or async iterable) is pulled lazily by one task; a
   full queue stops it, so a slow step slows the source down and memory stays
@@ -12,6 +13,11 @@ reads back); a run's machinery is in ``stream_run`` (the feeder, the queues,
   ``execute`` is a generator (a flat-map) has its outputs for one item collected
   in a list before they flow on: that one item's whole output is in memory
   at once (the bound is per item, not ``maxsize``).
+- Items travel between steps in chunks (``queues.ChunkQueue``): ``maxsize``
+  counts items; a chunk is what is there now, never waited for; a worker of a
+  step on the loop takes a chunk when it is the step's only worker, one item
+  otherwise. What a stage sees, and ``ordered``, errors, retries, progress and
+  timing, stay per item.
 - Each step runs its stage on one item at a time per worker; how many workers
   at most, and where they run, is the step's execution strategy's answer to
   ``stream_runner`` (sequential: one; semaphore(k): k; concurrent: ``maxsize``;

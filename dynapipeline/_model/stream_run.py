@@ -3,9 +3,10 @@
 ::
 
     source ──feed──► queue 0 ──► step 0 ──► queue 1 ──► step 1 ──► ... ──► sink (run) or out queue (iterate)
-      │                 │ each queue: ClosableQueue(maxsize); its one sender (the feeder, or the step before)
-      │                 └ closes it when done: the workers behind it drain it, then end
-      └ pulled lazily: a full queue 0 holds the source back; a drain stops the pulling
+      │                 │ each queue: ChunkQueue(maxsize items, in chunks); its one sender (the feeder, or the
+      │                 └ step before) closes it when done: the workers behind it drain it, then end
+      └ pulled lazily: a sync source a chunk at a time, only for the room queue 0 has; an async source
+        item by item (each joins the open chunk at once); a drain stops the pulling
 
 Invariants:
 
@@ -14,6 +15,9 @@ Invariants:
   ``settle()`` counts what was left in the queues as cancelled and lets it go.
 - An error of the source fails the run whatever ``on_error`` says, noted with how
   many items it gave.
+- A step's outputs go on one at a time (``Emit.one``) or a chunk's at once
+  (``Emit.all``, which still waits for room so that a queue never holds more
+  than ``maxsize`` items).
 - ``iterate()``: a supervisor task runs the run and closes the out queue when it ends;
   on an error it empties that queue first, so the consumer learns of the failure at
   once. Closing the consumer's generator cancels the supervisor and waits for the

@@ -2,10 +2,11 @@
 
 ::
 
-    inq (ClosableQueue) ──► Crew: 1 worker, +1 whenever all are busy (≤ width) ──► emit ──► next step's queue
-                              │  work_here: one item at a time on the loop (the hot path, kept flat)
-                              │  work: chunks for an ItemRunner (threads, processes, Dask) or batches
-                              └─ ordered: each worker's outputs wait for their turn (emit_in_turn)
+    inq (ChunkQueue) ──► Crew: 1 worker, +1 whenever all are busy (≤ width) ──► emit ──► next step's queue
+                           │  work_here: on the loop; a lone worker takes a chunk, a crew's one item each;
+                           │             items run one at a time, each output goes on as it is made (hot path)
+                           │  work: chunks for an ItemRunner (threads, processes, Dask) or batches
+                           └─ ordered: each worker's outputs wait for their turn (emit_in_turn)
 
 Invariants:
 
@@ -13,8 +14,9 @@ Invariants:
   of a step's workers have ended, the step closes the next queue (the last
   sender closes, as with anyio's memory streams). A step that fails closes nothing:
   the run is being cancelled.
-- Every item a step takes is counted once as ``done``, ``failed`` or ``cut``
-  (cancelled while it ran); the run counts what it left in the queues (``left``).
+- Every item a step starts is counted once as ``done``, ``failed`` or ``cut``
+  (cancelled while it ran); the items of a worker's chunk that never started, and
+  what the run left in the queues, count as ``left``.
 - An item's error is noted with the stream, the step and the item's index, then
   follows ``on_error``: raised, kept in the run's errors, or passed on as ``Failed``.
 - With ``ordered``, outputs leave in the order the items were taken (sequence numbers).
