@@ -145,6 +145,7 @@ class StepRun:
         outq = self.outq
         crew = self.crew
         limit = self.take  # a crew's workers take one item each, so that the items spread over them
+        put = outq.put_nowait if outq is not None else None
         while True:
             if inq.count:
                 chunk = inq.get_nowait(limit)
@@ -189,11 +190,11 @@ class StepRun:
                     elif type(result) is Flat:
                         for out in result:
                             await emit(index, out)
-                    elif outq is not None:
+                    elif put is not None:
                         try:
-                            outq.put_nowait((index, result))
+                            put((index, result))
                         except asyncio.QueueFull:
-                            await outq.put((index, result))
+                            await outq.put((index, result))  # type: ignore[union-attr]  # put is outq's
                     else:
                         await emit(index, result)
             except BaseException:
