@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Emit", "Run", "outputs"]
 
+_second = operator.itemgetter(1)
 _DRAIN_POLL = 0.02  # seconds between looks at a drain while an async source has no next item
 
 
@@ -240,7 +242,7 @@ def _putter(queue: ChunkQueue, unwrap: bool = False) -> Any:
 
 def _unwrapping(queue: ChunkQueue) -> Any:
     async def emit_all(outputs: list[tuple[int, Any]]) -> None:
-        await queue.put_many([value.error if type(value) is Failed else value for _, value in outputs])
+        await queue.put_many(_values(outputs))
 
     return emit_all
 
@@ -254,9 +256,17 @@ def _appender(sink: list[Any]) -> Any:
 
 def _extender(sink: list[Any]) -> Any:
     async def emit_all(outputs: list[tuple[int, Any]]) -> None:
-        sink.extend([value.error if type(value) is Failed else value for _, value in outputs])
+        sink.extend(_values(outputs))
 
     return emit_all
+
+
+def _values(outputs: list[tuple[int, Any]]) -> list[Any]:
+    """What the consumer gets for these outputs: each value, or the exception a ``Failed`` carries."""
+    values = list(map(_second, outputs))
+    if Failed in set(map(type, values)):  # two passes at C speed, then one in Python only when needed
+        return [value.error if type(value) is Failed else value for value in values]
+    return values
 
 
 def _nothing_to_close() -> None:
