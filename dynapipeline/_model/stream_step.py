@@ -279,9 +279,10 @@ class StepRun:
     async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
         """Run the stage on each entry (failed ones pass through); the (index, value) pairs to emit, in order."""
         counts = self.counts
-        values = list(map(_second, entries))
-        passing = Failed in set(map(type, values))  # items that failed upstream pass through untouched
-        todo = [value for value in values if type(value) is not Failed] if passing else values
+        todo = list(map(_second, entries))
+        passing = Failed in set(map(type, todo))  # items that failed upstream pass through untouched
+        if passing:
+            todo = [value for value in todo if type(value) is not Failed]
         counts.received += len(todo)
         if len(todo) == 1 and self.item_runner is not None and self.item_runner.releases:
             # A large item travels alone: the runner drops its reference once it is shipped, so must we.
