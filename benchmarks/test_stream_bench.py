@@ -2,9 +2,10 @@
 
 Groups (run with ``make bench-suite`` or ``pytest benchmarks/test_stream_bench.py --benchmark-only``):
 
-- ``stream-async``: a 3-step no-op ``Stream`` over 100,000 items vs three tasks
+- ``stream-async-<loop>``: a 3-step no-op ``Stream`` over 100,000 items vs three tasks
   linked by ``asyncio.Queue(1000)`` written by hand (the ``bench`` command's
-  ``stream`` row measures the same pair). Divide by 100,000 for µs per item.
+  ``stream`` row measures the same pair), on asyncio's loop and on uvloop. Divide by
+  100,000 for µs per item.
 - ``stream-process``: one tiny step over 100,000 items on 2 processes: our
   ``MultiprocessExecutionStrategy(2)`` step vs ``multiprocessing.Pool(2).imap``
   (chunksize 500: the stdlib's raw chunked map, the limit), ``mpire.WorkerPool(2).imap``,
@@ -23,6 +24,7 @@ import time
 from typing import Any
 
 import pytest
+from bench_support import LOOPS, loop_runner
 
 from dynapipeline import Stage, Step, Stream
 from dynapipeline._cli.bench import make_case
@@ -77,12 +79,14 @@ def procs(loop: Any) -> Any:
 
 
 # -- async -----------------------------------------------------------------------------------------
-@pytest.mark.benchmark(group="stream-async")
+@pytest.mark.parametrize("loop_name", [pytest.param(name, marks=pytest.mark.benchmark(group=f"stream-async-{name}"))
+                                       for name in LOOPS])
 @pytest.mark.parametrize("side", ["engine", "raw"])
-def test_stream_async(benchmark: Any, loop: Any, side: str) -> None:
+def test_stream_async(benchmark: Any, loop_name: str, side: str) -> None:
     case = make_case("stream", "noop", ITEMS)
     fn = case.engine if side == "engine" else case.raw
-    out = benchmark(lambda: loop.run_until_complete(fn()))
+    runner = loop_runner(loop_name)
+    out = benchmark(lambda: runner.run(fn))
     assert len(out) == ITEMS
 
 

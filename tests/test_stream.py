@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers import GRACE, Echo, stream_tasks
+from helpers import GRACE, Echo, eventually_async, stream_tasks
 
 from dynapipeline import ItemError, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
@@ -493,6 +493,14 @@ class _Counted:
             yield i
 
 
+class _CountedAsync(_Counted):
+    """The same, as an async iterable."""
+
+    async def __aiter__(self) -> AsyncIterator[int]:
+        for i in self:
+            yield i
+
+
 @pytest.mark.parametrize("closing", ["async with", "aclosing"])
 @pytest.mark.parametrize("strategy", [SemaphoreExecutionStrategy(4), MultithreadExecutionStrategy(4)], ids=repr)
 async def test_progress_settles_after_leaving_iterate(strategy: Any, closing: str) -> None:
@@ -517,21 +525,22 @@ async def test_progress_settles_after_leaving_iterate(strategy: Any, closing: st
     assert stream_tasks() == []
 
 
-async def test_progress_settles_after_a_cancelled_run() -> None:
-    source = _Counted(50)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_progress_settles_after_a_cancelled_run(kind: str) -> None:
+    source = _Counted(50) if kind == "sync" else _CountedAsync(50)
+    # 2 running, 5 queued; an async source's next item is held by the feeder waiting for room, while a sync
+    # source is pulled only for the room there is.
+    pulled = 7 if kind == "sync" else 8
     s = stream(Step(Sleepy(name="slow", delay=3600), SemaphoreExecutionStrategy(2)), maxsize=5)
     task = asyncio.ensure_future(s.run(source))
-    for _ in range(500):  # until both slots are taken and the feeder waits for room
-        if source.pulled == 8 and s.progress["slow"].received == 2:
-            break
-        await asyncio.sleep(0.01)
+    assert await eventually_async(lambda: source.pulled == pulled and s.progress["slow"].received == 2)
+    await asyncio.sleep(0.05)  # a chance to pull more than there is room for, which it must not take
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     progress = s.progress["slow"]
-    # 2 running, 5 queued, 1 held by the feeder waiting for room: all cancelled.
-    assert (progress.received, progress.in_flight, progress.queued, progress.cancelled) == (2, 0, 0, 8)
-    assert source.pulled == 8
+    assert (progress.received, progress.in_flight, progress.queued, progress.cancelled) == (2, 0, 0, pulled)
+    assert source.pulled == pulled
 
 
 async def test_progress_settles_after_a_failed_run() -> None:
@@ -817,3 +826,98 @@ def _dynapipeline_threads_alive() -> int:
             return 0
         time.sleep(0.01)
     return len(alive)
+
+
+# -- chunks: items travel between steps in chunks ------------------------------------------------
+class FailEvery(Stage):
+    """Fails on each multiple of ``every`` (item 0 aside)."""
+
+    every: int = 50
+
+    async def execute(self, item: int) -> int:
+        if item and item % self.every == 0:
+            raise ValueError(f"bad item {item}")
+        return item
+
+
+class Jumbled(Stage):
+    """Returns its item after a number of turns of the loop that varies by item, so that items finish out of order."""
+
+    async def execute(self, item: int) -> int:
+        for _ in range(item * 7 % 5):
+            await asyncio.sleep(0)
+        return item
+
+
+async def test_maxsize_bounds_the_items_between_source_and_consumer_not_the_chunks() -> None:
+    maxsize = 20
+    source = _Counted(3000)
+    s = stream(Double(name="a"), PlusOne(name="b"), Double(name="c"), maxsize=maxsize)
+    # Each of the 3 queues and the consumer's holds at most maxsize items; each of the 3 workers and the
+    # consumer hold at most one chunk (up to maxsize items) besides.
+    bound = 4 * maxsize + 4 * maxsize
+    consumed = 0
+    widest = 0
+    async with s.iterate(source) as items:
+        async for _ in items:
+            consumed += 1
+            widest = max(widest, source.pulled - consumed)
+            assert all(p.queued <= maxsize for p in s.progress.values())
+            await asyncio.sleep(0)  # a slow consumer: the steps and the feeder run ahead until the queues are full
+    assert consumed == 3000
+    assert maxsize < widest <= bound  # ran ahead, but no further than the bound (counting chunks would allow 20x)
+
+
+@pytest.mark.parametrize("strategy", [None, SemaphoreExecutionStrategy(8), MultithreadExecutionStrategy(3)], ids=repr)
+async def test_ordered_output_keeps_source_order_through_chunks(strategy: Any) -> None:
+    s = stream(Step(Jumbled(name="jumbled"), strategy), Double(name="d"), maxsize=100)
+    assert await s.run(range(1000)) == [2 * i for i in range(1000)]
+    unordered = stream(Step(Jumbled(name="jumbled"), strategy), Double(name="d"), maxsize=100, ordered=False)
+    assert sorted(await unordered.run(range(1000))) == [2 * i for i in range(1000)]
+
+
+async def test_errors_inside_a_chunk_are_each_items_own() -> None:
+    s = stream(Double(name="d"), FailEvery(name="f"), PlusOne(name="p"), on_error="skip", maxsize=1000)
+    out = await s.run(range(300))  # items 25, 50, ... double to multiples of 50: four in each chunk of 64
+    bad = {i for i in range(300) if i and (2 * i) % 50 == 0}
+    assert out == [2 * i + 1 for i in range(300) if i not in bad]
+    assert [(e.index, e.step) for e in s.errors] == [(i, "f") for i in sorted(bad)]
+    assert all(e.error.__notes__ == [f"in stream 's', step 'f', item {e.index}"] for e in s.errors)
+    f = s.progress["f"]
+    assert (f.received, f.done, f.failed) == (300, 300 - len(bad), len(bad))
+    returned = stream(Double(name="d"), FailEvery(name="f"), PlusOne(name="p"), on_error="return")
+    out = await returned.run(range(300))
+    assert [i for i, o in enumerate(out) if isinstance(o, ValueError)] == sorted(bad)
+    with pytest.raises(ValueError, match="bad item 50") as raised:
+        await stream(Double(name="d"), FailEvery(name="f")).run(range(300))
+    assert raised.value.__notes__ == ["in stream 's', step 'f', item 25"]
+
+
+async def test_a_slow_sources_first_item_arrives_without_waiting_for_a_chunk_to_fill() -> None:
+    first_out = asyncio.Event()
+
+    async def slow() -> AsyncIterator[int]:
+        yield 0
+        await first_out.wait()  # the next item only once the first came out at the end of the stream
+        yield 1
+
+    s = stream(Double(name="a"), PlusOne(name="b"), Step(Double(name="c"), SemaphoreExecutionStrategy(2)))
+    out = []
+    async with s.iterate(slow()) as items:
+        async for item in items:
+            out.append(item)
+            first_out.set()
+    assert out == [2, 6]
+
+
+async def test_a_cancelled_run_counts_the_rest_of_a_workers_chunk_as_cancelled() -> None:
+    source = _Counted(50)
+    s = stream(Sleepy(name="slow", delay=3600), maxsize=10)  # one worker: it takes a chunk and runs its first
+    task = asyncio.ensure_future(s.run(source))
+    assert await eventually_async(lambda: s.progress["slow"].received == 1 and source.pulled == 20)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    slow = s.progress["slow"]
+    # The one running is cut, the 9 others of its chunk never started, 10 wait in the queue: all cancelled.
+    assert (slow.received, slow.done, slow.in_flight, slow.queued, slow.cancelled) == (1, 0, 0, 0, 20)

@@ -4,7 +4,8 @@ This module is the model (``Stream``, ``Step``, what they accept, what a user
 reads back); a run's machinery is in ``stream_run`` (the feeder, the queues,
 ``iterate()``) and ``stream_step`` (one step's workers). ::
 
-    source ──► [queue ≤ maxsize] ──► step 0 workers ──► [queue ≤ maxsize] ──► step 1 workers ──► ... ──► output
+    source ──► [queue ≤ maxsize items] ──► step 0 workers ──► [queue ≤ maxsize items] ──► step 1 ──► ... ──► output
+                  └ chunks of up to 64 items: a put joins the last chunk, a worker takes what is there
 
 - The source (any iterable or async iterable) is pulled lazily by one task; a
   full queue stops it, so a slow step slows the source down and memory stays
@@ -12,6 +13,11 @@ reads back); a run's machinery is in ``stream_run`` (the feeder, the queues,
   ``execute`` is a generator (a flat-map) has its outputs for one item collected
   in a list before they flow on: that one item's whole output is in memory
   at once (the bound is per item, not ``maxsize``).
+- Items travel between steps in chunks (``queues.ChunkQueue``): ``maxsize``
+  counts items; a chunk is what is there now, never waited for; a worker of a
+  step on the loop takes a chunk when it is the step's only worker, one item
+  otherwise. What a stage sees, and ``ordered``, errors, retries, progress and
+  timing, stay per item.
 - Each step runs its stage on one item at a time per worker; how many workers
   at most, and where they run, is the step's execution strategy's answer to
   ``stream_runner`` (sequential: one; semaphore(k): k; concurrent: ``maxsize``;
@@ -50,7 +56,7 @@ from dynapipeline._model.strategy import ExecutionStrategy
 from dynapipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from dynapipeline._model.queues import ClosableQueue
+    from dynapipeline._model.queues import ChunkQueue
     from dynapipeline._model.stream_step import Counts
 
 __all__ = ["ItemError", "Step", "StepProgress", "Stream", "StreamItems"]
@@ -163,7 +169,7 @@ class Stream(Component):
 
     _steps: tuple[Step, ...] = ()
     _counts: tuple[Counts, ...] = ()
-    _queues: tuple[ClosableQueue[Any], ...] = ()
+    _queues: tuple[ChunkQueue, ...] = ()
     _errors: list[ItemError] = []
     _used: _Used | None = None  # the one-shot iterators (sources) that runs have used
 
@@ -209,7 +215,7 @@ class Stream(Component):
         from dynapipeline._model.stream_run import Run
 
         out: list[Any] = []
-        await Run(self, self._source_from(args), out.append).go()
+        await Run(self, self._source_from(args), out).go()
         return out
 
     def iterate(self, source: Any = None) -> StreamItems:

@@ -3,9 +3,10 @@
 ::
 
     source ──feed──► queue 0 ──► step 0 ──► queue 1 ──► step 1 ──► ... ──► sink (run) or out queue (iterate)
-      │                 │ each queue: ClosableQueue(maxsize); its one sender (the feeder, or the step before)
-      │                 └ closes it when done: the workers behind it drain it, then end
-      └ pulled lazily: a full queue 0 holds the source back; a drain stops the pulling
+      │                 │ each queue: ChunkQueue(maxsize items, in chunks); its one sender (the feeder, or the
+      │                 └ step before) closes it when done: the workers behind it drain it, then end
+      └ pulled lazily: a sync source a chunk at a time, only for the room queue 0 has; an async source
+        item by item (each joins the open chunk at once); a drain stops the pulling
 
 Invariants:
 
@@ -14,6 +15,9 @@ Invariants:
   ``settle()`` counts what was left in the queues as cancelled and lets it go.
 - An error of the source fails the run whatever ``on_error`` says, noted with how
   many items it gave.
+- A step's outputs go on one at a time (``Emit.one``) or a chunk's at once
+  (``Emit.all``, which still waits for room so that a queue never holds more
+  than ``maxsize`` items).
 - ``iterate()``: a supervisor task runs the run and closes the out queue when it ends;
   on an error it empties that queue first, so the consumer learns of the failure at
   once. Closing the consumer's generator cancels the supervisor and waits for the
@@ -25,33 +29,39 @@ See docs/streams.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import operator
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dynapipeline._engine import current_control, run_tasks
-from dynapipeline._model.queues import ClosableQueue, QueueShutDown
+from dynapipeline._model.queues import CHUNK, ChunkQueue, QueueShutDown
 from dynapipeline._model.stream_step import Counts, Failed, StepRun
 
 if TYPE_CHECKING:
     from dynapipeline._model.stream import ItemError, Stream
 
-__all__ = ["Run", "outputs"]
+__all__ = ["Emit", "Run", "outputs"]
 
+_second = operator.itemgetter(1)
 _DRAIN_POLL = 0.02  # seconds between looks at a drain while an async source has no next item
 
 
 async def outputs(stream: Stream, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:
     """The last step's outputs as they come (``Stream.iterate``); closing the generator stops the run."""
-    out: ClosableQueue[Any] = ClosableQueue(stream.maxsize)
+    out = ChunkQueue(stream.maxsize)
     run = Run(stream, stream._source_from(args), None, out)
     supervisor = asyncio.ensure_future(_supervise(run, out))
     try:
         while True:
             try:
-                item = await out.get()
+                chunk = out.get_nowait(CHUNK) if out.count else await out.get(CHUNK)
             except QueueShutDown:
                 break
-            yield item
+            for item in chunk:
+                if supervisor.done() and not supervisor.cancelled() and supervisor.exception() is not None:
+                    break  # the run failed: the consumer learns of it now, not after the rest of the chunk
+                yield item
         await supervisor  # raises the run's error, if any
     finally:
         if not supervisor.done():
@@ -65,12 +75,11 @@ async def outputs(stream: Stream, args: tuple[Any, ...]) -> AsyncGenerator[Any, 
             supervisor.exception()  # a failure the consumer left before learning of: retrieved, so not logged
 
 
-async def _supervise(run: Run, out: ClosableQueue[Any]) -> None:
+async def _supervise(run: Run, out: ChunkQueue) -> None:
     try:
         await run.go()
     except Exception:
-        while not out.empty():
-            out.get_nowait()  # the consumer only needs to learn of the failure now
+        out.clear()  # the consumer only needs to learn of the failure now
         raise
     finally:
         out.shutdown()
@@ -79,12 +88,12 @@ async def _supervise(run: Run, out: ClosableQueue[Any]) -> None:
 class Run:
     """One run of a stream: its queues, counts and tasks."""
 
-    def __init__(self, stream: Stream, source: Any, sink: Any, out: ClosableQueue[Any] | None = None) -> None:
+    def __init__(self, stream: Stream, source: Any, sink: Any, out: ChunkQueue | None = None) -> None:
         self.stream = stream
         self.source = source
         self.awaiting_source = False  # the feeder waits for the source's next item (not for room in the queue)
         steps = stream._steps
-        self.queues: tuple[ClosableQueue[Any], ...] = tuple(ClosableQueue(stream.maxsize) for _ in steps)
+        self.queues = tuple(ChunkQueue(stream.maxsize) for _ in steps)
         self.counts = tuple(Counts() for _ in steps)
         stream._queues = self.queues
         stream._counts = self.counts
@@ -93,17 +102,16 @@ class Run:
         self.steps: list[StepRun] = []
         for i, step in enumerate(steps):
             emit: Callable[[int, Any], Awaitable[None]]
+            emit_all: Callable[[list[tuple[int, Any]]], Awaitable[None]]
             close: Callable[[], None]
-            if i + 1 < len(steps):
-                nxt = self.queues[i + 1]
-                emit = _putter(nxt)
-                close = nxt.shutdown
-            elif out is not None:
-                emit, close = _putter(out, unwrap=True), _nothing_to_close
-            else:
-                emit, close = _appender(sink), _nothing_to_close
             outq = self.queues[i + 1] if i + 1 < len(steps) else None
-            self.steps.append(StepRun(self, step, self.queues[i], self.counts[i], emit, close, outq))
+            if outq is not None:
+                emit, emit_all, close = _putter(outq), outq.put_many, outq.shutdown
+            elif out is not None:
+                emit, emit_all, close = _putter(out, unwrap=True), _unwrapping(out), _nothing_to_close
+            else:
+                emit, emit_all, close = _appender(sink), _extender(sink), _nothing_to_close
+            self.steps.append(StepRun(self, step, self.queues[i], self.counts[i], Emit(emit, emit_all, close), outq))
 
     async def go(self) -> None:
         """Run the feeder and the steps until the end; however it ends, settle the counts."""
@@ -115,9 +123,7 @@ class Run:
     def settle(self) -> None:
         """Count what a run that stopped early left in its queues as cancelled, and let go of it."""
         for queue, counts in zip(self.queues, self.counts, strict=True):
-            counts.left += queue.qsize()
-            while not queue.empty():
-                queue.get_nowait()
+            counts.left += queue.clear()
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         tasks = [asyncio.ensure_future(self.feed())]
@@ -137,21 +143,33 @@ class Run:
         self.queues[0].shutdown()  # the feeder is the first queue's one sender
 
     async def pull(self, control: Any) -> None:
+        """Pull a sync source a chunk at a time, no more than there is room for: the feeder never holds an item."""
         queue = self.queues[0]
+        cap = queue.cap
         index = 0
+        counter = itertools.count()
         if control is not None and control.draining:
             return
         try:
-            for value in self.source:
-                try:
-                    queue.put_nowait((index, value))
-                except asyncio.QueueFull:
-                    await self.put_held(queue, (index, value))
-                index += 1
-                if control is not None and control.draining:
-                    break  # before pulling the next item: an item pulled is an item run
+            source = iter(self.source)
+            while True:
+                room = queue.maxsize - queue.count
+                if room <= 0:
+                    await queue.wait_room()
+                    if control is not None and control.draining:
+                        break  # nothing pulled is dropped: the source is pulled no more
+                    continue
+                counter = itertools.count(index)
+                entries = list(zip(counter, itertools.islice(source, min(room, cap)), strict=False))
+                if not entries:
+                    break
+                queue.add(entries)
+                index += len(entries)
+                if len(entries) < min(room, cap) or (control is not None and control.draining):
+                    break  # the source is used up (a sync pull cannot see a drain mid-chunk: it does not yield)
         except Exception as error:
-            self.source_failed(error, index)
+            # zip took the next number before the source failed to give its item.
+            self.source_failed(error, max(index, next(counter) - 1))
             raise
 
     async def pull_async(self, control: Any) -> None:
@@ -191,7 +209,7 @@ class Run:
         if not puller.cancelled():
             puller.result()
 
-    async def put_held(self, queue: ClosableQueue[Any], entry: Any) -> None:
+    async def put_held(self, queue: ChunkQueue, entry: Any) -> None:
         """Put an item pulled from the source, waiting for room; if the run stops meanwhile, it counts as cancelled."""
         try:
             await queue.put(entry)
@@ -203,7 +221,15 @@ class Run:
         error.add_note(f"in stream {self.stream.name!r}, its source, after {pulled} items")
 
 
-def _putter(queue: ClosableQueue[Any], unwrap: bool = False) -> Any:
+class Emit(NamedTuple):
+    """Where a step's outputs go: one ``(index, value)`` at a time, a list of them in order, and closing it."""
+
+    one: Callable[[int, Any], Awaitable[None]]
+    all: Callable[[list[tuple[int, Any]]], Awaitable[None]]
+    close: Callable[[], None]  # called once all of the step's workers have ended
+
+
+def _putter(queue: ChunkQueue, unwrap: bool = False) -> Any:
     async def emit(index: int, value: Any) -> None:
         entry = (value.error if type(value) is Failed else value) if unwrap else (index, value)
         if queue.full():
@@ -214,11 +240,33 @@ def _putter(queue: ClosableQueue[Any], unwrap: bool = False) -> Any:
     return emit
 
 
-def _appender(sink: Any) -> Any:
+def _unwrapping(queue: ChunkQueue) -> Any:
+    async def emit_all(outputs: list[tuple[int, Any]]) -> None:
+        await queue.put_many(_values(outputs))
+
+    return emit_all
+
+
+def _appender(sink: list[Any]) -> Any:
     async def emit(index: int, value: Any) -> None:
-        sink(value.error if type(value) is Failed else value)
+        sink.append(value.error if type(value) is Failed else value)
 
     return emit
+
+
+def _extender(sink: list[Any]) -> Any:
+    async def emit_all(outputs: list[tuple[int, Any]]) -> None:
+        sink.extend(_values(outputs))
+
+    return emit_all
+
+
+def _values(outputs: list[tuple[int, Any]]) -> list[Any]:
+    """What the consumer gets for these outputs: each value, or the exception a ``Failed`` carries."""
+    values = list(map(_second, outputs))
+    if Failed in set(map(type, values)):  # two passes at C speed, then one in Python only when needed
+        return [value.error if type(value) is Failed else value for value in values]
+    return values
 
 
 def _nothing_to_close() -> None:

@@ -2,10 +2,11 @@
 
 ::
 
-    inq (ClosableQueue) ──► Crew: 1 worker, +1 whenever all are busy (≤ width) ──► emit ──► next step's queue
-                              │  work_here: one item at a time on the loop (the hot path, kept flat)
-                              │  work: chunks for an ItemRunner (threads, processes, Dask) or batches
-                              └─ ordered: each worker's outputs wait for their turn (emit_in_turn)
+    inq (ChunkQueue) ──► Crew: 1 worker, +1 whenever all are busy (≤ width) ──► emit ──► next step's queue
+                           │  work_here: on the loop; a lone worker takes a chunk, a crew's one item each;
+                           │             items run one at a time, each output goes on as it is made (hot path)
+                           │  work: chunks for an ItemRunner (threads, processes, Dask) or batches
+                           └─ ordered: each worker's outputs wait for their turn (emit_in_turn)
 
 Invariants:
 
@@ -13,8 +14,9 @@ Invariants:
   of a step's workers have ended, the step closes the next queue (the last
   sender closes, as with anyio's memory streams). A step that fails closes nothing:
   the run is being cancelled.
-- Every item a step takes is counted once as ``done``, ``failed`` or ``cut``
-  (cancelled while it ran); the run counts what it left in the queues (``left``).
+- Every item a step starts is counted once as ``done``, ``failed`` or ``cut``
+  (cancelled while it ran); the items of a worker's chunk that never started, and
+  what the run left in the queues, count as ``left``.
 - An item's error is noted with the stream, the step and the item's index, then
   follows ``on_error``: raised, kept in the run's errors, or passed on as ``Failed``.
 - With ``ordered``, outputs leave in the order the items were taken (sequence numbers).
@@ -25,22 +27,25 @@ See docs/streams.md.
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dynapipeline._engine import current_item, current_trace, tracing, wait_through_cancel
 from dynapipeline._model.component import Flat, private_of, runner_of
-from dynapipeline._model.queues import ClosableQueue, QueueShutDown
+from dynapipeline._model.queues import ChunkQueue, QueueShutDown
 from dynapipeline._model.strategy import ItemRunner, chunk_items
 from dynapipeline._model.stream import ItemError, Step
 
 if TYPE_CHECKING:
-    from dynapipeline._model.stream_run import Run
+    from dynapipeline._model.stream_run import Emit, Run
 
 __all__ = ["Counts", "Crew", "Failed", "StepRun"]
 
 _NO_KWARGS: dict[str, Any] = {}
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 class Counts:
@@ -68,15 +73,16 @@ class Failed:
 class StepRun:
     """The workers of one step in one run."""
 
-    def __init__(self, run: Run, step: Step, inq: ClosableQueue[Any], counts: Counts, emit: Any,
-                 close: Callable[[], None], outq: ClosableQueue[Any] | None) -> None:
+    def __init__(self, run: Run, step: Step, inq: ChunkQueue, counts: Counts, emit: Emit,
+                 outq: ChunkQueue | None) -> None:
         self.run_ = run
         self.outq = outq  # the next step's queue (None for the last step): the hot path puts into it itself
         self.step = step
         self.inq = inq
         self.counts = counts
-        self.emit = emit
-        self.close = close  # closes what the step emits into (the next step's queue): called once all workers ended
+        self.emit = emit.one
+        self.emit_all = emit.all
+        self.close = emit.close  # closes what the step emits into (the next step's queue): once all workers ended
         stream = run.stream
         strategy = step.strategy
         width, runner = (1, None) if strategy is None else strategy.stream_runner(step.stage, stream.maxsize)
@@ -84,6 +90,7 @@ class StepRun:
         self.item_runner: ItemRunner | None = runner
         self.chunk = 1 if runner is None else max(1, runner.chunk)
         self.ordered = stream.ordered and (self.width > 1 or self.chunk > 1)
+        self.take = inq.cap  # the most items a worker of work_here takes at once (1 once the step has a crew)
         self.on_error = stream.on_error
         self.taken = 0  # sequence numbers given to what the workers take, in input order
         self.next_out = 0  # the sequence number whose outputs go next (ordered)
@@ -120,6 +127,7 @@ class StepRun:
             if self.width == 1:
                 await work()
             else:
+                self.take = 1
                 self.crew = Crew(work, self.width, runner)
                 await self.crew.run()
         finally:
@@ -128,7 +136,7 @@ class StepRun:
         self.close()
 
     async def work_here(self) -> None:
-        """One worker of a step that runs one item at a time on the loop: the hot path, kept flat."""
+        """One worker of a step that runs its items on the loop, a chunk taken at a time: the hot path, kept flat."""
         inq = self.inq
         counts = self.counts
         emit = self.emit
@@ -136,57 +144,62 @@ class StepRun:
         ordered = self.ordered
         outq = self.outq
         crew = self.crew
+        limit = self.take  # a crew's workers take one item each, so that the items spread over them
+        put = outq.put_nowait if outq is not None else None
         while True:
-            try:
-                entry = inq.get_nowait()
-            except (asyncio.QueueEmpty, QueueShutDown):  # empty (and, on Python 3.13, maybe closed)
+            if inq.count:
+                chunk = inq.get_nowait(limit)
+            else:
                 try:
-                    entry = await inq.get()
+                    chunk = await inq.get(limit)
                 except QueueShutDown:
                     return  # closed and drained: no item will come
             if crew is not None:  # crew.took(), inlined on this hot path
                 crew.busy += 1
                 if crew.busy == crew.size < crew.width:
                     crew.add()
-            seq = self.taken
-            self.taken = seq + 1
-            index, value = entry
-            if type(value) is Failed:
-                result: Any = value
-            else:
-                counts.received += 1
-                if tracing():
-                    current_item.set(index)  # the tracer names the item each stage run was for
-                try:
-                    result = await run((value,), _NO_KWARGS)
-                except BaseException as error:
-                    if not isinstance(error, Exception):
-                        counts.cut += 1  # cancelled (or interrupted) before it finished
-                        raise
-                    counts.failed += 1
-                    outputs: list[tuple[int, Any]] = []
-                    self.on_failure(outputs, index, error)
-                    if ordered:
-                        await self.emit_in_turn(seq, 1, outputs)
+            held = len(chunk)  # taken, not started yet
+            try:
+                for index, value in chunk:
+                    held -= 1
+                    seq = self.taken
+                    self.taken = seq + 1
+                    if type(value) is Failed:
+                        result: Any = value
                     else:
-                        for out in outputs:
-                            await emit(*out)
-                    if crew is not None:
-                        crew.busy -= 1
-                    continue
-                counts.done += 1
-            if ordered:
-                await self.emit_in_turn(seq, 1, outputs_of(index, result))
-            elif type(result) is Flat:
-                for out in result:
-                    await emit(index, out)
-            elif outq is not None:
-                try:
-                    outq.put_nowait((index, result))
-                except asyncio.QueueFull:
-                    await outq.put((index, result))
-            else:
-                await emit(index, result)
+                        counts.received += 1
+                        if tracing():
+                            current_item.set(index)  # the tracer names the item each stage run was for
+                        try:
+                            result = await run((value,), _NO_KWARGS)
+                        except BaseException as error:
+                            if not isinstance(error, Exception):
+                                counts.cut += 1  # cancelled (or interrupted) before it finished
+                                raise
+                            counts.failed += 1
+                            outputs: list[tuple[int, Any]] = []
+                            self.on_failure(outputs, index, error)
+                            if ordered:
+                                await self.emit_in_turn(seq, 1, outputs)
+                            elif outputs:
+                                await self.emit_all(outputs)
+                            continue
+                        counts.done += 1
+                    if ordered:
+                        await self.emit_in_turn(seq, 1, outputs_of(index, result))
+                    elif type(result) is Flat:
+                        for out in result:
+                            await emit(index, out)
+                    elif put is not None:
+                        try:
+                            put((index, result))
+                        except asyncio.QueueFull:
+                            await outq.put((index, result))  # type: ignore[union-attr]  # put is outq's
+                    else:
+                        await emit(index, result)
+            except BaseException:
+                counts.left += held  # the rest of the chunk never started: as if left in the queue
+                raise
             if crew is not None:
                 crew.busy -= 1
 
@@ -205,23 +218,20 @@ class StepRun:
             outputs = await self.process(entries)
             if self.ordered:
                 await self.emit_in_turn(seq, len(entries), outputs)
-            else:
-                for index, value in outputs:
-                    await self.emit(index, value)
+            elif outputs:
+                await self.emit_all(outputs)
             if crew is not None:
                 crew.busy -= 1
 
     # -- taking items ----------------------------------------------------------------------------
     async def take_chunk(self) -> list[Any]:
+        """What the queue holds now, up to the runner's chunk (which it may adapt as it goes); waits only for one."""
         inq = self.inq
+        limit = self.item_runner.chunk if self.item_runner is not None else 1
         try:
-            entries = [inq.get_nowait() if not inq.empty() else await inq.get()]
+            return inq.get_nowait(limit) if inq.count else await inq.get(limit)
         except QueueShutDown:
             return []
-        chunk = self.item_runner.chunk if self.item_runner is not None else 1  # a runner may adapt it as it goes
-        while len(entries) < chunk and not inq.empty():
-            entries.append(inq.get_nowait())
-        return entries
 
     async def take_batch(self) -> list[Any]:
         """Up to ``batch`` consecutive items as one entry (fewer at the end or after ``batch_timeout``).
@@ -236,23 +246,24 @@ class StepRun:
     async def cut_batch(self) -> list[Any]:
         """``take_batch`` for the worker whose turn it is; failed items apart."""
         inq = self.inq
+        size = self.step.batch or 1
         try:
-            entries = [inq.get_nowait() if not inq.empty() else await inq.get()]
+            entries = inq.get_nowait(size) if inq.count else await inq.get(size)
         except QueueShutDown:
             return []
-        size = self.step.batch or 1
         timeout = self.step.batch_timeout
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         while len(entries) < size:
-            if not inq.empty():
-                entries.append(inq.get_nowait())
+            if inq.count:
+                entries += inq.get_nowait(size - len(entries))
                 continue
             left = None if end is None else end - loop.time()
             if left is not None and left <= 0:
                 break
+            more = inq.get(size - len(entries))
             try:
-                entries.append(await (inq.get() if left is None else asyncio.wait_for(inq.get(), left)))
+                entries += await (more if left is None else asyncio.wait_for(more, left))
             except (TimeoutError, QueueShutDown):
                 break  # the batch is cut: its time is up, or no item will come
         values = [e[1] for e in entries if type(e[1]) is not Failed]
@@ -268,7 +279,10 @@ class StepRun:
     async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
         """Run the stage on each entry (failed ones pass through); the (index, value) pairs to emit, in order."""
         counts = self.counts
-        todo = [value for _, value in entries if type(value) is not Failed]
+        todo = list(map(_second, entries))
+        passing = Failed in set(map(type, todo))  # items that failed upstream pass through untouched
+        if passing:
+            todo = [value for value in todo if type(value) is not Failed]
         counts.received += len(todo)
         if len(todo) == 1 and self.item_runner is not None and self.item_runner.releases:
             # A large item travels alone: the runner drops its reference once it is shipped, so must we.
@@ -286,18 +300,20 @@ class StepRun:
         except BaseException:
             counts.cut += len(todo)  # cancelled before they finished
             raise
-        for ok, _ in results:  # all counted before an error may be raised below
-            if ok:
-                counts.done += 1
-            else:
-                counts.failed += 1
+        done = sum(map(_first, results))  # all counted before an error may be raised below
+        counts.done += done
+        counts.failed += len(results) - done
+        if not passing and done == len(results):
+            outs = list(map(_second, results))
+            if Flat not in set(map(type, outs)):
+                return list(zip(map(_first, entries), outs, strict=True))  # the common case: one output per item
         outputs: list[tuple[int, Any]] = []
-        done = iter(results)
+        it = iter(results)
         for index, value in entries:
             if type(value) is Failed:
                 outputs.append((index, value))
                 continue
-            ok, result = next(done)
+            ok, result = next(it)
             if ok:
                 outputs.extend(outputs_of(index, result))
             else:
@@ -330,8 +346,8 @@ class StepRun:
             finally:
                 self.turns.pop(seq, None)
         try:
-            for index, value in outputs:
-                await self.emit(index, value)
+            if outputs:
+                await self.emit_all(outputs)
         finally:
             self.next_out = seq + taken
             waiting = self.turns.get(self.next_out)

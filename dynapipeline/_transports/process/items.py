@@ -140,7 +140,8 @@ class ProcessItems(ItemRunner):
             await self._live_pool()
             packed_from = time.perf_counter()
             items = self._dump_items(values, batch, results)
-            batch = [i for i in batch if results[i] is None]
+            if items is None:  # an item could not be pickled: it failed alone, the others go
+                batch = [i for i in batch if results[i] is None]
             if not batch:
                 pending = [i for i in pending if results[i] is None]
                 continue
@@ -152,8 +153,8 @@ class ProcessItems(ItemRunner):
                 if reply.unloadable is not None:
                     for i in batch:
                         results[i] = (False, self._error(reply.unloadable, outcome.pid))
-                else:
-                    self._take_items(job, outcome, batch, results, sink, indices)  # the rest, if any, go again
+                elif self._take_items(job, outcome, batch, results, sink, indices) == len(pending) == len(batch):
+                    break  # every item of the call ran (the common case): nothing left to look for
             elif isinstance(outcome, TimedOut):
                 results[batch[0]] = (False, StageTimeoutError(self.name, self.stage.timeout))
             elif isinstance(outcome, Crashed):
@@ -312,8 +313,12 @@ class ProcessItems(ItemRunner):
                 results[i] = (False, self._unloadable(broken, pid, count))
             failed = list(range(count))
         elif values is not None and not failures:
-            for i, value in zip(batch, values, strict=False):
-                results[i] = (True, value)
+            first = batch[0]
+            if len(values) >= count and batch[count - 1] - first == count - 1:  # consecutive: filled at C speed
+                results[first:first + count] = zip(itertools.repeat(True), values[:count])
+            else:
+                for i, value in zip(batch, values, strict=False):
+                    results[i] = (True, value)
         else:
             codes = rows[3:size:4]
             offsets = list(itertools.accumulate(map(int, map(abs, codes)), initial=0))
