@@ -39,8 +39,8 @@ from typing import Any, NamedTuple, Protocol
 
 import cloudpickle
 
-__all__ = ["SHARED", "Arena", "Block", "Packed", "Shared", "SharedHooks", "pack", "pack_with", "rebuild_view", "small",
-           "unpack"]
+__all__ = ["SHARED", "Arena", "Block", "Large", "Packed", "Shared", "SharedHooks", "pack", "pack_with", "probe",
+           "rebuild_view", "small", "unpack"]
 
 PROTOCOL = 5
 SHARED = b"S"  # first byte of a packed message with out-of-band blocks (a plain pickle starts with b"\x80")
@@ -110,8 +110,8 @@ def small(obj: Any, threshold: int) -> bytes | None:
     if _large_bytes(obj, threshold):
         return None
     try:
-        data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=_probe(threshold))
-    except Exception:  # noqa: BLE001 - a large buffer (_Large), a lambda, a memoryview: pack_with tells
+        data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=probe(threshold))
+    except Exception:  # noqa: BLE001 - a large buffer (Large), a lambda, a memoryview: pack_with tells
         return None
     return data if len(data) < threshold else None
 
@@ -215,8 +215,8 @@ class SharedHooks:
         return parent(obj) if parent is not None else NotImplemented
 
 
-class _Large(Exception):
-    """Raised by a ``_Probe``: the object has a large buffer, the fast pass is abandoned."""
+class Large(Exception):
+    """Raised by a ``probe``: the object has a large buffer, the fast pass is abandoned."""
 
 
 class _Probe:
@@ -233,18 +233,19 @@ class _Probe:
         except BufferError:  # not contiguous: in band
             return True
         if size >= self.threshold:
-            raise _Large
+            raise Large
         return True
 
 
 _PROBES: dict[int, _Probe] = {}
 
 
-def _probe(threshold: int) -> _Probe:
-    probe = _PROBES.get(threshold)
-    if probe is None:
-        probe = _PROBES[threshold] = _Probe(threshold)
-    return probe
+def probe(threshold: int) -> _Probe:
+    """The ``buffer_callback`` that raises ``Large`` at a buffer of ``threshold`` bytes or more (one per value)."""
+    found = _PROBES.get(threshold)
+    if found is None:
+        found = _PROBES[threshold] = _Probe(threshold)
+    return found
 
 
 def _plain(obj: Any, use_cloudpickle: bool) -> bytes:

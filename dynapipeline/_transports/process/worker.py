@@ -39,6 +39,7 @@ import traceback
 from typing import Any
 
 from dynapipeline._engine import EPOCH_OFFSET
+from dynapipeline._transports._remote import buffers
 from dynapipeline._transports._remote.batch import (
     dump_value,
     failure_of,
@@ -47,7 +48,7 @@ from dynapipeline._transports._remote.batch import (
     run_call,
     unloadable_reply,
 )
-from dynapipeline._transports._remote.buffers import SHARED, pack, small, unpack
+from dynapipeline._transports._remote.buffers import SHARED, unpack
 from dynapipeline._transports._remote.messages import (
     IDLE,
     LOG_DATA,
@@ -71,7 +72,8 @@ from dynapipeline._transports.process.shm import MAPPED, LocalArena, send_segmen
 __all__ = ["main", "run_map", "run_message"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-_ROW = struct.Struct("=4d")  # an item log row (_remote.messages); native doubles, as the parent reads them
+_ROW = struct.Struct("=4d")
+_Large = buffers.Large  # an item log row (_remote.messages); native doubles, as the parent reads them
 logger = logging.getLogger("dynapipeline")
 
 
@@ -261,7 +263,7 @@ class _ItemLog:
         count = 0
         keep = self.values.append
         threshold = self.threshold
-        arena = self.state["arena"] if self.state is not None else None
+        probe = None if threshold is None else buffers.probe(threshold)
         for item in items:
             current.value = count
             t0 = clock()
@@ -277,19 +279,15 @@ class _ItemLog:
             t1 = clock()
             keep(value)
             try:
-                if threshold is None:
-                    data = dumps(value, protocol)
-                else:
-                    quick = small(value, threshold)
-                    if quick is not None:
-                        data = quick
-                    else:
-                        data = pack(value, threshold, arena).data
-                        self.shared = self.shared or data[:1] == SHARED
-            except Exception:
+                # The plain pickle at C speed; a large buffer (the probe raises) or a large pickle goes the
+                # general way below, to shared memory.
+                data = dumps(value, protocol, buffer_callback=probe)
+                if probe is not None and len(data) >= probe.threshold:
+                    raise _Large
+            except Exception:  # noqa: BLE001 - large, or only cloudpickle can: the general way
                 self.count, self.used = count, used
                 self.values.pop()
-                self.value(t0, t1, value)  # cloudpickle, or the item fails
+                self.value(t0, t1, value)  # shared memory, cloudpickle, or the item fails
                 count, used = self.count, self.used
                 if self.last is not None:
                     return count + 1
