@@ -853,9 +853,9 @@ async def test_maxsize_bounds_the_items_between_source_and_consumer_not_the_chun
     maxsize = 20
     source = _Counted(3000)
     s = stream(Double(name="a"), PlusOne(name="b"), Double(name="c"), maxsize=maxsize)
-    # Each of the 3 queues and the consumer's holds at most maxsize items; each of the 3 workers and the
-    # consumer hold at most one chunk (up to maxsize items) besides.
-    bound = 4 * maxsize + 4 * maxsize
+    # Each of the 3 queues and the consumer's holds at most maxsize items; each of the 3 workers, the consumer
+    # and the feeder's last pull hold at most one chunk (up to half of maxsize) besides.
+    bound = 4 * maxsize + 5 * (maxsize // 2)
     consumed = 0
     widest = 0
     async with s.iterate(source) as items:
@@ -914,10 +914,10 @@ async def test_a_cancelled_run_counts_the_rest_of_a_workers_chunk_as_cancelled()
     source = _Counted(50)
     s = stream(Sleepy(name="slow", delay=3600), maxsize=10)  # one worker: it takes a chunk and runs its first
     task = asyncio.ensure_future(s.run(source))
-    assert await eventually_async(lambda: s.progress["slow"].received == 1 and source.pulled == 20)
+    assert await eventually_async(lambda: s.progress["slow"].received == 1 and source.pulled == 15)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     slow = s.progress["slow"]
-    # The one running is cut, the 9 others of its chunk never started, 10 wait in the queue: all cancelled.
-    assert (slow.received, slow.done, slow.in_flight, slow.queued, slow.cancelled) == (1, 0, 0, 0, 20)
+    # The one running is cut, the 4 others of its chunk (half of maxsize) never started, 10 wait in the queue.
+    assert (slow.received, slow.done, slow.in_flight, slow.queued, slow.cancelled) == (1, 0, 0, 0, 15)

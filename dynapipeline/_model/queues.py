@@ -44,7 +44,9 @@ class ChunkQueue:
 
     def __init__(self, maxsize: int, cap: int = CHUNK) -> None:
         self.maxsize = maxsize
-        self.cap = max(1, min(cap, maxsize))
+        # At most half of maxsize: a worker holding a whole chunk then holds at most half as much again as
+        # its queue (a step of large items on the loop: 4 + 2 of them at maxsize=4, not 4 + 4).
+        self.cap = max(1, min(cap, maxsize // 2))
         self.chunks: deque[list[Any]] = deque()
         self.count = 0  # items held, in all chunks
         self.closed = False
