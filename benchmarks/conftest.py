@@ -4,11 +4,31 @@ twin, measured in the same session on the same persistent loop (bench_support.py
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from bench_support import LOOPS, MODE, close_loops, rate_table
+
+from dynapipeline.execution import MultiprocessExecutionStrategy
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A module's own event loop, for the benchmarks that drive one by hand (processes, streams, Dask)."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def procs(loop: asyncio.AbstractEventLoop) -> Iterator[MultiprocessExecutionStrategy]:
+    """A warm 2-worker process pool, started before any timing."""
+    strategy = MultiprocessExecutionStrategy(2)
+    loop.run_until_complete(strategy.start())
+    yield strategy
+    strategy.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

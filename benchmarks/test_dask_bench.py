@@ -16,7 +16,6 @@ and the client is asynchronous, on the benchmark's loop.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -27,7 +26,6 @@ from distributed import Client, LocalCluster
 from dynapipeline import Stage, StageGroup
 from dynapipeline.execution import (
     DaskExecutionStrategy,
-    MultiprocessExecutionStrategy,
     SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
@@ -56,13 +54,6 @@ Noop = local_noop()
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def cluster():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
         yield local
@@ -76,14 +67,6 @@ def client(loop, cluster):
     c = loop.run_until_complete(connect())
     yield c
     loop.run_until_complete(c.close())
-
-
-@pytest.fixture(scope="module")
-def procs(loop):
-    strategy = MultiprocessExecutionStrategy(2)
-    loop.run_until_complete(strategy.start())
-    yield strategy
-    strategy.close()
 
 
 def group(stages, strategy):

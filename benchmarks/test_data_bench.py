@@ -28,7 +28,6 @@ numpy or a peer missing from the environment: that case is skipped (they are in 
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 from collections.abc import Callable
 from typing import Any
@@ -39,27 +38,11 @@ from bench_support import record_rate
 from dynapipeline import Step, Stream
 from dynapipeline._cli.bench_data import Double, Touch, copy_once, double, make_items, touch, transport_note
 from dynapipeline._transports.process.children import default_start_method
-from dynapipeline.execution import MultiprocessExecutionStrategy
 
 ITEMS = 40
 ITEM_BYTES = 20_000_000
 WORKERS = 2
 ROUNDS = 3  # rounds of the sides that take seconds each (the pools); the others run as pytest-benchmark decides
-
-
-@pytest.fixture(scope="module")
-def loop() -> Any:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def procs(loop: Any) -> Any:
-    strategy = MultiprocessExecutionStrategy(WORKERS)
-    loop.run_until_complete(strategy.start())
-    yield strategy
-    strategy.close()
 
 
 @pytest.fixture(scope="module")

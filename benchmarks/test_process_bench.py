@@ -71,21 +71,6 @@ Noop, Primes = local_classes()
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def procs(loop):
-    strategy = MultiprocessExecutionStrategy(2)
-    loop.run_until_complete(strategy.start())
-    yield strategy
-    strategy.close()
-
-
-@pytest.fixture(scope="module")
 def raw_pool():
     pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(default_start_method()))
     for future in [pool.submit(noop) for _ in range(4)]:  # warm both workers

@@ -18,7 +18,6 @@ Peers missing from the environment are skipped (they are in the ``dev`` extra).
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import time
 from typing import Any
@@ -29,7 +28,6 @@ from bench_support import LOOPS, loop_runner
 from dynapipeline import Stage, Step, Stream
 from dynapipeline._cli.bench import make_case
 from dynapipeline._transports.process.children import default_start_method
-from dynapipeline.execution import MultiprocessExecutionStrategy
 
 ITEMS = 100_000
 CPU_ITEMS = 200
@@ -61,21 +59,6 @@ class Tiny(Stage):
 class Burn(Stage):
     def execute(self, item: int) -> int:
         return burn(item)
-
-
-@pytest.fixture(scope="module")
-def loop() -> Any:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def procs(loop: Any) -> Any:
-    strategy = MultiprocessExecutionStrategy(2)
-    loop.run_until_complete(strategy.start())
-    yield strategy
-    strategy.close()
 
 
 # -- async -----------------------------------------------------------------------------------------
