@@ -31,6 +31,7 @@ import pickle
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -38,13 +39,13 @@ import cloudpickle
 from dynapipeline._engine import EPOCH_OFFSET, RunControl, TraceSink, current_control, current_trace, set_tracing
 from dynapipeline._model.component import private_of
 from dynapipeline._model.group import Container
-from dynapipeline._transports._remote.buffers import pack, small, unpack
+from dynapipeline._transports._remote.buffers import SHARED, pack, probe, unpack
 from dynapipeline._transports._remote.messages import IDLE, Call, Clock, Failure, Reply, Trace
-from dynapipeline._transports._remote.rebuild import record_cached, register_class, slim_cached, timings_of
+from dynapipeline._transports._remote.rebuild import register_class, slim_cached, timings_of
 from dynapipeline._transports.calling import needs_loop, run_component
 
-__all__ = ["dump_value", "error_bytes", "failure_of", "loop_of", "register_classes", "run_call", "run_components",
-           "unloadable_reply"]
+__all__ = ["dump_value", "dumper", "error_bytes", "failure_of", "loop_of", "register_classes", "run_call",
+           "run_components", "unloadable_reply"]
 
 logger = logging.getLogger("dynapipeline")
 
@@ -78,12 +79,40 @@ def dump_value(value: Any, state: dict[str, Any] | None = None) -> bytes:
     """Pickle one result: the standard pickler when it can (several times faster), else cloudpickle.
 
     In a pool's worker (``state`` has its ``arena`` and ``threshold``), large buffers go to shared memory.
+    One ``pickle.dumps`` for a small result: this runs once per component.
     """
-    threshold = state.get("threshold") if state is not None else None
-    if threshold is not None:
-        assert state is not None
-        return small(value, threshold) or pack(value, threshold, state["arena"]).data
-    return pack(value, None, None).data
+    threshold = None if state is None else state.get("threshold")
+    try:
+        if threshold is None:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=probe(threshold))
+        if len(data) < threshold:
+            return data
+    except Exception:  # noqa: BLE001 - a large buffer (the probe), a memoryview, a lambda: pack says or raises
+        pass
+    return pack(value, threshold, None if state is None else state.get("arena")).data
+
+
+def dumper(state: dict[str, Any]) -> Callable[[Any], bytes]:
+    """``dump_value`` for ``state``, its look-ups done once (it runs once per component of a batch)."""
+    threshold = state.get("threshold")
+    if threshold is None:
+        return dump_value
+    arena = state.get("arena")
+    buffer_callback = probe(threshold)
+    dumps = pickle.dumps
+    protocol = pickle.HIGHEST_PROTOCOL
+
+    def dump(value: Any) -> bytes:
+        try:
+            data = dumps(value, protocol, buffer_callback=buffer_callback)
+            if len(data) < threshold:
+                return data
+        except Exception:  # noqa: BLE001 - a large buffer (the probe), a memoryview, a lambda: pack says or raises
+            pass
+        return pack(value, threshold, arena).data
+
+    return dump
 
 
 def failure_of(error: BaseException, tb: str) -> Failure:
@@ -114,19 +143,23 @@ def run_call(call: Call, state: dict[str, Any], position: Any = None, drain: Any
     When the parent traces, the runs made here travel back in ``Reply.trace``.
     ``received``: perf_counter when the message arrived (now if not given).
     """
-    record_cached()
+    components: list[Any] = []
     try:
-        return _run_call(call, state, position, drain, received)
+        return _run_call(call, state, position, drain, received, components)
     finally:
-        # The stages this worker keeps between batches keep no field (say, a view on the parent's memory).
-        slim_cached({id(stage) for stage in state.get("stages", {}).values()})
+        if call.payload[:1] == SHARED:
+            # The stages this worker keeps between batches keep no field that is a view on the parent's memory.
+            slim_cached(components, {id(stage) for stage in state.get("stages", {}).values()})
 
 
-def _run_call(call: Call, state: dict[str, Any], position: Any, drain: Any, received: float) -> Reply:
+def _run_call(call: Call, state: dict[str, Any], position: Any, drain: Any, received: float,
+              rebuilt: list[Any]) -> Reply:
+    """``run_call``; ``rebuilt`` receives the components (for ``slim_cached``)."""
     received = received or time.perf_counter()
     try:
         register_classes(call.class_blobs)
         components, args, kwargs = unpack(call.payload, state.get("attach"))
+        rebuilt += components
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return unloadable_reply(error, traceback.format_exc())
     batch = _Batch(components, received, time.perf_counter(), call.trace)
@@ -181,6 +214,7 @@ class _Batch:
     def _run(self, position: Any, args: tuple[Any, ...], kwargs: dict[str, Any], state: dict[str, Any]) -> Reply:
         results: list[Any] = []
         timings: list[Any] = []
+        dump = dumper(state)
         for index, component in enumerate(self.components):
             if position is not None:
                 position.value = index
@@ -193,7 +227,7 @@ class _Batch:
                 return self._reply(results, timings, error, traceback.format_exc(), index)
             timings.append(timings_of(component))
             try:
-                results.append(dump_value(result, state))
+                results.append(dump(result))
             except Exception as bad:
                 unpicklable = TypeError(f"stage {component.name!r} returned a result that cannot be "
                                         f"pickled ({type(result).__name__}: {bad})")

@@ -44,6 +44,7 @@ __all__ = ["SHARED", "Arena", "Block", "Large", "Packed", "Shared", "SharedHooks
 
 PROTOCOL = 5
 SHARED = b"S"  # first byte of a packed message with out-of-band blocks (a plain pickle starts with b"\x80")
+_SHARED_BYTE = SHARED[0]
 
 
 class Block(NamedTuple):
@@ -148,7 +149,7 @@ def pack_with(obj: Any, threshold: int, arena: Arena, base: type, **options: Any
 
 def unpack(data: bytes | memoryview, attach: Attach | None) -> Any:
     """What ``pack`` made: a plain pickle, or one whose buffers are in shared blocks (``attach`` maps them)."""
-    if data[:1] != SHARED:
+    if data[0] != _SHARED_BYTE:  # an int compare: this runs once per result
         return pickle.loads(data)
     if attach is None:
         raise pickle.UnpicklingError("a pickle with shared-memory buffers, and no shared memory to read them from")

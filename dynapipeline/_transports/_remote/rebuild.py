@@ -26,7 +26,6 @@ __all__ = [
     "cached_stage",
     "locked_context",
     "rebuild_component",
-    "record_cached",
     "register_class",
     "slim_cached",
     "timings_of",
@@ -101,18 +100,13 @@ def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: se
     stages: dict[int, Any] | None = getattr(_local, "stages", None)
     if stages is None:
         stages = _local.stages = {}
-    used: list[Any] | None = getattr(_local, "used", None)
     obj: Any = stages.get(key)
     if obj is None or type(obj) is not cls:
         obj = rebuild_component(cls, state, fields_set, extra, private, timing)
         if len(stages) >= _MAX_STAGES:
             stages.clear()
         stages[key] = obj
-        if used is not None:
-            used.append(obj)
         return obj
-    if used is not None:
-        used.append(obj)
     old = obj.__dict__
     runner = obj.__pydantic_private__["_runner"]
     private["_runner"] = runner
@@ -134,27 +128,23 @@ def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: se
 _SLIM = ("name", "timeout", "retries", "retry_delay", "retry_backoff", "handlers")  # what cached_stage compares
 
 
-def record_cached() -> None:
-    """From now on, note the stages ``cached_stage`` hands out (for ``slim_cached``)."""
-    _local.used = []
-
-
-def slim_cached(keep: set[int] = frozenset()) -> None:  # type: ignore[assignment]  # a read-only default
-    """Let the stages handed out since ``record_cached`` forget their fields and private attributes.
+def slim_cached(components: list[Any], keep: set[int]) -> None:
+    """Let the cached stages among ``components`` (groups' members included) forget their fields.
 
     A cached stage is refreshed with the parent's whole state each time it is shipped,
     so between batches it needs only what ``cached_stage`` compares; the rest (a large
     array field: a view on the parent's shared memory) would otherwise live as long as
     the cache. ``keep``: ids of stages still in use (a stream step's).
     """
-    used: list[Any] = getattr(_local, "used", None) or []
-    _local.used = None
-    for obj in used:
-        if id(obj) in keep:
-            continue
-        old = obj.__dict__
-        object.__setattr__(obj, "__dict__", {k: old[k] for k in _SLIM if k in old})
-        object.__setattr__(obj, "__pydantic_private__", {"_runner": obj.__pydantic_private__["_runner"]})
+    cached = {id(stage) for stage in getattr(_local, "stages", {}).values()}
+    for component in components:
+        members = component.iter_components() if hasattr(component, "iter_components") else (component,)
+        for obj in members:
+            if id(obj) not in cached or id(obj) in keep:
+                continue
+            old = obj.__dict__
+            object.__setattr__(obj, "__dict__", {k: old[k] for k in _SLIM if k in old})
+            object.__setattr__(obj, "__pydantic_private__", {"_runner": obj.__pydantic_private__["_runner"]})
 
 
 def timings_of(component: Component) -> list[Timing]:
