@@ -169,3 +169,10 @@ def test_tracing_example_writes_a_trace(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30  # generous: the machine may be busy
     assert f"11 slices written to {path}" in out
     check_trace_format(json.loads(path.read_text()))
+
+
+def test_large_items_example_hashes_blocks_and_scales_arrays_through_shared_memory():
+    out = subprocess.run([sys.executable, str(EXAMPLES / "large_items.py")], capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    assert "16 blocks of 8 MB hashed on 2 processes" in out
+    assert "16 arrays of 8 MB scaled; results are writable: True" in out  # numpy is in the dev extra
