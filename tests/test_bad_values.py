@@ -187,6 +187,19 @@ def test_semaphore_max_concurrent(value: Any) -> None:
 
 
 @FAST
+@given(value=VALUES)
+def test_process_shared_memory_threshold(value: Any) -> None:
+    # Construction only: it starts no process.
+    strategy = _build(lambda: MultiprocessExecutionStrategy(2, shared_memory_threshold=value))
+    if strategy is None:
+        assert not (value is None or (_int(value) and value >= 1))
+        return
+    # Documented: bytes (an int >= 1) from which a buffer goes through shared memory, or None for never.
+    assert value is None or (_int(value) and value >= 1)
+    assert strategy.shared_memory_threshold == value
+
+
+@FAST
 @pytest.mark.parametrize("cls", [MultithreadExecutionStrategy, MultiprocessExecutionStrategy])
 @given(value=VALUES)
 def test_pool_max_workers(cls: type, value: Any) -> None:

@@ -296,6 +296,9 @@ def test_bad_settings_are_rejected():
         MultiprocessExecutionStrategy(0)
     with pytest.raises(ConfigurationError, match="start_method"):
         MultiprocessExecutionStrategy(start_method="fork")
+    for bad in (0, -1, "1MB", 1.5, True):
+        with pytest.raises(ConfigurationError, match="MultiprocessExecutionStrategy: field 'shared_memory_threshold'"):
+            MultiprocessExecutionStrategy(shared_memory_threshold=bad)
 
 
 async def test_stop_before_the_workers_are_ready_leaves_no_worker(monkeypatch):
