@@ -664,8 +664,8 @@ async def test_simple_pipeline_rejects_a_thread_step_and_process_shipping_reject
 # -- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("fields", "message"), [
     ({"steps": []}, "field 'steps' must not be empty"),
-    ({"steps": [42]}, r"field 'steps\[0\]' must be a Step or a Stage, got int"),
-    ({"steps": [Double]}, r"field 'steps\[0\]' must be a Step or a Stage, got the class Double"),
+    ({"steps": [42]}, r"field 'steps\[0\]' must be a Step, a Stage or a callable, got int"),
+    ({"steps": [Double]}, r"field 'steps\[0\]' must be a Step, a Stage or a callable, got the class Double"),
     ({"steps": "abc"}, "field 'steps' must be a list"),
     ({"maxsize": 0}, "field 'maxsize' must be an int >= 1, got 0"),
     ({"maxsize": 2.5}, "field 'maxsize' must be an int >= 1"),
@@ -692,7 +692,7 @@ def test_bad_step_fields_name_the_step_and_the_field(kwargs: dict[str, Any], mes
 
 
 def test_step_rejects_a_non_stage() -> None:
-    with pytest.raises(ConfigurationError, match="Step: field 'stage' must be a Stage, got int"):
+    with pytest.raises(ConfigurationError, match="Step: field 'stage' must be a Stage or a callable, got int"):
         Step(5)  # type: ignore[arg-type]
 
 

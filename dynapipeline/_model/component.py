@@ -157,9 +157,13 @@ class Component(BaseModel):
 
     def _bind_runner(self) -> None:
         # The runner holds the bound ``execute``: a copy must never share the original's.
-        self._runner = Runner(self, self.name, collecting(self.execute))
+        self._runner = Runner(self, self.name, self.call_target())
         if self.handlers:
             self._runner.set_handlers(self.handlers)
+
+    def call_target(self) -> Callable[..., Any]:
+        """What the runner calls for a run: ``execute``, or for a generator ``execute`` what collects its values."""
+        return collecting(self.execute)
 
     def _label(self) -> str:
         """How messages name this component: ``StageGroup 'ingest'``."""
@@ -264,17 +268,19 @@ class Flat(list[Any]):
 _GENERATORS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
-def collecting(execute: Callable[..., Any]) -> Callable[..., Any]:
+def collecting(execute: Callable[..., Any], kind: int | None = None) -> Callable[..., Any]:
     """``execute`` itself, or for a generator ``execute`` a function that runs it to the end into a ``Flat``.
 
     So that timing, timeout, retries and handlers cover the whole generator, and a
-    stream step can flat-map (yielding nothing filters the item out).
+    stream step can flat-map (yielding nothing filters the item out). ``kind``, when
+    the caller knows it: 0 plain, 1 generator, 2 async generator.
     """
-    function = getattr(execute, "__func__", execute)
-    kind = _GENERATORS.get(function)
     if kind is None:
-        kind = _GENERATORS[function] = 2 if inspect.isasyncgenfunction(function) else (
-            1 if inspect.isgeneratorfunction(function) else 0)
+        function = getattr(execute, "__func__", execute)
+        kind = _GENERATORS.get(function)
+        if kind is None:
+            kind = _GENERATORS[function] = 2 if inspect.isasyncgenfunction(function) else (
+                1 if inspect.isgeneratorfunction(function) else 0)
     if kind == 0:
         return execute
     if kind == 1:

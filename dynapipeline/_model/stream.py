@@ -45,13 +45,15 @@ See docs/streams.md.
 
 from __future__ import annotations
 
+import copy
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dynapipeline._model.checks import check_int, check_seconds
 from dynapipeline._model.component import Component, Stage
+from dynapipeline._model.functions import FunctionStage, function_stage
 from dynapipeline._model.strategy import ExecutionStrategy
 from dynapipeline.errors import ConfigurationError
 
@@ -65,7 +67,15 @@ OnError = Literal["raise", "skip", "return"]
 
 
 class Step:
-    """One step of a stream: a stage, the execution strategy its items run with, and optional batching.
+    """One step of a stream: a stage or a plain callable, where its items run, and optional batching.
+
+    ``Step(fn)`` takes a plain function, an ``async def``, a generator or async
+    generator function (a flat-map: each value yielded flows on), a lambda, a
+    ``functools.partial`` or a callable object; the step is named ``name=`` or
+    after the function (``parse``; a lambda is ``lambda``; a stream makes automatic
+    names unique: ``parse_2``). ``timeout``, ``retries``, ``retry_delay`` and
+    ``retry_backoff`` are what a ``Stage`` would carry; a ``Stage`` keeps them as its
+    own fields, so with a ``Stage`` they (and ``name``) are refused here.
 
     ``strategy=None`` runs one item at a time on the event loop. ``batch=n`` hands
     the stage a list of up to ``n`` consecutive items (fewer at the end, or when
@@ -73,17 +83,37 @@ class Step:
     stage returns flows on as one item (a generator ``execute`` flattens it). Batches
     are cut one at a time whatever the strategy's width, so each worker gets whole
     runs of consecutive items.
+
+    ``on_error`` and ``ordered`` override the stream's own for this step (None: the
+    stream's). A step's ``ordered`` concerns its own outputs: it emits them in the
+    order it took its items, whatever earlier steps did; the stream's outputs are
+    in source order when every step is ordered.
     """
 
-    __slots__ = ("batch", "batch_timeout", "stage", "strategy")
+    __slots__ = ("batch", "batch_timeout", "on_error", "ordered", "stage", "strategy")
 
-    def __init__(self, stage: Stage, strategy: ExecutionStrategy | None = None, *, batch: int | None = None,
-                 batch_timeout: float | None = None) -> None:
-        if isinstance(stage, type):
+    def __init__(self, stage: Stage | Callable[..., Any], strategy: ExecutionStrategy | None = None, *,
+                 name: str | None = None, batch: int | None = None, batch_timeout: float | None = None,
+                 on_error: OnError | None = None, ordered: bool | None = None, timeout: float | None = None,
+                 retries: int | None = None, retry_delay: float | None = None,
+                 retry_backoff: float | None = None) -> None:
+        policy = {field: value for field, value in (("timeout", timeout), ("retries", retries),
+                                                    ("retry_delay", retry_delay), ("retry_backoff", retry_backoff))
+                  if value is not None}
+        if isinstance(stage, type) and issubclass(stage, Stage):
             raise ConfigurationError(f"Step: field 'stage' must be a Stage instance, got the class {stage.__name__} "
                                      f"(pass an instance: {stage.__name__}(name=...))")
-        if not isinstance(stage, Stage):
-            raise ConfigurationError(f"Step: field 'stage' must be a Stage, got {type(stage).__name__}")
+        if isinstance(stage, Stage):
+            given = (["name"] if name is not None else []) + list(policy)
+            if given:
+                raise ConfigurationError(
+                    f"Step {stage.name!r}: field {given[0]!r} is the Stage's own: set it on the Stage "
+                    f"({type(stage).__name__}(name=..., {given[0]}=...)), not on the Step")
+        elif isinstance(stage, Step):
+            raise ConfigurationError(f"Step {stage.stage.name!r}: field 'stage' must be a Stage or a callable, "
+                                     "got a Step")
+        else:
+            stage = function_stage(stage, name, policy)
         label = f"Step {stage.name!r}"
         if strategy is not None and not isinstance(strategy, ExecutionStrategy):
             raise ConfigurationError(f"{label}: field 'strategy' must be an execution strategy or None, "
@@ -93,13 +123,28 @@ class Step:
             check_seconds(label, "batch_timeout", batch_timeout, optional=True)
             if batch is None:
                 raise ConfigurationError(f"{label}: field 'batch_timeout' needs 'batch'")
-        self.stage = stage
+        if on_error is not None and on_error not in ("raise", "skip", "return"):
+            raise ConfigurationError(f"{label}: field 'on_error' must be 'raise', 'skip', 'return' or None "
+                                     f"(the stream's), got {on_error!r}")
+        if ordered is not None and not isinstance(ordered, bool):
+            raise ConfigurationError(f"{label}: field 'ordered' must be a bool or None (the stream's), "
+                                     f"got {ordered!r}")
+        self.stage: Stage = stage
         self.strategy = strategy
         self.batch = batch
         self.batch_timeout = None if batch_timeout is None else float(batch_timeout)
+        self.on_error: OnError | None = on_error
+        self.ordered = ordered
 
     def __repr__(self) -> str:
-        return f"Step({self.stage.name!r}, {self.strategy!r}, batch={self.batch}, batch_timeout={self.batch_timeout})"
+        return (f"Step({self.stage.name!r}, {self.strategy!r}, batch={self.batch}, "
+                f"batch_timeout={self.batch_timeout}, on_error={self.on_error!r}, ordered={self.ordered})")
+
+    def _renamed(self, name: str) -> Step:
+        """This step with its function stage under another name (a stream making automatic names unique)."""
+        step = copy.copy(self)
+        step.stage = self.stage.model_copy(update={"name": name})
+        return step
 
 
 @dataclass
@@ -134,7 +179,7 @@ class ItemError:
 class Stream(Component):
     """Items from a source through ``steps``; ``await stream.run(source)`` returns the last step's outputs.
 
-    A bare ``Stage`` in ``steps`` stands for ``Step(stage)``. ``source`` may be given
+    A bare ``Stage`` or callable in ``steps`` stands for ``Step(it)``. ``source`` may be given
     here or to ``run()``/``iterate()`` (as a pipeline member, the run's first
     argument is the source when ``source`` is not set). A generator source is
     consumed by the first run: a stream that runs again (a cycle strategy) needs
@@ -154,7 +199,7 @@ class Stream(Component):
     """
 
     if TYPE_CHECKING:
-        steps: Sequence[Step | Stage]
+        steps: Sequence[Step | Stage | Callable[..., Any]]
         maxsize: int = 1000
         ordered: bool = True
         on_error: OnError = "raise"
@@ -191,19 +236,17 @@ class Stream(Component):
         if not steps:
             raise ConfigurationError(f"{label}: field 'steps' must not be empty")
         built: list[Step] = []
-        names: set[str] = set()
         for index, step in enumerate(steps):
             if isinstance(step, Stage):
                 step = Step(step)
-            elif not isinstance(step, Step):
+            elif isinstance(step, type) and issubclass(step, Stage) or not (isinstance(step, Step) or callable(step)):
                 what = f"the class {step.__name__}" if isinstance(step, type) else type(step).__name__
-                raise ConfigurationError(f"{label}: field 'steps[{index}]' must be a Step or a Stage, got {what}")
-            name = step.stage.name
-            if name in names:
-                raise ConfigurationError(f"{label}: field 'steps[{index}]' repeats the stage name {name!r}; "
-                                         "progress is looked up by stage name, so names must differ")
-            names.add(name)
+                raise ConfigurationError(f"{label}: field 'steps[{index}]' must be a Step, a Stage or a callable, "
+                                         f"got {what}")
+            elif not isinstance(step, Step):
+                step = Step(step)
             built.append(step)
+        _unique_names(label, built)
         self._steps = tuple(built)
         self._errors = []
         self._used = _Used()
@@ -312,6 +355,35 @@ class _Used:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Used:
         return _Used()
+
+
+def _unique_names(label: str, steps: list[Step]) -> None:
+    """Refuse two steps of one name given by hand; number automatic names apart (``parse``, ``parse_2``)."""
+    names: set[str] = set()
+    for index, step in enumerate(steps):
+        name = step.stage.name
+        if _auto_named(step):
+            continue
+        if name in names:
+            raise ConfigurationError(f"{label}: field 'steps[{index}]' repeats the stage name {name!r}; "
+                                     "progress is looked up by stage name, so names must differ")
+        names.add(name)
+    for index, step in enumerate(steps):
+        if not _auto_named(step):
+            continue
+        base = name = step.stage.name
+        number = 2
+        while name in names:
+            name = f"{base}_{number}"
+            number += 1
+        names.add(name)
+        if name != base:
+            steps[index] = step._renamed(name)
+
+
+def _auto_named(step: Step) -> bool:
+    stage = step.stage
+    return isinstance(stage, FunctionStage) and bool(stage._auto)
 
 
 def _check_source(label: str, source: Any) -> None:

@@ -89,9 +89,10 @@ class StepRun:
         self.width = max(1, min(width, stream.maxsize))
         self.item_runner: ItemRunner | None = runner
         self.chunk = 1 if runner is None else max(1, runner.chunk)
-        self.ordered = stream.ordered and (self.width > 1 or self.chunk > 1)
+        ordered = stream.ordered if step.ordered is None else step.ordered
+        self.ordered = ordered and (self.width > 1 or self.chunk > 1)
         self.take = inq.cap  # the most items a worker of work_here takes at once (1 once the step has a crew)
-        self.on_error = stream.on_error
+        self.on_error = stream.on_error if step.on_error is None else step.on_error
         self.taken = 0  # sequence numbers given to what the workers take, in input order
         self.next_out = 0  # the sequence number whose outputs go next (ordered)
         self.turns: dict[int, asyncio.Future[None]] = {}

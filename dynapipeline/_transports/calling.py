@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from dynapipeline._engine import RING
-from dynapipeline._model.component import Stage, collecting
+from dynapipeline._model.component import Stage
 
 __all__ = ["add_runs", "drive", "needs_loop", "note_place", "plain_call", "run_component",
            "time_limit"]
@@ -33,7 +33,9 @@ def needs_loop(component: Any) -> bool:
     cls = type(component)
     is_async = _ASYNC_EXECUTE.get(cls)
     if is_async is None:
-        is_async = _ASYNC_EXECUTE[cls] = inspect.iscoroutinefunction(cls.execute)
+        # An async generator's run is a coroutine too (``collecting`` gathers its values).
+        is_async = _ASYNC_EXECUTE[cls] = (inspect.iscoroutinefunction(cls.execute)
+                                          or inspect.isasyncgenfunction(cls.execute))
     if is_async or component.retries:
         return True
     for handler in component.handlers:
@@ -52,7 +54,7 @@ def plain_call(stage: Any) -> Any:
     """
     if needs_loop(stage) or stage.handlers or (stage.timeout is not None and stage.timeout > 0):
         return None
-    return collecting(stage.execute)
+    return stage.call_target()
 
 
 def drive(coro: Any) -> Any:
