@@ -10,6 +10,7 @@ from dynapipeline._engine import COMPILED as compiled
 from dynapipeline._loops import loop_name, run
 from dynapipeline._model.component import Stage
 from dynapipeline._model.factory import PipelineFactory, PipeLineType
+from dynapipeline._model.flow import Flow, flow
 from dynapipeline._model.group import StageGroup
 from dynapipeline._model.handlers import Handler
 from dynapipeline._model.pipeline import AdvancedPipeline, Pipeline, SimplePipeline
@@ -27,6 +28,7 @@ except _PackageNotFoundError:  # a source tree on sys.path that was never instal
 __all__ = [
     "AdvancedPipeline",
     "ComponentReport",
+    "Flow",
     "Handler",
     "ItemError",
     "PipeLineType",
@@ -44,6 +46,7 @@ __all__ = [
     "Tracer",
     "__version__",
     "compiled",
+    "flow",
     "loop_name",
     "run",
 ]
