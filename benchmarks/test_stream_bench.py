@@ -12,6 +12,9 @@ Groups (run with ``make bench-suite`` or ``pytest benchmarks/test_stream_bench.p
   ``aiomultiprocess.Pool(2).map`` and ``pypeln.process.map(workers=2)``. Pools are
   warm (started before timing), as a long-running pipeline's would be.
 - ``stream-cpu``: 200 items of ~10 ms of CPU each: one process vs a 2-process step.
+- ``stream-function``: a 1-step no-op stream over 100,000 items on the loop, its step a plain
+  function (``Stream(steps=[tiny])``) vs the same work as a ``Stage`` (issue 17: a function
+  step costs no more than a Stage step).
 
 Peers missing from the environment are skipped (they are in the ``dev`` extra).
 """
@@ -71,6 +74,16 @@ def test_stream_async(benchmark: Any, loop_name: str, side: str) -> None:
     runner = loop_runner(loop_name)
     out = benchmark(lambda: runner.run(fn))
     assert len(out) == ITEMS
+
+
+# -- a function step vs a Stage step ----------------------------------------------------------------
+@pytest.mark.benchmark(group="stream-function")
+@pytest.mark.parametrize("side", ["function", "stage"])
+def test_stream_function_step(benchmark: Any, loop: Any, side: str) -> None:
+    step = tiny if side == "function" else Tiny(name="tiny")
+    stream = Stream(name="bench", steps=[step])
+    out = benchmark(lambda: loop.run_until_complete(stream.run(range(ITEMS))))
+    assert out == list(range(1, ITEMS + 1))
 
 
 # -- processes -------------------------------------------------------------------------------------
