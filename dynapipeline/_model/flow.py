@@ -106,9 +106,11 @@ class Flow(Generic[T]):
         """
         if not isinstance(fn, Stage):
             _check_callable("map", fn)
-            if _kind_of(fn) in ("generator", "async generator"):
-                raise ConfigurationError(f"flow.map: field 'fn' is a {_kind_of(fn)} function ({auto_name(fn)!r}), "
-                                         "which yields any number of items per item: use flat_map")
+            kind = _kind_of(fn)
+            if kind in ("generator", "async generator"):
+                raise ConfigurationError(f"flow.map: field 'fn' is {'an' if kind[0] == 'a' else 'a'} {kind} function "
+                                         f"({auto_name(fn)!r}), which yields any number of items per item: "
+                                         "use flat_map")
         return self._then(fn, on, options)
 
     @overload
