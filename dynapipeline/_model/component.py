@@ -17,6 +17,7 @@ from dynapipeline._model.checks import as_float, is_int, kind_of
 from dynapipeline._model.contexts import Context
 from dynapipeline._model.fields import reject_unknown_fields
 from dynapipeline._model.handlers import Handler
+from dynapipeline._model.lifecycle import current_scope, is_async_hook, run_in_scope, with_setup
 from dynapipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -96,8 +97,13 @@ class Component(BaseModel):
         self._bind_runner()
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Run handlers and ``execute`` once; return the result."""
-        return await self._runner.run(args, kwargs)
+        """Run handlers and ``execute`` once; return the result.
+
+        The outermost run opens the scope in which stages set up once (``lifecycle``) and tears them down at its end.
+        """
+        if current_scope.get() is not None:
+            return await self._runner.run(args, kwargs)
+        return await run_in_scope(self._runner.run(args, kwargs))
 
     def add_handler(self, handler: Handler) -> None:
         """Attach a handler after construction (runs after those attached before it)."""
@@ -216,6 +222,46 @@ class Stage(Component):
         super()._bind_runner()
         self._configure_runner()
 
+    def setup(self) -> Any:
+        """Called once in each place that runs this stage, before its first ``execute`` there (sync or async).
+
+        Each worker process, each worker thread (on its own copy of the stage), each
+        Dask worker, and once per run on the event loop. Keep what it makes in
+        underscore attributes (``self._model = load()``): it stays in that place.
+        If it raises, every item sent there fails with its error. See docs/threads-and-processes.md.
+        """
+
+    def teardown(self) -> Any:
+        """Called once where ``setup`` succeeded, when that place closes cleanly (sync or async; best effort).
+
+        At the end of the run on the loop and for worker threads; when a worker process
+        exits cleanly (the pool's ``aclose()``, a recycled worker); never after a crash,
+        and not on Dask workers.
+        """
+
+    def call_target(self) -> Callable[..., Any]:
+        """``_plain_target()``, preceded once per place by ``setup`` when the stage has one (``lifecycle``)."""
+        target = self._plain_target()
+        hooks = self._lifecycle()
+        if hooks is None:
+            return target
+        return with_setup(self, target, is_async_hook(hooks[0]))
+
+    def _plain_target(self) -> Callable[..., Any]:
+        """What runs one item: ``execute``, or for a generator ``execute`` what collects its values."""
+        return collecting(self.execute)
+
+    def _lifecycle(self) -> tuple[Any, Any] | None:
+        """(setup, teardown) bound to this stage when its class overrides either, else None (no cost per item)."""
+        cls = type(self)
+        has = _HAS_LIFECYCLE.get(cls)
+        if has is None:
+            has = _HAS_LIFECYCLE[cls] = cls.setup is not Stage.setup or cls.teardown is not Stage.teardown
+        if not has:
+            return None
+        return (None if cls.setup is Stage.setup else self.setup,
+                None if cls.teardown is Stage.teardown else self.teardown)
+
     def _configure_runner(self) -> None:
         fields = self.__dict__
         timeout = fields["timeout"]
@@ -236,6 +282,8 @@ class Stage(Component):
             self._configure_runner()
 
 
+# Stage class -> whether it overrides setup or teardown; weak: local classes come and go.
+_HAS_LIFECYCLE: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 _RUN_POLICY = frozenset({"timeout", "retries", "retry_delay", "retry_backoff"})
 
 

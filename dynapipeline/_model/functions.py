@@ -40,17 +40,24 @@ class FunctionStage(Stage):
     """A stage whose work is a plain callable, ``fn(item)``: what ``Step(fn)`` builds for a ``def``."""
 
     fn: Any
+    setup_fn: Any = None  # Step(fn, setup=...): a zero-argument callable, sync or async
+    teardown_fn: Any = None  # Step(fn, teardown=...)
     _auto: bool = PrivateAttr(default=False)  # named after the callable, not by name=: a stream may rename it
     _kind: ClassVar[int] = 0  # as ``collecting`` counts: 0 plain, 1 generator, 2 async generator
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def call_target(self) -> Callable[..., Any]:
+    def _plain_target(self) -> Callable[..., Any]:
         # The callable itself, so that a function step costs no more than a Stage's method per item.
         fn = self.fn
         target = fn if _is_routine(fn) else fn.__call__
         return collecting(target, self._kind)
+
+    def _lifecycle(self) -> tuple[Any, Any] | None:
+        fields = self.__dict__
+        setup, teardown = fields.get("setup_fn"), fields.get("teardown_fn")
+        return None if setup is None and teardown is None else (setup, teardown)
 
     def _label(self) -> str:
         return f"Step {self.__dict__.get('name')!r}"
@@ -83,9 +90,16 @@ class AsyncGeneratorStage(FunctionStage):
 
 
 def function_stage(fn: Any, name: str | None, policy: dict[str, Any]) -> FunctionStage:
-    """The stage that runs ``fn``, named ``name`` or after ``fn``; ``policy``: its timeout and retries fields."""
+    """The stage that runs ``fn``, named ``name`` or after ``fn``; ``policy``: its timeout, retries, setup fields."""
     if not callable(fn):
         raise ConfigurationError(f"Step: field 'stage' must be a Stage or a callable, got {type(fn).__name__}")
+    for field in ("setup", "teardown"):
+        hook = policy.pop(field, None)
+        if hook is not None and not callable(hook):
+            raise ConfigurationError(f"Step: field {field!r} must be a zero-argument callable (sync or async), "
+                                     f"got {type(hook).__name__}")
+        if hook is not None:
+            policy[f"{field}_fn"] = hook
     auto = name is None
     if name is None:
         name = auto_name(fn)

@@ -12,6 +12,7 @@ from dynapipeline._model.checks import kind_of
 from dynapipeline._model.component import Component, Stage, private_of
 from dynapipeline._model.contexts import AsyncLockableContext, Context, ProtectedContext
 from dynapipeline._model.group import Container, StageGroup
+from dynapipeline._model.lifecycle import current_scope, run_in_scope
 from dynapipeline._model.stream import Stream
 from dynapipeline.errors import ConfigurationError, PipelineRunningError
 
@@ -72,6 +73,11 @@ class Pipeline(Container):
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the pipeline once (its cycle strategy decides how often groups run)."""
+        if current_scope.get() is None:  # stages set up once per run, torn down after its pools (``lifecycle``)
+            return await run_in_scope(self._run(args, kwargs))
+        return await self._run(args, kwargs)
+
+    async def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._active is not None:
             raise PipelineRunningError(f"Pipeline {self.name!r} is already running")
         loop = asyncio.get_running_loop()

@@ -75,7 +75,9 @@ class Step:
     after the function (``parse``; a lambda is ``lambda``; a stream makes automatic
     names unique: ``parse_2``). ``timeout``, ``retries``, ``retry_delay`` and
     ``retry_backoff`` are what a ``Stage`` would carry; a ``Stage`` keeps them as its
-    own fields, so with a ``Stage`` they (and ``name``) are refused here.
+    own fields, so with a ``Stage`` they (and ``name``) are refused here. ``setup`` and
+    ``teardown``: zero-argument callables (sync or async) run once per place that runs
+    the step, as ``Stage.setup``/``teardown`` are (refused with a ``Stage``: it has its own).
 
     ``strategy=None`` runs one item at a time on the event loop. ``batch=n`` hands
     the stage a list of up to ``n`` consecutive items (fewer at the end, or when
@@ -96,15 +98,21 @@ class Step:
                  name: str | None = None, batch: int | None = None, batch_timeout: float | None = None,
                  on_error: OnError | None = None, ordered: bool | None = None, timeout: float | None = None,
                  retries: int | None = None, retry_delay: float | None = None,
-                 retry_backoff: float | None = None) -> None:
+                 retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
+                 teardown: Callable[[], Any] | None = None) -> None:
         policy = {field: value for field, value in (("timeout", timeout), ("retries", retries),
-                                                    ("retry_delay", retry_delay), ("retry_backoff", retry_backoff))
+                                                    ("retry_delay", retry_delay), ("retry_backoff", retry_backoff),
+                                                    ("setup", setup), ("teardown", teardown))
                   if value is not None}
         if isinstance(stage, type) and issubclass(stage, Stage):
             raise ConfigurationError(f"Step: field 'stage' must be a Stage instance, got the class {stage.__name__} "
                                      f"(pass an instance: {stage.__name__}(name=...))")
         if isinstance(stage, Stage):
             given = (["name"] if name is not None else []) + list(policy)
+            if given and given[0] in ("setup", "teardown"):
+                raise ConfigurationError(
+                    f"Step {stage.name!r}: field {given[0]!r} is for a function step: a Stage defines its own "
+                    f"method ({type(stage).__name__}.{given[0]}(self))")
             if given:
                 raise ConfigurationError(
                     f"Step {stage.name!r}: field {given[0]!r} is the Stage's own: set it on the Stage "

@@ -29,12 +29,15 @@ See docs/streams.md.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import operator
+import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dynapipeline._engine import current_control, run_tasks
+from dynapipeline._model.lifecycle import Scope, current_scope
 from dynapipeline._model.queues import CHUNK, ChunkQueue, QueueShutDown
 from dynapipeline._model.stream_step import Counts, Failed, StepRun
 
@@ -51,7 +54,8 @@ async def outputs(stream: Stream, args: tuple[Any, ...]) -> AsyncGenerator[Any, 
     """The last step's outputs as they come (``Stream.iterate``); closing the generator stops the run."""
     out = ChunkQueue(stream.maxsize)
     run = Run(stream, stream._source_from(args), None, out)
-    supervisor = asyncio.ensure_future(_supervise(run, out))
+    scope, context = _scope_for_iterate()
+    supervisor = asyncio.get_running_loop().create_task(_supervise(run, out), context=context)
     try:
         while True:
             try:
@@ -64,15 +68,38 @@ async def outputs(stream: Stream, args: tuple[Any, ...]) -> AsyncGenerator[Any, 
                 yield item
         await supervisor  # raises the run's error, if any
     finally:
-        if not supervisor.done():
-            supervisor.cancel()
-            try:
-                await supervisor
-            except asyncio.CancelledError:
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise
-        elif not supervisor.cancelled():
-            supervisor.exception()  # a failure the consumer left before learning of: retrieved, so not logged
+        try:
+            await _end_supervisor(supervisor)
+        finally:
+            if scope is not None:
+                await scope.aclose()  # the iteration was the run: its stages' teardowns
+
+
+async def _end_supervisor(supervisor: asyncio.Task[None]) -> None:
+    """Cancel the run if it is still going and wait for it; retrieve a failure the consumer did not learn of."""
+    if not supervisor.done():
+        supervisor.cancel()
+        try:
+            await supervisor
+        except asyncio.CancelledError:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise
+    elif not supervisor.cancelled():
+        supervisor.exception()  # retrieved, so not logged
+
+
+def _scope_for_iterate() -> tuple[Scope | None, contextvars.Context]:
+    """The scope ``iterate()`` opens when no run's is active (None if one is), and the context its run runs in.
+
+    Set in a copy of the context, never from the generator itself: a contextvar an async
+    generator sets would leak into whoever iterates it.
+    """
+    context = contextvars.copy_context()
+    if current_scope.get() is not None:
+        return None, context
+    scope = Scope(threading.get_ident())
+    context.run(current_scope.set, scope)
+    return scope, context
 
 
 async def _supervise(run: Run, out: ChunkQueue) -> None:

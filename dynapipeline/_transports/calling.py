@@ -12,6 +12,7 @@ from typing import Any
 
 from dynapipeline._engine import RING
 from dynapipeline._model.component import Stage
+from dynapipeline._model.lifecycle import is_async_hook
 
 __all__ = ["add_runs", "drive", "needs_loop", "note_place", "plain_call", "run_component",
            "time_limit"]
@@ -23,7 +24,7 @@ MORE = "..."
 
 
 def needs_loop(component: Any) -> bool:
-    """True unless the component is a plain-``def`` Stage whose run never awaits real I/O.
+    """True unless the component is a plain-``def`` Stage (and setup) whose run never awaits real I/O.
 
     Such a stage (no retries, no async handler hook) is run by driving its runner's
     coroutine by hand, so its ``execute`` is called directly with no event loop.
@@ -42,7 +43,13 @@ def needs_loop(component: Any) -> bool:
         for hook in handler.hooks():
             if hook is not None and inspect.iscoroutinefunction(hook):
                 return True
-    return False
+    return _async_setup(component)
+
+
+def _async_setup(stage: Stage) -> bool:
+    """True when the stage's setup is ``async def``: its call target is then a coroutine function (``lifecycle``)."""
+    hooks = stage._lifecycle()
+    return hooks is not None and is_async_hook(hooks[0])
 
 
 def plain_call(stage: Any) -> Any:

@@ -18,6 +18,7 @@ from pydantic_core import PydanticUndefined
 from dynapipeline._model.component import Component, runner_of
 from dynapipeline._model.contexts import ProtectedContext
 from dynapipeline._model.group import Container
+from dynapipeline._model.lifecycle import note_shipped_key
 from dynapipeline._transports._remote.messages import Timing
 
 __all__ = [
@@ -106,6 +107,8 @@ def cached_stage(key: int, cls: type[Any], state: dict[str, Any], fields_set: se
         if len(stages) >= _MAX_STAGES:
             stages.clear()
         stages[key] = obj
+        if obj._lifecycle() is not None:
+            note_shipped_key(obj, key)  # set up once per process under the parent's key, whatever copy runs
         return obj
     old = obj.__dict__
     runner = obj.__pydantic_private__["_runner"]

@@ -39,6 +39,7 @@ import traceback
 from typing import Any
 
 from dynapipeline._engine import EPOCH_OFFSET
+from dynapipeline._model.lifecycle import close_process_scope
 from dynapipeline._transports._remote import buffers
 from dynapipeline._transports._remote.batch import (
     dump_value,
@@ -69,7 +70,7 @@ from dynapipeline._transports._remote.messages import (
 from dynapipeline._transports.calling import needs_loop, plain_call, run_component
 from dynapipeline._transports.process.shm import MAPPED, LocalArena, send_segments, take_segments
 
-__all__ = ["main", "run_map", "run_message"]
+__all__ = ["main", "run_map", "run_message", "teardown_all"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _ROW = struct.Struct("=4d")
@@ -101,6 +102,7 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold:
         except (EOFError, OSError):
             break
         if message == STOP:
+            teardown_all(state)  # a clean exit: the stages set up here are torn down
             break
         current.value = TAKEN
         reply = run_message(message, current, state, drain)
@@ -117,6 +119,14 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold:
     loop = state.get("loop")
     if loop is not None:
         loop.close()
+
+
+def teardown_all(state: dict[str, Any]) -> None:
+    """Run the teardowns of the stages this worker set up, last set up first (call it before a clean exit only).
+
+    Async teardowns run on the worker's loop (``state["loop"]``, made if needed); errors are logged.
+    """
+    close_process_scope(lambda: loop_of(state))
 
 
 def _die_with_parent() -> None:
