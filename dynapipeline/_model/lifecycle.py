@@ -100,7 +100,16 @@ class _Entry:
         error = self.error
         assert error is not None
         try:
-            fresh = copy.copy(error)
+            # Not copy.copy: with tblib's exception pickling installed (Dask does) a copy shares its __dict__.
+            cls = type(error)
+            fresh = cls.__new__(cls, *error.args)
+            try:
+                fresh.__init__(*error.args)  # type: ignore[misc]  # OSError's errno and filename, say
+            except Exception:  # noqa: BLE001 - an __init__ of other arguments: args and __dict__ are copied
+                pass
+            fresh.__dict__.update(error.__dict__)
+            if isinstance(error, OSError) and isinstance(fresh, OSError):
+                _copy_filenames(error, fresh)
             fresh.__notes__ = list(self.notes)
             fresh.__cause__, fresh.__context__ = error.__cause__, error.__context__
             fresh.__suppress_context__ = error.__suppress_context__
@@ -118,6 +127,14 @@ class _Entry:
                 mine[name] = value
         if fields:
             stage.__dict__.update(fields)
+
+
+def _copy_filenames(error: OSError, fresh: OSError) -> None:
+    """An OSError's file names, which live outside its args and ``__dict__``."""
+    if error.filename is not None:
+        fresh.filename = error.filename
+    if error.filename2 is not None:
+        fresh.filename2 = error.filename2
 
 
 class Scope:
