@@ -51,7 +51,7 @@ class Model(Stage):
 
     def setup(self) -> None:
         _log(self.log, "setup")
-        self._model = (os.getpid(), threading.get_ident(), object().__repr__())
+        self._model = (os.getpid(), threading.get_ident(), os.urandom(8).hex())
 
     def teardown(self) -> None:
         _log(self.log, "teardown")
@@ -397,3 +397,15 @@ async def test_async_setup_on_the_loop_runs_once_for_concurrent_items(log):
     out = await stream.run(range(100))
     assert {o[1] for o in out} == {os.getpid()}
     assert count(log, "setup") == count(log, "teardown") == {os.getpid(): 1}
+
+
+async def test_flow_steps_take_setup_and_teardown():
+    from dynapipeline import flow
+
+    calls: list[str] = []
+    seen = await (flow(range(6))
+                  .map(lambda x: x * 2, setup=lambda: calls.append("map setup"))
+                  .filter(lambda x: x > 2, teardown=lambda: calls.append("filter teardown"))
+                  .run())
+    assert seen == [4, 6, 8, 10]
+    assert calls == ["map setup", "filter teardown"]

@@ -56,7 +56,7 @@ class Flow(Generic[T]):
     (or ``async for x in f``) yields them as they come; ``f.to_stream(name)`` is
     the ``Stream`` it runs, with the source and options kept. Each step's keyword
     options are ``Step``'s: ``on=`` (the execution strategy), ``name``, ``on_error``,
-    ``ordered``, ``timeout``, ``retries``, ``retry_delay``, ``retry_backoff``.
+    ``ordered``, ``timeout``, ``retries``, ``retry_delay``, ``retry_backoff``, ``setup``, ``teardown``.
     """
 
     __slots__ = ("_batch", "_maxsize", "_on_error", "_ordered", "_source", "_steps")
@@ -89,13 +89,15 @@ class Flow(Generic[T]):
     def map(self, fn: Callable[[T], Awaitable[U]], /, *, on: ExecutionStrategy | None = None,
             name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
             timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
-            retry_backoff: float | None = None) -> Flow[U]: ...
+            retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
+            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
 
     @overload
     def map(self, fn: Callable[[T], U], /, *, on: ExecutionStrategy | None = None, name: str | None = None,
             on_error: OnError | None = None, ordered: bool | None = None, timeout: float | None = None,
             retries: int | None = None, retry_delay: float | None = None,
-            retry_backoff: float | None = None) -> Flow[U]: ...
+            retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
+            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
 
     def map(self, fn: Any, /, *, on: ExecutionStrategy | None = None, **options: Any) -> Flow[Any]:
         """Each item through ``fn``: its result (awaited for an ``async def``) flows on. A ``Stage`` runs as itself.
@@ -117,19 +119,22 @@ class Flow(Generic[T]):
     def flat_map(self, fn: Callable[[T], AsyncIterable[U]], /, *, on: ExecutionStrategy | None = None,
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
-                 retry_backoff: float | None = None) -> Flow[U]: ...
+                 retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
+            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
 
     @overload
     def flat_map(self, fn: Callable[[T], Awaitable[Iterable[U]]], /, *, on: ExecutionStrategy | None = None,
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
-                 retry_backoff: float | None = None) -> Flow[U]: ...
+                 retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
+            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
 
     @overload
     def flat_map(self, fn: Callable[[T], Iterable[U]], /, *, on: ExecutionStrategy | None = None,
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
-                 retry_backoff: float | None = None) -> Flow[U]: ...
+                 retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
+            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
 
     def flat_map(self, fn: Any, /, *, on: ExecutionStrategy | None = None, **options: Any) -> Flow[Any]:
         """Each element of what ``fn`` returns flows on: a list or other iterable, a generator, an async iterable.
@@ -147,11 +152,12 @@ class Flow(Generic[T]):
     def filter(self, pred: Callable[[T], object], /, *, on: ExecutionStrategy | None = None,
                name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
-               retry_backoff: float | None = None) -> Flow[T]:
+               retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
+               teardown: Callable[[], Any] | None = None) -> Flow[T]:
         """Keep the items for which ``pred`` (a ``def`` or an ``async def``, then awaited) is truthy."""
         _check_callable("filter", pred)
         options = {"name": name, "on_error": on_error, "ordered": ordered, "timeout": timeout, "retries": retries,
-                   "retry_delay": retry_delay, "retry_backoff": retry_backoff}
+                   "retry_delay": retry_delay, "retry_backoff": retry_backoff, "setup": setup, "teardown": teardown}
         return self._then(_keeping(pred, _kind_of(pred) == "async"), on, options)
 
     def batch(self, n: int, timeout: float | None = None) -> Flow[list[T]]:
@@ -314,7 +320,8 @@ def _fresh(step: Step) -> Step:
     for slot in Step.__slots__:
         setattr(fresh, slot, getattr(step, slot))
     own = type(stage)(name=stage.name, fn=stage.fn, timeout=stage.timeout, retries=stage.retries,
-                      retry_delay=stage.retry_delay, retry_backoff=stage.retry_backoff)
+                      retry_delay=stage.retry_delay, retry_backoff=stage.retry_backoff, setup_fn=stage.setup_fn,
+                      teardown_fn=stage.teardown_fn)
     own._auto = stage._auto
     fresh.stage = own
     return fresh
