@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Model(Stage):
 
     log: str
     crash_on: int = -1  # an item that ends its worker process (os._exit): a crash
+    pause: float = 0.0  # seconds per item: work enough for chunks of a few items, spread over the workers
 
     def setup(self) -> None:
         _log(self.log, "setup")
@@ -60,6 +62,8 @@ class Model(Stage):
     def execute(self, item: int) -> tuple[int, int, int, str]:
         if item == self.crash_on:
             os._exit(3)
+        if self.pause:
+            time.sleep(self.pause)
         pid, thread, token = self._model
         return item, pid, thread, token
 
@@ -228,18 +232,18 @@ async def test_two_process_workers_and_1000_items_set_up_twice_and_tear_down_twi
 
 async def test_exactly_two_setups_when_both_workers_run_items(log):
     strategy = MultiprocessExecutionStrategy(2)
-    stream = Stream(name="s", steps=[Step(Model(name="m", log=str(log)), strategy)])
+    stream = Stream(name="s", steps=[Step(Model(name="m", log=str(log), pause=0.001), strategy)])
     try:
         await strategy.execute([Pid(name="a"), Pid(name="b")])  # both workers up
-        out = await stream.run(range(1000))
+        out = await stream.run(range(1000))  # ~1 s of work: chunks of a few items, taken by both workers
         ran = {o[1] for o in out}
         workers = set(strategy.worker_pids())
     finally:
         await strategy.aclose()
-    assert ran <= workers
+    assert ran == workers and len(ran) == 2
     setups = [line for lines in events(log).values() for line in lines if line.startswith("setup")]
     teardowns = [line for lines in events(log).values() for line in lines if line.startswith("teardown")]
-    assert len(setups) == len(teardowns) == len(ran)
+    assert len(setups) == len(teardowns) == 2
     assert count(log, "setup") == count(log, "teardown") == {pid: 1 for pid in ran}
 
 
@@ -409,3 +413,19 @@ async def test_flow_steps_take_setup_and_teardown():
                   .run())
     assert seen == [4, 6, 8, 10]
     assert calls == ["map setup", "filter teardown"]
+
+
+async def test_async_setup_and_teardown_on_threads_once_per_thread(log):
+    strategy = MultithreadExecutionStrategy(2)
+    stream = Stream(name="s", steps=[Step(AsyncModel(name="m", log=str(log)), strategy)])
+    try:
+        out = await stream.run(range(100))
+    finally:
+        await strategy.aclose()
+    lines = events(log)[os.getpid()]
+    setup_threads = [line.split()[1] for line in lines if line.startswith("setup")]
+    assert len(out) == 100 and 1 <= len(setup_threads) == len(set(setup_threads)) <= 2
+    assert threading.get_ident() not in {int(t) for t in setup_threads}
+    # the teardowns ran at the run's end, on the event loop's thread
+    assert [line for line in lines if line.startswith("teardown")] == \
+        [f"teardown {threading.get_ident()}"] * len(setup_threads)
