@@ -25,6 +25,7 @@ from dynapipeline.execution import (
     MultiprocessExecutionStrategy,
     MultithreadExecutionStrategy,
     SemaphoreExecutionStrategy,
+    SequentialExecutionStrategy,
 )
 from dynapipeline.execution.cycle_strategies import LoopCycleStrategy
 
@@ -429,3 +430,21 @@ async def test_async_setup_and_teardown_on_threads_once_per_thread(log):
     # the teardowns ran at the run's end, on the event loop's thread
     assert [line for line in lines if line.startswith("teardown")] == \
         [f"teardown {threading.get_ident()}"] * len(setup_threads)
+
+
+@pytest.mark.parametrize("strategy", [SequentialExecutionStrategy(), MultithreadExecutionStrategy(2)],
+                         ids=["sequential", "threads"])
+async def test_a_strategy_called_outside_a_run_is_the_run(log, strategy):
+    stages = [Model(name="a", log=str(log)), Model(name="b", log=str(log))]
+    try:
+        results = await strategy.execute(stages, 1)
+        assert [r[0] for r in results] == [1, 1]
+        assert sum(count(log, "setup").values()) == 2
+        assert count(log, "teardown") == count(log, "setup")  # torn down when the call ended
+        await LoopCycleStrategy(3).run(strategy, stages, 2)  # a cycle strategy's run too: once for its cycles
+        # (on threads, once per stage and thread: a stage may run on either thread in each cycle)
+        assert 4 <= sum(count(log, "setup").values()) <= (4 if isinstance(strategy, SequentialExecutionStrategy)
+                                                          else 6)
+        assert count(log, "teardown") == count(log, "setup")
+    finally:
+        await strategy.aclose()

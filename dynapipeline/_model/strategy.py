@@ -6,6 +6,7 @@ import contextvars
 from typing import Any, ClassVar
 
 from dynapipeline._model.checks import kind_of
+from dynapipeline._model.lifecycle import current_scope, run_in_scope
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "chunk_items", "rebuild_strategy",
@@ -58,8 +59,14 @@ class ExecutionStrategy:
         raise NotImplementedError
 
     async def execute(self, components: Any, *args: Any, **kwargs: Any) -> list[Any]:
-        """Run the components once with this strategy; results in component order."""
-        return await self.dispatch(runners_of(components, type(self).__name__), args, kwargs)
+        """Run the components once with this strategy; results in component order.
+
+        Called outside a run, the call is the run: stages set up for it are torn down at its end (``lifecycle``).
+        """
+        runners = runners_of(components, type(self).__name__)
+        if current_scope.get() is None:
+            return await run_in_scope(self.dispatch(runners, args, kwargs))  # type: ignore[no-any-return]
+        return await self.dispatch(runners, args, kwargs)
 
     def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
         """How a stream step with this strategy runs ``stage``: how many items at once, and off the loop how.
@@ -102,6 +109,8 @@ class CycleStrategy:
                 f"got {kind_of(execution_strategy)}"
             )
         runners = runners_of(components, type(self).__name__)
+        if current_scope.get() is None:  # called outside a run: the call is the run (``lifecycle``)
+            return await run_in_scope(self.run_cycles(execution_strategy.dispatch, runners, args, kwargs))
         return await self.run_cycles(execution_strategy.dispatch, runners, args, kwargs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CycleStrategy:
