@@ -282,8 +282,9 @@ class Stage(Component):
             self._configure_runner()
 
 
-# Stage class -> whether it overrides setup or teardown; weak: local classes come and go.
-_HAS_LIFECYCLE: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+# Stage class -> whether it overrides setup or teardown. A plain dict (as calling.needs_loop's): read per
+# dispatch off the loop, where a weak dictionary's look-up would cost more than the rest of the check.
+_HAS_LIFECYCLE: dict[type, bool] = {}
 _RUN_POLICY = frozenset({"timeout", "retries", "retry_delay", "retry_backoff"})
 
 
