@@ -97,6 +97,15 @@ class MultiplyAsync:
         return self.k * x
 
 
+class Repeat:
+    """A callable object whose ``__call__`` is an async generator: ``x``, ``times`` times."""
+
+    async def __call__(self, times: int, x: int) -> AsyncIterator[int]:
+        for _ in range(times):
+            await asyncio.sleep(0)
+            yield x
+
+
 @dataclass
 class Kind:
     """One kind of callable: how to make it, the stage class and name it gets, its outputs for items 1, 2, 3."""
@@ -119,6 +128,10 @@ KINDS: dict[str, Kind] = {
                           [6, 12, 18]),
     "callable object": Kind(lambda: Multiply(3), FunctionStage, "Multiply", [3, 6, 9]),
     "async callable object": Kind(lambda: MultiplyAsync(4), AsyncFunctionStage, "MultiplyAsync", [4, 8, 12]),
+    "partial of an async callable object": Kind(lambda: functools.partial(MultiplyAsync(2)), AsyncFunctionStage,
+                                                "MultiplyAsync", [2, 4, 6]),
+    "partial of an async generator object": Kind(lambda: functools.partial(Repeat(), 2), AsyncGeneratorStage,
+                                                 "Repeat", [1, 1, 2, 2, 3, 3]),
     "bound method": Kind(lambda: Multiply(1).minus, FunctionStage, "minus", [-1, -2, -3]),
     "class str": Kind(lambda: str, FunctionStage, "str", ["1", "2", "3"]),
     "class int": Kind(lambda: int, FunctionStage, "int", [1, 20, 300]),
