@@ -475,12 +475,19 @@ async def test_a_timeout_on_a_generator_function_covers_the_whole_generator() ->
     assert [type(x) for x in out] == [StageTimeoutError]
 
 
-@pytest.mark.parametrize("field", ["timeout", "retries", "retry_delay", "retry_backoff", "name"])
-def test_a_stage_refuses_the_steps_policy_fields_naming_the_field(field: str) -> None:
+@pytest.mark.parametrize(("field", "hint"), [
+    ("timeout", "name=..., timeout=..."),
+    ("retries", "name=..., retries=..."),
+    ("retry_delay", "name=..., retry_delay=..."),
+    ("retry_backoff", "name=..., retry_backoff=..."),
+    ("name", "name=..."),
+])
+def test_a_stage_refuses_the_steps_policy_fields_naming_the_field(field: str, hint: str) -> None:
     value: Any = "x" if field == "name" else 1
-    with pytest.raises(ConfigurationError, match=f"Step 'keep': field '{field}' is the Stage's own: set it on the "
-                                                 "Stage"):
+    with pytest.raises(ConfigurationError) as info:
         Step(Keep(name="keep"), **{field: value})
+    assert str(info.value) == (f"Step 'keep': field '{field}' is the Stage's own: set it on the Stage "
+                               f"(Keep({hint})), not on the Step")
 
 
 def test_function_step_policy_fields_are_checked_naming_the_field() -> None:
