@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, TypeGuard, TypeVar, cast, overload
 
 from dynapipeline._model.checks import check_int
 from dynapipeline._model.component import Stage
@@ -144,14 +144,25 @@ class Flow(Generic[T]):
             return self._then(fn, on, options)  # Step flattens these itself
         return self._then(_flattening(fn, kind == "async"), on, options)
 
+    @overload
+    def filter(self, pred: Callable[[T], TypeGuard[U]], /, *, on: ExecutionStrategy | None = None,
+               name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
+               timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
+               retry_backoff: float | None = None) -> Flow[U]: ...
+
+    @overload
     def filter(self, pred: Callable[[T], object], /, *, on: ExecutionStrategy | None = None,
                name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
-               retry_backoff: float | None = None) -> Flow[T]:
-        """Keep the items for which ``pred`` (a ``def`` or an ``async def``, then awaited) is truthy."""
+               retry_backoff: float | None = None) -> Flow[T]: ...
+
+    def filter(self, pred: Any, /, *, on: ExecutionStrategy | None = None, **options: Any) -> Flow[Any]:
+        """Keep the items for which ``pred`` (a ``def`` or an ``async def``, then awaited) is truthy.
+
+        A predicate typed ``TypeGuard[U]`` narrows the flow to ``Flow[U]``
+        (``def is_record(r: Record | None) -> TypeGuard[Record]``); a lambda cannot be one.
+        """
         _check_callable("filter", pred)
-        options = {"name": name, "on_error": on_error, "ordered": ordered, "timeout": timeout, "retries": retries,
-                   "retry_delay": retry_delay, "retry_backoff": retry_backoff}
         return self._then(_keeping(pred, _kind_of(pred) == "async"), on, options)
 
     def batch(self, n: int, timeout: float | None = None) -> Flow[list[T]]:
