@@ -345,6 +345,16 @@ async def test_opentelemetry_spans_are_named_after_the_function(strategy: Any) -
         assert all((span.attributes or {})["dynapipeline.component.name"] == name for span in spans)
 
 
+def total(batch: list[int]) -> int:
+    return sum(batch)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "threads", "processes", "dask"], indirect=True)
+async def test_a_batched_function_step_gets_lists_of_consecutive_items(strategy: Any) -> None:
+    stream = Stream(name="s", steps=[Step(total, strategy, batch=3), Step(signed, strategy, batch=None)])
+    assert await stream.run(range(7)) == [3, -3, 12, -12, 6, -6]
+
+
 # -- a step's own on_error and ordered -----------------------------------------------------------------
 async def test_a_skip_step_in_a_raise_stream_drops_its_failed_item() -> None:
     stream = Stream(name="s", steps=[Step(parse, on_error="skip"), str], on_error="raise")
@@ -456,7 +466,7 @@ async def test_a_function_step_without_enough_retries_fails_with_the_last_error(
         await stream.run([0])
 
 
-@pytest.mark.parametrize("strategy", ["loop", "semaphore", "processes", "dask"], indirect=True)
+@pytest.mark.parametrize("strategy", ["loop", "semaphore", "threads", "processes", "dask"], indirect=True)
 async def test_an_async_function_step_times_out_per_item(strategy: Any) -> None:
     stream = Stream(name="s", steps=[Step(slow, strategy, timeout=0.1)], on_error="return")
     out = await asyncio.wait_for(stream.run(range(2)), 30)
@@ -527,19 +537,20 @@ def test_bad_steps_fail_at_construction_naming_the_step_and_the_field(make: Call
         make()
 
 
-async def test_an_unpicklable_closure_on_a_process_step_fails_at_first_dispatch_naming_it() -> None:
+@pytest.mark.parametrize("strategy", ["processes", "dask"], indirect=True)
+async def test_an_unpicklable_closure_fails_at_first_dispatch_naming_the_step_and_field(strategy: Any) -> None:
     lock = threading.Lock()
 
     def locked(x: int) -> int:
         with lock:
             return x
 
-    async with closing_pool(MultiprocessExecutionStrategy(2)) as procs:  # no worker left afterwards
-        stream = Stream(name="s", steps=[Step(locked, procs)])
-        with pytest.raises(PicklingError, match="stage 'locked' field 'fn' closure variable 'lock'") as info:
-            await stream.run(range(5))
-        assert isinstance(info.value, ConfigurationError)
-        assert await Stream(name="s", steps=[Step(plus_one, procs)]).run(range(3)) == [1, 2, 3]  # still usable
+    stream = Stream(name="s", steps=[Step(locked, strategy)])  # constructs: pickling is checked at dispatch
+    with pytest.raises(PicklingError, match="stage 'locked' field 'fn' closure variable 'lock'") as info:
+        await stream.run(range(5))
+    assert isinstance(info.value, ConfigurationError)
+    assert await Stream(name="s", steps=[Step(plus_one, strategy)]).run(range(3)) == [1, 2, 3]  # still usable
+    # The strategy fixture then closes the pool and checks that no worker process is left.
 
 
 def die_on_2(x: int) -> int:
