@@ -356,15 +356,18 @@ async def test_a_batched_function_step_gets_lists_of_consecutive_items(strategy:
 
 
 # -- a step's own on_error and ordered -----------------------------------------------------------------
-async def test_a_skip_step_in_a_raise_stream_drops_its_failed_item() -> None:
-    stream = Stream(name="s", steps=[Step(parse, on_error="skip"), str], on_error="raise")
+@pytest.mark.parametrize("strategy", ["loop", "processes"], indirect=True)
+async def test_a_skip_step_in_a_raise_stream_drops_its_failed_item(strategy: Any) -> None:
+    stream = Stream(name="s", steps=[Step(parse, strategy, on_error="skip"), str], on_error="raise")
     assert await stream.run(range(5)) == ["0", "1", "2", "4"]
     assert stream.errors == [ItemError(index=3, step="parse", error=stream.errors[0].error)]
     assert str(stream.errors[0].error) == "bad 3"
 
 
-async def test_a_raise_step_in_a_skip_stream_fails_the_stream() -> None:
-    stream = Stream(name="s", steps=[str, Step(functools.partial(fail_on, "3"), on_error="raise")], on_error="skip")
+@pytest.mark.parametrize("strategy", ["loop", "processes"], indirect=True)
+async def test_a_raise_step_in_a_skip_stream_fails_the_stream(strategy: Any) -> None:
+    stream = Stream(name="s", steps=[str, Step(functools.partial(fail_on, "3"), strategy, on_error="raise")],
+                    on_error="skip")
     with pytest.raises(ValueError, match="bad 3") as info:
         await stream.run(range(5))
     assert "in stream 's', step 'fail_on', item 3" in info.value.__notes__
