@@ -312,8 +312,10 @@ async def test_an_items_error_note_names_the_stream_the_step_and_the_item(strate
     assert isinstance(out[2], ValueError) and "in stream 's', step 'fail_on_2', item 2" in out[2].__notes__
 
 
-async def test_the_tracer_shows_function_steps_by_name() -> None:
-    stream = Stream(name="s", steps=[plus_one, Step(plus_one), Step(doubled, name="twice")], source=range(3))
+@pytest.mark.parametrize("strategy", ["loop", "threads", "processes"], indirect=True)
+async def test_the_tracer_shows_function_steps_by_name(strategy: Any) -> None:
+    stream = Stream(name="s", steps=[plus_one, Step(plus_one, strategy), Step(doubled, strategy, name="twice")],
+                    source=range(3))
     with Tracer() as tracer:
         assert await stream.run() == [4, 6, 8]
     events = [e for e in tracer.events if e["ph"] == "X"]
@@ -322,7 +324,7 @@ async def test_the_tracer_shows_function_steps_by_name() -> None:
         assert sorted(e["args"]["item"] for e in events if e["name"] == name) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("strategy", ["loop", "processes"], indirect=True)
+@pytest.mark.parametrize("strategy", ["loop", "threads", "processes", "dask"], indirect=True)
 async def test_opentelemetry_spans_are_named_after_the_function(strategy: Any) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
