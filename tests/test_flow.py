@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from helpers import closing_pool, healed, wait_no_threads_async
 
 from dynapipeline import Flow, Stage, Step, Stream, flow
 from dynapipeline.errors import ConfigurationError
-from dynapipeline.execution import MultithreadExecutionStrategy, SemaphoreExecutionStrategy
+from dynapipeline.execution import (
+    DaskExecutionStrategy,
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
+    SemaphoreExecutionStrategy,
+)
 
 
 @dataclass(frozen=True)
@@ -268,6 +274,46 @@ async def test_a_filter_and_a_flat_map_on_processes_run_there(procs: Any) -> Non
     assert await flow(range(10)).filter(pid_if_even, on=procs).run() == [0, 2, 4, 6, 8]
     pids = await flow(range(4)).flat_map(lambda x: [os.getpid()] * x, on=procs).run()
     assert len(pids) == 6 and parent not in pids
+
+
+@pytest.fixture(params=["threads", "processes", "dask"])
+async def pool(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A strategy off the loop, closed afterwards (no thread or worker left); Dask on the module's cluster."""
+    if request.param == "threads":
+        threads = MultithreadExecutionStrategy(2)
+        try:
+            yield threads
+        finally:
+            await threads.aclose()
+        await wait_no_threads_async()
+    elif request.param == "processes":
+        async with closing_pool(MultiprocessExecutionStrategy(2)) as procs:
+            yield procs
+    else:
+        from distributed import Client
+
+        cluster = request.getfixturevalue("cluster")  # the module's LocalCluster
+        connecting = Client(cluster.scheduler_address, asynchronous=True,  # type: ignore[no-untyped-call]
+                            set_as_default=False)
+        async with connecting as client:
+            await healed(cluster, client)
+            dask = DaskExecutionStrategy(client=client)
+            try:
+                yield dask
+            finally:
+                await dask.aclose()
+
+
+async def test_every_method_and_kind_of_function_runs_off_the_loop(pool: Any) -> None:
+    async def halves(x: int) -> list[float]:
+        return [x / 2, -x / 2]
+
+    f = (flow(range(20)).map(lambda x: x + 1, on=pool).map(enrich_int, on=pool).filter(is_even_async, on=pool)
+         .filter(lambda x: x % 4 == 0, on=pool).flat_map(halves, on=pool).flat_map(lambda x: [x] * 2, on=pool)
+         .batch(3).map(sum, on=pool))
+    kept = [2 * (x + 1) for x in range(20) if (2 * (x + 1)) % 4 == 0]
+    flat = [v for x in kept for v in (x / 2, -x / 2) for _ in range(2)]
+    assert await f.run() == [sum(flat[i:i + 3]) for i in range(0, len(flat), 3)]
 
 
 # -- iterating ------------------------------------------------------------------------------------------------
