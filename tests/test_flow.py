@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from helpers import closing_pool, healed, wait_no_threads_async
+from helpers import closing_pool, healed, pipeline, wait_no_threads_async
 
 from dynapipeline import Flow, Stage, Step, Stream, flow
 from dynapipeline.errors import ConfigurationError
@@ -362,6 +362,15 @@ async def test_to_stream_keeps_the_source_so_run_needs_no_argument() -> None:
     assert await stream.run() == [i for i in range(20) if i != 3]
     assert stream.progress["parse"].failed == 1 and stream.errors[0].index == 3
     assert stream.report()["parse"].runs == 20
+
+
+async def test_to_stream_is_a_pipeline_member_that_runs_each_cycle() -> None:
+    from dynapipeline.execution.cycle_strategies import LoopCycleStrategy
+
+    stream = flow(range(4)).map(lambda x: x * x).batch(2).map(sum).to_stream(name="squares")
+    p = pipeline([stream], cycle=LoopCycleStrategy(2))
+    assert await p.run() == [[[1, 13]]] * 2
+    assert stream.progress["sum"].done == 2
 
 
 # -- errors -------------------------------------------------------------------------------------------------
