@@ -232,6 +232,10 @@ async def test_an_iterator_source_serves_one_run_of_the_flows_built_from_it() ->
     assert await base.map(str).run() == ["0", "1", "2"]
     with pytest.raises(ConfigurationError, match="field 'source' is an iterator that an earlier run consumed"):
         await base.map(repr).run()
+    once = flow(iter(range(3))).map(str)
+    with pytest.raises(ConfigurationError, match="field 'name' must be"):
+        once.to_stream(name="")
+    assert await once.to_stream().run() == ["0", "1", "2"]  # the refused stream did not use the source up
     again = flow(range(3)).map(str)
     assert await again.run() == await again.run() == ["0", "1", "2"]
 

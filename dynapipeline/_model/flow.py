@@ -25,8 +25,11 @@ Decisions: whether a function's result is awaited is decided by what it is (an
 ``async def``, a partial of one, an object whose ``__call__`` is one), as for
 ``Step``, never by what it returns. A wrapper carries the function's name, so a
 step is named after the user's function (``name=`` overrides; automatic names are
-numbered apart). The static types do not show ``on_error="return"``'s exceptions
-in the outputs.
+numbered apart). ``map`` is one item in, one item out: it refuses a generator
+function (``flat_map``'s job), so that its type is honest. The static types do
+not show ``on_error="return"``'s exceptions in the outputs. An iterator source
+serves the first stream built (by ``run``, ``iterate``, ``to_stream``) from any
+flow of the same ``flow()`` call.
 """
 
 from __future__ import annotations
@@ -242,9 +245,12 @@ class Flow(Generic[T]):
         steps = self._settled()
         if not steps:
             raise ConfigurationError("flow: field 'steps' must not be empty: add a map, flat_map, filter or batch")
-        source = self._source.take()
-        return Stream(name=name, steps=[_fresh(step) for step in steps], maxsize=self._maxsize,
-                      ordered=self._ordered, on_error=self._on_error, source=source)
+        source = self._source.value
+        self._source.check()
+        stream = Stream(name=name, steps=[_fresh(step) for step in steps], maxsize=self._maxsize,
+                        ordered=self._ordered, on_error=self._on_error, source=source)
+        self._source.taken = True  # only once the stream exists: a bad name= uses nothing up
+        return stream
 
 
 def flow(source: Iterable[T] | AsyncIterable[T], *, maxsize: int = 1000, ordered: bool = True,
@@ -294,15 +300,13 @@ class _Source:
         self.value = value
         self.taken = False
 
-    def take(self) -> Any:
+    def check(self) -> None:
+        """Refuse an iterator that a stream built before took (a list, a range serve any number of runs)."""
         value = self.value
-        if hasattr(value, "__next__") or hasattr(value, "__anext__"):
-            if self.taken:
-                raise ConfigurationError(
-                    "flow: field 'source' is an iterator that an earlier run consumed (of this flow or of one "
-                    "built from the same flow()); a flow that runs again needs a re-iterable source (a list, a range)")
-            self.taken = True
-        return value
+        if self.taken and (hasattr(value, "__next__") or hasattr(value, "__anext__")):
+            raise ConfigurationError(
+                "flow: field 'source' is an iterator that an earlier run consumed (of this flow or of one "
+                "built from the same flow()); a flow that runs again needs a re-iterable source (a list, a range)")
 
 
 def _check_callable(method: str, fn: object) -> None:
@@ -317,7 +321,11 @@ def _auto_named(step: Step) -> bool:
 
 
 def _fresh(step: Step) -> Step:
-    """``step`` with a stage of its own when it is a function's (a new stream's stats start at zero)."""
+    """``step`` with a stage of its own when it is a function's (a new stream's stats start at zero).
+
+    Rebuilt from the fields ``function_stage`` sets (name, fn, the run policy): a field added there
+    must be added here.
+    """
     stage = step.stage
     if not isinstance(stage, FunctionStage):
         return step
