@@ -159,10 +159,10 @@ async def test_batch_timeout_cuts_a_batch_of_a_slow_source() -> None:
     async def slow() -> AsyncIterator[int]:
         for i in range(3):
             yield i
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.75)
         yield 3
 
-    assert await flow(slow()).batch(10, timeout=0.1).run() == [[0, 1, 2], [3]]
+    assert await flow(slow()).batch(10, timeout=0.25).run() == [[0, 1, 2], [3]]
 
 
 async def test_steps_are_named_after_their_functions_and_numbered_apart() -> None:
