@@ -23,6 +23,7 @@ FRAGMENT = "<!-- fragment -->"
 # The blocks marked as fragments, per file: change this only with the marker.
 FRAGMENTS = {
     "docs/dask.md": 1,  # a cluster's address and an awaited client
+    "docs/flow.md": 1,  # a line mypy rejects, shown with its error
     "docs/groups.md": 1,  # the factory call's shape, with `groups` defined elsewhere
     "docs/observing.md": 3,  # Tracer, Progress and OpenTelemetryHandler around a `pipeline` defined elsewhere
 }
@@ -47,6 +48,12 @@ EXPECTED = {
     ],
     ("docs/dask.md", 2): [re.escape("[0, 1, 4, 9]")],
     ("docs/errors.md", 1): [r"slow 0\.05 True"],
+    ("docs/flow.md", 1): [re.escape(str([100] * 9)), re.escape("Record(ident=0, value=0.0, site='')"),
+                          r"1000 1000"],
+    ("docs/flow.md", 2): [re.escape("['a', 'bb', 'ccc', 'd']"), re.escape("['BB', 'CCC']"),
+                          re.escape("[['a', 'bb', 'ccc'], ['d']]"), re.escape("[3, 1]"),
+                          re.escape("['split', 'len']")],
+    ("docs/flow.md", 3): [re.escape("[10, 20, 40]"), re.escape("[(2, 'int')]"), r"1 3"],
     ("docs/groups.md", 1): [re.escape("[[[1, 2], [3, 4]]]"), r"4 1"],
     ("docs/groups.md", 2): [],
     ("docs/groups.md", 3): [],

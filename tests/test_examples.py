@@ -176,3 +176,12 @@ def test_large_items_example_hashes_blocks_and_scales_arrays_through_shared_memo
                          text=True, check=True, timeout=120).stdout
     assert "16 blocks of 8 MB hashed on 2 processes" in out
     assert "16 arrays of 8 MB scaled; results are writable: True" in out  # numpy is in the dev extra
+
+
+def test_pool_and_mpire_scripts_agree_with_their_flows():
+    out = _example("from_pool_and_mpire.py").stdout.splitlines()
+    assert out[0] == "Pool.imap script and its flow: 900 records saved in 9 batches"
+    if importlib.util.find_spec("mpire") is None:  # optional: the flow part needs no mpire
+        assert out[1:] == ["mpire is not installed: its script is skipped"]
+    else:
+        assert out[1:] == ["mpire script and its flow: 900 records saved in 9 batches"]

@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from helpers import closing_pool, healed, pipeline, wait_no_threads_async
 
 from dynapipeline import Flow, Stage, Step, Stream, flow
 from dynapipeline.errors import ConfigurationError
-from dynapipeline.execution import MultithreadExecutionStrategy, SemaphoreExecutionStrategy
+from dynapipeline.execution import (
+    DaskExecutionStrategy,
+    MultiprocessExecutionStrategy,
+    MultithreadExecutionStrategy,
+    SemaphoreExecutionStrategy,
+)
 
 
 @dataclass(frozen=True)
@@ -153,10 +159,10 @@ async def test_batch_timeout_cuts_a_batch_of_a_slow_source() -> None:
     async def slow() -> AsyncIterator[int]:
         for i in range(3):
             yield i
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.75)
         yield 3
 
-    assert await flow(slow()).batch(10, timeout=0.1).run() == [[0, 1, 2], [3]]
+    assert await flow(slow()).batch(10, timeout=0.25).run() == [[0, 1, 2], [3]]
 
 
 async def test_steps_are_named_after_their_functions_and_numbered_apart() -> None:
@@ -226,6 +232,10 @@ async def test_an_iterator_source_serves_one_run_of_the_flows_built_from_it() ->
     assert await base.map(str).run() == ["0", "1", "2"]
     with pytest.raises(ConfigurationError, match="field 'source' is an iterator that an earlier run consumed"):
         await base.map(repr).run()
+    once = flow(iter(range(3))).map(str)
+    with pytest.raises(ConfigurationError, match="field 'name' must be"):
+        once.to_stream(name="")
+    assert await once.to_stream().run() == ["0", "1", "2"]  # the refused stream did not use the source up
     again = flow(range(3)).map(str)
     assert await again.run() == await again.run() == ["0", "1", "2"]
 
@@ -242,8 +252,9 @@ async def test_a_flow_equals_its_hand_built_stream_on_processes_with_skip(procs:
     assert await f.run() == expected
     stream = f.to_stream(name="etl")
     assert await stream.run() == expected
-    assert [(e.index, e.step) for e in stream.errors] == [(e.index, e.step) for e in by_hand.errors] == \
-        [(7, "parse"), (123, "parse")]
+    # Sorted: two workers may fail their items in either order.
+    assert sorted((e.index, e.step) for e in stream.errors) == sorted((e.index, e.step) for e in by_hand.errors) \
+        == [(7, "parse"), (123, "parse")]
     assert sum(expected) == len([i for i in range(500) if i not in (7, 123) and i % 3 != 0])
 
 
@@ -268,6 +279,46 @@ async def test_a_filter_and_a_flat_map_on_processes_run_there(procs: Any) -> Non
     assert await flow(range(10)).filter(pid_if_even, on=procs).run() == [0, 2, 4, 6, 8]
     pids = await flow(range(4)).flat_map(lambda x: [os.getpid()] * x, on=procs).run()
     assert len(pids) == 6 and parent not in pids
+
+
+@pytest.fixture(params=["threads", "processes", "dask"])
+async def pool(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A strategy off the loop, closed afterwards (no thread or worker left); Dask on the module's cluster."""
+    if request.param == "threads":
+        threads = MultithreadExecutionStrategy(2)
+        try:
+            yield threads
+        finally:
+            await threads.aclose()
+        await wait_no_threads_async()
+    elif request.param == "processes":
+        async with closing_pool(MultiprocessExecutionStrategy(2)) as procs:
+            yield procs
+    else:
+        from distributed import Client
+
+        cluster = request.getfixturevalue("cluster")  # the module's LocalCluster
+        connecting = Client(cluster.scheduler_address, asynchronous=True,  # type: ignore[no-untyped-call]
+                            set_as_default=False)
+        async with connecting as client:
+            await healed(cluster, client)
+            dask = DaskExecutionStrategy(client=client)
+            try:
+                yield dask
+            finally:
+                await dask.aclose()
+
+
+async def test_every_method_and_kind_of_function_runs_off_the_loop(pool: Any) -> None:
+    async def halves(x: int) -> list[float]:
+        return [x / 2, -x / 2]
+
+    f = (flow(range(20)).map(lambda x: x + 1, on=pool).map(enrich_int, on=pool).filter(is_even_async, on=pool)
+         .filter(lambda x: x % 4 == 0, on=pool).flat_map(halves, on=pool).flat_map(lambda x: [x] * 2, on=pool)
+         .batch(3).map(sum, on=pool))
+    kept = [2 * (x + 1) for x in range(20) if (2 * (x + 1)) % 4 == 0]
+    flat = [v for x in kept for v in (x / 2, -x / 2) for _ in range(2)]
+    assert await f.run() == [sum(flat[i:i + 3]) for i in range(0, len(flat), 3)]
 
 
 # -- iterating ------------------------------------------------------------------------------------------------
@@ -316,6 +367,15 @@ async def test_to_stream_keeps_the_source_so_run_needs_no_argument() -> None:
     assert await stream.run() == [i for i in range(20) if i != 3]
     assert stream.progress["parse"].failed == 1 and stream.errors[0].index == 3
     assert stream.report()["parse"].runs == 20
+
+
+async def test_to_stream_is_a_pipeline_member_that_runs_each_cycle() -> None:
+    from dynapipeline.execution.cycle_strategies import LoopCycleStrategy
+
+    stream = flow(range(4)).map(lambda x: x * x).batch(2).map(sum).to_stream(name="squares")
+    p = pipeline([stream], cycle=LoopCycleStrategy(2))
+    assert await p.run() == [[[1, 13]]] * 2
+    assert stream.progress["sum"].done == 2
 
 
 # -- errors -------------------------------------------------------------------------------------------------

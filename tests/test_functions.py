@@ -97,6 +97,15 @@ class MultiplyAsync:
         return self.k * x
 
 
+class Repeat:
+    """A callable object whose ``__call__`` is an async generator: ``x``, ``times`` times."""
+
+    async def __call__(self, times: int, x: int) -> AsyncIterator[int]:
+        for _ in range(times):
+            await asyncio.sleep(0)
+            yield x
+
+
 @dataclass
 class Kind:
     """One kind of callable: how to make it, the stage class and name it gets, its outputs for items 1, 2, 3."""
@@ -119,6 +128,10 @@ KINDS: dict[str, Kind] = {
                           [6, 12, 18]),
     "callable object": Kind(lambda: Multiply(3), FunctionStage, "Multiply", [3, 6, 9]),
     "async callable object": Kind(lambda: MultiplyAsync(4), AsyncFunctionStage, "MultiplyAsync", [4, 8, 12]),
+    "partial of an async callable object": Kind(lambda: functools.partial(MultiplyAsync(2)), AsyncFunctionStage,
+                                                "MultiplyAsync", [2, 4, 6]),
+    "partial of an async generator object": Kind(lambda: functools.partial(Repeat(), 2), AsyncGeneratorStage,
+                                                 "Repeat", [1, 1, 2, 2, 3, 3]),
     "bound method": Kind(lambda: Multiply(1).minus, FunctionStage, "minus", [-1, -2, -3]),
     "class str": Kind(lambda: str, FunctionStage, "str", ["1", "2", "3"]),
     "class int": Kind(lambda: int, FunctionStage, "int", [1, 20, 300]),
@@ -151,7 +164,9 @@ async def strategy(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         from distributed import Client
 
         cluster = request.getfixturevalue("cluster")  # the module's LocalCluster
-        async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as client:
+        connecting = Client(cluster.scheduler_address, asynchronous=True,  # type: ignore[no-untyped-call]
+                            set_as_default=False)
+        async with connecting as client:
             await healed(cluster, client)
             dask = DaskExecutionStrategy(client=client)
             try:
@@ -219,7 +234,7 @@ def parse(x: int) -> int:
     return x
 
 
-def fail_on(bad: int, x: int) -> int:
+def fail_on(bad: Any, x: Any) -> Any:
     if x == bad:
         raise ValueError(f"bad {x}")
     return x
@@ -297,8 +312,10 @@ async def test_an_items_error_note_names_the_stream_the_step_and_the_item(strate
     assert isinstance(out[2], ValueError) and "in stream 's', step 'fail_on_2', item 2" in out[2].__notes__
 
 
-async def test_the_tracer_shows_function_steps_by_name() -> None:
-    stream = Stream(name="s", steps=[plus_one, Step(plus_one), Step(doubled, name="twice")], source=range(3))
+@pytest.mark.parametrize("strategy", ["loop", "threads", "processes"], indirect=True)
+async def test_the_tracer_shows_function_steps_by_name(strategy: Any) -> None:
+    stream = Stream(name="s", steps=[plus_one, Step(plus_one, strategy), Step(doubled, strategy, name="twice")],
+                    source=range(3))
     with Tracer() as tracer:
         assert await stream.run() == [4, 6, 8]
     events = [e for e in tracer.events if e["ph"] == "X"]
@@ -307,7 +324,7 @@ async def test_the_tracer_shows_function_steps_by_name() -> None:
         assert sorted(e["args"]["item"] for e in events if e["name"] == name) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("strategy", ["loop", "processes"], indirect=True)
+@pytest.mark.parametrize("strategy", ["loop", "threads", "processes", "dask"], indirect=True)
 async def test_opentelemetry_spans_are_named_after_the_function(strategy: Any) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -332,16 +349,29 @@ async def test_opentelemetry_spans_are_named_after_the_function(strategy: Any) -
         assert all((span.attributes or {})["dynapipeline.component.name"] == name for span in spans)
 
 
+def total(batch: list[int]) -> int:
+    return sum(batch)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "threads", "processes", "dask"], indirect=True)
+async def test_a_batched_function_step_gets_lists_of_consecutive_items(strategy: Any) -> None:
+    stream = Stream(name="s", steps=[Step(total, strategy, batch=3), Step(signed, strategy, batch=None)])
+    assert await stream.run(range(7)) == [3, -3, 12, -12, 6, -6]
+
+
 # -- a step's own on_error and ordered -----------------------------------------------------------------
-async def test_a_skip_step_in_a_raise_stream_drops_its_failed_item() -> None:
-    stream = Stream(name="s", steps=[Step(parse, on_error="skip"), str], on_error="raise")
+@pytest.mark.parametrize("strategy", ["loop", "processes"], indirect=True)
+async def test_a_skip_step_in_a_raise_stream_drops_its_failed_item(strategy: Any) -> None:
+    stream = Stream(name="s", steps=[Step(parse, strategy, on_error="skip"), str], on_error="raise")
     assert await stream.run(range(5)) == ["0", "1", "2", "4"]
     assert stream.errors == [ItemError(index=3, step="parse", error=stream.errors[0].error)]
     assert str(stream.errors[0].error) == "bad 3"
 
 
-async def test_a_raise_step_in_a_skip_stream_fails_the_stream() -> None:
-    stream = Stream(name="s", steps=[str, Step(functools.partial(fail_on, "3"), on_error="raise")], on_error="skip")
+@pytest.mark.parametrize("strategy", ["loop", "processes"], indirect=True)
+async def test_a_raise_step_in_a_skip_stream_fails_the_stream(strategy: Any) -> None:
+    stream = Stream(name="s", steps=[str, Step(functools.partial(fail_on, "3"), strategy, on_error="raise")],
+                    on_error="skip")
     with pytest.raises(ValueError, match="bad 3") as info:
         await stream.run(range(5))
     assert "in stream 's', step 'fail_on', item 3" in info.value.__notes__
@@ -443,7 +473,7 @@ async def test_a_function_step_without_enough_retries_fails_with_the_last_error(
         await stream.run([0])
 
 
-@pytest.mark.parametrize("strategy", ["loop", "semaphore", "processes", "dask"], indirect=True)
+@pytest.mark.parametrize("strategy", ["loop", "semaphore", "threads", "processes", "dask"], indirect=True)
 async def test_an_async_function_step_times_out_per_item(strategy: Any) -> None:
     stream = Stream(name="s", steps=[Step(slow, strategy, timeout=0.1)], on_error="return")
     out = await asyncio.wait_for(stream.run(range(2)), 30)
@@ -462,12 +492,19 @@ async def test_a_timeout_on_a_generator_function_covers_the_whole_generator() ->
     assert [type(x) for x in out] == [StageTimeoutError]
 
 
-@pytest.mark.parametrize("field", ["timeout", "retries", "retry_delay", "retry_backoff", "name"])
-def test_a_stage_refuses_the_steps_policy_fields_naming_the_field(field: str) -> None:
+@pytest.mark.parametrize(("field", "hint"), [
+    ("timeout", "name=..., timeout=..."),
+    ("retries", "name=..., retries=..."),
+    ("retry_delay", "name=..., retry_delay=..."),
+    ("retry_backoff", "name=..., retry_backoff=..."),
+    ("name", "name=..."),
+])
+def test_a_stage_refuses_the_steps_policy_fields_naming_the_field(field: str, hint: str) -> None:
     value: Any = "x" if field == "name" else 1
-    with pytest.raises(ConfigurationError, match=f"Step 'keep': field '{field}' is the Stage's own: set it on the "
-                                                 "Stage"):
+    with pytest.raises(ConfigurationError) as info:
         Step(Keep(name="keep"), **{field: value})
+    assert str(info.value) == (f"Step 'keep': field '{field}' is the Stage's own: set it on the Stage "
+                               f"(Keep({hint})), not on the Step")
 
 
 def test_function_step_policy_fields_are_checked_naming_the_field() -> None:
@@ -483,43 +520,49 @@ def test_function_step_policy_fields_are_checked_naming_the_field() -> None:
 
 
 # -- what fails at construction or at first dispatch ----------------------------------------------------
+untyped_step: Any = Step  # the bad values below are refused by mypy too: these reach the runtime checks
+untyped_stream: Any = Stream
+
+
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda: Step(5), "Step: field 'stage' must be a Stage or a callable, got int"),
-    (lambda: Step("parse"), "Step: field 'stage' must be a Stage or a callable, got str"),
+    (lambda: untyped_step(5), "Step: field 'stage' must be a Stage or a callable, got int"),
+    (lambda: untyped_step("parse"), "Step: field 'stage' must be a Stage or a callable, got str"),
     (lambda: Step(Keep), r"Step: field 'stage' must be a Stage instance, got the class Keep \(pass an instance: "
                          r"Keep\(name=...\)\)"),
-    (lambda: Step(Step(plus_one)), "Step 'plus_one': field 'stage' must be a Stage or a callable, got a Step"),
-    (lambda: Stream(name="s", steps=[plus_one, None]),
+    (lambda: untyped_step(Step(plus_one)), "Step 'plus_one': field 'stage' must be a Stage or a callable, got a Step"),
+    (lambda: untyped_stream(name="s", steps=[plus_one, None]),
      r"Stream 's': field 'steps\[1\]' must be a Step, a Stage or a callable, got NoneType"),
     (lambda: Stream(name="s", steps=[Keep]),
      r"Stream 's': field 'steps\[0\]' must be a Step, a Stage or a callable, got the class Keep"),
     (lambda: Step(plus_one, name=""), "Step: field 'name' must be a non-empty string, got ''"),
-    (lambda: Step(plus_one, name=3), "Step: field 'name' must be a non-empty string, got 3"),
-    (lambda: Step(plus_one, on_error="ignore"),
+    (lambda: untyped_step(plus_one, name=3), "Step: field 'name' must be a non-empty string, got 3"),
+    (lambda: untyped_step(plus_one, on_error="ignore"),
      "Step 'plus_one': field 'on_error' must be 'raise', 'skip', 'return' or None"),
-    (lambda: Step(Keep(name="keep"), on_error=True), "Step 'keep': field 'on_error' must be 'raise', 'skip', 'return'"),
-    (lambda: Step(plus_one, ordered=1), r"Step 'plus_one': field 'ordered' must be a bool or None \(the stream's\), "
-                                        "got 1"),
-    (lambda: Step(Keep(name="keep"), ordered="yes"), "Step 'keep': field 'ordered' must be a bool or None"),
+    (lambda: untyped_step(Keep(name="keep"), on_error=True),
+     "Step 'keep': field 'on_error' must be 'raise', 'skip', 'return'"),
+    (lambda: untyped_step(plus_one, ordered=1),
+     r"Step 'plus_one': field 'ordered' must be a bool or None \(the stream's\), got 1"),
+    (lambda: untyped_step(Keep(name="keep"), ordered="yes"), "Step 'keep': field 'ordered' must be a bool or None"),
 ])
 def test_bad_steps_fail_at_construction_naming_the_step_and_the_field(make: Callable[[], Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make()
 
 
-async def test_an_unpicklable_closure_on_a_process_step_fails_at_first_dispatch_naming_it() -> None:
+@pytest.mark.parametrize("strategy", ["processes", "dask"], indirect=True)
+async def test_an_unpicklable_closure_fails_at_first_dispatch_naming_the_step_and_field(strategy: Any) -> None:
     lock = threading.Lock()
 
     def locked(x: int) -> int:
         with lock:
             return x
 
-    async with closing_pool(MultiprocessExecutionStrategy(2)) as procs:  # no worker left afterwards
-        stream = Stream(name="s", steps=[Step(locked, procs)])
-        with pytest.raises(PicklingError, match="stage 'locked' field 'fn' closure variable 'lock'") as info:
-            await stream.run(range(5))
-        assert isinstance(info.value, ConfigurationError)
-        assert await Stream(name="s", steps=[Step(plus_one, procs)]).run(range(3)) == [1, 2, 3]  # still usable
+    stream = Stream(name="s", steps=[Step(locked, strategy)])  # constructs: pickling is checked at dispatch
+    with pytest.raises(PicklingError, match="stage 'locked' field 'fn' closure variable 'lock'") as info:
+        await stream.run(range(5))
+    assert isinstance(info.value, ConfigurationError)
+    assert await Stream(name="s", steps=[Step(plus_one, strategy)]).run(range(3)) == [1, 2, 3]  # still usable
+    # The strategy fixture then closes the pool and checks that no worker process is left.
 
 
 def die_on_2(x: int) -> int:

@@ -25,15 +25,18 @@ Decisions: whether a function's result is awaited is decided by what it is (an
 ``async def``, a partial of one, an object whose ``__call__`` is one), as for
 ``Step``, never by what it returns. A wrapper carries the function's name, so a
 step is named after the user's function (``name=`` overrides; automatic names are
-numbered apart). The static types do not show ``on_error="return"``'s exceptions
-in the outputs.
+numbered apart). ``map`` is one item in, one item out: it refuses a generator
+function (``flat_map``'s job), so that its type is honest. The static types do
+not show ``on_error="return"``'s exceptions in the outputs. An iterator source
+serves the first stream built (by ``run``, ``iterate``, ``to_stream``) from any
+flow of the same ``flow()`` call.
 """
 
 from __future__ import annotations
 
 import reprlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, TypeGuard, TypeVar, cast, overload
 
 from dynapipeline._model.checks import check_int
 from dynapipeline._model.component import Stage
@@ -120,21 +123,21 @@ class Flow(Generic[T]):
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                  retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+                 teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
 
     @overload
     def flat_map(self, fn: Callable[[T], Awaitable[Iterable[U]]], /, *, on: ExecutionStrategy | None = None,
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                  retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+                 teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
 
     @overload
     def flat_map(self, fn: Callable[[T], Iterable[U]], /, *, on: ExecutionStrategy | None = None,
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                  retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+                 teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
 
     def flat_map(self, fn: Any, /, *, on: ExecutionStrategy | None = None, **options: Any) -> Flow[Any]:
         """Each element of what ``fn`` returns flows on: a list or other iterable, a generator, an async iterable.
@@ -149,15 +152,27 @@ class Flow(Generic[T]):
             return self._then(fn, on, options)  # Step flattens these itself
         return self._then(_flattening(fn, kind == "async"), on, options)
 
+    @overload
+    def filter(self, pred: Callable[[T], TypeGuard[U]], /, *, on: ExecutionStrategy | None = None,
+               name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
+               timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
+               retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
+               teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+
+    @overload
     def filter(self, pred: Callable[[T], object], /, *, on: ExecutionStrategy | None = None,
                name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-               teardown: Callable[[], Any] | None = None) -> Flow[T]:
-        """Keep the items for which ``pred`` (a ``def`` or an ``async def``, then awaited) is truthy."""
+               teardown: Callable[[], Any] | None = None) -> Flow[T]: ...
+
+    def filter(self, pred: Any, /, *, on: ExecutionStrategy | None = None, **options: Any) -> Flow[Any]:
+        """Keep the items for which ``pred`` (a ``def`` or an ``async def``, then awaited) is truthy.
+
+        A predicate typed ``TypeGuard[U]`` narrows the flow to ``Flow[U]``
+        (``def is_record(r: Record | None) -> TypeGuard[Record]``); a lambda cannot be one.
+        """
         _check_callable("filter", pred)
-        options = {"name": name, "on_error": on_error, "ordered": ordered, "timeout": timeout, "retries": retries,
-                   "retry_delay": retry_delay, "retry_backoff": retry_backoff, "setup": setup, "teardown": teardown}
         return self._then(_keeping(pred, _kind_of(pred) == "async"), on, options)
 
     def batch(self, n: int, timeout: float | None = None) -> Flow[list[T]]:
@@ -237,9 +252,12 @@ class Flow(Generic[T]):
         steps = self._settled()
         if not steps:
             raise ConfigurationError("flow: field 'steps' must not be empty: add a map, flat_map, filter or batch")
-        source = self._source.take()
-        return Stream(name=name, steps=[_fresh(step) for step in steps], maxsize=self._maxsize,
-                      ordered=self._ordered, on_error=self._on_error, source=source)
+        source = self._source.value
+        self._source.check()
+        stream = Stream(name=name, steps=[_fresh(step) for step in steps], maxsize=self._maxsize,
+                        ordered=self._ordered, on_error=self._on_error, source=source)
+        self._source.taken = True  # only once the stream exists: a bad name= uses nothing up
+        return stream
 
 
 def flow(source: Iterable[T] | AsyncIterable[T], *, maxsize: int = 1000, ordered: bool = True,
@@ -289,15 +307,13 @@ class _Source:
         self.value = value
         self.taken = False
 
-    def take(self) -> Any:
+    def check(self) -> None:
+        """Refuse an iterator that a stream built before took (a list, a range serve any number of runs)."""
         value = self.value
-        if hasattr(value, "__next__") or hasattr(value, "__anext__"):
-            if self.taken:
-                raise ConfigurationError(
-                    "flow: field 'source' is an iterator that an earlier run consumed (of this flow or of one "
-                    "built from the same flow()); a flow that runs again needs a re-iterable source (a list, a range)")
-            self.taken = True
-        return value
+        if self.taken and (hasattr(value, "__next__") or hasattr(value, "__anext__")):
+            raise ConfigurationError(
+                "flow: field 'source' is an iterator that an earlier run consumed (of this flow or of one "
+                "built from the same flow()); a flow that runs again needs a re-iterable source (a list, a range)")
 
 
 def _check_callable(method: str, fn: object) -> None:
@@ -312,7 +328,11 @@ def _auto_named(step: Step) -> bool:
 
 
 def _fresh(step: Step) -> Step:
-    """``step`` with a stage of its own when it is a function's (a new stream's stats start at zero)."""
+    """``step`` with a stage of its own when it is a function's (a new stream's stats start at zero).
+
+    Rebuilt from the fields ``function_stage`` sets (name, fn, the run policy): a field added there
+    must be added here.
+    """
     stage = step.stage
     if not isinstance(stage, FunctionStage):
         return step

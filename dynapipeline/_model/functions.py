@@ -131,7 +131,11 @@ def _is_routine(fn: Any) -> bool:
 
 
 def _kind_of(fn: Any) -> str:
-    target = fn if _is_routine(fn) else type(fn).__call__
+    target = fn
+    while isinstance(target, functools.partial):  # a partial of a callable object: what its class's __call__ is
+        target = target.func
+    if not _is_routine(target):
+        target = type(target).__call__
     if inspect.isasyncgenfunction(target):
         return "async generator"
     if inspect.isgeneratorfunction(target):

@@ -114,9 +114,10 @@ class Step:
                     f"Step {stage.name!r}: field {given[0]!r} is for a function step: a Stage defines its own "
                     f"method ({type(stage).__name__}.{given[0]}(self))")
             if given:
+                fields = "name=..." if given[0] == "name" else f"name=..., {given[0]}=..."
                 raise ConfigurationError(
                     f"Step {stage.name!r}: field {given[0]!r} is the Stage's own: set it on the Stage "
-                    f"({type(stage).__name__}(name=..., {given[0]}=...)), not on the Step")
+                    f"({type(stage).__name__}({fields})), not on the Step")
         elif isinstance(stage, Step):
             raise ConfigurationError(f"Step {stage.stage.name!r}: field 'stage' must be a Stage or a callable, "
                                      "got a Step")

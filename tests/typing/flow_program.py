@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from dynapipeline import Flow, Stage, Stream, flow
 from dynapipeline.execution import MultiprocessExecutionStrategy, SemaphoreExecutionStrategy
@@ -57,6 +57,14 @@ async def is_ok(record: Record) -> bool:
     return record.ok
 
 
+def maybe_parse(line: str) -> Record | None:
+    return parse(line) if line.endswith("ok") else None
+
+
+def parsed(record: Record | None) -> TypeGuard[Record]:
+    return record is not None
+
+
 class Shout(Stage):
     def execute(self, text: str) -> str:
         return text.upper()
@@ -66,8 +74,8 @@ async def main() -> None:
     lines = [f"{i},{'ok' if i % 10 else 'bad'}" for i in range(1000)]
     async with MultiprocessExecutionStrategy(2) as processes:
         source: Flow[str] = flow(lines)
-        parsed: Flow[Record] = source.map(parse, on=processes)
-        good: Flow[Record] = parsed.filter(lambda r: r.ok)
+        records: Flow[Record] = source.map(parse, on=processes)
+        good: Flow[Record] = records.filter(lambda r: r.ok)
         enriched: Flow[Record] = good.map(enrich, on=SemaphoreExecutionStrategy(32), on_error="skip")
         batches: Flow[list[Record]] = enriched.batch(100, timeout=0.5)
         saved: Flow[int] = batches.map(save)
@@ -93,6 +101,10 @@ async def main() -> None:
     numbers: Flow[int] = flow(lines).map(parse).flat_map(idents)
     lengths: Flow[int] = fields.map(len).map(lambda n: n + 1)
     loud: Flow[Any] = fields_later.map(Shout(name="shout"))
+    maybe: Flow[Record | None] = flow(lines).map(maybe_parse)
+    narrowed: Flow[Record] = maybe.filter(parsed)
+    kept: Flow[Record | None] = maybe.filter(lambda r: r is not None)  # a lambda does not narrow
+    assert len(await narrowed.run()) == len(await kept.run()) == 900
     counts: list[int] = await lengths.run()
     assert len(counts) == 2000 and len(await letters.run()) > 4000 and len(await numbers.run()) == 1000
     assert (await loud.run())[:2] == ["0", "BAD"]
