@@ -60,7 +60,7 @@ class Model(Stage):
         _log(self.log, "teardown")
         self._model = None
 
-    def execute(self, item: int) -> tuple[int, int, int, str]:
+    def execute(self, item: Any) -> tuple[Any, int, int, str]:
         if item == self.crash_on:
             os._exit(3)
         if self.pause:
@@ -448,3 +448,21 @@ async def test_a_strategy_called_outside_a_run_is_the_run(log, strategy):
         assert count(log, "teardown") == count(log, "setup")
     finally:
         await strategy.aclose()
+
+
+class Keeps(Model):
+    """A teardown that reads what setup made (so it fails if a worker's copy lost it)."""
+
+    def teardown(self) -> None:
+        _log(self.log, f"teardown-of {self._model[2]}")
+
+
+async def test_a_group_stage_slimmed_after_shared_memory_batches_keeps_its_setup_for_teardown(log):
+    strategy = MultiprocessExecutionStrategy(2, shared_memory_threshold=1024)
+    stages = [Keeps(name="k", log=str(log))]
+    try:
+        tokens = {(await strategy.execute(stages, bytes(100_000)))[0][3] for _ in range(6)}  # in shared memory
+    finally:
+        await strategy.aclose()
+    torn = {line.split()[1] for lines in events(log).values() for line in lines if line.startswith("teardown-of")}
+    assert torn == tokens, events(log)

@@ -204,7 +204,11 @@ class Scope:
             order, self.order = self.order, []
             self.entries.clear()
         order.reverse()
-        return [entry for entry in order if entry.teardown is not None]
+        torn = [entry for entry in order if entry.teardown is not None]
+        for entry in torn:
+            if entry.kept is not None:
+                entry.restore(entry.instance)  # a group stage's copy may have been refreshed or slimmed since
+        return torn
 
     async def aclose(self) -> None:
         """Run the teardowns (awaiting async ones), last set up first; errors are logged."""

@@ -137,14 +137,15 @@ def slim_cached(components: list[Any], keep: set[int]) -> None:
     A cached stage is refreshed with the parent's whole state each time it is shipped,
     so between batches it needs only what ``cached_stage`` compares; the rest (a large
     array field: a view on the parent's shared memory) would otherwise live as long as
-    the cache. ``keep``: ids of stages still in use (a stream step's).
+    the cache. ``keep``: ids of stages still in use (a stream step's). A stage with
+    ``setup``/``teardown`` is left whole (its last batch's fields stay until the next one).
     """
     cached = {id(stage) for stage in getattr(_local, "stages", {}).values()}
     for component in components:
         members = component.iter_components() if hasattr(component, "iter_components") else (component,)
         for obj in members:
-            if id(obj) not in cached or id(obj) in keep:
-                continue
+            if id(obj) not in cached or id(obj) in keep or obj._lifecycle() is not None:
+                continue  # a stage with setup/teardown stays whole: its teardown may read any field
             old = obj.__dict__
             object.__setattr__(obj, "__dict__", {k: old[k] for k in _SLIM if k in old})
             object.__setattr__(obj, "__pydantic_private__", {"_runner": obj.__pydantic_private__["_runner"]})
