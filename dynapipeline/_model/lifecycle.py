@@ -22,7 +22,10 @@ Decisions:
   process, the stage is set up under the key the parent gave it (not the Python
   object: a group stage may be rebuilt per batch, a Dask worker keeps one copy
   per thread), once per process; the private attributes and fields ``setup``
-  set are put back on whichever copy runs an item. Nothing travels back.
+  set are put back on whichever copy runs an item (and before its teardown);
+  such a stage is never slimmed after a shared-memory batch. Nothing travels
+  back. A worker keeps what it set up until it exits (a stream step's stage
+  that the worker's cache evicted included: it may be sent again).
 - ``setup`` runs inside the first item's run there: its time counts in that run
   and the stage's ``timeout`` covers it. A cancelled setup is forgotten (the next
   item tries again).
