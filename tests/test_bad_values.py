@@ -187,6 +187,21 @@ def test_semaphore_max_concurrent(value: Any) -> None:
 
 
 @FAST
+@given(rate=VALUES, burst=VALUES)
+def test_semaphore_rate_and_burst(rate: Any, burst: Any) -> None:
+    # Construction only: a valid tiny rate would make a run wait for ages.
+    strategy = _build(lambda: SemaphoreExecutionStrategy(2, rate=rate, burst=burst))
+    number = _float(rate)
+    rate_ok = number is not None and 0 < number < math.inf and math.isfinite(1 / number)
+    burst_ok = _int(burst) and 1 <= burst <= sys.maxsize
+    # Documented: rate None (no rate) or a finite number > 0 per second; burst None (1) or an int >= 1, with a rate.
+    valid = (rate is None and burst is None) or (rate_ok and (burst is None or burst_ok))
+    assert (strategy is not None) == valid
+    if strategy is not None and rate is not None:
+        assert strategy.rate == number and strategy.burst == (1 if burst is None else burst)
+
+
+@FAST
 @given(value=VALUES)
 def test_process_shared_memory_threshold(value: Any) -> None:
     # Construction only: it starts no process.
