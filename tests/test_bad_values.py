@@ -17,7 +17,7 @@ from helpers import run_on_test_loop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynapipeline import Stage, StageGroup
+from dynapipeline import Stage, StageGroup, Step
 from dynapipeline.errors import DynaPipelineError, StageTimeoutError
 from dynapipeline.execution import (
     MultiprocessExecutionStrategy,
@@ -188,7 +188,7 @@ def test_semaphore_max_concurrent(value: Any) -> None:
 
 @FAST
 @given(rate=VALUES, burst=VALUES)
-def test_semaphore_rate_and_burst(rate: Any, burst: Any) -> None:
+def test_semaphore_and_step_rate_and_burst(rate: Any, burst: Any) -> None:
     # Construction only: a valid tiny rate would make a run wait for ages.
     strategy = _build(lambda: SemaphoreExecutionStrategy(2, rate=rate, burst=burst))
     number = _float(rate)
@@ -199,6 +199,8 @@ def test_semaphore_rate_and_burst(rate: Any, burst: Any) -> None:
     assert (strategy is not None) == valid
     if strategy is not None and rate is not None:
         assert strategy.rate == number and strategy.burst == (1 if burst is None else burst)
+    step = _build(lambda: Step(Noop(name="s"), rate=rate, burst=burst))
+    assert (step is not None) == valid
 
 
 @FAST

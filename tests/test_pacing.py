@@ -312,7 +312,8 @@ def test_rate_and_burst_show_and_travel():
     assert (plain.rate, plain.burst, plain.bucket) == (None, None, None)
     assert repr(plain) == "SemaphoreExecutionStrategy(max_concurrent=3)"
     step = Step(Double(name="double"), rate=2, burst=3)
-    assert repr(step).endswith(", rate=2, burst=3)")
+    assert repr(step).endswith(", rate=2, burst=3)") and (step.rate, step.burst) == (2, 3)
+    assert (Step(Double(name="double")).rate, Step(Double(name="double")).burst) == (None, None)
     assert copy.deepcopy(step).bucket is not step.bucket
     assert repr(TokenBucket(50)) == "TokenBucket(rate=50, burst=1)"
 

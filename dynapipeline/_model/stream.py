@@ -148,6 +148,16 @@ class Step:
         self.on_error: OnError | None = on_error
         self.ordered = ordered
 
+    @property
+    def rate(self) -> float | None:
+        """The step's own starts per second, or None."""
+        return None if self.bucket is None else self.bucket.rate
+
+    @property
+    def burst(self) -> int | None:
+        """Starts the step's rate lets go at once after a pause, or None (no rate)."""
+        return None if self.bucket is None else self.bucket.burst
+
     def __repr__(self) -> str:
         return (f"Step({self.stage.name!r}, {self.strategy!r}, batch={self.batch}, "
                 f"batch_timeout={self.batch_timeout}, on_error={self.on_error!r}, ordered={self.ordered}"
