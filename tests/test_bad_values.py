@@ -17,7 +17,7 @@ from helpers import run_on_test_loop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynapipeline import Stage, StageGroup
+from dynapipeline import Stage, StageGroup, Step
 from dynapipeline.errors import DynaPipelineError, StageTimeoutError
 from dynapipeline.execution import (
     MultiprocessExecutionStrategy,
@@ -184,6 +184,23 @@ def test_semaphore_max_concurrent(value: Any) -> None:
     assert _int(value) and value >= 1  # documented: at most that many members in flight
     stages = [Noop(name=f"s{i}") for i in range(3)]
     assert _run(strategy.execute(stages)) == ["done"] * 3
+
+
+@FAST
+@given(rate=VALUES, burst=VALUES)
+def test_semaphore_and_step_rate_and_burst(rate: Any, burst: Any) -> None:
+    # Construction only: a valid tiny rate would make a run wait for ages.
+    strategy = _build(lambda: SemaphoreExecutionStrategy(2, rate=rate, burst=burst))
+    number = _float(rate)
+    rate_ok = number is not None and 0 < number < math.inf and math.isfinite(1 / number)
+    burst_ok = _int(burst) and 1 <= burst <= sys.maxsize
+    # Documented: rate None (no rate) or a finite number > 0 per second; burst None (1) or an int >= 1, with a rate.
+    valid = (rate is None and burst is None) or (rate_ok and (burst is None or burst_ok))
+    assert (strategy is not None) == valid
+    if strategy is not None and rate is not None:
+        assert strategy.rate == number and strategy.burst == (1 if burst is None else burst)
+    step = _build(lambda: Step(Noop(name="s"), rate=rate, burst=burst))
+    assert (step is not None) == valid
 
 
 @FAST

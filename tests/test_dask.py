@@ -295,6 +295,14 @@ async def test_a_batched_stream_step_on_dask_gets_consecutive_items_in_order(das
     assert out == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
 
 
+async def test_a_rated_stream_step_on_dask_is_paced(dask_strategy):
+    stream = Stream(name="s", steps=[Step(Double(name="d"), dask_strategy, rate=20)])
+    started = time.monotonic()
+    out = await asyncio.wait_for(stream.run(range(10)), 60)
+    assert time.monotonic() - started >= 9 / 20  # a lower bound only: items one per call, each start paced
+    assert out == [2 * x for x in range(10)]
+
+
 async def test_a_stream_step_times_out_per_item(dask_strategy):
     class Slow(Stage):
         def execute(self, x: float) -> float:

@@ -92,6 +92,7 @@ EXPECTED = {
         re.escape("[\"in stream 'inv', step 'invert', item 1\"]"),
     ],
     ("docs/streams.md", 4): [r"0"],
+    ("docs/streams.md", 5): [r"20 True", r"True"],
     ("docs/threads-and-processes.md", 1): [re.escape("['get 0', 'get 1'] [0, 1, 4, 9]"), "True"],
     ("docs/threads-and-processes.md", 2): [re.escape("[1, 2, -1, -2]"), "True", re.escape("[True, False]")],
 }

@@ -47,7 +47,8 @@ def _example(name: str) -> subprocess.CompletedProcess[str]:
 
 def test_rate_limit_keeps_at_most_three_calls_in_flight():
     out = _example("rate_limit.py").stdout
-    assert "12 calls, at most 3 at once" in out
+    assert "12 calls, at most 3 at once, 10 per second" in out
+    assert float(re.search(r"in ([\d.]+) s", out).group(1)) >= 1.05  # 11 intervals of 0.1 s between 12 starts
     assert "results in call order: 'call 0' ... 'call 11'" in out
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["as_float", "check_flag", "check_int", "check_max_workers", "check_seconds", "is_int", "kind_of"]
+__all__ = ["as_float", "check_flag", "check_int", "check_max_workers", "check_rate", "check_seconds", "is_int",
+           "kind_of"]
 
 
 def kind_of(value: object) -> str:
@@ -77,3 +78,11 @@ def check_seconds(owner: str, field: str, value: Any, *, optional: bool = False)
         raise ConfigurationError(f"{owner}: field '{field}' must be a finite number of seconds > 0{alternative}, "
                                  f"got {value!r}")
     return value
+
+
+def check_rate(owner: str, value: Any) -> float:
+    """A rate (starts per second): a finite number > 0 whose interval ``1 / rate`` is finite too."""
+    rate = as_float(value)
+    if rate is None or not 0 < rate < math.inf or not math.isfinite(1 / rate):
+        raise ConfigurationError(f"{owner}: field 'rate' must be a finite number > 0, got {value!r}")
+    return rate

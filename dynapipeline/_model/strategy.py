@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextvars
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dynapipeline._model.checks import kind_of
 from dynapipeline._model.lifecycle import current_scope, run_in_scope
 from dynapipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dynapipeline._model.pacing import TokenBucket
 
 __all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "chunk_items", "rebuild_strategy",
            "runners_of"]
@@ -50,10 +53,13 @@ class ExecutionStrategy:
     Subclasses provide ``dispatch(runners, args, kwargs)``: an awaitable returning
     the results in member order. ``offloads`` marks strategies that run members
     off the event loop's thread (threads, processes), which SIMPLE pipelines reject.
+    ``bucket``: a rate limit on starts that a stream step with this strategy takes a
+    token from before each item (``SemaphoreExecutionStrategy(rate=...)``), or None.
     """
 
     offloads: ClassVar[bool] = False
     ships_members: ClassVar[bool] = False  # members are pickled to other processes (a Stream cannot be)
+    bucket: TokenBucket | None = None
 
     async def dispatch(self, runners: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
         raise NotImplementedError

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from dynapipeline._model.checks import check_int, check_seconds
 from dynapipeline._model.component import Component, Stage
 from dynapipeline._model.functions import FunctionStage, function_stage
+from dynapipeline._model.pacing import TokenBucket
 from dynapipeline._model.strategy import ExecutionStrategy
 from dynapipeline.errors import ConfigurationError
 
@@ -90,16 +91,25 @@ class Step:
     stream's). A step's ``ordered`` concerns its own outputs: it emits them in the
     order it took its items, whatever earlier steps did; the stream's outputs are
     in source order when every step is ordered.
+
+    ``rate=n`` starts at most ``n`` of the step's items per second (``burst=b``:
+    ``b`` may start at once after a pause; 1 by default), whatever the strategy; a
+    batch is one start. The step's bucket is shared by the runs of this ``Step``
+    (a copy of it has its own). On threads, processes or Dask a rated step sends its
+    items one per call (no chunks), so that each start is paced. A strategy's own
+    rate (``SemaphoreExecutionStrategy(k, rate=...)``) applies too, shared with
+    whatever else uses that strategy. A rate never adds workers.
     """
 
-    __slots__ = ("batch", "batch_timeout", "on_error", "ordered", "stage", "strategy")
+    __slots__ = ("batch", "batch_timeout", "bucket", "on_error", "ordered", "stage", "strategy")
 
     def __init__(self, stage: Stage | Callable[..., Any], strategy: ExecutionStrategy | None = None, *,
                  name: str | None = None, batch: int | None = None, batch_timeout: float | None = None,
                  on_error: OnError | None = None, ordered: bool | None = None, timeout: float | None = None,
                  retries: int | None = None, retry_delay: float | None = None,
                  retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-                 teardown: Callable[[], Any] | None = None) -> None:
+                 teardown: Callable[[], Any] | None = None, rate: float | None = None,
+                 burst: int | None = None) -> None:
         policy = {field: value for field, value in (("timeout", timeout), ("retries", retries),
                                                     ("retry_delay", retry_delay), ("retry_backoff", retry_backoff),
                                                     ("setup", setup), ("teardown", teardown))
@@ -138,6 +148,9 @@ class Step:
         if ordered is not None and not isinstance(ordered, bool):
             raise ConfigurationError(f"{label}: field 'ordered' must be a bool or None (the stream's), "
                                      f"got {ordered!r}")
+        if burst is not None and rate is None:
+            raise ConfigurationError(f"{label}: field 'burst' needs 'rate'")
+        self.bucket = None if rate is None else TokenBucket(rate, 1 if burst is None else burst, owner=label)
         self.stage: Stage = stage
         self.strategy = strategy
         self.batch = batch
@@ -145,9 +158,20 @@ class Step:
         self.on_error: OnError | None = on_error
         self.ordered = ordered
 
+    @property
+    def rate(self) -> float | None:
+        """The step's own starts per second, or None."""
+        return None if self.bucket is None else self.bucket.rate
+
+    @property
+    def burst(self) -> int | None:
+        """Starts the step's rate lets go at once after a pause, or None (no rate)."""
+        return None if self.bucket is None else self.bucket.burst
+
     def __repr__(self) -> str:
         return (f"Step({self.stage.name!r}, {self.strategy!r}, batch={self.batch}, "
-                f"batch_timeout={self.batch_timeout}, on_error={self.on_error!r}, ordered={self.ordered})")
+                f"batch_timeout={self.batch_timeout}, on_error={self.on_error!r}, ordered={self.ordered}"
+                + ("" if self.bucket is None else f", rate={self.bucket.rate:g}, burst={self.bucket.burst}") + ")")
 
     def _renamed(self, name: str) -> Step:
         """This step with its function stage under another name (a stream making automatic names unique)."""

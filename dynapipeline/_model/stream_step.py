@@ -33,7 +33,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dynapipeline._engine import current_item, current_trace, tracing, wait_through_cancel
-from dynapipeline._model.component import Flat, private_of, runner_of
+from dynapipeline._model.component import Flat, runner_of
+from dynapipeline._model.pacing import PacedItems, paced, pacer
 from dynapipeline._model.queues import ChunkQueue, QueueShutDown
 from dynapipeline._model.strategy import ItemRunner, chunk_items
 from dynapipeline._model.stream import ItemError, Step
@@ -86,6 +87,12 @@ class StepRun:
         stream = run.stream
         strategy = step.strategy
         width, runner = (1, None) if strategy is None else strategy.stream_runner(step.stage, stream.maxsize)
+        pace = pacer(step.bucket, None if strategy is None else strategy.bucket)  # rates: chosen once per step
+        if pace is not None and runner is not None:
+            runner = PacedItems(runner, pace)  # one item per call, each call paced
+        self.run_item: Callable[..., Awaitable[Any]] = runner_of(step.stage).run  # on the loop (paced if rated)
+        if pace is not None and runner is None:
+            self.run_item = paced(pace, self.run_item)
         self.width = max(1, min(width, stream.maxsize))
         self.item_runner: ItemRunner | None = runner
         self.chunk = 1 if runner is None else max(1, runner.chunk)
@@ -141,7 +148,7 @@ class StepRun:
         inq = self.inq
         counts = self.counts
         emit = self.emit
-        run = runner_of(self.step.stage).run
+        run = self.run_item
         ordered = self.ordered
         outq = self.outq
         crew = self.crew
@@ -323,7 +330,7 @@ class StepRun:
 
     async def call_here(self, value: Any) -> tuple[bool, Any]:
         try:
-            return True, await private_of(self.step.stage)["_runner"].run((value,), _NO_KWARGS)
+            return True, await self.run_item((value,), _NO_KWARGS)
         except Exception as error:
             return False, error
 

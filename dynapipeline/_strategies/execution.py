@@ -1,7 +1,8 @@
 """Execution strategies on the event loop: sequential, concurrent, semaphore-bounded.
 
 The options (``chain``, ``return_exceptions``) pick a different engine dispatcher when
-the strategy is built, so the default dispatchers run with no per-call check.
+the strategy is built, so the default dispatchers run with no per-call check; a
+semaphore's ``rate`` picks the paced dispatcher of ``pacing.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Any
 
 from dynapipeline._engine import Bounded, BoundedGather, Chained, Concurrent, ConcurrentGather, Sequential, Slots
 from dynapipeline._model.checks import check_flag, check_int
+from dynapipeline._model.pacing import TokenBucket
 from dynapipeline._model.strategy import ExecutionStrategy, ItemRunner, rebuild_strategy
+from dynapipeline._strategies.pacing import Paced
+from dynapipeline.errors import ConfigurationError
 
 __all__ = ["ConcurrentExecutionStrategy", "SemaphoreExecutionStrategy", "SequentialExecutionStrategy"]
 
@@ -82,30 +86,61 @@ class SemaphoreExecutionStrategy(ExecutionStrategy):
     and the others run on (see ``ConcurrentExecutionStrategy``).
     As a stream step: up to ``max_concurrent`` items at once (the step's own limit;
     ``return_exceptions`` does not apply there).
+
+    ``rate=n``: at most ``n`` starts per second, a token bucket on starts (``burst=b``:
+    ``b`` may start at once after a pause; 1 by default). Like the slots, the rate
+    belongs to this instance: every group it runs and every stream step that uses it
+    (each item is one start) share it, from any event loop in any thread. A rate
+    never lifts ``max_concurrent``: a member takes a slot, then a token. A copy in a
+    worker process (a pickled group) has its own slots and its own bucket.
     """
 
-    def __init__(self, max_concurrent: int, *, return_exceptions: bool = False) -> None:
+    def __init__(self, max_concurrent: int, *, return_exceptions: bool = False, rate: float | None = None,
+                 burst: int | None = None) -> None:
+        owner = "SemaphoreExecutionStrategy"
         # sys.maxsize: the engine counts slots in a C integer.
-        check_int("SemaphoreExecutionStrategy", "max_concurrent", max_concurrent, least=1, most=sys.maxsize)
-        self.return_exceptions = check_flag("SemaphoreExecutionStrategy", "return_exceptions", return_exceptions)
+        check_int(owner, "max_concurrent", max_concurrent, least=1, most=sys.maxsize)
+        self.return_exceptions = check_flag(owner, "return_exceptions", return_exceptions)
+        if burst is not None and rate is None:
+            raise ConfigurationError(f"{owner}: field 'burst' needs 'rate'")
         self.max_concurrent = max_concurrent
         self._slots = Slots(max_concurrent)
-        dispatcher = BoundedGather(self._slots) if return_exceptions else Bounded(self._slots)
-        self.dispatch = dispatcher.dispatch  # type: ignore[method-assign]
+        if rate is not None:
+            # Pacing cannot hook the engine's workers (they keep their slot): a dispatcher of its own.
+            self.bucket = TokenBucket(rate, 1 if burst is None else burst, owner=owner)
+            self.dispatch = Paced(self._slots, self.bucket, return_exceptions).dispatch  # type: ignore[method-assign]
+        else:
+            dispatcher = BoundedGather(self._slots) if return_exceptions else Bounded(self._slots)
+            self.dispatch = dispatcher.dispatch  # type: ignore[method-assign]
+
+    @property
+    def rate(self) -> float | None:
+        """Starts per second allowed by this instance, or None (no rate)."""
+        return None if self.bucket is None else self.bucket.rate
+
+    @property
+    def burst(self) -> int | None:
+        """Starts allowed at once after a pause (with a rate), or None (no rate)."""
+        return None if self.bucket is None else self.bucket.burst
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A copy in a worker process has its own limit: slots cannot be shared across processes.
-        return (rebuild_strategy, (type(self), (self.max_concurrent,),
-                                   {"return_exceptions": self.return_exceptions}))
+        # A copy in a worker process has its own limit and bucket: neither can be shared across processes.
+        options: dict[str, Any] = {"return_exceptions": self.return_exceptions}
+        if self.bucket is not None:
+            options.update(rate=self.bucket.rate, burst=self.bucket.burst)
+        return (rebuild_strategy, (type(self), (self.max_concurrent,), options))
 
     def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
         return self.max_concurrent, None
 
     @property
     def in_flight(self) -> int:
-        """Members of any group currently holding one of this instance's slots."""
+        """Members of any group currently holding one of this instance's slots (with a rate: waiting for
+        their token, or running)."""
         return int(self._slots.used)
 
     def __repr__(self) -> str:
         extra = ", return_exceptions=True" if self.return_exceptions else ""
+        if self.bucket is not None:
+            extra += f", rate={self.bucket.rate:g}, burst={self.bucket.burst}"
         return f"SemaphoreExecutionStrategy(max_concurrent={self.max_concurrent}{extra})"
