@@ -15,8 +15,9 @@ Invariants:
 - The pool records what each worker has received (classes, stream stages, the
   item log's reset): a job only builds its message from it.
 - Workers are started lazily (the first start runs in a thread, since a cold
-  fork server takes ~0.5 s), replaced when they die or are killed, and stopped
-  by ``close()``, which fails every job left with ``Closed``.
+  fork server takes ~0.5 s), replaced when they die, are killed or retire
+  (``recycling``: a reply says so; the worker then gets nothing more), and
+  stopped by ``close()``, which fails every job left with ``Closed``.
 
 See docs/threads-and-processes.md.
 """
@@ -40,14 +41,14 @@ from dynapipeline._transports._remote.messages import (
     SEGMENTS,
     SENT,
     STOP,
+    Recycling,
     Reply,
 )
-from dynapipeline._transports._remote.pickling import REGISTRY, pack_batch
-from dynapipeline._transports._remote.planning import deadline
+from dynapipeline._transports._remote.pickling import REGISTRY
 from dynapipeline._transports.process import worker
 from dynapipeline._transports.process.children import LIVE_POOLS, close_quietly, start_context, stop_process
 from dynapipeline._transports.process.handle import Closed, Crashed, PoolJob, Replied, TimedOut, Worker
-from dynapipeline._transports.process.jobs import Job
+from dynapipeline._transports.process.jobs import Job, singles_of
 from dynapipeline._transports.process.shm import MAPPED, LocalArena, segment_fds, send_segments, take_segments
 
 __all__ = ["ProcessPool"]
@@ -59,8 +60,11 @@ logger = logging.getLogger("dynapipeline")
 class ProcessPool:
     """A warm pool of worker processes served by one event loop at a time."""
 
-    def __init__(self, max_workers: int, start_method: str, threshold: int | None = None) -> None:
+    def __init__(self, max_workers: int, start_method: str, threshold: int | None = None,
+                 recycling: Recycling | None = None) -> None:
         self.max_workers = max_workers
+        self.recycling = recycling  # when workers retire (None: never)
+        self.retiring: list[Worker] = []  # retired, not exited yet: watched until their pipe ends
         self.start_method = start_method
         self.threshold = threshold  # buffers of this many bytes or more travel in shared memory (None: never)
         self.arena = LocalArena()  # what this pool sends to its workers (no segment until a large buffer)
@@ -87,7 +91,7 @@ class ProcessPool:
         if self.loop is loop:
             return
         self.loop = loop
-        for w in self.workers:
+        for w in self.workers + self.retiring:
             self._watch(w)
         self.fill()
 
@@ -143,7 +147,8 @@ class ProcessPool:
         log = ctx.RawArray("B", LOG_SIZE)
         self._counter += 1
         proc = ctx.Process(target=worker.main, args=(child_conn, current, drain, log, self.threshold), daemon=True,
-                           name=f"dynapipeline-worker-{self._counter}")
+                           name=f"dynapipeline-worker-{self._counter}",
+                           kwargs={"recycling": self.recycling} if self.recycling is not None else {})
         proc.start()
         child_conn.close()
         return Worker(proc, parent_conn, current, drain, log)
@@ -219,8 +224,9 @@ class ProcessPool:
             self.closed = True
             started, self.started = self.started, []
         LIVE_POOLS.discard(self)
-        workers = list(self.workers) + started
+        workers = list(self.workers) + started + self.retiring
         self.workers.clear()
+        self.retiring.clear()
         jobs = [w.job for w in workers if w.job is not None]
         queued = list(self.queue)
         self.queue.clear()
@@ -354,18 +360,9 @@ class ProcessPool:
 
     def split(self, job: Job) -> None:
         """Replace a job whose batch a worker could not rebuild by one job per component, at the queue's head."""
-        dispatch = job.dispatch
         job.done = True
-        singles = []
-        for index, runner in zip(job.indices, job.runners, strict=True):
-            packed_from = time.perf_counter()
-            packed, cids = pack_batch([runner.owner], dispatch.args, dispatch.kwargs, self.threshold, self.arena)
-            single = Job(dispatch, [index], [runner], packed.data, cids, deadline(runner.owner), job.control)
-            single.blocks = list(packed.blocks)
-            single.packed = (packed_from, time.perf_counter())
-            single.sink = job.sink
-            singles.append(single)
-        dispatch.pending += len(singles) - 1
+        singles = singles_of(job, self.threshold, self.arena)
+        job.dispatch.pending += len(singles) - 1
         self.queue.extendleft(reversed(singles))
 
     # -- events from the loop ----------------------------------------------------------------------
@@ -394,6 +391,10 @@ class ProcessPool:
         if reply.released:
             self.arena.free(reply.released)
             w.holding.difference_update(reply.released)
+        if reply.retiring and w in self.workers:  # it exits after this reply (``recycling``): nothing more for it
+            self.workers.remove(w)
+            self.retiring.append(w)  # until its pipe ends (``_on_death``)
+            self.fill()  # its replacement
         if job is not None and not job.done:
             if type(reply) is Reply and reply.unloadable and isinstance(job, Job) and len(job.indices) > 1:
                 self.split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
@@ -402,6 +403,10 @@ class ProcessPool:
         self._pump()
 
     def _on_death(self, w: Worker) -> None:
+        if w in self.retiring:  # a retired worker exited, as it said it would: not a crash
+            self.retiring.remove(w)
+            self._drop(w, kill=False)  # the blocks it still held are free now
+            return
         job = w.job
         was_ready = w.ready
         position = w.current.value
