@@ -35,20 +35,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from dynapipeline._transports._remote.messages import (
-    LOG_HEAD,
     LOG_SIZE,
-    MAX_KEPT_STAGES,
     SEGMENTS,
     SENT,
     STOP,
+    MapReply,
     Recycling,
     Reply,
 )
-from dynapipeline._transports._remote.pickling import REGISTRY
 from dynapipeline._transports.process import worker
 from dynapipeline._transports.process.children import LIVE_POOLS, close_quietly, start_context, stop_process
 from dynapipeline._transports.process.handle import Closed, Crashed, PoolJob, Replied, TimedOut, Worker
 from dynapipeline._transports.process.jobs import Job, singles_of
+from dynapipeline._transports.process.recycling import fits
 from dynapipeline._transports.process.shm import MAPPED, LocalArena, segment_fds, send_segments, take_segments
 
 __all__ = ["ProcessPool"]
@@ -279,18 +278,21 @@ class ProcessPool:
         queue = self.queue
         if not queue:
             return
-        for w in self.workers:
+        for w in list(self.workers):
             if w.ready and w.job is None:
                 while queue and queue[0].done:
                     queue.popleft()
                 if not queue:
                     return
+                if self.recycling is not None and not fits(self.recycling, w, queue[0]):
+                    self._retire(w, stop=True)  # the batch would take it past its limit: a fresh worker runs it
+                    continue
                 self._send(w, queue.popleft())
 
     def _send(self, w: Worker, job: PoolJob) -> None:
         assert self.loop is not None
         job.sent_at = time.perf_counter()
-        message = job.message(*self._news_for(w, job))
+        message = job.message(*w.news_for(job))
         released = MAPPED.released(w.pid)
         if released:
             message = message._replace(released=tuple(released))
@@ -314,23 +316,6 @@ class ProcessPool:
             return
         if job.deadline is not None:
             w.timer = self.loop.call_later(job.deadline, self._on_deadline, w, job)
-
-    @staticmethod
-    def _news_for(w: Worker, job: PoolJob) -> tuple[list[tuple[int, bytes]], bool]:
-        """The classes ``w`` lacks for ``job`` and whether it lacks its stage; recorded as sent from here on."""
-        blobs = REGISTRY.blobs_for(job.cids, w.known) if job.cids else []
-        w.known.update(cid for cid, _ in blobs)
-        stage_id = job.stage_id
-        if not stage_id:
-            return blobs, False
-        if w.log is not None:
-            LOG_HEAD.pack_into(memoryview(w.log).cast("B"), 0, 0, 0)  # the items of a chunk before are gone
-        if stage_id in w.stages:
-            return blobs, False
-        w.stages[stage_id] = None
-        if len(w.stages) > MAX_KEPT_STAGES:
-            del w.stages[next(iter(w.stages))]  # the worker drops the same one
-        return blobs, True
 
     @property
     def idle(self) -> bool:
@@ -391,16 +376,28 @@ class ProcessPool:
         if reply.released:
             self.arena.free(reply.released)
             w.holding.difference_update(reply.released)
-        if reply.retiring and w in self.workers:  # it exits after this reply (``recycling``): nothing more for it
-            self.workers.remove(w)
-            self.retiring.append(w)  # until its pipe ends (``_on_death``)
-            self.fill()  # its replacement
+        if self.recycling is not None:
+            w.tasks += reply.ran if type(reply) is MapReply else len(reply.timings)
+            if reply.retiring:
+                self._retire(w, stop=False)
         if job is not None and not job.done:
             if type(reply) is Reply and reply.unloadable and isinstance(job, Job) and len(job.indices) > 1:
                 self.split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
             else:
                 job.finish(Replied(reply, w.pid, received, time.perf_counter()))
         self._pump()
+
+    def _retire(self, w: Worker, stop: bool) -> None:
+        """``w`` gets nothing more (``recycling``); it exits (told to when ``stop``) and a new worker replaces it."""
+        if w in self.workers:
+            self.workers.remove(w)
+            self.retiring.append(w)  # until its pipe ends (``_on_death``)
+            if stop:
+                try:
+                    w.conn.send_bytes(STOP)
+                except OSError as error:  # it died meanwhile: its pipe's end comes next
+                    logger.debug("worker pid %s: asking it to stop: %r", w.pid, error)
+            self.fill()
 
     def _on_death(self, w: Worker) -> None:
         if w in self.retiring:  # a retired worker exited, as it said it would: not a crash

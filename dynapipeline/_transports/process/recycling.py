@@ -30,11 +30,14 @@ import os
 import resource
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynapipeline._transports._remote.messages import MapReply, Recycling, Reply
 
-__all__ = ["Budget", "cap_batches"]
+if TYPE_CHECKING:
+    from dynapipeline._transports.process.handle import PoolJob, Worker
+
+__all__ = ["Budget", "cap_batches", "fits"]
 
 
 class Budget:
@@ -82,3 +85,10 @@ def cap_batches(batches: list[list[int]], most: int | None) -> list[list[int]]:
     if most is None or all(len(batch) <= most for batch in batches):
         return batches
     return [batch[i:i + most] for batch in batches for i in range(0, len(batch), most)]
+
+
+def fits(recycling: Recycling, w: Worker, job: PoolJob) -> bool:
+    """Whether ``w`` may take ``job``: a group's batch that would take a worker which has run stages already past
+    ``max_tasks`` goes to a fresh worker instead (a stream step's chunk is cut in the worker)."""
+    size = len(getattr(job, "indices", ()))
+    return recycling.max_tasks is None or not w.tasks or w.tasks + size <= recycling.max_tasks
