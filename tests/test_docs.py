@@ -86,6 +86,7 @@ EXPECTED = {
     ],
     ("docs/streams.md", 4): [r"0"],
     ("docs/threads-and-processes.md", 1): [re.escape("['get 0', 'get 1'] [0, 1, 4, 9]"), "True"],
+    ("docs/threads-and-processes.md", 2): [re.escape("[0, 1, 4, 9, 16] 50"), "True"],
 }
 
 
