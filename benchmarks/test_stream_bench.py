@@ -36,9 +36,9 @@ import pytest
 from bench_support import LOOPS, loop_runner
 
 from dynapipeline import Stage, Step, Stream
-from dynapipeline.execution import MultiprocessExecutionStrategy
 from dynapipeline._cli.bench import make_case
 from dynapipeline._transports.process.children import default_start_method
+from dynapipeline.execution import MultiprocessExecutionStrategy
 
 ITEMS = 100_000
 CPU_ITEMS = 200
