@@ -14,7 +14,9 @@ Groups (run with ``make bench-suite`` or ``pytest benchmarks/test_stream_bench.p
 - ``stream-cpu``: 200 items of ~10 ms of CPU each: one process vs a 2-process step.
 - ``stream-recycling``: the ``stream-cpu`` step on 2 processes, without recycling vs
   ``max_tasks_per_worker=25`` (issue 18: recycling every 25 items costs a CPU step at
-  most 10% of its throughput); 200 items, so 8 replacements.
+  most 10% of its throughput); 200 items, so 8 replacements. Its stages come from
+  ``light_stages`` (a replaced worker imports its stages' module again: this module's
+  imports, pytest's included, would cost ~70 ms per replacement).
 - ``recycling-replacement``: one replacement's cost, on the critical path: 20 one-item
   dispatches in a row on 1 worker, without recycling vs ``max_tasks_per_worker=1`` (each
   dispatch then waits for the retired worker's replacement to say hello); the difference
@@ -32,6 +34,7 @@ import multiprocessing
 import time
 from typing import Any
 
+import light_stages
 import pytest
 from bench_support import LOOPS, loop_runner
 
@@ -168,7 +171,7 @@ def test_stream_cpu_recycling(benchmark: Any, loop: Any, every: int | None) -> N
     strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=every)
     try:
         loop.run_until_complete(strategy.start())
-        stream = Stream(name="bench", steps=[Step(Burn(name="burn"), strategy)])
+        stream = Stream(name="bench", steps=[Step(light_stages.Burn(name="burn"), strategy)])
         loop.run_until_complete(stream.run(range(CPU_ITEMS)))  # warm: the stage reached the workers once
         out = benchmark.pedantic(lambda: loop.run_until_complete(stream.run(range(CPU_ITEMS))), rounds=3)
     finally:
@@ -183,7 +186,7 @@ REPLACEMENTS = 20
 @pytest.mark.parametrize("every", [None, 1], ids=["never", "every-1"])
 def test_recycling_replacement(benchmark: Any, loop: Any, every: int | None) -> None:
     strategy = MultiprocessExecutionStrategy(1, max_tasks_per_worker=every)
-    stage = Tiny(name="tiny")
+    stage = light_stages.Tiny(name="tiny")
 
     async def one_by_one() -> list[Any]:
         return [await strategy.execute([stage], i) for i in range(REPLACEMENTS)]
