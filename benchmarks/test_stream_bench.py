@@ -12,6 +12,15 @@ Groups (run with ``make bench-suite`` or ``pytest benchmarks/test_stream_bench.p
   ``aiomultiprocess.Pool(2).map`` and ``pypeln.process.map(workers=2)``. Pools are
   warm (started before timing), as a long-running pipeline's would be.
 - ``stream-cpu``: 200 items of ~10 ms of CPU each: one process vs a 2-process step.
+- ``stream-recycling``: the ``stream-cpu`` step on 2 processes, without recycling vs
+  ``max_tasks_per_worker=25`` (issue 18: recycling every 25 items costs a CPU step at
+  most 10% of its throughput); 200 items, so 8 replacements. Its stages come from
+  ``light_stages`` (a replaced worker imports its stages' module again: this module's
+  imports, pytest's included, would cost ~70 ms per replacement).
+- ``recycling-replacement``: one replacement's cost, on the critical path: 20 one-item
+  dispatches in a row on 1 worker, without recycling vs ``max_tasks_per_worker=1`` (each
+  dispatch then waits for the retired worker's replacement to say hello); the difference
+  divided by 20 is the time from a worker's retiring reply to its replacement's first job.
 - ``stream-function``: a 1-step no-op stream over 100,000 items on the loop, its step a plain
   function (``Stream(steps=[tiny])``) vs the same work as a ``Stage`` (issue 17: a function
   step costs no more than a Stage step).
@@ -25,12 +34,14 @@ import multiprocessing
 import time
 from typing import Any
 
+import light_stages
 import pytest
 from bench_support import LOOPS, loop_runner
 
 from dynapipeline import Stage, Step, Stream
 from dynapipeline._cli.bench import make_case
 from dynapipeline._transports.process.children import default_start_method
+from dynapipeline.execution import MultiprocessExecutionStrategy
 
 ITEMS = 100_000
 CPU_ITEMS = 200
@@ -151,3 +162,39 @@ def test_stream_cpu_two_processes(benchmark: Any, loop: Any, procs: Any) -> None
     stream = Stream(name="bench", steps=[Step(Burn(name="burn"), procs)])
     out = benchmark.pedantic(lambda: loop.run_until_complete(stream.run(range(CPU_ITEMS))), rounds=2)
     assert out == list(range(CPU_ITEMS))
+
+
+# -- recycling workers (issue 18) -------------------------------------------------------------------
+@pytest.mark.benchmark(group="stream-recycling")
+@pytest.mark.parametrize("every", [None, 25], ids=["never", "every-25"])
+def test_stream_cpu_recycling(benchmark: Any, loop: Any, every: int | None) -> None:
+    strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=every)
+    try:
+        loop.run_until_complete(strategy.start())
+        stream = Stream(name="bench", steps=[Step(light_stages.Burn(name="burn"), strategy)])
+        loop.run_until_complete(stream.run(range(CPU_ITEMS)))  # warm: the stage reached the workers once
+        out = benchmark.pedantic(lambda: loop.run_until_complete(stream.run(range(CPU_ITEMS))), rounds=3)
+    finally:
+        strategy.close()
+    assert out == list(range(CPU_ITEMS))
+
+
+REPLACEMENTS = 20
+
+
+@pytest.mark.benchmark(group="recycling-replacement")
+@pytest.mark.parametrize("every", [None, 1], ids=["never", "every-1"])
+def test_recycling_replacement(benchmark: Any, loop: Any, every: int | None) -> None:
+    strategy = MultiprocessExecutionStrategy(1, max_tasks_per_worker=every)
+    stage = light_stages.Tiny(name="tiny")
+
+    async def one_by_one() -> list[Any]:
+        return [await strategy.execute([stage], i) for i in range(REPLACEMENTS)]
+
+    try:
+        loop.run_until_complete(strategy.start())
+        loop.run_until_complete(one_by_one())
+        out = benchmark.pedantic(lambda: loop.run_until_complete(one_by_one()), rounds=5)
+    finally:
+        strategy.close()
+    assert out == [[i + 1] for i in range(REPLACEMENTS)]

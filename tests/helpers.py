@@ -77,6 +77,43 @@ class Die(Stage):
         os._exit(3)
 
 
+# What ``Leak`` keeps in its worker process: it grows by one item's worth per item, as a leaking stage does.
+LEAKED: list[bytes] = []
+
+
+def rss() -> int:
+    """This process's resident memory now, in bytes (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Leak(Stage):
+    """Keeps ``mb`` MB (written, so resident) in ``LEAKED`` per item; returns (item, pid, RSS after it)."""
+
+    mb: int = 20
+
+    def execute(self, item: int) -> tuple[int, int, int]:
+        LEAKED.append(b"x" * (self.mb << 20))
+        return item, os.getpid(), rss()
+
+
+class RunLog(Stage):
+    """Appends "<item> <pid>" to the file ``path`` (one line per run, whichever process runs it); returns the item."""
+
+    path: str
+
+    def execute(self, item: Any = None) -> Any:
+        with open(self.path, "a") as log:
+            log.write(f"{item if item is not None else self.name} {os.getpid()}\n")
+        return item if item is not None else (self.name, os.getpid())
+
+
+def run_log(path: Any) -> list[tuple[str, int]]:
+    """The (item, pid) lines a ``RunLog`` wrote, in order."""
+    with open(path) as log:
+        return [(item, int(pid)) for item, pid in (line.split() for line in log)]
+
+
 class Spin(Stage):
     """Spins forever (a plain ``def``): only killing its worker stops it."""
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynapipeline import Stage, StageGroup, Step
-from dynapipeline.errors import DynaPipelineError, StageTimeoutError
+from dynapipeline.errors import ConfigurationError, DynaPipelineError, StageTimeoutError
 from dynapipeline.execution import (
     MultiprocessExecutionStrategy,
     MultithreadExecutionStrategy,
@@ -228,3 +228,56 @@ def test_pool_max_workers(cls: type, value: Any) -> None:
     # Documented: None for the default pool size, else an int >= 1.
     assert value is None or (_int(value) and value >= 1)
     assert strategy.max_workers == value
+
+
+@FAST
+@pytest.mark.parametrize("cls", [MultithreadExecutionStrategy, MultiprocessExecutionStrategy])
+@given(value=VALUES)
+def test_pool_max_tasks_per_worker(cls: type, value: Any) -> None:
+    # Construction only: it starts no thread or process.
+    strategy = _build(lambda: cls(2, max_tasks_per_worker=value))
+    if strategy is None:
+        assert not (value is None or (_int(value) and value >= 1))
+        return
+    # Documented: None for never, else an int >= 1 (stage runs before a worker is replaced).
+    assert value is None or (_int(value) and value >= 1)
+    assert strategy.max_tasks_per_worker == value
+
+
+@FAST
+@given(value=st.one_of(VALUES, st.sampled_from(["2GB", "300MB", "512MiB", "1.5GB", "1kb", "lots", "0MB", "-1GB",
+                                                "GB", "1.5.GB", "1 XB"])))
+def test_process_max_memory_per_worker(value: Any) -> None:
+    # Construction only: it starts no process.
+    strategy = _build(lambda: MultiprocessExecutionStrategy(2, max_memory_per_worker=value))
+    if strategy is None:
+        return
+    # Documented: None for never, else a number of bytes > 0 (an int, or a size string), kept as an int.
+    limit = strategy.max_memory_per_worker
+    assert value is None and limit is None or _int(limit) and limit >= 1
+    assert not _int(value) or limit == value
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_tasks_per_worker", 0), ("max_tasks_per_worker", -1),
+                                              ("max_tasks_per_worker", True), ("max_tasks_per_worker", 2.0),
+                                              ("max_memory_per_worker", "lots"), ("max_memory_per_worker", 0),
+                                              ("max_memory_per_worker", -5), ("max_memory_per_worker", True),
+                                              ("max_memory_per_worker", "0MB"), ("max_memory_per_worker", 1.5)])
+def test_recycling_bad_values_name_their_field(field: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"MultiprocessExecutionStrategy: field '{field}'"):
+        MultiprocessExecutionStrategy(2, **{field: value})
+
+
+@pytest.mark.parametrize(("text", "size"), [("2GB", 2 * 10**9), ("300MB", 300 * 10**6), ("512MiB", 512 << 20),
+                                            ("1.5GB", 1_500_000_000), (" 300 mb ", 300 * 10**6), ("4096", 4096),
+                                            (10**9, 10**9)])
+def test_memory_sizes_parse(text: Any, size: int) -> None:
+    assert MultiprocessExecutionStrategy(2, max_memory_per_worker=text).max_memory_per_worker == size
+
+
+def test_threads_refuse_a_memory_limit() -> None:
+    with pytest.raises(ConfigurationError, match="MultithreadExecutionStrategy: field 'max_memory_per_worker'.*per "
+                                                 "process"):
+        MultithreadExecutionStrategy(2, max_memory_per_worker="1GB")
+    with pytest.raises(ConfigurationError, match="field 'max_tasks_per_worker'"):
+        MultithreadExecutionStrategy(2, max_tasks_per_worker=0)

@@ -94,7 +94,8 @@ EXPECTED = {
     ("docs/streams.md", 4): [r"0"],
     ("docs/streams.md", 5): [r"20 True", r"True"],
     ("docs/threads-and-processes.md", 1): [re.escape("['get 0', 'get 1'] [0, 1, 4, 9]"), "True"],
-    ("docs/threads-and-processes.md", 2): [re.escape("[1, 2, -1, -2]"), "True", re.escape("[True, False]")],
+    ("docs/threads-and-processes.md", 2): [re.escape("[0, 1, 4, 9, 16] 50"), "True"],
+    ("docs/threads-and-processes.md", 3): [re.escape("[1, 2, -1, -2]"), "True", re.escape("[True, False]")],
 }
 
 

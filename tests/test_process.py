@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from helpers import (
     MIB,
     Blank,
     Pid,
+    RunLog,
     Spin,
     Unloadable,
     assert_gone,
@@ -36,6 +38,7 @@ from helpers import (
     leaves_nothing,
     memfds,
     pipeline,
+    run_log,
     same_value,
 )
 
@@ -689,3 +692,35 @@ async def test_cancelling_a_dispatch_with_a_large_argument_gives_the_blocks_back
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await eventually_async(lambda: pool.arena.used == 0), pool.arena.used
+
+
+# -- recycling: a group's stages count one run each ----------------------------------------------------------------
+
+
+async def test_recycling_a_group_every_five_stage_runs(tmp_path):
+    strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=5)
+    async with closing_pool(strategy):
+        path = str(tmp_path / "runs")
+        g = group([RunLog(name=f"s{i}", path=path) for i in range(12)], strategy, LoopCycleStrategy(3))
+        result = await pipeline([g]).run()
+        assert [[name for name, _ in cycle] for cycle in result[0]] == [[f"s{i}" for i in range(12)]] * 3
+        runs = run_log(path)
+        assert sorted(name for name, _ in runs) == sorted(f"s{i}" for i in range(12) for _ in range(3))  # once each
+        per_pid = Counter(pid for _, pid in runs)
+        assert max(per_pid.values()) <= 5 and len(per_pid) >= 36 // 5
+    assert_gone(*per_pid)
+
+
+async def test_a_retiring_worker_during_a_stopped_pipeline_leaves_nothing_behind():
+    strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=1)
+    p = pipeline([group([Pid(name="a"), Pid(name="b")], strategy, InfinitLoopStrategy())])
+    async with leaves_nothing(strategy) as pids:
+        task = asyncio.ensure_future(p.run())
+        assert await eventually_async(lambda: len(strategy.worker_pids()) == 2)
+        await asyncio.sleep(0.3)  # every run retires its worker meanwhile
+        pids += strategy.worker_pids()
+        p.stop()
+        await asyncio.wait_for(task, GRACE)
+        pids += strategy.worker_pids()
+        assert strategy.pool is None
+    assert_no_workers(pids)

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -16,7 +17,9 @@ from helpers import (
     MIB,
     Batch,
     Blank,
+    Leak,
     Pid,
+    RunLog,
     Unloadable,
     assert_gone,
     assert_no_workers,
@@ -29,6 +32,7 @@ from helpers import (
     large_items,
     leaves_nothing,
     memfds,
+    run_log,
     same_value,
     stream_tasks,
 )
@@ -939,3 +943,57 @@ def test_a_killed_parent_with_large_items_in_flight_leaves_no_worker_and_nothing
         _kill_marked(marker)
         child.kill()
         child.wait()
+
+
+# -- recycling (max_tasks_per_worker, max_memory_per_worker) ----------------------------------------------------
+
+
+async def test_recycling_every_ten_items_runs_each_item_once_and_in_order(tmp_path: Any) -> None:
+    strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=10)
+    async with closing_pool(strategy):
+        out = await stream(Step(RunLog(name="log", path=str(tmp_path / "runs")), strategy)).run(range(100))
+        assert out == list(range(100))
+        runs = run_log(tmp_path / "runs")
+        assert sorted(int(item) for item, _ in runs) == list(range(100))  # each item ran exactly once
+        per_pid = Counter(pid for _, pid in runs)
+        assert max(per_pid.values()) <= 10 and len(per_pid) >= 10
+        # A second run on the same pool: the workers go on being recycled, and nothing was counted a crash.
+        assert await stream(Step(Pid(name="pid"), strategy)).run(range(30)) is not None
+    assert_gone(*per_pid)
+
+
+async def test_recycling_a_timed_stage_one_item_per_chunk() -> None:
+    strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=3)
+    async with closing_pool(strategy):
+        out = await stream(Step(Pid(name="pid", timeout=30), strategy)).run(range(20))
+        assert [args for _, _, args, _ in out] == [(item,) for item in range(20)]
+        assert max(Counter(pid for _, pid, _, _ in out).values()) <= 3
+
+
+async def test_a_leaking_stage_stays_under_the_memory_limit() -> None:
+    # The case: 20 MB leaked per item, a 300 MB limit, 200 items (~2 s here).
+    limit, leak = 300 * 10**6, 20 << 20
+    strategy = MultiprocessExecutionStrategy(2, max_memory_per_worker="300MB")
+    async with closing_pool(strategy):
+        out = await stream(Step(Leak(name="leak", mb=20), strategy)).run(range(200))
+        assert [item for item, _, _ in out] == list(range(200))  # no failure, in order
+        # Each worker's RSS after each item: the worker ends the item that passes the limit and is replaced.
+        assert max(rss for _, _, rss in out) <= limit + leak + (4 << 20)
+        per_pid = Counter(pid for _, pid, _ in out)
+        assert len(per_pid) >= 200 // 15  # at most ~300/20 items fit in a worker
+    assert_gone(*per_pid)
+
+
+async def test_a_retiring_worker_during_a_cancelled_run_leaves_nothing_behind() -> None:
+    strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=1)
+    async with leaves_nothing(strategy) as pids:
+        task = asyncio.ensure_future(stream(Step(Pid(name="pid"), strategy)).run(range(10_000)))
+        assert await eventually_async(lambda: len(strategy.worker_pids()) == 2 and task.done() is False)
+        await asyncio.sleep(0.3)  # workers retire and are replaced meanwhile
+        pids += strategy.worker_pids()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pids += strategy.worker_pids()
+    assert_no_workers(pids)
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -303,3 +304,36 @@ def test_return_exceptions_survives_pickling():
 
     copy = cloudpickle.loads(cloudpickle.dumps(MultithreadExecutionStrategy(3, return_exceptions=True)))
     assert copy.return_exceptions is True and copy.max_workers == 3
+
+
+# -- recycling: max_tasks_per_worker ---------------------------------------------------------------------------
+
+
+class ThreadName(Stage):
+    async def execute(self, item: int = 0) -> tuple[int, str, int]:
+        loop = asyncio.get_running_loop()
+        return item, threading.current_thread().name, id(loop)
+
+
+async def test_recycling_threads_every_five_jobs():
+    from dynapipeline import Step, Stream
+
+    strategy = MultithreadExecutionStrategy(2, max_tasks_per_worker=5)
+    out = await Stream(name="s", steps=[Step(ThreadName(name="t"), strategy)]).run(range(40))
+    assert [item for item, _, _ in out] == list(range(40))
+    per_thread = Counter(name for _, name, _ in out)
+    assert max(per_thread.values()) <= 5 and len(per_thread) >= 8
+    async with strategy:  # a group's stages count one job each, on a held pool too
+        result = await strategy.execute([ThreadName(name=f"s{i}") for i in range(20)])
+        assert max(Counter(name for _, name, _ in result).values()) <= 5
+        threads_after = [t for t in threading.enumerate() if t.name.startswith("dynapipeline-thread-")]
+        assert len([t for t in threads_after if t.is_alive()]) >= 1
+    wait_no_threads()
+
+
+def test_recycled_thread_strategy_keeps_its_setting():
+    import pickle
+
+    strategy = MultithreadExecutionStrategy(3, max_tasks_per_worker=7)
+    assert pickle.loads(pickle.dumps(strategy)).max_tasks_per_worker == 7
+    assert "max_tasks_per_worker=7" in repr(strategy)

@@ -13,11 +13,12 @@ See docs/errors.md.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["as_float", "check_flag", "check_int", "check_max_workers", "check_rate", "check_seconds", "is_int",
+__all__ = ["as_float", "check_bytes", "check_flag", "check_int", "check_max_workers", "check_rate", "check_seconds", "is_int",
            "kind_of"]
 
 
@@ -86,3 +87,27 @@ def check_rate(owner: str, value: Any) -> float:
     if rate is None or not 0 < rate < math.inf or not math.isfinite(1 / rate):
         raise ConfigurationError(f"{owner}: field 'rate' must be a finite number > 0, got {value!r}")
     return rate
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*")
+
+
+def check_bytes(owner: str, field: str, value: Any, *, optional: bool = False) -> Any:
+    """A size in bytes > 0: an int, or a string such as ``"300MB"``, ``"1.5GB"``, ``"512MiB"`` (None when ``optional``).
+
+    kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB powers of 1024 (any case); the int of bytes is returned.
+    """
+    if optional and value is None:
+        return value
+    size = value if is_int(value) else None
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value.lower())
+        if match is not None and match.group(2) in _UNITS:
+            size = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if size is None or size < 1:
+        alternative = " or None" if optional else ""
+        raise ConfigurationError(f"{owner}: field {field!r} must be a number of bytes > 0 (an int, or a string "
+                                 f"such as '300MB', '1.5GB' or '512MiB'){alternative}, got {value!r}")
+    return size

@@ -24,6 +24,10 @@
   returns, and its result is discarded. Worker threads are daemon threads, so
   such a runaway call never blocks interpreter exit.
 - ``contextvars`` of the caller (the current run included) are visible in the threads.
+- Recycling: with ``max_tasks_per_worker=N`` a thread exits after N jobs (a
+  stream step's items count one each), between jobs: it closes its event loop
+  and a new thread (a new loop) takes its place. ``max_memory_per_worker`` is
+  refused: memory (RSS) is per process, not per thread.
 """
 
 from __future__ import annotations
@@ -39,12 +43,12 @@ from typing import Any
 
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
 from dynapipeline._loops import loop_factory, loop_kind_of
-from dynapipeline._model.checks import check_max_workers
+from dynapipeline._model.checks import check_int, check_max_workers
 from dynapipeline._model.component import Stage, runner_of
 from dynapipeline._model.strategy import ItemRunner, rebuild_strategy
 from dynapipeline._transports.calling import drive, needs_loop, note_place, time_limit
 from dynapipeline._transports.offloop import OffLoopStrategy, Results, merge_wait_ship
-from dynapipeline.errors import StageTimeoutError
+from dynapipeline.errors import ConfigurationError, StageTimeoutError
 
 __all__ = ["MultithreadExecutionStrategy", "ThreadPool"]
 
@@ -157,10 +161,15 @@ _on_thread = threading.local()
 
 
 class ThreadPool:
-    """Up to ``max_workers`` daemon threads, started on demand, each with a lazily created event loop."""
+    """Up to ``max_workers`` daemon threads, started on demand, each with a lazily created event loop.
 
-    def __init__(self, max_workers: int, loop_factory: Any) -> None:
+    ``max_tasks``: a thread is replaced by a new one after this many jobs (None: never).
+    """
+
+    def __init__(self, max_workers: int, loop_factory: Any, max_tasks: int | None = None) -> None:
         self.max_workers = max_workers
+        self.max_tasks = max_tasks
+        self._lock = threading.Lock()  # guards threads/closed between the caller, retiring threads and shutdown
         self.loop_factory = loop_factory
         self.threads: list[threading.Thread] = []
         self.closed = False
@@ -175,22 +184,40 @@ class ThreadPool:
         self._queue.put(job)
         if self._idle.acquire(blocking=False):
             return
-        if len(self.threads) < self.max_workers:
-            global _counter
-            _counter += 1
-            thread = threading.Thread(target=self._work, name=f"dynapipeline-thread-{_counter}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+        with self._lock:
+            if len(self.threads) < self.max_workers:
+                self.threads.append(self._start_thread())
+
+    def _start_thread(self) -> threading.Thread:
+        global _counter
+        _counter += 1
+        thread = threading.Thread(target=self._work, name=f"dynapipeline-thread-{_counter}", daemon=True)
+        thread.start()
+        return thread
+
+    def _retire(self) -> bool:
+        """This thread did its ``max_tasks`` jobs: a new thread takes its place (False when shut down)."""
+        with self._lock:
+            if self.closed:
+                return False
+            me = threading.current_thread()
+            self.threads = [self._start_thread() if t is me else t for t in self.threads]
+        return True
 
     def _work(self) -> None:
         _on_thread.pool = self
         loop = None
+        tasks = 0
         try:
             while True:
                 job = self._queue.get()
                 if job is None:
                     break
                 loop = self._run(job, loop)
+                tasks += job.started > 0.0  # it ran (a job cancelled before it started did not)
+                if self.max_tasks is not None and tasks >= self.max_tasks and self._retire():
+                    self._idle.release()  # for its replacement, idle from the start
+                    break
                 self._idle.release()
         finally:
             if loop is not None:
@@ -248,14 +275,16 @@ class ThreadPool:
 
     def _begin_shutdown(self) -> list[threading.Thread]:
         """Cancel running coroutines and ask idle threads to exit; the threads worth waiting for."""
-        if self.closed:
-            return []
-        self.closed = True
+        with self._lock:
+            if self.closed:
+                return []
+            self.closed = True
+            threads = list(self.threads)
         for job in list(self._running):
             job.cancel()
-        for _ in self.threads:
+        for _ in threads:
             self._queue.put(None)
-        return [t for t in self.threads if t.ident not in self._busy_sync]
+        return [t for t in threads if t.ident not in self._busy_sync]
 
     def shutdown(self) -> None:
         """Cancel running coroutines, let idle threads exit (joined up to 1 s), abandon threads stuck in a call."""
@@ -300,14 +329,25 @@ class MultithreadExecutionStrategy(OffLoopStrategy):
     """Runs each component in a worker thread (``async def`` on the thread's own reused loop).
 
     ``max_workers``: threads in the pool (default ``min(32, cpu_count + 4)``).
+    ``max_tasks_per_worker``: a thread (and its event loop) is replaced after
+    this many jobs (default None: never). ``max_memory_per_worker`` is refused
+    (memory is per process: use ``MultiprocessExecutionStrategy``).
     ``return_exceptions=True``: a member's ``Exception`` (its ``StageTimeoutError``
     included) is returned in its place and the others run to completion; its
     handlers' ``on_error`` have run in the worker thread.
     See the module docstring for pool lifetime, cancellation and timeouts.
     """
 
-    def __init__(self, max_workers: int | None = None, *, return_exceptions: bool = False) -> None:
+    def __init__(self, max_workers: int | None = None, *, return_exceptions: bool = False,
+                 max_tasks_per_worker: int | None = None, max_memory_per_worker: Any = None) -> None:
         self.max_workers = check_max_workers("MultithreadExecutionStrategy", max_workers)
+        self.max_tasks_per_worker: int | None = check_int(
+            "MultithreadExecutionStrategy", "max_tasks_per_worker", max_tasks_per_worker, least=1, optional=True)
+        if max_memory_per_worker is not None:
+            raise ConfigurationError(
+                "MultithreadExecutionStrategy: field 'max_memory_per_worker' is not supported on threads (memory "
+                "is per process, shared by every thread): use MultiprocessExecutionStrategy(max_memory_per_worker="
+                f"...), got {max_memory_per_worker!r}")
         super().__init__(return_exceptions=return_exceptions)
         self._held: ThreadPool | None = None  # inside `async with`
         self._run_pools: dict[int, tuple[Any, ThreadPool]] = {}
@@ -327,11 +367,11 @@ class MultithreadExecutionStrategy(OffLoopStrategy):
         if mine is not None and nested:
             # Nested use of this same instance from one of its pool's threads: that pool may be
             # full of dispatches waiting for this one, so the nested dispatch gets its own pool.
-            return ThreadPool(self.workers, _loop_factory(loop)), True
+            return ThreadPool(self.workers, _loop_factory(loop), self.max_tasks_per_worker), True
         if self.held:
             with self._lock:
                 if self._held is None or self._held.closed:
-                    self._held = ThreadPool(self.workers, _loop_factory(loop))
+                    self._held = ThreadPool(self.workers, _loop_factory(loop), self.max_tasks_per_worker)
                 return self._held, False
         control = current_control.get()
         if control is not None:
@@ -339,12 +379,12 @@ class MultithreadExecutionStrategy(OffLoopStrategy):
             with self._lock:
                 entry = self._run_pools.get(key)
                 if entry is None or entry[1].closed:
-                    pool = ThreadPool(self.workers, _loop_factory(loop))
+                    pool = ThreadPool(self.workers, _loop_factory(loop), self.max_tasks_per_worker)
                     self._run_pools[key] = (control, pool)
                     self.end_with_run(lambda: self._end_run(key))
                     return pool, False
                 return entry[1], False
-        return ThreadPool(self.workers, _loop_factory(loop)), True
+        return ThreadPool(self.workers, _loop_factory(loop), self.max_tasks_per_worker), True
 
     async def _end_run(self, key: int) -> None:
         with self._lock:
@@ -394,8 +434,11 @@ class MultithreadExecutionStrategy(OffLoopStrategy):
             await held.ashutdown()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (rebuild_strategy, (type(self), (self.max_workers,), {"return_exceptions": self.return_exceptions}))
+        return (rebuild_strategy, (type(self), (self.max_workers,), {
+            "return_exceptions": self.return_exceptions, "max_tasks_per_worker": self.max_tasks_per_worker}))
 
     def __repr__(self) -> str:
         extra = ", return_exceptions=True" if self.return_exceptions else ""
+        if self.max_tasks_per_worker is not None:
+            extra += f", max_tasks_per_worker={self.max_tasks_per_worker}"
         return f"MultithreadExecutionStrategy(max_workers={self.max_workers}{extra})"

@@ -9,6 +9,7 @@ worker process's pipe (``multiprocessing.connection``)::
     worker -> parent   pickle(Reply)                  its outcome
     parent -> worker   pickle(MapCall)                a chunk of a stream step's items for its stage
     worker -> parent   pickle(MapReply)               the chunk's end: its results (each item's outcome is in the log)
+                                                      (a reply with ``retiring``: the worker exits right after it)
     parent -> worker   STOP                           exit when idle
     either way         SEGMENTS + pickle(Segments),   the sender's new shared-memory segments, then their fds
                        then the fds (SCM_RIGHTS)      (before the first message whose blocks are in them)
@@ -40,7 +41,7 @@ from dynapipeline._transports._remote.buffers import Block
 
 __all__ = ["IDLE", "LOG_DATA", "LOG_HEAD", "LOG_SIZE", "LOG_SLOTS", "LOG_TABLE", "MAX_KEPT_STAGES", "READY",
            "SEGMENTS", "SENT", "STOP", "TAKEN", "Call", "Clock", "Failure", "LoggedItem", "MapCall", "MapReply",
-           "Reply", "RunStats", "Segments", "Timing", "Trace"]
+           "Recycling", "Reply", "RunStats", "Segments", "Timing", "Trace"]
 
 READY = b"R"
 STOP = b""
@@ -146,6 +147,7 @@ class Reply(NamedTuple):
     clock: Clock | None = None  # None when nothing ran
     trace: Trace | None = None
     released: tuple[Block, ...] = ()  # the parent's blocks this worker is done with
+    retiring: bool = False  # the worker reached its limits (``Recycling``): it exits after this reply
 
 
 class MapCall(NamedTuple):
@@ -180,6 +182,14 @@ class MapReply(NamedTuple):
     thread: int  # native id of the thread that ran the items (the tracer's track)
     unloadable: Failure | None = None  # the error rebuilding the stage or the items, if any
     released: tuple[Block, ...] = ()  # as in ``Reply``
+    retiring: bool = False  # as in ``Reply`` (``ran`` may then be fewer than sent: the parent sends the rest again)
+
+
+class Recycling(NamedTuple):
+    """Parent to worker, at its start: when it retires (``process.recycling``); None: no such limit."""
+
+    max_tasks: int | None  # stage runs (a chunk's items count one each) before it retires
+    max_memory: int | None  # bytes of resident memory (RSS) above which it retires after the current item
 
 
 class Segments(NamedTuple):

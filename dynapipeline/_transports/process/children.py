@@ -16,6 +16,10 @@ __all__ = ["LIVE_POOLS", "close_quietly", "default_start_method", "start_context
 logger = logging.getLogger("dynapipeline")
 
 _WORKER_MODULE = worker.__name__
+# Also preloaded: what a main script imports from us. A worker re-runs the main script (multiprocessing does, for
+# its functions and classes), and the fork server does not preload it (its "__main__" preload is lost on the way,
+# in CPython up to 3.12 at least): with these cached, that re-run costs ~70 ms less per worker start or replacement.
+_PUBLIC_MODULES = ["dynapipeline", "dynapipeline.execution"]
 
 
 class _Closable(Protocol):
@@ -41,8 +45,9 @@ def start_context(method: str) -> Any:
         from multiprocessing import forkserver
 
         preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-        if _WORKER_MODULE not in preload:
-            ctx.set_forkserver_preload(preload + [_WORKER_MODULE])
+        missing = [name for name in [_WORKER_MODULE, *_PUBLIC_MODULES] if name not in preload]
+        if missing:
+            ctx.set_forkserver_preload(preload + missing)
     return ctx
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dynapipeline._transports._remote.buffers import Block
-from dynapipeline._transports._remote.messages import Call, MapCall, MapReply, Reply
+from dynapipeline._transports._remote.messages import LOG_HEAD, MAX_KEPT_STAGES, Call, MapCall, MapReply, Reply
+from dynapipeline._transports._remote.pickling import REGISTRY
 
 __all__ = ["Closed", "Crashed", "Outcome", "PoolJob", "Replied", "TimedOut", "Worker"]
 
@@ -112,7 +113,7 @@ class Worker:
     """One worker process, its pipe, and what it is doing."""
 
     __slots__ = ("proc", "conn", "fd", "current", "drain", "log", "pid", "ready", "job", "known", "stages", "timer",
-                 "loop", "segments", "holding", "_sock")
+                 "loop", "segments", "holding", "tasks", "_sock")
 
     def __init__(self, proc: Any, conn: Any, current: Any, drain: Any, log: Any = None) -> None:
         self.proc = proc
@@ -130,7 +131,24 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.segments: set[int] = set()  # the pool's shared-memory segments this worker has (their fds were sent)
         self.holding: set[Block] = set()  # the pool's blocks sent to it and not released yet
+        self.tasks = 0  # stage runs its replies reported (counted when the pool recycles workers)
         self._sock: socket.socket | None = None
+
+    def news_for(self, job: PoolJob) -> tuple[list[tuple[int, bytes]], bool]:
+        """The classes this worker lacks for ``job`` and whether it lacks its stage; recorded as sent from here on."""
+        blobs = REGISTRY.blobs_for(job.cids, self.known) if job.cids else []
+        self.known.update(cid for cid, _ in blobs)
+        stage_id = job.stage_id
+        if not stage_id:
+            return blobs, False
+        if self.log is not None:
+            LOG_HEAD.pack_into(memoryview(self.log).cast("B"), 0, 0, 0)  # the items of a chunk before are gone
+        if stage_id in self.stages:
+            return blobs, False
+        self.stages[stage_id] = None
+        if len(self.stages) > MAX_KEPT_STAGES:
+            del self.stages[next(iter(self.stages))]  # the worker drops the same one
+        return blobs, True
 
     @property
     def sock(self) -> socket.socket:

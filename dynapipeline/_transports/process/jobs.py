@@ -42,13 +42,15 @@ from dynapipeline._transports._remote.messages import (
     Reply,
     Trace,
 )
+from dynapipeline._transports._remote.pickling import pack_batch
+from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports._remote.replies import apply_timings, report_reply, take_values
 from dynapipeline._transports.offloop import Results, merge_wait_ship
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut, Worker
 from dynapipeline._transports.process.shm import MAPPED
 from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
-__all__ = ["Dispatch", "Job", "MapJob", "Split", "collect", "report_jobs", "watch_drain"]
+__all__ = ["Dispatch", "Job", "MapJob", "Split", "collect", "report_jobs", "singles_of", "watch_drain"]
 
 _DRAIN_POLL = 0.02  # seconds between checks for a drain while groups run in workers
 
@@ -88,6 +90,21 @@ class Job:
         if not self.done:
             self.done = True
             self.dispatch.on_job(self, outcome)
+
+
+def singles_of(job: Job, threshold: int | None, arena: Any) -> list[Job]:
+    """One job per component of ``job`` (a batch a worker could not rebuild: find which component cannot be)."""
+    dispatch = job.dispatch
+    singles = []
+    for index, runner in zip(job.indices, job.runners, strict=True):
+        packed_from = time.perf_counter()
+        packed, cids = pack_batch([runner.owner], dispatch.args, dispatch.kwargs, threshold, arena)
+        single = Job(dispatch, [index], [runner], packed.data, cids, deadline(runner.owner), job.control)
+        single.blocks = list(packed.blocks)
+        single.packed = (packed_from, time.perf_counter())
+        single.sink = job.sink
+        singles.append(single)
+    return singles
 
 
 class MapJob:

@@ -15,8 +15,9 @@ Invariants:
 - The pool records what each worker has received (classes, stream stages, the
   item log's reset): a job only builds its message from it.
 - Workers are started lazily (the first start runs in a thread, since a cold
-  fork server takes ~0.5 s), replaced when they die or are killed, and stopped
-  by ``close()``, which fails every job left with ``Closed``.
+  fork server takes ~0.5 s), replaced when they die, are killed or retire
+  (``recycling``: a reply says so; the worker then gets nothing more), and
+  stopped by ``close()``, which fails every job left with ``Closed``.
 
 See docs/threads-and-processes.md.
 """
@@ -34,20 +35,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from dynapipeline._transports._remote.messages import (
-    LOG_HEAD,
     LOG_SIZE,
-    MAX_KEPT_STAGES,
     SEGMENTS,
     SENT,
     STOP,
+    MapReply,
+    Recycling,
     Reply,
 )
-from dynapipeline._transports._remote.pickling import REGISTRY, pack_batch
-from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports.process import worker
 from dynapipeline._transports.process.children import LIVE_POOLS, close_quietly, start_context, stop_process
 from dynapipeline._transports.process.handle import Closed, Crashed, PoolJob, Replied, TimedOut, Worker
-from dynapipeline._transports.process.jobs import Job
+from dynapipeline._transports.process.jobs import Job, singles_of
+from dynapipeline._transports.process.recycling import fits
 from dynapipeline._transports.process.shm import MAPPED, LocalArena, segment_fds, send_segments, take_segments
 
 __all__ = ["ProcessPool"]
@@ -59,8 +59,11 @@ logger = logging.getLogger("dynapipeline")
 class ProcessPool:
     """A warm pool of worker processes served by one event loop at a time."""
 
-    def __init__(self, max_workers: int, start_method: str, threshold: int | None = None) -> None:
+    def __init__(self, max_workers: int, start_method: str, threshold: int | None = None,
+                 recycling: Recycling | None = None) -> None:
         self.max_workers = max_workers
+        self.recycling = recycling  # when workers retire (None: never)
+        self.retiring: list[Worker] = []  # retired, not exited yet: watched until their pipe ends
         self.start_method = start_method
         self.threshold = threshold  # buffers of this many bytes or more travel in shared memory (None: never)
         self.arena = LocalArena()  # what this pool sends to its workers (no segment until a large buffer)
@@ -87,7 +90,7 @@ class ProcessPool:
         if self.loop is loop:
             return
         self.loop = loop
-        for w in self.workers:
+        for w in self.workers + self.retiring:
             self._watch(w)
         self.fill()
 
@@ -143,7 +146,8 @@ class ProcessPool:
         log = ctx.RawArray("B", LOG_SIZE)
         self._counter += 1
         proc = ctx.Process(target=worker.main, args=(child_conn, current, drain, log, self.threshold), daemon=True,
-                           name=f"dynapipeline-worker-{self._counter}")
+                           name=f"dynapipeline-worker-{self._counter}",
+                           kwargs={"recycling": self.recycling} if self.recycling is not None else {})
         proc.start()
         child_conn.close()
         return Worker(proc, parent_conn, current, drain, log)
@@ -219,8 +223,9 @@ class ProcessPool:
             self.closed = True
             started, self.started = self.started, []
         LIVE_POOLS.discard(self)
-        workers = list(self.workers) + started
+        workers = list(self.workers) + started + self.retiring
         self.workers.clear()
+        self.retiring.clear()
         jobs = [w.job for w in workers if w.job is not None]
         queued = list(self.queue)
         self.queue.clear()
@@ -273,18 +278,21 @@ class ProcessPool:
         queue = self.queue
         if not queue:
             return
-        for w in self.workers:
+        for w in list(self.workers):
             if w.ready and w.job is None:
                 while queue and queue[0].done:
                     queue.popleft()
                 if not queue:
                     return
+                if self.recycling is not None and not fits(self.recycling, w, queue[0]):
+                    self._retire(w, stop=True)  # the batch would take it past its limit: a fresh worker runs it
+                    continue
                 self._send(w, queue.popleft())
 
     def _send(self, w: Worker, job: PoolJob) -> None:
         assert self.loop is not None
         job.sent_at = time.perf_counter()
-        message = job.message(*self._news_for(w, job))
+        message = job.message(*w.news_for(job))
         released = MAPPED.released(w.pid)
         if released:
             message = message._replace(released=tuple(released))
@@ -308,23 +316,6 @@ class ProcessPool:
             return
         if job.deadline is not None:
             w.timer = self.loop.call_later(job.deadline, self._on_deadline, w, job)
-
-    @staticmethod
-    def _news_for(w: Worker, job: PoolJob) -> tuple[list[tuple[int, bytes]], bool]:
-        """The classes ``w`` lacks for ``job`` and whether it lacks its stage; recorded as sent from here on."""
-        blobs = REGISTRY.blobs_for(job.cids, w.known) if job.cids else []
-        w.known.update(cid for cid, _ in blobs)
-        stage_id = job.stage_id
-        if not stage_id:
-            return blobs, False
-        if w.log is not None:
-            LOG_HEAD.pack_into(memoryview(w.log).cast("B"), 0, 0, 0)  # the items of a chunk before are gone
-        if stage_id in w.stages:
-            return blobs, False
-        w.stages[stage_id] = None
-        if len(w.stages) > MAX_KEPT_STAGES:
-            del w.stages[next(iter(w.stages))]  # the worker drops the same one
-        return blobs, True
 
     @property
     def idle(self) -> bool:
@@ -354,18 +345,9 @@ class ProcessPool:
 
     def split(self, job: Job) -> None:
         """Replace a job whose batch a worker could not rebuild by one job per component, at the queue's head."""
-        dispatch = job.dispatch
         job.done = True
-        singles = []
-        for index, runner in zip(job.indices, job.runners, strict=True):
-            packed_from = time.perf_counter()
-            packed, cids = pack_batch([runner.owner], dispatch.args, dispatch.kwargs, self.threshold, self.arena)
-            single = Job(dispatch, [index], [runner], packed.data, cids, deadline(runner.owner), job.control)
-            single.blocks = list(packed.blocks)
-            single.packed = (packed_from, time.perf_counter())
-            single.sink = job.sink
-            singles.append(single)
-        dispatch.pending += len(singles) - 1
+        singles = singles_of(job, self.threshold, self.arena)
+        job.dispatch.pending += len(singles) - 1
         self.queue.extendleft(reversed(singles))
 
     # -- events from the loop ----------------------------------------------------------------------
@@ -394,6 +376,10 @@ class ProcessPool:
         if reply.released:
             self.arena.free(reply.released)
             w.holding.difference_update(reply.released)
+        if self.recycling is not None:
+            w.tasks += reply.ran if type(reply) is MapReply else len(reply.timings)
+            if reply.retiring:
+                self._retire(w, stop=False)
         if job is not None and not job.done:
             if type(reply) is Reply and reply.unloadable and isinstance(job, Job) and len(job.indices) > 1:
                 self.split(job)  # nothing ran: find the component that cannot be rebuilt, run the others
@@ -401,7 +387,23 @@ class ProcessPool:
                 job.finish(Replied(reply, w.pid, received, time.perf_counter()))
         self._pump()
 
+    def _retire(self, w: Worker, stop: bool) -> None:
+        """``w`` gets nothing more (``recycling``); it exits (told to when ``stop``) and a new worker replaces it."""
+        if w in self.workers:
+            self.workers.remove(w)
+            self.retiring.append(w)  # until its pipe ends (``_on_death``)
+            if stop:
+                try:
+                    w.conn.send_bytes(STOP)
+                except OSError as error:  # it died meanwhile: its pipe's end comes next
+                    logger.debug("worker pid %s: asking it to stop: %r", w.pid, error)
+            self.fill()
+
     def _on_death(self, w: Worker) -> None:
+        if w in self.retiring:  # a retired worker exited, as it said it would: not a crash
+            self.retiring.remove(w)
+            self._drop(w, kill=False)  # the blocks it still held are free now
+            return
         job = w.job
         was_ready = w.ready
         position = w.current.value

@@ -80,6 +80,11 @@ How it works:
   C call holding the GIL: the kernel's parent-death signal ties each worker to
   the fork server, which exits with the parent. With ``spawn`` and on macOS a
   watcher thread in the worker does it, which waits while a stage holds the GIL.
+- **Recycling** (``max_tasks_per_worker``, ``max_memory_per_worker``): a worker
+  retires after that many stage runs (a stream step's items count one each), or
+  after the item during which its RSS passed the limit; it says so in its reply,
+  exits, and a fresh worker takes its place. No item fails or runs twice because
+  of it (see ``recycling``).
 - **What outlives ``close()``**: multiprocessing's fork server and resource
   tracker (one each per parent process, shared by every pool) stay until the
   parent process exits; they then exit on their own.
@@ -101,9 +106,10 @@ import time
 from typing import Any
 
 from dynapipeline._engine import current_control, current_trace, tracing
-from dynapipeline._model.checks import check_int, check_max_workers
+from dynapipeline._model.checks import check_bytes, check_int, check_max_workers
 from dynapipeline._model.group import Container
 from dynapipeline._model.strategy import ItemRunner
+from dynapipeline._transports._remote.messages import Recycling
 from dynapipeline._transports._remote.pickling import pack_batch
 from dynapipeline._transports._remote.planning import deadline, plan_batches, plan_singles
 from dynapipeline._transports.offloop import OffLoopStrategy
@@ -111,6 +117,7 @@ from dynapipeline._transports.process.children import default_start_method
 from dynapipeline._transports.process.items import ProcessItems
 from dynapipeline._transports.process.jobs import Dispatch, Job, report_jobs, watch_drain
 from dynapipeline._transports.process.pool import ProcessPool
+from dynapipeline._transports.process.recycling import cap_batches
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["MultiprocessExecutionStrategy"]
@@ -132,16 +139,26 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
     never). See docs/threads-and-processes.md for what the receiving side gets.
     ``return_exceptions=True``: a member's ``Exception`` (its ``StageTimeoutError``
     or ``WorkerCrashedError`` included) is returned in its place and the others
-    run to completion; members then travel one per message. See the module
-    docstring for batching, errors, timeouts, crashes and shutdown.
+    run to completion; members then travel one per message.
+    ``max_tasks_per_worker``: a worker is replaced after this many stage runs
+    (a stream step's items count one each; default None: never).
+    ``max_memory_per_worker``: bytes (an int, or ``"300MB"``, ``"1.5GB"``,
+    ``"512MiB"``): a worker whose RSS is above it after an item is replaced
+    (default None: never checked). See the module docstring for batching,
+    errors, timeouts, crashes, recycling and shutdown.
     """
 
     ships_members = True
 
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None,
                  return_exceptions: bool = False,
-                 shared_memory_threshold: int | None = SHARED_MEMORY_THRESHOLD) -> None:
+                 shared_memory_threshold: int | None = SHARED_MEMORY_THRESHOLD,
+                 max_tasks_per_worker: int | None = None, max_memory_per_worker: int | str | None = None) -> None:
         self.max_workers = check_max_workers("MultiprocessExecutionStrategy", max_workers)
+        self.max_tasks_per_worker: int | None = check_int(
+            "MultiprocessExecutionStrategy", "max_tasks_per_worker", max_tasks_per_worker, least=1, optional=True)
+        self.max_memory_per_worker: int | None = check_bytes(
+            "MultiprocessExecutionStrategy", "max_memory_per_worker", max_memory_per_worker, optional=True)
         self.shared_memory_threshold: int | None = check_int(
             "MultiprocessExecutionStrategy", "shared_memory_threshold", shared_memory_threshold, least=1,
             optional=True)
@@ -210,7 +227,7 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
             pool = self._pool = self._new_pool()  # not started yet: its shared memory takes the large buffers
         # Everything is pickled (and checked) before a worker is started or anything is sent.
         try:
-            for indices in self._plan(runners, self.workers):
+            for indices in cap_batches(self._plan(runners, self.workers), self.max_tasks_per_worker):
                 members = [runners[i] for i in indices]
                 packed_from = time.perf_counter()
                 packed, cids = pack_batch([r.owner for r in members], args, kwargs, pool.threshold, pool.arena)
@@ -248,7 +265,10 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
         return dispatch.values
 
     def _new_pool(self) -> ProcessPool:
-        return ProcessPool(self.workers, self.start_method, self.shared_memory_threshold)
+        recycling = None
+        if self.max_tasks_per_worker is not None or self.max_memory_per_worker is not None:
+            recycling = Recycling(max_tasks=self.max_tasks_per_worker, max_memory=self.max_memory_per_worker)
+        return ProcessPool(self.workers, self.start_method, self.shared_memory_threshold, recycling)
 
     def close(self) -> None:
         """Stop the pool's workers (idle ones exit, busy ones are terminated)."""
@@ -277,5 +297,9 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
         extra = ", return_exceptions=True" if self.return_exceptions else ""
         if self.shared_memory_threshold != SHARED_MEMORY_THRESHOLD:
             extra += f", shared_memory_threshold={self.shared_memory_threshold}"
+        if self.max_tasks_per_worker is not None:
+            extra += f", max_tasks_per_worker={self.max_tasks_per_worker}"
+        if self.max_memory_per_worker is not None:
+            extra += f", max_memory_per_worker={self.max_memory_per_worker}"
         return (f"MultiprocessExecutionStrategy(max_workers={self.max_workers}, "
                 f"start_method={self.start_method!r}{extra})")

@@ -11,7 +11,8 @@ Invariants:
   (``TAKEN`` once it has read a message, then the position it runs), so the
   parent knows what a dead worker held.
 - Nothing a stage does ends the loop: errors travel in the reply. Only ``STOP``,
-  a closed pipe or the parent's death do (``_die_with_parent``).
+  a closed pipe, the parent's death (``_die_with_parent``) or the worker's own
+  limits do (``recycling.Budget``: it says so in its last reply, then exits).
 - Each item of a chunk is in the item log (``_remote.messages``) as soon as it
   has run, before the next one starts.
 - A plain Python module on purpose (never the compiled engine), preloaded by the
@@ -65,9 +66,11 @@ from dynapipeline._transports._remote.messages import (
     LoggedItem,
     MapCall,
     MapReply,
+    Recycling,
     Reply,
 )
 from dynapipeline._transports.calling import needs_loop, plain_call, run_component
+from dynapipeline._transports.process.recycling import Budget
 from dynapipeline._transports.process.shm import MAPPED, LocalArena, send_segments, take_segments
 
 __all__ = ["main", "run_map", "run_message", "teardown_all"]
@@ -78,11 +81,13 @@ _Large = buffers.Large  # an item log row (_remote.messages); native doubles, as
 logger = logging.getLogger("dynapipeline")
 
 
-def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold: int | None = None) -> None:
+def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold: int | None = None, *,
+         recycling: Recycling | None = None) -> None:
     """The worker's loop: signal ready, then run messages until told to stop or the parent goes away.
 
     ``log``: the shared item log that stream steps' chunks write to (``_remote.messages``).
     ``threshold``: results' buffers of this many bytes or more go to this worker's shared memory.
+    ``recycling``: the limits after which this worker retires (``recycling.Budget``), or None.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
@@ -90,6 +95,7 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold:
     parent: int = (parent_process.pid if parent_process is not None else None) or os.getppid()  # the pool's
     arena = LocalArena() if threshold is not None else None
     state: dict[str, Any] = {"log": log, "threshold": threshold, "arena": arena, "attach": MAPPED.attach}
+    budget = state["budget"] = Budget(recycling) if recycling is not None else None
     announced: set[int] = set()  # this worker's segments the parent has
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     conn.send_bytes(READY)
@@ -110,12 +116,18 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold:
         released = MAPPED.released(parent)
         if released:
             reply = reply._replace(released=tuple(released))
+        retiring = budget is not None and budget.spent(reply)
+        if retiring:
+            reply = reply._replace(retiring=True)
         data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
         if arena is not None and len(arena.segments) > len(announced):
             fds = [(serial, segment.fd) for serial, segment in arena.segments.items() if serial not in announced]
             announced.update(serial for serial, _ in fds)
             send_segments(conn, sock, arena.pid, fds)
         conn.send_bytes(data)
+        if retiring:
+            teardown_all(state)  # a recycled worker exits cleanly: after its last reply, so nobody waits for it
+            break  # the parent sends nothing more after that reply, and starts a replacement
     loop = state.get("loop")
     if loop is not None:
         loop.close()
@@ -221,12 +233,16 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
         return MapReply(ran=0, values=b"", last=None, clock=None, thread=0,
                         unloadable=failure_of(error, traceback.format_exc()))
     log = _ItemLog(state.get("log"), stage.name, state)
+    budget: Budget | None = state.get("budget")
+    stop = None
+    if budget is not None:  # a recycled worker runs what its budget allows: the parent sends the rest again
+        items, stop = budget.items(items), budget.stop
     rebuilt = time.perf_counter()
     plain = plain_call(stage)
     if plain is not None:
-        ran = log.run_plain(current, plain, items)
+        ran = log.run_plain(current, plain, items, stop)
     else:
-        ran = log.run_stage(current, stage, items, state)
+        ran = log.run_stage(current, stage, items, state, stop)
     current.value = IDLE
     del items
     values = b""  # when results are in shared memory, or need cloudpickle: the item log's pickles serve
@@ -260,8 +276,11 @@ class _ItemLog:
         self.committed.value = 0
         self.failures.value = 0
 
-    def run_plain(self, current: Any, plain: Any, items: list[Any]) -> int:
-        """Call ``plain`` on each item (a plain ``def`` stage: no runner needed); how many ran."""
+    def run_plain(self, current: Any, plain: Any, items: list[Any], stop: Any = None) -> int:
+        """Call ``plain`` on each item (a plain ``def`` stage: no runner needed); how many ran.
+
+        ``stop``: asked before each item but the first; True ends the chunk there (``recycling.Budget``).
+        """
         clock = time.perf_counter  # the engine's clock
         dumps = pickle.dumps
         protocol = pickle.HIGHEST_PROTOCOL
@@ -275,6 +294,8 @@ class _ItemLog:
         threshold = self.threshold
         probe = None if threshold is None else buffers.probe(threshold)
         for item in items:
+            if stop is not None and count and stop():
+                break
             current.value = count
             t0 = clock()
             try:
@@ -315,12 +336,14 @@ class _ItemLog:
         self.count, self.used = count, used
         return count
 
-    def run_stage(self, current: Any, stage: Any, items: list[Any], state: dict[str, Any]) -> int:
-        """Run each item through the stage's runner (handlers, timeout, retries); how many ran."""
+    def run_stage(self, current: Any, stage: Any, items: list[Any], state: dict[str, Any], stop: Any = None) -> int:
+        """Run each item through the stage's runner (handlers, timeout, retries); how many ran (``stop``: as above)."""
         loop = loop_of(state) if needs_loop(stage) else None
         runner = stage.__pydantic_private__["_runner"]
         no_kwargs: dict[str, Any] = {}
         for position, item in enumerate(items):
+            if stop is not None and position and stop():
+                return position
             current.value = position
             try:
                 value = run_component(stage, (item,), no_kwargs, loop)
