@@ -269,6 +269,21 @@ async def test_a_crashed_worker_never_tears_down_and_its_replacement_sets_up_aga
     assert {o[1] for o in out} - dead <= live  # the replacement ran items after setting up
 
 
+async def test_a_recycled_worker_tears_down_and_its_replacement_sets_up_again(log):
+    strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=10)
+    stream = Stream(name="s", steps=[Step(Model(name="m", log=str(log)), strategy)])
+    try:
+        out = await stream.run(range(100))
+        assert [o[0] for o in out] == list(range(100))
+        live = set(strategy.worker_pids())
+    finally:
+        await strategy.aclose()
+    setups, teardowns = count(log, "setup"), count(log, "teardown")
+    assert len(setups) >= 10  # 100 items, at most 10 per worker
+    assert setups == teardowns == {pid: 1 for pid in setups}  # retired workers included: a recycled exit is clean
+    assert {o[1] for o in out} <= set(setups) and live <= set(setups) | live
+
+
 async def test_group_stages_on_processes_set_up_once_per_worker_across_batches_and_runs(log):
     strategy = MultiprocessExecutionStrategy(2)
     stages = [Model(name="a", log=str(log)), Model(name="b", log=str(log))]

@@ -18,8 +18,8 @@ from typing import Any
 
 from dynapipeline.errors import ConfigurationError
 
-__all__ = ["as_float", "check_bytes", "check_flag", "check_int", "check_max_workers", "check_rate", "check_seconds", "is_int",
-           "kind_of"]
+__all__ = ["as_float", "check_bytes", "check_flag", "check_int", "check_max_workers", "check_rate", "check_seconds",
+           "is_int", "kind_of"]
 
 
 def kind_of(value: object) -> str:
