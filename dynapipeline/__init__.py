@@ -15,7 +15,8 @@ from dynapipeline._model.group import StageGroup
 from dynapipeline._model.handlers import Handler
 from dynapipeline._model.pipeline import AdvancedPipeline, Pipeline, SimplePipeline
 from dynapipeline._model.report import ComponentReport, Report, SlowRun
-from dynapipeline._model.stream import ItemError, Step, StepProgress, Stream
+from dynapipeline._model.step import Step
+from dynapipeline._model.stream import ItemError, StepProgress, Stream
 from dynapipeline._observe.progress import Progress
 from dynapipeline._observe.tracer import Tracer
 

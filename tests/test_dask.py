@@ -22,7 +22,8 @@ from distributed import Client
 from helpers import Batch, Double, ItemNap, Pid, group, healed, pipeline
 
 from dynapipeline import Stage
-from dynapipeline._model.stream import Step, Stream
+from dynapipeline._model.step import Step
+from dynapipeline._model.stream import Stream
 from dynapipeline.errors import (
     ClusterError,
     ConfigurationError,
@@ -161,7 +162,7 @@ def test_a_bare_run_on_a_strategy_that_owns_its_cluster_exits_without_warnings(t
     script.write_text(
         "import asyncio\n"
         "from dynapipeline import Stage\n"
-        "from dynapipeline._model.stream import Step, Stream\n"
+        "from dynapipeline import Step, Stream\n"
         "from dynapipeline.execution import DaskExecutionStrategy\n\n\n"
         "class Inc(Stage):\n"
         "    def execute(self, x: int) -> int:\n"

@@ -87,12 +87,15 @@ EXPECTED = {
         r"StepProgress\(received=1000, done=999, failed=1, in_flight=0, queued=0, cancelled=0\)",
     ],
     ("docs/streams.md", 2): [re.escape("['A B C', 'D E']")],
-    ("docs/streams.md", 3): [
+    ("docs/streams.md", 3): [re.escape("[10, 1, 10, 1]"),
+                             re.escape("['parse', 'double', 'ratio', 'digits', 'pow', 'lambda']"),
+                             re.escape("[(1, 'ratio')]")],
+    ("docs/streams.md", 4): [
         re.escape("[1.0, ZeroDivisionError('division by zero'), 0.25]"),
         re.escape("[\"in stream 'inv', step 'invert', item 1\"]"),
     ],
-    ("docs/streams.md", 4): [r"0"],
-    ("docs/streams.md", 5): [r"20 True", r"True"],
+    ("docs/streams.md", 5): [r"0"],
+    ("docs/streams.md", 6): [r"20 True", r"True"],
     ("docs/threads-and-processes.md", 1): [re.escape("['get 0', 'get 1'] [0, 1, 4, 9]"), "True"],
     ("docs/threads-and-processes.md", 2): [re.escape("[0, 1, 4, 9, 16] 50"), "True"],
     ("docs/threads-and-processes.md", 3): [re.escape("[1, 2, -1, -2]"), "True", re.escape("[True, False]")],

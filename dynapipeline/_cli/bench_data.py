@@ -45,7 +45,8 @@ from typing import Any
 
 from dynapipeline._loops import loop_factory
 from dynapipeline._model.component import Stage
-from dynapipeline._model.stream import Step, Stream
+from dynapipeline._model.step import Step
+from dynapipeline._model.stream import Stream
 from dynapipeline._table import format_table
 from dynapipeline._transports.process.children import default_start_method
 from dynapipeline._transports.process.strategy import MultiprocessExecutionStrategy

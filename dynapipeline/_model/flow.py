@@ -41,8 +41,9 @@ from typing import Any, Generic, TypeGuard, TypeVar, cast, overload
 from dynapipeline._model.checks import check_int
 from dynapipeline._model.component import Stage
 from dynapipeline._model.functions import FunctionStage, _kind_of, auto_name
+from dynapipeline._model.step import OnError, Step
 from dynapipeline._model.strategy import ExecutionStrategy
-from dynapipeline._model.stream import OnError, Step, Stream, StreamItems
+from dynapipeline._model.stream import Stream, StreamItems
 from dynapipeline.errors import ConfigurationError
 
 __all__ = ["Flow", "FlowItems", "flow"]

@@ -281,11 +281,21 @@ async def run_in_scope(coro: Any) -> Any:
     """Await ``coro`` in a new run scope, then tear down what it set up (however it ended)."""
     scope = Scope(threading.get_ident())
     token = current_scope.set(scope)
+    closed = False
     try:
         return await coro
+    except GeneratorExit:
+        # Closed before its end without a cancellation (by the garbage collector, maybe in another context):
+        # nothing may be awaited now, so its teardowns are skipped (best effort, as after a crash).
+        closed = True
+        raise
     finally:
-        current_scope.reset(token)
-        await scope.aclose()
+        try:
+            current_scope.reset(token)
+        except ValueError:  # closed from another context (see above): the run's own context is gone with it
+            logger.debug("a run's setup scope was closed from another context")
+        if not closed:
+            await scope.aclose()
 
 
 # -- the call target of a stage with setup ----------------------------------------------------------------------------

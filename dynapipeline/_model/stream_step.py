@@ -36,8 +36,9 @@ from dynapipeline._engine import current_item, current_trace, tracing, wait_thro
 from dynapipeline._model.component import Flat, runner_of
 from dynapipeline._model.pacing import PacedItems, paced, pacer
 from dynapipeline._model.queues import ChunkQueue, QueueShutDown
+from dynapipeline._model.step import Step
 from dynapipeline._model.strategy import ItemRunner, chunk_items
-from dynapipeline._model.stream import ItemError, Step
+from dynapipeline._model.stream import ItemError
 
 if TYPE_CHECKING:
     from dynapipeline._model.stream_run import Emit, Run
