@@ -457,3 +457,19 @@ def test_repr_shows_the_steps() -> None:
     assert text == "Flow(source=range(0, 10000), steps=['str', 'batch'], maxsize=1000, ordered=True, " \
                    "on_error='raise')"
     assert isinstance(flow([1]), Flow)
+
+
+async def test_a_flow_steps_rate_paces_its_starts_as_steps_rate_does() -> None:
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    def stamp(x: int) -> int:
+        starts.append(loop.time())
+        return x
+
+    f = flow(range(11)).map(stamp, rate=20).filter(lambda x: x % 2 == 0, rate=1000, burst=3)
+    assert await f.run() == [0, 2, 4, 6, 8, 10]
+    assert starts[-1] - starts[0] >= 0.45  # 10 intervals of 50 ms after the first start (a lower bound only)
+    assert f.to_stream()._steps[0].rate == 20 and f.to_stream()._steps[1].burst == 3
+    with pytest.raises(ConfigurationError, match="field 'rate'"):
+        flow([1]).map(stamp, rate=-1)

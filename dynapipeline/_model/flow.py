@@ -60,7 +60,8 @@ class Flow(Generic[T]):
     (or ``async for x in f``) yields them as they come; ``f.to_stream(name)`` is
     the ``Stream`` it runs, with the source and options kept. Each step's keyword
     options are ``Step``'s: ``on=`` (the execution strategy), ``name``, ``on_error``,
-    ``ordered``, ``timeout``, ``retries``, ``retry_delay``, ``retry_backoff``, ``setup``, ``teardown``.
+    ``ordered``, ``timeout``, ``retries``, ``retry_delay``, ``retry_backoff``, ``setup``, ``teardown``,
+    ``rate``, ``burst``.
     """
 
     __slots__ = ("_batch", "_maxsize", "_on_error", "_ordered", "_source", "_steps")
@@ -87,21 +88,23 @@ class Flow(Generic[T]):
     # -- building ----------------------------------------------------------------------------------
     @overload
     def map(self, fn: Stage, /, *, on: ExecutionStrategy | None = None, on_error: OnError | None = None,
-            ordered: bool | None = None) -> Flow[Any]: ...
+            ordered: bool | None = None, rate: float | None = None, burst: int | None = None) -> Flow[Any]: ...
 
     @overload
     def map(self, fn: Callable[[T], Awaitable[U]], /, *, on: ExecutionStrategy | None = None,
             name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
             timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
             retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+            teardown: Callable[[], Any] | None = None, rate: float | None = None,
+            burst: int | None = None) -> Flow[U]: ...
 
     @overload
     def map(self, fn: Callable[[T], U], /, *, on: ExecutionStrategy | None = None, name: str | None = None,
             on_error: OnError | None = None, ordered: bool | None = None, timeout: float | None = None,
             retries: int | None = None, retry_delay: float | None = None,
             retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-            teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+            teardown: Callable[[], Any] | None = None, rate: float | None = None,
+            burst: int | None = None) -> Flow[U]: ...
 
     def map(self, fn: Any, /, *, on: ExecutionStrategy | None = None, **options: Any) -> Flow[Any]:
         """Each item through ``fn``: its result (awaited for an ``async def``) flows on. A ``Stage`` runs as itself.
@@ -124,21 +127,24 @@ class Flow(Generic[T]):
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                  retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-                 teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+                 teardown: Callable[[], Any] | None = None, rate: float | None = None,
+                 burst: int | None = None) -> Flow[U]: ...
 
     @overload
     def flat_map(self, fn: Callable[[T], Awaitable[Iterable[U]]], /, *, on: ExecutionStrategy | None = None,
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                  retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-                 teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+                 teardown: Callable[[], Any] | None = None, rate: float | None = None,
+                 burst: int | None = None) -> Flow[U]: ...
 
     @overload
     def flat_map(self, fn: Callable[[T], Iterable[U]], /, *, on: ExecutionStrategy | None = None,
                  name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                  timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                  retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-                 teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+                 teardown: Callable[[], Any] | None = None, rate: float | None = None,
+                 burst: int | None = None) -> Flow[U]: ...
 
     def flat_map(self, fn: Any, /, *, on: ExecutionStrategy | None = None, **options: Any) -> Flow[Any]:
         """Each element of what ``fn`` returns flows on: a list or other iterable, a generator, an async iterable.
@@ -158,14 +164,16 @@ class Flow(Generic[T]):
                name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-               teardown: Callable[[], Any] | None = None) -> Flow[U]: ...
+               teardown: Callable[[], Any] | None = None, rate: float | None = None,
+               burst: int | None = None) -> Flow[U]: ...
 
     @overload
     def filter(self, pred: Callable[[T], object], /, *, on: ExecutionStrategy | None = None,
                name: str | None = None, on_error: OnError | None = None, ordered: bool | None = None,
                timeout: float | None = None, retries: int | None = None, retry_delay: float | None = None,
                retry_backoff: float | None = None, setup: Callable[[], Any] | None = None,
-               teardown: Callable[[], Any] | None = None) -> Flow[T]: ...
+               teardown: Callable[[], Any] | None = None, rate: float | None = None,
+               burst: int | None = None) -> Flow[T]: ...
 
     def filter(self, pred: Any, /, *, on: ExecutionStrategy | None = None, **options: Any) -> Flow[Any]:
         """Keep the items for which ``pred`` (a ``def`` or an ``async def``, then awaited) is truthy.
