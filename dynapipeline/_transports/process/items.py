@@ -121,7 +121,9 @@ class ProcessItems(ItemRunner):
 
     async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
         if self.pool is not None and self._large(values[0]):
-            self.width = self.strategy.workers  # a large item waiting for a worker would be one more copy here
+            # One item more than workers: its copy into shared memory overlaps their work (no worker waits for a
+            # copy), at the price of one item held in shared memory while it waits.
+            self.width = self.strategy.workers + 1
             if len(values) > 1:
                 # Large items travel one per chunk (their copy dominates, and a chunk goes to one worker): a
                 # first chunk, sized before any item was seen, is split across the workers now.
