@@ -127,7 +127,9 @@ def cluster() -> Any:
     from distributed import LocalCluster
 
     # allowed-failures=0: a task whose worker dies fails at once (KilledWorker) instead of running again.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    # Connect timeouts of 120 s (default 30 s): under the whole suite's load on 2 cores, starting the cluster
+    # or a client of it once timed out in a fixture's setup while the same test alone took seconds.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.comm.timeouts.connect": "120s"}):
         local = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
     me = psutil.Process()
     try:
@@ -155,6 +157,6 @@ async def client(cluster: Any) -> Any:
     from distributed import Client
     from helpers import healed
 
-    async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as c:
+    async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False, timeout=120) as c:
         await healed(cluster, c)
         yield c

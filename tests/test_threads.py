@@ -74,6 +74,19 @@ async def test_pool_lives_for_the_run_and_is_shut_down_after():
     wait_no_threads()
 
 
+class NameOfThread(Stage):
+    def execute(self) -> str:
+        return threading.current_thread().name  # names are never reused (thread idents are)
+
+
+async def test_a_cycle_run_outside_a_pipeline_keeps_one_pool_for_its_cycles():
+    strategy = MultithreadExecutionStrategy(2)
+    cycles = await LoopCycleStrategy(3).run(strategy, [NameOfThread(name="a"), NameOfThread(name="b")])
+    assert len(cycles) == 3
+    assert len({name for cycle in cycles for name in cycle}) <= 2  # not fresh threads per cycle
+    wait_no_threads()  # and shut down when that run ended
+
+
 async def test_first_error_propagates_and_cancels_siblings():
     cancelled = threading.Event()
 

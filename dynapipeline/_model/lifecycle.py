@@ -148,6 +148,9 @@ class Scope:
         self.entries: dict[Any, _Entry] = {}
         self.order: list[_Entry] = []  # set up, in order: torn down in reverse
         self.lock = threading.Lock()
+        # What ends with the scope before its teardowns (a thread pool held for the run): stop the
+        # workers first, then tear down what they used.
+        self.cleanups: list[Callable[[], Any]] = []
 
     def key_of(self, stage: Any) -> Any:
         if self.thread is None:
@@ -213,8 +216,20 @@ class Scope:
                 entry.restore(entry.instance)  # a group stage's copy may have been refreshed or slimmed since
         return torn
 
+    def add_cleanup(self, cleanup: Callable[[], Any]) -> None:
+        """Call ``cleanup`` (awaiting what it returns) when the scope closes, before the teardowns."""
+        self.cleanups.append(cleanup)
+
     async def aclose(self) -> None:
-        """Run the teardowns (awaiting async ones), last set up first; errors are logged."""
+        """Run the cleanups, then the teardowns (awaiting async ones), last set up first; errors are logged."""
+        cleanups, self.cleanups = self.cleanups, []
+        for cleanup in cleanups:
+            try:
+                result = cleanup()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.warning("cleanup at the end of a run failed", exc_info=True)
         for entry in self._teardowns():
             try:
                 result = entry.teardown()

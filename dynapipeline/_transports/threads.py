@@ -6,8 +6,8 @@
   execute`` is called directly, with no event loop in the thread.
 - Pool lifetime: inside ``async with strategy:`` the pool lives until the block
   exits; otherwise, during a pipeline run, it lives for that run and is shut
-  down when the run ends (however it ends); with neither, it lives for one
-  dispatch.
+  down when the run ends (however it ends); outside one, for the outermost run
+  (a stage's, group's or cycle strategy's ``run()``, one ``execute()`` call).
 - The first error cancels the siblings (like the concurrent strategy) and
   propagates; with ``return_exceptions=True`` a member's ``Exception`` (a
   ``StageTimeoutError`` at its deadline included) is returned in its place and
@@ -45,6 +45,7 @@ from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, t
 from dynapipeline._loops import loop_factory, loop_kind_of
 from dynapipeline._model.checks import check_int, check_max_workers
 from dynapipeline._model.component import Stage, runner_of
+from dynapipeline._model.lifecycle import current_scope
 from dynapipeline._model.strategy import ItemRunner, rebuild_strategy
 from dynapipeline._transports.calling import drive, needs_loop, note_place, time_limit
 from dynapipeline._transports.offloop import OffLoopStrategy, Results, merge_wait_ship
@@ -373,15 +374,20 @@ class MultithreadExecutionStrategy(OffLoopStrategy):
                 if self._held is None or self._held.closed:
                     self._held = ThreadPool(self.workers, _loop_factory(loop), self.max_tasks_per_worker)
                 return self._held, False
-        control = current_control.get()
-        if control is not None:
-            key = id(control)
+        # One pool per run (so stages set up once per thread, not on fresh threads at each dispatch).
+        run: Any = current_control.get()
+        scope = current_scope.get()
+        if run is None and scope is not None and scope.thread == threading.get_ident():
+            run = scope
+        if run is not None:
+            key = id(run)
             with self._lock:
                 entry = self._run_pools.get(key)
                 if entry is None or entry[1].closed:
                     pool = ThreadPool(self.workers, _loop_factory(loop), self.max_tasks_per_worker)
-                    self._run_pools[key] = (control, pool)
-                    self.end_with_run(lambda: self._end_run(key))
+                    self._run_pools[key] = (run, pool)
+                    ends = scope.add_cleanup if scope is not None and run is scope else self.end_with_run
+                    ends(lambda: self._end_run(key))
                     return pool, False
                 return entry[1], False
         return ThreadPool(self.workers, _loop_factory(loop), self.max_tasks_per_worker), True
