@@ -3,7 +3,8 @@
 The receiver maps the arena's segments through a duplicate of their fds, as a worker or the
 parent does with the fds passed over the pipe. The contract: numpy arrays and memoryviews
 arrive as writable views on the sender's block, which the receiver releases only when its
-last view is gone; bytes and bytearray are copied out once (the block is released at once);
+last view is gone; large bytes arrive laid on their block (released once dropped: test_shared_bytes.py), a
+bytearray is copied out once (the block is released at once);
 small objects stay plain pickles.
 """
 
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from dynapipeline._transports._remote.buffers import SHARED, Block, Packed, pack, unpack
+from dynapipeline._transports._remote.shared_bytes import LAYS_BYTES
 from dynapipeline._transports.process.shm import LocalArena, Mapped
 
 THRESHOLD = 1024
@@ -139,12 +141,35 @@ def test_a_read_only_array_arrives_read_only_as_pickle_gives_it(link: Link) -> N
 
 
 # -- bytes, bytearray, memoryview, PickleBuffer ---------------------------------------------------
-def test_bytes_and_bytearray_are_copied_out_and_their_blocks_released_at_once(link: Link) -> None:
-    for sent in (b"\x01" * 5000, bytearray(b"\x02" * 5000)):
-        packed, got = link.round_trip(sent)
-        assert len(packed.blocks) == 1 and type(got) is type(sent) and got == sent
-        assert link.released() == list(packed.blocks)  # nothing of ours holds the block: copied out
-        assert link.arena.used == 0
+def test_a_bytearray_is_copied_out_and_its_block_released_at_once(link: Link) -> None:
+    sent = bytearray(b"\x02" * 5000)
+    packed, got = link.round_trip(sent)
+    assert len(packed.blocks) == 1 and type(got) is bytearray and got == sent
+    assert link.released() == list(packed.blocks)  # nothing of ours holds the block: copied out
+    assert link.arena.used == 0
+
+
+def test_bytes_arrive_on_their_block_which_is_released_once_they_are_dropped(link: Link) -> None:
+    """Laid on the block without a copy (``shared_bytes``; a copy where that layout is not CPython's)."""
+    sent = b"\x01" * 5000
+    packed, got = link.round_trip(sent)
+    assert len(packed.blocks) == 1 and type(got) is bytes and got == sent
+    if LAYS_BYTES:
+        assert link.released() == [] and link.arena.used > 5000  # the object is the block's memory
+        del got
+    assert link.released() == list(packed.blocks)
+    assert link.arena.used == 0
+
+
+def test_where_bytes_cannot_be_laid_they_are_copied_out_and_their_block_released_at_once(
+        link: Link, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynapipeline._transports._remote import buffers
+
+    monkeypatch.setattr(buffers, "LAYS_BYTES", False)
+    sent = bytes(range(256)) * 20
+    packed, got = link.round_trip({"a": sent})
+    assert got == {"a": sent} and type(got["a"]) is bytes
+    assert link.released() == list(packed.blocks) and link.arena.used == 0
 
 
 def test_memoryviews_keep_their_format_shape_and_read_only_flag(link: Link) -> None:

@@ -22,8 +22,11 @@ What goes out of band (each at or above the threshold):
 On the receiving side, numpy arrays and memoryviews are *views* on the block:
 writable, the receiver's own, alive as long as the receiver holds them (the
 block is reused only after they are gone: ``attach``'s exporters tell when).
-``bytes`` and ``bytearray`` must own their memory: they are copied out of the
-block once, and the block is released at once.
+A large ``bytes`` is sent with room for its object header around its data, and
+on CPython arrives as a ``bytes`` object laid on the block, without a copy
+(``shared_bytes``: the block is released once nobody holds that object);
+elsewhere it is copied out. A ``bytearray`` owns a separate, resizable buffer:
+it is copied out of the block once, and the block is released at once.
 
 Plain Python on purpose: it runs in worker processes, and numpy is never
 imported here (its arrays come through the protocol's own buffers).
@@ -38,6 +41,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import cloudpickle
+
+from dynapipeline._transports._remote.shared_bytes import HEADER, LAYS_BYTES, bytes_on
 
 __all__ = ["SHARED", "Arena", "Block", "Large", "Packed", "Shared", "SharedHooks", "pack", "pack_with", "probe",
            "rebuild_view", "small", "unpack"]
@@ -179,9 +184,13 @@ class _PinnedUnpickler(pickle.Unpickler):
         self.attach = attach
 
     def persistent_load(self, pid: tuple[bool, int]) -> bytes | bytearray:
-        # bytes and bytearray own their memory: one copy, and the block is free again at once.
         is_bytearray, index = pid
-        return (bytearray if is_bytearray else bytes)(self.attach(self.pinned[index]))
+        exporter = self.attach(self.pinned[index])
+        if is_bytearray:  # a bytearray owns its memory: one copy, and the block is free again at once
+            return bytearray(exporter)
+        if LAYS_BYTES:
+            return bytes_on(exporter)
+        return bytes(memoryview(exporter)[HEADER:-1])
 
 
 class SharedHooks:
@@ -198,7 +207,7 @@ class SharedHooks:
         kind = type(obj)
         if (kind is bytes or kind is bytearray) and len(obj) >= self.packer.threshold:
             pinned = self.packer.pinned
-            pinned.append(self.packer.copy(memoryview(obj)))
+            pinned.append(self.packer.copy(memoryview(obj), around=kind is bytes))
             return kind is bytearray, len(pinned) - 1
         return None
 
@@ -309,9 +318,17 @@ class _Packer:
         self.buffers.append(self.copy(raw))
         return False
 
-    def copy(self, raw: memoryview) -> Block:
+    def copy(self, raw: memoryview, around: bool = False) -> Block:
+        """``raw`` in a new block; ``around``: with room for a ``bytes`` header before it and a NUL after."""
         assert self.arena is not None  # no threshold is reached without one
-        block, view = self.arena.alloc(raw.nbytes)
+        size = raw.nbytes
+        if around:
+            block, view = self.arena.alloc(HEADER + size + 1)
+            with view:
+                view[HEADER:HEADER + size] = raw
+                view[HEADER + size] = 0
+            return block
+        block, view = self.arena.alloc(size)
         with view:
             view[:] = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
         return block

@@ -37,6 +37,7 @@ from typing import Any
 
 from dynapipeline._transports._remote.buffers import Block
 from dynapipeline._transports._remote.messages import SEGMENTS, Segments
+from dynapipeline._transports._remote.shared_bytes import let_go
 
 __all__ = ["ALIGN", "MAPPED", "MIN_SEGMENT", "LocalArena", "Mapped", "segment_fds", "send_segments", "take_segments"]
 
@@ -205,6 +206,7 @@ class Mapped:
 
     def released(self, owner: int) -> list[Block]:
         """The blocks of ``owner`` released since last asked (they go back with the next message to it)."""
+        let_go()  # received bytes nobody holds any more: their blocks too
         queue = self._released.get(owner)
         out: list[Block] = []
         while queue:
