@@ -14,17 +14,22 @@ import gc
 import os
 import pickle
 import signal
+import subprocess
 import sys
+import textwrap
 import weakref
 import zlib
 from typing import Any
 
+import pytest
 from helpers import MIB, leaves_nothing
 
 from dynapipeline import Stage, Step, Stream
 from dynapipeline._transports._remote import shared_bytes
+from dynapipeline._transports._remote.buffers import pack, unpack
 from dynapipeline._transports._remote.shared_bytes import HEADER, LAYS_BYTES, bytes_on, held, let_go
 from dynapipeline.errors import WorkerCrashedError
+from dynapipeline._transports.process.shm import LocalArena, Mapped
 from dynapipeline.execution import MultiprocessExecutionStrategy
 
 
@@ -84,6 +89,82 @@ def test_a_sweep_inside_a_laying_is_skipped_not_deadlocked() -> None:
     with shared_bytes._lock:
         let_go()  # returns at once
         gc.collect()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_counts_its_references_apart_and_the_parent_keeps_its_block() -> None:
+    """The header is in shared memory: without the fork hook, the child's reference counting was the parent's."""
+    arena, mapped = LocalArena(min_segment=1 << 20), Mapped()
+    try:
+        packed = pack(b"\x05" * 5000, 1024, arena)
+        for serial, segment in arena.segments.items():
+            mapped.add(arena.pid, serial, os.dup(segment.fd))
+        got = unpack(packed.data, mapped.attach)
+        holders = [got] * 3
+        count = sys.getrefcount(got)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drops what it inherited, as an exiting child does, and reports what it saw
+            try:
+                ok = got == b"\x05" * 5000 and sys.getrefcount(got) == count
+                holders.clear()
+                os.write(write, b"1" if ok and sys.getrefcount(got) == count - 3 else b"0")
+            finally:
+                os._exit(0)
+        os.close(write)
+        seen = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert seen == b"1"  # the child saw the object, with its own counts
+        assert sys.getrefcount(got) == count and len(holders) == 3  # the parent's counts are untouched
+        let_go()
+        assert mapped.released(arena.pid) == [] and got == b"\x05" * 5000  # still lent: the parent holds it
+        del got, holders
+        let_go()
+        assert mapped.released(arena.pid) == list(packed.blocks)
+    finally:
+        mapped.clear()
+        arena.close()
+
+
+def test_an_interpreter_exiting_with_laid_bytes_held_everywhere_exits_cleanly(tmp_path: Any) -> None:
+    """Module teardown touches the headers of what globals, cycles and caches hold: the mappings must outlive it."""
+    script = textwrap.dedent("""
+        import asyncio, functools, sys
+        import dynapipeline.execution  # binds the package in this module: its teardown comes later
+        from dynapipeline import Stage, Step, Stream
+        from dynapipeline.execution import MultiprocessExecutionStrategy
+
+        class Same(Stage):
+            def execute(self, item: bytes) -> bytes:
+                return item
+
+        class Cycle:
+            def __init__(self, data):
+                self.data, self.me = data, self
+
+        RESULTS = []
+
+        async def main():
+            strategy = MultiprocessExecutionStrategy(2)
+            items = [bytes([i]) * (1 << 20) for i in range(6)]
+            RESULTS.extend(await Stream(name="s", steps=[Step(Same(name="same"), strategy)]).run(items))
+            if sys.argv[1] == "close":
+                await strategy.aclose()
+            Cycle(RESULTS[1])
+            functools.lru_cache(None)(lambda: RESULTS[2])()
+            print("held", flush=True)
+
+        if __name__ == "__main__":
+            asyncio.run(main())
+    """)
+    (tmp_path / "keeps.py").write_text(script)  # a file: the workers import the stage's module, as in a script
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for how in ("close", "keep"):
+        done = subprocess.run([sys.executable, str(tmp_path / "keeps.py"), how], capture_output=True, text=True,
+                              timeout=90, env={**os.environ, "PYTHONPATH": root})
+        assert done.returncode == 0 and done.stdout == "held\n", (how, done.returncode, done.stderr)
+        assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, (how, done.stderr)
 
 
 # -- through worker processes ---------------------------------------------------------------------

@@ -17,6 +17,17 @@ each garbage collection (a ``gc.callbacks`` hook: results dropped after their
 pool closed need no message to let their memory go). An object kept (a stage's
 cache, a list of results) keeps its block as long as it is kept.
 
+Two more places where a header in shared memory would be shared by mistake:
+
+- ``fork``: the child inherits the objects *and* the shared mapping, so its
+  reference counting would change the parent's counts. A fork hook gives the
+  child a private copy of those pages (same addresses, the counts as they were
+  at the fork) before it runs any Python code; the parent waits in the fork
+  until that copy is made, and releases nothing meanwhile.
+- Interpreter exit: the exporters are never freed (``_pinned`` is leaked on
+  purpose), so no mapping goes away while module teardown still touches a
+  laid object's header; the kernel unmaps everything when the process ends.
+
 Where this cannot be checked to be safe (not CPython, a debug build, a
 free-threaded build, any layout other than the one measured at import on a real
 ``bytes``), ``LAYS_BYTES`` is False and the receiver copies, as before.
@@ -27,8 +38,11 @@ numpy or cloudpickle can make a ``bytes`` that does not own its memory.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import gc
+import mmap
+import os
 import sys
 import threading
 from typing import Any
@@ -57,7 +71,7 @@ def bytes_on(exporter: Any) -> bytes:
 def let_go() -> None:
     """Drop the blocks of laid ``bytes`` that nobody holds any more (their exporters' weakrefs release them)."""
     # Never blocks: a collection may run this inside ``bytes_on``'s own lock; the next sweep does it then.
-    if not _pinned or not _lock.acquire(blocking=False):
+    if not _pinned or _forking or not _lock.acquire(blocking=False):
         return
     try:
         free = [address for address in _pinned if _refcount(address) == 1]
@@ -74,6 +88,89 @@ def held() -> int:
 
 def _refcount(address: int) -> int:
     return ctypes.c_ssize_t.from_address(address).value
+
+
+# -- fork: the child gets its own copy of the laid objects' pages -------------------------------------------------
+
+_forking = False  # between the fork and the child's copy: no block may go back to its owner (it could be rewritten)
+_fork: tuple[list[tuple[int, int]], dict[int, int], int, int] | None = None  # spans, counts, pipe (read, write)
+
+
+def _before_fork() -> None:
+    global _fork, _forking
+    if not _pinned:
+        return
+    page = mmap.PAGESIZE
+    spans: list[tuple[int, int]] = []
+    for address, exporter in sorted(_pinned.items()):
+        start, end = address // page * page, -(-(address + len(exporter)) // page) * page
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
+    # The counts now, with the GIL held: the parent's threads may change them before the child copies the pages.
+    counts = {address: _refcount(address) for address in _pinned}
+    read, write = os.pipe()
+    _fork, _forking = (spans, counts, read, write), True
+
+
+def _after_fork_in_parent() -> None:
+    global _fork, _forking
+    if _fork is None:
+        return
+    _, _, read, write = _fork
+    _fork = None
+    os.close(write)
+    try:
+        os.read(read, 1)  # the child has its copy (or is gone: end of file)
+    finally:
+        os.close(read)
+        _forking = False
+
+
+def _after_fork_in_child() -> None:
+    global _fork, _forking, _lock
+    _lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    if _fork is None:
+        return
+    spans, counts, read, write = _fork
+    _fork, _forking = None, False
+    os.close(read)
+    try:
+        for start, end in spans:
+            _make_private(start, end - start)
+        for address, count in counts.items():
+            ctypes.c_ssize_t.from_address(address).value = count
+    finally:
+        os.write(write, b"1")
+        os.close(write)
+
+
+def _make_private(start: int, size: int) -> None:
+    """Replace shared pages by private memory of the same content, at the same addresses."""
+    saved = ctypes.string_at(start, size)
+    placed = _mmap(start, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED,
+                   -1, 0)
+    if placed != start:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"cannot make laid bytes private after fork: {os.strerror(errno)}")
+    ctypes.memmove(start, saved, size)
+
+
+def _libc_mmap() -> Any:
+    function = ctypes.CDLL(None, use_errno=True).mmap
+    function.restype = ctypes.c_void_p
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    return function
+
+
+_MAP_FIXED = 0x10  # Linux and macOS
+
+
+def _at_exit() -> None:
+    # Module teardown may run collections with this module half cleared: no more sweeps, nothing to give back.
+    if _after_collection in gc.callbacks:
+        gc.callbacks.remove(_after_collection)
 
 
 _KEPT: list[Any] = []  # the self-check's buffer: the object laid on it must never be freed
@@ -112,4 +209,9 @@ def _after_collection(phase: str, info: dict[str, int]) -> None:
 
 LAYS_BYTES = _check()
 if LAYS_BYTES:
+    _mmap = _libc_mmap()
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(_pinned))  # never freed: see the module docstring
     gc.callbacks.append(_after_collection)
+    atexit.register(_at_exit)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
