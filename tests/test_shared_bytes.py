@@ -28,8 +28,8 @@ from dynapipeline import Stage, Step, Stream
 from dynapipeline._transports._remote import shared_bytes
 from dynapipeline._transports._remote.buffers import pack, unpack
 from dynapipeline._transports._remote.shared_bytes import HEADER, LAYS_BYTES, bytes_on, held, let_go
-from dynapipeline.errors import WorkerCrashedError
 from dynapipeline._transports.process.shm import LocalArena, Mapped
+from dynapipeline.errors import WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy
 
 
