@@ -14,8 +14,9 @@ allocator gave). ``let_go()`` finds the objects whose count is back to that 1,
 i.e. nobody holds them any more, and drops their block's exporter: the block
 returns to its owner. It runs when a message goes back to the sender and after
 the garbage collector's older-generation collections (a ``gc.callbacks`` hook:
-results dropped after their pool closed need no message to let their memory go). An object kept (a stage's
-cache, a list of results) keeps its block as long as it is kept.
+results dropped after their pool closed need no message to let their memory
+go). An object kept (a stage's cache, a list of results) keeps its block as
+long as it is kept.
 
 Two more places where a header in shared memory would be shared by mistake:
 
