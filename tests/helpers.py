@@ -588,6 +588,31 @@ class Unloadable:
         return (_refuse_to_rebuild, ())
 
 
+@contextlib.asynccontextmanager
+async def workers_replaced(cluster: Any) -> AsyncIterator[None]:
+    """While the block runs, start a worker in place of one whose nanny was lost (``healed`` explains how).
+
+    For tests that kill workers in the middle of a run: under a full suite's load a nanny
+    sometimes fails to restart its worker, and the cluster, left with none, then waits
+    forever (twice in CI, ``workers=0`` at the test's bound). A deployment's autoscaler
+    would start another; this does it for the test.
+    """
+
+    async def watch() -> None:
+        while True:
+            if len(cluster.workers) < 2:
+                cluster.scale(2)
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 async def healed(cluster: Any, client: Any) -> None:
     """Wait until both workers of a 2-worker LocalCluster are back and their nannies have finished restarting them.
 

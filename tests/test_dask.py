@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 from distributed import Client
-from helpers import Batch, Double, ItemNap, Pid, group, healed, pipeline
+from helpers import Batch, Double, ItemNap, Pid, group, healed, pipeline, workers_replaced
 
 from dynapipeline import Stage
 from dynapipeline._model.step import Step
@@ -362,8 +362,10 @@ async def test_a_stream_item_that_kills_its_worker_fails_alone(client, cluster, 
                     on_error="skip")
     # The item kills up to 3 workers of 2, so the cluster loses all of them and waits for its nannies to
     # start new ones (a fresh interpreter each): seconds alone, but past 90 s in two CI runs (the whole
-    # suite before it). The bound tells a slow restart from a hang, and fails before the test's own timeout.
-    out = await asyncio.wait_for(stream.run(range(40)), 240)
+    # suite before it), and a nanny may lose its worker altogether (``workers_replaced`` starts another). The
+    # bound tells a slow restart from a hang, and fails before the test's own timeout.
+    async with workers_replaced(cluster):
+        out = await asyncio.wait_for(stream.run(range(40)), 240)
     assert out == [x for x in range(40) if x != 30]
     assert [(e.index, type(e.error), e.error.stage_name) for e in stream.errors] == [(30, WorkerCrashedError,
                                                                                       "kills")]
