@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+COPY_C := dynapipeline/_transports/_remote/copy_c.pyx
 PYTEST_ARGS ?=
 LEGS := compiled:asyncio compiled:uvloop pure:asyncio pure:uvloop
 # The other Pythons `make test` runs one leg on (compiled engine, asyncio loop), each in its own .venv-X.Y.
@@ -21,14 +22,14 @@ PYTHON313 ?= $(call find_python,3.13)
 install: $(STAMP)
 
 # Re-installs (and so rebuilds the engine) when the build inputs change.
-$(STAMP): pyproject.toml setup.py dynapipeline/_engine/core_py.py dynapipeline/_engine/core_c.pxd
+$(STAMP): pyproject.toml setup.py dynapipeline/_engine/core_py.py dynapipeline/_engine/core_c.pxd $(COPY_C)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 # Same rebuild rule as .venv; a missing interpreter fails here with what to set, it is never skipped.
-.venv-%/.installed: pyproject.toml setup.py dynapipeline/_engine/core_py.py dynapipeline/_engine/core_c.pxd
+.venv-%/.installed: pyproject.toml setup.py dynapipeline/_engine/core_py.py dynapipeline/_engine/core_c.pxd $(COPY_C)
 	@py='$(PYTHON$(subst .,,$*))'; \
 	if [ -z "$$py" ]; then \
 		echo "make: no Python $* found (python$* on PATH, $(PYENV_ROOT)/versions/$*.*);" \

@@ -1,8 +1,11 @@
-"""Builds the Cython engine; falls back to pure Python (with a warning) when that is impossible.
+"""Builds the Cython engine and the large-buffer copy; falls back to pure Python (with a warning) when impossible.
 
 The engine has one source, ``dynapipeline/_engine/core_py.py``. It is compiled a second time
 under the module name ``dynapipeline._engine.core_c``; Cython finds a module's ``.pxd`` by the
 module's name, so ``core_c.pxd`` beside the source gives the compiled module its C types.
+
+``dynapipeline/_transports/_remote/copy_c.pyx`` is the compiled side of ``copying.py`` (a copy
+with non-temporal stores, which pure Python cannot express); ``copying.py`` copies without it.
 
 DYNAPIPELINE_REQUIRE_EXTENSIONS=1 turns the fallback into a build error.
 """
@@ -15,6 +18,7 @@ from setuptools.command.build_ext import build_ext
 
 REQUIRE = os.environ.get("DYNAPIPELINE_REQUIRE_EXTENSIONS", "") not in ("", "0")
 SOURCE = "dynapipeline/_engine/core_py.py"
+COPY = "dynapipeline/_transports/_remote/copy_c.pyx"
 PXD = "dynapipeline/_engine/core_c.pxd"
 GENERATED_C = "dynapipeline/_engine/core_py.c"  # cythonize names it after the source
 
@@ -34,8 +38,9 @@ def extensions():
         print("WARNING: Cython missing, dynapipeline is installed as pure Python", file=sys.stderr)
         return []
     engine = Extension("dynapipeline._engine.core_c", [SOURCE], depends=[PXD])
+    copy = Extension("dynapipeline._transports._remote.copy_c", [COPY])
     return cythonize(
-        [engine],
+        [engine, copy],
         force=_pxd_newer_than_generated_c(),
         compiler_directives={
             "language_level": 3,
@@ -65,7 +70,7 @@ class OptionalBuildExt(build_ext):
     def _fallback(self, error):
         if REQUIRE:
             raise
-        print(f"WARNING: building the dynapipeline engine failed ({error}); using pure Python",
+        print(f"WARNING: building a dynapipeline extension failed ({error}); using pure Python",
               file=sys.stderr)
 
 

@@ -4,7 +4,8 @@
 
     pack(obj) ─► pickle protocol 5 ─┬─ small buffers, small bytes: in band, as usual
                                     └─ a buffer ≥ threshold ─► alloc(n): a Block of the sender's shared memory
-                                                              (copied there once) ─► Shared(data, buffers, pinned)
+                                                              (copied there once, past the cache: ``copying``)
+                                                              ─► Shared(data, buffers, pinned)
     unpack(bytes) ─► plain pickle: pickle.loads
                  └─ Shared: attach(Block) per buffer ─► objects rebuilt on the shared memory (numpy: a view, no copy)
 
@@ -42,6 +43,7 @@ from typing import Any, NamedTuple, Protocol
 
 import cloudpickle
 
+from dynapipeline._transports._remote.copying import copy_into
 from dynapipeline._transports._remote.shared_bytes import HEADER, LAYS_BYTES, bytes_on
 
 __all__ = ["SHARED", "Arena", "Block", "Large", "Packed", "Shared", "SharedHooks", "pack", "pack_with", "probe",
@@ -322,15 +324,17 @@ class _Packer:
         """``raw`` in a new block; ``around``: with room for a ``bytes`` header before it and a NUL after."""
         assert self.arena is not None  # no threshold is reached without one
         size = raw.nbytes
+        if raw.format != "B" or raw.ndim != 1:
+            raw = raw.cast("B")
         if around:
             block, view = self.arena.alloc(HEADER + size + 1)
             with view:
-                view[HEADER:HEADER + size] = raw
+                copy_into(view[HEADER:HEADER + size], raw)
                 view[HEADER + size] = 0
             return block
         block, view = self.arena.alloc(size)
         with view:
-            view[:] = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
+            copy_into(view, raw)
         return block
 
     def discard(self) -> None:
