@@ -711,6 +711,32 @@ async def test_recycling_a_group_every_five_stage_runs(tmp_path):
     assert_gone(*per_pid)
 
 
+_NAPPING: list[str] = []
+
+
+class Naps(Stage):
+    """Sleeps on the loop until cancelled (notes that it started)."""
+
+    async def execute(self) -> None:
+        _NAPPING.append(self.name)
+        await asyncio.sleep(60)
+
+
+async def test_a_stop_between_two_dispatches_closes_the_pool_all_the_same():
+    # The stop cancels the napping group: no dispatch of the process group is in flight to see it.
+    strategy = MultiprocessExecutionStrategy(2)
+    _NAPPING.clear()
+    p = pipeline([group([Pid(name="a"), Pid(name="b")], strategy), group([Naps(name="nap")], name="naps")])
+    async with leaves_nothing(strategy) as pids:
+        task = asyncio.ensure_future(p.run())
+        assert await eventually_async(lambda: _NAPPING == ["nap"])
+        pids += strategy.worker_pids()
+        p.stop()
+        await asyncio.wait_for(task, GRACE)
+        assert strategy.pool is None
+    assert_no_workers(pids)
+
+
 async def test_a_retiring_worker_during_a_stopped_pipeline_leaves_nothing_behind():
     strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=1)
     p = pipeline([group([Pid(name="a"), Pid(name="b")], strategy, InfinitLoopStrategy())])

@@ -99,6 +99,7 @@ See docs/threads-and-processes.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
@@ -172,6 +173,7 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
             )
         self.start_method = method
         self._pool: ProcessPool | None = None
+        self._stop_key = ("dynapipeline.MultiprocessExecutionStrategy.stopped", id(self))
 
     @property
     def workers(self) -> int:
@@ -218,7 +220,10 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
         done: asyncio.Future[None] = loop.create_future()
         dispatch = Dispatch(done, n, args, kwargs, self.return_exceptions)
         jobs = []
-        control = current_control.get()
+        control = run = current_control.get()
+        if run is not None and self._stop_key not in run.cleanups:
+            # However a stop finds this run (in a dispatch, or between two), no worker outlives it.
+            run.add_cleanup(self._stop_key, functools.partial(self._close_after, run))
         if control is not None and not any(isinstance(r.owner, Container) for r in runners):
             control = None  # only groups cycle, so only they care about a drain
         sink = current_trace.get() if tracing() else None
@@ -263,6 +268,13 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
             raise
         report_jobs(jobs, None)
         return dispatch.values
+
+    def _close_after(self, run: Any) -> None:
+        """At the end of a pipeline run that dispatched here: close the pool if ``stop()`` ended the run and no
+        other run uses it (the cancelled dispatch does the same, but a stop between two dispatches cancels none)."""
+        pool = self._pool
+        if run.stopped and pool is not None and pool.idle:
+            self.close()
 
     def _new_pool(self) -> ProcessPool:
         recycling = None
