@@ -271,9 +271,10 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
 
     def _close_after(self, run: Any) -> None:
         """At the end of a pipeline run that dispatched here: close the pool if ``stop()`` ended the run and no
-        other run uses it (the cancelled dispatch does the same, but a stop between two dispatches cancels none)."""
+        other run uses it (the cancelled dispatch does the same, but a stop between two dispatches cancels none).
+        A drained run (``stop(drain=True)``) keeps its workers, as its dispatches finished normally."""
         pool = self._pool
-        if run.stopped and pool is not None and pool.idle:
+        if run.stopped and not run.draining and pool is not None and pool.idle:
             self.close()
 
     def _new_pool(self) -> ProcessPool:
