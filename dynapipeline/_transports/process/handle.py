@@ -137,7 +137,8 @@ class Worker:
     def news_for(self, job: PoolJob) -> tuple[list[tuple[int, bytes]], bool]:
         """The classes this worker lacks for ``job`` and whether it lacks its stage; recorded as sent from here on."""
         blobs = REGISTRY.blobs_for(job.cids, self.known) if job.cids else []
-        self.known.update(cid for cid, _ in blobs)
+        if blobs:
+            self.known.update(cid for cid, _ in blobs)
         stage_id = job.stage_id
         if not stage_id:
             return blobs, False

@@ -165,6 +165,9 @@ class LocalArena:
             segment.close()
 
 
+_NOTHING: list[Block] = []  # what ``released`` returns when nothing was released (never appended to)
+
+
 class Mapped:
     """The segments of other processes that this process maps, and which of their blocks it has released.
 
@@ -208,6 +211,8 @@ class Mapped:
         """The blocks of ``owner`` released since last asked (they go back with the next message to it)."""
         let_go()  # received bytes nobody holds any more: their blocks too
         queue = self._released.get(owner)
+        if not queue:
+            return _NOTHING
         out: list[Block] = []
         while queue:
             out.append(queue.popleft())
