@@ -43,12 +43,8 @@ def needs_loop(component: Any) -> bool:
         for hook in handler.hooks():
             if hook is not None and inspect.iscoroutinefunction(hook):
                 return True
-    return _async_setup(component)
-
-
-def _async_setup(stage: Stage) -> bool:
-    """True when the stage's setup is ``async def``: its call target is then a coroutine function (``lifecycle``)."""
-    hooks = stage._lifecycle()
+    # An ``async def`` setup makes the stage's call target a coroutine function (``lifecycle``).
+    hooks = component._lifecycle()
     return hooks is not None and is_async_hook(hooks[0])
 
 
