@@ -211,6 +211,13 @@ def reduce_component(component: Any) -> tuple[Any, tuple[Any, ...]]:
                                 component.__pydantic_extra__, private, timing))
 
 
+# Exact containers (neither cloudpickle nor this module changes how they pickle), and the functions this module's
+# reductions name (importable by name): the C pickler asks ``reducer_override`` about each, and the usual answer
+# goes through cloudpickle's look-ups of the function's module (several Python calls per batch, for nothing).
+_AS_PICKLE_DOES = frozenset({tuple, list, dict, set, frozenset})
+_REBUILDERS = frozenset({cached_class, cached_stage, locked_context, rebuild_component})
+
+
 class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no type information
     """cloudpickle, plus: classes by id (``REGISTRY``), components by state, contexts as snapshots."""
 
@@ -222,6 +229,9 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships n
         self.used: set[int] = set() if used is None else used  # the ids of the classes pickled by id
 
     def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind in _AS_PICKLE_DOES or (kind is FunctionType and obj in _REBUILDERS):
+            return NotImplemented  # nothing of ours or cloudpickle's applies: the C pickler's own way, at once
         if isinstance(obj, type):
             _ship_module_by_value_if_needed(obj)
             if obj is not self.top and obj.__module__ != "builtins" and not _by_reference(obj):
