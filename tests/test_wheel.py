@@ -106,7 +106,8 @@ def test_wheel_installed_in_a_fresh_venv_imports_the_compiled_engine(built: tupl
     deps = [p for p in sys.path if p.endswith("site-packages") and Path(p, "pydantic").is_dir()]
     (site / "test-deps.pth").write_text("\n".join(deps) + "\n")
     code = ("import dynapipeline, dynapipeline._engine as e, dynapipeline._transports._remote.copying as c; "
-            "print(dynapipeline.compiled, dynapipeline.__version__, e._core.__name__, c.STREAMS, dynapipeline.__file__)")
+            "print(dynapipeline.compiled, dynapipeline.__version__, e._core.__name__, c.STREAMS, "
+            "dynapipeline.__file__)")
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path, env=_clean_env(), timeout=120).stdout.split()
     compiled, version, core, streams, where = out

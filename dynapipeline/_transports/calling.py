@@ -5,7 +5,6 @@ Shared by the thread pool and the worker processes; plain Python (no compiled co
 
 from __future__ import annotations
 
-import bisect
 import inspect
 import math
 from typing import Any
@@ -103,18 +102,6 @@ def time_limit(stage: Stage) -> float | None:
 
 
 
-def _first_at_least(durations: list[float], ranked: list[float], cut: float, most: int) -> list[int]:
-    """The positions, in order, of the first ``most`` durations that are at least ``cut`` (``ranked``: sorted)."""
-    found: list[int] = []
-    for value in set(ranked[bisect.bisect_left(ranked, cut):]):  # at most _SLOWEST distinct values
-        at = -1
-        for _ in range(min(most, bisect.bisect_right(ranked, value) - bisect.bisect_left(ranked, value))):
-            at = durations.index(value, at + 1)
-            found.append(at)
-    found.sort()
-    return found[:most]
-
-
 def add_runs(runner: Any, durations: list[float], start: float, end: float, errors: int, place: str) -> None:
     """Add runs made elsewhere (a worker process or Dask) to ``runner``'s stats, as if recorded here.
 
@@ -126,12 +113,13 @@ def add_runs(runner: Any, durations: list[float], start: float, end: float, erro
     if not durations:
         return
     count = runner.count
-    ranked = sorted(durations)  # one sort at C speed serves min, max and the slowest (a chunk of a stream step)
-    lo, hi = ranked[0], ranked[-1]
+    # One stable sort of the positions by duration serves min, max and the slowest: the last ones are the longest
+    # runs, and among equal ones the latest (as the runner names the latest of equal runs made here).
+    order = sorted(range(len(durations)), key=durations.__getitem__)
+    lo, hi = durations[order[0]], durations[order[-1]]
     if count:
         lo, hi = min(lo, runner.min), max(hi, runner.max)
-    cut = ranked[-_SLOWEST] if len(ranked) >= _SLOWEST else ranked[0]
-    slowest = [(durations[i], count + i + 1) for i in _first_at_least(durations, ranked, cut, _SLOWEST * 2)]
+    slowest = [(durations[i], count + i + 1) for i in order[-_SLOWEST * 2:]]
     runner.adopt((start, end, count + len(durations), runner.total + sum(durations), lo, hi,
                   runner.errors + errors), durations[-RING:], slowest)
     note_place(runner, place)
