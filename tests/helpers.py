@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, StageGroup
+from dynapipeline._transports._remote.buffers import Block, Packed, pack, unpack
+from dynapipeline._transports.process.shm import LocalArena, Mapped
 from dynapipeline.execution import SequentialExecutionStrategy
 from dynapipeline.execution.cycle_strategies import OnceCycleStrategy
 
@@ -635,3 +637,42 @@ async def healed(cluster: Any, client: Any) -> None:
             return
         assert time.monotonic() < end, f"Dask workers not back: {[(n.name, n.process) for n in nannies]}"
         await asyncio.sleep(0.05)
+
+
+# -- shared memory between a sender and a receiver, in one process ------------------------------------------------
+
+THRESHOLD = 1024  # the shared-memory threshold of ``Link``'s sends
+
+
+class Link:
+    """A sender's arena and a receiver's mappings of its segments, in one process (as a worker and the parent)."""
+
+    def __init__(self) -> None:
+        self.arena = LocalArena(min_segment=1 << 20)
+        self.mapped = Mapped()
+
+    def send(self, obj: Any, threshold: int | None = THRESHOLD) -> Packed:
+        packed = pack(obj, threshold, self.arena)
+        for serial, segment in self.arena.segments.items():
+            if (self.arena.pid, serial) not in self.mapped.maps:
+                self.mapped.add(self.arena.pid, serial, os.dup(segment.fd))
+        return packed
+
+    def round_trip(self, obj: Any, threshold: int | None = THRESHOLD) -> tuple[Packed, Any]:
+        packed = self.send(obj, threshold)
+        return packed, unpack(packed.data, self.mapped.attach)
+
+    def released(self) -> list[Block]:
+        """The blocks the receiver let go of since last asked, given back to the arena (as a reply does)."""
+        blocks = self.mapped.released(self.arena.pid)
+        self.arena.free(blocks)
+        return blocks
+
+    def sender_bytes(self, block: Block) -> bytes:
+        """The block's memory as the sender's own mapping sees it."""
+        segment = self.arena.segments[block.segment]
+        return bytes(segment.mm[block.offset:block.offset + block.size])
+
+    def close(self) -> None:
+        self.mapped.clear()
+        self.arena.close()

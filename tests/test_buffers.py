@@ -11,57 +11,19 @@ small objects stay plain pickles.
 from __future__ import annotations
 
 import gc
-import os
 import pickle
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import in_shared_memory
+from helpers import THRESHOLD, Link, in_shared_memory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dynapipeline._transports._remote.buffers import SHARED, Block, Packed, pack, unpack
+from dynapipeline._transports._remote.buffers import SHARED, unpack
 from dynapipeline._transports._remote.shared_bytes import LAYS_BYTES
-from dynapipeline._transports.process.shm import LocalArena, Mapped
-
-THRESHOLD = 1024
-
-
-class Link:
-    """A sender's arena and a receiver's mappings of its segments."""
-
-    def __init__(self) -> None:
-        self.arena = LocalArena(min_segment=1 << 20)
-        self.mapped = Mapped()
-
-    def send(self, obj: Any, threshold: int | None = THRESHOLD) -> Packed:
-        packed = pack(obj, threshold, self.arena)
-        for serial, segment in self.arena.segments.items():
-            if (self.arena.pid, serial) not in self.mapped.maps:
-                self.mapped.add(self.arena.pid, serial, os.dup(segment.fd))
-        return packed
-
-    def round_trip(self, obj: Any, threshold: int | None = THRESHOLD) -> tuple[Packed, Any]:
-        packed = self.send(obj, threshold)
-        return packed, unpack(packed.data, self.mapped.attach)
-
-    def released(self) -> list[Block]:
-        """The blocks the receiver let go of since last asked, given back to the arena (as a reply does)."""
-        blocks = self.mapped.released(self.arena.pid)
-        self.arena.free(blocks)
-        return blocks
-
-    def sender_bytes(self, block: Block) -> bytes:
-        """The block's memory as the sender's own mapping sees it."""
-        segment = self.arena.segments[block.segment]
-        return bytes(segment.mm[block.offset:block.offset + block.size])
-
-    def close(self) -> None:
-        self.mapped.clear()
-        self.arena.close()
 
 
 @pytest.fixture

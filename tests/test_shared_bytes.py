@@ -22,13 +22,11 @@ import zlib
 from typing import Any
 
 import pytest
-from helpers import MIB, leaves_nothing
+from helpers import MIB, Link, leaves_nothing
 
 from dynapipeline import Stage, Step, Stream
 from dynapipeline._transports._remote import shared_bytes
-from dynapipeline._transports._remote.buffers import pack, unpack
 from dynapipeline._transports._remote.shared_bytes import HEADER, LAYS_BYTES, bytes_on, held, let_go
-from dynapipeline._transports.process.shm import LocalArena, Mapped
 from dynapipeline.errors import WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy
 
@@ -94,12 +92,9 @@ def test_a_sweep_inside_a_laying_is_skipped_not_deadlocked() -> None:
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_counts_its_references_apart_and_the_parent_keeps_its_block() -> None:
     """The header is in shared memory: without the fork hook, the child's reference counting was the parent's."""
-    arena, mapped = LocalArena(min_segment=1 << 20), Mapped()
+    link = Link()
     try:
-        packed = pack(b"\x05" * 5000, 1024, arena)
-        for serial, segment in arena.segments.items():
-            mapped.add(arena.pid, serial, os.dup(segment.fd))
-        got = unpack(packed.data, mapped.attach)
+        packed, got = link.round_trip(b"\x05" * 5000)
         holders = [got] * 3
         count = sys.getrefcount(got)
         read, write = os.pipe()
@@ -118,13 +113,12 @@ def test_a_forked_child_counts_its_references_apart_and_the_parent_keeps_its_blo
         assert seen == b"1"  # the child saw the object, with its own counts
         assert sys.getrefcount(got) == count and len(holders) == 3  # the parent's counts are untouched
         let_go()
-        assert mapped.released(arena.pid) == [] and got == b"\x05" * 5000  # still lent: the parent holds it
+        assert link.released() == [] and got == b"\x05" * 5000  # still lent: the parent holds it
         del got, holders
         let_go()
-        assert mapped.released(arena.pid) == list(packed.blocks)
+        assert link.released() == list(packed.blocks)
     finally:
-        mapped.clear()
-        arena.close()
+        link.close()
 
 
 def test_an_interpreter_exiting_with_laid_bytes_held_everywhere_exits_cleanly(tmp_path: Any) -> None:
