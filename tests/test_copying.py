@@ -85,7 +85,10 @@ def test_the_copy_in_use_is_exact_for_any_size_and_shift(size: int, shift: int, 
 
 def test_the_compiled_copy_is_used_with_the_compiled_engine_and_never_without_extensions() -> None:
     if os.environ.get("DYNAPIPELINE_TEST_MODE") == "compiled":
-        assert copying.STREAMS
+        from dynapipeline._transports._remote import copy_c  # type: ignore[attr-defined]  # built, no stub
+
+        assert copying.copy_into is copy_c.copy_into
+        assert copying.STREAMS == copy_c.STREAMING  # False only where the compiler had no SSE2
     env = {**os.environ, "DYNAPIPELINE_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, "-c", "from dynapipeline._transports._remote import copying as c; "
                           "print(c.STREAMS, c.copy_into.__name__)"], env=env, capture_output=True, text=True,

@@ -737,6 +737,45 @@ async def test_a_stop_between_two_dispatches_closes_the_pool_all_the_same():
     assert_no_workers(pids)
 
 
+async def test_a_stop_after_a_drain_closes_the_pool_as_a_stop_does():
+    # Giving up on a slow drain: the stop that follows ends the run as a stop, workers included.
+    strategy = MultiprocessExecutionStrategy(2)
+    _NAPPING.clear()
+    p = pipeline([group([Pid(name="a"), Pid(name="b")], strategy), group([Naps(name="nap")], name="naps")])
+    async with leaves_nothing(strategy) as pids:
+        task = asyncio.ensure_future(p.run())
+        assert await eventually_async(lambda: _NAPPING == ["nap"])
+        pids += strategy.worker_pids()
+        p.stop(drain=True)  # the nap would hold the drain for a minute
+        await asyncio.sleep(0.1)
+        p.stop()
+        await asyncio.wait_for(task, GRACE)
+        assert strategy.pool is None
+    assert_no_workers(pids)
+
+
+async def test_a_stop_spares_a_pool_another_run_packed_jobs_for():
+    # Two pipelines share the strategy. B's dispatch packed its jobs and waits for a fresh pool to start when A
+    # (between two dispatches) is stopped: A's end must not close B's pool, and B must not wait forever.
+    strategy = MultiprocessExecutionStrategy(1)
+    _NAPPING.clear()
+    a = pipeline([group([Pid(name="a")], strategy), group([Naps(name="nap")], name="naps")], name="A")
+    b = pipeline([group([Pid(name="b")], strategy)], name="B")
+    async with leaves_nothing(strategy):
+        task_a = asyncio.ensure_future(a.run())
+        assert await eventually_async(lambda: _NAPPING == ["nap"])
+        strategy.close()  # the next dispatch starts a new pool
+        task_b = asyncio.ensure_future(b.run())
+        while strategy.pool is None or strategy.pool.starting is None:  # B's jobs are packed: it awaits the start
+            await asyncio.sleep(0)
+        pool_b = strategy.pool
+        a.stop()
+        await asyncio.wait_for(task_a, GRACE)
+        assert not pool_b.closed
+        [[(name, pid, _, _)]] = await asyncio.wait_for(task_b, GRACE)
+        assert name == "b" and pid in [w.pid for w in pool_b.workers]
+
+
 async def test_a_retiring_worker_during_a_stopped_pipeline_leaves_nothing_behind():
     strategy = MultiprocessExecutionStrategy(2, max_tasks_per_worker=1)
     p = pipeline([group([Pid(name="a"), Pid(name="b")], strategy, InfinitLoopStrategy())])

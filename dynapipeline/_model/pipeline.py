@@ -124,6 +124,7 @@ class Pipeline(Container):
             control.stopped = True
             return
         control.stopped = True
+        control.draining = False  # a stop supersedes a drain asked for before: what a stop ends, it ends as one
         if task is None:
             return  # not started yet: it sees `stopped` and its result is dropped
         if threading.get_ident() == thread_id:

@@ -124,17 +124,18 @@ def small(obj: Any, threshold: int) -> bytes | None:
     return data if len(data) < threshold else None
 
 
-def pack_with(obj: Any, threshold: int, arena: Arena, base: type, **options: Any) -> Packed:
+def pack_with(obj: Any, threshold: int, arena: Arena, base: type, *, probed: bool = False, **options: Any) -> Packed:
     """``pack`` with a pickler class of the caller's (``options`` go to its constructor).
 
     A first pass pickles at the C pickler's speed, with only protocol 5's buffers
     out of band; if what stayed in band is large (bytes, bytearray, a memoryview),
     or that pass failed, a second pass adds ``SharedHooks``. Then, for the standard
-    pickler, cloudpickle.
+    pickler, cloudpickle. ``probed``: the caller's own first pass (a ``probe``) found
+    a large buffer or a large pickle, so this one starts with the hooks.
     """
     packer = _Packer(threshold, arena)
     bases = [base] if base is not pickle.Pickler else [pickle.Pickler, cloudpickle.Pickler]
-    if not _large_bytes(obj, threshold):
+    if not probed and not _large_bytes(obj, threshold):
         try:
             data = packer.dump(base, obj, options)
         except Exception:  # noqa: BLE001 - a memoryview, say: the passes below tell, or raise the real error

@@ -13,6 +13,7 @@ cdef extern from *:
     #define DYNAPIPELINE_STREAM_MIN (1 << 20)
 
     #if defined(__SSE2__)
+    #define DYNAPIPELINE_STREAMING 1
     #include <emmintrin.h>
     #define DYNAPIPELINE_PAGE 4096
 
@@ -61,10 +62,15 @@ cdef extern from *:
         memcpy(dst, src, n - lines * 64);
     }
     #else
+    #define DYNAPIPELINE_STREAMING 0
     static void dynapipeline_stream_copy(char *dst, const char *src, size_t n) { memcpy(dst, src, n); }
     #endif
     """
     void dynapipeline_stream_copy(char *dst, const char *src, size_t n) nogil
+    int DYNAPIPELINE_STREAMING
+
+
+STREAMING = bool(DYNAPIPELINE_STREAMING)  # False where the compiler has no SSE2 (the copy is then memcpy)
 
 
 def copy_into(unsigned char[::1] dest, const unsigned char[::1] src):

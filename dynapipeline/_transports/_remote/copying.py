@@ -32,16 +32,17 @@ def _copy_py(dest: Any, src: Any) -> None:
 
 
 def _compiled() -> Any:
-    """The compiled ``copy_into``, or None when it is not wanted or not built."""
+    """The compiled module, or None when it is not wanted or not built."""
     if TYPE_CHECKING or not COMPILED:
         return None
     try:
         from dynapipeline._transports._remote import copy_c  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return copy_c.copy_into
+    return copy_c
 
 
 _built = _compiled()
-STREAMS = _built is not None  # large copies bypass the cache (for tests and ``dynapipeline info``)
-copy_into = _copy_py if _built is None else _built
+# Large copies bypass the cache (for tests and ``dynapipeline info``): the compiled copy, built with SSE2.
+STREAMS = _built is not None and bool(_built.STREAMING)
+copy_into = _copy_py if _built is None else _built.copy_into

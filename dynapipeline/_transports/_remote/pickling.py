@@ -273,7 +273,8 @@ def pack_batch(components: list[Any], args: tuple[Any, ...], kwargs: dict[str, A
         else:
             if buffer.tell() < threshold:
                 return Packed(buffer.getvalue(), ()), used
-        return pack_with((components, args, kwargs), threshold, arena, Pickler, registry=registry, used=used), used
+        return pack_with((components, args, kwargs), threshold, arena, Pickler, probed=True, registry=registry,
+                         used=used), used
     except Exception as error:
         raise PicklingError(describe_unpicklable(components, args, kwargs, error, registry)) from error
 

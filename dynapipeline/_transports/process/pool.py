@@ -72,6 +72,7 @@ class ProcessPool:
         self.queue: deque[PoolJob] = deque()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        self.reserved = 0  # dispatches that packed jobs for this pool and wait for it to start (not idle)
         self.started: list[Worker] = []  # started off the loop, not adopted yet
         self.starting: asyncio.Future[None] | None = None  # the off-loop start in progress
         self._pending = 0  # workers the off-loop start has still to start
@@ -271,6 +272,10 @@ class ProcessPool:
 
     # -- scheduling -----------------------------------------------------------------------------
     def submit(self, jobs: Iterable[PoolJob]) -> None:
+        if self.closed:  # closed meanwhile (``close()`` from elsewhere): the jobs fail as queued ones did
+            for job in jobs:
+                job.finish(Closed(None))
+            return
         self.queue.extend(jobs)
         self._pump()
 
@@ -319,8 +324,8 @@ class ProcessPool:
 
     @property
     def idle(self) -> bool:
-        """No job queued or running (for any dispatch)."""
-        return not self.queue and all(w.job is None for w in self.workers)
+        """No job queued, running or packed for it (for any dispatch)."""
+        return not self.reserved and not self.queue and all(w.job is None for w in self.workers)
 
     def withdraw(self, jobs: Iterable[PoolJob], kill_running: bool) -> None:
         """Forget these jobs: queued ones are not sent; running ones are killed if asked."""

@@ -221,15 +221,15 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
         dispatch = Dispatch(done, n, args, kwargs, self.return_exceptions)
         jobs = []
         control = run = current_control.get()
-        if run is not None and self._stop_key not in run.cleanups:
-            # However a stop finds this run (in a dispatch, or between two), no worker outlives it.
-            run.add_cleanup(self._stop_key, functools.partial(self._close_after, run))
         if control is not None and not any(isinstance(r.owner, Container) for r in runners):
             control = None  # only groups cycle, so only they care about a drain
         sink = current_trace.get() if tracing() else None
         pool = self._pool
         if pool is None or pool.closed:
             pool = self._pool = self._new_pool()  # not started yet: its shared memory takes the large buffers
+        if run is not None and (key := (self._stop_key, pool)) not in run.cleanups:
+            # However a stop finds this run (in a dispatch, or between two), no worker of this pool outlives it.
+            run.add_cleanup(key, functools.partial(self._close_after, run, pool))
         # Everything is pickled (and checked) before a worker is started or anything is sent.
         try:
             for indices in cap_batches(self._plan(runners, self.workers), self.max_tasks_per_worker):
@@ -247,7 +247,12 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
             raise
         try:
             if pool.loop is not loop or not pool.workers:
-                pool = await self.ensure_pool(loop)
+                packed_for = pool
+                packed_for.reserved += 1  # its jobs are packed: another run's stop must not take it for idle
+                try:
+                    pool = await self.ensure_pool(loop)
+                finally:
+                    packed_for.reserved -= 1
             elif len(pool.workers) < pool.max_workers:
                 pool.fill()
             dispatch.pending = len(jobs)
@@ -269,12 +274,11 @@ class MultiprocessExecutionStrategy(OffLoopStrategy):
         report_jobs(jobs, None)
         return dispatch.values
 
-    def _close_after(self, run: Any) -> None:
-        """At the end of a pipeline run that dispatched here: close the pool if ``stop()`` ended the run and no
+    def _close_after(self, run: Any, pool: ProcessPool) -> None:
+        """At the end of a pipeline run that dispatched to ``pool``: close it if ``stop()`` ended the run and no
         other run uses it (the cancelled dispatch does the same, but a stop between two dispatches cancels none).
         A drained run (``stop(drain=True)``) keeps its workers, as its dispatches finished normally."""
-        pool = self._pool
-        if run.stopped and not run.draining and pool is not None and pool.idle:
+        if run.stopped and not run.draining and pool is self._pool and pool.idle:
             self.close()
 
     def _new_pool(self) -> ProcessPool:
