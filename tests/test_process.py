@@ -722,32 +722,26 @@ class Naps(Stage):
         await asyncio.sleep(60)
 
 
-async def test_a_stop_between_two_dispatches_closes_the_pool_all_the_same():
-    # The stop cancels the napping group: no dispatch of the process group is in flight to see it.
-    strategy = MultiprocessExecutionStrategy(2)
+async def _napping(strategy: Any, names: tuple[str, ...] = ("a", "b"), name: str = "p") -> tuple[Any, Any]:
+    """A pipeline whose process group has run and which now naps on the loop (no dispatch in flight); its task."""
     _NAPPING.clear()
-    p = pipeline([group([Pid(name="a"), Pid(name="b")], strategy), group([Naps(name="nap")], name="naps")])
-    async with leaves_nothing(strategy) as pids:
-        task = asyncio.ensure_future(p.run())
-        assert await eventually_async(lambda: _NAPPING == ["nap"])
-        pids += strategy.worker_pids()
-        p.stop()
-        await asyncio.wait_for(task, GRACE)
-        assert strategy.pool is None
-    assert_no_workers(pids)
+    p = pipeline([group([Pid(name=n) for n in names], strategy), group([Naps(name="nap")], name="naps")], name=name)
+    task = asyncio.ensure_future(p.run())
+    assert await eventually_async(lambda: _NAPPING == ["nap"])
+    return p, task
 
 
-async def test_a_stop_after_a_drain_closes_the_pool_as_a_stop_does():
-    # Giving up on a slow drain: the stop that follows ends the run as a stop, workers included.
+@pytest.mark.parametrize("drained_first", [False, True], ids=["stop", "drain-then-stop"])
+async def test_a_stop_between_two_dispatches_closes_the_pool_all_the_same(drained_first: bool):
+    # The stop cancels the napping group: no dispatch of the process group is in flight to see it. Giving up on a
+    # slow drain (the nap would hold it for a minute) with a stop ends the run as a stop too, workers included.
     strategy = MultiprocessExecutionStrategy(2)
-    _NAPPING.clear()
-    p = pipeline([group([Pid(name="a"), Pid(name="b")], strategy), group([Naps(name="nap")], name="naps")])
     async with leaves_nothing(strategy) as pids:
-        task = asyncio.ensure_future(p.run())
-        assert await eventually_async(lambda: _NAPPING == ["nap"])
+        p, task = await _napping(strategy)
         pids += strategy.worker_pids()
-        p.stop(drain=True)  # the nap would hold the drain for a minute
-        await asyncio.sleep(0.1)
+        if drained_first:
+            p.stop(drain=True)
+            await asyncio.sleep(0.1)
         p.stop()
         await asyncio.wait_for(task, GRACE)
         assert strategy.pool is None
@@ -758,12 +752,9 @@ async def test_a_stop_spares_a_pool_another_run_packed_jobs_for():
     # Two pipelines share the strategy. B's dispatch packed its jobs and waits for a fresh pool to start when A
     # (between two dispatches) is stopped: A's end must not close B's pool, and B must not wait forever.
     strategy = MultiprocessExecutionStrategy(1)
-    _NAPPING.clear()
-    a = pipeline([group([Pid(name="a")], strategy), group([Naps(name="nap")], name="naps")], name="A")
     b = pipeline([group([Pid(name="b")], strategy)], name="B")
     async with leaves_nothing(strategy):
-        task_a = asyncio.ensure_future(a.run())
-        assert await eventually_async(lambda: _NAPPING == ["nap"])
+        a, task_a = await _napping(strategy, ("a",), "A")
         strategy.close()  # the next dispatch starts a new pool
         task_b = asyncio.ensure_future(b.run())
         while strategy.pool is None or strategy.pool.starting is None:  # B's jobs are packed: it awaits the start
