@@ -109,16 +109,23 @@ def pack(obj: Any, threshold: int | None, arena: Arena | None, use_cloudpickle: 
     return pack_with(obj, threshold, arena, cloudpickle.Pickler if use_cloudpickle else pickle.Pickler)
 
 
-def small(obj: Any, threshold: int) -> bytes | None:
+def small(obj: Any, threshold: int, pickler: type | None = None, **options: Any) -> bytes | None:
     """``obj``'s plain pickle when nothing in it reaches ``threshold`` (``pack`` needs no shared memory), else None.
 
     The hot path of ``pack`` for small items, at the C pickler's speed: their
-    buffers are only looked at (``_Probe``).
+    buffers are only looked at (``_Probe``). ``pickler``: a class of the caller's
+    instead of ``pickle.dumps`` (``options`` go to its constructor); after None,
+    ``pack_with(..., probed=True)`` packs the object without trying this again.
     """
     if _large_bytes(obj, threshold):
         return None
     try:
-        data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=probe(threshold))
+        if pickler is None:
+            data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=probe(threshold))
+        else:
+            out = io.BytesIO()
+            pickler(out, protocol=PROTOCOL, buffer_callback=probe(threshold), **options).dump(obj)
+            data = out.getvalue()
     except Exception:  # noqa: BLE001 - a large buffer (Large), a lambda, a memoryview: pack_with tells
         return None
     return data if len(data) < threshold else None

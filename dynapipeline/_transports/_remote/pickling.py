@@ -27,7 +27,7 @@ import cloudpickle
 
 from dynapipeline._model.component import Component, Stage
 from dynapipeline._model.contexts import Context
-from dynapipeline._transports._remote.buffers import Arena, Packed, pack_with, probe
+from dynapipeline._transports._remote.buffers import Arena, Packed, pack_with, small
 from dynapipeline._transports._remote.rebuild import (
     INTERNAL_PRIVATE,
     cached_class,
@@ -261,18 +261,14 @@ def pack_batch(components: list[Any], args: tuple[Any, ...], kwargs: dict[str, A
     """``dumps_batch``, with its buffers of ``threshold`` bytes or more in ``arena``'s shared memory."""
     used: set[int] = set()
     try:
-        buffer = io.BytesIO()
         if threshold is None or arena is None:
+            buffer = io.BytesIO()
             Pickler(buffer, registry, used=used).dump((components, args, kwargs))
             return Packed(buffer.getvalue(), ()), used
-        try:
-            # The common batch has no large buffer: one pass that only looks at them (a large one ends it).
-            Pickler(buffer, registry, buffer_callback=probe(threshold), used=used).dump((components, args, kwargs))
-        except Exception:  # noqa: BLE001 - a large buffer (the probe), a memoryview: pack_with does it, or says why
-            logger.debug("a batch with large or special buffers: packed with shared memory")
-        else:
-            if buffer.tell() < threshold:
-                return Packed(buffer.getvalue(), ()), used
+        # The common batch has no large buffer: one pass that only looks at them (a large one ends it).
+        data = small((components, args, kwargs), threshold, Pickler, registry=registry, used=used)
+        if data is not None:
+            return Packed(data, ()), used
         return pack_with((components, args, kwargs), threshold, arena, Pickler, probed=True, registry=registry,
                          used=used), used
     except Exception as error:
