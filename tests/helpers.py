@@ -642,6 +642,15 @@ async def healed(cluster: Any, client: Any) -> None:
 # -- shared memory between a sender and a receiver, in one process ------------------------------------------------
 
 THRESHOLD = 1024  # the shared-memory threshold of ``Link``'s sends
+REDUCED: list[str] = []  # what ``Counted`` notes
+
+
+class Counted:
+    """Notes each time it is pickled in ``REDUCED`` (its ``__reduce__`` runs once per pickling pass)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        REDUCED.append("reduced")
+        return (Counted, ())
 
 
 class Link:

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from dynapipeline._transports._remote import buffers
 from dynapipeline._transports._remote.buffers import SHARED, unpack
 from dynapipeline._transports._remote.shared_bytes import LAYS_BYTES
 
@@ -275,3 +276,21 @@ def test_any_structure_of_small_and_large_buffers_round_trips_and_frees_its_bloc
         assert pair.arena.used == 0
     finally:
         pair.close()
+
+
+@pytest.mark.parametrize("large", [[bytes([i]) * (THRESHOLD // 2) for i in range(8)], memoryview(b"m" * THRESHOLD * 4)],
+                         ids=["large-in-band", "memoryview"])
+def test_an_object_that_needs_the_hooks_is_pickled_once_more_not_twice(link: Link, large: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fast pass (``small``) found it large: the next pass is the one with the hooks, not the fast one again.
+    passes: list[str] = []
+    dump = buffers._Packer.dump
+
+    def counted(self: Any, cls: type, obj: Any, options: dict[str, Any]) -> bytes:
+        passes.append(cls.__name__)
+        return dump(self, cls, obj, options)
+
+    monkeypatch.setattr(buffers._Packer, "dump", counted)
+    _, got = link.round_trip(["first", large])
+    assert passes == ["SharedPickler"]
+    assert got == ["first", large]

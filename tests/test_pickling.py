@@ -6,22 +6,13 @@ from collections import OrderedDict, namedtuple
 from typing import Any
 
 import pytest
-from helpers import THRESHOLD, Link
+from helpers import REDUCED, THRESHOLD, Counted, Link
 
 from dynapipeline import Stage
 from dynapipeline._transports._remote import pickling
 from dynapipeline._transports._remote.pickling import ClassRegistry, pack_batch
 
-REDUCED: list[str] = []
 Pair = namedtuple("Pair", "a b")
-
-
-class Counted:
-    """Notes each time it is pickled (its ``__reduce__`` runs once per pickling pass)."""
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        REDUCED.append("reduced")
-        return (Counted, ())
 
 
 class Holds(Stage):

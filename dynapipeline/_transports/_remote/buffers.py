@@ -106,7 +106,9 @@ def pack(obj: Any, threshold: int | None, arena: Arena | None, use_cloudpickle: 
         data = small(obj, threshold)
         if data is not None:
             return Packed(data, ())
-    return pack_with(obj, threshold, arena, cloudpickle.Pickler if use_cloudpickle else pickle.Pickler)
+    # After small(), pack_with's own first pass would only do the same pass again.
+    return pack_with(obj, threshold, arena, cloudpickle.Pickler if use_cloudpickle else pickle.Pickler,
+                     probed=not use_cloudpickle)
 
 
 def small(obj: Any, threshold: int, pickler: type | None = None, **options: Any) -> bytes | None:
