@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-COPY_C := dynapipeline/_transports/_remote/copy_c.pyx
+COPY_C := dynapipeline/_transports/_remote/copy_c.pyx dynapipeline/_transports/process/itemlog_c.pyx
 PYTEST_ARGS ?=
 LEGS := compiled:asyncio compiled:uvloop pure:asyncio pure:uvloop
 # The other Pythons `make test` runs one leg on (compiled engine, asyncio loop), each in its own .venv-X.Y.

@@ -6,6 +6,8 @@ module's name, so ``core_c.pxd`` beside the source gives the compiled module its
 
 ``dynapipeline/_transports/_remote/copy_c.pyx`` is the compiled side of ``copying.py`` (a copy
 with non-temporal stores, which pure Python cannot express); ``copying.py`` copies without it.
+``dynapipeline/_transports/process/itemlog_c.pyx`` is the compiled side of ``itemlog.py`` (a worker's
+loop over a chunk's items, with C clock reads and stores); ``itemlog.py`` runs without it.
 
 DYNAPIPELINE_REQUIRE_EXTENSIONS=1 turns the fallback into a build error.
 """
@@ -19,6 +21,7 @@ from setuptools.command.build_ext import build_ext
 REQUIRE = os.environ.get("DYNAPIPELINE_REQUIRE_EXTENSIONS", "") not in ("", "0")
 SOURCE = "dynapipeline/_engine/core_py.py"
 COPY = "dynapipeline/_transports/_remote/copy_c.pyx"
+ITEMLOG = "dynapipeline/_transports/process/itemlog_c.pyx"
 PXD = "dynapipeline/_engine/core_c.pxd"
 GENERATED_C = "dynapipeline/_engine/core_py.c"  # cythonize names it after the source
 
@@ -39,8 +42,9 @@ def extensions():
         return []
     engine = Extension("dynapipeline._engine.core_c", [SOURCE], depends=[PXD])
     copy = Extension("dynapipeline._transports._remote.copy_c", [COPY])
+    itemlog = Extension("dynapipeline._transports.process.itemlog_c", [ITEMLOG])
     return cythonize(
-        [engine, copy],
+        [engine, copy, itemlog],
         force=_pxd_newer_than_generated_c(),
         compiler_directives={
             "language_level": 3,

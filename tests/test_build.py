@@ -52,6 +52,7 @@ def test_info_command_prints_engine_loop_and_versions():
     assert f"dynapipeline {dynapipeline.__version__}" in out
     assert f"engine: {'compiled' if dynapipeline.compiled else 'pure'}" in out
     assert f"shared-memory copy: {'streamed' if dynapipeline.compiled else 'memcpy'}" in out
+    assert f"process items: {'compiled' if dynapipeline.compiled and sys.platform == 'linux' else 'pure'} loop" in out
     assert f"loop: {dynapipeline.loop_name()}" in out
     assert "python: 3." in out
 

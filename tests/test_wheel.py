@@ -68,6 +68,8 @@ def test_wheel_ships_the_engine_sources_extension_and_marker_but_no_generated_fi
     assert any(n.startswith("dynapipeline/_engine/core_c.") and n.endswith((".so", ".pyd")) for n in engine), names
     assert any(n.startswith("dynapipeline/_transports/_remote/copy_c.") and n.endswith((".so", ".pyd"))
                for n in names), names  # the shared-memory copy, built beside the engine
+    assert any(n.startswith("dynapipeline/_transports/process/itemlog_c.") and n.endswith((".so", ".pyd"))
+               for n in names), names  # the workers' item loop, likewise
     for required in ("dynapipeline/_engine/core_py.py", "dynapipeline/_engine/core_c.pxd", "dynapipeline/py.typed",
                      "dynapipeline/__init__.py", "dynapipeline/__main__.py"):
         assert required in names
@@ -106,12 +108,14 @@ def test_wheel_installed_in_a_fresh_venv_imports_the_compiled_engine(built: tupl
     deps = [p for p in sys.path if p.endswith("site-packages") and Path(p, "pydantic").is_dir()]
     (site / "test-deps.pth").write_text("\n".join(deps) + "\n")
     code = ("import dynapipeline, dynapipeline._engine as e, dynapipeline._transports._remote.copying as c; "
-            "print(dynapipeline.compiled, dynapipeline.__version__, e._core.__name__, c.STREAMS, "
+            "import dynapipeline._transports.process.itemlog as i; "
+            "print(dynapipeline.compiled, dynapipeline.__version__, e._core.__name__, c.STREAMS, i.COMPILED_LOG, "
             "dynapipeline.__file__)")
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path, env=_clean_env(), timeout=120).stdout.split()
-    compiled, version, core, streams, where = out
-    assert (compiled, version, core, streams) == ("True", VERSION, "dynapipeline._engine.core_c", "True")
+    compiled, version, core, streams, item_loop, where = out
+    assert (compiled, version, core, streams, item_loop) == ("True", VERSION, "dynapipeline._engine.core_c", "True",
+                                                             "True")
     assert Path(where).is_relative_to(venv)
     script = subprocess.run([str(venv / "bin" / "dynapipeline"), "--version"], capture_output=True, text=True,
                             check=True, cwd=tmp_path, env=_clean_env(), timeout=120).stdout

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+import operator
+from typing import Any, NamedTuple
 
 from dynapipeline._engine import RING
 from dynapipeline._model.component import Stage
 from dynapipeline._model.lifecycle import is_async_hook
 
-__all__ = ["add_runs", "drive", "needs_loop", "note_place", "plain_call", "run_component",
-           "time_limit"]
+__all__ = ["ItemRuns", "add_item_runs", "add_runs", "drive", "needs_loop", "note_place", "plain_call", "run_component",
+           "sum_durations", "sum_runs", "time_limit"]
 
 _ASYNC_EXECUTE: dict[type, bool] = {}
 _SLOWEST = 5
@@ -102,24 +103,65 @@ def time_limit(stage: Stage) -> float | None:
 
 
 
-def add_runs(runner: Any, durations: list[float], start: float, end: float, errors: int, place: str) -> None:
-    """Add runs made elsewhere (a worker process or Dask) to ``runner``'s stats, as if recorded here.
+class ItemRuns(NamedTuple):
+    """Runs made in a row elsewhere (a chunk's items in a worker), summed up as a stage's stats take them.
 
-    ``durations``: of each run, in the order they ran; ``start`` and ``end``: epoch
-    seconds of the first run's start and the last one's end; ``errors``: how many
-    failed. Counts, total, min/max, errors, the p50/p95 durations and the slowest
-    runs all add up, however many calls add runs concurrently (a stream step's chunks).
+    A worker sums up its chunk's runs itself (``sum_runs``) so that the parent adds
+    them without reading each run's clock readings. ``start``, ``end`` and the sums
+    are readings of the clock the runs were timed with (perf_counter in a worker).
     """
-    if not durations:
+
+    ran: int  # how many runs
+    start: float  # the first run's start
+    end: float  # the last run's end
+    total: float  # the runs' durations, summed
+    lo: float  # the shortest run
+    hi: float  # the longest run
+    recent: list[float]  # the last RING durations, in the order they ran
+    slowest: list[tuple[float, int]]  # the 2 * 5 longest as (duration, position in the row), longest last
+    starts: float = 0.0  # the sums of the runs' start and end readings, and of their results' pickled readings
+    ends: float = 0.0  # (the wait/ship split of a worker's chunk, ``jobs.Split``)
+    pickled: float = 0.0
+
+
+def sum_runs(starts: list[float], ends: list[float], pickled: list[float]) -> ItemRuns:
+    """The ``ItemRuns`` of runs in a row, from each run's start, end and pickled readings (one list each, in order)."""
+    return sum_durations(list(map(operator.sub, ends, starts)), starts[0], ends[-1], sum(starts), sum(ends),
+                         sum(pickled))
+
+
+def sum_durations(durations: list[float], start: float, end: float, starts: float = 0.0, ends: float = 0.0,
+                  pickled: float = 0.0) -> ItemRuns:
+    """The ``ItemRuns`` of runs in a row known by their durations (at least one), from ``start`` to ``end``.
+
+    One stable sort of the positions by duration serves min, max and the slowest:
+    the last ones are the longest runs, and among equal ones the latest (as the
+    runner names the latest of equal runs made here).
+    """
+    order = sorted(range(len(durations)), key=durations.__getitem__)
+    return ItemRuns(len(durations), start, end, sum(durations), durations[order[0]], durations[order[-1]],
+                    durations[-RING:], [(durations[i], i) for i in order[-_SLOWEST * 2:]], starts, ends, pickled)
+
+
+def add_item_runs(runner: Any, runs: ItemRuns, errors: int, place: str, offset: float = 0.0) -> None:
+    """Add runs made elsewhere to ``runner``'s stats, as if recorded here; ``offset`` turns their clock into epoch.
+
+    Counts, total, min/max, errors, the p50/p95 durations and the slowest runs all add
+    up, however many calls add runs concurrently (a stream step's chunks).
+    """
+    if not runs.ran:
         return
     count = runner.count
-    # One stable sort of the positions by duration serves min, max and the slowest: the last ones are the longest
-    # runs, and among equal ones the latest (as the runner names the latest of equal runs made here).
-    order = sorted(range(len(durations)), key=durations.__getitem__)
-    lo, hi = durations[order[0]], durations[order[-1]]
+    lo, hi = runs.lo, runs.hi
     if count:
         lo, hi = min(lo, runner.min), max(hi, runner.max)
-    slowest = [(durations[i], count + i + 1) for i in order[-_SLOWEST * 2:]]
-    runner.adopt((start, end, count + len(durations), runner.total + sum(durations), lo, hi,
-                  runner.errors + errors), durations[-RING:], slowest)
+    slowest = [(elapsed, count + position + 1) for elapsed, position in runs.slowest]
+    runner.adopt((runs.start + offset, runs.end + offset, count + runs.ran, runner.total + runs.total, lo, hi,
+                  runner.errors + errors), runs.recent, slowest)
     note_place(runner, place)
+
+
+def add_runs(runner: Any, durations: list[float], start: float, end: float, errors: int, place: str) -> None:
+    """``add_item_runs`` for runs known by their durations, from ``start`` to ``end`` (epoch seconds)."""
+    if durations:
+        add_item_runs(runner, sum_durations(durations, start, end), errors, place)

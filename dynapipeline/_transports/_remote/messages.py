@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from dynapipeline._transports._remote.buffers import Block
+from dynapipeline._transports.calling import ItemRuns
 
 __all__ = ["IDLE", "LOG_DATA", "LOG_HEAD", "LOG_SIZE", "LOG_SLOTS", "LOG_TABLE", "MAX_KEPT_STAGES", "READY",
            "SEGMENTS", "SENT", "STOP", "TAKEN", "Call", "Clock", "Failure", "LoggedItem", "MapCall", "MapReply",
@@ -183,6 +184,9 @@ class MapReply(NamedTuple):
     unloadable: Failure | None = None  # the error rebuilding the stage or the items, if any
     released: tuple[Block, ...] = ()  # as in ``Reply``
     retiring: bool = False  # as in ``Reply`` (``ran`` may then be fewer than sent: the parent sends the rest again)
+    # The runs of the items logged, summed up (None when ``last`` holds one): the parent adds them to the stage's
+    # stats without reading the log's rows, unless it needs each run (errors, a tracer, OpenTelemetry).
+    runs: ItemRuns | None = None
 
 
 class Recycling(NamedTuple):

@@ -40,7 +40,6 @@ import asyncio
 import itertools
 import logging
 import math
-import operator
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,7 +52,7 @@ from dynapipeline._transports._remote.messages import Failure, MapReply
 from dynapipeline._transports._remote.pickling import pack_batch
 from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports._remote.replies import remote_error, tag
-from dynapipeline._transports.calling import add_runs
+from dynapipeline._transports.calling import add_item_runs, sum_runs
 from dynapipeline._transports.offloop import crash_retry, merge_wait_ship, note_crashes
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut
 from dynapipeline._transports.process.jobs import MapJob, Split
@@ -264,6 +263,7 @@ class ProcessItems(ItemRunner):
             return pool.broken, None  # its workers die on start-up: starting more would only die the same way
         loop = asyncio.get_running_loop()
         job = MapJob(loop.create_future(), self.stage_id, self._pack_stage, self.cids, items, self.limit)
+        job.each_run = tracing() or reports_elsewhere(self.stage)
         if keep:
             job.kept = items.blocks
         job.packed = (packed_from, time.perf_counter())
@@ -294,7 +294,9 @@ class ProcessItems(ItemRunner):
             data += last.data
             failures += last.failed
         pid = outcome.pid
-        count = min(len(rows) // 4, len(batch))
+        # Summed up in the worker when all went well and no run is wanted one by one: the rows were not read.
+        runs = reply.runs if type(reply) is MapReply and not rows else None
+        count = min(len(rows) // 4 if runs is None else runs.ran, len(batch))
         if not count:
             return 0
         size = 4 * count
@@ -340,12 +342,13 @@ class ProcessItems(ItemRunner):
                     failed.append(position)
                 else:
                     results[i] = (True, value)
-        durations = list(map(operator.sub, ends, starts))
-        add_runs(runner, durations, starts[0] + EPOCH_OFFSET, ends[-1] + EPOCH_OFFSET, len(failed), f"process {pid}")
+        if runs is None:
+            runs = sum_runs(starts, ends, pickled)
+        add_item_runs(runner, runs, len(failed), f"process {pid}", EPOCH_OFFSET)
         if type(reply) is MapReply and replied is not None and reply.clock is not None and job.sent_at:
             split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, replied.loaded)
             if sink is None:
-                split.add_all(runner, starts, ends, pickled)
+                split.add_sums(runner, runs.ran, runs.starts, runs.ends, runs.pickled)
             else:
                 for started, ended, done in zip(starts, ends, pickled, strict=True):
                     wait, ship = split.times(started, ended, done)
@@ -362,7 +365,7 @@ class ProcessItems(ItemRunner):
                 ok, value = results[i]
                 report_elsewhere(self.stage, starts[k] + EPOCH_OFFSET, ends[k] + EPOCH_OFFSET, None if ok else value,
                                  {"dynapipeline.worker_pid": pid, "dynapipeline.run": first_cycle + k})
-        per_item = (ends[-1] - starts[0]) / count  # back to back: the time per item, the log's cost included
+        per_item = (runs.end - runs.start) / count  # back to back: the time per item, the log's cost included
         self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
         return count
 
@@ -391,7 +394,8 @@ class ProcessItems(ItemRunner):
     def _dump_items(self, values: list[Any], batch: list[int], results: list[Any]) -> Packed | None:
         """The pickled items of ``batch``; an item that cannot be pickled fails alone (None: pickle the rest)."""
         try:
-            return self._dumps([values[i] for i in batch])
+            # A batch as long as the call is the whole call (batches keep the call's order): no copy needed.
+            return self._dumps(values if len(batch) == len(values) else [values[i] for i in batch])
         except Exception:
             logger.debug("stream step %r: a chunk cannot be pickled; finding the item", self.name)
         for i in batch:

@@ -111,7 +111,7 @@ class MapJob:
     """One chunk of items for one worker; its outcome completes ``future``."""
 
     __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control", "sent_at",
-                 "sink", "packed", "logged", "blocks", "kept")
+                 "sink", "packed", "logged", "blocks", "kept", "each_run")
 
     def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: Callable[[], Packed], cids: set[int],
                  items: Packed, deadline: float | None) -> None:
@@ -132,6 +132,7 @@ class MapJob:
         # The item log when the chunk ended (read before the worker goes on): its rows (flat), its pickles,
         # and how many of its items failed.
         self.logged: tuple[list[float], bytes, int] = ([], b"", 0)
+        self.each_run = False  # its caller needs each item's run (a tracer, OpenTelemetry), not only their sum
 
     def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> MapCall:
         """The ``MapCall``, with ``blobs`` (the classes its worker lacks), and the stage if it lacks it too."""
@@ -150,10 +151,12 @@ class MapJob:
                 # Now: the pool hands this worker its next chunk as soon as this returns.
                 view = memoryview(w.log).cast("B")
                 count, failures = LOG_HEAD.unpack_from(view, 0)
-                if count:
+                reply = outcome.reply if isinstance(outcome, Replied) else None
+                # All went well: the reply's values and summed-up runs serve, unless each run is wanted.
+                summed = type(reply) is MapReply and reply.runs is not None and reply.values and not failures
+                if count and not (summed and not self.each_run):
                     rows: list[float] = view[LOG_TABLE:LOG_TABLE + 32 * count].cast("d").tolist()  # type: ignore[assignment]
                     data = b""
-                    reply = outcome.reply if isinstance(outcome, Replied) else None
                     if failures or type(reply) is not MapReply or not reply.values or \
                             (reply.last is not None and reply.last.failed):
                         # The pickles are read only when the reply's values cannot serve (a crash, failed items).
@@ -294,10 +297,12 @@ class Split:
 
     def add_all(self, runner: Any, starts: list[float], ends: list[float], pickled: list[float]) -> None:
         """Add many runs' waiting and shipping to one runner at once (a stream step's chunk), summed."""
-        n = len(starts)
-        done = sum(pickled)
-        wait = n * (self.queued + self.replying - self.rebuilt) + sum(starts) - done
-        ship = n * self.shared_ship + done - sum(ends)
+        self.add_sums(runner, len(starts), sum(starts), sum(ends), sum(pickled))
+
+    def add_sums(self, runner: Any, n: int, starts: float, ends: float, pickled: float) -> None:
+        """``add_all`` from the sums of the ``n`` runs' start, end and pickled readings (``ItemRuns``)."""
+        wait = n * (self.queued + self.replying - self.rebuilt) + starts - pickled
+        ship = n * self.shared_ship + pickled - ends
         runner.wait_total += wait if wait > 0.0 else 0.0
         runner.ship_total += ship if ship > 0.0 else 0.0
 

@@ -32,52 +32,42 @@ import os
 import pickle
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 import traceback
 from typing import Any
 
-from dynapipeline._engine import EPOCH_OFFSET
 from dynapipeline._model.lifecycle import close_process_scope
-from dynapipeline._transports._remote import buffers
 from dynapipeline._transports._remote.batch import (
-    dump_value,
     failure_of,
     loop_of,
     register_classes,
     run_call,
     unloadable_reply,
 )
-from dynapipeline._transports._remote.buffers import SHARED, unpack
+from dynapipeline._transports._remote.buffers import unpack
 from dynapipeline._transports._remote.messages import (
     IDLE,
-    LOG_DATA,
-    LOG_SIZE,
-    LOG_SLOTS,
-    LOG_TABLE,
     MAX_KEPT_STAGES,
     READY,
     SEGMENTS,
     STOP,
     TAKEN,
     Clock,
-    LoggedItem,
     MapCall,
     MapReply,
     Recycling,
     Reply,
 )
-from dynapipeline._transports.calling import needs_loop, plain_call, run_component
+from dynapipeline._transports.calling import plain_call
+from dynapipeline._transports.process.itemlog import ItemLog
 from dynapipeline._transports.process.recycling import Budget
 from dynapipeline._transports.process.shm import MAPPED, LocalArena, send_segments, take_segments
 
 __all__ = ["main", "run_map", "run_message", "teardown_all"]
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-_ROW = struct.Struct("=4d")
-_Large = buffers.Large  # an item log row (_remote.messages); native doubles, as the parent reads them
 logger = logging.getLogger("dynapipeline")
 
 
@@ -232,7 +222,7 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return MapReply(ran=0, values=b"", last=None, clock=None, thread=0,
                         unloadable=failure_of(error, traceback.format_exc()))
-    log = _ItemLog(state.get("log"), stage.name, state)
+    log = ItemLog(state.get("log"), stage.name, state)
     budget: Budget | None = state.get("budget")
     stop = None
     if budget is not None:  # a recycled worker runs what its budget allows: the parent sends the rest again
@@ -253,142 +243,5 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
             logger.debug("stage %r: results pickled one by one (cloudpickle)", stage.name)
     log.values = []
     clock = Clock(received=rebuilt_from, rebuilt=rebuilt, replying=time.perf_counter())
-    return MapReply(ran=ran, values=values, last=log.last, clock=clock, thread=threading.get_native_id())
-
-
-class _ItemLog:
-    """Runs a chunk's items, writing each one's outcome to the worker's shared item log (``_remote.messages``)."""
-
-    def __init__(self, buffer: Any, name: str, state: dict[str, Any] | None = None) -> None:
-        self.state = state
-        self.threshold: int | None = state.get("threshold") if state is not None else None
-        self.shared = False  # a result has buffers in shared memory: the reply's ``values`` are left empty
-        if buffer is None:  # not a pool's worker: a private log, the same layout
-            buffer = (ctypes.c_ubyte * LOG_SIZE)()
-        self.view = memoryview(buffer).cast("B")
-        self.committed = ctypes.c_int64.from_buffer(buffer, 0)
-        self.failures = ctypes.c_int64.from_buffer(buffer, 8)
-        self.name = name
-        self.count = 0
-        self.used = 0
-        self.last: LoggedItem | None = None  # the item that did not fit: it travels in the reply, ends the chunk
-        self.values: list[Any] = []  # the results, None where an item failed (the reply's ``values``)
-        self.committed.value = 0
-        self.failures.value = 0
-
-    def run_plain(self, current: Any, plain: Any, items: list[Any], stop: Any = None) -> int:
-        """Call ``plain`` on each item (a plain ``def`` stage: no runner needed); how many ran.
-
-        ``stop``: asked before each item but the first; True ends the chunk there (``recycling.Budget``).
-        """
-        clock = time.perf_counter  # the engine's clock
-        dumps = pickle.dumps
-        protocol = pickle.HIGHEST_PROTOCOL
-        pack_row = _ROW.pack_into
-        view = self.view
-        committed = self.committed
-        room = LOG_SIZE - LOG_DATA
-        used = 0
-        count = 0
-        keep = self.values.append
-        threshold = self.threshold
-        probe = None if threshold is None else buffers.probe(threshold)
-        for item in items:
-            if stop is not None and count and stop():
-                break
-            current.value = count
-            t0 = clock()
-            try:
-                value = plain(item)
-            except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                self.count, self.used = count, used
-                self.failed(t0, clock(), error, traceback.format_exc())
-                count, used = self.count, self.used
-                if self.last is not None:
-                    return count + 1
-                continue
-            t1 = clock()
-            keep(value)
-            try:
-                # The plain pickle at C speed; a large buffer (the probe raises) or a large pickle goes the
-                # general way below, to shared memory.
-                data = dumps(value, protocol, buffer_callback=probe)
-                if probe is not None and len(data) >= probe.threshold:
-                    raise _Large
-            except Exception:  # noqa: BLE001 - large, or only cloudpickle can: the general way
-                self.count, self.used = count, used
-                self.values.pop()
-                self.value(t0, t1, value)  # shared memory, cloudpickle, or the item fails
-                count, used = self.count, self.used
-                if self.last is not None:
-                    return count + 1
-                continue
-            size = len(data)
-            if count >= LOG_SLOTS or used + size > room:
-                self.last = LoggedItem(t0, t1, clock(), False, data)
-                return count + 1
-            pack_row(view, LOG_TABLE + count * 32, t0, t1, clock(), size)
-            at = LOG_DATA + used
-            view[at:at + size] = data
-            used += size
-            count += 1
-            committed.value = count  # last: the item is whole in the log from here on
-        self.count, self.used = count, used
-        return count
-
-    def run_stage(self, current: Any, stage: Any, items: list[Any], state: dict[str, Any], stop: Any = None) -> int:
-        """Run each item through the stage's runner (handlers, timeout, retries); how many ran (``stop``: as above)."""
-        loop = loop_of(state) if needs_loop(stage) else None
-        runner = stage.__pydantic_private__["_runner"]
-        no_kwargs: dict[str, Any] = {}
-        for position, item in enumerate(items):
-            if stop is not None and position and stop():
-                return position
-            current.value = position
-            try:
-                value = run_component(stage, (item,), no_kwargs, loop)
-            except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                self.failed(runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, error,
-                            traceback.format_exc())
-            else:
-                self.value(runner.start_time - EPOCH_OFFSET, runner.end_time - EPOCH_OFFSET, value)
-            if self.last is not None:
-                return position + 1  # no room left in the log: the parent sends the rest again
-        return len(items)
-
-    def value(self, t0: float, t1: float, value: Any) -> None:
-        try:
-            data = dump_value(value, self.state)
-            if data[:1] == SHARED:
-                self.shared = True
-        except Exception as bad:
-            self.values.append(None)
-            unpicklable = TypeError(f"stage {self.name!r} returned a result that cannot be pickled "
-                                    f"({type(value).__name__}: {bad})")
-            self.add(t0, t1, True, pickle.dumps(failure_of(unpicklable, ""), protocol=pickle.HIGHEST_PROTOCOL))
-            return
-        self.values.append(value)
-        self.add(t0, t1, False, data)
-
-    def failed(self, t0: float, t1: float, error: BaseException, tb: str) -> None:
-        self.values.append(None)
-        self.add(t0, t1, True, pickle.dumps(failure_of(error, tb), protocol=pickle.HIGHEST_PROTOCOL))
-
-    def add(self, t0: float, t1: float, failed: bool, data: bytes) -> None:
-        """Log one item's outcome (its pickle, ``failed``: a ``Failure``) and commit it."""
-        pickled = time.perf_counter()
-        count = self.count
-        size = len(data)
-        used = self.used
-        if count >= LOG_SLOTS or used + size > LOG_SIZE - LOG_DATA:
-            self.last = LoggedItem(t0, t1, pickled, failed, data)
-            return
-        _ROW.pack_into(self.view, LOG_TABLE + count * 32, t0, t1, pickled, -size if failed else size)
-        at = LOG_DATA + used
-        self.view[at:at + size] = data
-        self.used = used + size
-        self.count = count + 1
-        if failed:
-            self.failures.value += 1
-        self.committed.value = count + 1  # last: the item is whole in the log from here on
-
+    return MapReply(ran=ran, values=values, last=log.last, clock=clock, thread=threading.get_native_id(),
+                    runs=log.summed())
