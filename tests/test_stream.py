@@ -16,6 +16,8 @@ import pytest
 from helpers import GRACE, Echo, eventually_async, stream_tasks
 
 from dynapipeline import ItemError, PipelineFactory, PipeLineType, Stage, StageGroup, Step, Stream
+from dynapipeline._model.component import Flat
+from dynapipeline._model.strategy import ItemRunner, Succeeded
 from dynapipeline.errors import ConfigurationError, StageTimeoutError
 from dynapipeline.execution import (
     ConcurrentExecutionStrategy,
@@ -921,3 +923,44 @@ async def test_a_cancelled_run_counts_the_rest_of_a_workers_chunk_as_cancelled()
     slow = s.progress["slow"]
     # The one running is cut, the 4 others of its chunk (half of maxsize) never started, 10 wait in the queue.
     assert (slow.received, slow.done, slow.in_flight, slow.queued, slow.cancelled) == (1, 0, 0, 0, 15)
+
+
+# -- a runner off the loop whose items all succeeded ---------------------------------------------
+class _AllSucceed(ItemRunner):
+    """Runs a chunk's items here and answers ``Succeeded`` with their results, as a process step does."""
+
+    chunk = 4
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    async def call(self, values: list[Any]) -> list[Any]:
+        return Succeeded([self.make(value) for value in values])
+
+
+class _Succeeding(SequentialExecutionStrategy):
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self.make = make
+
+    def stream_runner(self, stage: Any, maxsize: int) -> tuple[int, ItemRunner | None]:
+        return 2, _AllSucceed(self.make)
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda x: x * 10, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]),
+    (lambda x: Flat([x, x]) if x % 3 == 0 else x, [0, 0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9]),
+], ids=["values", "flat"])
+async def test_a_runner_whose_items_all_succeeded_gives_their_results_in_order(make: Any,
+                                                                                expected: list[Any]) -> None:
+    s = stream(Step(Double(name="run"), _Succeeding(make)))
+    assert await s.run(range(10)) == expected
+    assert (s.progress["run"].done, s.progress["run"].failed) == (10, 0)
+
+
+async def test_an_item_failed_upstream_passes_a_step_whose_items_all_succeeded() -> None:
+    s = stream(FailOn(name="f", bad=2), Step(Double(name="run"), _Succeeding(lambda x: -x)), on_error="return")
+    out = await s.run(range(5))
+    assert out[:2] == [0, -1] and out[3:] == [-3, -4]
+    assert type(out[2]) is ValueError
+    assert (s.progress["run"].received, s.progress["run"].done) == (4, 4)

@@ -12,7 +12,7 @@ from dynapipeline.errors import ConfigurationError
 if TYPE_CHECKING:
     from dynapipeline._model.pacing import TokenBucket
 
-__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "chunk_items", "rebuild_strategy",
+__all__ = ["CycleStrategy", "ExecutionStrategy", "ItemRunner", "Succeeded", "chunk_items", "rebuild_strategy",
            "runners_of"]
 
 # While a tracer records: the stream indices of the values an ``ItemRunner.call`` gets (its trace names them).
@@ -20,11 +20,18 @@ chunk_items: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("
                                                                                 default=None)
 
 
+class Succeeded(list):  # type: ignore[type-arg]
+    """``ItemRunner.call``'s answer when every item succeeded: their results in order, not ``(True, r)`` pairs."""
+
+    __slots__ = ()
+
+
 class ItemRunner:
     """How a stream step runs its stage off the event loop (threads, processes): one call per chunk of items.
 
     ``call(values)`` returns one ``(ok, result_or_exception)`` pair per value, in
-    order; a failure of one item never fails the others. ``chunk`` is the most
+    order, or, when every item succeeded, a ``Succeeded`` list of their results
+    (no pair built per item); a failure of one item never fails the others. ``chunk`` is the most
     items one call takes (processes batch items; threads take one). ``width``,
     when ``open`` sets it, is the most calls worth making at once (it lowers the
     step's count of workers, say to what a cluster can run); lowered later, the
@@ -40,7 +47,7 @@ class ItemRunner:
     async def open(self) -> None:
         """Acquire what the step's run needs (a pool)."""
 
-    async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
+    async def call(self, values: list[Any]) -> list[Any]:
         raise NotImplementedError
 
     async def aclose(self) -> None:

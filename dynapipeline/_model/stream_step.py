@@ -27,6 +27,7 @@ See docs/streams.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import operator
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,7 @@ from dynapipeline._model.component import Flat, runner_of
 from dynapipeline._model.pacing import PacedItems, paced, pacer
 from dynapipeline._model.queues import ChunkQueue, QueueShutDown
 from dynapipeline._model.step import Step
-from dynapipeline._model.strategy import ItemRunner, chunk_items
+from dynapipeline._model.strategy import ItemRunner, Succeeded, chunk_items
 from dynapipeline._model.stream import ItemError
 
 if TYPE_CHECKING:
@@ -301,7 +302,7 @@ class StepRun:
             chunk_items.set([index for index, value in entries if type(value) is not Failed])
         try:
             if not todo:
-                results: list[tuple[bool, Any]] = []
+                results: list[Any] = []
             elif self.item_runner is not None:
                 results = await self.item_runner.call(todo)
             else:
@@ -309,6 +310,11 @@ class StepRun:
         except BaseException:
             counts.cut += len(todo)  # cancelled before they finished
             raise
+        if type(results) is Succeeded:  # every item succeeded: their results, no pairs (the common case)
+            if not passing and Flat not in set(map(type, results)):
+                counts.done += len(results)
+                return list(zip(map(_first, entries), results, strict=True))
+            results = list(zip(itertools.repeat(True), results))  # the general way below
         done = sum(map(_first, results))  # all counted before an error may be raised below
         counts.done += done
         counts.failed += len(results) - done

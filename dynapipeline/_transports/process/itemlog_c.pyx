@@ -1,7 +1,8 @@
 # cython: language_level=3
 """The compiled side of ``itemlog``: a plain stage's chunk run and logged with C clock reads and stores.
 
-``run_plain`` is ``ItemLog.run_plain`` with the same rows, pickles and commits,
+``run_plain`` is ``ItemLog.run_plain`` with the same rows, pickles and commits
+(an item that follows one just logged starts at the clock reading that logged it),
 and hands every item that is not the common case (an error, a large or
 cloudpickle-only result, a full log) to the ``ItemLog``'s own methods, so that
 the rules live in one place. What it saves per item, against about 1 us in pure
@@ -74,6 +75,11 @@ cdef inline Py_ssize_t _framed(unsigned char* out, Py_ssize_t body) noexcept:
 
 def encode(value):
     """``pickle.dumps(value, 5)`` for ``None``, a bool, an int of 64 bits or a float; None for anything else."""
+    return _encode(value)
+
+
+cdef object _encode(object value):
+    """``encode``, called from C in the loop."""
     cdef unsigned char out[24]
     cdef unsigned char* body
     cdef Py_ssize_t start, n, k
@@ -148,15 +154,19 @@ def run_plain(log, Py_ssize_t current_address, plain, items, stop):
     cdef long* current = <long*>current_address
     cdef Py_ssize_t used = 0, count = 0, size, limit
     cdef double t0, t1
-    keep = log.values.append
+    cdef list values = log.values
+    cdef list chunk = items if type(items) is list else list(items)
     threshold = log.threshold
     probe = None if threshold is None else buffers.probe(threshold)
     limit = threshold if threshold is not None else LOG_SIZE
-    for item in items:
+    cdef double logged = 0.0  # the clock when the last item was logged ...
+    cdef bint fresh = False  # ... just before this one: it starts then (one clock read saved per item)
+    for item in chunk:
         if stop is not None and count and stop():
             break
         current[0] = count
-        t0 = dp_now()
+        t0 = logged if fresh and stop is None else dp_now()
+        fresh = False
         try:
             value = plain(item)
         except BaseException as error:  # everything goes back to the parent
@@ -167,7 +177,7 @@ def run_plain(log, Py_ssize_t current_address, plain, items, stop):
                 return count + 1
             continue
         t1 = dp_now()
-        data = encode(value)
+        data = _encode(value)
         if data is None:
             try:
                 data = _dumps(value, 5, buffer_callback=probe)
@@ -180,20 +190,22 @@ def run_plain(log, Py_ssize_t current_address, plain, items, stop):
                 if log.last is not None:
                     return count + 1
                 continue
-        keep(value)
+        values.append(value)
         size = PyBytes_GET_SIZE(data)
         if count >= _SLOTS or used + size > _ROOM:
             log.count, log.used = count, used
             log.last = LoggedItem(t0, t1, dp_now(), False, data)
             return count + 1
+        memcpy(area + used, PyBytes_AS_STRING(data), size)
+        logged = dp_now()
         table[4 * count] = t0
         table[4 * count + 1] = t1
-        table[4 * count + 2] = dp_now()
+        table[4 * count + 2] = logged
         table[4 * count + 3] = <double>size
-        memcpy(area + used, PyBytes_AS_STRING(data), size)
         used += size
         count += 1
         dp_commit(committed, count)  # last: the item is whole in the log from here on
+        fresh = True
     log.count, log.used = count, used
     return count
 

@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
 from dynapipeline._model.component import runner_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
-from dynapipeline._model.strategy import ItemRunner, chunk_items
+from dynapipeline._model.strategy import ItemRunner, Succeeded, chunk_items
 from dynapipeline._transports._remote.buffers import Packed, pack, unpack
 from dynapipeline._transports._remote.messages import Failure, MapReply
 from dynapipeline._transports._remote.pickling import pack_batch
 from dynapipeline._transports._remote.planning import deadline
 from dynapipeline._transports._remote.replies import remote_error, tag
-from dynapipeline._transports.calling import add_item_runs, sum_runs
+from dynapipeline._transports.calling import ItemRuns, add_item_runs, sum_runs
 from dynapipeline._transports.offloop import crash_retry, merge_wait_ship, note_crashes
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut
 from dynapipeline._transports.process.jobs import MapJob, Split
@@ -118,7 +118,7 @@ class ProcessItems(ItemRunner):
             return self.payload
         return pack_batch([self.stage], (), {}, threshold, pool.arena)[0]
 
-    async def call(self, values: list[Any]) -> list[tuple[bool, Any]]:
+    async def call(self, values: list[Any]) -> list[Any]:
         if self.pool is not None and self._large(values[0]):
             # One item more than workers: its copy into shared memory overlaps their work (no worker waits for a
             # copy), at the price of one item held in shared memory while it waits.
@@ -128,7 +128,7 @@ class ProcessItems(ItemRunner):
                 # first chunk, sized before any item was seen, is split across the workers now.
                 self.chunk = 1
                 parts = await asyncio.gather(*(self.call([value]) for value in values))
-                return [part[0] for part in parts]
+                return [(True, part[0]) if type(part) is Succeeded else part[0] for part in parts]
             return [await self._call_large(values)]
         results: list[tuple[bool, Any] | None] = [None] * len(values)
         crashes = [0] * len(values)
@@ -154,6 +154,8 @@ class ProcessItems(ItemRunner):
                 if reply.unloadable is not None:
                     for i in batch:
                         results[i] = (False, self._error(reply.unloadable, outcome.pid))
+                elif len(batch) == len(values) and (succeeded := self._succeeded(job, outcome, len(batch))) is not None:
+                    return succeeded  # every item of the call ran well at the first go (the common case)
                 elif self._take_items(job, outcome, batch, results, sink, indices) == len(pending) == len(batch):
                     break  # every item of the call ran (the common case): nothing left to look for
             elif isinstance(outcome, TimedOut):
@@ -181,7 +183,7 @@ class ProcessItems(ItemRunner):
                     if results[i] is None:
                         results[i] = (False, WorkerCrashedError(self.name, outcome.pid, None))
             pending = [i for i in pending if results[i] is None]
-        return results  # type: ignore[return-value]  # every slot is filled when nothing is pending
+        return results  # every slot is filled when nothing is pending
 
     async def aclose(self) -> None:
         run = current_control.get()
@@ -275,6 +277,38 @@ class ProcessItems(ItemRunner):
             self.strategy.close_if_stopped(in_use=not pool.idle)  # as a group's dispatch does
             raise
 
+    def _succeeded(self, job: MapJob | None, outcome: Replied, n: int) -> Succeeded | None:
+        """The results when all ``n`` items of the job ran well and the worker summed up their runs; else None.
+
+        Nothing is recorded when it returns None: ``_take_items`` then says item by item what happened.
+        """
+        reply = outcome.reply
+        if job is None or type(reply) is not MapReply or reply.runs is None or job.logged[0] or reply.runs.ran != n:
+            return None  # the log's rows were read: an error, a tracer or OpenTelemetry wants each item
+        runs = reply.runs
+        try:
+            values = unpack(reply.values, MAPPED.attach)
+        except Exception:  # noqa: BLE001 - _take_items fails each item with the error
+            return None
+        if len(values) != runs.ran:
+            return None
+        self._add_summed(job, outcome, runs, 0)
+        return Succeeded(values)
+
+    def _add_summed(self, job: MapJob, outcome: Replied | Crashed, runs: ItemRuns, errors: int) -> None:
+        """Add runs summed up to the stage's stats, with their wait and ship time; size the next chunks from them."""
+        runner = self.runner
+        add_item_runs(runner, runs, errors, f"process {outcome.pid}", EPOCH_OFFSET)
+        if isinstance(outcome, Replied) and type(reply := outcome.reply) is MapReply and reply.clock is not None \
+                and job.sent_at:
+            split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, outcome.loaded)
+            split.add_sums(runner, runs.ran, runs.starts, runs.ends, runs.pickled)
+        self._size_chunks(runs)
+
+    def _size_chunks(self, runs: ItemRuns) -> None:
+        per_item = (runs.end - runs.start) / runs.ran  # back to back: the time per item, the log's cost included
+        self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
+
     def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: list[int], results: list[Any],
                     sink: Any, indices: list[int] | None) -> int:
         """Fill the results of the items the worker ran (from its item log) and add their runs; how many ran.
@@ -344,12 +378,13 @@ class ProcessItems(ItemRunner):
                     results[i] = (True, value)
         if runs is None:
             runs = sum_runs(starts, ends, pickled)
-        add_item_runs(runner, runs, len(failed), f"process {pid}", EPOCH_OFFSET)
-        if type(reply) is MapReply and replied is not None and reply.clock is not None and job.sent_at:
-            split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, replied.loaded)
-            if sink is None:
-                split.add_sums(runner, runs.ran, runs.starts, runs.ends, runs.pickled)
-            else:
+        if sink is None:
+            self._add_summed(job, outcome, runs, len(failed))
+        else:  # each run's wait and ship go to the tracer too
+            add_item_runs(runner, runs, len(failed), f"process {pid}", EPOCH_OFFSET)
+            self._size_chunks(runs)
+            if type(reply) is MapReply and replied is not None and reply.clock is not None and job.sent_at:
+                split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, replied.loaded)
                 for started, ended, done in zip(starts, ends, pickled, strict=True):
                     wait, ship = split.times(started, ended, done)
                     merge_wait_ship(runner, wait, ship, sink, job.sent_at, pid, started)
@@ -365,8 +400,7 @@ class ProcessItems(ItemRunner):
                 ok, value = results[i]
                 report_elsewhere(self.stage, starts[k] + EPOCH_OFFSET, ends[k] + EPOCH_OFFSET, None if ok else value,
                                  {"dynapipeline.worker_pid": pid, "dynapipeline.run": first_cycle + k})
-        per_item = (runs.end - runs.start) / count  # back to back: the time per item, the log's cost included
-        self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
+        self._size_chunks(runs)
         return count
 
     def _unloadable(self, unpickling: Exception, pid: int | None, chunk: int) -> PicklingError:
