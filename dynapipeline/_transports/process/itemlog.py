@@ -102,9 +102,7 @@ class ItemLog:
             try:
                 value = plain(item)
             except BaseException as error:  # noqa: B902 - everything goes back to the parent
-                self.count, self.used = count, used
-                self.failed(t0, clock(), error, traceback.format_exc())
-                count, used = self.count, self.used
+                count, used = self.general(count, used, self.failed, t0, clock(), error, traceback.format_exc())
                 if self.last is not None:
                     return count + 1
                 continue
@@ -117,10 +115,8 @@ class ItemLog:
                 if probe is not None and len(data) >= probe.threshold:
                     raise _Large
             except Exception:  # noqa: BLE001 - large, or only cloudpickle can: the general way
-                self.count, self.used = count, used
                 self.values.pop()
-                self.value(t0, t1, value)  # shared memory, cloudpickle, or the item fails
-                count, used = self.count, self.used
+                count, used = self.general(count, used, self.value, t0, t1, value)  # shared memory, cloudpickle
                 if self.last is not None:
                     return count + 1
                 continue
@@ -156,6 +152,13 @@ class ItemLog:
             if self.last is not None:
                 return position + 1  # no room left in the log: the parent sends the rest again
         return len(items)
+
+    def general(self, count: int, used: int, log: Any, *args: Any) -> tuple[int, int]:
+        """Log one item the general way (``log``: ``failed`` or ``value``) from a loop's count and bytes used; theirs
+        after it."""
+        self.count, self.used = count, used
+        log(*args)
+        return self.count, self.used
 
     def value(self, t0: float, t1: float, value: Any) -> None:
         try:

@@ -170,9 +170,7 @@ def run_plain(log, Py_ssize_t current_address, plain, items, stop):
         try:
             value = plain(item)
         except BaseException as error:  # everything goes back to the parent
-            log.count, log.used = count, used
-            log.failed(t0, dp_now(), error, traceback.format_exc())
-            count, used = log.count, log.used
+            count, used = log.general(count, used, log.failed, t0, dp_now(), error, traceback.format_exc())
             if log.last is not None:
                 return count + 1
             continue
@@ -184,9 +182,7 @@ def run_plain(log, Py_ssize_t current_address, plain, items, stop):
                 if probe is not None and PyBytes_GET_SIZE(data) >= limit:
                     raise _Large
             except Exception:  # large, or only cloudpickle can: the general way
-                log.count, log.used = count, used
-                log.value(t0, t1, value)  # shared memory, cloudpickle, or the item fails
-                count, used = log.count, log.used
+                count, used = log.general(count, used, log.value, t0, t1, value)  # shared memory, cloudpickle
                 if log.last is not None:
                     return count + 1
                 continue
