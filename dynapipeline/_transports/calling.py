@@ -119,19 +119,20 @@ class ItemRuns(NamedTuple):
     hi: float  # the longest run
     recent: list[float]  # the last RING durations, in the order they ran
     slowest: list[tuple[float, int]]  # the 2 * 5 longest as (duration, position in the row), longest last
-    starts: float = 0.0  # the sums of the runs' start and end readings, and of their results' pickled readings
-    ends: float = 0.0  # (the wait/ship split of a worker's chunk, ``jobs.Split``)
-    pickled: float = 0.0
+    # For the wait/ship split of a worker's chunk (``jobs.Split``), summed as differences (small numbers, so
+    # that no precision is lost to the clock's large readings): each run's result pickled, less its start and end.
+    started_to_pickled: float = 0.0
+    ended_to_pickled: float = 0.0
 
 
 def sum_runs(starts: list[float], ends: list[float], pickled: list[float]) -> ItemRuns:
     """The ``ItemRuns`` of runs in a row, from each run's start, end and pickled readings (one list each, in order)."""
-    return sum_durations(list(map(operator.sub, ends, starts)), starts[0], ends[-1], sum(starts), sum(ends),
-                         sum(pickled))
+    return sum_durations(list(map(operator.sub, ends, starts)), starts[0], ends[-1],
+                         sum(map(operator.sub, pickled, starts)), sum(map(operator.sub, pickled, ends)))
 
 
-def sum_durations(durations: list[float], start: float, end: float, starts: float = 0.0, ends: float = 0.0,
-                  pickled: float = 0.0) -> ItemRuns:
+def sum_durations(durations: list[float], start: float, end: float, started_to_pickled: float = 0.0,
+                  ended_to_pickled: float = 0.0) -> ItemRuns:
     """The ``ItemRuns`` of runs in a row known by their durations (at least one), from ``start`` to ``end``.
 
     One stable sort of the positions by duration serves min, max and the slowest:
@@ -140,7 +141,8 @@ def sum_durations(durations: list[float], start: float, end: float, starts: floa
     """
     order = sorted(range(len(durations)), key=durations.__getitem__)
     return ItemRuns(len(durations), start, end, sum(durations), durations[order[0]], durations[order[-1]],
-                    durations[-RING:], [(durations[i], i) for i in order[-_SLOWEST * 2:]], starts, ends, pickled)
+                    durations[-RING:], [(durations[i], i) for i in order[-_SLOWEST * 2:]], started_to_pickled,
+                    ended_to_pickled)
 
 
 def add_item_runs(runner: Any, runs: ItemRuns, errors: int, place: str, offset: float = 0.0) -> None:

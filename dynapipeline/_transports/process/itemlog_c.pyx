@@ -213,13 +213,12 @@ def sum_log(log, Py_ssize_t count):
     cdef double top_d[SLOWEST]
     cdef Py_ssize_t top_i[SLOWEST]
     cdef Py_ssize_t kept = 0, i, j
-    cdef double d, total = 0.0, lo = 0.0, hi = 0.0, starts = 0.0, ends = 0.0, pickled = 0.0
+    cdef double d, total = 0.0, lo = 0.0, hi = 0.0, started_to_pickled = 0.0, ended_to_pickled = 0.0
     for i in range(count):
         d = table[4 * i + 1] - table[4 * i]
         total += d
-        starts += table[4 * i]
-        ends += table[4 * i + 1]
-        pickled += table[4 * i + 2]
+        started_to_pickled += table[4 * i + 2] - table[4 * i]  # differences: no precision lost to large readings
+        ended_to_pickled += table[4 * i + 2] - table[4 * i + 1]
         if i == 0 or d < lo:
             lo = d
         if i == 0 or d > hi:
@@ -242,5 +241,5 @@ def sum_log(log, Py_ssize_t count):
         kept += 1
     recent = [table[4 * i + 1] - table[4 * i] for i in range(max(0, count - _RING), count)]
     slowest = [(top_d[j], top_i[j]) for j in range(kept)]
-    return ItemRuns(count, table[0], table[4 * (count - 1) + 1], total, lo, hi, recent, slowest, starts, ends,
-                    pickled)
+    return ItemRuns(count, table[0], table[4 * (count - 1) + 1], total, lo, hi, recent, slowest, started_to_pickled,
+                    ended_to_pickled)

@@ -280,8 +280,7 @@ class ProcessItems(ItemRunner):
     def _succeeded(self, job: MapJob | None, outcome: Replied, n: int) -> Succeeded | None:
         """The results when all ``n`` items of the job ran well and the worker summed up their runs; else None.
 
-        Nothing is recorded when it returns None: ``_take_items`` then says item by item what happened.
-        """
+        Nothing is recorded then: ``_take_items`` says item by item what happened."""
         reply = outcome.reply
         if job is None or type(reply) is not MapReply or reply.runs is None or job.logged[0] or reply.runs.ran != n:
             return None  # the log's rows were read: an error, a tracer or OpenTelemetry wants each item
@@ -302,7 +301,7 @@ class ProcessItems(ItemRunner):
         if isinstance(outcome, Replied) and type(reply := outcome.reply) is MapReply and reply.clock is not None \
                 and job.sent_at:
             split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, outcome.loaded)
-            split.add_sums(runner, runs.ran, runs.starts, runs.ends, runs.pickled)
+            split.add_sums(runner, runs.ran, runs.started_to_pickled, runs.ended_to_pickled)
         self._size_chunks(runs)
 
     def _size_chunks(self, runs: ItemRuns) -> None:
@@ -378,6 +377,8 @@ class ProcessItems(ItemRunner):
                     results[i] = (True, value)
         if runs is None:
             runs = sum_runs(starts, ends, pickled)
+        elif not starts:  # the rows were not read (each run was not wanted when the chunk was sent): the sum only
+            sink = None
         if sink is None:
             self._add_summed(job, outcome, runs, len(failed))
         else:  # each run's wait and ship go to the tracer too
@@ -395,12 +396,11 @@ class ProcessItems(ItemRunner):
                        indices[i] if indices is not None and i < len(indices) else None)
                       for k, i in enumerate(batch[:count])]
             sink.remote.append((pid, {thread: "MainThread"}, traced))
-        if reports_elsewhere(self.stage):
+        if starts and reports_elsewhere(self.stage):
             for k, i in enumerate(batch[:count]):
                 ok, value = results[i]
                 report_elsewhere(self.stage, starts[k] + EPOCH_OFFSET, ends[k] + EPOCH_OFFSET, None if ok else value,
                                  {"dynapipeline.worker_pid": pid, "dynapipeline.run": first_cycle + k})
-        self._size_chunks(runs)
         return count
 
     def _unloadable(self, unpickling: Exception, pid: int | None, chunk: int) -> PicklingError:

@@ -295,14 +295,10 @@ class Split:
         ship = self.shared_ship + (pickled - ended)
         return (wait if wait > 0.0 else 0.0), (ship if ship > 0.0 else 0.0)
 
-    def add_all(self, runner: Any, starts: list[float], ends: list[float], pickled: list[float]) -> None:
-        """Add many runs' waiting and shipping to one runner at once (a stream step's chunk), summed."""
-        self.add_sums(runner, len(starts), sum(starts), sum(ends), sum(pickled))
-
-    def add_sums(self, runner: Any, n: int, starts: float, ends: float, pickled: float) -> None:
-        """``add_all`` from the sums of the ``n`` runs' start, end and pickled readings (``ItemRuns``)."""
-        wait = n * (self.queued + self.replying - self.rebuilt) + starts - pickled
-        ship = n * self.shared_ship + pickled - ends
+    def add_sums(self, runner: Any, n: int, started_to_pickled: float, ended_to_pickled: float) -> None:
+        """Add ``n`` runs' waiting and shipping to one runner at once (a stream step's chunk), from ``ItemRuns``."""
+        wait = n * (self.queued + self.replying - self.rebuilt) - started_to_pickled
+        ship = n * self.shared_ship + ended_to_pickled
         runner.wait_total += wait if wait > 0.0 else 0.0
         runner.ship_total += ship if ship > 0.0 else 0.0
 
