@@ -377,7 +377,7 @@ class ProcessItems(ItemRunner):
                     results[i] = (True, value)
         if runs is None:
             runs = sum_runs(starts, ends, pickled)
-        elif not starts:  # the rows were not read (each run was not wanted when the chunk was sent): the sum only
+        else:  # the rows were not read (each run was not wanted when the chunk was sent): the sum only
             sink = None
         if sink is None:
             self._add_summed(job, outcome, runs, len(failed))
