@@ -18,6 +18,7 @@ from helpers import (
     Batch,
     Blank,
     Leak,
+    Nap,
     Pid,
     RunLog,
     Unloadable,
@@ -39,6 +40,7 @@ from helpers import (
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._transports._remote.messages import LOG_SIZE, MapCall
+from dynapipeline._transports.calling import ItemRuns
 from dynapipeline._transports.process import items as process_items
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy, MultithreadExecutionStrategy
@@ -121,6 +123,75 @@ async def test_items_travel_in_chunks_and_the_stage_once_per_worker(procs: Multi
     assert len(messages) < 5000 / 10  # IPC is paid per chunk, not per item
     assert sum(messages) == 2  # the stage went to each of the 2 workers once
     assert square.stats.count == 5000  # each chunk's timing was added to the parent's stage
+
+
+class CallSizes:
+    """Spies on ``ProcessItems.call``: each call's count of items, and the most calls in flight at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        self.now = self.most = 0
+        real = process_items.ProcessItems.call
+
+        async def call(runner: process_items.ProcessItems, values: list[Any]) -> list[Any]:
+            self.sizes.append(len(values))
+            self.now += 1
+            self.most = max(self.most, self.now)
+            try:
+                return await real(runner, values)
+            finally:
+                self.now -= 1
+
+        monkeypatch.setattr(process_items.ProcessItems, "call", call)
+
+
+async def test_tiny_items_travel_in_one_chunk_per_worker_of_half_maxsize(procs: MultiprocessExecutionStrategy,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of tiny items are capped: one per worker, so that each is as large as ``maxsize`` allows."""
+    calls = CallSizes(monkeypatch)
+    out = await stream(Step(Square(name="square"), procs), maxsize=1000).run(range(20_000))
+    assert out == [i * i for i in range(20_000)]
+    assert calls.most <= 2  # items in flight: at most 2 x 500, maxsize
+    assert max(calls.sizes) == 500
+    assert sum(size == 500 for size in calls.sizes) >= len(calls.sizes) - 10  # only the first ones are smaller
+
+
+async def test_items_with_work_to_do_widen_the_step_to_two_chunks_per_worker(procs: MultiprocessExecutionStrategy,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items of 1 ms: chunks of ~2 ms hold 2 items, far under the cap, so a second chunk per worker waits."""
+    calls = CallSizes(monkeypatch)
+    out = await stream(Step(Nap(name="nap", seconds=0.001), procs), maxsize=1000).run(range(300))
+    assert len(out) == 300
+    assert 2 < calls.most <= 4  # two chunks per worker, no more
+    assert max(calls.sizes[8:]) <= 250  # once wide, chunks stay under maxsize / 4
+
+
+def test_a_step_narrow_at_first_widens_once_and_stays_wide() -> None:
+    """``_size_chunks``: tiny items keep one chunk per worker; items worth pipelining widen it, for good."""
+
+    class Pool:
+        workers = 2
+
+    runner = process_items.ProcessItems(Pool(), Square(name="square"), 1000, 4)  # type: ignore[arg-type]
+
+    def measured(per_item: float) -> None:
+        runner._size_chunks(ItemRuns(10, 0.0, 10 * per_item, 10 * per_item, per_item, per_item, [], []))
+
+    assert (runner.width, runner.cap, runner.chunk) == (2, 500, 16)
+    measured(1e-6)
+    assert (runner.width, runner.cap, runner.chunk) == (2, 500, 500)
+    measured(1e-4)  # 20 items make 2 ms: under half the cap
+    assert (runner.width, runner.cap, runner.chunk) == (4, 250, 20)
+    measured(1e-6)
+    assert (runner.width, runner.cap, runner.chunk) == (4, 250, 250)
+
+
+def test_a_timed_stage_is_wide_from_the_start() -> None:
+    class Pool:
+        workers = 2
+
+    runner = process_items.ProcessItems(Pool(), Square(name="square", timeout=1.0), 1000, 4)  # type: ignore[arg-type]
+    assert (runner.width, runner.cap, runner.chunk) == (None, 1, 1)  # one item per chunk, as many as the step runs
 
 
 async def test_unordered_process_step_yields_every_item(procs: MultiprocessExecutionStrategy) -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from dynapipeline._model.queues import ChunkQueue, QueueShutDown
+from dynapipeline._model.queues import ChunkQueue, QueueShutDown, Span
 
 
 async def test_get_returns_what_is_left_then_raises_once_closed() -> None:
@@ -110,3 +110,57 @@ async def test_clear_lets_go_of_the_items_and_counts_them() -> None:
     assert queue.clear() == 3
     await asyncio.wait_for(putter, 30)  # the room it waited for is there
     assert queue.qsize() == 1
+
+
+def _span(chunk: object) -> tuple[int, list[object]]:
+    assert type(chunk) is Span, chunk
+    return chunk.start, chunk.values
+
+
+async def test_a_span_leaves_as_a_span_joined_with_the_spans_whose_indices_go_on() -> None:
+    queue = ChunkQueue(100, cap=4)
+    queue.add(Span(0, [10, 11, 12]))
+    queue.add(Span(3, [13, 14]))
+    queue.add(Span(9, [19]))  # its indices do not go on from 4
+    taken = queue.get_nowait(10)
+    assert _span(taken) == (0, [10, 11, 12, 13, 14])
+    assert list(taken) == [(0, 10), (1, 11), (2, 12), (3, 13), (4, 14)]  # it iterates as pairs
+    assert _span(queue.get_nowait(10)) == (9, [19])
+    assert queue.qsize() == 0
+
+
+async def test_a_span_is_cut_at_the_limit_and_never_joined_with_pairs() -> None:
+    queue = ChunkQueue(100, cap=4)
+    queue.add(Span(0, list(range(6))))
+    queue.put_nowait((6, "x"))  # after a span, a pair starts a chunk of its own
+    queue.put_nowait((7, "y"))
+    assert _span(queue.get_nowait(4)) == (0, [0, 1, 2, 3])
+    assert _span(queue.get_nowait(10)) == (4, [4, 5])
+    assert queue.get_nowait(10) == [(6, "x"), (7, "y")]
+    assert queue.qsize() == 0
+
+
+async def test_pairs_are_never_joined_with_a_span_after_them() -> None:
+    queue = ChunkQueue(100, cap=4)
+    queue.put_nowait((0, "a"))
+    queue.add(Span(1, ["b", "c"]))
+    assert queue.get_nowait(10) == [(0, "a")]
+    assert _span(queue.get_nowait(10)) == (1, ["b", "c"])
+
+
+async def test_put_many_adds_a_span_as_room_allows() -> None:
+    queue = ChunkQueue(3, cap=2)
+    putter = asyncio.ensure_future(queue.put_many(Span(10, list("abcde"))))
+    await asyncio.sleep(0)
+    assert queue.qsize() == 3 and not putter.done()  # maxsize still counts items
+    assert _span(queue.get_nowait(3)) == (10, list("abc"))
+    await asyncio.wait_for(putter, 30)
+    assert _span(queue.get_nowait(3)) == (13, list("de"))
+
+
+async def test_a_get_says_how_many_items_its_getter_wants() -> None:
+    queue = ChunkQueue(100, cap=4)
+    assert queue.want == 4
+    queue.put_nowait(1)
+    queue.get_nowait(50)
+    assert queue.want == 50  # the feeder adds spans that large

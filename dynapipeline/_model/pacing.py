@@ -113,8 +113,8 @@ class PacedItems(ItemRunner):
     """An ``ItemRunner`` whose calls take one item each, each started once ``pace()`` allows it.
 
     A rated step off the loop (threads, processes, Dask) sends its items one per
-    call, so that each item's start is paced; ``width`` and ``releases`` are the
-    inner runner's.
+    call, so that each item's start is paced; ``width``, ``grows`` and
+    ``releases`` are the inner runner's.
     """
 
     def __init__(self, inner: ItemRunner, pace: Callable[[], Awaitable[None]]) -> None:
@@ -129,6 +129,14 @@ class PacedItems(ItemRunner):
     @width.setter
     def width(self, value: int | None) -> None:
         self.inner.width = value
+
+    @property
+    def grows(self) -> bool:
+        return self.inner.grows
+
+    @grows.setter
+    def grows(self, value: bool) -> None:
+        self.inner.grows = value
 
     @property
     def releases(self) -> bool:

@@ -18,6 +18,11 @@ Invariants:
   whoever closes it puts nothing after (puts are not checked). After ``shutdown()``,
   blocked and later ``get()`` calls return the items left, then raise ``QueueShutDown``.
 - Order: items leave in the order they were put.
+- A chunk is a list of ``(index, value)`` pairs, or a ``Span``: values with
+  consecutive indices, none failed, kept without a pair per item (what a sync
+  source gives, and what a step whose items all succeeded at once emits). A
+  span iterates as pairs, so a getter that walks its chunk needs no other code;
+  ``get`` never mixes the two kinds in one chunk.
 
 See docs/streams.md.
 """
@@ -26,9 +31,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["CHUNK", "ChunkQueue", "QueueShutDown"]
+__all__ = ["CHUNK", "ChunkQueue", "QueueShutDown", "Span"]
 
 CHUNK = 64  # the most items one chunk holds: a getter holds at most that many items it has not run yet
 
@@ -37,21 +43,54 @@ class QueueShutDown(Exception):
     """Raised by ``get()`` on a closed queue that has no item left."""
 
 
+class Span:
+    """Values with consecutive indices from ``start``, none of them failed: a chunk without a pair per item.
+
+    It iterates as ``(index, value)`` pairs, like a chunk of pairs; ``pairs()`` makes it one.
+    """
+
+    __slots__ = ("start", "values")
+
+    def __init__(self, start: int, values: list[Any]) -> None:
+        self.start = start
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        return enumerate(self.values, self.start)
+
+    def __repr__(self) -> str:
+        return f"Span({self.start}, {self.values!r})"
+
+    def pairs(self) -> list[tuple[int, Any]]:
+        return list(enumerate(self.values, self.start))
+
+    def cut(self, at: int, count: int) -> Span:
+        """The ``count`` values from position ``at``."""
+        return Span(self.start + at, self.values[at:at + count])
+
+
+Chunk = list[Any] | Span  # what get() returns, and add() takes
+
+
 class ChunkQueue:
     """At most ``maxsize`` items, kept as chunks of up to ``cap`` items; closable (``shutdown``)."""
 
-    __slots__ = ("cap", "chunks", "closed", "count", "getters", "maxsize", "putters")
+    __slots__ = ("cap", "chunks", "closed", "count", "getters", "maxsize", "putters", "want")
 
     def __init__(self, maxsize: int, cap: int = CHUNK) -> None:
         self.maxsize = maxsize
         # At most half of maxsize: a worker holding a whole chunk then holds at most half as much again as
         # its queue (a step of large items on the loop: 4 + 2 of them at maxsize=4, not 4 + 4).
         self.cap = max(1, min(cap, maxsize // 2))
-        self.chunks: deque[list[Any]] = deque()
+        self.chunks: deque[Chunk] = deque()
         self.count = 0  # items held, in all chunks
         self.closed = False
         self.getters: deque[asyncio.Future[None]] = deque()
         self.putters: deque[asyncio.Future[None]] = deque()
+        self.want = self.cap  # the most items the last get asked for: a sender may add chunks that large
 
     def qsize(self) -> int:
         """Items held (not chunks)."""
@@ -69,7 +108,7 @@ class ChunkQueue:
             raise asyncio.QueueFull
         self.count += 1
         chunks = self.chunks
-        if chunks and len(tail := chunks[-1]) < self.cap:
+        if chunks and len(tail := chunks[-1]) < self.cap and type(tail) is list:
             tail.append(entry)
         else:
             chunks.append([entry])
@@ -82,11 +121,11 @@ class ChunkQueue:
             await self.wait_room()
         self.put_nowait(entry)
 
-    def add(self, entries: list[Any]) -> None:
-        """Add ``entries`` (the queue owns the list from now on) as chunks of their own; the caller saw room."""
+    def add(self, entries: Chunk) -> None:
+        """Add ``entries`` (the queue owns them from now on) as chunks of their own; the caller saw room."""
         cap = self.cap
         self.count += len(entries)
-        if len(entries) <= cap:
+        if isinstance(entries, Span) or len(entries) <= cap:  # a span is cut as it is taken: no pass over it
             self.chunks.append(entries)
         else:
             self.chunks.extend([entries[at:at + cap] for at in range(0, len(entries), cap)])
@@ -95,7 +134,7 @@ class ChunkQueue:
             for _ in range(min(len(entries), len(getters))):
                 _wake(getters)
 
-    async def put_many(self, entries: list[Any]) -> None:
+    async def put_many(self, entries: Chunk) -> None:
         """``add`` as room allows: what fits goes in at once, the rest as room is made (never over ``maxsize``)."""
         at = 0
         while at < len(entries):
@@ -103,7 +142,7 @@ class ChunkQueue:
             if room <= 0:
                 await self.wait_room()
                 continue
-            part = entries if not at and len(entries) <= room else entries[at:at + room]
+            part = entries if not at and len(entries) <= room else _cut(entries, at, room)
             self.add(part)
             at += len(part)
 
@@ -121,26 +160,24 @@ class ChunkQueue:
                     _wake(self.putters)  # woken for room we will not use: pass the turn on
                 raise
 
-    def get_nowait(self, limit: int) -> list[Any]:
-        """Up to ``limit`` items, in order (at least one); ``QueueEmpty`` when there is none, closed or not."""
+    def get_nowait(self, limit: int) -> Chunk:
+        """Up to ``limit`` items, in order (at least one); ``QueueEmpty`` when there is none, closed or not.
+
+        A span at the head comes out as a span (joined with the spans that follow it,
+        when their indices go on); pairs as a list of pairs.
+        """
         if not self.count:
             raise asyncio.QueueEmpty
+        self.want = limit
         chunks = self.chunks
         head = chunks[0]
         if len(head) > limit:
-            taken = head[:limit]
-            del head[:limit]
+            taken = _cut(head, 0, limit)
+            chunks[0] = _cut(head, limit, len(head) - limit)
             head = taken
         else:
             chunks.popleft()
-            while len(head) < limit and chunks:
-                nxt = chunks[0]
-                room = limit - len(head)
-                if len(nxt) <= room:
-                    head += chunks.popleft()
-                else:
-                    head += nxt[:room]
-                    del nxt[:room]
+            head = self._join_spans(head, limit) if isinstance(head, Span) else self._join_pairs(head, limit)
         self.count -= len(head)
         putters = self.putters
         if putters:
@@ -148,7 +185,34 @@ class ChunkQueue:
                 _wake(putters)
         return head
 
-    async def get(self, limit: int) -> list[Any]:
+    def _join_pairs(self, head: list[Any], limit: int) -> list[Any]:
+        """``head`` and the chunks of pairs after it, up to ``limit`` pairs in all."""
+        chunks = self.chunks
+        while len(head) < limit and chunks and not isinstance(nxt := chunks[0], Span):
+            room = limit - len(head)
+            if len(nxt) <= room:
+                head += nxt
+                chunks.popleft()
+            else:
+                head += nxt[:room]
+                del nxt[:room]
+        return head
+
+    def _join_spans(self, head: Span, limit: int) -> Span:
+        """``head`` and the spans after it whose indices go on from it, up to ``limit`` values in all."""
+        chunks = self.chunks
+        while len(head) < limit and chunks and isinstance(nxt := chunks[0], Span) \
+                and nxt.start == head.start + len(head.values):
+            room = limit - len(head)
+            if len(nxt) <= room:
+                head.values += nxt.values
+                chunks.popleft()
+            else:
+                head.values += nxt.values[:room]
+                chunks[0] = nxt.cut(room, len(nxt) - room)
+        return head
+
+    async def get(self, limit: int) -> Chunk:
         """``get_nowait``, waiting for an item first; once the queue is closed and empty, ``QueueShutDown``."""
         while not self.count:
             if self.closed:
@@ -183,6 +247,11 @@ class ChunkQueue:
         while putters:
             _wake(putters)
         return count
+
+
+def _cut(chunk: Chunk, at: int, count: int) -> Chunk:
+    """The ``count`` items of ``chunk`` from position ``at``, of the same kind."""
+    return chunk.cut(at, count) if isinstance(chunk, Span) else chunk[at:at + count]
 
 
 def _wake(waiters: deque[asyncio.Future[None]]) -> None:

@@ -35,13 +35,16 @@ class ItemRunner:
     items one call takes (processes batch items; threads take one). ``width``,
     when ``open`` sets it, is the most calls worth making at once (it lowers the
     step's count of workers, say to what a cluster can run); lowered later, the
-    step adds no more workers beyond it. ``releases``: a call of one item may
+    step adds no more workers beyond it. ``grows``: ``width`` may rise later, up to
+    the step's own count (which ``width`` then does not lower); the step adds
+    workers again as all are busy. ``releases``: a call of one item may
     replace it in ``values`` by None once shipped (a large item in shared memory),
     and the step drops its own reference too, so that no other copy stays.
     """
 
     chunk: int = 1
     width: int | None = None
+    grows: bool = False
     releases: bool = False
 
     async def open(self) -> None:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dynapipeline._engine import current_control, run_tasks
 from dynapipeline._model.lifecycle import Scope, current_scope
-from dynapipeline._model.queues import CHUNK, ChunkQueue, QueueShutDown
+from dynapipeline._model.queues import CHUNK, Chunk, ChunkQueue, QueueShutDown, Span
 from dynapipeline._model.stream_step import Counts, Failed, StepRun
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ class Run:
         self.steps: list[StepRun] = []
         for i, step in enumerate(steps):
             emit: Callable[[int, Any], Awaitable[None]]
-            emit_all: Callable[[list[tuple[int, Any]]], Awaitable[None]]
+            emit_all: Callable[[Chunk], Awaitable[None]]
             close: Callable[[], None]
             outq = self.queues[i + 1] if i + 1 < len(steps) else None
             if outq is not None:
@@ -170,11 +170,10 @@ class Run:
         self.queues[0].shutdown()  # the feeder is the first queue's one sender
 
     async def pull(self, control: Any) -> None:
-        """Pull a sync source a chunk at a time, no more than there is room for: the feeder never holds an item."""
+        """Pull a sync source a span at a time, no more than there is room for: the feeder never holds an item."""
         queue = self.queues[0]
-        cap = queue.cap
         index = 0
-        counter = itertools.count()
+        values: list[Any] = []
         if control is not None and control.draining:
             return
         try:
@@ -186,17 +185,17 @@ class Run:
                     if control is not None and control.draining:
                         break  # nothing pulled is dropped: the source is pulled no more
                     continue
-                counter = itertools.count(index)
-                entries = list(zip(counter, itertools.islice(source, min(room, cap)), strict=False))
-                if not entries:
+                size = min(room, max(queue.cap, queue.want))  # spans as large as the step takes: no joining
+                values = []
+                values.extend(itertools.islice(source, size))  # what it gave stays, should it fail
+                if not values:
                     break
-                queue.add(entries)
-                index += len(entries)
-                if len(entries) < min(room, cap) or (control is not None and control.draining):
+                queue.add(Span(index, values))
+                index += len(values)
+                if len(values) < size or (control is not None and control.draining):
                     break  # the source is used up (a sync pull cannot see a drain mid-chunk: it does not yield)
         except Exception as error:
-            # zip took the next number before the source failed to give its item.
-            self.source_failed(error, max(index, next(counter) - 1))
+            self.source_failed(error, index + len(values))
             raise
 
     async def pull_async(self, control: Any) -> None:
@@ -249,10 +248,10 @@ class Run:
 
 
 class Emit(NamedTuple):
-    """Where a step's outputs go: one ``(index, value)`` at a time, a list of them in order, and closing it."""
+    """Where a step's outputs go: one ``(index, value)`` at a time, a chunk of them in order, and closing it."""
 
     one: Callable[[int, Any], Awaitable[None]]
-    all: Callable[[list[tuple[int, Any]]], Awaitable[None]]
+    all: Callable[[Chunk], Awaitable[None]]
     close: Callable[[], None]  # called once all of the step's workers have ended
 
 
@@ -268,7 +267,7 @@ def _putter(queue: ChunkQueue, unwrap: bool = False) -> Any:
 
 
 def _unwrapping(queue: ChunkQueue) -> Any:
-    async def emit_all(outputs: list[tuple[int, Any]]) -> None:
+    async def emit_all(outputs: Chunk) -> None:
         await queue.put_many(_values(outputs))
 
     return emit_all
@@ -282,14 +281,16 @@ def _appender(sink: list[Any]) -> Any:
 
 
 def _extender(sink: list[Any]) -> Any:
-    async def emit_all(outputs: list[tuple[int, Any]]) -> None:
+    async def emit_all(outputs: Chunk) -> None:
         sink.extend(_values(outputs))
 
     return emit_all
 
 
-def _values(outputs: list[tuple[int, Any]]) -> list[Any]:
+def _values(outputs: Chunk) -> list[Any]:
     """What the consumer gets for these outputs: each value, or the exception a ``Failed`` carries."""
+    if type(outputs) is Span:
+        return outputs.values  # none failed
     values = list(map(_second, outputs))
     if Failed in set(map(type, values)):  # two passes at C speed, then one in Python only when needed
         return [value.error if type(value) is Failed else value for value in values]

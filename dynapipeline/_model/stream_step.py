@@ -33,10 +33,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from dynapipeline._engine import current_item, current_trace, tracing, wait_through_cancel
+from dynapipeline._engine import current_item, current_trace, tracing
 from dynapipeline._model.component import Flat, runner_of
+from dynapipeline._model.crew import Crew
 from dynapipeline._model.pacing import PacedItems, paced, pacer
-from dynapipeline._model.queues import ChunkQueue, QueueShutDown
+from dynapipeline._model.queues import Chunk, ChunkQueue, QueueShutDown, Span
 from dynapipeline._model.step import Step
 from dynapipeline._model.strategy import ItemRunner, Succeeded, chunk_items
 from dynapipeline._model.stream import ItemError
@@ -44,7 +45,7 @@ from dynapipeline._model.stream import ItemError
 if TYPE_CHECKING:
     from dynapipeline._model.stream_run import Emit, Run
 
-__all__ = ["Counts", "Crew", "Failed", "StepRun"]
+__all__ = ["Counts", "Failed", "StepRun"]
 
 _NO_KWARGS: dict[str, Any] = {}
 _first = operator.itemgetter(0)
@@ -130,7 +131,7 @@ class StepRun:
         runner = self.item_runner
         if runner is not None:
             await runner.open()
-            if runner.width is not None:
+            if runner.width is not None and not runner.grows:
                 self.width = max(1, min(self.width, runner.width))
         work = self.work_here if runner is None and self.step.batch is None else self.work
         try:
@@ -214,7 +215,7 @@ class StepRun:
                 crew.busy -= 1
 
     async def work(self) -> None:
-        """One worker of a step with batching or a runner off the loop."""
+        """One worker of a step with batching or a runner off the loop: a chunk (a batch) taken at a time."""
         take = self.take_batch if self.step.batch is not None else self.take_chunk
         crew = self.crew
         while True:
@@ -234,7 +235,7 @@ class StepRun:
                 crew.busy -= 1
 
     # -- taking items ----------------------------------------------------------------------------
-    async def take_chunk(self) -> list[Any]:
+    async def take_chunk(self) -> Chunk:
         """What the queue holds now, up to the runner's chunk (which it may adapt as it goes); waits only for one."""
         inq = self.inq
         limit = self.item_runner.chunk if self.item_runner is not None else 1
@@ -258,7 +259,7 @@ class StepRun:
         inq = self.inq
         size = self.step.batch or 1
         try:
-            entries = inq.get_nowait(size) if inq.count else await inq.get(size)
+            entries = list(inq.get_nowait(size) if inq.count else await inq.get(size))  # pairs, a span's too
         except QueueShutDown:
             return []
         timeout = self.step.batch_timeout
@@ -286,15 +287,24 @@ class StepRun:
         return entries[:first] + [(entries[first][0], values)] + [e for e in entries[first:] if type(e[1]) is Failed]
 
     # -- running items ---------------------------------------------------------------------------
-    async def process(self, entries: list[Any]) -> list[tuple[int, Any]]:
-        """Run the stage on each entry (failed ones pass through); the (index, value) pairs to emit, in order."""
+    async def process(self, entries: Chunk) -> Chunk:
+        """Run the stage on each entry (failed ones pass through); the outputs to emit, in order.
+
+        A span's outputs are a span when each item gave one output (no ``Flat``), else pairs.
+        """
+        runner = self.item_runner
+        if type(entries) is Span and runner is not None and (len(entries) > 1 or not runner.releases):
+            return await self.process_span(entries, runner)
+        if isinstance(entries, Span):  # one item the runner drops once shipped: the step drops it too (below)
+            span, entries = entries, entries.pairs()
+            span.values[:] = [None]  # the caller holds the span
         counts = self.counts
         todo = list(map(_second, entries))
         passing = Failed in set(map(type, todo))  # items that failed upstream pass through untouched
         if passing:
             todo = [value for value in todo if type(value) is not Failed]
         counts.received += len(todo)
-        if len(todo) == 1 and self.item_runner is not None and self.item_runner.releases:
+        if len(todo) == 1 and runner is not None and runner.releases:
             # A large item travels alone: the runner drops its reference once it is shipped, so must we.
             entries[:] = [entry if type(entry[1]) is Failed else (entry[0], None) for entry in entries]
         if tracing():
@@ -303,16 +313,40 @@ class StepRun:
         try:
             if not todo:
                 results: list[Any] = []
-            elif self.item_runner is not None:
-                results = await self.item_runner.call(todo)
+            elif runner is not None:
+                results = await runner.call(todo)
             else:
                 results = [await self.call_here(todo[0])]
         except BaseException:
             counts.cut += len(todo)  # cancelled before they finished
             raise
+        return self.outputs_for(entries, results, passing)
+
+    async def process_span(self, span: Span, runner: ItemRunner) -> Chunk:
+        """``process`` for a span of more than one item (or one the runner does not drop): no pair per item."""
+        count = len(span.values)
+        self.counts.received += count
+        if tracing():
+            current_item.set(span.start)
+            chunk_items.set(list(range(span.start, span.start + count)))
+        try:
+            results = await runner.call(span.values)  # the runner drops no value of a call of several
+        except BaseException:
+            self.counts.cut += count  # cancelled before they finished
+            raise
+        return self.outputs_for(span, results, False)
+
+    def outputs_for(self, entries: Chunk, results: list[Any], passing: bool) -> Chunk:
+        """What the items' results put downstream, counted as done or failed; ``on_error`` applied to the failures.
+
+        ``results``: a ``Succeeded`` list of results, or an ``(ok, result or error)`` pair per item run.
+        """
+        counts = self.counts
         if type(results) is Succeeded:  # every item succeeded: their results, no pairs (the common case)
             if not passing and Flat not in set(map(type, results)):
                 counts.done += len(results)
+                if type(entries) is Span:
+                    return Span(entries.start, results)
                 return list(zip(map(_first, entries), results, strict=True))
             results = list(zip(itertools.repeat(True), results))  # the general way below
         done = sum(map(_first, results))  # all counted before an error may be raised below
@@ -320,8 +354,10 @@ class StepRun:
         counts.failed += len(results) - done
         if not passing and done == len(results):
             outs = list(map(_second, results))
-            if Flat not in set(map(type, outs)):
-                return list(zip(map(_first, entries), outs, strict=True))  # the common case: one output per item
+            if Flat not in set(map(type, outs)):  # the common case: one output per item
+                if type(entries) is Span:
+                    return Span(entries.start, outs)
+                return list(zip(map(_first, entries), outs, strict=True))
         outputs: list[tuple[int, Any]] = []
         it = iter(results)
         for index, value in entries:
@@ -353,7 +389,7 @@ class StepRun:
         outputs.append((index, Failed(error)))
 
     # -- emitting in order -----------------------------------------------------------------------
-    async def emit_in_turn(self, seq: int, taken: int, outputs: list[tuple[int, Any]]) -> None:
+    async def emit_in_turn(self, seq: int, taken: int, outputs: Chunk) -> None:
         if seq != self.next_out:
             turn = self.turns[seq] = asyncio.get_running_loop().create_future()
             try:
@@ -369,68 +405,6 @@ class StepRun:
             if waiting is not None and not waiting.done():
                 waiting.set_result(None)
 
-
-
-class Crew:
-    """The workers of a step: one to start with, and one more whenever all are busy, up to ``width``.
-
-    ``busy`` counts the workers holding something to run or emit; one just added
-    counts as free, so that workers that never suspend add no more. ``run()`` waits for
-    all of them, those added meanwhile included; the first to fail cancels the
-    others (and is re-raised once they are gone), as does our own cancellation.
-    """
-
-    __slots__ = ("busy", "failed", "finished", "future", "runner", "size", "tasks", "width", "work")
-
-    def __init__(self, work: Callable[[], Awaitable[None]], width: int, runner: ItemRunner | None = None) -> None:
-        self.work = work
-        self.width = width
-        self.runner = runner  # its ``width`` may shrink as it goes (large items): no worker is added beyond it
-        self.tasks: list[asyncio.Task[None]] = []
-        self.busy = 0
-        self.size = 0  # len(tasks)
-        self.finished = 0
-        self.failed: asyncio.Task[None] | None = None
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def took(self) -> None:
-        """A worker took something to run: add one when none is left to take the next."""
-        self.busy += 1
-        if self.busy == self.size < self.width:
-            runner = self.runner
-            if runner is None or runner.width is None or self.size < runner.width:
-                self.add()
-
-    def add(self) -> None:
-        task = asyncio.ensure_future(self.work())
-        self.tasks.append(task)
-        self.size += 1
-        task.add_done_callback(self.on_done)
-
-    def on_done(self, task: asyncio.Task[None]) -> None:
-        self.finished += 1
-        if self.future.done():
-            return
-        if task.cancelled() or task.exception() is not None:
-            self.failed = task
-            self.future.set_result(None)
-        elif self.finished == self.size:
-            self.future.set_result(None)
-
-    async def run(self) -> None:
-        self.add()
-        try:
-            await self.future
-        finally:
-            pending = [t for t in self.tasks if not t.done()]
-            for task in pending:
-                task.cancel()
-            await wait_through_cancel(pending)
-            for task in self.tasks:
-                if not task.cancelled():
-                    task.exception()  # only the first error propagates: the others are retrieved here
-        if self.failed is not None:
-            self.failed.result()
 
 
 def outputs_of(index: int, result: Any) -> list[tuple[int, Any]]:

@@ -9,6 +9,11 @@
   (from the stage's measured time per item), up to ``maxsize`` split among the
   calls in flight, so IPC is not paid per item and backpressure still holds. A
   timed stage's items travel one per chunk, so a deadline concerns one item.
+- **Calls in flight**: one chunk per worker while chunks are capped (tiny items:
+  the parent's cost per chunk is then what limits the step, and one chunk per
+  worker makes them twice as large); two per worker (one runs, one waits) once
+  a chunk holds its ~2 ms of work at half the cap, so a worker never waits for
+  the parent between chunks. The step widens once and stays wide.
 - **The stage travels once per worker**: the first chunk a worker gets carries it,
   later ones only the items.
 - **The item log**: the worker writes each item's outcome (its pickle, its clock
@@ -48,12 +53,12 @@ from dynapipeline._model.component import runner_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, Succeeded, chunk_items
 from dynapipeline._transports._remote.buffers import Packed, pack, unpack
-from dynapipeline._transports._remote.messages import Failure, MapReply
+from dynapipeline._transports._remote.messages import MapReply
 from dynapipeline._transports._remote.pickling import pack_batch
 from dynapipeline._transports._remote.planning import deadline
-from dynapipeline._transports._remote.replies import remote_error, tag
 from dynapipeline._transports.calling import ItemRuns, add_item_runs, sum_runs
-from dynapipeline._transports.offloop import crash_retry, merge_wait_ship, note_crashes
+from dynapipeline._transports.offloop import crash_retry, merge_wait_ship
+from dynapipeline._transports.process.failures import crashed, remote_failure, unloadable
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut
 from dynapipeline._transports.process.jobs import MapJob, Split
 from dynapipeline._transports.process.shm import MAPPED
@@ -90,13 +95,21 @@ class PoolOwner(Protocol):
 class ProcessItems(ItemRunner):
     """Runs a stream step's stage on a ``MultiprocessExecutionStrategy``'s pool, chunk by chunk."""
 
+    grows = True  # one call per worker, two once chunks hold enough work (``_size_chunks``)
+
     def __init__(self, strategy: PoolOwner, stage: Any, maxsize: int, width: int) -> None:
         self.strategy = strategy
         self.stage = stage
         self.name: str = stage.name
         self.limit = deadline(stage)
+        self.maxsize = maxsize
+        self.wide = width  # the most calls in flight: two per worker
+        self.narrow = max(1, width // 2)  # one per worker, while chunks are capped (``_size_chunks``)
         self.cap = 1 if self.limit is not None else max(1, maxsize // width)
-        self.chunk = min(self.cap, _FIRST_CHUNK)
+        self.chunk = min(self.cap, _FIRST_CHUNK)  # sized before any item was seen: as if wide (large items)
+        if self.limit is None:  # a timed stage's chunks hold one item: two per worker from the start
+            self.width = self.narrow
+            self.cap = max(1, maxsize // self.narrow)
         self.stage_id = 0
         self.payload = Packed(b"", ())
         self.cids: set[int] = set()
@@ -123,6 +136,7 @@ class ProcessItems(ItemRunner):
             # One item more than workers: its copy into shared memory overlaps their work (no worker waits for a
             # copy), at the price of one item held in shared memory while it waits.
             self.width = self.strategy.workers + 1
+            self.cap = max(1, self.maxsize // self.wide)  # the narrow cap's larger chunks are for tiny items
             if len(values) > 1:
                 # Large items travel one per chunk (their copy dominates, and a chunk goes to one worker): a
                 # first chunk, sized before any item was seen, is split across the workers now.
@@ -153,7 +167,7 @@ class ProcessItems(ItemRunner):
                 assert type(reply) is MapReply
                 if reply.unloadable is not None:
                     for i in batch:
-                        results[i] = (False, self._error(reply.unloadable, outcome.pid))
+                        results[i] = (False, remote_failure(self.name, reply.unloadable, outcome.pid))
                 elif len(batch) == len(values) and (succeeded := self._succeeded(job, outcome, len(batch))) is not None:
                     return succeeded  # every item of the call ran well at the first go (the common case)
                 elif self._take_items(job, outcome, batch, results, sink, indices) == len(pending) == len(batch):
@@ -165,7 +179,7 @@ class ProcessItems(ItemRunner):
                 done = self._take_items(job, outcome, batch, results, sink, indices)  # they never run again
                 if outcome.at_start:
                     for i in pending:  # no worker can start: no item of this call could ever run
-                        results[i] = (False, self._crashed(outcome, 0))
+                        results[i] = (False, crashed(self.name, outcome, 0))
                 elif 0 <= position < done or done == len(batch):
                     pass  # it died after its item had finished: the others go again
                 elif position < 0 and len(batch) - done > 1:
@@ -175,7 +189,7 @@ class ProcessItems(ItemRunner):
                     crashes[culprit] += 1
                     delay = crash_retry(self.stage, crashes[culprit])
                     if delay is None:
-                        results[culprit] = (False, self._crashed(outcome, crashes[culprit]))
+                        results[culprit] = (False, crashed(self.name, outcome, crashes[culprit]))
                     else:
                         await asyncio.sleep(delay)
             else:
@@ -217,7 +231,7 @@ class ProcessItems(ItemRunner):
                     reply = outcome.reply
                     assert type(reply) is MapReply
                     if reply.unloadable is not None:
-                        return False, self._error(reply.unloadable, outcome.pid)
+                        return False, remote_failure(self.name, reply.unloadable, outcome.pid)
                     self._take_items(job, outcome, [0], results, sink, indices)
                     if results[0] is not None:
                         return results[0]  # type: ignore[no-any-return]
@@ -232,7 +246,7 @@ class ProcessItems(ItemRunner):
                 crashes += 1
                 delay = None if outcome.at_start else crash_retry(self.stage, crashes)
                 if delay is None:
-                    return False, self._crashed(outcome, crashes if not outcome.at_start else 0)
+                    return False, crashed(self.name, outcome, crashes if not outcome.at_start else 0)
                 await asyncio.sleep(delay)
                 packed_from = time.perf_counter()
         finally:
@@ -306,7 +320,12 @@ class ProcessItems(ItemRunner):
 
     def _size_chunks(self, runs: ItemRuns) -> None:
         per_item = (runs.end - runs.start) / runs.ran  # back to back: the time per item, the log's cost included
-        self.chunk = max(1, min(self.cap, math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))))
+        ideal = math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))
+        wide_cap = max(1, self.maxsize // self.wide)
+        if self.width == self.narrow < self.wide and ideal < wide_cap:
+            self.width = self.wide  # a chunk holds its work at half the cap: a second one per worker waits
+            self.cap = wide_cap
+        self.chunk = max(1, min(self.cap, ideal))
 
     def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: list[int], results: list[Any],
                     sink: Any, indices: list[int] | None) -> int:
@@ -347,7 +366,7 @@ class ProcessItems(ItemRunner):
                 broken = unpickling
         if broken is not None:
             for i in batch[:count]:  # an error each: the stream adds each item's own note to it
-                results[i] = (False, self._unloadable(broken, pid, count))
+                results[i] = (False, unloadable(self.name, broken, pid, count))
             failed = list(range(count))
         elif values is not None and not failures:
             first = batch[0]
@@ -367,11 +386,11 @@ class ProcessItems(ItemRunner):
                 try:
                     value = unpack(view[offsets[position]:offsets[position + 1]], MAPPED.attach)
                 except Exception as unpickling:
-                    results[i] = (False, self._unloadable(unpickling, pid, 1))
+                    results[i] = (False, unloadable(self.name, unpickling, pid, 1))
                     failed.append(position)
                     continue
                 if codes[position] < 0:
-                    results[i] = (False, self._error(value, pid))
+                    results[i] = (False, remote_failure(self.name, value, pid))
                     failed.append(position)
                 else:
                     results[i] = (True, value)
@@ -402,28 +421,6 @@ class ProcessItems(ItemRunner):
                 report_elsewhere(self.stage, starts[k] + EPOCH_OFFSET, ends[k] + EPOCH_OFFSET, None if ok else value,
                                  {"dynapipeline.worker_pid": pid, "dynapipeline.run": first_cycle + k})
         return count
-
-    def _unloadable(self, unpickling: Exception, pid: int | None, chunk: int) -> PicklingError:
-        also = f"; every item of its chunk of {chunk} fails with it" if chunk > 1 else ""
-        failure = PicklingError(f"stage {self.name!r} returned a result that cannot be rebuilt in the "
-                                f"parent process ({type(unpickling).__name__}: {unpickling}){also}")
-        failure.__cause__ = unpickling
-        tag(failure, self.name, pid)
-        return failure
-
-    def _error(self, failure: Failure, pid: int | None) -> BaseException:
-        error, cause = remote_error(failure, self.name)
-        error.__cause__ = cause
-        tag(error, self.name, pid)
-        return error
-
-    def _crashed(self, outcome: Crashed, crashes: int) -> WorkerCrashedError:
-        error = WorkerCrashedError(self.name, outcome.pid, outcome.exitcode)
-        if outcome.at_start:
-            error.add_note("the pool's worker processes die on start-up: in a script, start the pipeline under "
-                           "`if __name__ == \"__main__\":` (worker processes import the main module)")
-        note_crashes(error, crashes)
-        return error
 
     def _dump_items(self, values: list[Any], batch: list[int], results: list[Any]) -> Packed | None:
         """The pickled items of ``batch``; an item that cannot be pickled fails alone (None: pickle the rest)."""
