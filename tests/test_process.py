@@ -77,6 +77,15 @@ async def test_pool_is_warm_across_dispatches_and_runs(procs):
     assert set(procs.worker_pids()) == pids
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's scheduling policy")
+async def test_workers_run_as_batch_so_that_waking_one_never_preempts_the_parent(procs):
+    await procs.execute([Pid(name="a")])
+    pids = procs.worker_pids()
+    assert len(pids) == 2
+    assert [os.sched_getscheduler(pid) for pid in pids] == [os.SCHED_BATCH] * 2
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the parent's own policy is left alone
+
+
 async def test_class_is_sent_once_per_worker_and_small_stages_are_batched(procs, monkeypatch):
     class Tiny(Stage):
         def execute(self) -> None:

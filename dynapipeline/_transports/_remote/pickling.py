@@ -134,6 +134,8 @@ class ClassRegistry:
 
     def blobs_for(self, needed: set[int], known: set[int]) -> list[tuple[int, bytes]]:
         """The class pickles a worker that already has ``known`` needs for ``needed``, dependencies first."""
+        if needed <= known:
+            return []  # the common case once a worker has its first chunk (dependencies are in ``known`` too)
         out: list[tuple[int, bytes]] = []
         seen = set(known)
 

@@ -112,8 +112,8 @@ class PoolJob(Protocol):
 class Worker:
     """One worker process, its pipe, and what it is doing."""
 
-    __slots__ = ("proc", "conn", "fd", "current", "drain", "log", "pid", "ready", "job", "known", "stages", "timer",
-                 "loop", "segments", "holding", "tasks", "_sock")
+    __slots__ = ("proc", "conn", "fd", "current", "drain", "log", "log_view", "pid", "ready", "job", "known", "stages",
+                 "timer", "loop", "segments", "holding", "tasks", "_sock")
 
     def __init__(self, proc: Any, conn: Any, current: Any, drain: Any, log: Any = None) -> None:
         self.proc = proc
@@ -122,6 +122,7 @@ class Worker:
         self.current = current  # shared: where the worker is with its job (_remote.messages)
         self.drain = drain  # shared: set by the parent when the run of the job it runs drains
         self.log = log  # shared: the item log a stream step's chunk writes (_remote.messages.LOG_HEAD)
+        self.log_view = memoryview(log).cast("B") if log is not None else None  # made once: read per chunk
         self.pid: int = proc.pid
         self.ready = False
         self.job: PoolJob | None = None
@@ -142,8 +143,8 @@ class Worker:
         stage_id = job.stage_id
         if not stage_id:
             return blobs, False
-        if self.log is not None:
-            LOG_HEAD.pack_into(memoryview(self.log).cast("B"), 0, 0, 0)  # the items of a chunk before are gone
+        if self.log_view is not None:
+            LOG_HEAD.pack_into(self.log_view, 0, 0, 0)  # the items of a chunk before are gone
         if stage_id in self.stages:
             return blobs, False
         self.stages[stage_id] = None

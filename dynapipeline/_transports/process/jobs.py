@@ -147,9 +147,9 @@ class MapJob:
         if not self.done:
             self.done = True
             w = self.worker
-            if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log is not None:
+            if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log_view is not None:
                 # Now: the pool hands this worker its next chunk as soon as this returns.
-                view = memoryview(w.log).cast("B")
+                view = w.log_view
                 count, failures = LOG_HEAD.unpack_from(view, 0)
                 reply = outcome.reply if isinstance(outcome, Replied) else None
                 # All went well: the reply's values and summed-up runs serve, unless each run is wanted.

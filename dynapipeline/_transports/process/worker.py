@@ -81,6 +81,7 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
+    _run_as_batch()
     parent_process = multiprocessing.parent_process()
     parent: int = (parent_process.pid if parent_process is not None else None) or os.getppid()  # the pool's
     arena = LocalArena() if threshold is not None else None
@@ -129,6 +130,25 @@ def teardown_all(state: dict[str, Any]) -> None:
     Async teardowns run on the worker's loop (``state["loop"]``, made if needed); errors are logged.
     """
     close_process_scope(lambda: loop_of(state))
+
+
+def _run_as_batch() -> None:
+    """Run under Linux's ``SCHED_BATCH`` policy: a worker that wakes never preempts the parent's event loop.
+
+    A worker sleeps between chunks, so the scheduler favours it when it wakes, and
+    on a machine with no spare core it would take the CPU from the parent the moment
+    the parent sends it work, in the middle of what the parent does next (measured:
+    tiny items through 2 workers on 2 cores ran about 25% faster as batch). Batch is
+    the policy the kernel has for such CPU-bound work: the same share of the CPU
+    and the same nice value, no wake-up preemption. Nothing to do elsewhere; a
+    refusal (a sandbox) only costs that speed.
+    """
+    if not hasattr(os, "SCHED_BATCH"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as error:
+        logger.debug("worker pid %s: SCHED_BATCH refused (%r)", os.getpid(), error)
 
 
 def _die_with_parent() -> None:
