@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 import dynapipeline
 from dynapipeline.__main__ import main
 from dynapipeline._cli.bench import BUILD, CASES, KINDS, format_table
-from dynapipeline._cli.bench_data import transport_note
+from dynapipeline._cli.bench_data import Touch, format_large, touch, touch_passes, transport_note
 
 MODE = "compiled" if dynapipeline.compiled else "pure"
 
@@ -118,6 +119,18 @@ def test_large_item_table_says_how_the_process_transport_sends_buffers() -> None
     Attribute.shared_memory_threshold = None
     assert transport_note(Attribute()).startswith("shared memory off")
     assert transport_note(Default()) == "shared memory for buffers of 4,096 bytes or more"
+
+
+def test_the_bytes_stage_reads_every_byte_as_many_times_as_make_about_1_5_gb_per_second_and_says_so() -> None:
+    item = os.urandom(4096)
+    assert touch(item) == zlib.adler32(item)
+    assert touch(item, 3) == zlib.adler32(item, zlib.adler32(item, zlib.adler32(item)))
+    assert Touch(name="touch", passes=2).execute(item) == touch(item, 2)
+    assert touch_passes() >= 1 and touch_passes() == touch_passes()  # measured once per process
+    row = {"data": "bytes", "side": "one process", "mb_s": 1.0, "vs_one": 1.0, "ours_vs": 1.0}
+    large = {"size": 10, "count": 1, "passes": 1, "workers": 2, "transport": "t", "rows": [row]}
+    assert "zlib.adler32 ×2" in format_large({**large, "touch_passes": 2})
+    assert "zlib.adler32 ×" not in format_large({**large, "touch_passes": 1})
 
 
 def test_format_table_aligns_columns() -> None:

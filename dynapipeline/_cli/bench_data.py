@@ -17,13 +17,17 @@ mpire              ``mpire.WorkerPool(2).imap`` (warm pool, ``chunk_size=1``), w
 copy               copying each item once in this process: the memory's limit
 =================  =========================================================================
 
-The function: for bytes, ``zlib.adler32`` (it reads every byte once and returns an
-int, at about 1.5-2 GB/s on one core: a stage whose work is in the order of its
-data's size); for arrays, ``a * 2.0`` (it returns an array as large, so the data
-crosses twice). Every side consumes the outputs one by one and drops them, so no
-side holds all the results at once. numpy is imported only when the array rows
-are measured. The measurement is done in this process's engine mode only: what
-it measures is the transfer, not the engine.
+The function: for bytes, ``zlib.adler32`` (it reads every byte and returns an
+int: a stage whose work is of the order of its data's size), run as many times
+over the item as make it about 1.5 GB/s on one core of this machine
+(``touch_passes``: adler32 alone ran at 1.6-1.8 GB/s on the machine these
+benchmarks were written on and at 3.1 GB/s on a later one, where the copies a
+transport makes would weigh twice as much against the work); for arrays,
+``a * 2.0`` (it returns an array as large, so the data crosses twice). Every
+side consumes the outputs one by one and drops them, so no side holds all the
+results at once. numpy is imported only when the array rows are measured. The
+measurement is done in this process's engine mode only: what it measures is the
+transfer, not the engine.
 
 Invariant: the ratios compare sides timed in the same process, taking turns, over
 the same item objects. See docs/performance.md#large-items.
@@ -33,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import inspect
+import math
 import multiprocessing
 import os
 import statistics
@@ -52,7 +58,7 @@ from dynapipeline._transports.process.children import default_start_method
 from dynapipeline._transports.process.strategy import MultiprocessExecutionStrategy
 
 __all__ = ["DATA", "DEFAULT_COUNT", "DEFAULT_SIZE", "QUICK_COUNT", "SIDES", "Double", "Touch", "copy_once", "double",
-           "format_large", "make_items", "measure_large", "touch", "transport_note"]
+           "format_large", "make_items", "measure_large", "touch", "touch_passes", "transport_note"]
 
 DATA = ("bytes", "array")
 SIDES = ("one process", "dynapipeline", "Pool.imap", "mpire", "copy")
@@ -63,11 +69,27 @@ DEFAULT_COUNT = 8
 QUICK_COUNT = 4
 DISTINCT = 4  # distinct item objects, referenced in turn: `count` items without `count` items' worth of memory
 _STREAM_MAXSIZE = 8
+STAGE_RATE = 1.5e9  # bytes/s of the bytes stage on one core: a stage touching every byte at about 1.5 GB/s
 
 
-def touch(item: bytes) -> int:
-    """Reads every byte once and returns a small result (a checksum)."""
-    return zlib.adler32(item)
+def touch(item: bytes, passes: int = 1) -> int:
+    """Reads every byte ``passes`` times and returns a small result (a checksum)."""
+    value = 1
+    for _ in range(passes):
+        value = zlib.adler32(item, value)
+    return value
+
+
+@functools.cache
+def touch_passes() -> int:
+    """How many passes make ``touch`` run at about ``STAGE_RATE`` on one core here (at least one)."""
+    sample = os.urandom(DEFAULT_SIZE)
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        zlib.adler32(sample)
+        best = min(best, time.perf_counter() - started)
+    return max(1, round(len(sample) / best / STAGE_RATE))
 
 
 def double(item: Any) -> Any:
@@ -83,8 +105,10 @@ def copy_once(item: Any) -> Any:
 class Touch(Stage):
     """``touch`` as a stage."""
 
+    passes: int = 1
+
     def execute(self, item: bytes) -> int:
-        return touch(item)
+        return touch(item, self.passes)
 
 
 class Double(Stage):
@@ -141,8 +165,8 @@ class _Sides:
         self.mpire_pool = mpire_pool
 
     def functions(self, data: str) -> dict[str, Callable[[list[Any]], None]]:
-        fn = touch if data == "bytes" else double
-        stage = Touch(name="touch") if data == "bytes" else Double(name="double")
+        fn: Callable[[Any], Any] = functools.partial(touch, passes=touch_passes()) if data == "bytes" else double
+        stage = Touch(name="touch", passes=touch_passes()) if data == "bytes" else Double(name="double")
         stream = Stream(name="large", steps=[Step(stage, self.strategy)], maxsize=_STREAM_MAXSIZE)
 
         async def ours(items: list[Any]) -> None:
@@ -208,7 +232,8 @@ def measure_large(size: int = DEFAULT_SIZE, count: int = DEFAULT_COUNT, passes: 
                 rows.append({"data": data, "side": side, "mb_s": rate, "vs_one": rate / rates["one process"],
                              "ours_vs": rates[OURS] / rate})
             del items
-    return {"size": size, "count": count, "passes": passes, "workers": WORKERS, "transport": note, "rows": rows}
+    return {"size": size, "count": count, "passes": passes, "workers": WORKERS, "transport": note, "rows": rows,
+            "touch_passes": touch_passes()}
 
 
 _LABELS = {
@@ -218,14 +243,18 @@ _LABELS = {
     "mpire": f"mpire.WorkerPool({WORKERS}).imap",
     "copy": "memory copy limit (one copy per item)",
 }
-_WORK = {"bytes": "zlib.adler32", "array": "a * 2.0"}
+
+
+def _work(data: str, large: dict[str, Any]) -> str:
+    passes = large.get("touch_passes", 1)
+    return "a * 2.0" if data == "array" else "zlib.adler32" + (f" ×{passes}" if passes > 1 else "")
 
 
 def format_large(large: dict[str, Any]) -> str:
     """The large-item table, with a line saying what it ran."""
     head = ("items", "work", "side", "MB/s", "÷ one process", "ours ÷ side")
     body = [
-        (r["data"], _WORK[r["data"]], _LABELS[r["side"]], f"{r['mb_s']:,.0f}", f"{r['vs_one']:.2f}×",
+        (r["data"], _work(r["data"], large), _LABELS[r["side"]], f"{r['mb_s']:,.0f}", f"{r['vs_one']:.2f}×",
          "" if r["side"] == OURS else f"{r['ours_vs']:.2f}×")
         for r in large["rows"]
     ]
