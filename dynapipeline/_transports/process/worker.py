@@ -138,7 +138,7 @@ def _run_as_batch() -> None:
     A worker sleeps between chunks, so the scheduler favours it when it wakes, and
     on a machine with no spare core it would take the CPU from the parent the moment
     the parent sends it work, in the middle of what the parent does next (measured:
-    tiny items through 2 workers on 2 cores ran about 25% faster as batch). Batch is
+    tiny items through 2 workers on 2 cores ran 10-35% faster as batch). Batch is
     the policy the kernel has for such CPU-bound work: the same share of the CPU
     and the same nice value, no wake-up preemption. Nothing to do elsewhere; a
     refusal (a sandbox) only costs that speed.
