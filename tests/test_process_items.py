@@ -39,6 +39,7 @@ from helpers import (
 )
 
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
+from dynapipeline._model.pacing import PacedItems
 from dynapipeline._transports._remote.messages import LOG_SIZE, MapCall
 from dynapipeline._transports.calling import ItemRuns
 from dynapipeline._transports.process import items as process_items
@@ -184,6 +185,40 @@ def test_a_step_narrow_at_first_widens_once_and_stays_wide() -> None:
     assert (runner.width, runner.cap, runner.chunk) == (4, 250, 20)
     measured(1e-6)
     assert (runner.width, runner.cap, runner.chunk) == (4, 250, 250)
+
+
+def test_a_step_widens_only_once_its_calls_in_flight_leave_room_for_the_second_chunks() -> None:
+    """Two narrow chunks of 500 in flight, then items turn slow: no call more until they drained (maxsize 1000)."""
+
+    class Pool:
+        workers = 2
+
+    runner = process_items.ProcessItems(Pool(), Square(name="square"), 1000, 4)  # type: ignore[arg-type]
+    slow = ItemRuns(10, 0.0, 10e-4, 10e-4, 1e-4, 1e-4, [], [])  # 100 µs an item: chunks of 20
+    runner.holding = 1000
+    runner._size_chunks(slow)
+    assert (runner.width, runner.chunk) == (2, 20)  # smaller chunks at once, but no more of them
+    runner.holding = 520  # one narrow chunk still out
+    runner._size_chunks(slow)
+    assert runner.width == 2
+    runner.holding = 40
+    runner._size_chunks(slow)
+    assert (runner.width, runner.cap, runner.chunk) == (4, 250, 20)
+
+
+def test_a_paced_process_step_sends_one_item_a_call_on_every_call_it_may_make() -> None:
+    """Paced, each call carries one item: narrowing (for larger chunks) would only halve the calls in flight."""
+
+    class Pool:
+        workers = 2
+
+    async def pace() -> None:
+        pass
+
+    runner = process_items.ProcessItems(Pool(), Square(name="square"), 1000, 4)  # type: ignore[arg-type]
+    paced = PacedItems(runner, pace)
+    assert paced.chunk == 1
+    assert paced.width is None and runner.width is None  # the step's 4 workers, not 2
 
 
 def test_a_timed_stage_is_wide_from_the_start() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -164,3 +166,35 @@ async def test_a_get_says_how_many_items_its_getter_wants() -> None:
     queue.put_nowait(1)
     queue.get_nowait(50)
     assert queue.want == 50  # the feeder adds spans that large
+
+
+class _Item:
+    """Something a weak reference can watch."""
+
+
+@pytest.mark.parametrize("kind", ["span", "pairs"])
+async def test_what_a_getter_took_is_not_kept_alive_by_the_chunk_it_was_cut_from(kind: str) -> None:
+    """Its sender still refers to a chunk it put (until it sends the next one): the cut is made in place."""
+    items = [_Item() for _ in range(3)]
+    watch = weakref.ref(items[0])
+    queue = ChunkQueue(100, cap=4)
+    sent: list[object] | Span = Span(0, items) if kind == "span" else list(enumerate(items))
+    queue.add(sent)  # the sender's ``sent`` stays
+    del items
+    taken = queue.get_nowait(1)
+    assert len(taken) == 1 and queue.qsize() == 2
+    del taken  # the getter lets go of it (a step does once a large item is shipped)
+    gc.collect()
+    assert watch() is None
+    rest = queue.get_nowait(10)
+    assert [index for index, _ in rest] == [1, 2]
+
+
+async def test_a_long_span_goes_in_as_chunks_as_large_as_getters_take() -> None:
+    queue = ChunkQueue(1000, cap=4)
+    queue.add(Span(0, list(range(10))))
+    assert [len(chunk) for chunk in queue.chunks] == [4, 4, 2]  # before any get: the cap
+    assert _span(queue.get_nowait(6)) == (0, list(range(6)))  # spans that go on are joined
+    queue.get_nowait(10)
+    queue.add(Span(10, list(range(10, 23))))
+    assert [len(chunk) for chunk in queue.chunks] == [10, 3]  # what the last get asked for

@@ -121,6 +121,8 @@ class PacedItems(ItemRunner):
         self.inner = inner
         self.pace = pace
         self.chunk = 1
+        if inner.grows:
+            inner.width = None  # it narrows to make its chunks larger: one item a call gains nothing from that
 
     @property
     def width(self) -> int | None:

@@ -18,11 +18,12 @@ Invariants:
   whoever closes it puts nothing after (puts are not checked). After ``shutdown()``,
   blocked and later ``get()`` calls return the items left, then raise ``QueueShutDown``.
 - Order: items leave in the order they were put.
-- A chunk is a list of ``(index, value)`` pairs, or a ``Span``: values with
-  consecutive indices, none failed, kept without a pair per item (what a sync
-  source gives, and what a step whose items all succeeded at once emits). A
-  span iterates as pairs, so a getter that walks its chunk needs no other code;
-  ``get`` never mixes the two kinds in one chunk.
+- A chunk is a list of ``(index, value)`` pairs (at most ``cap``), or a ``Span``:
+  values with consecutive indices, none failed, kept without a pair per item
+  (what a sync source gives, and what a step whose items all succeeded at once
+  emits), in chunks as large as getters take (``want``). A span iterates as
+  pairs, so a getter that walks its chunk needs no other code; ``get`` never
+  mixes the two kinds in one chunk, and cuts a chunk in place (``_take``).
 
 See docs/streams.md.
 """
@@ -32,11 +33,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, overload
 
 __all__ = ["CHUNK", "ChunkQueue", "QueueShutDown", "Span"]
 
-CHUNK = 64  # the most items one chunk holds: a getter holds at most that many items it has not run yet
+CHUNK = 64  # the most pairs one chunk holds: a getter on the loop holds at most that many items not run yet
 
 
 class QueueShutDown(Exception):
@@ -82,8 +83,8 @@ class ChunkQueue:
 
     def __init__(self, maxsize: int, cap: int = CHUNK) -> None:
         self.maxsize = maxsize
-        # At most half of maxsize: a worker holding a whole chunk then holds at most half as much again as
-        # its queue (a step of large items on the loop: 4 + 2 of them at maxsize=4, not 4 + 4).
+        # At most half of maxsize: a worker on the loop holding a whole chunk then holds at most half as much
+        # again as its queue (a step of large items on the loop: 4 + 2 of them at maxsize=4, not 4 + 4).
         self.cap = max(1, min(cap, maxsize // 2))
         self.chunks: deque[Chunk] = deque()
         self.count = 0  # items held, in all chunks
@@ -122,13 +123,17 @@ class ChunkQueue:
         self.put_nowait(entry)
 
     def add(self, entries: Chunk) -> None:
-        """Add ``entries`` (the queue owns them from now on) as chunks of their own; the caller saw room."""
-        cap = self.cap
+        """Add ``entries`` (the queue owns them from now on) as chunks of their own; the caller saw room.
+
+        Pairs go in chunks of ``cap``, a span in chunks as large as getters take (``want``),
+        so that a getter that takes fewer items than a chunk holds seldom cuts one.
+        """
+        size = max(self.cap, self.want) if isinstance(entries, Span) else self.cap
         self.count += len(entries)
-        if isinstance(entries, Span) or len(entries) <= cap:  # a span is cut as it is taken: no pass over it
+        if len(entries) <= size:
             self.chunks.append(entries)
         else:
-            self.chunks.extend([entries[at:at + cap] for at in range(0, len(entries), cap)])
+            self.chunks.extend([_cut(entries, at, size) for at in range(0, len(entries), size)])
         getters = self.getters
         if getters:
             for _ in range(min(len(entries), len(getters))):
@@ -172,9 +177,7 @@ class ChunkQueue:
         chunks = self.chunks
         head = chunks[0]
         if len(head) > limit:
-            taken = _cut(head, 0, limit)
-            chunks[0] = _cut(head, limit, len(head) - limit)
-            head = taken
+            head = _take(head, limit)
         else:
             chunks.popleft()
             head = self._join_spans(head, limit) if isinstance(head, Span) else self._join_pairs(head, limit)
@@ -194,8 +197,7 @@ class ChunkQueue:
                 head += nxt
                 chunks.popleft()
             else:
-                head += nxt[:room]
-                del nxt[:room]
+                head += _take(nxt, room)
         return head
 
     def _join_spans(self, head: Span, limit: int) -> Span:
@@ -208,8 +210,7 @@ class ChunkQueue:
                 head.values += nxt.values
                 chunks.popleft()
             else:
-                head.values += nxt.values[:room]
-                chunks[0] = nxt.cut(room, len(nxt) - room)
+                head.values += _take(nxt, room).values
         return head
 
     async def get(self, limit: int) -> Chunk:
@@ -247,6 +248,27 @@ class ChunkQueue:
         while putters:
             _wake(putters)
         return count
+
+
+@overload
+def _take(chunk: Span, count: int) -> Span: ...
+@overload
+def _take(chunk: list[Any], count: int) -> list[Any]: ...
+def _take(chunk: Chunk, count: int) -> Chunk:
+    """The first ``count`` items of ``chunk``, taken out of it: the rest stays in the same object.
+
+    In place, so that whoever still refers to the chunk (its sender, until it sends
+    the next one) keeps nothing a getter took alive, and cutting a long chunk costs
+    no copy of its rest.
+    """
+    if isinstance(chunk, Span):
+        taken = Span(chunk.start, chunk.values[:count])
+        del chunk.values[:count]
+        chunk.start += count
+        return taken
+    pairs = chunk[:count]
+    del chunk[:count]
+    return pairs
 
 
 def _cut(chunk: Chunk, at: int, count: int) -> Chunk:

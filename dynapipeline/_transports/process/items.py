@@ -13,7 +13,8 @@
   the parent's cost per chunk is then what limits the step, and one chunk per
   worker makes them twice as large); two per worker (one runs, one waits) once
   a chunk holds its ~2 ms of work at half the cap, so a worker never waits for
-  the parent between chunks. The step widens once and stays wide.
+  the parent between chunks. The step widens once (when the chunks still out
+  leave room within ``maxsize``) and stays wide; a paced step is wide throughout.
 - **The stage travels once per worker**: the first chunk a worker gets carries it,
   later ones only the items.
 - **The item log**: the worker writes each item's outcome (its pickle, its clock
@@ -52,7 +53,7 @@ from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, t
 from dynapipeline._model.component import runner_of
 from dynapipeline._model.handlers import report_elsewhere, reports_elsewhere
 from dynapipeline._model.strategy import ItemRunner, Succeeded, chunk_items
-from dynapipeline._transports._remote.buffers import Packed, pack, unpack
+from dynapipeline._transports._remote.buffers import Packed, unpack
 from dynapipeline._transports._remote.messages import MapReply
 from dynapipeline._transports._remote.pickling import pack_batch
 from dynapipeline._transports._remote.planning import deadline
@@ -61,8 +62,9 @@ from dynapipeline._transports.offloop import crash_retry, merge_wait_ship
 from dynapipeline._transports.process.failures import crashed, remote_failure, unloadable
 from dynapipeline._transports.process.handle import Crashed, Outcome, Replied, TimedOut
 from dynapipeline._transports.process.jobs import MapJob, Split
+from dynapipeline._transports.process.packing import pack_in, pack_items
 from dynapipeline._transports.process.shm import MAPPED
-from dynapipeline.errors import PicklingError, StageTimeoutError, WorkerCrashedError
+from dynapipeline.errors import StageTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from dynapipeline._transports.process.pool import ProcessPool
@@ -107,9 +109,10 @@ class ProcessItems(ItemRunner):
         self.narrow = max(1, width // 2)  # one per worker, while chunks are capped (``_size_chunks``)
         self.cap = 1 if self.limit is not None else max(1, maxsize // width)
         self.chunk = min(self.cap, _FIRST_CHUNK)  # sized before any item was seen: as if wide (large items)
-        if self.limit is None:  # a timed stage's chunks hold one item: two per worker from the start
+        if self.limit is None:  # narrow at first; a timed stage's chunks hold one item: wide from the start
             self.width = self.narrow
             self.cap = max(1, maxsize // self.narrow)
+        self.holding = 0  # items in the calls in flight
         self.stage_id = 0
         self.payload = Packed(b"", ())
         self.cids: set[int] = set()
@@ -132,6 +135,14 @@ class ProcessItems(ItemRunner):
         return pack_batch([self.stage], (), {}, threshold, pool.arena)[0]
 
     async def call(self, values: list[Any]) -> list[Any]:
+        count = len(values)
+        self.holding += count
+        try:
+            return await self._call(values)
+        finally:
+            self.holding -= count
+
+    async def _call(self, values: list[Any]) -> list[Any]:
         if self.pool is not None and self._large(values[0]):
             # One item more than workers: its copy into shared memory overlaps their work (no worker waits for a
             # copy), at the price of one item held in shared memory while it waits.
@@ -141,7 +152,7 @@ class ProcessItems(ItemRunner):
                 # Large items travel one per chunk (their copy dominates, and a chunk goes to one worker): a
                 # first chunk, sized before any item was seen, is split across the workers now.
                 self.chunk = 1
-                parts = await asyncio.gather(*(self.call([value]) for value in values))
+                parts = await asyncio.gather(*(self._call([value]) for value in values))
                 return [(True, part[0]) if type(part) is Succeeded else part[0] for part in parts]
             return [await self._call_large(values)]
         results: list[tuple[bool, Any] | None] = [None] * len(values)
@@ -154,14 +165,15 @@ class ProcessItems(ItemRunner):
             batch = pending[:1] if one_by_one else pending
             await self._live_pool()
             packed_from = time.perf_counter()
-            items = self._dump_items(values, batch, results)
+            items = pack_items(values, batch, results, self.name, self.pool)
             if items is None:  # an item could not be pickled: it failed alone, the others go
                 batch = [i for i in batch if results[i] is None]
             if not batch:
                 pending = [i for i in pending if results[i] is None]
                 continue
-            outcome, job = await self._run(items if items is not None else self._dumps([values[i] for i in batch]),
-                                           packed_from)
+            if items is None:
+                items = pack_in(self.pool, [values[i] for i in batch])
+            outcome, job = await self._run(items, packed_from)
             if isinstance(outcome, Replied):
                 reply = outcome.reply
                 assert type(reply) is MapReply
@@ -215,7 +227,7 @@ class ProcessItems(ItemRunner):
         await self._live_pool()
         packed_from = time.perf_counter()
         results: list[Any] = [None]
-        items = self._dump_items(values, [0], results)
+        items = pack_items(values, [0], results, self.name, self.pool)
         if items is None:
             return results[0]  # type: ignore[no-any-return]  # it cannot be pickled: its error
         values[0] = None  # the caller's reference goes too (``ItemRunner.call``)
@@ -322,8 +334,10 @@ class ProcessItems(ItemRunner):
         per_item = (runs.end - runs.start) / runs.ran  # back to back: the time per item, the log's cost included
         ideal = math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))
         wide_cap = max(1, self.maxsize // self.wide)
-        if self.width == self.narrow < self.wide and ideal < wide_cap:
-            self.width = self.wide  # a chunk holds its work at half the cap: a second one per worker waits
+        if self.width == self.narrow < self.wide and ideal < wide_cap and self.holding <= self.narrow * wide_cap:
+            # A chunk holds its work at half the cap: a second one per worker waits. Only once the calls in
+            # flight hold at most half of maxsize (chunks are ``ideal`` already), so that all stay within it.
+            self.width = self.wide
             self.cap = wide_cap
         self.chunk = max(1, min(self.cap, ideal))
 
@@ -421,27 +435,3 @@ class ProcessItems(ItemRunner):
                 report_elsewhere(self.stage, starts[k] + EPOCH_OFFSET, ends[k] + EPOCH_OFFSET, None if ok else value,
                                  {"dynapipeline.worker_pid": pid, "dynapipeline.run": first_cycle + k})
         return count
-
-    def _dump_items(self, values: list[Any], batch: list[int], results: list[Any]) -> Packed | None:
-        """The pickled items of ``batch``; an item that cannot be pickled fails alone (None: pickle the rest)."""
-        try:
-            # A batch as long as the call is the whole call (batches keep the call's order): no copy needed.
-            return self._dumps(values if len(batch) == len(values) else [values[i] for i in batch])
-        except Exception:
-            logger.debug("stream step %r: a chunk cannot be pickled; finding the item", self.name)
-        for i in batch:
-            try:
-                pack([values[i]], None, None)  # in the pipe: finding the culprit needs no shared memory
-            except Exception as error:
-                failure = PicklingError(f"stream step {self.name!r}: an item of type {type(values[i]).__name__} "
-                                        f"cannot be pickled to a worker process ({type(error).__name__}: {error})")
-                failure.__cause__ = error
-                results[i] = (False, failure)
-        return None
-
-    def _dumps(self, items: list[Any]) -> Packed:
-        """The items pickled (the standard pickler when it can, else cloudpickle), large buffers in shared memory."""
-        pool = self.pool
-        if pool is None:
-            return pack(items, None, None)
-        return pack(items, pool.threshold, pool.arena)
