@@ -79,7 +79,7 @@ async def test_pool_is_warm_across_dispatches_and_runs(procs):
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's scheduling policy")
 async def test_workers_run_as_batch_so_that_waking_one_never_preempts_the_parent(procs):
-    await procs.execute([Pid(name="a")])
+    await procs.start()  # every worker said it is ready: it set its policy before that
     pids = procs.worker_pids()
     assert len(pids) == 2
     assert [os.sched_getscheduler(pid) for pid in pids] == [os.SCHED_BATCH] * 2
