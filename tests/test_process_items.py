@@ -146,29 +146,30 @@ class CallSizes:
         monkeypatch.setattr(process_items.ProcessItems, "call", call)
 
 
-async def test_tiny_items_travel_in_one_chunk_per_worker_of_half_maxsize(procs: MultiprocessExecutionStrategy,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of tiny items are capped: one per worker, so that each is as large as ``maxsize`` allows."""
+async def test_tiny_items_travel_in_chunks_of_maxsize_over_workers_two_per_worker(
+        procs: MultiprocessExecutionStrategy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of tiny items fill the cap, maxsize / workers: the parent's cost per chunk is what limits them."""
     calls = CallSizes(monkeypatch)
     out = await stream(Step(Square(name="square"), procs), maxsize=1000).run(range(20_000))
     assert out == [i * i for i in range(20_000)]
-    assert calls.most <= 2  # items in flight: at most 2 x 500, maxsize
+    assert 2 < calls.most <= 4  # two chunks per worker: one runs, one waits in its pipe
     assert max(calls.sizes) == 500
     assert sum(size == 500 for size in calls.sizes) >= len(calls.sizes) - 10  # only the first ones are smaller
 
 
-async def test_items_with_work_to_do_widen_the_step_to_two_chunks_per_worker(procs: MultiprocessExecutionStrategy,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Items of 1 ms: chunks of ~2 ms hold 2 items, far under the cap, so a second chunk per worker waits."""
+async def test_items_with_work_to_do_travel_in_chunks_of_their_2_ms(procs: MultiprocessExecutionStrategy,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items of 1 ms: chunks of ~2 ms hold 2 items, far under the cap; still two chunks per worker."""
     calls = CallSizes(monkeypatch)
     out = await stream(Step(Nap(name="nap", seconds=0.001), procs), maxsize=1000).run(range(300))
     assert len(out) == 300
-    assert 2 < calls.most <= 4  # two chunks per worker, no more
-    assert max(calls.sizes[8:]) <= 250  # once wide, chunks stay under maxsize / 4
+    assert 2 < calls.most <= 4
+    assert max(calls.sizes[8:]) <= 10
 
 
-def test_a_step_narrow_at_first_widens_once_and_stays_wide() -> None:
-    """``_size_chunks``: tiny items keep one chunk per worker; items worth pipelining widen it, for good."""
+def test_chunks_are_sized_from_the_time_per_item_up_to_the_cap() -> None:
+    """``_size_chunks``: ~2 ms of work a chunk, never more than maxsize / workers items; two calls per worker
+    once a chunk came back (one per worker before: large items keep that, plus one)."""
 
     class Pool:
         workers = 2
@@ -180,35 +181,12 @@ def test_a_step_narrow_at_first_widens_once_and_stays_wide() -> None:
 
     assert (runner.width, runner.cap, runner.chunk) == (2, 500, 16)
     measured(1e-6)
-    assert (runner.width, runner.cap, runner.chunk) == (2, 500, 500)
-    measured(1e-4)  # 20 items make 2 ms: under half the cap
-    assert (runner.width, runner.cap, runner.chunk) == (4, 250, 20)
-    measured(1e-6)
-    assert (runner.width, runner.cap, runner.chunk) == (4, 250, 250)
-
-
-def test_a_step_widens_only_once_its_calls_in_flight_leave_room_for_the_second_chunks() -> None:
-    """Two narrow chunks of 500 in flight, then items turn slow: no call more until they drained (maxsize 1000)."""
-
-    class Pool:
-        workers = 2
-
-    runner = process_items.ProcessItems(Pool(), Square(name="square"), 1000, 4)  # type: ignore[arg-type]
-    slow = ItemRuns(10, 0.0, 10e-4, 10e-4, 1e-4, 1e-4, [], [])  # 100 µs an item: chunks of 20
-    runner.holding = 1000
-    runner._size_chunks(slow)
-    assert (runner.width, runner.chunk) == (2, 20)  # smaller chunks at once, but no more of them
-    runner.holding = 520  # one narrow chunk still out
-    runner._size_chunks(slow)
-    assert runner.width == 2
-    runner.holding = 40
-    runner._size_chunks(slow)
-    assert (runner.width, runner.cap, runner.chunk) == (4, 250, 20)
+    assert (runner.width, runner.cap, runner.chunk) == (4, 500, 500)
+    measured(1e-4)  # 20 items make 2 ms
+    assert (runner.width, runner.cap, runner.chunk) == (4, 500, 20)
 
 
 def test_a_paced_process_step_sends_one_item_a_call_on_every_call_it_may_make() -> None:
-    """Paced, each call carries one item: narrowing (for larger chunks) would only halve the calls in flight."""
-
     class Pool:
         workers = 2
 
@@ -218,15 +196,15 @@ def test_a_paced_process_step_sends_one_item_a_call_on_every_call_it_may_make() 
     runner = process_items.ProcessItems(Pool(), Square(name="square"), 1000, 4)  # type: ignore[arg-type]
     paced = PacedItems(runner, pace)
     assert paced.chunk == 1
-    assert paced.width is None and runner.width is None  # the step's 4 workers, not 2
+    assert paced.width is None and runner.width is None  # the step's 4 calls, not 2
 
 
-def test_a_timed_stage_is_wide_from_the_start() -> None:
+def test_a_timed_stage_sends_one_item_a_chunk() -> None:
     class Pool:
         workers = 2
 
     runner = process_items.ProcessItems(Pool(), Square(name="square", timeout=1.0), 1000, 4)  # type: ignore[arg-type]
-    assert (runner.width, runner.cap, runner.chunk) == (None, 1, 1)  # one item per chunk, as many as the step runs
+    assert (runner.width, runner.cap, runner.chunk) == (4, 1, 1)  # one item per chunk, as many as the step runs
 
 
 async def test_unordered_process_step_yields_every_item(procs: MultiprocessExecutionStrategy) -> None:

@@ -7,7 +7,9 @@ worker process's pipe (``multiprocessing.connection``)::
     worker -> parent   READY                         once, when the worker can take jobs
     parent -> worker   pickle(Call)                   one batch of components
     worker -> parent   pickle(Reply)                  its outcome
-    parent -> worker   pickle(MapCall)                a chunk of a stream step's items for its stage
+    parent -> worker   pickle(MapCall)                a chunk of a stream step's items for its stage (the next
+                                                      chunk of that stage may follow before this one's reply: the
+                                                      worker reads it when it is done with this one)
     worker -> parent   pickle(MapReply)               the chunk's end: its results (each item's outcome is in the log)
                                                       (a reply with ``retiring``: the worker exits right after it)
     parent -> worker   STOP                           exit when idle
@@ -20,13 +22,16 @@ written once into the sender's shared memory, and the pickle names their blocks
 blocks its sender has released since the last one (``released``): the receiver
 reuses them.
 
-Besides the pipe, each worker shares with the parent two small values,
-``current`` (where the worker is with its job: see ``IDLE``/``SENT``/``TAKEN``,
-or the position of the component it runs) and ``drain`` (set by the parent when
-the run of the groups it runs drains), and one buffer, its *item log*: a stream
-step's chunk writes each item's outcome there as soon as the item has run (see
-``LOG_SIZE``), so the parent still has the outcomes of the items that finished
-when a later item of the chunk kills the worker, and never runs them again.
+Besides the pipe, each worker shares with the parent three small values,
+``current`` (where the worker is with its job: see ``IDLE``/``TAKEN``, or the
+position of the component it runs), ``taken`` (how many jobs it has read from its
+pipe: a job sent after those never ran, and goes to another worker when this one
+dies) and ``drain`` (set by the parent when the run of the groups it runs
+drains), and two buffers, its *item logs*: a stream step's chunk writes each
+item's outcome to the one its ``MapCall`` names (``slot``) as soon as the item
+has run (see ``LOG_SIZE``), so the parent still has the outcomes of the items
+that finished when a later item of the chunk kills the worker, and never runs
+them again. Two, so that the chunk queued behind a running one has its own.
 
 See docs/threads-and-processes.md.
 """
@@ -41,19 +46,18 @@ from dynapipeline._transports._remote.buffers import Block
 from dynapipeline._transports.calling import ItemRuns
 
 __all__ = ["IDLE", "LOG_DATA", "LOG_HEAD", "LOG_SIZE", "LOG_SLOTS", "LOG_TABLE", "MAX_KEPT_STAGES", "READY",
-           "SEGMENTS", "SENT", "STOP", "TAKEN", "Call", "Clock", "Failure", "LoggedItem", "MapCall", "MapReply",
+           "SEGMENTS", "STOP", "TAKEN", "Call", "Clock", "Failure", "LoggedItem", "MapCall", "MapReply",
            "Recycling", "Reply", "RunStats", "Segments", "Timing", "Trace"]
 
 READY = b"R"
 STOP = b""
 SEGMENTS = b"G"  # first byte of a Segments message (a pickled message starts with b"\x80")
 
-# Values of the shared ``current`` besides a component's position. The parent sets SENT
-# before sending a job and the worker TAKEN as soon as it has read it: a worker that
-# dies while the value is still SENT never held its job, which then goes elsewhere.
-IDLE, SENT, TAKEN = -1, -2, -3
+# Values of the shared ``current`` besides a component's position: between jobs, and
+# as soon as the worker has read one (before it counts it in ``taken``).
+IDLE, TAKEN = -1, -3
 
-# The item log, in one shared buffer of LOG_SIZE bytes per worker:
+# An item log, in one shared buffer of LOG_SIZE bytes (two per worker):
 # - LOG_HEAD: items committed, how many of them failed;
 # - at LOG_TABLE, LOG_SLOTS rows of 4 doubles per item: perf_counter readings of its run's start and end and
 #   of its pickle's end, then its pickle's length (negated when the item failed);
@@ -159,6 +163,7 @@ class MapCall(NamedTuple):
     stage: bytes  # the stage (``dumps_batch`` of it); b"" when this worker has received it before
     items: bytes  # the list of items (``buffers.pack``)
     released: tuple[Block, ...] = ()  # as in ``Call``
+    slot: int = 0  # the item log its items go to (0 or 1: the chunk queued behind this one uses the other)
 
 
 class LoggedItem(NamedTuple):

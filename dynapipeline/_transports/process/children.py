@@ -1,5 +1,5 @@
-"""Starting and stopping worker processes: the start method, the one way a process is stopped, and the
-pools still open at interpreter exit (their workers are stopped then)."""
+"""Starting and stopping worker processes: the start method, a worker and what it shares with the parent, the
+one way a process is stopped, and the pools still open at interpreter exit (their workers are stopped then)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import multiprocessing
 import weakref
 from typing import Any, Protocol
 
+from dynapipeline._transports._remote.messages import LOG_SIZE, Recycling
 from dynapipeline._transports.process import worker
+from dynapipeline._transports.process.handle import Worker
 
-__all__ = ["LIVE_POOLS", "close_quietly", "default_start_method", "start_context", "stop_process"]
+__all__ = ["LIVE_POOLS", "close_quietly", "default_start_method", "start_context", "start_worker", "stop_process"]
 
 logger = logging.getLogger("dynapipeline")
 
@@ -91,3 +93,20 @@ def _close_all() -> None:
 
 
 atexit.register(_close_all)
+
+
+def start_worker(ctx: Any, name: str, threshold: int | None, recycling: Recycling | None) -> Worker:
+    """Start one worker process (``worker.main``): its pipe, its shared values and its two item logs."""
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    current = ctx.RawValue("l", -1)
+    taken = ctx.RawValue("q", 0)
+    drain = ctx.RawValue("b", 0)
+    logs = (ctx.RawArray("B", LOG_SIZE), ctx.RawArray("B", LOG_SIZE))
+    kwargs: dict[str, Any] = {"taken": taken}
+    if recycling is not None:
+        kwargs["recycling"] = recycling
+    proc = ctx.Process(target=worker.main, args=(child_conn, current, drain, logs, threshold), daemon=True,
+                       name=name, kwargs=kwargs)
+    proc.start()
+    child_conn.close()
+    return Worker(proc, parent_conn, current, drain, logs, taken)

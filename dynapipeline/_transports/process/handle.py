@@ -8,6 +8,8 @@
 Invariants:
 
 - A job ends with exactly one ``Outcome`` (``PoolJob.finish`` ignores any later one).
+- A worker holds at most two jobs: the one it runs and a stream step's next chunk,
+  waiting in its pipe (``Worker.queued``), each with its own item log.
 - What a worker has received (its classes, its stream steps' stages) is the
   pool's to record, on the ``Worker``: a job only builds its message from it.
 
@@ -77,6 +79,8 @@ class PoolJob(Protocol):
     done: bool
     worker: Worker | None
     sent_at: float
+    serial: int  # the how-manyth job sent to its worker (``Worker.taken`` says whether it read it)
+    slot: int  # the worker's item log it uses (a stream step's chunk)
 
     @property
     def cids(self) -> set[int]:
@@ -112,20 +116,26 @@ class PoolJob(Protocol):
 class Worker:
     """One worker process, its pipe, and what it is doing."""
 
-    __slots__ = ("proc", "conn", "fd", "current", "drain", "log", "log_view", "pid", "ready", "job", "known", "stages",
-                 "timer", "loop", "segments", "holding", "tasks", "_sock")
+    __slots__ = ("proc", "conn", "fd", "current", "taken", "drain", "logs", "log_views", "pid", "ready", "job",
+                 "queued", "sent", "next_slot", "known", "stages", "timer", "loop", "segments", "holding", "tasks",
+                 "_sock")
 
-    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any, log: Any = None) -> None:
+    def __init__(self, proc: Any, conn: Any, current: Any, drain: Any, logs: tuple[Any, ...] = (),
+                 taken: Any = None) -> None:
         self.proc = proc
         self.conn = conn
         self.fd: int = conn.fileno()
         self.current = current  # shared: where the worker is with its job (_remote.messages)
+        self.taken = taken  # shared: how many jobs the worker has read from its pipe
         self.drain = drain  # shared: set by the parent when the run of the job it runs drains
-        self.log = log  # shared: the item log a stream step's chunk writes (_remote.messages.LOG_HEAD)
-        self.log_view = memoryview(log).cast("B") if log is not None else None  # made once: read per chunk
+        self.logs = logs  # shared: the item logs a stream step's chunks write (_remote.messages.LOG_HEAD)
+        self.log_views = tuple(memoryview(log).cast("B") for log in logs)  # made once: read per chunk
         self.pid: int = proc.pid
         self.ready = False
-        self.job: PoolJob | None = None
+        self.job: PoolJob | None = None  # the job it runs (or will read next)
+        self.queued: PoolJob | None = None  # a chunk sent behind ``job``, read when that one is done
+        self.sent = 0  # jobs sent so far (``PoolJob.serial``)
+        self.next_slot = 0  # the item log the next chunk uses
         self.known: set[int] = set()  # ids of the classes this worker has received
         self.stages: dict[int, None] = {}  # ids of the stream steps' stages it keeps, oldest first
         self.timer: asyncio.TimerHandle | None = None
@@ -143,14 +153,40 @@ class Worker:
         stage_id = job.stage_id
         if not stage_id:
             return blobs, False
-        if self.log_view is not None:
-            LOG_HEAD.pack_into(self.log_view, 0, 0, 0)  # the items of a chunk before are gone
+        if self.log_views:
+            LOG_HEAD.pack_into(self.log_views[job.slot], 0, 0, 0)  # the items of a chunk before are gone
         if stage_id in self.stages:
             return blobs, False
         self.stages[stage_id] = None
         if len(self.stages) > MAX_KEPT_STAGES:
             del self.stages[next(iter(self.stages))]  # the worker drops the same one
         return blobs, True
+
+    def may_queue(self, job: PoolJob) -> bool:
+        """Whether ``job`` may wait in this worker's pipe: a chunk of the step it runs, neither of them timed.
+
+        Not a chunk in shared memory (large items): it waits in the parent, whose memory stays bounded by
+        the step's calls (a worker that read it would map it while it still runs the one before).
+        """
+        running = self.job
+        return running is not None and self.queued is None and running.stage_id == job.stage_id != 0 \
+            and running.deadline is None and job.deadline is None and not job.blocks
+
+    def take_back(self) -> tuple[PoolJob | None, list[PoolJob]]:
+        """Empty the hands of a worker about to go: the job it read (if any), and those it never read."""
+        read = self.taken.value
+        ran = None
+        unread = []
+        for job in (self.job, self.queued):
+            if job is None:
+                continue
+            if job.serial <= read:
+                ran = job
+            else:
+                unread.append(job)
+                self.holding.difference_update(job.blocks)  # still the job's: it is sent again, or freed
+        self.job = self.queued = None
+        return ran, unread
 
     @property
     def sock(self) -> socket.socket:

@@ -9,12 +9,14 @@
   (from the stage's measured time per item), up to ``maxsize`` split among the
   calls in flight, so IPC is not paid per item and backpressure still holds. A
   timed stage's items travel one per chunk, so a deadline concerns one item.
-- **Calls in flight**: one chunk per worker while chunks are capped (tiny items:
-  the parent's cost per chunk is then what limits the step, and one chunk per
-  worker makes them twice as large); two per worker (one runs, one waits) once
-  a chunk holds its ~2 ms of work at half the cap, so a worker never waits for
-  the parent between chunks. The step widens once (when the chunks still out
-  leave room within ``maxsize``) and stays wide; a paced step is wide throughout.
+- **Calls in flight**: two chunks per worker, of at most ``maxsize`` ÷ workers
+  items each: one runs, the next waits in the worker's pipe (``ProcessPool``),
+  so a worker never waits for the parent between chunks. Tiny items fill the
+  cap (the parent's cost per chunk is what limits them: fewer, larger chunks),
+  so up to twice ``maxsize`` items can be out; items with work to do fill their
+  ~2 ms first. The step starts with one call per worker and takes the second
+  once a chunk came back: large items (one per chunk, in shared memory) keep
+  one per worker and one more, so the parent holds no more of them.
 - **The stage travels once per worker**: the first chunk a worker gets carries it,
   later ones only the items.
 - **The item log**: the worker writes each item's outcome (its pickle, its clock
@@ -97,7 +99,7 @@ class PoolOwner(Protocol):
 class ProcessItems(ItemRunner):
     """Runs a stream step's stage on a ``MultiprocessExecutionStrategy``'s pool, chunk by chunk."""
 
-    grows = True  # one call per worker, two once chunks hold enough work (``_size_chunks``)
+    grows = True  # one call per worker until a chunk came back (``_size_chunks``), then two
 
     def __init__(self, strategy: PoolOwner, stage: Any, maxsize: int, width: int) -> None:
         self.strategy = strategy
@@ -106,13 +108,12 @@ class ProcessItems(ItemRunner):
         self.limit = deadline(stage)
         self.maxsize = maxsize
         self.wide = width  # the most calls in flight: two per worker
-        self.narrow = max(1, width // 2)  # one per worker, while chunks are capped (``_size_chunks``)
-        self.cap = 1 if self.limit is not None else max(1, maxsize // width)
-        self.chunk = min(self.cap, _FIRST_CHUNK)  # sized before any item was seen: as if wide (large items)
-        if self.limit is None:  # narrow at first; a timed stage's chunks hold one item: wide from the start
-            self.width = self.narrow
-            self.cap = max(1, maxsize // self.narrow)
-        self.holding = 0  # items in the calls in flight
+        # A timed stage's chunks hold one item; others at most maxsize / workers (see the module's docstring).
+        self.cap = 1 if self.limit is not None else max(1, maxsize // strategy.workers)
+        # Sized before any item was seen: as for two chunks per worker (large items take one call each).
+        self.chunk = min(self.cap, max(1, maxsize // width), _FIRST_CHUNK)
+        # One call per worker until the first chunk tells what items are: large ones stay near that (``call``).
+        self.width = self.wide if self.limit is not None else strategy.workers
         self.stage_id = 0
         self.payload = Packed(b"", ())
         self.cids: set[int] = set()
@@ -135,24 +136,16 @@ class ProcessItems(ItemRunner):
         return pack_batch([self.stage], (), {}, threshold, pool.arena)[0]
 
     async def call(self, values: list[Any]) -> list[Any]:
-        count = len(values)
-        self.holding += count
-        try:
-            return await self._call(values)
-        finally:
-            self.holding -= count
-
-    async def _call(self, values: list[Any]) -> list[Any]:
         if self.pool is not None and self._large(values[0]):
             # One item more than workers: its copy into shared memory overlaps their work (no worker waits for a
             # copy), at the price of one item held in shared memory while it waits.
             self.width = self.strategy.workers + 1
-            self.cap = max(1, self.maxsize // self.wide)  # the narrow cap's larger chunks are for tiny items
+            self.cap = max(1, self.maxsize // (2 * self.strategy.workers))  # that of tiny items is for them only
             if len(values) > 1:
                 # Large items travel one per chunk (their copy dominates, and a chunk goes to one worker): a
                 # first chunk, sized before any item was seen, is split across the workers now.
                 self.chunk = 1
-                parts = await asyncio.gather(*(self._call([value]) for value in values))
+                parts = await asyncio.gather(*(self.call([value]) for value in values))
                 return [(True, part[0]) if type(part) is Succeeded else part[0] for part in parts]
             return [await self._call_large(values)]
         results: list[tuple[bool, Any] | None] = [None] * len(values)
@@ -333,12 +326,8 @@ class ProcessItems(ItemRunner):
     def _size_chunks(self, runs: ItemRuns) -> None:
         per_item = (runs.end - runs.start) / runs.ran  # back to back: the time per item, the log's cost included
         ideal = math.ceil(_CHUNK_SECONDS / max(per_item, 1e-7))
-        wide_cap = max(1, self.maxsize // self.wide)
-        if self.width == self.narrow < self.wide and ideal < wide_cap and self.holding <= self.narrow * wide_cap:
-            # A chunk holds its work at half the cap: a second one per worker waits. Only once the calls in
-            # flight hold at most half of maxsize (chunks are ``ideal`` already), so that all stay within it.
-            self.width = self.wide
-            self.cap = wide_cap
+        if self.width == self.strategy.workers:
+            self.width = self.wide  # not large items: the next chunk of each worker waits in its pipe
         self.chunk = max(1, min(self.cap, ideal))
 
     def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: list[int], results: list[Any],

@@ -59,7 +59,7 @@ class Job:
     """One batch of components for one worker, and where its outcome goes."""
 
     __slots__ = ("dispatch", "indices", "runners", "payload", "cids", "deadline", "worker", "done", "control",
-                 "packed", "sent_at", "sink", "replied", "lost", "blocks")
+                 "packed", "sent_at", "sink", "replied", "lost", "blocks", "serial", "slot")
 
     def __init__(self, dispatch: Dispatch, indices: list[int], runners: list[Any], payload: bytes,
                  cids: set[int], deadline: float | None, control: Any = None) -> None:
@@ -74,6 +74,8 @@ class Job:
         self.control = control  # the run's RunControl, when the job ships groups (drain reaches them)
         self.packed = (0.0, 0.0)  # perf_counter before and after its components were pickled
         self.sent_at = 0.0  # perf_counter when it was handed to a worker
+        self.serial = 0  # set by the pool when it sends it
+        self.slot = 0  # a batch writes no item log
         self.sink: Any = None  # the TraceSink of the dispatching context, when it traces
         self.replied: tuple[Reply, int] | None = None  # the worker's reply and pid, once in
         self.lost: tuple[Any, float, float] | None = None  # (runner, start, end): a run killed or crashed
@@ -111,7 +113,7 @@ class MapJob:
     """One chunk of items for one worker; its outcome completes ``future``."""
 
     __slots__ = ("future", "stage_id", "stage", "cids", "items", "deadline", "worker", "done", "control", "sent_at",
-                 "sink", "packed", "logged", "blocks", "kept", "each_run")
+                 "sink", "packed", "logged", "blocks", "kept", "each_run", "serial", "slot")
 
     def __init__(self, future: asyncio.Future[Outcome], stage_id: int, stage: Callable[[], Packed], cids: set[int],
                  items: Packed, deadline: float | None) -> None:
@@ -127,6 +129,8 @@ class MapJob:
         self.done = False
         self.control = None  # a stream's drain is the stream's own: the feeder stops pulling
         self.sent_at = 0.0  # set by the pool when it hands the chunk to a worker
+        self.serial = 0  # set by the pool when it sends it
+        self.slot = 0  # the worker's item log it writes, set by the pool when it sends it
         self.sink = None  # the worker traces nothing: the parent traces the items from the item log
         self.packed = (0.0, 0.0)  # perf_counter before and after the items were pickled
         # The item log when the chunk ended (read before the worker goes on): its rows (flat), its pickles,
@@ -141,15 +145,15 @@ class MapJob:
             packed = self.stage()
             payload = packed.data
             self.blocks += packed.blocks
-        return MapCall(class_blobs=blobs, stage_id=self.stage_id, stage=payload, items=self.items)
+        return MapCall(class_blobs=blobs, stage_id=self.stage_id, stage=payload, items=self.items, slot=self.slot)
 
     def finish(self, outcome: Outcome) -> None:
         if not self.done:
             self.done = True
             w = self.worker
-            if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log_view is not None:
-                # Now: the pool hands this worker its next chunk as soon as this returns.
-                view = w.log_view
+            if isinstance(outcome, (Replied, Crashed)) and w is not None and w.log_views:
+                # Now: the pool may hand this log to the worker's next chunk as soon as this returns.
+                view = w.log_views[self.slot]
                 count, failures = LOG_HEAD.unpack_from(view, 0)
                 reply = outcome.reply if isinstance(outcome, Replied) else None
                 # All went well: the reply's values and summed-up runs serve, unless each run is wanted.

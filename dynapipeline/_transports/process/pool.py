@@ -1,5 +1,7 @@
 """``ProcessPool``: warm worker processes served by one event loop, and the queue of jobs they take.
 
+Long: one state machine (the workers, the jobs each holds, the queue) that every event below changes.
+
 ::
 
     submit(jobs) ─► queue ─► _pump ─► _send: message ══ pipe ══► worker process
@@ -10,8 +12,11 @@
 Invariants:
 
 - Each worker has its own pipe, watched by the event loop (``add_reader``), so
-  the pool always knows which worker holds which job; a worker holds one job at
-  a time.
+  the pool always knows which worker holds which job; a worker runs one job at
+  a time. A stream step's next chunk may wait in the pipe of a worker running
+  one of the same step's (``Worker.queued``: the worker goes on without waiting
+  for the parent), unless the chunks are timed or the workers recycled; it goes
+  to another worker if this one dies or is killed before reading it.
 - The pool records what each worker has received (classes, stream stages, the
   item log's reset): a job only builds its message from it.
 - Workers are started lazily (the first start runs in a thread, since a cold
@@ -34,17 +39,14 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from dynapipeline._transports._remote.messages import (
-    LOG_SIZE,
-    SEGMENTS,
-    SENT,
-    STOP,
-    MapReply,
-    Recycling,
-    Reply,
+from dynapipeline._transports._remote.messages import SEGMENTS, STOP, MapReply, Recycling, Reply
+from dynapipeline._transports.process.children import (
+    LIVE_POOLS,
+    close_quietly,
+    start_context,
+    start_worker,
+    stop_process,
 )
-from dynapipeline._transports.process import worker
-from dynapipeline._transports.process.children import LIVE_POOLS, close_quietly, start_context, stop_process
 from dynapipeline._transports.process.handle import Closed, Crashed, PoolJob, Replied, TimedOut, Worker
 from dynapipeline._transports.process.jobs import Job, singles_of
 from dynapipeline._transports.process.recycling import fits
@@ -140,18 +142,8 @@ class ProcessPool:
             self._start_done.set()
 
     def _start_worker(self) -> Worker:
-        ctx = self._ctx
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        current = ctx.RawValue("l", -1)
-        drain = ctx.RawValue("b", 0)
-        log = ctx.RawArray("B", LOG_SIZE)
         self._counter += 1
-        proc = ctx.Process(target=worker.main, args=(child_conn, current, drain, log, self.threshold), daemon=True,
-                           name=f"dynapipeline-worker-{self._counter}",
-                           kwargs={"recycling": self.recycling} if self.recycling is not None else {})
-        proc.start()
-        child_conn.close()
-        return Worker(proc, parent_conn, current, drain, log)
+        return start_worker(self._ctx, f"dynapipeline-worker-{self._counter}", self.threshold, self.recycling)
 
     def _adopt(self, w: Worker) -> None:
         self.workers.append(w)
@@ -227,7 +219,7 @@ class ProcessPool:
         workers = list(self.workers) + started + self.retiring
         self.workers.clear()
         self.retiring.clear()
-        jobs = [w.job for w in workers if w.job is not None]
+        jobs = [job for w in workers for job in (w.job, w.queued) if job is not None]
         queued = list(self.queue)
         self.queue.clear()
         for w in workers:
@@ -264,7 +256,7 @@ class ProcessPool:
             self._unwatch(w)
             close_quietly(w.conn)
             w.close_sock()
-            w.job = None
+            w.job = w.queued = None
         for job in jobs:
             job.finish(Closed(job.worker.pid if job.worker is not None else None))
         for job in queued:
@@ -293,20 +285,32 @@ class ProcessPool:
                     self._retire(w, stop=True)  # the batch would take it past its limit: a fresh worker runs it
                     continue
                 self._send(w, queue.popleft())
+        if queue and self.recycling is None:  # a recycled worker's budget counts the jobs it is sent
+            for w in list(self.workers):  # every worker is busy: a chunk may wait behind one of its step's
+                while queue and queue[0].done:
+                    queue.popleft()
+                if queue and w.may_queue(queue[0]):
+                    self._send(w, queue.popleft())
 
     def _send(self, w: Worker, job: PoolJob) -> None:
         assert self.loop is not None
         job.sent_at = time.perf_counter()
+        w.sent += 1
+        job.serial = w.sent
+        if job.stage_id:
+            job.slot, w.next_slot = w.next_slot, 1 - w.next_slot
         message = job.message(*w.news_for(job))
         released = MAPPED.released(w.pid)
         if released:
             message = message._replace(released=tuple(released))
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        w.job = job
         job.worker = w
-        control = job.control
-        w.drain.value = 1 if control is not None and control.draining else 0
-        w.current.value = SENT  # the worker marks TAKEN once it has read the job
+        if w.job is None:
+            w.job = job
+            control = job.control
+            w.drain.value = 1 if control is not None and control.draining else 0
+        else:
+            w.queued = job  # a chunk behind a chunk of the same step (``_pump``): the drain is the stream's
         blocks = job.blocks
         try:
             if blocks:
@@ -337,9 +341,8 @@ class ProcessPool:
             if w is None:
                 self._free_unsent(job)
                 continue
-            if kill_running and w.job is job:
-                w.job = None
-                self._drop(w, kill=True, job=job)
+            if kill_running and job in (w.job, w.queued):
+                self._kill_withdrawn(w)
         if any(job.done for job in self.queue):
             # Withdrawn jobs leave the queue now, not when a worker next asks for work,
             # so that `idle` is true as soon as nothing real is left.
@@ -373,7 +376,7 @@ class ProcessPool:
             self._pump()
             return
         job = w.job
-        w.job = None
+        w.job, w.queued = w.queued, None  # the chunk queued behind it is the one it runs now
         if w.timer is not None:
             w.timer.cancel()
             w.timer = None
@@ -409,18 +412,12 @@ class ProcessPool:
             self.retiring.remove(w)
             self._drop(w, kill=False)  # the blocks it still held are free now
             return
-        job = w.job
         was_ready = w.ready
         position = w.current.value
-        w.job = None
-        if job is not None and position == SENT and not job.done:
-            w.holding.difference_update(job.blocks)  # still the job's: it is sent again (below)
+        job, unread = w.take_back()
         exitcode = self._drop(w, kill=False, job=job)
-        if job is not None and position == SENT and not job.done:
-            # The worker died before it read the job (killed while idle): the job never ran, send it elsewhere.
-            job.worker = None
-            self.queue.appendleft(job)
-        elif job is not None:
+        self._send_again(unread)
+        if job is not None:
             job.finish(Crashed(position, w.pid, exitcode))
         if self.closed:
             return
@@ -443,8 +440,35 @@ class ProcessPool:
         w.timer = None
         if w.job is not job:
             return
-        w.job = None
+        w.job = None  # nothing is queued behind a timed job (``_pump``)
         self._drop(w, kill=True, job=job)
         job.finish(TimedOut())
         self.fill()
         self._pump()
+
+    def _kill_withdrawn(self, w: Worker) -> None:
+        """Kill a worker whose running job was withdrawn; a chunk it has not read goes to another worker.
+
+        A withdrawn chunk queued behind a live one is left to run (its reply is dropped): killing
+        the worker would end the live one too.
+        """
+        queued = w.queued
+        running = queued if queued is not None and queued.serial <= w.taken.value else w.job
+        if running is not None and not running.done:
+            return
+        ran, unread = w.take_back()
+        if ran is not None and not ran.done:  # it read its next chunk meanwhile: that one goes again, elsewhere
+            w.holding.difference_update(ran.blocks)
+            unread.insert(0, ran)
+            ran = None
+        self._drop(w, kill=True, job=ran)
+        self._send_again(unread)
+
+    def _send_again(self, jobs: list[PoolJob]) -> None:
+        """Jobs a worker never read: to the queue's head, in order (or freed, when withdrawn meanwhile)."""
+        for job in reversed(jobs):
+            job.worker = None
+            if job.done:
+                self._free_unsent(job)
+            else:
+                self.queue.appendleft(job)

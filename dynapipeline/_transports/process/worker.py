@@ -7,9 +7,10 @@
 
 Invariants:
 
-- One message at a time; the shared ``current`` says where the worker is
-  (``TAKEN`` once it has read a message, then the position it runs), so the
-  parent knows what a dead worker held.
+- One message at a time (the next may wait in the pipe); the shared ``current``
+  says where the worker is (``TAKEN`` once it has read a message, then the
+  position it runs) and ``taken`` counts the messages read, so the parent knows
+  what a dead worker held and what it never read.
 - Nothing a stage does ends the loop: errors travel in the reply. Only ``STOP``,
   a closed pipe, the parent's death (``_die_with_parent``) or the worker's own
   limits do (``recycling.Budget``: it says so in its last reply, then exits).
@@ -72,10 +73,12 @@ logger = logging.getLogger("dynapipeline")
 
 
 def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold: int | None = None, *,
-         recycling: Recycling | None = None) -> None:
+         recycling: Recycling | None = None, taken: Any = None) -> None:
     """The worker's loop: signal ready, then run messages until told to stop or the parent goes away.
 
-    ``log``: the shared item log that stream steps' chunks write to (``_remote.messages``).
+    ``log``: the shared item logs that stream steps' chunks write to (``_remote.messages``; one buffer, or a
+    tuple of them that ``MapCall.slot`` picks from).
+    ``taken``: the shared count of jobs read from the pipe (the parent sends again those it does not count).
     ``threshold``: results' buffers of this many bytes or more go to this worker's shared memory.
     ``recycling``: the limits after which this worker retires (``recycling.Budget``), or None.
     """
@@ -85,7 +88,8 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold:
     parent_process = multiprocessing.parent_process()
     parent: int = (parent_process.pid if parent_process is not None else None) or os.getppid()  # the pool's
     arena = LocalArena() if threshold is not None else None
-    state: dict[str, Any] = {"log": log, "threshold": threshold, "arena": arena, "attach": MAPPED.attach}
+    logs = tuple(log) if isinstance(log, (tuple, list)) else (log,)
+    state: dict[str, Any] = {"logs": logs, "threshold": threshold, "arena": arena, "attach": MAPPED.attach}
     budget = state["budget"] = Budget(recycling) if recycling is not None else None
     announced: set[int] = set()  # this worker's segments the parent has
     sock = socket.socket(fileno=os.dup(conn.fileno()))
@@ -102,6 +106,8 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold:
             teardown_all(state)  # a clean exit: the stages set up here are torn down
             break
         current.value = TAKEN
+        if taken is not None:
+            taken.value += 1  # from here on a death is this job's: the parent no longer sends it elsewhere
         reply = run_message(message, current, state, drain)
         del message  # its items' blocks are released with the reply (below) unless a stage keeps them
         released = MAPPED.released(parent)
@@ -242,7 +248,8 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return MapReply(ran=0, values=b"", last=None, clock=None, thread=0,
                         unloadable=failure_of(error, traceback.format_exc()))
-    log = ItemLog(state.get("log"), stage.name, state)
+    logs = state.get("logs") or (None,)
+    log = ItemLog(logs[call.slot % len(logs)], stage.name, state)
     budget: Budget | None = state.get("budget")
     stop = None
     if budget is not None:  # a recycled worker runs what its budget allows: the parent sends the rest again
