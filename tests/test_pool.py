@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from typing import Any
 
 import pytest
-from helpers import eventually_async, gone, leaves_nothing
+from helpers import Nap, eventually_async, gone, leaves_nothing
 
 from dynapipeline import Stage, Step, Stream
 from dynapipeline._transports.process import pool as process_pool
-from dynapipeline._transports.process.handle import PoolJob, Worker
+from dynapipeline._transports.process.handle import QUEUED_BYTES, PoolJob, Worker
 from dynapipeline.errors import WorkerCrashedError
 from dynapipeline.execution import MultiprocessExecutionStrategy
 
@@ -22,11 +23,13 @@ class Sends:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.behind = self.alone = 0
+        self.sizes_behind: list[int] = []  # their messages' sizes but the classes and the stage
         real = process_pool.ProcessPool._send
 
         def send(pool: process_pool.ProcessPool, w: Worker, job: PoolJob) -> None:
             if w.job is not None:
                 self.behind += 1
+                self.sizes_behind.append(job.queued_bytes)
             else:
                 self.alone += 1
             real(pool, w, job)
@@ -125,3 +128,108 @@ async def test_cancelling_a_run_with_chunks_queued_kills_the_workers_and_leaves_
             await asyncio.wait_for(task, 30)
         # Killed by the cancellation, each with its running chunk (a 50 ms item), not by the close below.
         assert await eventually_async(lambda: all(gone(pid) for pid in pids), 5.0)
+
+
+class EchoBytes(Stage):
+    def execute(self, item: bytes) -> bytes:
+        return item
+
+
+async def test_a_chunk_too_large_for_the_pipes_buffer_waits_in_the_parent(
+        procs: MultiprocessExecutionStrategy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 500 items of 1 KB (under the shared-memory threshold): written behind a busy worker, the
+    parent's write would block on a full pipe while the worker blocks writing its reply of as much."""
+    sends = Sends(monkeypatch)
+    items = [bytes([i % 256]) * 1000 for i in range(20_000)]
+    out = await asyncio.wait_for(stream(Step(EchoBytes(name="echo"), procs)).run(items), 60)
+    assert out == items
+    assert max(sends.sizes_behind, default=0) <= QUEUED_BYTES  # 500 items make ~500 KB: those wait
+
+
+async def test_a_chunk_waiting_in_the_pipe_counts_that_time_as_waiting_not_shipping(
+        procs: MultiprocessExecutionStrategy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items of 10 ms, one per chunk: each chunk sent behind another waits ~10 ms in the pipe."""
+    await stream(Step(Nap(name="warm"), procs)).run(range(40))  # both workers have the class: no cold start below
+    sends = Sends(monkeypatch)
+    s = stream(Step(Nap(name="nap", seconds=0.01), procs))
+    await asyncio.wait_for(s.run(range(80)), 60)
+    assert sends.behind > 20
+    line = s.report()["nap"]
+    assert line.ship / line.runs < 0.003  # ~5 ms an item when the pipe's wait counted as shipping
+    assert line.wait > 0
+
+
+class FakeProcess:
+    """A worker process that is already gone (``stop_process`` reaps it at once)."""
+
+    pid = 999_999_999
+    exitcode = -9
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+class FakeJob:
+    """What ``withdraw`` and ``Worker.take_back`` read of a job."""
+
+    def __init__(self, serial: int, kept: tuple[Any, ...] = ()) -> None:
+        self.serial = serial
+        self.done = False
+        self.blocks = list(kept)
+        self.kept = kept
+        self.worker: Worker | None = None
+
+
+class Shared:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def worker_holding(pool: process_pool.ProcessPool, running: FakeJob, queued: FakeJob, taken: int) -> Worker:
+    left, right = socket.socketpair()
+    pool.arena.free = lambda blocks: freed.extend(blocks)  # type: ignore[method-assign]
+    w = Worker(FakeProcess(), left, Shared(0), Shared(0), (), Shared(taken))
+    w.ready = True
+    w.job, w.queued = running, queued  # type: ignore[assignment]
+    running.worker = queued.worker = w
+    w.holding.update(running.blocks + queued.blocks)
+    pool.workers.append(w)
+    right.close()
+    return w
+
+
+freed: list[Any] = []
+
+
+@pytest.mark.parametrize("taken", [1, 2], ids=["queued-unread", "running-replied-queued-read"])
+def test_a_withdrawn_chunk_queued_behind_a_live_one_leaves_the_worker_running(taken: int) -> None:
+    """Killing the worker would end the live chunk too: with its reply still unread (``taken`` 2), it was lost."""
+    pool = process_pool.ProcessPool(2, "forkserver")
+    try:
+        running, queued = FakeJob(1), FakeJob(2)
+        w = worker_holding(pool, running, queued, taken=taken)
+        pool.withdraw([queued], kill_running=True)  # type: ignore[list-item]
+        # It runs on; its reply is dropped.
+        assert w in pool.workers and w.job is running and not running.done  # type: ignore[comparison-overlap]
+        pool.withdraw([running], kill_running=True)  # type: ignore[list-item]
+        assert w not in pool.workers  # the last withdrawal kills it
+    finally:
+        pool.close()
+
+
+def test_a_worker_killed_after_reading_both_its_jobs_frees_neither_callers_blocks() -> None:
+    """It finished the first (its reply unread) and read the second: both count as read."""
+    freed.clear()
+    pool = process_pool.ProcessPool(2, "forkserver")
+    try:
+        running, queued = FakeJob(1, kept=("first's",)), FakeJob(2, kept=("second's",))
+        w = worker_holding(pool, running, queued, taken=2)
+        w.holding.add("shared")  # type: ignore[arg-type]
+        pool.withdraw([running, queued], kill_running=True)  # type: ignore[list-item]
+        assert w not in pool.workers
+        assert freed == ["shared"]  # the kept blocks are their callers' to free
+    finally:
+        pool.close()

@@ -28,7 +28,11 @@ from dynapipeline._transports._remote.buffers import Block
 from dynapipeline._transports._remote.messages import LOG_HEAD, MAX_KEPT_STAGES, Call, MapCall, MapReply, Reply
 from dynapipeline._transports._remote.pickling import REGISTRY
 
-__all__ = ["Closed", "Crashed", "Outcome", "PoolJob", "Replied", "TimedOut", "Worker"]
+__all__ = ["QUEUED_BYTES", "Closed", "Crashed", "Outcome", "PoolJob", "Replied", "TimedOut", "Worker"]
+
+# The largest chunk (its items' pickle) sent to a busy worker: far under a Unix socket's buffer (208 KiB by
+# default on Linux), so that the write never blocks.
+QUEUED_BYTES = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,10 @@ class PoolJob(Protocol):
         """The run's ``RunControl`` when a drain must reach the worker, else None."""
 
     @property
+    def queued_bytes(self) -> int:
+        """The size of its message when sent behind another (a stream step's chunk: its items' pickle)."""
+
+    @property
     def blocks(self) -> list[Block]:
         """The shared-memory blocks its message holds (the worker releases them, or they are freed if it dies)."""
 
@@ -163,30 +171,33 @@ class Worker:
         return blobs, True
 
     def may_queue(self, job: PoolJob) -> bool:
-        """Whether ``job`` may wait in this worker's pipe: a chunk of the step it runs, neither of them timed.
+        """Whether ``job`` may wait in this worker's pipe: a small chunk of the step it runs, neither timed.
 
-        Not a chunk in shared memory (large items): it waits in the parent, whose memory stays bounded by
-        the step's calls (a worker that read it would map it while it still runs the one before).
+        Small: its message fits in the pipe's buffer at once (no class the worker lacks, items under
+        ``QUEUED_BYTES``), since the parent's write blocks while the busy worker does not read, and the
+        worker's reply would then block too. Not in shared memory (large items): it waits in the parent,
+        whose memory stays bounded by the step's calls.
         """
         running = self.job
         return running is not None and self.queued is None and running.stage_id == job.stage_id != 0 \
-            and running.deadline is None and job.deadline is None and not job.blocks
+            and running.deadline is None and job.deadline is None and not job.blocks \
+            and job.queued_bytes <= QUEUED_BYTES and job.cids <= self.known
 
-    def take_back(self) -> tuple[PoolJob | None, list[PoolJob]]:
-        """Empty the hands of a worker about to go: the job it read (if any), and those it never read."""
-        read = self.taken.value
-        ran = None
+    def take_back(self) -> tuple[list[PoolJob], list[PoolJob]]:
+        """Empty the hands of a worker about to go: the jobs it read, and those it never read."""
+        taken = self.taken.value
+        read = []
         unread = []
         for job in (self.job, self.queued):
             if job is None:
                 continue
-            if job.serial <= read:
-                ran = job
+            if job.serial <= taken:
+                read.append(job)
             else:
                 unread.append(job)
                 self.holding.difference_update(job.blocks)  # still the job's: it is sent again, or freed
         self.job = self.queued = None
-        return ran, unread
+        return read, unread
 
     @property
     def sock(self) -> socket.socket:

@@ -6,8 +6,8 @@
                 ◄─ (ok, value) ──              ◄─ Replied / Crashed / TimedOut / Closed ══ MapReply ═╝
 
 - **Chunks**: the first chunks are small; then each chunk aims at ~2 ms of work
-  (from the stage's measured time per item), up to ``maxsize`` split among the
-  calls in flight, so IPC is not paid per item and backpressure still holds. A
+  (from the stage's measured time per item), up to ``maxsize`` ÷ workers items,
+  so IPC is not paid per item and the items out stay bounded (see below). A
   timed stage's items travel one per chunk, so a deadline concerns one item.
 - **Calls in flight**: two chunks per worker, of at most ``maxsize`` ÷ workers
   items each: one runs, the next waits in the worker's pipe (``ProcessPool``),

@@ -84,6 +84,10 @@ class Job:
     stage_id = 0  # a batch keeps nothing on its worker (``PoolJob``)
     kept: tuple[Block, ...] = ()  # the pool frees all its blocks
 
+    @property
+    def queued_bytes(self) -> int:
+        return len(self.payload)
+
     def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> Call:
         """The ``Call``, with ``blobs``: the classes its worker has not received yet."""
         return Call(class_blobs=blobs, payload=self.payload, trace=self.sink is not None)
@@ -133,10 +137,14 @@ class MapJob:
         self.slot = 0  # the worker's item log it writes, set by the pool when it sends it
         self.sink = None  # the worker traces nothing: the parent traces the items from the item log
         self.packed = (0.0, 0.0)  # perf_counter before and after the items were pickled
-        # The item log when the chunk ended (read before the worker goes on): its rows (flat), its pickles,
-        # and how many of its items failed.
+        # The item log when the chunk ended (read before the pool hands the log to another chunk): its rows
+        # (flat), its pickles, and how many of its items failed.
         self.logged: tuple[list[float], bytes, int] = ([], b"", 0)
         self.each_run = False  # its caller needs each item's run (a tracer, OpenTelemetry), not only their sum
+
+    @property
+    def queued_bytes(self) -> int:
+        return len(self.items)  # the stage and classes are the worker's already (``Worker.may_queue``)
 
     def message(self, blobs: list[tuple[int, bytes]], stage: bool) -> MapCall:
         """The ``MapCall``, with ``blobs`` (the classes its worker lacks), and the stage if it lacks it too."""

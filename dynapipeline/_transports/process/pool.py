@@ -177,14 +177,14 @@ class ProcessPool:
         except (RuntimeError, ValueError, OSError) as error:  # that loop is closed, or the pipe is
             logger.debug("worker pid %s: removing its reader: %r", w.pid, error)
 
-    def _drop(self, w: Worker, kill: bool, job: PoolJob | None = None) -> int | None:
-        """Remove a worker from the pool (killing it if asked); its exit code. ``job``: the one it held."""
+    def _drop(self, w: Worker, kill: bool, jobs: Iterable[PoolJob] = ()) -> int | None:
+        """Remove a worker from the pool (killing it if asked); its exit code. ``jobs``: those it had read."""
         self._unwatch(w)
         if w in self.workers:
             self.workers.remove(w)
         code = stop_process(w.proc, grace=0.0 if kill else 1.0)
         close_quietly(w.conn)
-        self._forget_memory(w, job)
+        self._forget_memory(w, jobs)
         return code
 
     def _free_unsent(self, job: PoolJob) -> None:
@@ -192,9 +192,9 @@ class ProcessPool:
         kept = set(job.kept)
         self.arena.free([block for block in job.blocks if block not in kept])
 
-    def _forget_memory(self, w: Worker, job: PoolJob | None) -> None:
+    def _forget_memory(self, w: Worker, jobs: Iterable[PoolJob]) -> None:
         """A worker is gone: the blocks it held are free; its segments are unmapped here once unused."""
-        if job is not None:
+        for job in jobs:
             w.holding.difference_update(job.kept)  # its caller frees them, or sends them again
         self.arena.free(list(w.holding))
         w.holding.clear()
@@ -285,7 +285,7 @@ class ProcessPool:
                     self._retire(w, stop=True)  # the batch would take it past its limit: a fresh worker runs it
                     continue
                 self._send(w, queue.popleft())
-        if queue and self.recycling is None:  # a recycled worker's budget counts the jobs it is sent
+        if queue and self.recycling is None:  # a retiring worker exits after its reply: a chunk behind would wait
             for w in list(self.workers):  # every worker is busy: a chunk may wait behind one of its step's
                 while queue and queue[0].done:
                     queue.popleft()
@@ -381,6 +381,9 @@ class ProcessPool:
             w.timer.cancel()
             w.timer = None
         reply = pickle.loads(data)  # plain bytes and names: results and errors are decoded per stage
+        if w.job is not None and type(reply) is MapReply and reply.clock is not None:
+            # It waited in the pipe until its worker replied to the one before: waiting, not shipping.
+            w.job.sent_at = max(w.job.sent_at, reply.clock.replying)
         if reply.released:
             self.arena.free(reply.released)
             w.holding.difference_update(reply.released)
@@ -408,16 +411,16 @@ class ProcessPool:
             self.fill()
 
     def _on_death(self, w: Worker) -> None:
-        if w in self.retiring:  # a retired worker exited, as it said it would: not a crash
+        if w in self.retiring:  # a retired worker exited, as it said it would: not a crash (it held no job)
             self.retiring.remove(w)
             self._drop(w, kill=False)  # the blocks it still held are free now
             return
         was_ready = w.ready
         position = w.current.value
-        job, unread = w.take_back()
-        exitcode = self._drop(w, kill=False, job=job)
+        read, unread = w.take_back()  # final: the worker is dead
+        exitcode = self._drop(w, kill=False, jobs=read)
         self._send_again(unread)
-        if job is not None:
+        for job in read:  # one at most: a reply written before it died was read before its end
             job.finish(Crashed(position, w.pid, exitcode))
         if self.closed:
             return
@@ -441,28 +444,23 @@ class ProcessPool:
         if w.job is not job:
             return
         w.job = None  # nothing is queued behind a timed job (``_pump``)
-        self._drop(w, kill=True, job=job)
+        self._drop(w, kill=True, jobs=[job])
         job.finish(TimedOut())
         self.fill()
         self._pump()
 
     def _kill_withdrawn(self, w: Worker) -> None:
-        """Kill a worker whose running job was withdrawn; a chunk it has not read goes to another worker.
+        """Kill a worker once every job it holds was withdrawn.
 
-        A withdrawn chunk queued behind a live one is left to run (its reply is dropped): killing
-        the worker would end the live one too.
+        While one of them is live, the worker runs on (the withdrawn one's reply is
+        dropped): killing it would end the live one too, or run its items twice. A
+        step's calls are withdrawn together, so the last withdrawal kills the worker.
         """
-        queued = w.queued
-        running = queued if queued is not None and queued.serial <= w.taken.value else w.job
-        if running is not None and not running.done:
+        if any(job is not None and not job.done for job in (w.job, w.queued)):
             return
-        ran, unread = w.take_back()
-        if ran is not None and not ran.done:  # it read its next chunk meanwhile: that one goes again, elsewhere
-            w.holding.difference_update(ran.blocks)
-            unread.insert(0, ran)
-            ran = None
-        self._drop(w, kill=True, job=ran)
-        self._send_again(unread)
+        read, unread = w.take_back()
+        self._drop(w, kill=True, jobs=read)
+        self._send_again(unread)  # withdrawn too: their blocks are freed, now that nobody can read them
 
     def _send_again(self, jobs: list[PoolJob]) -> None:
         """Jobs a worker never read: to the queue's head, in order (or freed, when withdrawn meanwhile)."""
