@@ -13,10 +13,10 @@ Invariants:
 
 - Each worker has its own pipe, watched by the event loop (``add_reader``), so
   the pool always knows which worker holds which job; a worker runs one job at
-  a time. A stream step's next chunk may wait in the pipe of a worker running
-  one of the same step's (``Worker.queued``: the worker goes on without waiting
-  for the parent), unless the chunks are timed or the workers recycled; it goes
-  to another worker if this one dies or is killed before reading it.
+  a time. A stream step's next small chunk may wait in the pipe of a worker
+  running one of the same step's (``Worker.queued``, ``Worker.may_queue``: the
+  worker goes on without waiting for the parent), unless the pool recycles its
+  workers; it goes to another worker if this one dies before reading it.
 - The pool records what each worker has received (classes, stream stages, the
   item log's reset): a job only builds its message from it.
 - Workers are started lazily (the first start runs in a thread, since a cold
