@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -24,6 +25,7 @@ from helpers import Batch, Double, ItemNap, Pid, group, healed, pipeline, worker
 from dynapipeline import Stage
 from dynapipeline._model.step import Step
 from dynapipeline._model.stream import Stream
+from dynapipeline._transports.dask.futures import wait_for_task
 from dynapipeline.errors import (
     ClusterError,
     ConfigurationError,
@@ -432,3 +434,50 @@ async def test_on_a_default_local_cluster_a_crashing_item_fails_alone_without_sp
         out = await asyncio.wait_for(stream.run(range(100)), 90)
     assert out == [x for x in range(100) if x != 37]
     assert [(e.index, type(e.error)) for e in stream.errors] == [(37, WorkerCrashedError)]
+
+
+# -- distributed's shared gather: cancelled by another caller --------------------------------------------------------
+
+
+class FinishedFuture:
+    """A finished Dask future whose first ``cancelled`` gathers fail with ``CancelledError``, as a gather does
+    that joined ``distributed``'s gather in progress when the caller that started it is cancelled."""
+
+    status = "finished"
+
+    def __init__(self, cancelled: int) -> None:
+        self.cancelled = cancelled
+        self.gathers = 0
+
+    def __await__(self) -> Any:
+        self.gathers += 1
+        yield from asyncio.sleep(0).__await__()
+        if self.gathers <= self.cancelled:
+            raise asyncio.CancelledError
+        return 123, ["reply"]
+
+
+RUNNER = SimpleNamespace(name="s", owner=SimpleNamespace(timeout=None))
+
+
+async def test_a_gather_cancelled_by_another_caller_is_gathered_again() -> None:
+    future = FinishedFuture(cancelled=1)
+    assert await wait_for_task(future, None, RUNNER) == (123, ["reply"])
+    assert future.gathers == 2
+
+
+async def test_gathering_again_is_bounded() -> None:
+    future = FinishedFuture(cancelled=100)
+    with pytest.raises(asyncio.CancelledError):
+        await wait_for_task(future, None, RUNNER)
+    assert future.gathers == 4
+
+
+async def test_a_cancelled_caller_is_not_gathered_again() -> None:
+    future = FinishedFuture(cancelled=100)
+    task = asyncio.ensure_future(wait_for_task(future, None, RUNNER))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert future.gathers == 1
