@@ -124,7 +124,7 @@ class PoolJob(Protocol):
 class Worker:
     """One worker process, its pipe, and what it is doing."""
 
-    __slots__ = ("proc", "conn", "fd", "current", "taken", "drain", "logs", "log_views", "pid", "ready", "job",
+    __slots__ = ("proc", "conn", "fd", "current", "taken", "drain", "log_views", "pid", "ready", "job",
                  "queued", "sent", "next_slot", "known", "stages", "timer", "loop", "segments", "holding", "tasks",
                  "_sock")
 
@@ -136,8 +136,8 @@ class Worker:
         self.current = current  # shared: where the worker is with its job (_remote.messages)
         self.taken = taken  # shared: how many jobs the worker has read from its pipe
         self.drain = drain  # shared: set by the parent when the run of the job it runs drains
-        self.logs = logs  # shared: the item logs a stream step's chunks write (_remote.messages.LOG_HEAD)
-        self.log_views = tuple(memoryview(log).cast("B") for log in logs)  # made once: read per chunk
+        # The shared item logs a stream step's chunks write (_remote.messages.LOG_HEAD), viewed once: read per chunk.
+        self.log_views = tuple(memoryview(log).cast("B") for log in logs)
         self.pid: int = proc.pid
         self.ready = False
         self.job: PoolJob | None = None  # the job it runs (or will read next)

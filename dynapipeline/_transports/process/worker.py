@@ -72,12 +72,12 @@ _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 logger = logging.getLogger("dynapipeline")
 
 
-def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold: int | None = None, *,
+def main(conn: Any, current: Any, drain: Any = None, logs: tuple[Any, ...] = (), threshold: int | None = None, *,
          recycling: Recycling | None = None, taken: Any = None) -> None:
     """The worker's loop: signal ready, then run messages until told to stop or the parent goes away.
 
-    ``log``: the shared item logs that stream steps' chunks write to (``_remote.messages``; one buffer, or a
-    tuple of them that ``MapCall.slot`` picks from).
+    ``logs``: the shared item logs that stream steps' chunks write to (``_remote.messages``; ``MapCall.slot``
+    picks one).
     ``taken``: the shared count of jobs read from the pipe (the parent sends again those it does not count).
     ``threshold``: results' buffers of this many bytes or more go to this worker's shared memory.
     ``recycling``: the limits after which this worker retires (``recycling.Budget``), or None.
@@ -88,7 +88,6 @@ def main(conn: Any, current: Any, drain: Any = None, log: Any = None, threshold:
     parent_process = multiprocessing.parent_process()
     parent: int = (parent_process.pid if parent_process is not None else None) or os.getppid()  # the pool's
     arena = LocalArena() if threshold is not None else None
-    logs = tuple(log) if isinstance(log, (tuple, list)) else (log,)
     state: dict[str, Any] = {"logs": logs, "threshold": threshold, "arena": arena, "attach": MAPPED.attach}
     budget = state["budget"] = Budget(recycling) if recycling is not None else None
     announced: set[int] = set()  # this worker's segments the parent has
@@ -248,8 +247,8 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
         return MapReply(ran=0, values=b"", last=None, clock=None, thread=0,
                         unloadable=failure_of(error, traceback.format_exc()))
-    logs = state.get("logs") or (None,)
-    log = ItemLog(logs[call.slot % len(logs)], stage.name, state)
+    logs = state.get("logs")
+    log = ItemLog(logs[call.slot] if logs else None, stage.name, state)  # None: a private log
     budget: Budget | None = state.get("budget")
     stop = None
     if budget is not None:  # a recycled worker runs what its budget allows: the parent sends the rest again
