@@ -113,6 +113,34 @@ def test_encode_writes_the_bytes_pickle_writes(value: Any) -> None:
 
 
 @compiled
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False),
+                          st.integers(min_value=-2**63, max_value=2**63 - 1)), min_size=1, max_size=300))
+def test_a_chunk_of_encoded_results_has_its_reply_pickle_joined_from_the_log(values: list[Any]) -> None:
+    ran, log, _ = _run(True, values)
+    assert ran == len(values) and log.encoded
+    data = log.pickled_values()
+    assert data != pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)  # joined, not pickled again
+    assert pickle.loads(data) == log.values == values
+    assert [type(v) for v in pickle.loads(data)] == [type(v) for v in values]
+
+
+@compiled
+@pytest.mark.parametrize("items", [[1, "text", 2], [1, -1, 2], list(range(LOG_SLOTS + 5)), [2**64, 1]],
+                         ids=["a str", "an error", "no room", "a big int"])
+def test_a_chunk_with_a_result_the_loop_did_not_encode_is_pickled_whole(items: list[Any]) -> None:
+    ran, log, _ = _run(True, items)
+    assert not log.encoded
+    assert log.pickled_values() == pickle.dumps(log.values, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_the_pure_loop_never_joins_the_reply_pickle() -> None:
+    ran, log, _ = _run(False, [1, 2, 3])
+    assert not log.encoded
+    assert log.pickled_values() == pickle.dumps([1, 2, 3], protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@compiled
 def test_encode_leaves_every_other_type_to_pickle() -> None:
     assert itemlog._built is not None
     for value in ("1", b"1", (1,), [1.0], 1j, type("Int", (int,), {})(3)):

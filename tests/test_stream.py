@@ -926,6 +926,11 @@ async def test_a_cancelled_run_counts_the_rest_of_a_workers_chunk_as_cancelled()
 
 
 # -- a runner off the loop whose items all succeeded ---------------------------------------------
+def _twice(x: int) -> Iterator[int]:
+    yield x
+    yield x
+
+
 class _AllSucceed(ItemRunner):
     """Runs a chunk's items here and answers ``Succeeded`` with their results, as a process step does."""
 
@@ -947,13 +952,19 @@ class _Succeeding(SequentialExecutionStrategy):
         return 2, _AllSucceed(self.make)
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda x: x * 10, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]),
-    (lambda x: Flat([x, x]) if x % 3 == 0 else x, [0, 0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9]),
-], ids=["values", "flat"])
-async def test_a_runner_whose_items_all_succeeded_gives_their_results_in_order(make: Any,
+@pytest.mark.parametrize("stage, make, expected", [
+    (Double, lambda x: x * 10, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]),
+    # A generator stage's run gives a Flat of what it yielded (here made by the runner): each element goes on.
+    (Explode, lambda x: Flat([x, x]) if x % 3 == 0 else x, [0, 0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9]),
+    (_twice, lambda x: Flat([x, x]) if x % 3 == 0 else x, [0, 0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9]),
+    # Only a generator's run gives a Flat: a plain stage's list result is one output, whatever its type.
+    (Double, lambda x: Flat([x, x]), [[x, x] for x in range(10)]),
+], ids=["values", "flat", "flat function", "plain"])
+async def test_a_runner_whose_items_all_succeeded_gives_their_results_in_order(stage: Any, make: Any,
                                                                                 expected: list[Any]) -> None:
-    s = stream(Step(Double(name="run"), _Succeeding(make)))
+    step = Step(stage(name="run"), _Succeeding(make)) if isinstance(stage, type) else Step(
+        stage, _Succeeding(make), name="run")
+    s = stream(step)
     assert await s.run(range(10)) == expected
     assert (s.progress["run"].done, s.progress["run"].failed) == (10, 0)
 

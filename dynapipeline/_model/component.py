@@ -251,6 +251,10 @@ class Stage(Component):
         """What runs one item: ``execute``, or for a generator ``execute`` what collects its values."""
         return collecting(self.execute)
 
+    def _flattens(self) -> bool:
+        """Whether a run's result may be a ``Flat`` (a generator ``execute``): a stream looks for one only then."""
+        return generator_kind(self.execute) != 0
+
     def _lifecycle(self) -> tuple[Any, Any] | None:
         """(setup, teardown) bound to this stage when its class overrides either, else None (no cost per item)."""
         cls = type(self)
@@ -325,11 +329,7 @@ def collecting(execute: Callable[..., Any], kind: int | None = None) -> Callable
     the caller knows it: 0 plain, 1 generator, 2 async generator.
     """
     if kind is None:
-        function = getattr(execute, "__func__", execute)
-        kind = _GENERATORS.get(function)
-        if kind is None:
-            kind = _GENERATORS[function] = 2 if inspect.isasyncgenfunction(function) else (
-                1 if inspect.isgeneratorfunction(function) else 0)
+        kind = generator_kind(execute)
     if kind == 0:
         return execute
     if kind == 1:
@@ -342,3 +342,13 @@ def collecting(execute: Callable[..., Any], kind: int | None = None) -> Callable
         return Flat([value async for value in execute(*args, **kwargs)])
 
     return run_async_generator
+
+
+def generator_kind(execute: Callable[..., Any]) -> int:
+    """What ``collecting`` makes of ``execute``: 0 plain, 1 generator, 2 async generator (cached per function)."""
+    function = getattr(execute, "__func__", execute)
+    kind = _GENERATORS.get(function)
+    if kind is None:
+        kind = _GENERATORS[function] = 2 if inspect.isasyncgenfunction(function) else (
+            1 if inspect.isgeneratorfunction(function) else 0)
+    return kind

@@ -54,6 +54,9 @@ class FunctionStage(Stage):
         target = fn if _is_routine(fn) else fn.__call__
         return collecting(target, self._kind)
 
+    def _flattens(self) -> bool:
+        return self._kind != 0
+
     def _lifecycle(self) -> tuple[Any, Any] | None:
         fields = self.__dict__
         setup, teardown = fields.get("setup_fn"), fields.get("teardown_fn")

@@ -98,6 +98,9 @@ class StepRun:
             self.run_item = paced(pace, self.run_item)
         self.width = max(1, min(width, stream.maxsize))
         self.item_runner: ItemRunner | None = runner
+        # Only a generator stage's results can be ``Flat``: the others' chunks are not looked through for one.
+        flattens = getattr(step.stage, "_flattens", None)
+        self.flattens = True if flattens is None else bool(flattens())
         self.chunk = 1 if runner is None else max(1, runner.chunk)
         ordered = stream.ordered if step.ordered is None else step.ordered
         self.ordered = ordered and (self.width > 1 or self.chunk > 1)
@@ -343,7 +346,7 @@ class StepRun:
         """
         counts = self.counts
         if type(results) is Succeeded:  # every item succeeded: their results, no pairs (the common case)
-            if not passing and Flat not in set(map(type, results)):
+            if not passing and (not self.flattens or Flat not in set(map(type, results))):
                 counts.done += len(results)
                 if type(entries) is Span:
                     return Span(entries.start, results)
@@ -354,7 +357,7 @@ class StepRun:
         counts.failed += len(results) - done
         if not passing and done == len(results):
             outs = list(map(_second, results))
-            if Flat not in set(map(type, outs)):  # the common case: one output per item
+            if not self.flattens or Flat not in set(map(type, outs)):  # the common case: one output per item
                 if type(entries) is Span:
                     return Span(entries.start, outs)
                 return list(zip(map(_first, entries), outs, strict=True))

@@ -6,7 +6,10 @@ committed, written last. When a later item kills the worker, the parent still ha
 the outcomes of those that finished and never runs them again.
 
 After the chunk, ``summed`` sums up the items' runs for the reply (``ItemRuns``),
-so that the parent need not read the rows back when all went well.
+so that the parent need not read the rows back when all went well, and
+``pickled_values`` gives the reply's one pickle of the results: when the compiled
+loop encoded every result itself, their pickles in the log joined (``join_values``),
+rather than each result pickled a second time.
 
 A plain stage's loop and the sum have a compiled side, ``itemlog_c`` (built with
 the engine, optional as it is, and used on Linux only, where its clock is
@@ -68,6 +71,7 @@ class ItemLog:
         self.used = 0
         self.last: LoggedItem | None = None  # the item that did not fit: it travels in the reply, ends the chunk
         self.values: list[Any] = []  # the results, None where an item failed (the reply's ``values``)
+        self.encoded = False  # the compiled loop encoded every result itself: ``pickled_values`` joins their pickles
         self.committed.value = 0
         self.failures.value = 0
 
@@ -195,6 +199,12 @@ class ItemLog:
         if failed:
             self.failures.value += 1
         self.committed.value = count + 1  # last: the item is whole in the log from here on
+
+    def pickled_values(self) -> bytes:
+        """The pickle of ``values`` (the reply's): made of the log's own pickles when the compiled loop encoded each."""
+        if self.encoded and _built is not None and len(self.values) == self.count:
+            return _built.join_values(self, self.count)  # type: ignore[no-any-return]
+        return pickle.dumps(self.values, protocol=pickle.HIGHEST_PROTOCOL)
 
     def summed(self) -> ItemRuns | None:
         """The logged items' runs summed up; None when none ran or one is in ``last`` (the parent reads the rows)."""

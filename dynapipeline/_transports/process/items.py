@@ -49,6 +49,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dynapipeline._engine import EPOCH_OFFSET, current_control, current_trace, tracing
@@ -149,8 +150,8 @@ class ProcessItems(ItemRunner):
                 return [(True, part[0]) if type(part) is Succeeded else part[0] for part in parts]
             return [await self._call_large(values)]
         results: list[tuple[bool, Any] | None] = [None] * len(values)
-        crashes = [0] * len(values)
-        pending = list(range(len(values)))
+        crashes: dict[int, int] = {}  # per item position, the workers it killed
+        pending: Sequence[int] = range(len(values))  # positions; a list once some are done
         one_by_one = False
         sink = current_trace.get() if tracing() else None
         indices = chunk_items.get() if sink is not None else None
@@ -191,7 +192,7 @@ class ProcessItems(ItemRunner):
                     one_by_one = True  # died before running any item: find the culprit alone
                 else:
                     culprit = batch[max(position, done)]
-                    crashes[culprit] += 1
+                    crashes[culprit] = crashes.get(culprit, 0) + 1
                     delay = crash_retry(self.stage, crashes[culprit])
                     if delay is None:
                         results[culprit] = (False, crashed(self.name, outcome, crashes[culprit]))
@@ -330,7 +331,7 @@ class ProcessItems(ItemRunner):
             self.width = self.wide  # not large items: the next chunk of each worker waits in its pipe
         self.chunk = max(1, min(self.cap, ideal))
 
-    def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: list[int], results: list[Any],
+    def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: Sequence[int], results: list[Any],
                     sink: Any, indices: list[int] | None) -> int:
         """Fill the results of the items the worker ran (from its item log) and add their runs; how many ran.
 

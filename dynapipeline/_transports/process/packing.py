@@ -7,6 +7,7 @@ other items of its chunk go.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dynapipeline._transports._remote.buffers import Packed, pack
@@ -20,7 +21,7 @@ __all__ = ["pack_in", "pack_items"]
 logger = logging.getLogger("dynapipeline")
 
 
-def pack_items(values: list[Any], batch: list[int], results: list[Any], name: str,
+def pack_items(values: list[Any], batch: Sequence[int], results: list[Any], name: str,
                pool: ProcessPool | None) -> Packed | None:
     """The pickled items of ``batch`` (positions in ``values``); None when one cannot be pickled.
 

@@ -264,7 +264,7 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
     values = b""  # when results are in shared memory, or need cloudpickle: the item log's pickles serve
     if not log.shared:
         try:
-            values = pickle.dumps(log.values, protocol=pickle.HIGHEST_PROTOCOL)
+            values = log.pickled_values()
         except Exception:  # noqa: BLE001 - a result only cloudpickle can pickle: the parent reads the item log
             logger.debug("stage %r: results pickled one by one (cloudpickle)", stage.name)
     log.values = []
