@@ -20,6 +20,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 import pickle
 import traceback
@@ -79,9 +80,23 @@ def encode(value):
     return _encode(value)
 
 
+cdef enum:
+    ENCODED_MAX = 24  # the most bytes ``_encode_to`` writes (a LONG1 of 9 bytes: 11 + 2 + 9 + 1)
+
+
 cdef object _encode(object value):
-    """``encode``, called from C in the loop."""
-    cdef unsigned char out[24]
+    """``encode``, called from C in the loop when the log may lack room for ``ENCODED_MAX`` bytes."""
+    cdef unsigned char out[ENCODED_MAX]
+    cdef Py_ssize_t size = _encode_to(value, out)
+    if size < 0:
+        return None
+    return PyBytes_FromStringAndSize(<char*>out, size)
+
+
+cdef Py_ssize_t _encode_to(object value, unsigned char* out) except -2:
+    """Write ``encode(value)``'s bytes at ``out`` (room for ``ENCODED_MAX``); their size, or -1 for another type.
+
+    The loop writes straight into the log with it: no bytes object per item."""
     cdef unsigned char* body
     cdef Py_ssize_t start, n, k
     cdef int64_t v
@@ -93,7 +108,7 @@ cdef object _encode(object value):
         start = _framed(out, 2)
         out[start] = 0x4e if value is None else (0x88 if value else 0x89)  # NONE, NEWTRUE, NEWFALSE
         out[start + 1] = 0x2e  # STOP
-        return PyBytes_FromStringAndSize(<char*>out, start + 2)
+        return start + 2
     if kind is float:
         d = value
         raw = <unsigned char*>&d
@@ -102,30 +117,33 @@ cdef object _encode(object value):
         for k in range(8):
             out[start + 1 + k] = raw[7 - k]
         out[start + 9] = 0x2e
-        return PyBytes_FromStringAndSize(<char*>out, start + 10)
-    if kind is not int or not -(1 << 63) <= value < (1 << 63):
-        return None
-    v = value
+        return start + 10
+    if kind is not int:
+        return -1
+    cdef int overflow = 0
+    v = PyLong_AsLongLongAndOverflow(value, &overflow)  # no Python comparison per item
+    if overflow:
+        return -1
     if 0 <= v < 256:
         start = _framed(out, 3)
         out[start] = 0x4b  # BININT1
         out[start + 1] = <unsigned char>v
         out[start + 2] = 0x2e
-        return PyBytes_FromStringAndSize(<char*>out, start + 3)
+        return start + 3
     if 0 <= v < 65536:
         start = _framed(out, 4)
         out[start] = 0x4d  # BININT2
         out[start + 1] = v & 0xff
         out[start + 2] = (v >> 8) & 0xff
         out[start + 3] = 0x2e
-        return PyBytes_FromStringAndSize(<char*>out, start + 4)
+        return start + 4
     if -(1 << 31) <= v < (1 << 31):
         start = _framed(out, 6)
         out[start] = 0x4a  # BININT: 4 bytes, signed
         for k in range(4):
             out[start + 1 + k] = (<uint64_t>v >> (8 * k)) & 0xff
         out[start + 5] = 0x2e
-        return PyBytes_FromStringAndSize(<char*>out, start + 6)
+        return start + 6
     # LONG1: the fewest little-endian two's complement bytes, as pickle counts them (bits of |v|, / 8, + 1).
     magnitude = <uint64_t>v if v >= 0 else <uint64_t>0 - <uint64_t>v
     n = 0
@@ -142,7 +160,7 @@ cdef object _encode(object value):
     out[start] = 0x8a
     out[start + 1] = <unsigned char>n
     out[start + 2 + n] = 0x2e
-    return PyBytes_FromStringAndSize(<char*>out, start + n + 3)
+    return start + n + 3
 
 
 def run_plain(log, Py_ssize_t current_address, plain, items, stop):
@@ -179,27 +197,34 @@ def run_plain(log, Py_ssize_t current_address, plain, items, stop):
                 return count + 1
             continue
         t1 = dp_now()
-        data = _encode(value)
-        encoded = data is not None
-        if not encoded:
-            all_encoded = False
-            try:
-                data = _dumps(value, 5, buffer_callback=probe)
-                if probe is not None and PyBytes_GET_SIZE(data) >= limit:
-                    raise _Large
-            except Exception:  # large, or only cloudpickle can: the general way
-                count, used = log.general(count, used, log.value, t0, t1, value)  # shared memory, cloudpickle
-                if log.last is not None:
-                    return count + 1
-                continue
-        values.append(value)
-        size = PyBytes_GET_SIZE(data)
-        if count >= _SLOTS or used + size > _ROOM:
-            log.count, log.used = count, used
-            log.last = LoggedItem(t0, t1, dp_now(), False, data)
-            return count + 1
-        memcpy(area + used, PyBytes_AS_STRING(data), size)
-        logged = t1 if encoded else dp_now()  # an encoding takes nanoseconds: one clock read saved per item
+        # With room, a value _encode_to knows is written in the log in place (no bytes object per item), and
+        # its end serves as when it was pickled (an encoding takes nanoseconds: one clock read saved per item).
+        size = _encode_to(value, area + used) if count < _SLOTS and used + ENCODED_MAX <= _ROOM else -1
+        if size >= 0:
+            values.append(value)
+            logged = t1
+        else:
+            data = _encode(value)
+            encoded = data is not None
+            if not encoded:
+                all_encoded = False
+                try:
+                    data = _dumps(value, 5, buffer_callback=probe)
+                    if probe is not None and PyBytes_GET_SIZE(data) >= limit:
+                        raise _Large
+                except Exception:  # large, or only cloudpickle can: the general way
+                    count, used = log.general(count, used, log.value, t0, t1, value)  # shared memory, cloudpickle
+                    if log.last is not None:
+                        return count + 1
+                    continue
+            values.append(value)
+            size = PyBytes_GET_SIZE(data)
+            if count >= _SLOTS or used + size > _ROOM:
+                log.count, log.used = count, used
+                log.last = LoggedItem(t0, t1, dp_now(), False, data)
+                return count + 1
+            memcpy(area + used, PyBytes_AS_STRING(data), size)
+            logged = t1 if encoded else dp_now()
         table[4 * count] = t0
         table[4 * count + 1] = t1
         table[4 * count + 2] = logged
