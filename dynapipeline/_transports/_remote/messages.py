@@ -60,7 +60,8 @@ IDLE, TAKEN = -1, -3
 # An item log, in one shared buffer of LOG_SIZE bytes (two per worker):
 # - LOG_HEAD: items committed, how many of them failed;
 # - at LOG_TABLE, LOG_SLOTS rows of 4 doubles per item: perf_counter readings of its run's start and end and
-#   of its pickle's end, then its pickle's length (negated when the item failed);
+#   of its pickle's end (its run's end when the compiled loop encoded it: that takes nanoseconds), then its
+#   pickle's length (negated when the item failed);
 # - at LOG_DATA, the items' pickles one after the other (the result, or a ``Failure`` when failed).
 # The worker writes a row and its pickle first and the head last, so the head never counts an item that
 # is not whole; the parent resets the head before it sends a chunk. An item whose pickle finds no room

@@ -7,10 +7,12 @@ and hands every item that is not the common case (an error, a large or
 cloudpickle-only result, a full log) to the ``ItemLog``'s own methods, so that
 the rules live in one place. What it saves per item, against about 1 us in pure
 Python: the clock (``clock_gettime``, the clock ``time.perf_counter`` reads on
-Linux), the row and pickle written with plain stores and ``memcpy``, the commit
-a release store (never seen before the item is whole), and for ``None``, bools,
-64-bit ints and floats the pickle itself: ``encode`` writes the bytes
-``pickle.dumps(value, 5)`` would, since making a pickler costs ~200 ns a call.
+Linux), the row written with plain stores and the pickle with ``memcpy``, the
+commit a release store (never seen before the item is whole), and for ``None``,
+bools, 64-bit ints and floats the pickle itself: ``_encode_to`` writes the bytes
+``pickle.dumps(value, 5)`` would straight into the log (making a pickler costs
+~200 ns a call), and the run's end reading serves as the pickle's end (one clock
+read less; the next item's run then includes the nanoseconds of this encoding).
 
 ``sum_log`` sums up a log's rows in C: ``calling.sum_runs`` without the lists;
 ``join_values`` makes the list of encoded results' pickle from theirs in the log.
@@ -81,11 +83,11 @@ def encode(value):
 
 
 cdef enum:
-    ENCODED_MAX = 24  # the most bytes ``_encode_to`` writes (a LONG1 of 9 bytes: 11 + 2 + 9 + 1)
+    ENCODED_MAX = 24  # room ``_encode_to`` may use (it writes at most 22: a LONG1 of 9 bytes before trimming)
 
 
 cdef object _encode(object value):
-    """``encode``, called from C in the loop when the log may lack room for ``ENCODED_MAX`` bytes."""
+    """``encode``, called from C in the loop when the log may lack a row or ``ENCODED_MAX`` bytes of room."""
     cdef unsigned char out[ENCODED_MAX]
     cdef Py_ssize_t size = _encode_to(value, out)
     if size < 0:

@@ -236,16 +236,12 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
     """
     rebuilt_from = received or time.perf_counter()
     stages: dict[int, Any] = state.setdefault("stages", {})
-    plains: dict[int, Any] = state.setdefault("plains", {})  # per kept stage, its ``plain_call`` (asked once)
     try:
         attach = state.get("attach")
         if call.stage:
             stages[call.stage_id] = unpack(call.stage, attach)[0][0]
-            plains.pop(call.stage_id, None)
             if len(stages) > MAX_KEPT_STAGES:
-                oldest = next(iter(stages))
-                del stages[oldest]  # the oldest; the parent forgets it too (Worker.stages)
-                plains.pop(oldest, None)
+                del stages[next(iter(stages))]  # the oldest; the parent forgets it too (Worker.stages)
         stage = stages[call.stage_id]
         items = unpack(call.items, attach)
     except BaseException as error:  # noqa: B902 - a stage that cannot be rebuilt here must not kill the worker
@@ -258,7 +254,7 @@ def run_map(current: Any, call: MapCall, state: dict[str, Any], received: float 
     if budget is not None:  # a recycled worker runs what its budget allows: the parent sends the rest again
         items, stop = budget.items(items), budget.stop
     rebuilt = time.perf_counter()
-    plain = plains[call.stage_id] if call.stage_id in plains else plains.setdefault(call.stage_id, plain_call(stage))
+    plain = plain_call(stage)  # asked per chunk: a batch sent to this worker may refresh the kept stage's fields
     if plain is not None:
         ran = log.run_plain(current, plain, items, stop)
     else:
