@@ -10,7 +10,11 @@ Groups (run with ``make bench-suite`` or ``pytest benchmarks/test_stream_bench.p
   ``MultiprocessExecutionStrategy(2)`` step vs ``multiprocessing.Pool(2).imap``
   (chunksize 500: the stdlib's raw chunked map, the limit), ``mpire.WorkerPool(2).imap``,
   ``aiomultiprocess.Pool(2).map`` and ``pypeln.process.map(workers=2)``. Pools are
-  warm (started before timing), as a long-running pipeline's would be.
+  warm (started before timing, our step's stage already in its workers), as a
+  long-running pipeline's would be. Our step and ``Pool.imap`` run the same number
+  of rounds (``PROCESS_ROUNDS``): the fastest of N rounds depends on N, and
+  pytest-benchmark's own choice (from a first call) gave ``Pool.imap`` three times
+  as many.
 - ``stream-cpu``: 200 items of ~10 ms of CPU each: one process vs a 2-process step.
 - ``stream-recycling``: the ``stream-cpu`` step on 2 processes, without recycling vs
   ``max_tasks_per_worker=25`` (issue 18: recycling every 25 items costs a CPU step at
@@ -44,6 +48,7 @@ from dynapipeline._transports.process.children import default_start_method
 from dynapipeline.execution import MultiprocessExecutionStrategy
 
 ITEMS = 100_000
+PROCESS_ROUNDS = 30  # stream-process: rounds of our step and of Pool.imap, the same for both (see above)
 CPU_ITEMS = 200
 CPU_SECONDS = 0.010
 
@@ -101,7 +106,8 @@ def test_stream_function_step(benchmark: Any, loop: Any, side: str) -> None:
 @pytest.mark.benchmark(group="stream-process")
 def test_stream_process_dynapipeline(benchmark: Any, loop: Any, procs: Any) -> None:
     stream = Stream(name="bench", steps=[Step(Tiny(name="tiny"), procs)])
-    out = benchmark(lambda: loop.run_until_complete(stream.run(range(ITEMS))))
+    loop.run_until_complete(stream.run(range(ITEMS)))  # warm: the stage goes to the workers before timing
+    out = benchmark.pedantic(lambda: loop.run_until_complete(stream.run(range(ITEMS))), rounds=PROCESS_ROUNDS)
     assert out == list(range(1, ITEMS + 1))
 
 
@@ -109,7 +115,7 @@ def test_stream_process_dynapipeline(benchmark: Any, loop: Any, procs: Any) -> N
 def test_stream_process_pool_imap(benchmark: Any) -> None:
     with multiprocessing.get_context(default_start_method()).Pool(2) as pool:
         pool.map(tiny, range(100))  # warm
-        out = benchmark(lambda: list(pool.imap(tiny, range(ITEMS), chunksize=500)))
+        out = benchmark.pedantic(lambda: list(pool.imap(tiny, range(ITEMS), chunksize=500)), rounds=PROCESS_ROUNDS)
     assert out == list(range(1, ITEMS + 1))
 
 
