@@ -243,7 +243,7 @@ def run_plain(log, Py_ssize_t current_address, plain, items, stop):
 def join_values(log, Py_ssize_t count):
     """The pickle of a list of the first ``count`` logged results, made of their pickles in the log.
 
-    For a log whose every item ``_encode`` pickled (``log.encoded``): such a pickle
+    For a log whose every item ``_encode_to`` pickled (``log.encoded``): such a pickle
     is a header, one opcode with its argument and STOP, with no memo, so the
     opcodes of all of them between a list's MARK and APPENDS load as the list
     ``pickle.dumps(values)`` would give (without its frames: optional in a pickle).
