@@ -64,6 +64,11 @@ def clock():
     return dp_now()
 
 
+cdef inline Py_ssize_t _head(Py_ssize_t size) noexcept:
+    """The header's length in a pickle ``_framed`` began, from the pickle's whole size (see ``_framed``)."""
+    return 2 if size < 6 else 11  # a body under 4 bytes makes at most 5 in all; a frame makes at least 15
+
+
 cdef inline Py_ssize_t _framed(unsigned char* out, Py_ssize_t body) noexcept:
     """Write pickle's header for a body of ``body`` bytes (a frame when it has 4 or more); where the body goes."""
     cdef Py_ssize_t k
@@ -201,12 +206,16 @@ def run_plain(log, Py_ssize_t current_address, plain, items, stop):
         t1 = dp_now()
         # With room, a value _encode_to knows is written in the log in place (no bytes object per item), and
         # its end serves as when it was pickled (an encoding takes nanoseconds: one clock read saved per item).
-        size = _encode_to(value, area + used) if count < _SLOTS and used + ENCODED_MAX <= _ROOM else -1
+        if count < _SLOTS and used + ENCODED_MAX <= _ROOM:
+            size = _encode_to(value, area + used)
+            data = None
+        else:
+            size = -1
+            data = _encode(value)  # as bytes: it may still fit, or it ends the chunk below
         if size >= 0:
             values.append(value)
             logged = t1
         else:
-            data = _encode(value)
             encoded = data is not None
             if not encoded:
                 all_encoded = False
@@ -255,7 +264,7 @@ def join_values(log, Py_ssize_t count):
     cdef Py_ssize_t i, size, head, body, at = 0, total = 0
     for i in range(count):
         size = <Py_ssize_t>table[4 * i + 3]
-        total += size - (2 if size < 6 else 11) - 1  # less the header (a frame from 4 bytes of body on) and STOP
+        total += size - _head(size) - 1  # less the header and STOP
     out = PyBytes_FromStringAndSize(NULL, total + 6)
     cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
     o[0] = 0x80  # PROTO 5
@@ -265,7 +274,7 @@ def join_values(log, Py_ssize_t count):
     cdef Py_ssize_t w = 4
     for i in range(count):
         size = <Py_ssize_t>table[4 * i + 3]
-        head = 2 if size < 6 else 11
+        head = _head(size)
         body = size - head - 1
         memcpy(o + w, area + at + head, body)
         w += body
