@@ -53,6 +53,11 @@ class Square(Stage):
         return item * item
 
 
+class Length(Stage):
+    def execute(self, item: bytes) -> int:
+        return len(item)
+
+
 class SpinOn(Stage):
     """Spins forever on item ``bad`` (a plain def: only killing its worker stops it)."""
 
@@ -165,6 +170,19 @@ async def test_items_with_work_to_do_travel_in_chunks_of_their_2_ms(procs: Multi
     assert len(out) == 300
     assert 2 < calls.most <= 4
     assert max(calls.sizes[8:]) <= 10
+
+
+async def test_large_items_of_little_work_still_go_one_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large item's reply sizes the next chunks as any reply does; its items still go one per call, at most
+    one more in flight than workers (a chunk of several would split into as many copies in shared memory)."""
+    calls = CallSizes(monkeypatch)
+    strategy = MultiprocessExecutionStrategy(2, shared_memory_threshold=1000)
+    try:
+        out = await stream(Step(Length(name="length"), strategy), maxsize=8).run([bytes(5000)] * 200)
+    finally:
+        strategy.close()
+    assert out == [5000] * 200
+    assert set(calls.sizes[8:]) == {1}  # past the first chunks, sized before any item was seen (and split)
 
 
 def test_chunks_are_sized_from_the_time_per_item_up_to_the_cap() -> None:

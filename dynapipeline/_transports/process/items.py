@@ -239,6 +239,7 @@ class ProcessItems(ItemRunner):
                     if reply.unloadable is not None:
                         return False, remote_failure(self.name, reply.unloadable, outcome.pid)
                     self._take_items(job, outcome, [0], results, sink, indices)
+                    self.chunk = 1  # its run sized chunks as for small items: large ones still go one per call
                     if results[0] is not None:
                         return results[0]  # type: ignore[no-any-return]
                     continue  # no room in the item log for its outcome: impossible for one item, but go again
