@@ -110,12 +110,14 @@ def loop_kind() -> str:
 
 @pytest.fixture
 async def procs() -> Any:
-    """A 2-worker process strategy, closed after the test, which then checks that no worker is left."""
-    from helpers import closing_pool
+    """A 2-worker process strategy, closed after the test, which then checks that nothing is left: no worker, no
+    shared memory mapped here, no new name in ``/dev/shm`` (``helpers.leaves_nothing``)."""
+    from helpers import leaves_nothing
 
     from dynapipeline.execution import MultiprocessExecutionStrategy
 
-    async with closing_pool(MultiprocessExecutionStrategy(2)) as strategy:
+    strategy = MultiprocessExecutionStrategy(2)
+    async with leaves_nothing(strategy):
         yield strategy
 
 

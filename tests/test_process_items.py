@@ -940,6 +940,82 @@ async def test_a_timed_out_item_fails_alone_and_leaks_nothing() -> None:
         del out
 
 
+class DiesWhenPickled:
+    """A result whose pickling kills the worker that made it: the worker dies sending its reply."""
+
+    def __reduce__(self) -> Any:
+        os._exit(3)
+
+
+class DoubleOrDieSending(Stage):
+    """Returns its array item doubled; on the item whose first value is ``bad``, with a ``DiesWhenPickled`` after it
+    (the doubled array is in the worker's shared memory by then)."""
+
+    bad: int = 0
+
+    def execute(self, item: Any) -> Any:
+        doubled = item * 2
+        return (doubled, DiesWhenPickled()) if int(item[0]) == self.bad else doubled
+
+
+async def test_a_worker_killed_while_receiving_a_large_item_fails_that_item_alone_and_leaks_nothing() -> None:
+    """The item's array is attached in the worker, then unpickling its second half kills the worker."""
+    strategy = MultiprocessExecutionStrategy(2)
+    async with leaves_nothing(strategy) as pids:
+        items: list[Any] = array_items(8)
+        items[3] = (items[3], KillsOnArrival())
+        s = stream(Step(Same(name="same"), strategy), on_error="skip")
+        out = await asyncio.wait_for(s.run(items), 60)
+        assert [int(got[0]) for got in out] == [0, 1, 2, 4, 5, 6, 7]
+        assert all(bool((got == int(got[0])).all()) and in_shared_memory(got) for got in out)
+        [failed] = s.errors
+        assert failed.index == 3 and type(failed.error) is WorkerCrashedError
+        pids.append(failed.error.pid)
+        assert strategy.pool is not None and strategy.pool.arena.used == 0  # the dead worker's blocks came back
+        del out
+
+
+async def test_a_worker_killed_while_sending_a_large_result_fails_that_item_alone_and_leaks_nothing() -> None:
+    """The worker dies pickling its reply, its result's array already in its own shared memory: nothing of that
+    worker's memory stays mapped here once the results that came from it are gone."""
+    strategy = MultiprocessExecutionStrategy(2)
+    async with leaves_nothing(strategy) as pids:
+        s = stream(Step(DoubleOrDieSending(name="double", bad=5), strategy), on_error="skip")
+        out = await asyncio.wait_for(s.run(array_items(10)), 60)
+        assert [int(got[0]) for got in out] == [2 * i for i in range(10) if i != 5]
+        assert all(bool((got == int(got[0])).all()) and in_shared_memory(got) for got in out)
+        [failed] = s.errors
+        assert failed.index == 5 and type(failed.error) is WorkerCrashedError
+        pids.append(failed.error.pid)
+        assert strategy.pool is not None and strategy.pool.arena.used == 0
+        del out
+
+
+async def test_many_large_items_reuse_the_same_segments_both_ways() -> None:
+    """Blocks are freed and allocated again in the same segments: 200 items of 2 MiB each way leave the parent's
+    arena and its mappings of the workers' segments as they were after the first items."""
+    import numpy as np
+
+    strategy = MultiprocessExecutionStrategy(2)
+    async with leaves_nothing(strategy):
+        s = stream(Step(Scale(name="scale", factor=2), strategy), maxsize=4)
+        sums = []
+
+        async def some(count: int) -> tuple[int, int]:
+            async with s.iterate(np.full(MIB // 4, i, dtype=np.int64) for i in range(count)) as outputs:
+                async for got in outputs:
+                    assert in_shared_memory(got)
+                    sums.append(int(got[0]))
+            pool = strategy.pool
+            assert pool is not None
+            return len(pool.arena.segments), len(memfds())
+
+        first = await asyncio.wait_for(some(20), 60)
+        after = await asyncio.wait_for(some(200), 120)
+        assert sums == [2 * i for i in range(20)] + [2 * i for i in range(200)]
+        assert after == first, (first, after)
+
+
 async def _all_busy(strategy: MultiprocessExecutionStrategy) -> None:
     """Until every worker of the strategy's pool holds a job."""
     def busy() -> bool:
