@@ -157,13 +157,16 @@ def test_a_non_contiguous_memoryview_arrives_contiguous_and_keeps_its_read_only_
     assert got.readonly == readonly
 
 
-def test_a_pickle_buffer_arrives_as_the_block_itself(link: Link) -> None:
+def test_a_pickle_buffer_arrives_as_a_byte_view_on_its_block(link: Link) -> None:
+    """What pickle gives for a bare ``PickleBuffer`` is the receiver's buffer itself: a view of bytes, never the
+    block's exporter (a ctypes array, which could not even be pickled back)."""
     for sent, readonly in ((pickle.PickleBuffer(b"\x05" * 5000), True),
-                           (pickle.PickleBuffer(bytearray(b"\x06" * 5000)), False)):
+                           (pickle.PickleBuffer(bytearray(b"\x06" * 5000)), False),
+                           (pickle.PickleBuffer(np.ones((50, 25), dtype=np.float32)), False)):
         packed, got = link.round_trip(sent)
         assert len(packed.blocks) == 1
-        view = memoryview(got)
-        assert view.nbytes == 5000 and bytes(view) == bytes(sent.raw()) and view.readonly == readonly
+        assert type(got) is memoryview and got.format == "B" and got.ndim == 1
+        assert got.nbytes == 5000 and bytes(got) == bytes(sent.raw()) and got.readonly == readonly
         assert in_shared_memory(got)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import pickle
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ from helpers import (
     eventually_async,
     gone,
     in_shared_memory,
+    laid_on_shared_memory,
     large_items,
     leaves_nothing,
     memfds,
@@ -712,11 +714,13 @@ class Same(Stage):
 
 
 class Received(Stage):
-    """Returns what the worker received: (type name, received as a view on shared memory, writable)."""
+    """Returns what the worker received: (type name, received on shared memory without a copy, writable)."""
 
     def execute(self, item: Any) -> tuple[str, bool, bool]:
         if type(item) is memoryview:
             return "memoryview", in_shared_memory(item), not item.readonly
+        if type(item) is bytes:
+            return "bytes", laid_on_shared_memory(item), False
         return type(item).__name__, in_shared_memory(item), bool(getattr(item, "flags", None) and item.flags.writeable)
 
 
@@ -762,14 +766,31 @@ async def test_large_items_and_results_of_every_kind_round_trip_through_a_proces
     assert procs.pool is not None and procs.pool.arena.used == 0  # every item's block came back with its reply
 
 
-async def test_a_worker_receives_large_items_as_writable_views_and_bytes_as_copies(
+async def test_a_worker_receives_large_items_as_writable_views_bytes_laid_on_them_and_bytearrays_copied_out(
         procs: MultiprocessExecutionStrategy) -> None:
     import numpy as np
 
-    items = [np.arange(MIB // 8), memoryview(bytearray(MIB)), b"x" * MIB, bytearray(MIB), np.arange(10)]
+    items = [np.arange(MIB // 8), memoryview(bytearray(MIB)), b"x" * MIB, bytearray(MIB), np.arange(10), b"x" * 10]
     out = await asyncio.wait_for(stream(Step(Received(name="received"), procs)).run(items), 60)
-    assert out == [("ndarray", True, True), ("memoryview", True, True), ("bytes", False, False),
-                   ("bytearray", False, False), ("ndarray", False, True)]
+    assert out == [("ndarray", True, True), ("memoryview", True, True), ("bytes", True, False),
+                   ("bytearray", False, False), ("ndarray", False, True), ("bytes", False, False)]
+
+
+async def test_a_pickle_buffer_arrives_as_a_byte_view_and_a_read_only_array_stays_read_only(
+        procs: MultiprocessExecutionStrategy) -> None:
+    import numpy as np
+
+    frozen = np.arange(MIB // 8)
+    frozen.flags.writeable = False
+    items = [pickle.PickleBuffer(bytearray(b"\x07" * MIB)), pickle.PickleBuffer(b"\x08" * MIB), frozen]
+    received = await asyncio.wait_for(stream(Step(Received(name="received"), procs)).run(items), 60)
+    assert received == [("memoryview", True, True), ("memoryview", True, False), ("ndarray", True, False)]
+    out = await asyncio.wait_for(stream(Step(Same(name="same"), procs)).run(items), 60)
+    assert [type(got) for got in out] == [memoryview, memoryview, np.ndarray]
+    assert out[0].format == "B" and not out[0].readonly and out[0].tobytes() == b"\x07" * MIB
+    assert out[1].readonly and out[1].tobytes() == b"\x08" * MIB
+    assert not out[2].flags.writeable and bool((out[2] == frozen).all())
+    assert all(in_shared_memory(got) for got in out)
 
 
 async def test_without_a_threshold_the_same_items_give_the_same_results_as_copies() -> None:

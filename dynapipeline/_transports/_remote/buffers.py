@@ -20,7 +20,8 @@ What goes out of band (each at or above the threshold):
   per pickled object, so it is only used on a second pass, when the first pickle
   came out large (or when the object is itself large bytes): tiny items pay nothing.
 
-On the receiving side, numpy arrays and memoryviews are *views* on the block:
+On the receiving side, numpy arrays and memoryviews are *views* on the block (a
+bare ``PickleBuffer``, a byte ``memoryview``):
 writable, the receiver's own, alive as long as the receiver holds them (the
 block is reused only after they are gone: ``attach``'s exporters tell when).
 A large ``bytes`` is sent with room for its object header around its data, and
@@ -171,7 +172,9 @@ def unpack(data: bytes | memoryview, attach: Attach | None) -> Any:
     if attach is None:
         raise pickle.UnpicklingError("a pickle with shared-memory buffers, and no shared memory to read them from")
     shared: Shared = pickle.loads(data[1:])
-    buffers = [attach(block) for block in shared.buffers]
+    # Bytes views, not the exporters: what a reconstructor (numpy's) does not consume, a bare PickleBuffer's
+    # buffer, is the object received, and a memoryview is what can be used (and sent back) as any other.
+    buffers = [memoryview(attach(block)).cast("B") for block in shared.buffers]
     if not shared.pinned:
         return pickle.loads(shared.data, buffers=buffers)
     return _PinnedUnpickler(shared.data, buffers, shared.pinned, attach).load()
