@@ -589,6 +589,18 @@ async def test_a_stage_with_a_large_array_field_and_a_large_run_argument(procs, 
     assert bool((field == np.arange(MIB // 8)).all()) and bool((argument == 0.5).all())
 
 
+async def test_a_large_field_and_argument_reach_spawned_workers_through_shared_memory_too():
+    import numpy as np
+
+    strategy = MultiprocessExecutionStrategy(2, start_method="spawn")
+    async with leaves_nothing(strategy):
+        field = np.arange(MIB // 8, dtype=np.float64)
+        argument = np.full(MIB // 8, 0.5)
+        [(result, shared)] = await asyncio.wait_for(strategy.execute([WithField(name="w", arr=field)], argument), 120)
+        assert bool((result == field + 0.5).all()) and shared and in_shared_memory(result)
+        del result
+
+
 async def test_stages_with_large_fields_shipped_once_do_not_pile_up_in_the_parents_shared_memory(procs):
     import numpy as np
 

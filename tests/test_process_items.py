@@ -133,6 +133,17 @@ async def test_items_travel_in_chunks_and_the_stage_once_per_worker(procs: Multi
     assert square.stats.count == 5000  # each chunk's timing was added to the parent's stage
 
 
+async def test_progress_and_timing_of_a_chunked_process_step_count_items(procs: MultiprocessExecutionStrategy) -> None:
+    """Chunks of hundreds of items, one of which fails: progress and timing still say what each item did."""
+    stage = RaiseOn(name="raise", bad=777)
+    s = stream(Step(stage, procs), on_error="skip", maxsize=1000)
+    out = await asyncio.wait_for(s.run(range(2000)), 60)
+    assert out == [i for i in range(2000) if i != 777]
+    p = s.progress["raise"]
+    assert (p.received, p.done, p.failed, p.in_flight, p.queued) == (2000, 1999, 1, 0, 0)
+    assert stage.stats.count == 2000  # failed runs included
+
+
 class CallSizes:
     """Spies on ``ProcessItems.call``: each call's count of items, and the most calls in flight at once."""
 
@@ -753,6 +764,15 @@ class AddField(Stage):
         return self.arr + item
 
 
+class FieldReceived(Stage):
+    """Returns whether its (large) array field ``arr`` arrived as a view on shared memory."""
+
+    arr: Any = None
+
+    def execute(self, item: Any) -> bool:
+        return in_shared_memory(self.arr)
+
+
 async def test_large_items_and_results_of_every_kind_round_trip_through_a_process_step(
         procs: MultiprocessExecutionStrategy) -> None:
     items = large_items()
@@ -804,6 +824,23 @@ async def test_without_a_threshold_the_same_items_give_the_same_results_as_copie
         assert strategy.pool is not None and strategy.pool.arena.segments == {}
 
 
+async def test_a_threshold_of_its_own_decides_what_travels_in_shared_memory() -> None:
+    import numpy as np
+
+    strategy = MultiprocessExecutionStrategy(2, shared_memory_threshold=4096)
+    async with leaves_nothing(strategy):
+        items = [np.zeros(5000, np.uint8), np.zeros(3000, np.uint8), b"x" * 5000, b"x" * 3000]
+        out = await asyncio.wait_for(stream(Step(Received(name="received"), strategy)).run(items), 60)
+        assert out == [("ndarray", True, True), ("ndarray", False, True),
+                       ("bytes", True, False), ("bytes", False, False)]
+        field = await asyncio.wait_for(
+            stream(Step(FieldReceived(name="field", arr=np.zeros(5000, np.uint8)), strategy)).run([0]), 60)
+        assert field == [True]
+        back = await asyncio.wait_for(stream(Step(Same(name="same"), strategy)).run(items[:2]), 60)
+        assert [in_shared_memory(got) for got in back] == [True, False]
+        del back
+
+
 async def test_shared_memory_serves_spawned_workers_too() -> None:
     """Segments travel as fds over the pipe's socket, which spawn's workers have as forkserver's do."""
     strategy = MultiprocessExecutionStrategy(2, start_method="spawn")
@@ -811,7 +848,9 @@ async def test_shared_memory_serves_spawned_workers_too() -> None:
         items = large_items()
         out = await asyncio.wait_for(stream(Step(Same(name="same"), strategy)).run(items), 120)
         assert [same_value(sent, got) for sent, got in zip(items, out, strict=True)] == [True] * len(items)
-        assert any(in_shared_memory(got) for got in out)
+        assert sum(in_shared_memory(got) for got in out if getattr(got, "nbytes", 0) >= MIB) == 9
+        laid = await asyncio.wait_for(stream(Step(Received(name="received"), strategy)).run([b"x" * MIB]), 120)
+        assert laid == [("bytes", True, False)]
         del out
 
 
@@ -860,6 +899,8 @@ async def test_a_step_stage_with_a_large_array_field(procs: MultiprocessExecutio
     # Run again on the same warm workers: each keeps its copy of the stage, the results stay right.
     again = await asyncio.wait_for(stream(Step(AddField(name="add2", arr=field * 2), procs)).run([1, 2]), 60)
     assert bool((again[0] == 2 * field + 1).all()) and bool((again[1] == 2 * field + 2).all())
+    shared = await asyncio.wait_for(stream(Step(FieldReceived(name="field", arr=field), procs)).run(range(4)), 60)
+    assert shared == [True] * 4  # the field arrived as a view on the parent's shared memory, not in the pipe
 
 
 async def test_results_kept_after_the_pool_closed_stay_readable_and_right() -> None:
