@@ -121,6 +121,21 @@ async def procs() -> Any:
         yield strategy
 
 
+@pytest.fixture
+def child_env() -> Any:
+    """The environment for a child Python process the test may kill: its temporary files go to a folder of
+    this test's own, removed afterwards. (A process killed by a signal runs no finalizer: multiprocessing's
+    ``pymp-*`` folder, where its fork server listens, would stay in the system's temporary folder.)"""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="dp-")  # short: a Unix socket's path in it must fit in 108 bytes
+    try:
+        yield {**os.environ, "TMPDIR": folder, "PYTHONUNBUFFERED": "1"}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Any:
     """A LocalCluster of 2 worker processes (1 thread each) for a test module; none of its processes outlives it."""

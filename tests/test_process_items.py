@@ -1154,7 +1154,8 @@ if __name__ == "__main__":
 """
 
 
-def test_a_killed_parent_with_large_items_in_flight_leaves_no_worker_and_nothing_in_dev_shm(tmp_path: Any) -> None:
+def test_a_killed_parent_with_large_items_in_flight_leaves_no_worker_and_nothing_in_dev_shm(tmp_path: Any,
+                                                                                         child_env: Any) -> None:
     import signal
     import subprocess
     import sys
@@ -1167,7 +1168,7 @@ def test_a_killed_parent_with_large_items_in_flight_leaves_no_worker_and_nothing
     marker = uuid.uuid4().hex
     names = dev_shm()
     child = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=subprocess.PIPE, text=True,
-                             cwd=tmp_path, env={**os.environ, "DYNAPIPELINE_TEST_MARKER": marker})
+                             cwd=tmp_path, env={**child_env, "DYNAPIPELINE_TEST_MARKER": marker})
     try:
         assert child.stdout is not None
         line = child.stdout.readline()  # once both workers hold an item

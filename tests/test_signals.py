@@ -57,11 +57,11 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_leaves_no_workers(tmp_path: Path, sig: int) -> None:
+def test_signal_leaves_no_workers(tmp_path: Path, child_env: dict[str, str], sig: int) -> None:
     script = tmp_path / "busy_pipeline.py"
     script.write_text(SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env=child_env)
     try:
         pids: list[int] = []
         seen_proc = seen_thread = 0
@@ -116,11 +116,12 @@ HOG_SCRIPT = textwrap.dedent('''
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guarantee without a GIL is Linux's prctl")
-def test_sigkilled_parent_takes_gil_holding_workers_fork_server_and_tracker_with_it(tmp_path: Path) -> None:
+def test_sigkilled_parent_takes_gil_holding_workers_fork_server_and_tracker_with_it(
+        tmp_path: Path, child_env: dict[str, str]) -> None:
     script = tmp_path / "hog_pipeline.py"
     script.write_text(HOG_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env=child_env)
     try:
         seen = 0
         deadline = time.monotonic() + 30
@@ -184,11 +185,12 @@ OTHER_THREAD_SCRIPT = textwrap.dedent('''
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
 @pytest.mark.parametrize("receiver", ["pool", "executor"])
-def test_sigint_handled_by_another_thread_still_stops_the_run(tmp_path: Path, receiver: str) -> None:
+def test_sigint_handled_by_another_thread_still_stops_the_run(tmp_path: Path, child_env: dict[str, str],
+                                                               receiver: str) -> None:
     script = tmp_path / "other_thread.py"
     script.write_text(OTHER_THREAD_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), receiver], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, text=True, env=child_env)
     try:
         begun = time.monotonic()
         proc.wait(timeout=45)
