@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -411,14 +411,23 @@ def memfds() -> list[str]:
     A live mapping holds one too (``mmap`` keeps a duplicate of the fd it maps), so compare
     counts taken before and after, once every received view is gone.
     """
+    return [target for target, _ in _memfd_fds()]
+
+
+def memfd_segments() -> Counter[int]:
+    """Per segment (its inode: every segment is named alike), how many of ``memfds``' fds this process holds on it."""
+    return Counter(inode for _, inode in _memfd_fds())
+
+
+def _memfd_fds() -> list[tuple[str, int]]:
     found = []
     for name in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the listing's own fd, closed by now
+            if target.startswith("/memfd:dynapipeline"):
+                found.append((target, os.stat(f"/proc/self/fd/{name}").st_ino))
+        except OSError:  # the listing's own fd, or one closed meanwhile
             continue
-        if target.startswith("/memfd:dynapipeline"):
-            found.append(target)
     return found
 
 
@@ -566,7 +575,7 @@ async def leaves_nothing(strategy: Any) -> AsyncIterator[list[int]]:
     Results still held by the test keep their mappings (and fds): drop them inside the block.
     """
     gc.collect()  # views of earlier tests in reference cycles hold mappings until collected
-    names, fds = dev_shm(), len(memfds())
+    names, segments = dev_shm(), memfd_segments()
     pids: list[int] = []
     try:
         yield pids
@@ -577,10 +586,12 @@ async def leaves_nothing(strategy: Any) -> AsyncIterator[list[int]]:
 
     def unmapped() -> bool:
         gc.collect()  # a view in a cycle (a finished task's traceback, say) goes only with its cycle
-        return len(memfds()) <= fds  # fewer: an earlier test's views (a failed one's traceback) went meanwhile
+        # No segment held more than before; fewer is fine (an earlier test's views, a failed one's traceback say,
+        # may go meanwhile).
+        return not memfd_segments() - segments
 
     # Eventually: a cancelled run's last items are held by the loop's pending callbacks for a few turns.
-    assert await eventually_async(unmapped), memfds()
+    assert await eventually_async(unmapped), memfd_segments() - segments
     # Eventually: multiprocessing's heap (RawValue, RawArray) makes a file there and unlinks it at once.
     assert await eventually_async(lambda: not dev_shm() - names), dev_shm() - names
 

@@ -596,7 +596,7 @@ async def test_a_large_field_and_argument_reach_spawned_workers_through_shared_m
     async with leaves_nothing(strategy):
         field = np.arange(MIB // 8, dtype=np.float64)
         argument = np.full(MIB // 8, 0.5)
-        [(result, shared)] = await asyncio.wait_for(strategy.execute([WithField(name="w", arr=field)], argument), 120)
+        [(result, shared)] = await asyncio.wait_for(strategy.execute([WithField(name="w", arr=field)], argument), 90)
         assert bool((result == field + 0.5).all()) and shared and in_shared_memory(result)
         del result
 

@@ -43,6 +43,7 @@ from helpers import (
 from dynapipeline import Handler, PipelineFactory, PipeLineType, Stage, Step, Stream
 from dynapipeline._model.pacing import PacedItems
 from dynapipeline._transports._remote.messages import LOG_SIZE, MapCall
+from dynapipeline._transports._remote.shared_bytes import LAYS_BYTES
 from dynapipeline._transports.calling import ItemRuns
 from dynapipeline._transports.process import items as process_items
 from dynapipeline.errors import PicklingError, RemoteError, StageTimeoutError, WorkerCrashedError
@@ -186,16 +187,33 @@ async def test_items_with_work_to_do_travel_in_chunks_of_their_2_ms(procs: Multi
 
 
 async def test_large_items_of_little_work_still_go_one_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A large item's reply sizes the next chunks as any reply does; its items still go one per call, at most
-    one more in flight than workers (a chunk of several would split into as many copies in shared memory)."""
+    """A large item's run does not size the next chunks as a small item's does: its items still go one per call
+    (a chunk of several would split into as many calls, each with its copy in shared memory)."""
     calls = CallSizes(monkeypatch)
     strategy = MultiprocessExecutionStrategy(2, shared_memory_threshold=1000)
-    try:
-        out = await stream(Step(Length(name="length"), strategy), maxsize=8).run([bytes(5000)] * 200)
-    finally:
-        strategy.close()
+    async with leaves_nothing(strategy):
+        out = await asyncio.wait_for(stream(Step(Length(name="length"), strategy), maxsize=8).run([bytes(5000)] * 200),
+                                     60)
     assert out == [5000] * 200
     assert set(calls.sizes[8:]) == {1}  # past the first chunks, sized before any item was seen (and split)
+
+
+class LengthOrItem(Stage):
+    """The length of a bytes item, any other item itself."""
+
+    def execute(self, item: Any) -> Any:
+        return len(item) if type(item) is bytes else item
+
+
+async def test_a_timed_stage_sends_one_item_a_chunk_after_a_large_item_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline is a chunk's: after a large item, a timed stage's small items still go one per chunk."""
+    calls = CallSizes(monkeypatch)
+    strategy = MultiprocessExecutionStrategy(2, shared_memory_threshold=1000)
+    async with leaves_nothing(strategy):
+        s = stream(Step(LengthOrItem(name="timed", timeout=30), strategy), maxsize=1000)
+        out = await asyncio.wait_for(s.run([bytes(5000), *range(300)]), 60)
+    assert out == [5000, *range(300)]
+    assert set(calls.sizes) == {1}
 
 
 def test_chunks_are_sized_from_the_time_per_item_up_to_the_cap() -> None:
@@ -792,7 +810,7 @@ async def test_a_worker_receives_large_items_as_writable_views_bytes_laid_on_the
 
     items = [np.arange(MIB // 8), memoryview(bytearray(MIB)), b"x" * MIB, bytearray(MIB), np.arange(10), b"x" * 10]
     out = await asyncio.wait_for(stream(Step(Received(name="received"), procs)).run(items), 60)
-    assert out == [("ndarray", True, True), ("memoryview", True, True), ("bytes", True, False),
+    assert out == [("ndarray", True, True), ("memoryview", True, True), ("bytes", LAYS_BYTES, False),
                    ("bytearray", False, False), ("ndarray", False, True), ("bytes", False, False)]
 
 
@@ -832,7 +850,7 @@ async def test_a_threshold_of_its_own_decides_what_travels_in_shared_memory() ->
         items = [np.zeros(5000, np.uint8), np.zeros(3000, np.uint8), b"x" * 5000, b"x" * 3000]
         out = await asyncio.wait_for(stream(Step(Received(name="received"), strategy)).run(items), 60)
         assert out == [("ndarray", True, True), ("ndarray", False, True),
-                       ("bytes", True, False), ("bytes", False, False)]
+                       ("bytes", LAYS_BYTES, False), ("bytes", False, False)]
         field = await asyncio.wait_for(
             stream(Step(FieldReceived(name="field", arr=np.zeros(5000, np.uint8)), strategy)).run([0]), 60)
         assert field == [True]
@@ -849,8 +867,8 @@ async def test_shared_memory_serves_spawned_workers_too() -> None:
         out = await asyncio.wait_for(stream(Step(Same(name="same"), strategy)).run(items), 120)
         assert [same_value(sent, got) for sent, got in zip(items, out, strict=True)] == [True] * len(items)
         assert sum(in_shared_memory(got) for got in out if getattr(got, "nbytes", 0) >= MIB) == 9
-        laid = await asyncio.wait_for(stream(Step(Received(name="received"), strategy)).run([b"x" * MIB]), 120)
-        assert laid == [("bytes", True, False)]
+        laid = await asyncio.wait_for(stream(Step(Received(name="received"), strategy)).run([b"x" * MIB]), 90)
+        assert laid == [("bytes", LAYS_BYTES, False)]
         del out
 
 
@@ -1055,11 +1073,12 @@ async def test_a_worker_killed_while_sending_a_large_result_fails_that_item_alon
 
 async def test_many_large_items_reuse_the_same_segments_both_ways() -> None:
     """Blocks are freed and allocated again in the same segments: 200 items of 2 MiB each way leave the parent's
-    arena and its mappings of the workers' segments as they were after the first items."""
+    arena and its mappings of the workers' segments as they were after the first 40."""
     import numpy as np
 
     strategy = MultiprocessExecutionStrategy(2)
     async with leaves_nothing(strategy):
+        await strategy.start()  # both workers up: the first items map both workers' segments here
         s = stream(Step(Scale(name="scale", factor=2), strategy), maxsize=4)
         sums = []
 
@@ -1072,9 +1091,9 @@ async def test_many_large_items_reuse_the_same_segments_both_ways() -> None:
             assert pool is not None
             return len(pool.arena.segments), len(memfds())
 
-        first = await asyncio.wait_for(some(20), 60)
-        after = await asyncio.wait_for(some(200), 120)
-        assert sums == [2 * i for i in range(20)] + [2 * i for i in range(200)]
+        first = await asyncio.wait_for(some(40), 60)
+        after = await asyncio.wait_for(some(200), 90)
+        assert sums == [2 * i for i in range(40)] + [2 * i for i in range(200)]
         assert after == first, (first, after)
 
 

@@ -141,7 +141,8 @@ class ProcessItems(ItemRunner):
             # One item more than workers: its copy into shared memory overlaps their work (no worker waits for a
             # copy), at the price of one item held in shared memory while it waits.
             self.width = self.strategy.workers + 1
-            self.cap = max(1, self.maxsize // (2 * self.strategy.workers))  # that of tiny items is for them only
+            if self.limit is None:  # a timed stage's chunks hold one item, whatever their items
+                self.cap = max(1, self.maxsize // (2 * self.strategy.workers))  # that of tiny items is for them only
             if len(values) > 1:
                 # Large items travel one per chunk (their copy dominates, and a chunk goes to one worker): a
                 # first chunk, sized before any item was seen, is split across the workers now.
@@ -238,8 +239,7 @@ class ProcessItems(ItemRunner):
                     assert type(reply) is MapReply
                     if reply.unloadable is not None:
                         return False, remote_failure(self.name, reply.unloadable, outcome.pid)
-                    self._take_items(job, outcome, [0], results, sink, indices)
-                    self.chunk = 1  # its run sized chunks as for small items: large ones still go one per call
+                    self._take_items(job, outcome, [0], results, sink, indices, sizes=False)
                     if results[0] is not None:
                         return results[0]  # type: ignore[no-any-return]
                     continue  # no room in the item log for its outcome: impossible for one item, but go again
@@ -248,7 +248,7 @@ class ProcessItems(ItemRunner):
                     return False, StageTimeoutError(self.name, self.stage.timeout)
                 if not isinstance(outcome, Crashed):
                     return False, WorkerCrashedError(self.name, outcome.pid, None)
-                if self._take_items(job, outcome, [0], results, sink, indices):
+                if self._take_items(job, outcome, [0], results, sink, indices, sizes=False):
                     return results[0]  # type: ignore[no-any-return]  # it had finished: its outcome stands
                 crashes += 1
                 delay = None if outcome.at_start else crash_retry(self.stage, crashes)
@@ -315,15 +315,18 @@ class ProcessItems(ItemRunner):
         self._add_summed(job, outcome, runs, 0)
         return Succeeded(values)
 
-    def _add_summed(self, job: MapJob, outcome: Replied | Crashed, runs: ItemRuns, errors: int) -> None:
-        """Add runs summed up to the stage's stats, with their wait and ship time; size the next chunks from them."""
+    def _add_summed(self, job: MapJob, outcome: Replied | Crashed, runs: ItemRuns, errors: int,
+                    sizes: bool = True) -> None:
+        """Add runs summed up to the stage's stats, with their wait and ship time; size the next chunks from them
+        (``sizes``: False for a large item's run, which says nothing of the small items' chunks)."""
         runner = self.runner
         add_item_runs(runner, runs, errors, f"process {outcome.pid}", EPOCH_OFFSET)
         if isinstance(outcome, Replied) and type(reply := outcome.reply) is MapReply and reply.clock is not None \
                 and job.sent_at:
             split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, outcome.loaded)
             split.add_sums(runner, runs.ran, runs.started_to_pickled, runs.ended_to_pickled)
-        self._size_chunks(runs)
+        if sizes:
+            self._size_chunks(runs)
 
     def _size_chunks(self, runs: ItemRuns) -> None:
         per_item = (runs.end - runs.start) / runs.ran  # back to back: the time per item, the log's cost included
@@ -333,12 +336,13 @@ class ProcessItems(ItemRunner):
         self.chunk = max(1, min(self.cap, ideal))
 
     def _take_items(self, job: MapJob | None, outcome: Replied | Crashed, batch: Sequence[int], results: list[Any],
-                    sink: Any, indices: list[int] | None) -> int:
+                    sink: Any, indices: list[int] | None, sizes: bool = True) -> int:
         """Fill the results of the items the worker ran (from its item log) and add their runs; how many ran.
 
         Each item's run is added to the stage's stats (p50/p95 included), its place
         to the report's ``where``; after a reply, its wait and ship time too; while a
         tracer records, a slice on the worker's track and an arrow from the dispatch.
+        ``sizes``: the runs size the next chunks (``_add_summed``).
         """
         if job is None:
             return 0
@@ -404,10 +408,11 @@ class ProcessItems(ItemRunner):
         else:  # the rows were not read (each run was not wanted when the chunk was sent): the sum only
             sink = None
         if sink is None:
-            self._add_summed(job, outcome, runs, len(failed))
+            self._add_summed(job, outcome, runs, len(failed), sizes)
         else:  # each run's wait and ship go to the tracer too
             add_item_runs(runner, runs, len(failed), f"process {pid}", EPOCH_OFFSET)
-            self._size_chunks(runs)
+            if sizes:
+                self._size_chunks(runs)
             if type(reply) is MapReply and replied is not None and reply.clock is not None and job.sent_at:
                 split = Split(job.packed, job.sent_at, reply.clock.rebuilt, reply.clock.replying, replied.loaded)
                 for started, ended, done in zip(starts, ends, pickled, strict=True):
